@@ -1,0 +1,57 @@
+"""A repository of cc_library targets over Debian's system libraries.
+
+Each target carries the link flags pkg-config reports at fetch time; the
+headers live in /usr/include, which the toolchain already searches.
+"""
+
+# target name -> pkg-config modules (or raw -l flags for libraries without a .pc)
+_LIBS = {
+    "absl": [
+        "absl_flags",
+        "absl_flags_parse",
+        "absl_status",
+        "absl_statusor",
+        "absl_strings",
+        "absl_str_format",
+        "absl_synchronization",
+        "absl_time",
+        "absl_random_random",
+        "absl_hash",
+        "absl_raw_hash_set",
+    ],
+    "protobuf": ["protobuf"],
+    "grpc": ["grpc++"],
+    "grpc_reflection": ["-lgrpc++_reflection"],
+    "tbb": ["tbb"],
+    "crypto": ["libcrypto"],
+    "gtest": ["gtest", "gmock"],
+    "gtest_main": ["gtest_main"],
+    "benchmark": ["benchmark"],
+}
+
+def _pkg_config_libs(ctx, modules):
+    flags = [m for m in modules if m.startswith("-l")]
+    pkgs = [m for m in modules if not m.startswith("-l")]
+    if pkgs:
+        result = ctx.execute(["pkg-config", "--libs"] + pkgs)
+        if result.return_code != 0:
+            fail("pkg-config failed for %s: %s (run scripts/setup)" % (pkgs, result.stderr))
+        flags = result.stdout.strip().split(" ") + flags
+    return [f for f in flags if f]
+
+def _system_libs_impl(ctx):
+    lines = ['package(default_visibility = ["//visibility:public"])', ""]
+    for name, modules in _LIBS.items():
+        lines.append("cc_library(")
+        lines.append('    name = "%s",' % name)
+        lines.append("    linkopts = %s," % repr(_pkg_config_libs(ctx, modules)))
+        lines.append(")")
+        lines.append("")
+    ctx.file("WORKSPACE", 'workspace(name = "%s")\n' % ctx.name)
+    ctx.file("BUILD", "\n".join(lines))
+
+system_libs = repository_rule(
+    implementation = _system_libs_impl,
+    local = True,
+    environ = ["PKG_CONFIG_PATH"],
+)
