@@ -1,0 +1,308 @@
+#include "common/artifact_store.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <random>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/file_util.h"
+#include "common/hf_config.h"
+#include "common/model_registry.h"
+#include "common/quant_config.h"
+#include "common/safetensors.h"
+#include "common/status_macros.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace wq {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kTempPrefix[] = ".tmp-";
+
+absl::Status ValidateArtifactId(const std::string& id) {
+  return ValidateResourceId(id, "artifact id", /*max_components=*/1);
+}
+
+// Weights of a committed artifact: fp32 tensors and packed codes used in
+// place from the mapped model.safetensors.
+class ArtifactSource : public WeightSource {
+ public:
+  absl::Status Open(const std::string& dir, const v1::ArtifactManifest& manifest) {
+    ASSIGN_OR_RETURN(file_, SafetensorsFile::Open(absl::StrCat(dir, "/", kWeightsFile)));
+    for (const v1::ManifestTensor& t : manifest.tensors()) modules_[t.module()] = t;
+    return absl::OkStatus();
+  }
+
+  bool Has(std::string_view name) override { return modules_.count(std::string(name)) > 0; }
+
+  absl::StatusOr<const float*> F32(std::string_view name,
+                                   absl::Span<const int64_t> shape) override {
+    ASSIGN_OR_RETURN(const TensorInfo* t,
+                     file_->Get(absl::StrCat(std::string(name), ".weight"), DType::kF32, shape));
+    if (t->offset % alignof(float) != 0) {
+      return absl::DataLossError(absl::StrCat("tensor ", t->name, " is not 4-byte aligned"));
+    }
+    return reinterpret_cast<const float*>(file_->data(*t));
+  }
+
+  absl::StatusOr<LinearWeight> Linear(std::string_view name, int64_t out_features,
+                                      int64_t in_features) override {
+    auto it = modules_.find(std::string(name));
+    if (it == modules_.end()) {
+      return absl::DataLossError(absl::StrCat("manifest has no tensor ", std::string(name)));
+    }
+    const v1::ManifestTensor& t = it->second;
+    if (!t.quantized()) {
+      const int64_t shape[] = {out_features, in_features};
+      ASSIGN_OR_RETURN(const float* w, F32(name, shape));
+      return LinearWeight::Dense(w, out_features, in_features);
+    }
+    if (t.layout() != kRowMajorPackedLayout) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", t.module(), " uses layout '", t.layout(), "', which this version cannot read"));
+    }
+    if (!v1::WeightDtype_IsValid(t.weight_dtype()) ||
+        t.weight_dtype() == v1::WEIGHT_DTYPE_UNSPECIFIED) {
+      return absl::DataLossError(absl::StrCat("tensor ", t.module(), " has no valid weight_dtype"));
+    }
+    QuantizedMatrixView view;
+    view.spec.type = QuantTypeOf(t.weight_dtype());
+    view.spec.scheme = QuantSchemeOf(t.scheme());
+    view.spec.group_size = t.group_size();
+    view.rows = out_features;
+    view.cols = in_features;
+    if (t.group_size() < 1) {
+      return absl::DataLossError(absl::StrCat("tensor ", t.module(), " has group_size ", t.group_size()));
+    }
+    view.group_size = EffectiveGroupSize(view.spec, in_features);
+    view.groups_per_row = (in_features + view.group_size - 1) / view.group_size;
+    const int bits = GetQuantFormat(view.spec.type).bits;
+    view.row_bytes = (in_features * bits + 7) / 8;
+
+    const std::string module(name);
+    const int64_t codes_shape[] = {out_features, view.row_bytes};
+    const int64_t group_shape[] = {out_features, view.groups_per_row};
+    ASSIGN_OR_RETURN(const TensorInfo* codes,
+                     file_->Get(module + ".qweight", DType::kU8, codes_shape));
+    ASSIGN_OR_RETURN(const TensorInfo* scales,
+                     file_->Get(module + ".scales", DType::kF32, group_shape));
+    if (scales->offset % alignof(float) != 0) {
+      return absl::DataLossError(absl::StrCat("tensor ", scales->name, " is not 4-byte aligned"));
+    }
+    view.codes = file_->data(*codes);
+    view.scales = reinterpret_cast<const float*>(file_->data(*scales));
+    size_t zeros_count = 0;
+    if (view.spec.scheme == QuantScheme::kAsym) {
+      ASSIGN_OR_RETURN(const TensorInfo* zeros,
+                       file_->Get(module + ".qzeros", DType::kU8, group_shape));
+      view.zeros = file_->data(*zeros);
+      zeros_count = zeros->nbytes;
+    }
+    RETURN_IF_ERROR(ValidateQuantizedMatrixView(view, codes->nbytes, scales->numel(), zeros_count));
+    return LinearWeight::Quantized(view);
+  }
+
+ private:
+  std::unique_ptr<SafetensorsFile> file_;
+  std::map<std::string, v1::ManifestTensor> modules_;
+};
+
+}  // namespace
+
+ArtifactWriter::ArtifactWriter(std::string root, std::string id, std::string tmp_dir)
+    : root_(std::move(root)), id_(std::move(id)), tmp_dir_(std::move(tmp_dir)) {}
+
+ArtifactWriter::~ArtifactWriter() {
+  if (!committed_) RemoveTree(tmp_dir_).IgnoreError();
+}
+
+absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(tmp_dir_, ec)) {
+    if (entry.is_regular_file() && entry.path().filename() != kManifestFile) {
+      names.push_back(entry.path().filename().string());
+    }
+  }
+  if (ec) return absl::InternalError(absl::StrCat("cannot list ", tmp_dir_, ": ", ec.message()));
+  std::sort(names.begin(), names.end());
+  manifest.clear_files();
+  for (const std::string& name : names) {
+    const std::string path = absl::StrCat(tmp_dir_, "/", name);
+    ASSIGN_OR_RETURN(std::string sha, Sha256File(path));
+    v1::ManifestFile* f = manifest.add_files();
+    f->set_name(name);
+    f->set_size_bytes(static_cast<int64_t>(fs::file_size(path, ec)));
+    f->set_sha256(sha);
+    // Files written by others (copies of the tokenizer) must be durable too.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || ::fsync(fd) != 0) {
+      if (fd >= 0) ::close(fd);
+      return absl::InternalError(absl::StrCat("cannot fsync ", path));
+    }
+    ::close(fd);
+  }
+  manifest.set_format(kArtifactFormat);
+  manifest.set_format_version(kArtifactFormatVersion);
+  manifest.set_artifact_id(id_);
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(manifest, &json, options).ok()) {
+    return absl::InternalError("cannot serialise the artifact manifest");
+  }
+  RETURN_IF_ERROR(WriteFileDurably(absl::StrCat(tmp_dir_, "/", kManifestFile), json));
+  RETURN_IF_ERROR(FsyncDirectory(tmp_dir_));
+  const std::string final_dir = absl::StrCat(root_, "/", id_);
+  // rename() of a directory fails if the target exists and is not empty.
+  if (::rename(tmp_dir_.c_str(), final_dir.c_str()) != 0) {
+    if (errno == EEXIST || errno == ENOTEMPTY) {
+      return absl::AlreadyExistsError(absl::StrCat("artifact ", id_, " already exists"));
+    }
+    return absl::InternalError(absl::StrCat("cannot publish ", final_dir, ": ", strerror(errno)));
+  }
+  committed_ = true;
+  return FsyncDirectory(root_);
+}
+
+absl::StatusOr<std::unique_ptr<ArtifactStore>> ArtifactStore::Open(const std::string& root) {
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create artifact root ", root, ": ", ec.message()));
+  // Temporaries are only ever left by a crash mid-write.
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    if (absl::StartsWith(entry.path().filename().string(), kTempPrefix)) {
+      RemoveTree(entry.path().string()).IgnoreError();
+    }
+  }
+  if (ec) return absl::InternalError(absl::StrCat("cannot list artifact root ", root, ": ", ec.message()));
+  return std::unique_ptr<ArtifactStore>(new ArtifactStore(fs::absolute(root).string()));
+}
+
+std::string ArtifactStore::ArtifactDir(const std::string& artifact_id) const {
+  return absl::StrCat(root_, "/", artifact_id);
+}
+
+bool ArtifactStore::Exists(const std::string& artifact_id) const {
+  std::error_code ec;
+  return ValidateArtifactId(artifact_id).ok() &&
+         fs::is_regular_file(absl::StrCat(ArtifactDir(artifact_id), "/", kManifestFile), ec);
+}
+
+absl::StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::Create(
+    const std::string& artifact_id) {
+  RETURN_IF_ERROR(ValidateArtifactId(artifact_id));
+  if (Exists(artifact_id)) {
+    return absl::AlreadyExistsError(absl::StrCat("artifact ", artifact_id, " already exists"));
+  }
+  std::random_device random;
+  const std::string tmp = absl::StrCat(root_, "/", kTempPrefix, artifact_id, "-", random());
+  std::error_code ec;
+  if (!fs::create_directory(tmp, ec)) {
+    return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", ec.message()));
+  }
+  return std::unique_ptr<ArtifactWriter>(new ArtifactWriter(root_, artifact_id, tmp));
+}
+
+absl::StatusOr<v1::ArtifactManifest> ArtifactStore::ReadManifest(
+    const std::string& artifact_id) const {
+  RETURN_IF_ERROR(ValidateArtifactId(artifact_id));
+  if (!Exists(artifact_id)) {
+    return absl::NotFoundError(absl::StrCat("no artifact ", artifact_id, " in ", root_));
+  }
+  ASSIGN_OR_RETURN(std::string json,
+                   ReadFile(absl::StrCat(ArtifactDir(artifact_id), "/", kManifestFile)));
+  v1::ArtifactManifest manifest;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = true;  // a newer writer's fields; the version decides
+  if (!google::protobuf::util::JsonStringToMessage(json, &manifest, options).ok()) {
+    return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": manifest.json is not a valid manifest"));
+  }
+  if (manifest.format() != kArtifactFormat) {
+    return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": manifest format is '",
+                                            manifest.format(), "', expected '", kArtifactFormat, "'"));
+  }
+  if (manifest.format_version() > kArtifactFormatVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "artifact ", artifact_id, " has format version ", manifest.format_version(),
+        "; this server reads up to version ", kArtifactFormatVersion, ": upgrade the server"));
+  }
+  if (manifest.format_version() < 1) {
+    return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": invalid format version"));
+  }
+  if (manifest.artifact_id() != artifact_id) {
+    return absl::DataLossError(absl::StrCat("artifact directory ", artifact_id,
+                                            " holds a manifest of ", manifest.artifact_id()));
+  }
+  return manifest;
+}
+
+absl::Status ArtifactStore::Verify(const std::string& artifact_id) const {
+  ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, ReadManifest(artifact_id));
+  bool has_weights = false;
+  for (const v1::ManifestFile& f : manifest.files()) {
+    RETURN_IF_ERROR(ValidateResourceId(f.name(), "artifact file name", 1));
+    has_weights |= f.name() == kWeightsFile;
+    const std::string path = absl::StrCat(ArtifactDir(artifact_id), "/", f.name());
+    absl::StatusOr<std::string> sha = Sha256File(path);
+    if (!sha.ok()) {
+      return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": cannot read ", f.name(),
+                                              ": ", sha.status().message()));
+    }
+    if (*sha != f.sha256()) {
+      return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": ", f.name(),
+                                              " is corrupt (sha256 ", *sha, ", manifest says ",
+                                              f.sha256(), ")"));
+    }
+  }
+  if (!has_weights) {
+    return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": manifest lists no ", kWeightsFile));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<v1::ArtifactManifest> ArtifactStore::List() const {
+  std::vector<v1::ArtifactManifest> manifests;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root_, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || absl::StartsWith(name, ".")) continue;
+    absl::StatusOr<v1::ArtifactManifest> m = ReadManifest(name);
+    if (m.ok()) manifests.push_back(*std::move(m));
+  }
+  std::sort(manifests.begin(), manifests.end(),
+            [](const auto& a, const auto& b) { return a.artifact_id() < b.artifact_id(); });
+  return manifests;
+}
+
+absl::StatusOr<int64_t> ArtifactStore::SizeBytes(const std::string& artifact_id) const {
+  RETURN_IF_ERROR(ValidateArtifactId(artifact_id));
+  int64_t total = 0;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(ArtifactDir(artifact_id), ec)) {
+    if (entry.is_regular_file()) total += static_cast<int64_t>(entry.file_size(ec));
+  }
+  if (ec) return absl::NotFoundError(absl::StrCat("no artifact ", artifact_id));
+  return total;
+}
+
+absl::StatusOr<std::shared_ptr<const LlamaWeights>> ArtifactStore::LoadWeights(
+    const std::string& artifact_id) const {
+  RETURN_IF_ERROR(Verify(artifact_id));
+  ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, ReadManifest(artifact_id));
+  const std::string dir = ArtifactDir(artifact_id);
+  ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir + "/config.json"));
+  auto source = std::make_shared<ArtifactSource>();
+  RETURN_IF_ERROR(source->Open(dir, manifest));
+  return BuildLlamaWeights(config, std::move(source));
+}
+
+}  // namespace wq

@@ -1,0 +1,80 @@
+// Quantized models on disk: one directory per artifact under a root,
+//   <root>/<artifact_id>/manifest.json      (v1::ArtifactManifest as JSON)
+//                       /model.safetensors  (packed codes, scales, fp32 rest)
+//                       /config.json, tokenizer.model (copied from the source)
+// An artifact is written under a hidden temporary name, fsync'ed and renamed
+// into place, so a crash never leaves a half-written artifact visible; stale
+// temporaries are removed when the store opens.
+#ifndef WQ_COMMON_ARTIFACT_STORE_H_
+#define WQ_COMMON_ARTIFACT_STORE_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/llama.h"
+#include "proto/wq/v1/artifact.pb.h"
+
+namespace wq {
+
+inline constexpr int kArtifactFormatVersion = 1;
+inline constexpr char kArtifactFormat[] = "wq.artifact";
+inline constexpr char kManifestFile[] = "manifest.json";
+inline constexpr char kWeightsFile[] = "model.safetensors";
+inline constexpr char kRowMajorPackedLayout[] = "rowmajor-packed-v1";
+
+// An artifact being written. Destroying it without Commit() removes it.
+class ArtifactWriter {
+ public:
+  ~ArtifactWriter();
+  // Directory to write the artifact's files into.
+  const std::string& dir() const { return tmp_dir_; }
+  // Records every file's size and sha256 in the manifest, writes
+  // manifest.json, fsyncs and publishes the directory atomically.
+  // ALREADY_EXISTS if an artifact of that id appeared meanwhile.
+  absl::Status Commit(v1::ArtifactManifest manifest);
+
+ private:
+  friend class ArtifactStore;
+  ArtifactWriter(std::string root, std::string id, std::string tmp_dir);
+  std::string root_, id_, tmp_dir_;
+  bool committed_ = false;
+};
+
+class ArtifactStore {
+ public:
+  // Creates the root if needed and removes stale temporaries.
+  static absl::StatusOr<std::unique_ptr<ArtifactStore>> Open(const std::string& root);
+
+  const std::string& root() const { return root_; }
+  bool Exists(const std::string& artifact_id) const;
+  absl::StatusOr<std::unique_ptr<ArtifactWriter>> Create(const std::string& artifact_id);
+
+  // The manifest, after checking format and version (FAILED_PRECONDITION for
+  // a newer format). NOT_FOUND for an unknown id, INVALID_ARGUMENT for a
+  // malformed one.
+  absl::StatusOr<v1::ArtifactManifest> ReadManifest(const std::string& artifact_id) const;
+  // Every file's size and sha256 against the manifest (DATA_LOSS naming the
+  // file otherwise).
+  absl::Status Verify(const std::string& artifact_id) const;
+  // Manifests of all artifacts, sorted by id; unreadable ones are skipped.
+  std::vector<v1::ArtifactManifest> List() const;
+  // Total bytes of the artifact's files.
+  absl::StatusOr<int64_t> SizeBytes(const std::string& artifact_id) const;
+
+  // Verifies and maps the artifact; quantized linears are used in place
+  // from the mapping.
+  absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadWeights(
+      const std::string& artifact_id) const;
+  std::string ArtifactDir(const std::string& artifact_id) const;
+
+ private:
+  explicit ArtifactStore(std::string root) : root_(std::move(root)) {}
+  std::string root_;
+};
+
+}  // namespace wq
+
+#endif  // WQ_COMMON_ARTIFACT_STORE_H_

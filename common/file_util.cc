@@ -1,0 +1,201 @@
+#include "common/file_util.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "openssl/evp.h"
+
+namespace wq {
+namespace {
+
+absl::Status ErrnoStatus(int err, const char* what, const std::string& path) {
+  std::string message =
+      absl::StrCat(what, " '", path, "' failed: ", std::strerror(err));
+  switch (err) {
+    case ENOENT:
+    case ENOTDIR:
+      return absl::NotFoundError(message);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(message);
+    case EEXIST:
+      return absl::AlreadyExistsError(message);
+    case EINVAL:
+    case EISDIR:
+    case ENAMETOOLONG:
+      return absl::InvalidArgumentError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+// Closes the descriptor on scope exit unless released.
+class FdCloser {
+ public:
+  explicit FdCloser(int fd) : fd_(fd) {}
+  ~FdCloser() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FdCloser(const FdCloser&) = delete;
+  FdCloser& operator=(const FdCloser&) = delete;
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_;
+};
+
+std::string ToHex(const unsigned char* digest, unsigned int length) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex(2 * length, '0');
+  for (unsigned int i = 0; i < length; ++i) {
+    hex[2 * i] = kHex[digest[i] >> 4];
+    hex[2 * i + 1] = kHex[digest[i] & 0xf];
+  }
+  return hex;
+}
+
+struct EvpMdCtxDeleter {
+  void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
+};
+using EvpMdCtxPtr = std::unique_ptr<EVP_MD_CTX, EvpMdCtxDeleter>;
+
+absl::StatusOr<EvpMdCtxPtr> NewSha256Context() {
+  EvpMdCtxPtr ctx(EVP_MD_CTX_new());
+  if (ctx == nullptr || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
+    return absl::InternalError("OpenSSL could not initialise SHA-256");
+  }
+  return ctx;
+}
+
+absl::StatusOr<std::string> FinishSha256(EVP_MD_CTX* ctx) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  if (EVP_DigestFinal_ex(ctx, digest, &length) != 1) {
+    return absl::InternalError("OpenSSL could not finish SHA-256");
+  }
+  return ToHex(digest, length);
+}
+
+int RemoveEntry(const char* path, const struct stat*, int, struct FTW*) {
+  return ::remove(path) == 0 ? 0 : errno;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "open", path);
+  FdCloser closer(fd);
+  std::string contents;
+  char buffer[1 << 16];
+  while (true) {
+    ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, "read", path);
+    }
+    if (n == 0) break;
+    contents.append(buffer, static_cast<size_t>(n));
+  }
+  return contents;
+}
+
+absl::Status WriteFileDurably(const std::string& path,
+                              std::string_view contents) {
+  return WriteFileDurably(path, absl::MakeConstSpan(&contents, 1));
+}
+
+absl::Status WriteFileDurably(const std::string& path,
+                              absl::Span<const std::string_view> pieces) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(errno, "create", path);
+  FdCloser closer(fd);
+  for (std::string_view piece : pieces) {
+    const char* cursor = piece.data();
+    size_t remaining = piece.size();
+    while (remaining > 0) {
+      ssize_t n = ::write(fd, cursor, remaining);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus(errno, "write", path);
+      }
+      cursor += n;
+      remaining -= static_cast<size_t>(n);
+    }
+  }
+  if (::fsync(fd) != 0) return ErrnoStatus(errno, "fsync", path);
+  // close() can report delayed write errors (e.g. on NFS), so check it.
+  if (::close(closer.release()) != 0) return ErrnoStatus(errno, "close", path);
+  return absl::OkStatus();
+}
+
+absl::Status FsyncDirectory(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "open directory", dir);
+  FdCloser closer(fd);
+  if (::fsync(fd) != 0) return ErrnoStatus(errno, "fsync directory", dir);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Sha256File(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "open", path);
+  FdCloser closer(fd);
+  auto ctx = NewSha256Context();
+  if (!ctx.ok()) return ctx.status();
+  std::unique_ptr<unsigned char[]> buffer(new unsigned char[1 << 20]);
+  while (true) {
+    ssize_t n = ::read(fd, buffer.get(), 1 << 20);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, "read", path);
+    }
+    if (n == 0) break;
+    if (EVP_DigestUpdate(ctx->get(), buffer.get(), static_cast<size_t>(n)) !=
+        1) {
+      return absl::InternalError("OpenSSL SHA-256 update failed");
+    }
+  }
+  return FinishSha256(ctx->get());
+}
+
+std::string Sha256Hex(std::string_view bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  // One-shot EVP_Digest only fails on allocation failure; an empty string
+  // then signals it without needing a StatusOr for a pure function.
+  if (EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(),
+                 nullptr) != 1) {
+    return "";
+  }
+  return ToHex(digest, length);
+}
+
+absl::Status RemoveTree(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoStatus(errno, "stat", path);
+  }
+  // FTW_DEPTH visits children before their directory; FTW_PHYS never follows
+  // symlinks, so a link to elsewhere removes only the link.
+  int rc = ::nftw(path.c_str(), RemoveEntry, 64, FTW_DEPTH | FTW_PHYS);
+  if (rc != 0) {
+    int err = rc > 0 ? rc : errno;
+    return ErrnoStatus(err, "remove tree", path);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace wq

@@ -1,0 +1,39 @@
+#include "common/linear.h"
+
+#include "common/matmul.h"
+
+namespace wq {
+
+LinearWeight LinearWeight::Dense(const float* w, int64_t rows, int64_t cols) {
+  LinearWeight l;
+  l.dense_ = w;
+  l.rows_ = rows;
+  l.cols_ = cols;
+  return l;
+}
+
+LinearWeight LinearWeight::Quantized(const QuantizedMatrixView& view) {
+  LinearWeight l;
+  l.quantized_ = view;
+  l.rows_ = view.rows;
+  l.cols_ = view.cols;
+  return l;
+}
+
+int64_t LinearWeight::storage_bytes() const {
+  if (!quantized()) return rows_ * cols_ * static_cast<int64_t>(sizeof(float));
+  const int64_t groups = quantized_.rows * quantized_.groups_per_row;
+  return quantized_.rows * quantized_.row_bytes +
+         groups * static_cast<int64_t>(sizeof(float)) +
+         (quantized_.zeros != nullptr ? groups : 0);
+}
+
+void LinearWeight::Forward(const float* x, int64_t n, float* y) const {
+  if (quantized()) {
+    MatMulQuantized(quantized_, x, n, y);
+  } else {
+    MatMulF32(dense_, rows_, cols_, x, n, y);
+  }
+}
+
+}  // namespace wq

@@ -1,0 +1,40 @@
+// The weight of one linear layer: dense fp32 or quantized. Both are
+// non-owning views (into a mapped file or a buffer kept alive elsewhere), so
+// the forward pass never holds a second fp32 copy of quantized weights.
+#ifndef WQ_COMMON_LINEAR_H_
+#define WQ_COMMON_LINEAR_H_
+
+#include <cstdint>
+
+#include "common/quant_format.h"
+
+namespace wq {
+
+class LinearWeight {
+ public:
+  LinearWeight() = default;
+  // w is [rows = out_features, cols = in_features], row-major.
+  static LinearWeight Dense(const float* w, int64_t rows, int64_t cols);
+  static LinearWeight Quantized(const QuantizedMatrixView& view);
+
+  int64_t out_features() const { return rows_; }
+  int64_t in_features() const { return cols_; }
+  bool quantized() const { return dense_ == nullptr; }
+  const float* dense() const { return dense_; }
+  const QuantizedMatrixView& quantized_view() const { return quantized_; }
+  // Bytes the weight occupies in memory (codes, scales and zeros if quantized).
+  int64_t storage_bytes() const;
+
+  // y[n, out_features] = x[n, in_features] · W^T
+  void Forward(const float* x, int64_t n, float* y) const;
+
+ private:
+  const float* dense_ = nullptr;
+  QuantizedMatrixView quantized_{};
+  int64_t rows_ = 0;
+  int64_t cols_ = 0;
+};
+
+}  // namespace wq
+
+#endif  // WQ_COMMON_LINEAR_H_

@@ -1,0 +1,375 @@
+#include "common/llama.h"
+
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <filesystem>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/safetensors.h"
+#include "common/status_macros.h"
+#include "tbb/parallel_for.h"
+
+namespace wq {
+namespace {
+
+// Weights of an unquantized model directory: every *.safetensors file mapped,
+// fp32 tensors used in place, others converted once into owned storage.
+class ModelDirSource : public WeightSource {
+ public:
+  absl::Status Open(const std::string& dir) {
+    std::error_code ec;
+    std::vector<std::string> paths;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+      if (entry.path().extension() == ".safetensors") {
+        paths.push_back(entry.path().string());
+      }
+    }
+    if (ec) return absl::NotFoundError(absl::StrCat("cannot list ", dir, ": ", ec.message()));
+    if (paths.empty()) {
+      return absl::NotFoundError(absl::StrCat("no *.safetensors file in ", dir));
+    }
+    std::sort(paths.begin(), paths.end());
+    for (const std::string& path : paths) {
+      ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
+      for (const TensorInfo& t : file->tensors()) {
+        if (!by_name_.emplace(t.name, file.get()).second) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("tensor ", t.name, " appears in two files of ", dir));
+        }
+      }
+      files_.push_back(std::move(file));
+    }
+    return absl::OkStatus();
+  }
+
+  bool Has(std::string_view name) override {
+    return by_name_.count(absl::StrCat(std::string(name), ".weight")) > 0;
+  }
+
+  absl::StatusOr<const float*> F32(std::string_view name,
+                                   absl::Span<const int64_t> shape) override {
+    const std::string tensor = absl::StrCat(std::string(name), ".weight");
+    auto it = by_name_.find(tensor);
+    if (it == by_name_.end()) {
+      return absl::NotFoundError(absl::StrCat("model has no tensor ", tensor));
+    }
+    ASSIGN_OR_RETURN(F32Tensor t, it->second->LoadF32(tensor));
+    if (t.shape != std::vector<int64_t>(shape.begin(), shape.end())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", tensor, " has shape [", absl::StrJoin(t.shape, ","),
+          "], config.json implies [", absl::StrJoin(shape, ","), "]"));
+    }
+    tensors_.push_back(std::move(t));
+    return tensors_.back().data;
+  }
+
+  absl::StatusOr<LinearWeight> Linear(std::string_view name, int64_t out_features,
+                                      int64_t in_features) override {
+    const int64_t shape[] = {out_features, in_features};
+    ASSIGN_OR_RETURN(const float* w, F32(name, shape));
+    return LinearWeight::Dense(w, out_features, in_features);
+  }
+
+ private:
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, SafetensorsFile*, std::less<>> by_name_;
+  std::deque<F32Tensor> tensors_;  // deque: stable addresses
+};
+
+void RmsNorm(const float* x, const float* weight, int n, float eps, float* out) {
+  double sum_squares = 0;
+  for (int i = 0; i < n; ++i) sum_squares += static_cast<double>(x[i]) * x[i];
+  const float inv_rms = static_cast<float>(1.0 / std::sqrt(sum_squares / n + eps));
+  for (int i = 0; i < n; ++i) out[i] = weight[i] * (x[i] * inv_rms);
+}
+
+float Silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+}  // namespace
+
+std::string BlockModuleName(int layer, std::string_view name) {
+  return absl::StrCat("model.layers.", layer, ".", std::string(name));
+}
+
+int64_t LlamaWeights::StorageBytes() const {
+  const int64_t hidden = config.hidden_size;
+  int64_t bytes = (static_cast<int64_t>(config.vocab_size) * hidden + hidden) * 4;
+  for (const LlamaLayerWeights& l : layers) {
+    bytes += 2 * hidden * 4;
+    for (const LinearWeight* w : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
+      bytes += w->storage_bytes();
+    }
+  }
+  if (lm_head.dense() != embed) bytes += lm_head.storage_bytes();
+  return bytes;
+}
+
+absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
+    const LlamaConfig& config, std::shared_ptr<WeightSource> source) {
+  auto w = std::make_shared<LlamaWeights>();
+  w->config = config;
+  const int64_t hidden = config.hidden_size;
+  const int64_t q_dim = static_cast<int64_t>(config.num_attention_heads) * config.head_dim;
+  const int64_t kv_dim = static_cast<int64_t>(config.num_key_value_heads) * config.head_dim;
+  const int64_t inter = config.intermediate_size;
+  const int64_t vocab = config.vocab_size;
+  const int64_t vector_shape[] = {hidden};
+  const int64_t embed_shape[] = {vocab, hidden};
+
+  ASSIGN_OR_RETURN(w->embed, source->F32("model.embed_tokens", embed_shape));
+  for (int i = 0; i < config.num_hidden_layers; ++i) {
+    LlamaLayerWeights l;
+    ASSIGN_OR_RETURN(l.input_norm,
+                     source->F32(BlockModuleName(i, "input_layernorm"), vector_shape));
+    ASSIGN_OR_RETURN(l.post_attention_norm,
+                     source->F32(BlockModuleName(i, "post_attention_layernorm"), vector_shape));
+    struct {
+      LinearWeight* weight;
+      std::string_view name;
+      int64_t out, in;
+    } linears[] = {{&l.q, "self_attn.q_proj", q_dim, hidden},
+                   {&l.k, "self_attn.k_proj", kv_dim, hidden},
+                   {&l.v, "self_attn.v_proj", kv_dim, hidden},
+                   {&l.o, "self_attn.o_proj", hidden, q_dim},
+                   {&l.gate, "mlp.gate_proj", inter, hidden},
+                   {&l.up, "mlp.up_proj", inter, hidden},
+                   {&l.down, "mlp.down_proj", hidden, inter}};
+    for (const auto& lin : linears) {
+      ASSIGN_OR_RETURN(*lin.weight,
+                       source->Linear(BlockModuleName(i, lin.name), lin.out, lin.in));
+    }
+    w->layers.push_back(l);
+  }
+  ASSIGN_OR_RETURN(w->final_norm, source->F32("model.norm", vector_shape));
+  if (source->Has(kLmHeadName)) {
+    ASSIGN_OR_RETURN(w->lm_head, source->Linear(kLmHeadName, vocab, hidden));
+  } else if (config.tie_word_embeddings) {
+    w->lm_head = LinearWeight::Dense(w->embed, vocab, hidden);
+  } else {
+    return absl::NotFoundError(
+        "model has no lm_head.weight and config.json does not tie word embeddings");
+  }
+  w->source = std::move(source);
+  return std::shared_ptr<const LlamaWeights>(std::move(w));
+}
+
+absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
+    const std::string& dir) {
+  ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir + "/config.json"));
+  auto source = std::make_shared<ModelDirSource>();
+  RETURN_IF_ERROR(source->Open(dir));
+  return BuildLlamaWeights(config, std::move(source));
+}
+
+KVCache::KVCache(const LlamaConfig& config, int max_positions)
+    : kv_heads_(config.num_key_value_heads),
+      head_dim_(config.head_dim),
+      max_positions_(max_positions) {
+  const size_t n = static_cast<size_t>(config.num_hidden_layers) * kv_heads_ *
+                   max_positions_ * head_dim_;
+  keys_.resize(n);
+  values_.resize(n);
+}
+
+LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
+    : weights_(std::move(weights)) {
+  // Hugging Face rotate_half RoPE: dimension i pairs with i + head_dim/2 and
+  // turns by pos * theta^(-2i/head_dim).
+  const LlamaConfig& c = weights_->config;
+  const int half = c.head_dim / 2;
+  rope_cos_.resize(static_cast<size_t>(c.max_position_embeddings) * half);
+  rope_sin_.resize(rope_cos_.size());
+  for (int pos = 0; pos < c.max_position_embeddings; ++pos) {
+    for (int i = 0; i < half; ++i) {
+      const double inv_freq = std::pow(static_cast<double>(c.rope_theta),
+                                       -2.0 * i / c.head_dim);
+      rope_cos_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::cos(pos * inv_freq));
+      rope_sin_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::sin(pos * inv_freq));
+    }
+  }
+}
+
+void LlamaModel::ApplyRope(float* x, int heads, int pos) const {
+  const int head_dim = weights_->config.head_dim;
+  const int half = head_dim / 2;
+  const float* cos = rope_cos_.data() + static_cast<size_t>(pos) * half;
+  const float* sin = rope_sin_.data() + static_cast<size_t>(pos) * half;
+  for (int h = 0; h < heads; ++h) {
+    float* head = x + static_cast<size_t>(h) * head_dim;
+    for (int i = 0; i < half; ++i) {
+      const float a = head[i];
+      const float b = head[i + half];
+      head[i] = a * cos[i] - b * sin[i];
+      head[i + half] = b * cos[i] + a * sin[i];
+    }
+  }
+}
+
+void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
+                           const float* q, const float* k, const float* v,
+                           float* out) const {
+  const LlamaConfig& c = weights_->config;
+  const int head_dim = c.head_dim;
+  const int heads = c.num_attention_heads;
+  const int kv_heads = c.num_key_value_heads;
+  const int group = heads / kv_heads;
+  const int64_t q_dim = static_cast<int64_t>(heads) * head_dim;
+  const int64_t kv_dim = static_cast<int64_t>(kv_heads) * head_dim;
+
+  // Store the new keys and values first: a token attends to itself.
+  int64_t row = 0;
+  for (const SequenceChunk& chunk : chunks) {
+    for (size_t t = 0; t < chunk.tokens.size(); ++t, ++row) {
+      const int pos = chunk.start_pos + static_cast<int>(t);
+      for (int h = 0; h < kv_heads; ++h) {
+        std::copy_n(k + row * kv_dim + h * head_dim, head_dim, chunk.cache->key(layer, h, pos));
+        std::copy_n(v + row * kv_dim + h * head_dim, head_dim, chunk.cache->value(layer, h, pos));
+      }
+    }
+  }
+
+  struct Work {
+    KVCache* cache;
+    int pos;
+    int64_t row;
+  };
+  std::vector<Work> work;
+  row = 0;
+  for (const SequenceChunk& chunk : chunks) {
+    for (size_t t = 0; t < chunk.tokens.size(); ++t, ++row) {
+      work.push_back({chunk.cache, chunk.start_pos + static_cast<int>(t), row});
+    }
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, static_cast<int64_t>(work.size()) * heads),
+      [&](const tbb::blocked_range<int64_t>& range) {
+        std::vector<float> scores;
+        for (int64_t item = range.begin(); item != range.end(); ++item) {
+          const Work& w = work[item / heads];
+          const int h = static_cast<int>(item % heads);
+          const int kv_h = h / group;
+          const float* qh = q + w.row * q_dim + static_cast<int64_t>(h) * head_dim;
+          const int n = w.pos + 1;
+          scores.resize(n);
+          const float* keys = w.cache->key(layer, kv_h, 0);
+          float max_score = -INFINITY;
+          for (int p = 0; p < n; ++p) {
+            const float* kp = keys + static_cast<int64_t>(p) * head_dim;
+            float dot = 0;
+            for (int d = 0; d < head_dim; ++d) dot += qh[d] * kp[d];
+            scores[p] = dot * scale;
+            max_score = std::max(max_score, scores[p]);
+          }
+          float sum = 0;
+          for (int p = 0; p < n; ++p) {
+            scores[p] = std::exp(scores[p] - max_score);
+            sum += scores[p];
+          }
+          const float inv_sum = 1.0f / sum;
+          float* oh = out + w.row * q_dim + static_cast<int64_t>(h) * head_dim;
+          std::fill_n(oh, head_dim, 0.0f);
+          const float* values = w.cache->value(layer, kv_h, 0);
+          for (int p = 0; p < n; ++p) {
+            const float a = scores[p] * inv_sum;
+            const float* vp = values + static_cast<int64_t>(p) * head_dim;
+            for (int d = 0; d < head_dim; ++d) oh[d] += a * vp[d];
+          }
+        }
+      });
+}
+
+absl::Status LlamaModel::Forward(absl::Span<const SequenceChunk> chunks,
+                                 std::vector<float>* logits) const {
+  const LlamaConfig& c = weights_->config;
+  int64_t n = 0;
+  int64_t n_logits = 0;
+  for (const SequenceChunk& chunk : chunks) {
+    if (chunk.cache == nullptr || chunk.tokens.empty()) {
+      return absl::InvalidArgumentError("every chunk needs a KV cache and at least one token");
+    }
+    const int64_t end = static_cast<int64_t>(chunk.start_pos) + chunk.tokens.size();
+    if (chunk.start_pos < 0 || end > chunk.cache->max_positions() ||
+        end > c.max_position_embeddings) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "positions ", chunk.start_pos, "..", end - 1, " exceed the context of ",
+          std::min(chunk.cache->max_positions(), c.max_position_embeddings), " tokens"));
+    }
+    for (int token : chunk.tokens) {
+      if (token < 0 || token >= c.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", token, " outside the vocabulary [0, ", c.vocab_size, ")"));
+      }
+    }
+    n += static_cast<int64_t>(chunk.tokens.size());
+    n_logits += chunk.all_logits ? static_cast<int64_t>(chunk.tokens.size()) : 1;
+  }
+
+  const int64_t hidden = c.hidden_size;
+  const int64_t q_dim = static_cast<int64_t>(c.num_attention_heads) * c.head_dim;
+  const int64_t kv_dim = static_cast<int64_t>(c.num_key_value_heads) * c.head_dim;
+  const int64_t inter = c.intermediate_size;
+  std::vector<float> x(n * hidden), xb(n * hidden), q(n * q_dim), k(n * kv_dim),
+      v(n * kv_dim), att(n * q_dim), proj(n * hidden), gate(n * inter), up(n * inter);
+
+  int64_t row = 0;
+  for (const SequenceChunk& chunk : chunks) {
+    for (int token : chunk.tokens) {
+      std::copy_n(weights_->embed + static_cast<int64_t>(token) * hidden, hidden,
+                  x.data() + row++ * hidden);
+    }
+  }
+
+  for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
+    const LlamaLayerWeights& l = weights_->layers[layer];
+    for (int64_t r = 0; r < n; ++r) {
+      RmsNorm(x.data() + r * hidden, l.input_norm, hidden, c.rms_norm_eps, xb.data() + r * hidden);
+    }
+    l.q.Forward(xb.data(), n, q.data());
+    l.k.Forward(xb.data(), n, k.data());
+    l.v.Forward(xb.data(), n, v.data());
+    row = 0;
+    for (const SequenceChunk& chunk : chunks) {
+      for (size_t t = 0; t < chunk.tokens.size(); ++t, ++row) {
+        const int pos = chunk.start_pos + static_cast<int>(t);
+        ApplyRope(q.data() + row * q_dim, c.num_attention_heads, pos);
+        ApplyRope(k.data() + row * kv_dim, c.num_key_value_heads, pos);
+      }
+    }
+    Attention(chunks, layer, q.data(), k.data(), v.data(), att.data());
+    l.o.Forward(att.data(), n, proj.data());
+    for (int64_t i = 0; i < n * hidden; ++i) x[i] += proj[i];
+
+    for (int64_t r = 0; r < n; ++r) {
+      RmsNorm(x.data() + r * hidden, l.post_attention_norm, hidden, c.rms_norm_eps,
+              xb.data() + r * hidden);
+    }
+    l.gate.Forward(xb.data(), n, gate.data());
+    l.up.Forward(xb.data(), n, up.data());
+    for (int64_t i = 0; i < n * inter; ++i) gate[i] = Silu(gate[i]) * up[i];
+    l.down.Forward(gate.data(), n, proj.data());
+    for (int64_t i = 0; i < n * hidden; ++i) x[i] += proj[i];
+  }
+
+  // Final norm only on the rows whose logits are wanted.
+  std::vector<float> selected(n_logits * hidden);
+  row = 0;
+  int64_t out_row = 0;
+  for (const SequenceChunk& chunk : chunks) {
+    const int64_t count = static_cast<int64_t>(chunk.tokens.size());
+    const int64_t first = chunk.all_logits ? row : row + count - 1;
+    for (int64_t r = first; r < row + count; ++r) {
+      RmsNorm(x.data() + r * hidden, weights_->final_norm, hidden, c.rms_norm_eps,
+              selected.data() + out_row++ * hidden);
+    }
+    row += count;
+  }
+  logits->resize(n_logits * c.vocab_size);
+  weights_->lm_head.Forward(selected.data(), n_logits, logits->data());
+  return absl::OkStatus();
+}
+
+}  // namespace wq

@@ -1,0 +1,140 @@
+// The Llama decoder (LlamaForCausalLM) forward pass in fp32: RMSNorm,
+// rotate_half RoPE, grouped-query attention over a KV cache, SwiGLU MLP.
+//
+// Forward() advances several sequences in one pass over the weights: each
+// SequenceChunk is a run of new tokens of one sequence (a whole prompt, a
+// prefill slice, or the single next token of a decode step), so one call
+// serves prefill, batched decode and continuous batching alike.
+#ifndef WQ_COMMON_LLAMA_H_
+#define WQ_COMMON_LLAMA_H_
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/hf_config.h"
+#include "common/linear.h"
+
+namespace wq {
+
+// Linear modules of decoder block i are "model.layers.<i>.<name>".
+inline constexpr std::array<std::string_view, 7> kBlockLinearNames = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+    "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+    "mlp.down_proj"};
+inline constexpr std::string_view kLmHeadName = "lm_head";
+
+std::string BlockModuleName(int layer, std::string_view name);
+
+// Where BuildLlamaWeights finds tensors: an fp32 model directory or a
+// quantized artifact. Names are Hugging Face module names without ".weight".
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  // fp32 vector or matrix with exactly this shape.
+  virtual absl::StatusOr<const float*> F32(std::string_view name,
+                                           absl::Span<const int64_t> shape) = 0;
+  // Whether a tensor with this module name exists.
+  virtual bool Has(std::string_view name) = 0;
+  // Linear weight [out_features, in_features], dense or quantized.
+  virtual absl::StatusOr<LinearWeight> Linear(std::string_view name,
+                                              int64_t out_features,
+                                              int64_t in_features) = 0;
+};
+
+struct LlamaLayerWeights {
+  const float* input_norm = nullptr;          // [hidden]
+  const float* post_attention_norm = nullptr; // [hidden]
+  LinearWeight q, k, v, o, gate, up, down;
+};
+
+struct LlamaWeights {
+  LlamaConfig config;
+  const float* embed = nullptr;  // [vocab, hidden]
+  std::vector<LlamaLayerWeights> layers;
+  const float* final_norm = nullptr;
+  LinearWeight lm_head;
+  // Owns the memory every pointer above points into.
+  std::shared_ptr<WeightSource> source;
+
+  // Bytes of all weights as stored (quantized linears at their packed size).
+  int64_t StorageBytes() const;
+};
+
+absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
+    const LlamaConfig& config, std::shared_ptr<WeightSource> source);
+
+// Loads an unquantized Hugging Face model directory (config.json and
+// *.safetensors); F32 tensors are used in place from the mapping.
+absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
+    const std::string& dir);
+
+// Keys and values of one sequence, per layer and KV head contiguous over
+// positions: [layer][kv_head][position][head_dim].
+class KVCache {
+ public:
+  KVCache(const LlamaConfig& config, int max_positions);
+  int max_positions() const { return max_positions_; }
+  float* key(int layer, int kv_head, int pos) {
+    return keys_.data() + Offset(layer, kv_head, pos);
+  }
+  float* value(int layer, int kv_head, int pos) {
+    return values_.data() + Offset(layer, kv_head, pos);
+  }
+  int64_t bytes() const {
+    return static_cast<int64_t>((keys_.size() + values_.size()) * sizeof(float));
+  }
+
+ private:
+  int64_t Offset(int layer, int kv_head, int pos) const {
+    return ((static_cast<int64_t>(layer) * kv_heads_ + kv_head) * max_positions_ +
+            pos) * head_dim_;
+  }
+  int kv_heads_;
+  int head_dim_;
+  int max_positions_;
+  std::vector<float> keys_;
+  std::vector<float> values_;
+};
+
+struct SequenceChunk {
+  KVCache* cache = nullptr;
+  absl::Span<const int> tokens;  // new tokens, at positions start_pos...
+  int start_pos = 0;
+  bool all_logits = false;       // logits for every token, else the last only
+};
+
+class LlamaModel {
+ public:
+  explicit LlamaModel(std::shared_ptr<const LlamaWeights> weights);
+
+  const LlamaConfig& config() const { return weights_->config; }
+  const LlamaWeights& weights() const { return *weights_; }
+
+  // Appends each chunk's keys and values to its cache and writes logits,
+  // chunk after chunk ([all its tokens or its last token] x vocab), to
+  // *logits. Token ids and positions are checked: INVALID_ARGUMENT /
+  // OUT_OF_RANGE, with nothing written to any cache.
+  absl::Status Forward(absl::Span<const SequenceChunk> chunks,
+                       std::vector<float>* logits) const;
+
+ private:
+  void Attention(absl::Span<const SequenceChunk> chunks, int layer,
+                 const float* q, const float* k, const float* v,
+                 float* out) const;
+  void ApplyRope(float* x, int heads, int pos) const;
+
+  std::shared_ptr<const LlamaWeights> weights_;
+  std::vector<float> rope_cos_;  // [max_position, head_dim/2]
+  std::vector<float> rope_sin_;
+};
+
+}  // namespace wq
+
+#endif  // WQ_COMMON_LLAMA_H_

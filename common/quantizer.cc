@@ -1,0 +1,254 @@
+#include "common/quantizer.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "common/file_util.h"
+#include "common/llama.h"
+#include "common/quant_config.h"
+#include "common/quant_format.h"
+#include "common/safetensors.h"
+#include "common/status_macros.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/timestamp.pb.h"
+#include "tbb/parallel_for.h"
+
+namespace wq {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kQuantizerName[] = "wq-quantizer/1";
+
+// Files of the source model that travel into the artifact unchanged.
+constexpr const char* kCopiedFiles[] = {"config.json", "tokenizer.model",
+                                        "tokenizer_config.json"};
+
+// Progress reporting, serialised across worker threads.
+class ProgressReporter {
+ public:
+  explicit ProgressReporter(const QuantizeRequest& request) : request_(request) {}
+  void Report(QuantizePhase phase, int step, int total, double fraction, std::string message) {
+    if (!request_.on_progress) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    QuantizeProgress p;
+    p.phase = phase;
+    p.step = step;
+    p.total_steps = total;
+    p.fraction = std::clamp(fraction, 0.0, 1.0);
+    p.message = std::move(message);
+    request_.on_progress(p);
+  }
+
+ private:
+  const QuantizeRequest& request_;
+  std::mutex mu_;
+};
+
+bool Cancelled(const QuantizeRequest& request) {
+  return request.cancelled != nullptr && request.cancelled->load();
+}
+
+// One linear layer to write: quantized, or kept in fp32 from the source.
+struct ModuleResult {
+  std::string module;
+  const LinearWeight* source = nullptr;
+  std::optional<QuantizedMatrix> quantized;
+};
+
+std::string AsBytes(const void* data, size_t n) {
+  return std::string(static_cast<const char*>(data), n);
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ModelChecksum(const std::string& model_dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(model_dir, ec)) {
+    if (entry.is_regular_file()) names.push_back(entry.path().filename().string());
+  }
+  if (ec) return absl::NotFoundError(absl::StrCat("cannot list ", model_dir, ": ", ec.message()));
+  std::sort(names.begin(), names.end());
+  std::string listing;
+  for (const std::string& name : names) {
+    ASSIGN_OR_RETURN(std::string sha, Sha256File(absl::StrCat(model_dir, "/", name)));
+    absl::StrAppend(&listing, name, " ", sha, "\n");
+  }
+  return Sha256Hex(listing);
+}
+
+absl::StatusOr<std::string> ArtifactIdFor(const QuantizeRequest& request,
+                                          const std::string& source_checksum) {
+  ASSIGN_OR_RETURN(v1::WeightOnlyQuantConfig resolved, ResolveQuantConfig(request.config));
+  std::string config_bytes;
+  // Deterministic serialisation: the same config always hashes the same.
+  {
+    google::protobuf::io::StringOutputStream out(&config_bytes);
+    google::protobuf::io::CodedOutputStream coded(&out);
+    coded.SetSerializationDeterministic(true);
+    resolved.SerializeToCodedStream(&coded);
+  }
+  std::string model = request.model_id;
+  std::replace(model.begin(), model.end(), '/', '_');
+  const std::string digest =
+      Sha256Hex(absl::StrCat(source_checksum, "\n", config_bytes)).substr(0, 10);
+  return absl::StrCat(model, "-", QuantConfigSlug(resolved), "-", digest);
+}
+
+absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& request,
+                                                   ArtifactStore& store) {
+  ProgressReporter progress(request);
+  const absl::Time start = absl::Now();
+  ASSIGN_OR_RETURN(v1::WeightOnlyQuantConfig config, ResolveQuantConfig(request.config));
+  progress.Report(QuantizePhase::kLoading, 0, 0, 0.0,
+                  absl::StrCat("checksumming and loading ", request.model_id));
+  ASSIGN_OR_RETURN(std::string checksum, ModelChecksum(request.model_dir));
+  ASSIGN_OR_RETURN(std::string artifact_id, ArtifactIdFor(request, checksum));
+  if (store.Exists(artifact_id)) {
+    progress.Report(QuantizePhase::kDone, 0, 0, 1.0,
+                    absl::StrCat("artifact ", artifact_id, " already exists; reusing it"));
+    return store.ReadManifest(artifact_id);
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
+                   LoadLlamaModelDir(request.model_dir));
+  const LlamaConfig& mc = weights->config;
+  if (Cancelled(request)) return absl::CancelledError("quantization cancelled");
+
+  // Every linear layer of every block, then lm_head.
+  std::vector<ModuleResult> modules;
+  for (int i = 0; i < mc.num_hidden_layers; ++i) {
+    const LlamaLayerWeights& l = weights->layers[i];
+    const LinearWeight* linears[] = {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down};
+    for (size_t j = 0; j < kBlockLinearNames.size(); ++j) {
+      modules.push_back({BlockModuleName(i, kBlockLinearNames[j]), linears[j], std::nullopt});
+    }
+  }
+  modules.push_back({std::string(kLmHeadName), &weights->lm_head, std::nullopt});
+
+  // Blocks in parallel, rows in parallel inside QuantizeMatrix.
+  const QuantSpec spec = QuantSpecOf(config);
+  const int blocks = mc.num_hidden_layers + 1;  // lm_head counts as one
+  const int per_block = static_cast<int>(kBlockLinearNames.size());
+  std::atomic<int> blocks_done{0};
+  std::vector<absl::Status> statuses(blocks);
+  progress.Report(QuantizePhase::kQuantizing, 0, blocks, 0.05, "quantizing");
+  tbb::parallel_for(0, blocks, [&](int b) {
+    if (Cancelled(request)) return;
+    const size_t first = static_cast<size_t>(b) * per_block;
+    const size_t last = std::min(modules.size(), first + per_block);
+    for (size_t m = first; m < last; ++m) {
+      ModuleResult& r = modules[m];
+      if (IsSkippedModule(config, r.module)) continue;
+      absl::StatusOr<QuantizedMatrix> q = QuantizeMatrix(
+          r.source->dense(), r.source->out_features(), r.source->in_features(), spec);
+      if (!q.ok()) {
+        statuses[b] = absl::Status(q.status().code(),
+                                   absl::StrCat(r.module, ": ", q.status().message()));
+        return;
+      }
+      r.quantized = *std::move(q);
+    }
+    const int done = ++blocks_done;
+    progress.Report(QuantizePhase::kQuantizing, done, blocks, 0.05 + 0.8 * done / blocks,
+                    absl::StrFormat("quantized block %d of %d", done, blocks));
+  });
+  if (Cancelled(request)) return absl::CancelledError("quantization cancelled");
+  for (const absl::Status& s : statuses) RETURN_IF_ERROR(s);
+
+  progress.Report(QuantizePhase::kPacking, 0, 0, 0.86, "packing tensors");
+  v1::ArtifactManifest manifest;
+  SafetensorsWriter writer;
+  writer.SetMetadata("format", kArtifactFormat);
+  const int64_t hidden = mc.hidden_size;
+  auto add_f32 = [&](const std::string& module, const float* data,
+                     std::vector<int64_t> shape) -> absl::Status {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    v1::ManifestTensor* t = manifest.add_tensors();
+    t->set_module(module);
+    for (int64_t d : shape) t->add_shape(d);
+    manifest.set_fp32_params(manifest.fp32_params() + n);
+    return writer.AddF32(module + ".weight", shape, absl::MakeConstSpan(data, n));
+  };
+  RETURN_IF_ERROR(add_f32("model.embed_tokens", weights->embed, {mc.vocab_size, hidden}));
+  for (int i = 0; i < mc.num_hidden_layers; ++i) {
+    RETURN_IF_ERROR(add_f32(BlockModuleName(i, "input_layernorm"),
+                            weights->layers[i].input_norm, {hidden}));
+    RETURN_IF_ERROR(add_f32(BlockModuleName(i, "post_attention_layernorm"),
+                            weights->layers[i].post_attention_norm, {hidden}));
+  }
+  RETURN_IF_ERROR(add_f32("model.norm", weights->final_norm, {hidden}));
+  double quantized_bits = 0;
+  for (ModuleResult& r : modules) {
+    if (!r.quantized.has_value()) {
+      RETURN_IF_ERROR(add_f32(r.module, r.source->dense(),
+                              {r.source->out_features(), r.source->in_features()}));
+      continue;
+    }
+    const QuantizedMatrix& q = *r.quantized;
+    v1::ManifestTensor* t = manifest.add_tensors();
+    t->set_module(r.module);
+    t->add_shape(q.rows);
+    t->add_shape(q.cols);
+    t->set_quantized(true);
+    t->set_layout(kRowMajorPackedLayout);
+    t->set_weight_dtype(WeightDtypeOf(q.spec.type));
+    t->set_scheme(SchemeOf(q.spec.scheme));
+    t->set_group_size(q.group_size);
+    RETURN_IF_ERROR(writer.AddTensor(r.module + ".qweight", DType::kU8, {q.rows, q.row_bytes},
+                                     AsBytes(q.codes.data(), q.codes.size())));
+    RETURN_IF_ERROR(writer.AddTensor(r.module + ".scales", DType::kF32,
+                                     {q.rows, q.groups_per_row},
+                                     AsBytes(q.scales.data(), q.scales.size() * sizeof(float))));
+    if (!q.zeros.empty()) {
+      RETURN_IF_ERROR(writer.AddTensor(r.module + ".qzeros", DType::kU8,
+                                       {q.rows, q.groups_per_row},
+                                       AsBytes(q.zeros.data(), q.zeros.size())));
+    }
+    const int64_t params = q.rows * q.cols;
+    manifest.set_quantized_params(manifest.quantized_params() + params);
+    quantized_bits += BitsPerWeight(q.view()) * static_cast<double>(params);
+    r.quantized.reset();  // free as we go
+  }
+  if (Cancelled(request)) return absl::CancelledError("quantization cancelled");
+
+  progress.Report(QuantizePhase::kWriting, 0, 0, 0.9, "writing the artifact");
+  ASSIGN_OR_RETURN(std::unique_ptr<ArtifactWriter> out, store.Create(artifact_id));
+  RETURN_IF_ERROR(writer.Write(absl::StrCat(out->dir(), "/", kWeightsFile)));
+  for (const char* name : kCopiedFiles) {
+    const std::string from = absl::StrCat(request.model_dir, "/", name);
+    std::error_code ec;
+    if (!fs::exists(from, ec)) continue;
+    ASSIGN_OR_RETURN(std::string contents, ReadFile(from));
+    RETURN_IF_ERROR(WriteFileDurably(absl::StrCat(out->dir(), "/", name), contents));
+  }
+  const absl::Time now = absl::Now();
+  manifest.mutable_create_time()->set_seconds(absl::ToUnixSeconds(now));
+  manifest.set_source_model_id(request.model_id);
+  manifest.set_source_checksum(checksum);
+  *manifest.mutable_config() = config;
+  manifest.set_quantizer(kQuantizerName);
+  if (manifest.quantized_params() > 0) {
+    manifest.set_bits_per_weight(quantized_bits / manifest.quantized_params());
+  }
+  manifest.add_log(absl::StrFormat("quantized %d of %d linear layers in %.2f s",
+                                   static_cast<int>(std::count_if(
+                                       manifest.tensors().begin(), manifest.tensors().end(),
+                                       [](const auto& t) { return t.quantized(); })),
+                                   static_cast<int>(modules.size()),
+                                   absl::ToDoubleSeconds(now - start)));
+  if (Cancelled(request)) return absl::CancelledError("quantization cancelled");
+  RETURN_IF_ERROR(out->Commit(manifest));
+  ASSIGN_OR_RETURN(v1::ArtifactManifest committed, store.ReadManifest(artifact_id));
+  progress.Report(QuantizePhase::kDone, blocks, blocks, 1.0,
+                  absl::StrCat("artifact ", artifact_id, " written"));
+  return committed;
+}
+
+}  // namespace wq

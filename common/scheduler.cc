@@ -1,0 +1,244 @@
+#include "common/scheduler.h"
+
+#include <algorithm>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "common/text_stream.h"
+
+namespace wq {
+
+std::string_view FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength: return "length";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kStopSequence: return "stop_sequence";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kError: return "error";
+  }
+  return "unknown";
+}
+
+struct GenerationScheduler::Sequence {
+  std::shared_ptr<Handle> handle;
+  GenerationParams params;
+  GenerationCallbacks callbacks;
+  std::vector<int> tokens;  // prompt, then generated ids
+  int prompt_tokens = 0;
+  int prefilled = 0;        // prompt tokens already in the cache
+  std::unique_ptr<KVCache> cache;
+  std::unique_ptr<Sampler> sampler;
+  std::unique_ptr<TextStream> text;
+  GenerationResult result;
+  absl::Time submitted, admitted, first_token;
+  bool done = false;
+
+  bool prefilling() const { return prefilled < prompt_tokens; }
+};
+
+GenerationScheduler::GenerationScheduler(std::shared_ptr<const LlamaModel> model,
+                                         std::shared_ptr<const Tokenizer> tokenizer,
+                                         Options options)
+    : model_(std::move(model)), tokenizer_(std::move(tokenizer)), options_(options) {
+  const int model_max = model_->config().max_position_embeddings;
+  max_context_ = options_.max_context > 0 ? std::min(options_.max_context, model_max)
+                                          : model_max;
+  options_.max_running = std::max(1, options_.max_running);
+  options_.prefill_chunk = std::max(1, options_.prefill_chunk);
+  loop_ = std::thread([this] { Loop(); });
+}
+
+GenerationScheduler::~GenerationScheduler() { Shutdown(); }
+
+void GenerationScheduler::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (loop_.joinable()) loop_.join();
+}
+
+int GenerationScheduler::queued() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(queue_.size());
+}
+
+absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> GenerationScheduler::Submit(
+    const std::string& prompt, const GenerationParams& params,
+    GenerationCallbacks callbacks) {
+  if (absl::Status s = ValidateSamplingOptions(params.sampling); !s.ok()) return s;
+  if (params.max_new_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_new_tokens must be >= 1, got ", params.max_new_tokens));
+  }
+  absl::StatusOr<std::vector<int>> ids = tokenizer_->Encode(prompt, /*add_bos=*/true);
+  if (!ids.ok()) return ids.status();
+  if (static_cast<int>(ids->size()) >= max_context_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt is ", ids->size(), " tokens; the context holds ", max_context_,
+        " and at least one must be left for generation"));
+  }
+  auto seq = std::make_unique<Sequence>();
+  seq->handle = std::make_shared<Handle>();
+  seq->params = params;
+  seq->callbacks = std::move(callbacks);
+  seq->tokens = std::move(*ids);
+  seq->prompt_tokens = static_cast<int>(seq->tokens.size());
+  seq->submitted = absl::Now();
+  std::shared_ptr<Handle> handle = seq->handle;
+
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("the server is shutting down");
+  if (static_cast<int>(queue_.size()) >= options_.max_queued) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "generation queue is full (", options_.max_queued, " waiting, ",
+        options_.max_running, " running); retry later"));
+  }
+  queue_.push_back(std::move(seq));
+  return handle;
+}
+
+void GenerationScheduler::Finish(Sequence& seq, FinishReason reason, absl::Status status) {
+  const absl::Time now = absl::Now();
+  GenerationResult& r = seq.result;
+  if (seq.text != nullptr) seq.text->Finish();
+  r.finish_reason = reason;
+  r.status = std::move(status);
+  r.text = seq.text != nullptr ? seq.text->text() : "";
+  r.token_ids.assign(seq.tokens.begin() + seq.prompt_tokens, seq.tokens.end());
+  r.prompt_tokens = seq.prompt_tokens;
+  r.queue_ms = absl::ToDoubleMilliseconds(
+      (seq.admitted == absl::Time() ? now : seq.admitted) - seq.submitted);
+  r.total_ms = absl::ToDoubleMilliseconds(now - seq.submitted);
+  const int generated = static_cast<int>(r.token_ids.size());
+  if (generated > 1) {
+    const double seconds = absl::ToDoubleSeconds(now - seq.first_token);
+    if (seconds > 0) r.decode_tokens_per_second = (generated - 1) / seconds;
+  }
+  seq.done = true;
+  seq.cache.reset();
+  if (seq.callbacks.on_done) seq.callbacks.on_done(r);
+}
+
+void GenerationScheduler::Loop() {
+  std::vector<std::unique_ptr<Sequence>> running;
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto has_work = [this, &running]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !queue_.empty() || !running.empty();
+      };
+      mu_.Await(absl::Condition(&has_work));
+      if (stopping_) {
+        for (auto& seq : queue_) running.push_back(std::move(seq));
+        queue_.clear();
+      } else {
+        while (static_cast<int>(running.size()) < options_.max_running && !queue_.empty()) {
+          running.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+          Sequence& seq = *running.back();
+          seq.admitted = absl::Now();
+          const int capacity = std::min<int>(
+              max_context_, seq.prompt_tokens + seq.params.max_new_tokens);
+          seq.cache = std::make_unique<KVCache>(model_->config(), capacity);
+          seq.sampler = std::make_unique<Sampler>(seq.params.sampling);
+          seq.text = std::make_unique<TextStream>(
+              *tokenizer_, /*at_sequence_start=*/seq.prompt_tokens <= 1,
+              seq.params.stop_sequences);
+        }
+      }
+    }
+    bool stopping;
+    {
+      absl::MutexLock lock(&mu_);
+      stopping = stopping_;
+    }
+    if (stopping) {
+      for (auto& seq : running) Finish(*seq, FinishReason::kCancelled);
+      running_count_.store(0);
+      return;
+    }
+    for (auto& seq : running) {
+      if (seq->handle->cancelled()) Finish(*seq, FinishReason::kCancelled);
+    }
+    running.erase(std::remove_if(running.begin(), running.end(),
+                                 [](const auto& s) { return s->done; }),
+                  running.end());
+    running_count_.store(static_cast<int>(running.size()));
+    if (!running.empty()) Step(running);
+    running.erase(std::remove_if(running.begin(), running.end(),
+                                 [](const auto& s) { return s->done; }),
+                  running.end());
+    running_count_.store(static_cast<int>(running.size()));
+  }
+}
+
+void GenerationScheduler::Step(std::vector<std::unique_ptr<Sequence>>& running) {
+  // Decodes first (one token each), then prompt slices within the budget.
+  std::vector<SequenceChunk> chunks;
+  std::vector<Sequence*> owners;
+  int prefill_budget = options_.prefill_chunk;
+  for (auto& seq : running) {
+    if (seq->prefilling()) continue;
+    SequenceChunk c;
+    c.cache = seq->cache.get();
+    c.start_pos = static_cast<int>(seq->tokens.size()) - 1;
+    c.tokens = absl::MakeConstSpan(seq->tokens).subspan(c.start_pos, 1);
+    chunks.push_back(c);
+    owners.push_back(seq.get());
+  }
+  for (auto& seq : running) {
+    if (!seq->prefilling() || prefill_budget == 0) continue;
+    const int n = std::min(prefill_budget, seq->prompt_tokens - seq->prefilled);
+    SequenceChunk c;
+    c.cache = seq->cache.get();
+    c.start_pos = seq->prefilled;
+    c.tokens = absl::MakeConstSpan(seq->tokens).subspan(seq->prefilled, n);
+    chunks.push_back(c);
+    owners.push_back(seq.get());
+    prefill_budget -= n;
+  }
+
+  std::vector<float> logits;
+  if (absl::Status s = model_->Forward(chunks, &logits); !s.ok()) {
+    for (Sequence* seq : owners) Finish(*seq, FinishReason::kError, s);
+    return;
+  }
+  const int vocab = model_->config().vocab_size;
+  for (size_t i = 0; i < owners.size(); ++i) {
+    Sequence& seq = *owners[i];
+    if (seq.prefilling()) {
+      seq.prefilled += static_cast<int>(chunks[i].tokens.size());
+      if (seq.prefilling()) continue;  // logits of a mid-prompt slice are unused
+    }
+    TokenEvent event;
+    event.id = seq.sampler->Sample(absl::MakeConstSpan(logits).subspan(i * vocab, vocab),
+                                   seq.tokens, &event.logprob);
+    seq.tokens.push_back(event.id);
+    const int generated = static_cast<int>(seq.tokens.size()) - seq.prompt_tokens;
+    if (generated == 1) {
+      seq.first_token = absl::Now();
+      seq.result.time_to_first_token_ms =
+          absl::ToDoubleMilliseconds(seq.first_token - seq.submitted);
+    }
+    const TextStream::Step text = seq.text->Append(event.id);
+    event.text = text.text;
+    std::optional<FinishReason> finish;
+    if (text.stopped) {
+      finish = FinishReason::kStopSequence;
+    } else if (event.id == tokenizer_->eos_id()) {
+      finish = FinishReason::kEos;
+    } else if (generated >= seq.params.max_new_tokens ||
+               static_cast<int>(seq.tokens.size()) >= seq.cache->max_positions()) {
+      finish = FinishReason::kLength;
+    }
+    // Text held back for a possible stop sequence belongs to the last token.
+    if (finish.has_value() && *finish != FinishReason::kStopSequence) {
+      event.text += seq.text->Finish();
+    }
+    if (seq.callbacks.on_token) seq.callbacks.on_token(event);
+    if (finish.has_value()) Finish(seq, *finish);
+  }
+}
+
+}  // namespace wq

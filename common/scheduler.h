@@ -1,0 +1,119 @@
+// One loop serves every generation request of a model (continuous batching):
+// new requests join at the next step, their prompts prefilled in slices so
+// running decodes never stall for long; each step runs the new tokens of all
+// running sequences through the model in one pass over the weights; finished
+// and cancelled sequences leave at once. Requests beyond max_running wait in
+// a bounded queue; beyond that, Submit fails with RESOURCE_EXHAUSTED.
+#ifndef WQ_COMMON_SCHEDULER_H_
+#define WQ_COMMON_SCHEDULER_H_
+
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/llama.h"
+#include "common/sampler.h"
+#include "common/tokenizer.h"
+
+namespace wq {
+
+struct GenerationParams {
+  SamplingOptions sampling;
+  int max_new_tokens = 128;
+  std::vector<std::string> stop_sequences;
+};
+
+enum class FinishReason { kLength, kEos, kStopSequence, kCancelled, kError };
+std::string_view FinishReasonName(FinishReason reason);
+
+struct TokenEvent {
+  int id = 0;
+  std::string text;  // newly visible text (see TextStream)
+  float logprob = 0;
+};
+
+struct GenerationResult {
+  FinishReason finish_reason = FinishReason::kLength;
+  absl::Status status;  // non-OK only with kError
+  std::string text;
+  std::vector<int> token_ids;
+  int prompt_tokens = 0;
+  double queue_ms = 0;
+  double time_to_first_token_ms = 0;
+  double total_ms = 0;
+  double decode_tokens_per_second = 0;
+};
+
+// Called on the scheduler's thread: keep them short and non-blocking.
+struct GenerationCallbacks {
+  std::function<void(const TokenEvent&)> on_token;
+  std::function<void(const GenerationResult&)> on_done;  // exactly once
+};
+
+class GenerationScheduler {
+ public:
+  struct Options {
+    int max_running = 8;      // sequences decoded together
+    int max_queued = 64;      // waiting beyond max_running
+    int prefill_chunk = 256;  // prompt tokens per step, over all sequences
+    int max_context = 0;      // tokens per sequence; 0: the model's maximum
+  };
+
+  // A submitted request; Cancel() makes it finish with kCancelled at the
+  // next step and frees its KV cache.
+  class Handle {
+   public:
+    void Cancel() { cancelled_.store(true); }
+    bool cancelled() const { return cancelled_.load(); }
+
+   private:
+    std::atomic<bool> cancelled_{false};
+  };
+
+  GenerationScheduler(std::shared_ptr<const LlamaModel> model,
+                      std::shared_ptr<const Tokenizer> tokenizer, Options options);
+  // Cancels everything still queued or running, then joins the loop.
+  ~GenerationScheduler();
+
+  // INVALID_ARGUMENT: bad sampling options or a prompt that leaves no room in
+  // the context; RESOURCE_EXHAUSTED: queue full; UNAVAILABLE: shutting down.
+  absl::StatusOr<std::shared_ptr<Handle>> Submit(const std::string& prompt,
+                                                 const GenerationParams& params,
+                                                 GenerationCallbacks callbacks);
+  // Stops accepting work and cancels all requests; returns once the loop ended.
+  void Shutdown();
+
+  const Options& options() const { return options_; }
+  int max_context() const { return max_context_; }
+  int running() const { return running_count_.load(); }
+  int queued() const;
+
+ private:
+  struct Sequence;
+  void Loop();
+  void Step(std::vector<std::unique_ptr<Sequence>>& running);
+  void Finish(Sequence& seq, FinishReason reason, absl::Status status = absl::OkStatus());
+
+  std::shared_ptr<const LlamaModel> model_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  Options options_;
+  int max_context_;
+
+  mutable absl::Mutex mu_;
+  std::deque<std::unique_ptr<Sequence>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<int> running_count_{0};
+  std::thread loop_;
+};
+
+}  // namespace wq
+
+#endif  // WQ_COMMON_SCHEDULER_H_

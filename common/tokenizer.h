@@ -1,0 +1,102 @@
+// SentencePiece tokenizer, reached through libwq_spm_shim.so (see
+// sentencepiece_shim.h for why it is dlopen'ed rather than linked).
+//
+// The shim is found at run time, in this order: $WQ_SPM_SHIM; next to the
+// executable; $RUNFILES_DIR, $TEST_SRCDIR or <executable>.runfiles under
+// wq/common/libwq_spm_shim.so. //common:tokenizer lists the shim as data, so
+// Bazel targets depending on it get it in their runfiles.
+#ifndef WQ_COMMON_TOKENIZER_H_
+#define WQ_COMMON_TOKENIZER_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace wq {
+
+struct SpmShimApi;
+
+class Tokenizer {
+ public:
+  // How a piece turns into text, precomputed per id.
+  enum class PieceKind { kNormal, kByte, kControl, kUnknown };
+
+  // NOT_FOUND when model_path does not exist, INVALID_ARGUMENT when it is not
+  // a sentencepiece model, FAILED_PRECONDITION when the shim is not found.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(
+      const std::string& model_path);
+
+  Tokenizer(const Tokenizer&) = delete;
+  Tokenizer& operator=(const Tokenizer&) = delete;
+  ~Tokenizer();
+
+  // Thread-safe.
+  absl::StatusOr<std::vector<int>> Encode(std::string_view text,
+                                          bool add_bos) const;
+  // Skips control ids (BOS/EOS) like sentencepiece; ids outside [0, vocab)
+  // decode as the unknown piece.
+  std::string Decode(absl::Span<const int> ids) const;
+
+  int bos_id() const { return bos_id_; }
+  int eos_id() const { return eos_id_; }
+  int unk_id() const { return unk_id_; }
+  int vocab_size() const { return vocab_size_; }
+
+  // Raw piece text, e.g. "▁Once" or "<0x0A>"; "" when id is out of range.
+  std::string_view Piece(int id) const;
+  // kUnknown when id is out of range.
+  PieceKind Kind(int id) const;
+  // Bytes the piece stands for on its own: "▁" becomes a space, a byte piece
+  // its raw byte, a control piece nothing, the unknown piece " ⁇ ". Out of
+  // range ids give the unknown surface.
+  std::string_view Surface(int id) const;
+
+ private:
+  Tokenizer(const SpmShimApi* api, void* handle);
+
+  const SpmShimApi* api_;
+  void* handle_;
+  int vocab_size_;
+  int bos_id_;
+  int eos_id_;
+  int unk_id_;
+  std::vector<std::string_view> pieces_;
+  std::vector<PieceKind> kinds_;
+  std::vector<std::string> surfaces_;
+};
+
+// Turns generated ids into UTF-8 text one token at a time, never emitting a
+// partial UTF-8 sequence: byte-fallback pieces such as <0xE4><0xB8><0x96>
+// arrive one per token. Concatenated output equals Tokenizer::Decode of the
+// same ids. Not thread-safe; the tokenizer must outlive it.
+class StreamingDetokenizer {
+ public:
+  // at_sequence_start: drop the leading space of the first piece
+  // (sentencepiece's dummy prefix), as Decode does for a whole text. For a
+  // continuation after a prompt pass false, so ", there was" keeps its spaces.
+  StreamingDetokenizer(const Tokenizer& tok, bool at_sequence_start);
+
+  // Text completed by this token: "" while a multi-byte character is
+  // incomplete and for control ids. Bytes that can never complete a character
+  // come out as U+FFFD, one per byte, as in sentencepiece's Decode.
+  std::string Push(int id);
+  // Pending incomplete bytes as U+FFFD (one per byte); resets the state.
+  std::string Flush();
+
+ private:
+  // Moves complete characters (and U+FFFD for invalid bytes) from pending_
+  // to out; with `final`, incomplete tails become U+FFFD too.
+  void Drain(bool final, std::string* out);
+
+  const Tokenizer& tok_;
+  bool strip_leading_space_;
+  std::string pending_;
+};
+
+}  // namespace wq
+
+#endif  // WQ_COMMON_TOKENIZER_H_

@@ -1,0 +1,134 @@
+#include "server/server.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+
+namespace wq {
+namespace {
+
+// Self-pipe: the handler only write()s (async-signal-safe); the main thread
+// blocks on read(). Works whatever threads gRPC or oneTBB started.
+int g_signal_pipe[2] = {-1, -1};
+volatile sig_atomic_t g_signal_number = 0;
+
+void OnSignal(int signo) {
+  g_signal_number = signo;
+  const int saved_errno = errno;
+  const char byte = 1;
+  [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &byte, 1);
+  errno = saved_errno;
+}
+
+absl::Status WritePortFile(const std::string& path, int port) {
+  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) {
+    return absl::InternalError(absl::StrCat("cannot write --port_file ", tmp,
+                                            ": ", std::strerror(errno)));
+  }
+  std::fprintf(f, "%d\n", port);
+  const bool ok = std::fflush(f) == 0 && fsync(fileno(f)) == 0;
+  std::fclose(f);
+  // rename() makes the complete file appear at once: readers never see a
+  // partial port number.
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return absl::InternalError(absl::StrCat("cannot write --port_file ", path,
+                                            ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void InstallShutdownSignalHandlers() {
+  if (g_signal_pipe[0] >= 0) return;
+  if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) {
+    std::perror("pipe2");
+    return;
+  }
+  struct sigaction action = {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+  // A client vanishing must not kill the server.
+  signal(SIGPIPE, SIG_IGN);
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+absl::Status RunServer(const ServerOptions& options) {
+  InstallShutdownSignalHandlers();
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
+                           &port);
+  for (grpc::Service* service : options.services) {
+    builder.RegisterService(service);
+  }
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on --listen=", options.listen,
+        " (expected host:port with a free port; port 0 picks one)"));
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  if (health != nullptr) {
+    health->SetServingStatus(true);
+    for (const std::string& name : options.health_service_names) {
+      health->SetServingStatus(name, true);
+    }
+  }
+  if (!options.port_file.empty()) {
+    absl::Status written = WritePortFile(options.port_file, port);
+    if (!written.ok()) {
+      server->Shutdown();
+      return written;
+    }
+  }
+  LogInfo("server_ready", {{"listen", options.listen}, {"port", port}});
+
+  char byte;
+  while (read(g_signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
+  }
+  LogInfo("shutdown_started", {{"signal", static_cast<int>(g_signal_number)}});
+
+  // Health first, so load balancers stop routing here; Shutdown() then stops
+  // accepting calls at once but waits for in-flight ones, which the hook
+  // makes finish, so both run side by side.
+  if (health != nullptr) health->Shutdown();
+  std::thread stopper([&] {
+    server->Shutdown(std::chrono::system_clock::now() +
+                     absl::ToChronoMilliseconds(options.shutdown_deadline));
+  });
+  if (options.on_shutdown) options.on_shutdown();
+  stopper.join();
+  server->Wait();
+  LogInfo("shutdown_done");
+  return absl::OkStatus();
+}
+
+}  // namespace wq

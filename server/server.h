@@ -1,0 +1,53 @@
+// gRPC server plumbing shared by quantizer_service and inference_service:
+// binding, health checking, reflection, port file, signal-driven graceful
+// shutdown and the absl::Status -> grpc::Status mapping.
+#ifndef WQ_SERVER_SERVER_H_
+#define WQ_SERVER_SERVER_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace wq {
+
+struct ServerOptions {
+  // "host:port"; port 0 picks a free port (written to port_file).
+  std::string listen;
+  // When non-empty, the bound port is written here (atomically, by rename)
+  // once the server accepts calls: tests and scripts wait for this file.
+  std::string port_file;
+  // Not owned; must outlive RunServer.
+  std::vector<grpc::Service*> services;
+  // Full names ("wq.v1.QuantizerService") reported SERVING by the health
+  // service once ready, alongside "".
+  std::vector<std::string> health_service_names;
+  // Runs on SIGTERM/SIGINT after the server stopped accepting calls and
+  // before it waits for the in-flight ones: cancels or finishes work that
+  // handlers wait on, so that they return.
+  std::function<void()> on_shutdown;
+  // In-flight calls still running after this are cancelled.
+  absl::Duration shutdown_deadline = absl::Seconds(5);
+};
+
+// Installs SIGTERM/SIGINT handlers. Call first thing in main(), before any
+// thread is started, so that no signal is missed between start-up and
+// RunServer. Idempotent.
+void InstallShutdownSignalHandlers();
+
+// Builds and starts the server, then blocks until SIGTERM or SIGINT and
+// shuts down gracefully (health NOT_SERVING, on_shutdown, Shutdown with the
+// deadline). OK after a clean shutdown; UNAVAILABLE when the address cannot
+// be bound; INTERNAL when the port file cannot be written.
+absl::Status RunServer(const ServerOptions& options);
+
+// Codes map 1:1 (both follow google.rpc.Code).
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+}  // namespace wq
+
+#endif  // WQ_SERVER_SERVER_H_

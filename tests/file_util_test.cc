@@ -1,0 +1,119 @@
+#include "common/file_util.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace wq {
+namespace {
+
+std::string TempPath(const std::string& name) {
+  return testing::TempDir() + "/file_util_test_" + name;
+}
+
+TEST(Sha256HexTest, KnownVectors) {
+  EXPECT_EQ(Sha256Hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(Sha256Hex(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
+TEST(Sha256FileTest, BundledConfig) {
+  auto digest = Sha256File("testdata/models/stories260K/config.json");
+  ASSERT_TRUE(digest.ok()) << digest.status();
+  EXPECT_EQ(*digest,
+            "aefb87416101df6f1a253b76552d173bf58c273b5dab86ab5b681b114297f3de");
+}
+
+TEST(Sha256FileTest, MatchesInMemoryHashAcrossChunkBoundaries) {
+  // Larger than the 1 MiB read buffer and not a multiple of it.
+  std::string contents((3 << 20) + 12345, '\0');
+  for (size_t i = 0; i < contents.size(); ++i) {
+    contents[i] = static_cast<char>(i * 2654435761u >> 13);
+  }
+  const std::string path = TempPath("large");
+  ASSERT_TRUE(WriteFileDurably(path, contents).ok());
+  auto digest = Sha256File(path);
+  ASSERT_TRUE(digest.ok()) << digest.status();
+  EXPECT_EQ(*digest, Sha256Hex(contents));
+}
+
+TEST(Sha256FileTest, MissingFileIsNotFound) {
+  EXPECT_EQ(Sha256File(TempPath("missing")).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(ReadWriteTest, RoundTripIncludingNulBytes) {
+  const std::string path = TempPath("roundtrip");
+  const std::string contents("hello\0world\n", 12);
+  ASSERT_TRUE(WriteFileDurably(path, contents).ok());
+  auto read = ReadFile(path);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, contents);
+
+  // Rewriting truncates.
+  ASSERT_TRUE(WriteFileDurably(path, "x").ok());
+  EXPECT_EQ(*ReadFile(path), "x");
+}
+
+TEST(ReadWriteTest, EmptyFile) {
+  const std::string path = TempPath("empty");
+  ASSERT_TRUE(WriteFileDurably(path, "").ok());
+  auto read = ReadFile(path);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, "");
+}
+
+TEST(ReadWriteTest, PiecesAreConcatenated) {
+  const std::string path = TempPath("pieces");
+  const std::string_view pieces[] = {"ab", "", "cde"};
+  ASSERT_TRUE(WriteFileDurably(path, pieces).ok());
+  EXPECT_EQ(*ReadFile(path), "abcde");
+}
+
+TEST(ReadWriteTest, Errors) {
+  auto missing = ReadFile(TempPath("does_not_exist"));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("does_not_exist"),
+            std::string::npos);
+  EXPECT_FALSE(
+      WriteFileDurably(TempPath("no_such_dir") + "/file", "x").ok());
+  EXPECT_TRUE(FsyncDirectory(testing::TempDir()).ok());
+  EXPECT_EQ(FsyncDirectory(TempPath("no_such_dir")).code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(RemoveTreeTest, RemovesNestedTreeWithoutFollowingSymlinks) {
+  const std::string outside = TempPath("outside");
+  ASSERT_EQ(::mkdir(outside.c_str(), 0755), 0);
+  ASSERT_TRUE(WriteFileDurably(outside + "/keep", "keep").ok());
+
+  const std::string tree = TempPath("tree");
+  ASSERT_EQ(::mkdir(tree.c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir((tree + "/sub").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir((tree + "/sub/deeper").c_str(), 0755), 0);
+  ASSERT_TRUE(WriteFileDurably(tree + "/a", "a").ok());
+  ASSERT_TRUE(WriteFileDurably(tree + "/sub/deeper/b", "b").ok());
+  ASSERT_EQ(::symlink(outside.c_str(), (tree + "/sub/link").c_str()), 0);
+
+  ASSERT_TRUE(RemoveTree(tree).ok());
+  struct stat st;
+  EXPECT_NE(::lstat(tree.c_str(), &st), 0);
+  // The symlink's target survives.
+  EXPECT_EQ(*ReadFile(outside + "/keep"), "keep");
+  ASSERT_TRUE(RemoveTree(outside).ok());
+}
+
+TEST(RemoveTreeTest, SingleFileAndMissingPath) {
+  const std::string file = TempPath("single");
+  ASSERT_TRUE(WriteFileDurably(file, "x").ok());
+  EXPECT_TRUE(RemoveTree(file).ok());
+  EXPECT_EQ(ReadFile(file).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(RemoveTree(file).ok());
+}
+
+}  // namespace
+}  // namespace wq

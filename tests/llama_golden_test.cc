@@ -1,0 +1,119 @@
+// The fp32 engine against golden.json: logits computed in float64 by an
+// independent implementation, and its 32 greedy tokens.
+#include <cmath>
+#include <vector>
+
+#include "common/file_util.h"
+#include "common/llama.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace wq {
+namespace {
+
+constexpr char kModelDir[] = "testdata/models/stories260K";
+
+class LlamaGoldenTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto weights = LoadLlamaModelDir(kModelDir);
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    model_ = std::make_unique<LlamaModel>(*weights);
+    auto text = ReadFile(std::string(kModelDir) + "/golden.json");
+    ASSERT_TRUE(text.ok()) << text.status();
+    golden_ = nlohmann::json::parse(*text);
+    prompt_ = golden_["prompt_ids"].get<std::vector<int>>();
+    greedy_ = golden_["greedy_ids"].get<std::vector<int>>();
+  }
+
+  std::unique_ptr<LlamaModel> model_;
+  nlohmann::json golden_;
+  std::vector<int> prompt_, greedy_;
+};
+
+TEST_F(LlamaGoldenTest, LogitsMatchAtEveryStoredPosition) {
+  std::vector<int> seq = prompt_;
+  seq.insert(seq.end(), greedy_.begin(), greedy_.end());
+  const auto& expected = golden_["logits"];
+  const int positions = static_cast<int>(expected.size());
+  ASSERT_EQ(positions, 8);
+  KVCache cache(model_->config(), 64);
+  SequenceChunk chunk;
+  chunk.cache = &cache;
+  chunk.tokens = absl::MakeConstSpan(seq).subspan(0, positions);
+  chunk.all_logits = true;
+  std::vector<float> logits;
+  ASSERT_TRUE(model_->Forward({&chunk, 1}, &logits).ok());
+  const int vocab = model_->config().vocab_size;
+  double worst = 0;
+  for (int p = 0; p < positions; ++p) {
+    ASSERT_EQ(expected[p].size(), static_cast<size_t>(vocab));
+    for (int i = 0; i < vocab; ++i) {
+      const double diff = std::abs(logits[p * vocab + i] - expected[p][i].get<double>());
+      worst = std::max(worst, diff);
+      ASSERT_LT(diff, 1e-4) << "position " << p << " token " << i;
+    }
+  }
+  std::printf("max |logit - golden| over %d positions: %.2e\n", positions, worst);
+}
+
+TEST_F(LlamaGoldenTest, GreedyTokensMatchExactly) {
+  KVCache cache(model_->config(), 64);
+  std::vector<int> seq = prompt_;
+  std::vector<float> logits;
+  int start = 0;
+  const int vocab = model_->config().vocab_size;
+  for (size_t step = 0; step < greedy_.size(); ++step) {
+    SequenceChunk chunk;
+    chunk.cache = &cache;
+    chunk.tokens = absl::MakeConstSpan(seq).subspan(start);
+    chunk.start_pos = start;
+    ASSERT_TRUE(model_->Forward({&chunk, 1}, &logits).ok());
+    start = static_cast<int>(seq.size());
+    seq.push_back(static_cast<int>(std::max_element(logits.begin(), logits.begin() + vocab) -
+                                   logits.begin()));
+  }
+  EXPECT_EQ(std::vector<int>(seq.begin() + prompt_.size(), seq.end()), greedy_);
+}
+
+TEST_F(LlamaGoldenTest, BatchedSequencesMatchSeparateRuns) {
+  // Two sequences of different lengths in one pass equal two separate passes.
+  std::vector<int> a = prompt_;
+  std::vector<int> b(greedy_.begin(), greedy_.begin() + 9);
+  b.insert(b.begin(), 1);
+  KVCache ca(model_->config(), 32), cb(model_->config(), 32), cs(model_->config(), 32);
+  SequenceChunk chunks[2];
+  chunks[0].cache = &ca;
+  chunks[0].tokens = a;
+  chunks[1].cache = &cb;
+  chunks[1].tokens = b;
+  chunks[1].all_logits = true;
+  std::vector<float> batched, single;
+  ASSERT_TRUE(model_->Forward(chunks, &batched).ok());
+  SequenceChunk alone;
+  alone.cache = &cs;
+  alone.tokens = b;
+  alone.all_logits = true;
+  ASSERT_TRUE(model_->Forward({&alone, 1}, &single).ok());
+  const int vocab = model_->config().vocab_size;
+  ASSERT_EQ(batched.size(), (1 + b.size()) * vocab);
+  for (size_t i = 0; i < single.size(); ++i) {
+    ASSERT_NEAR(batched[vocab + i], single[i], 1e-4);  // GEMM blocking differs with n
+  }
+}
+
+TEST_F(LlamaGoldenTest, RejectsBadTokensAndPositions) {
+  KVCache cache(model_->config(), 4);
+  std::vector<int> bad = {1, 9999};
+  SequenceChunk chunk;
+  chunk.cache = &cache;
+  chunk.tokens = bad;
+  std::vector<float> logits;
+  EXPECT_EQ(model_->Forward({&chunk, 1}, &logits).code(), absl::StatusCode::kInvalidArgument);
+  std::vector<int> too_long = {1, 2, 3, 4, 5};
+  chunk.tokens = too_long;
+  EXPECT_EQ(model_->Forward({&chunk, 1}, &logits).code(), absl::StatusCode::kOutOfRange);
+}
+
+}  // namespace
+}  // namespace wq

@@ -1,0 +1,106 @@
+#include "common/matmul.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "common/quant_format.h"
+#include "gtest/gtest.h"
+
+namespace wq {
+namespace {
+
+std::vector<float> Random(int64_t size, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> v(size);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// y[i, r] = sum_k x[i, k] * w[r, k] in double, plus sum_k |x[i, k] * w[r, k]|
+// as the scale of fp32 rounding error (robust to cancellation).
+void Naive(const std::vector<float>& w, int64_t rows, int64_t cols,
+           const std::vector<float>& x, int64_t n, std::vector<double>* y,
+           std::vector<double>* abs) {
+  y->assign(n * rows, 0.0);
+  abs->assign(n * rows, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t k = 0; k < cols; ++k) {
+        const double p = double{x[i * cols + k]} * w[r * cols + k];
+        (*y)[i * rows + r] += p;
+        (*abs)[i * rows + r] += std::fabs(p);
+      }
+    }
+  }
+}
+
+TEST(MatMulF32, MatchesNaiveTripleLoop) {
+  // rows 150 spans several 64-row blocks, the last one partial.
+  for (int64_t n : {1, 3, 7}) {
+    for (int64_t cols : {1, 64, 172}) {
+      constexpr int64_t kRows = 150;
+      const auto w = Random(kRows * cols, 1);
+      const auto x = Random(n * cols, 2);
+      std::vector<float> y(n * kRows, -123.0f);
+      MatMulF32(w.data(), kRows, cols, x.data(), n, y.data());
+      std::vector<double> want, abs;
+      Naive(w, kRows, cols, x, n, &want, &abs);
+      for (int64_t i = 0; i < n * kRows; ++i) {
+        ASSERT_NEAR(y[i], want[i], 1e-5 * abs[i] + 1e-30)
+            << "n " << n << " cols " << cols << " at " << i;
+      }
+    }
+  }
+}
+
+struct Case {
+  QuantType type;
+  QuantScheme scheme;
+};
+
+class MatMulQuantizedTest : public testing::TestWithParam<Case> {};
+
+TEST_P(MatMulQuantizedTest, MatchesF32OverDequantizedMatrix) {
+  const Case c = GetParam();
+  for (int group : {32, -1}) {
+    for (int64_t cols : {64, 172, 600}) {  // 172 % 32 = 12: ragged tail.
+      for (int64_t n : {1, 7}) {
+        SCOPED_TRACE(testing::Message()
+                     << GetQuantFormat(c.type).name << " group " << group
+                     << " cols " << cols << " n " << n);
+        constexpr int64_t kRows = 70;
+        const auto w = Random(kRows * cols, 3);
+        const auto x = Random(n * cols, 4);
+        auto q = QuantizeMatrix(w.data(), kRows, cols, {c.type, c.scheme, group});
+        ASSERT_TRUE(q.ok()) << q.status();
+        const std::vector<float> deq = DequantizeMatrix(q->view());
+        std::vector<float> got(n * kRows, -123.0f), ref(n * kRows);
+        MatMulQuantized(q->view(), x.data(), n, got.data());
+        MatMulF32(deq.data(), kRows, cols, x.data(), n, ref.data());
+        std::vector<double> exact, abs;
+        Naive(deq, kRows, cols, x, n, &exact, &abs);
+        for (int64_t i = 0; i < n * kRows; ++i) {
+          // 1e-5 relative to the magnitude of the summed terms.
+          ASSERT_NEAR(got[i], ref[i], 1e-5 * abs[i] + 1e-30) << i;
+          ASSERT_NEAR(got[i], exact[i], 1e-5 * abs[i] + 1e-30) << i;
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllFormats, MatMulQuantizedTest,
+    testing::Values(Case{QuantType::kInt8, QuantScheme::kSym},
+                    Case{QuantType::kInt8, QuantScheme::kAsym},
+                    Case{QuantType::kInt4Clip, QuantScheme::kSym},
+                    Case{QuantType::kInt4Clip, QuantScheme::kAsym},
+                    Case{QuantType::kInt4FullRange, QuantScheme::kSym},
+                    Case{QuantType::kInt4FullRange, QuantScheme::kAsym},
+                    Case{QuantType::kNf4, QuantScheme::kSym},
+                    Case{QuantType::kFp4E2M1, QuantScheme::kSym}));
+
+}  // namespace
+}  // namespace wq
