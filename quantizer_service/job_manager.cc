@@ -1,0 +1,395 @@
+#include "quantizer_service/job_manager.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "common/quant_config.h"
+#include "common/status_macros.h"
+
+namespace wq {
+namespace {
+
+// Job.log grows with notable events only, but a pathological job must not
+// grow it without bound.
+constexpr int kMaxLogLines = 200;
+
+void SetTimestamp(absl::Time t, google::protobuf::Timestamp* ts) {
+  const int64_t nanos = absl::ToUnixNanos(t);
+  ts->set_seconds(nanos / 1000000000);
+  ts->set_nanos(static_cast<int32_t>(nanos % 1000000000));
+}
+
+v1::JobPhase PhaseOf(QuantizePhase phase) {
+  switch (phase) {
+    case QuantizePhase::kLoading: return v1::PHASE_LOADING;
+    case QuantizePhase::kCalibration: return v1::PHASE_CALIBRATION;
+    case QuantizePhase::kQuantizing: return v1::PHASE_QUANTIZING;
+    case QuantizePhase::kPacking: return v1::PHASE_PACKING;
+    case QuantizePhase::kWriting: return v1::PHASE_WRITING;
+    case QuantizePhase::kDone: return v1::PHASE_DONE;
+  }
+  return v1::JOB_PHASE_UNSPECIFIED;
+}
+
+void AppendLog(v1::Job* job, std::string line) {
+  if (job->log_size() < kMaxLogLines) job->add_log(std::move(line));
+}
+
+std::string NewJobId() {
+  // Random rather than sequential: ids stay unique across restarts.
+  static absl::Mutex mu(absl::kConstInit);
+  static absl::BitGen* gen = new absl::BitGen();
+  absl::MutexLock lock(&mu);
+  return absl::StrFormat("job-%016x", absl::Uniform<uint64_t>(*gen));
+}
+
+}  // namespace
+
+bool IsTerminal(v1::JobState state) {
+  return state == v1::SUCCEEDED || state == v1::FAILED || state == v1::CANCELLED;
+}
+
+int64_t PeakRssBytes() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  int64_t kb = 0;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::strncmp(line, "VmHWM:", 6) == 0) {
+      long long value = 0;
+      if (std::sscanf(line + 6, "%lld", &value) == 1) kb = value;
+      break;
+    }
+  }
+  std::fclose(f);
+  return kb * 1024;
+}
+
+absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) {
+  if (options.workers < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("workers must be >= 1, got ", options.workers));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<ArtifactStore> store,
+                   ArtifactStore::Open(options.artifact_root));
+  return std::unique_ptr<JobManager>(
+      new JobManager(std::move(options), std::move(store)));
+}
+
+JobManager::JobManager(Options options, std::unique_ptr<ArtifactStore> store)
+    : options_(std::move(options)),
+      store_(std::move(store)),
+      registry_(options_.model_root) {
+  for (int i = 0; i < options_.workers; ++i) {
+    workers_.emplace_back([this] { WorkerLoop(); });
+  }
+}
+
+JobManager::~JobManager() { Shutdown(); }
+
+void JobManager::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      stopping_ = true;
+      for (JobEntry* entry : queue_) {
+        entry->cancelled.store(true);
+        entry->job.set_state(v1::CANCELLED);
+        entry->job.set_error_message("server shutting down");
+        SetTimestamp(absl::Now(), entry->job.mutable_end_time());
+        Touch(entry);
+      }
+      queue_.clear();
+      for (auto& [id, entry] : jobs_) {
+        if (entry->job.state() == v1::RUNNING) entry->cancelled.store(true);
+      }
+      changed_.SignalAll();
+    }
+  }
+  for (std::thread& worker : workers_) {
+    if (worker.joinable()) worker.join();
+  }
+}
+
+void JobManager::Touch(JobEntry* entry) {
+  ++entry->version;
+  changed_.SignalAll();
+}
+
+absl::StatusOr<JobManager::JobEntry*> JobManager::Find(
+    const std::string& job_id) const {
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("no job with id \"", job_id, "\"; see ListJobs"));
+  }
+  return it->second.get();
+}
+
+absl::Status JobManager::ValidateCalibration(
+    const v1::WeightOnlyQuantConfig& config) const {
+  if (!config.has_calibration() || !config.calibration().has_data_file()) {
+    return absl::OkStatus();
+  }
+  const std::string& file = config.calibration().data_file();
+  // Same rules as resource ids: relative, no "..", no hidden entries.
+  RETURN_IF_ERROR(ValidateResourceId(file, "calibration data_file", 8));
+  const std::string path = absl::StrCat(options_.data_root, "/", file);
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) {
+    return absl::NotFoundError(absl::StrCat(
+        "calibration data_file \"", file,
+        "\" does not exist under the server's data root"));
+  }
+  std::fclose(f);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::SubmitJobRequest& request) {
+  absl::StatusOr<std::string> model_dir = registry_.Resolve(request.model_id());
+  if (absl::IsNotFound(model_dir.status())) {
+    // Saying what exists saves the user a round trip.
+    absl::StatusOr<std::vector<std::string>> known = registry_.List();
+    return absl::NotFoundError(absl::StrCat(
+        model_dir.status().message(), "; available models: ",
+        known.ok() && !known->empty() ? absl::StrJoin(*known, ", ") : "(none)"));
+  }
+  if (!model_dir.ok()) return model_dir.status();
+  ASSIGN_OR_RETURN(v1::WeightOnlyQuantConfig resolved,
+                   ResolveQuantConfig(request.config()));
+  RETURN_IF_ERROR(ValidateCalibration(request.config()));
+
+  auto entry = std::make_unique<JobEntry>();
+  entry->model_dir = *model_dir;
+  v1::Job& job = entry->job;
+  job.set_job_id(NewJobId());
+  job.set_model_id(request.model_id());
+  *job.mutable_config() = request.config();
+  job.set_state(v1::QUEUED);
+  job.mutable_progress()->set_phase(v1::PHASE_QUEUED);
+  job.mutable_progress()->set_eta_seconds(-1);
+  SetTimestamp(absl::Now(), job.mutable_create_time());
+  AppendLog(&job, absl::StrCat("config resolved to ", QuantConfigSlug(resolved)));
+
+  absl::MutexLock lock(&mu_);
+  if (stopping_) {
+    return absl::UnavailableError("server is shutting down; retry elsewhere");
+  }
+  v1::Job snapshot = job;
+  JobEntry* raw = entry.get();
+  order_.push_back(job.job_id());
+  jobs_.emplace(job.job_id(), std::move(entry));
+  queue_.push_back(raw);
+  Touch(raw);
+  LogInfo("job_submitted", {{"job_id", snapshot.job_id()},
+                            {"model_id", snapshot.model_id()},
+                            {"config", QuantConfigSlug(resolved)}});
+  return snapshot;
+}
+
+absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& job_id) const {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(JobEntry * entry, Find(job_id));
+  return entry->job;
+}
+
+std::vector<v1::Job> JobManager::ListJobs() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::Job> jobs;
+  jobs.reserve(order_.size());
+  for (const std::string& id : order_) jobs.push_back(jobs_.at(id)->job);
+  return jobs;
+}
+
+absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(JobEntry * entry, Find(job_id));
+  v1::Job& job = entry->job;
+  if (IsTerminal(job.state())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", job_id, " already ended as ", v1::JobState_Name(job.state()),
+        "; only queued or running jobs can be cancelled"));
+  }
+  entry->cancelled.store(true);
+  if (job.state() == v1::QUEUED) {
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      if (*it == entry) {
+        queue_.erase(it);
+        break;
+      }
+    }
+    job.set_state(v1::CANCELLED);
+    SetTimestamp(absl::Now(), job.mutable_end_time());
+    AppendLog(&job, "cancelled while queued");
+    Touch(entry);
+  } else {
+    // The worker notices the flag between units of work and ends the job.
+    AppendLog(&job, "cancellation requested");
+    Touch(entry);
+  }
+  LogInfo("job_cancel", {{"job_id", job_id}});
+  return job;
+}
+
+absl::Status JobManager::WatchJob(const std::string& job_id,
+                                  const std::function<bool(const v1::Job&)>& emit,
+                                  const std::function<bool()>& stop,
+                                  absl::Duration poll) const {
+  int64_t seen = -1;
+  while (true) {
+    v1::Job snapshot;
+    {
+      absl::MutexLock lock(&mu_);
+      ASSIGN_OR_RETURN(JobEntry * entry, Find(job_id));
+      // Waking up every `poll` lets a watcher whose client left give up
+      // even while the job makes no progress.
+      while (entry->version == seen) {
+        if (stop && stop()) return absl::CancelledError("watch cancelled");
+        changed_.WaitWithTimeout(&mu_, poll);
+      }
+      snapshot = entry->job;
+      seen = entry->version;
+    }
+    if (!emit(snapshot)) return absl::CancelledError("watcher went away");
+    if (IsTerminal(snapshot.state())) return absl::OkStatus();
+    if (stop && stop()) return absl::CancelledError("watch cancelled");
+  }
+}
+
+void JobManager::WorkerLoop() {
+  while (true) {
+    JobEntry* entry = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      while (queue_.empty() && !stopping_) changed_.Wait(&mu_);
+      if (queue_.empty()) return;  // stopping
+      entry = queue_.front();
+      queue_.pop_front();
+      entry->job.set_state(v1::RUNNING);
+      entry->job.mutable_progress()->set_phase(v1::PHASE_LOADING);
+      entry->started = absl::Now();
+      SetTimestamp(entry->started, entry->job.mutable_start_time());
+      Touch(entry);
+    }
+    RunJob(entry);
+  }
+}
+
+void JobManager::RunJob(JobEntry* entry) {
+  const std::string job_id = entry->job.job_id();
+  LogInfo("job_started", {{"job_id", job_id}});
+  QuantizeRequest request;
+  {
+    absl::MutexLock lock(&mu_);
+    request.model_id = entry->job.model_id();
+    request.config = entry->job.config();
+  }
+  request.model_dir = entry->model_dir;
+  request.cancelled = &entry->cancelled;
+  request.on_progress = [this, entry, job_id](const QuantizeProgress& p) {
+    absl::MutexLock lock(&mu_);
+    v1::JobProgress* progress = entry->job.mutable_progress();
+    const v1::JobPhase phase = PhaseOf(p.phase);
+    const bool phase_changed = progress->phase() != phase;
+    progress->set_phase(phase);
+    progress->set_step(p.step);
+    progress->set_total_steps(p.total_steps);
+    // Percent never goes backwards, even if a phase re-estimates.
+    const double percent = std::min(100.0, std::max(progress->percent(), 100.0 * p.fraction));
+    progress->set_percent(percent);
+    const double elapsed = absl::ToDoubleSeconds(absl::Now() - entry->started);
+    progress->set_eta_seconds(
+        p.fraction > 0 ? elapsed / p.fraction * (1 - p.fraction) : -1);
+    progress->set_message(p.message);
+    if (phase_changed) {
+      AppendLog(&entry->job, absl::StrCat(v1::JobPhase_Name(phase), ": ", p.message));
+    }
+    Touch(entry);
+    LogInfo("job_progress", {{"job_id", job_id},
+                             {"phase", v1::JobPhase_Name(phase)},
+                             {"step", p.step},
+                             {"total_steps", p.total_steps},
+                             {"percent", percent},
+                             {"message", p.message}});
+  };
+
+  absl::StatusOr<v1::ArtifactManifest> manifest = QuantizeModel(request, *store_);
+
+  absl::MutexLock lock(&mu_);
+  v1::Job& job = entry->job;
+  SetTimestamp(absl::Now(), job.mutable_end_time());
+  job.set_peak_memory_bytes(PeakRssBytes());
+  v1::JobProgress* progress = job.mutable_progress();
+  if (manifest.ok()) {
+    job.set_state(v1::SUCCEEDED);
+    job.set_artifact_id(manifest->artifact_id());
+    progress->set_phase(v1::PHASE_DONE);
+    progress->set_percent(100);
+    progress->set_eta_seconds(0);
+    for (const std::string& line : manifest->log()) AppendLog(&job, line);
+    AppendLog(&job, absl::StrCat("artifact ", manifest->artifact_id()));
+  } else if (absl::IsCancelled(manifest.status()) || entry->cancelled.load()) {
+    job.set_state(v1::CANCELLED);
+    job.set_error_code(static_cast<int>(absl::StatusCode::kCancelled));
+    job.set_error_message(std::string(manifest.status().message()));
+  } else {
+    job.set_state(v1::FAILED);
+    job.set_error_code(static_cast<int>(manifest.status().code()));
+    job.set_error_message(std::string(manifest.status().message()));
+    AppendLog(&job, absl::StrCat("failed: ", manifest.status().ToString()));
+  }
+  Touch(entry);
+  LogInfo("job_finished",
+          {{"job_id", job_id},
+           {"state", v1::JobState_Name(job.state())},
+           {"artifact_id", job.artifact_id()},
+           {"error", job.error_message()},
+           {"seconds", absl::ToDoubleSeconds(absl::Now() - entry->started)},
+           {"peak_memory_bytes", job.peak_memory_bytes()}});
+}
+
+absl::StatusOr<v1::Artifact> JobManager::ArtifactOf(
+    const v1::ArtifactManifest& manifest) const {
+  v1::Artifact artifact;
+  artifact.set_artifact_id(manifest.artifact_id());
+  artifact.set_format_version(manifest.format_version());
+  artifact.set_source_model_id(manifest.source_model_id());
+  artifact.set_source_checksum(manifest.source_checksum());
+  *artifact.mutable_config() = manifest.config();
+  ASSIGN_OR_RETURN(int64_t size, store_->SizeBytes(manifest.artifact_id()));
+  artifact.set_size_bytes(size);
+  artifact.set_bits_per_weight(manifest.bits_per_weight());
+  artifact.set_quantized_params(manifest.quantized_params());
+  artifact.set_fp32_params(manifest.fp32_params());
+  ASSIGN_OR_RETURN(std::string sha,
+                   Sha256File(absl::StrCat(store_->ArtifactDir(manifest.artifact_id()),
+                                           "/", kManifestFile)));
+  artifact.set_manifest_sha256(sha);
+  *artifact.mutable_create_time() = manifest.create_time();
+  return artifact;
+}
+
+std::vector<v1::Artifact> JobManager::ListArtifacts() const {
+  std::vector<v1::Artifact> artifacts;
+  for (const v1::ArtifactManifest& manifest : store_->List()) {
+    absl::StatusOr<v1::Artifact> artifact = ArtifactOf(manifest);
+    // One unreadable artifact must not hide the others.
+    if (artifact.ok()) artifacts.push_back(*std::move(artifact));
+  }
+  return artifacts;
+}
+
+absl::StatusOr<v1::Artifact> JobManager::GetArtifact(const std::string& artifact_id) const {
+  ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, store_->ReadManifest(artifact_id));
+  return ArtifactOf(manifest);
+}
+
+}  // namespace wq

@@ -1,0 +1,73 @@
+// quantizer_service: runs weight-only quantization jobs over gRPC.
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include <tbb/global_control.h>
+#include <tbb/info.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "common/logging.h"
+#include "quantizer_service/job_manager.h"
+#include "quantizer_service/quantizer_service.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "host:port to serve on; port 0 picks a free one");
+ABSL_FLAG(std::string, port_file, "", "write the bound port here once serving");
+ABSL_FLAG(std::string, model_root, "./models", "directory of source models (model ids are paths under it)");
+ABSL_FLAG(std::string, artifact_root, "./artifacts", "directory of quantized artifacts");
+ABSL_FLAG(std::string, data_root, "./data", "directory of calibration files");
+ABSL_FLAG(int, workers, 1, "jobs run concurrently");
+ABSL_FLAG(int, threads, 0, "oneTBB worker threads; 0 = all cores");
+
+int main(int argc, char** argv) {
+  wq::InstallShutdownSignalHandlers();
+  absl::SetProgramUsageMessage(
+      "Serves wq.v1.QuantizerService.\nUsage: quantizer_service [--listen=host:port] "
+      "[--model_root=DIR] [--artifact_root=DIR] [--workers=N]");
+  absl::ParseCommandLine(argc, argv);
+  wq::SetLogServiceName("quantizer");
+
+  const int threads = absl::GetFlag(FLAGS_threads);
+  if (threads < 0) {
+    wq::LogError("bad_flag", {{"message", "--threads must be >= 0 (0 = all cores)"}});
+    return 2;
+  }
+  // Limits every oneTBB parallel region in the process (QuantizeModel's).
+  tbb::global_control tbb_threads(
+      tbb::global_control::max_allowed_parallelism,
+      threads > 0 ? threads : tbb::info::default_concurrency());
+
+  wq::JobManager::Options options;
+  options.model_root = absl::GetFlag(FLAGS_model_root);
+  options.artifact_root = absl::GetFlag(FLAGS_artifact_root);
+  options.data_root = absl::GetFlag(FLAGS_data_root);
+  options.workers = absl::GetFlag(FLAGS_workers);
+  absl::StatusOr<std::unique_ptr<wq::JobManager>> jobs = wq::JobManager::Create(options);
+  if (!jobs.ok()) {
+    wq::LogError("startup_failed", {{"error", jobs.status().ToString()}});
+    return 1;
+  }
+  wq::QuantizerServiceImpl service(jobs->get());
+
+  wq::ServerOptions server;
+  server.listen = absl::GetFlag(FLAGS_listen);
+  server.port_file = absl::GetFlag(FLAGS_port_file);
+  server.services = {&service};
+  server.health_service_names = {wq::v1::QuantizerService::service_full_name()};
+  // Cancelled jobs end their WatchJob streams, so Shutdown finds no call left.
+  server.on_shutdown = [&jobs] { (*jobs)->Shutdown(); };
+  wq::LogInfo("starting", {{"listen", server.listen},
+                           {"model_root", options.model_root},
+                           {"artifact_root", options.artifact_root},
+                           {"workers", options.workers},
+                           {"threads", threads}});
+  absl::Status status = wq::RunServer(server);
+  if (!status.ok()) {
+    wq::LogError("server_failed", {{"error", status.ToString()}});
+    return 1;
+  }
+  return 0;
+}
