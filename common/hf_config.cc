@@ -19,8 +19,8 @@ using Json = nlohmann::json;
 
 // Reads an optional integer field in [min_value, kMaxLlamaConfigDim). Absent
 // or null leaves `out` unchanged.
-absl::Status ReadInt(const Json& root, const char* key, int min_value,
-                     int* out, bool* present = nullptr) {
+absl::Status ReadInt(const Json& root, const char* key, int min_value, int* out,
+                     bool* present = nullptr) {
   if (present != nullptr) *present = false;
   auto it = root.find(key);
   if (it == root.end() || it->is_null()) return absl::OkStatus();
@@ -166,7 +166,8 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json) {
   } else {
     RETURN_IF_ERROR(ReadInt(root, "eos_token_id", 0, &config.eos_token_id));
   }
-  RETURN_IF_ERROR(ReadPositiveFloat(root, "rms_norm_eps", &config.rms_norm_eps));
+  RETURN_IF_ERROR(
+      ReadPositiveFloat(root, "rms_norm_eps", &config.rms_norm_eps));
   RETURN_IF_ERROR(ReadPositiveFloat(root, "rope_theta", &config.rope_theta));
 
   auto tie = root.find("tie_word_embeddings");
@@ -181,9 +182,9 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json) {
   auto torch_dtype = root.find("torch_dtype");
   if (torch_dtype != root.end() && !torch_dtype->is_null()) {
     if (!torch_dtype->is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "config field 'torch_dtype' must be a string, got ",
-          torch_dtype->dump()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("config field 'torch_dtype' must be a string, got ",
+                       torch_dtype->dump()));
     }
     config.torch_dtype = torch_dtype->get<std::string>();
   }
@@ -198,10 +199,10 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json) {
     config.head_dim = config.hidden_size / config.num_attention_heads;
   }
   if (config.num_attention_heads % config.num_key_value_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "num_attention_heads ", config.num_attention_heads,
-        " is not a multiple of num_key_value_heads ",
-        config.num_key_value_heads));
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_attention_heads ", config.num_attention_heads,
+                     " is not a multiple of num_key_value_heads ",
+                     config.num_key_value_heads));
   }
   // RoPE rotates pairs of dimensions.
   if (config.head_dim % 2 != 0) {

@@ -17,7 +17,7 @@ struct LlamaConfig {
   int num_hidden_layers = 0;
   int num_attention_heads = 0;
   int num_key_value_heads = 0;  // Defaults to num_attention_heads.
-  int head_dim = 0;             // Defaults to hidden_size / num_attention_heads.
+  int head_dim = 0;  // Defaults to hidden_size / num_attention_heads.
   int vocab_size = 0;
   int max_position_embeddings = 2048;
   float rms_norm_eps = 1e-6f;

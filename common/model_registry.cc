@@ -69,7 +69,8 @@ absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& dir) {
 
 // Abseil here is built with its own string_view type, which StrCat and
 // StrSplit need; the public API uses std::string_view.
-absl::Status ValidateResourceIdImpl(absl::string_view id, absl::string_view what,
+absl::Status ValidateResourceIdImpl(absl::string_view id,
+                                    absl::string_view what,
                                     int max_components) {
   if (id.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(what, " is empty"));
@@ -82,28 +83,29 @@ absl::Status ValidateResourceIdImpl(absl::string_view id, absl::string_view what
   for (char c : id) {
     if (!IsAllowedIdChar(c)) {
       // absl::CHexEscape keeps NUL and control bytes readable in the message.
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, " '", absl::CHexEscape(id),
-          "' contains a character outside [A-Za-z0-9._-/]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " '", absl::CHexEscape(id),
+                       "' contains a character outside [A-Za-z0-9._-/]"));
     }
   }
   if (id.front() == '/') {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " '", id, "' is an absolute path; use a relative id like "
-        "\"org/name\""));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " '", id,
+                     "' is an absolute path; use a relative id like "
+                     "\"org/name\""));
   }
   std::vector<absl::string_view> components = absl::StrSplit(id, '/');
   if (static_cast<int>(components.size()) > max_components) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " '", id, "' has ", components.size(),
-                     " '/'-separated components; at most ", max_components,
-                     " are allowed"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " '", id, "' has ", components.size(),
+        " '/'-separated components; at most ", max_components, " are allowed"));
   }
   for (absl::string_view component : components) {
     if (component.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, " '", id, "' has an empty component (leading, trailing or "
-          "doubled '/')"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " '", id,
+                       "' has an empty component (leading, trailing or "
+                       "doubled '/')"));
     }
     if (component.front() == '.') {
       return absl::InvalidArgumentError(
@@ -130,9 +132,9 @@ absl::StatusOr<std::string> ModelRegistry::RealRoot() const {
   int err = 0;
   absl::StatusOr<std::string> real_root = RealPath(root_, &err);
   if (!real_root.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("model root '", root_, "' is not accessible: ",
-                     std::strerror(err), "; check the configured model root"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model root '", root_, "' is not accessible: ", std::strerror(err),
+        "; check the configured model root"));
   }
   return real_root;
 }
@@ -147,9 +149,8 @@ absl::StatusOr<std::string> ModelRegistry::Resolve(
   absl::StatusOr<std::string> real_dir = RealPath(path, &err);
   if (!real_dir.ok()) {
     if (err == ENOENT || err == ENOTDIR) {
-      return absl::NotFoundError(absl::StrCat("model '", model_id,
-                                              "' not found under model root '",
-                                              root_, "'"));
+      return absl::NotFoundError(absl::StrCat(
+          "model '", model_id, "' not found under model root '", root_, "'"));
     }
     return real_dir.status();
   }
@@ -159,17 +160,17 @@ absl::StatusOr<std::string> ModelRegistry::Resolve(
       real_root == "/" ? real_root : absl::StrCat(real_root, "/");
   if (real_dir->size() <= prefix.size() ||
       real_dir->compare(0, prefix.size(), prefix) != 0) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "model '", model_id, "' resolves to '", *real_dir,
-        "', outside the model root '", real_root, "'"));
+    return absl::PermissionDeniedError(
+        absl::StrCat("model '", model_id, "' resolves to '", *real_dir,
+                     "', outside the model root '", real_root, "'"));
   }
   if (!IsDirectory(*real_dir)) {
     return absl::NotFoundError(absl::StrCat("model '", model_id, "' under '",
                                             root_, "' is not a directory"));
   }
   if (!IsRegularFile(absl::StrCat(*real_dir, "/", kConfigFile))) {
-    return absl::NotFoundError(absl::StrCat(
-        "model '", model_id, "' under '", root_, "' has no ", kConfigFile));
+    return absl::NotFoundError(absl::StrCat("model '", model_id, "' under '",
+                                            root_, "' has no ", kConfigFile));
   }
   return real_dir;
 }

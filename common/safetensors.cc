@@ -112,9 +112,11 @@ float Bf16ToFloat(uint16_t bf16) {
   return result;
 }
 
-absl::Status OpenError(int err, const std::string& path, std::string_view what) {
-  std::string message = absl::StrCat("safetensors file '", path, "': ", ToAbsl(what),
-                                     " failed: ", std::strerror(err));
+absl::Status OpenError(int err, const std::string& path,
+                       std::string_view what) {
+  std::string message =
+      absl::StrCat("safetensors file '", path, "': ", ToAbsl(what),
+                   " failed: ", std::strerror(err));
   if (err == ENOENT) return absl::NotFoundError(message);
   if (err == EACCES || err == EPERM) {
     return absl::PermissionDeniedError(message);
@@ -233,10 +235,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
         "-byte limit; the file is corrupt or not a safetensors file"));
   }
   if (header_size > file_size - 8) {
-    return absl::DataLossError(absl::StrCat(
-        "safetensors file '", path, "' declares a header of ", header_size,
-        " bytes but only ", file_size - 8,
-        " bytes follow the length; the file is truncated"));
+    return absl::DataLossError(
+        absl::StrCat("safetensors file '", path, "' declares a header of ",
+                     header_size, " bytes but only ", file_size - 8,
+                     " bytes follow the length; the file is truncated"));
   }
   std::string_view header(reinterpret_cast<const char*>(file->base_ + 8),
                           header_size);
@@ -254,23 +256,22 @@ absl::Status SafetensorsFile::ParseHeader(std::string_view header,
   bool too_deep = false;
   std::string duplicate_key;
   std::set<std::string> top_level_keys;
-  Json::parser_callback_t callback = [&](int depth,
-                                         nlohmann::json::parse_event_t event,
-                                         Json& parsed) {
-    if (depth > kMaxJsonDepth) {
-      too_deep = true;
-      return false;
-    }
-    // nlohmann silently keeps one of two equal keys; a header that names a
-    // tensor twice is ambiguous, so remember it and reject below.
-    if (event == nlohmann::json::parse_event_t::key && depth == 1 &&
-        parsed.is_string() &&
-        !top_level_keys.insert(parsed.get<std::string>()).second &&
-        duplicate_key.empty()) {
-      duplicate_key = parsed.get<std::string>();
-    }
-    return true;
-  };
+  Json::parser_callback_t callback =
+      [&](int depth, nlohmann::json::parse_event_t event, Json& parsed) {
+        if (depth > kMaxJsonDepth) {
+          too_deep = true;
+          return false;
+        }
+        // nlohmann silently keeps one of two equal keys; a header that names a
+        // tensor twice is ambiguous, so remember it and reject below.
+        if (event == nlohmann::json::parse_event_t::key && depth == 1 &&
+            parsed.is_string() &&
+            !top_level_keys.insert(parsed.get<std::string>()).second &&
+            duplicate_key.empty()) {
+          duplicate_key = parsed.get<std::string>();
+        }
+        return true;
+      };
   Json root = Json::parse(header.begin(), header.end(), callback,
                           /*allow_exceptions=*/false);
   if (root.is_discarded()) {
@@ -309,7 +310,8 @@ absl::Status SafetensorsFile::ParseHeader(std::string_view header,
       }
       continue;
     }
-    const std::string tensor_where = absl::StrCat(where, " tensor '", name, "'");
+    const std::string tensor_where =
+        absl::StrCat(where, " tensor '", name, "'");
     if (!entry.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(
           tensor_where, ": entry must be an object, got ", entry.type_name()));
@@ -345,9 +347,8 @@ absl::Status SafetensorsFile::ParseHeader(std::string_view header,
     }
     const int64_t numel = CheckedNumel(info.shape);
     const uint64_t element_size = DTypeSize(info.dtype);
-    if (numel < 0 ||
-        static_cast<uint64_t>(numel) >
-            std::numeric_limits<uint64_t>::max() / element_size) {
+    if (numel < 0 || static_cast<uint64_t>(numel) >
+                         std::numeric_limits<uint64_t>::max() / element_size) {
       return absl::InvalidArgumentError(
           absl::StrCat(tensor_where, ": shape ", ShapeString(info.shape),
                        " has too many elements (size overflows 64 bits)"));
@@ -399,9 +400,9 @@ absl::Status SafetensorsFile::ParseHeader(std::string_view header,
     const TensorInfo& previous = *by_offset[i - 1];
     const TensorInfo& current = *by_offset[i];
     if (previous.offset + previous.nbytes > current.offset) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": tensors '", previous.name, "' and '", current.name,
-          "' overlap in the data buffer"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": tensors '", previous.name, "' and '",
+                       current.name, "' overlap in the data buffer"));
     }
   }
   return absl::OkStatus();
@@ -424,9 +425,9 @@ absl::StatusOr<const TensorInfo*> SafetensorsFile::Get(
       !std::equal(info->shape.begin(), info->shape.end(), shape.begin(),
                   shape.end())) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "tensor '", ToAbsl(name), "' in '", path_, "': expected ", ToAbsl(DTypeName(dtype)),
-        " ", ShapeString(shape), ", found ", ToAbsl(DTypeName(info->dtype)), " ",
-        ShapeString(info->shape)));
+        "tensor '", ToAbsl(name), "' in '", path_, "': expected ",
+        ToAbsl(DTypeName(dtype)), " ", ShapeString(shape), ", found ",
+        ToAbsl(DTypeName(info->dtype)), " ", ShapeString(info->shape)));
   }
   return info;
 }
@@ -468,9 +469,10 @@ absl::StatusOr<F32Tensor> SafetensorsFile::LoadF32(
       break;
     }
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", ToAbsl(name), "' in '", path_, "' is ", ToAbsl(DTypeName(info->dtype)),
-          "; only F32, F16 and BF16 can be loaded as fp32"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", ToAbsl(name), "' in '", path_, "' is ",
+                       ToAbsl(DTypeName(info->dtype)),
+                       "; only F32, F16 and BF16 can be loaded as fp32"));
   }
   tensor.data = tensor.owned.data();
   return tensor;
@@ -493,8 +495,9 @@ absl::Status SafetensorsWriter::AddTensor(std::string name, DType dtype,
         absl::StrCat("tensor '", name, "' was already added"));
   }
   const int64_t numel = CheckedNumel(shape);
-  if (numel < 0 || static_cast<uint64_t>(numel) >
-                       std::numeric_limits<uint64_t>::max() / DTypeSize(dtype)) {
+  if (numel < 0 ||
+      static_cast<uint64_t>(numel) >
+          std::numeric_limits<uint64_t>::max() / DTypeSize(dtype)) {
     return absl::InvalidArgumentError(
         absl::StrCat("tensor '", name, "': shape ", ShapeString(shape),
                      " has a negative dimension or too many elements"));
@@ -503,8 +506,7 @@ absl::Status SafetensorsWriter::AddTensor(std::string name, DType dtype,
   if (bytes.size() != expected) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor '", name, "': ", ToAbsl(DTypeName(dtype)), " shape ",
-        ShapeString(shape), " needs ", expected, " bytes, got ",
-        bytes.size()));
+        ShapeString(shape), " needs ", expected, " bytes, got ", bytes.size()));
   }
   names_.insert(name);
   entries_.push_back(
@@ -550,10 +552,10 @@ absl::Status SafetensorsWriter::Write(const std::string& path) const {
     header_text = header.dump();
   } catch (const nlohmann::json::type_error& error) {
     // dump() throws only for strings that are not valid UTF-8.
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot write safetensors file '", path,
-        "': a tensor name or metadata string is not valid UTF-8 (",
-        error.what(), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot write safetensors file '", path,
+                     "': a tensor name or metadata string is not valid UTF-8 (",
+                     error.what(), ")"));
   }
   const uint64_t unpadded = 8 + header_text.size();
   const uint64_t padded =

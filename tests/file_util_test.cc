@@ -79,8 +79,7 @@ TEST(ReadWriteTest, Errors) {
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(missing.status().message().find("does_not_exist"),
             std::string::npos);
-  EXPECT_FALSE(
-      WriteFileDurably(TempPath("no_such_dir") + "/file", "x").ok());
+  EXPECT_FALSE(WriteFileDurably(TempPath("no_such_dir") + "/file", "x").ok());
   EXPECT_TRUE(FsyncDirectory(testing::TempDir()).ok());
   EXPECT_EQ(FsyncDirectory(TempPath("no_such_dir")).code(),
             absl::StatusCode::kNotFound);

@@ -146,9 +146,9 @@ TEST(HfConfigTest, RejectsMalformedJson) {
 }
 
 TEST(HfConfigTest, RejectsMissingRequiredFields) {
-  for (const char* key : {"hidden_size", "intermediate_size",
-                          "num_hidden_layers", "num_attention_heads",
-                          "vocab_size"}) {
+  for (const char* key :
+       {"hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "vocab_size"}) {
     ExpectError(ParseWithout(key), absl::StatusCode::kInvalidArgument,
                 std::string("missing required field '") + key + "'");
   }
@@ -193,8 +193,8 @@ TEST(HfConfigTest, RejectsInconsistentShapes) {
 }
 
 TEST(HfConfigTest, RejectsBadFloatsAndTypes) {
-  ExpectError(ParseWith("rms_norm_eps", 0.0), absl::StatusCode::kInvalidArgument,
-              "rms_norm_eps");
+  ExpectError(ParseWith("rms_norm_eps", 0.0),
+              absl::StatusCode::kInvalidArgument, "rms_norm_eps");
   ExpectError(ParseWith("rms_norm_eps", -1e-5),
               absl::StatusCode::kInvalidArgument, "rms_norm_eps");
   ExpectError(ParseWith("rope_theta", "big"),
@@ -226,8 +226,7 @@ TEST(HfConfigTest, JsonRoundTrip) {
   EXPECT_EQ(parsed->num_key_value_heads, original->num_key_value_heads);
   EXPECT_EQ(parsed->head_dim, original->head_dim);
   EXPECT_EQ(parsed->vocab_size, original->vocab_size);
-  EXPECT_EQ(parsed->max_position_embeddings,
-            original->max_position_embeddings);
+  EXPECT_EQ(parsed->max_position_embeddings, original->max_position_embeddings);
   EXPECT_EQ(parsed->rms_norm_eps, original->rms_norm_eps);
   EXPECT_EQ(parsed->rope_theta, original->rope_theta);
   EXPECT_EQ(parsed->tie_word_embeddings, original->tie_word_embeddings);

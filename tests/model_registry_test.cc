@@ -107,11 +107,27 @@ TEST_F(ModelRegistryTest, MissingModelsAreNotFound) {
 TEST_F(ModelRegistryTest, MalformedIdsAreInvalid) {
   ModelRegistry registry(root_);
   const std::string ids[] = {
-      "../x",     "/etc",   "org/../../x", "a/./b",  "",
-      std::string("x\0y", 3), std::string(257, 'a'), "a//b",   "a/",
-      "/",        ".",      "..",          ".hidden", "org/.b",
-      "a/b/c",    "a b",    "a\\b",        "caf\xc3\xa9", "a:b",
-      "~",        "a\nb",
+      "../x",
+      "/etc",
+      "org/../../x",
+      "a/./b",
+      "",
+      std::string("x\0y", 3),
+      std::string(257, 'a'),
+      "a//b",
+      "a/",
+      "/",
+      ".",
+      "..",
+      ".hidden",
+      "org/.b",
+      "a/b/c",
+      "a b",
+      "a\\b",
+      "caf\xc3\xa9",
+      "a:b",
+      "~",
+      "a\nb",
   };
   for (const std::string& id : ids) {
     auto result = registry.Resolve(id);

@@ -46,9 +46,9 @@ std::string Bytes(const std::vector<T>& values) {
 
 TEST(DTypeTest, NamesSizesAndParsing) {
   const std::pair<DType, size_t> expected[] = {
-      {DType::kF32, 4}, {DType::kF16, 2}, {DType::kBF16, 2}, {DType::kF64, 8},
-      {DType::kI8, 1},  {DType::kU8, 1},  {DType::kI16, 2},  {DType::kU16, 2},
-      {DType::kI32, 4}, {DType::kU32, 4}, {DType::kI64, 8},  {DType::kU64, 8},
+      {DType::kF32, 4},  {DType::kF16, 2}, {DType::kBF16, 2}, {DType::kF64, 8},
+      {DType::kI8, 1},   {DType::kU8, 1},  {DType::kI16, 2},  {DType::kU16, 2},
+      {DType::kI32, 4},  {DType::kU32, 4}, {DType::kI64, 8},  {DType::kU64, 8},
       {DType::kBool, 1},
   };
   for (const auto& [dtype, size] : expected) {
@@ -198,8 +198,14 @@ TEST(SafetensorsLoadF32Test, ConvertsF16AndBf16) {
   const std::vector<uint16_t> f16 = {0x3c00, 0xc000, 0x3800, 0x7bff,
                                      0x0001, 0x7c00, 0x8000, 0x0200};
   const std::vector<float> f16_expected = {
-      1.0f, -2.0f, 0.5f, 65504.0f, std::ldexp(1.0f, -24),
-      std::numeric_limits<float>::infinity(), -0.0f, std::ldexp(1.0f, -15)};
+      1.0f,
+      -2.0f,
+      0.5f,
+      65504.0f,
+      std::ldexp(1.0f, -24),
+      std::numeric_limits<float>::infinity(),
+      -0.0f,
+      std::ldexp(1.0f, -15)};
   // BF16: 1.0, -3.0, 1/3 truncated, largest finite.
   const std::vector<uint16_t> bf16 = {0x3f80, 0xc040, 0x3eaa, 0x7f7f};
   std::vector<float> bf16_expected;
@@ -321,8 +327,7 @@ TEST(SafetensorsStoriesTest, OpensBundledModel) {
   }
   EXPECT_EQ(min_offset, 8u + 5040u);
 
-  auto expect_shape = [&](const std::string& name,
-                          std::vector<int64_t> shape) {
+  auto expect_shape = [&](const std::string& name, std::vector<int64_t> shape) {
     auto info = st.Get(name, DType::kF32, shape);
     EXPECT_TRUE(info.ok()) << info.status();
   };
@@ -376,8 +381,8 @@ std::string Tensor(const std::string& fields) {
   return R"({"t":{)" + fields + "}}";
 }
 
-class SafetensorsMalformedTest
-    : public testing::TestWithParam<MalformedCase> {};
+class SafetensorsMalformedTest : public testing::TestWithParam<MalformedCase> {
+};
 
 TEST_P(SafetensorsMalformedTest, IsRejectedWithMessage) {
   const MalformedCase& c = GetParam();
@@ -403,8 +408,7 @@ INSTANTIATE_TEST_SUITE_P(
         MalformedCase{"huge_header_length", LengthPrefix(uint64_t{1} << 63),
                       "-byte limit"},
         MalformedCase{"all_ones_header_length",
-                      LengthPrefix(std::numeric_limits<uint64_t>::max()) +
-                          "{}",
+                      LengthPrefix(std::numeric_limits<uint64_t>::max()) + "{}",
                       "-byte limit"},
         MalformedCase{"header_past_eof", LengthPrefix(1000) + "{}",
                       "only 2 bytes follow"},
@@ -415,17 +419,16 @@ INSTANTIATE_TEST_SUITE_P(
                       "must be an object, got array"},
         MalformedCase{"json_string", WithHeader("\"x\"", 0),
                       "must be an object, got string"},
-        MalformedCase{"deeply_nested",
-                      WithHeader(std::string(100000, '[') +
-                                     std::string(100000, ']'),
-                                 0),
-                      "nests deeper"},
+        MalformedCase{
+            "deeply_nested",
+            WithHeader(std::string(100000, '[') + std::string(100000, ']'), 0),
+            "nests deeper"},
         MalformedCase{"entry_not_object", WithHeader(R"({"t": 5})", 0),
                       "entry must be an object"},
-        MalformedCase{"missing_dtype",
-                      WithHeader(Tensor(R"("shape":[],"data_offsets":[0,4])"),
-                                 4),
-                      "'dtype'"},
+        MalformedCase{
+            "missing_dtype",
+            WithHeader(Tensor(R"("shape":[],"data_offsets":[0,4])"), 4),
+            "'dtype'"},
         MalformedCase{"unknown_dtype",
                       WithHeader(Tensor(R"("dtype":"F8_E4M3","shape":[1],)"
                                         R"("data_offsets":[0,1])"),
@@ -501,15 +504,17 @@ INSTANTIATE_TEST_SUITE_P(
                       "data_offsets"},
         MalformedCase{
             "overlapping_offsets",
-            WithHeader(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                       R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-                       12),
+            WithHeader(
+                R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                12),
             "overlap"},
         MalformedCase{
             "duplicate_names",
-            WithHeader(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
-                       R"("a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})",
-                       2),
+            WithHeader(
+                R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                R"("a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})",
+                2),
             "more than once"},
         MalformedCase{"metadata_not_strings",
                       WithHeader(R"({"__metadata__":{"k":1}})", 0),
@@ -519,12 +524,12 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 TEST(SafetensorsOpenTest, AcceptsHolesAndEmptyTensorsAnywhere) {
-  const std::string path = WriteRaw(
-      "holes",
-      R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},)"
-      R"("e":{"dtype":"F32","shape":[0],"data_offsets":[1,1]},)"
-      R"("b":{"dtype":"U8","shape":[2],"data_offsets":[6,8]}})",
-      8);
+  const std::string path =
+      WriteRaw("holes",
+               R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},)"
+               R"("e":{"dtype":"F32","shape":[0],"data_offsets":[1,1]},)"
+               R"("b":{"dtype":"U8","shape":[2],"data_offsets":[6,8]}})",
+               8);
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   // Header order is kept, not sorted by name.

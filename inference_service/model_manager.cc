@@ -1,0 +1,155 @@
+#include "inference_service/model_manager.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace wq {
+
+absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(Options options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<ArtifactStore> store,
+                   ArtifactStore::Open(options.artifact_root));
+  return std::unique_ptr<ModelManager>(
+      new ModelManager(std::move(options), std::move(store)));
+}
+
+ModelManager::ModelManager(Options options, std::unique_ptr<ArtifactStore> store)
+    : options_(std::move(options)),
+      store_(std::move(store)),
+      registry_(options_.model_root) {}
+
+ModelManager::~ModelManager() { Shutdown(); }
+
+void ModelManager::Shutdown() {
+  std::map<std::string, std::shared_ptr<LoadedModel>> models;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    models = loaded_;
+  }
+  // Outside mu_: Shutdown() waits for the scheduler loop, whose callbacks
+  // must not be blocked behind us.
+  for (auto& [name, model] : models) model->scheduler->Shutdown();
+}
+
+std::vector<std::string> ModelManager::Available() const {
+  std::vector<std::string> names;
+  for (const v1::ArtifactManifest& manifest : store_->List()) {
+    names.push_back(manifest.artifact_id());
+  }
+  absl::StatusOr<std::vector<std::string>> models = registry_.List();
+  if (models.ok()) names.insert(names.end(), models->begin(), models->end());
+  return names;
+}
+
+bool ModelManager::IsKnown(const std::string& name) const {
+  return store_->Exists(name) || registry_.Resolve(name).ok();
+}
+
+absl::Status ModelManager::UnknownModel(const std::string& name) const {
+  const std::vector<std::string> available = Available();
+  return absl::NotFoundError(absl::StrCat(
+      "unknown model \"", name, "\": not an artifact id nor a model id; available: ",
+      available.empty() ? "(none)" : absl::StrJoin(available, ", ")));
+}
+
+absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
+  absl::MutexLock load_lock(&load_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::UnavailableError("server is shutting down");
+    auto it = loaded_.find(name);
+    if (it != loaded_.end()) return it->second->info;
+  }
+  RETURN_IF_ERROR(ValidateResourceId(name, "model", 2));
+
+  auto loaded = std::make_shared<LoadedModel>();
+  v1::ModelInfo& info = loaded->info;
+  info.set_model(name);
+  std::shared_ptr<const LlamaWeights> weights;
+  std::string tokenizer_path;
+  if (store_->Exists(name)) {
+    ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, store_->ReadManifest(name));
+    ASSIGN_OR_RETURN(weights, store_->LoadWeights(name));
+    info.set_quantized(true);
+    info.set_source_model_id(manifest.source_model_id());
+    *info.mutable_config() = manifest.config();
+    info.set_bits_per_weight(manifest.bits_per_weight());
+    tokenizer_path = absl::StrCat(store_->ArtifactDir(name), "/tokenizer.model");
+  } else {
+    absl::StatusOr<std::string> dir = registry_.Resolve(name);
+    if (absl::IsNotFound(dir.status())) return UnknownModel(name);
+    if (!dir.ok()) return dir.status();
+    ASSIGN_OR_RETURN(weights, LoadLlamaModelDir(*dir));
+    info.set_quantized(false);
+    info.set_source_model_id(name);
+    info.set_bits_per_weight(32);
+    tokenizer_path = absl::StrCat(*dir, "/tokenizer.model");
+  }
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(tokenizer_path);
+  if (!tokenizer.ok()) {
+    return absl::Status(tokenizer.status().code(),
+                        absl::StrCat("model \"", name, "\" has no usable tokenizer.model: ",
+                                     tokenizer.status().message()));
+  }
+  loaded->tokenizer = std::shared_ptr<const Tokenizer>(std::move(*tokenizer));
+  loaded->model = std::make_shared<const LlamaModel>(weights);
+  loaded->scheduler = std::make_unique<GenerationScheduler>(
+      loaded->model, loaded->tokenizer, options_.scheduler);
+  info.set_weight_bytes(weights->StorageBytes());
+  info.set_vocab_size(weights->config.vocab_size);
+  info.set_max_context(loaded->scheduler->max_context());
+
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("server is shutting down");
+  loaded_[name] = loaded;
+  LogInfo("model_loaded", {{"model", name},
+                           {"quantized", info.quantized()},
+                           {"weight_bytes", info.weight_bytes()},
+                           {"max_context", info.max_context()}});
+  return info;
+}
+
+absl::Status ModelManager::Unload(const std::string& name) {
+  std::shared_ptr<LoadedModel> model;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = loaded_.find(name);
+    if (it == loaded_.end()) {
+      return absl::NotFoundError(absl::StrCat("model \"", name, "\" is not loaded"));
+    }
+    model = std::move(it->second);
+    loaded_.erase(it);
+  }
+  // Requests still running end as cancelled; their handlers hold `model`.
+  model->scheduler->Shutdown();
+  LogInfo("model_unloaded", {{"model", name}});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<LoadedModel>> ModelManager::Get(
+    const std::string& name) const {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = loaded_.find(name);
+    if (it != loaded_.end()) return it->second;
+  }
+  RETURN_IF_ERROR(ValidateResourceId(name, "model", 2));
+  if (IsKnown(name)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model \"", name, "\" is not loaded; call LoadModel first"));
+  }
+  return UnknownModel(name);
+}
+
+std::vector<v1::ModelInfo> ModelManager::Loaded() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::ModelInfo> infos;
+  for (const auto& [name, model] : loaded_) infos.push_back(model->info);
+  return infos;
+}
+
+}  // namespace wq

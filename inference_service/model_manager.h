@@ -1,0 +1,78 @@
+// Models the inference service can serve, and those it has loaded. A model
+// name is either an artifact id (quantized, from the artifact store) or a
+// model id under the model root (served unquantized in fp32). Each loaded
+// model owns its weights, tokenizer and GenerationScheduler. No gRPC here.
+#ifndef WQ_INFERENCE_SERVICE_MODEL_MANAGER_H_
+#define WQ_INFERENCE_SERVICE_MODEL_MANAGER_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/artifact_store.h"
+#include "common/llama.h"
+#include "common/model_registry.h"
+#include "common/scheduler.h"
+#include "common/tokenizer.h"
+#include "proto/wq/v1/inference.pb.h"
+
+namespace wq {
+
+struct LoadedModel {
+  v1::ModelInfo info;
+  std::shared_ptr<const LlamaModel> model;
+  std::shared_ptr<const Tokenizer> tokenizer;
+  std::unique_ptr<GenerationScheduler> scheduler;
+};
+
+class ModelManager {
+ public:
+  struct Options {
+    std::string model_root;
+    std::string artifact_root;
+    GenerationScheduler::Options scheduler;
+  };
+
+  static absl::StatusOr<std::unique_ptr<ModelManager>> Create(Options options);
+  ~ModelManager();
+
+  // Loads the model unless it is loaded already (then returns its info).
+  // NOT_FOUND listing what is available; INVALID_ARGUMENT for malformed names.
+  absl::StatusOr<v1::ModelInfo> Load(const std::string& name);
+  // Cancels the model's requests and frees it. NOT_FOUND if not loaded.
+  absl::Status Unload(const std::string& name);
+  // A loaded model; shared so that in-flight requests keep it alive past an
+  // Unload. FAILED_PRECONDITION for a known model that is not loaded,
+  // NOT_FOUND for an unknown one.
+  absl::StatusOr<std::shared_ptr<LoadedModel>> Get(const std::string& name) const;
+
+  std::vector<v1::ModelInfo> Loaded() const;
+  // Artifact ids, then model ids.
+  std::vector<std::string> Available() const;
+
+  // Stops every scheduler (in-flight requests finish as cancelled) and
+  // refuses later loads. Idempotent.
+  void Shutdown();
+
+ private:
+  ModelManager(Options options, std::unique_ptr<ArtifactStore> store);
+  absl::Status UnknownModel(const std::string& name) const;
+  bool IsKnown(const std::string& name) const;
+
+  const Options options_;
+  const std::unique_ptr<ArtifactStore> store_;
+  const ModelRegistry registry_;
+
+  absl::Mutex load_mu_;  // serialises loads: Load is idempotent, not racy
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<LoadedModel>> loaded_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace wq
+
+#endif  // WQ_INFERENCE_SERVICE_MODEL_MANAGER_H_
