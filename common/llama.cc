@@ -282,6 +282,89 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
       });
 }
 
+struct LlamaModel::Scratch {
+  Scratch(const LlamaConfig& c, int64_t n)
+      : xb(n * c.hidden_size),
+        q(n * c.num_attention_heads * c.head_dim),
+        k(n * c.num_key_value_heads * c.head_dim),
+        v(n * c.num_key_value_heads * c.head_dim),
+        att(n * c.num_attention_heads * c.head_dim),
+        proj(n * c.hidden_size),
+        gate(n * c.intermediate_size),
+        up(n * c.intermediate_size) {}
+  std::vector<float> xb, q, k, v, att, proj, gate, up;
+};
+
+void LlamaModel::Block(const LlamaLayerWeights& l, int cache_layer,
+                       absl::Span<const SequenceChunk> chunks, float* x, Scratch& s,
+                       const BlockObserver& observer, BlockPoint stop_after) const {
+  const LlamaConfig& c = weights_->config;
+  int64_t n = 0;
+  for (const SequenceChunk& chunk : chunks) n += static_cast<int64_t>(chunk.tokens.size());
+  const int64_t hidden = c.hidden_size;
+  const int64_t q_dim = static_cast<int64_t>(c.num_attention_heads) * c.head_dim;
+  const int64_t kv_dim = static_cast<int64_t>(c.num_key_value_heads) * c.head_dim;
+  const int64_t inter = c.intermediate_size;
+  // Reports a point; true when the caller asked to stop there.
+  auto observe = [&](BlockPoint point, const float* data, int64_t dim) {
+    if (observer) observer(point, data, n, dim);
+    return point == stop_after;
+  };
+
+  for (int64_t r = 0; r < n; ++r) {
+    RmsNorm(x + r * hidden, l.input_norm, hidden, c.rms_norm_eps, s.xb.data() + r * hidden);
+  }
+  if (observe(BlockPoint::kAttentionInput, s.xb.data(), hidden)) return;
+  l.q.Forward(s.xb.data(), n, s.q.data());
+  l.k.Forward(s.xb.data(), n, s.k.data());
+  l.v.Forward(s.xb.data(), n, s.v.data());
+  int64_t row = 0;
+  for (const SequenceChunk& chunk : chunks) {
+    for (size_t t = 0; t < chunk.tokens.size(); ++t, ++row) {
+      const int pos = chunk.start_pos + static_cast<int>(t);
+      ApplyRope(s.q.data() + row * q_dim, c.num_attention_heads, pos);
+      ApplyRope(s.k.data() + row * kv_dim, c.num_key_value_heads, pos);
+    }
+  }
+  Attention(chunks, cache_layer, s.q.data(), s.k.data(), s.v.data(), s.att.data());
+  if (observe(BlockPoint::kOProjInput, s.att.data(), q_dim)) return;
+  l.o.Forward(s.att.data(), n, s.proj.data());
+  if (observe(BlockPoint::kAttentionOutput, s.proj.data(), hidden)) return;
+  for (int64_t i = 0; i < n * hidden; ++i) x[i] += s.proj[i];
+
+  for (int64_t r = 0; r < n; ++r) {
+    RmsNorm(x + r * hidden, l.post_attention_norm, hidden, c.rms_norm_eps,
+            s.xb.data() + r * hidden);
+  }
+  if (observe(BlockPoint::kMlpInput, s.xb.data(), hidden)) return;
+  l.gate.Forward(s.xb.data(), n, s.gate.data());
+  l.up.Forward(s.xb.data(), n, s.up.data());
+  for (int64_t i = 0; i < n * inter; ++i) s.gate[i] = Silu(s.gate[i]) * s.up[i];
+  if (observe(BlockPoint::kDownInput, s.gate.data(), inter)) return;
+  l.down.Forward(s.gate.data(), n, s.proj.data());
+  if (observe(BlockPoint::kMlpOutput, s.proj.data(), hidden)) return;
+  for (int64_t i = 0; i < n * hidden; ++i) x[i] += s.proj[i];
+  observe(BlockPoint::kOutput, x, hidden);
+}
+
+void LlamaModel::RunBlock(const LlamaLayerWeights& weights, int seqs, int len, float* x,
+                          const BlockObserver& observer, BlockPoint stop_after) const {
+  // Each sequence gets a cache of one layer, discarded afterwards.
+  LlamaConfig one_layer = weights_->config;
+  one_layer.num_hidden_layers = 1;
+  std::vector<KVCache> caches;
+  caches.reserve(seqs);
+  std::vector<int> dummy_tokens(len, 0);  // only the count matters inside Block
+  std::vector<SequenceChunk> chunks(seqs);
+  for (int i = 0; i < seqs; ++i) {
+    caches.emplace_back(one_layer, len);
+    chunks[i].cache = &caches.back();
+    chunks[i].tokens = dummy_tokens;
+  }
+  Scratch scratch(weights_->config, static_cast<int64_t>(seqs) * len);
+  Block(weights, /*cache_layer=*/0, chunks, x, scratch, observer, stop_after);
+}
+
 absl::Status LlamaModel::Forward(absl::Span<const SequenceChunk> chunks,
                                  std::vector<float>* logits) const {
   const LlamaConfig& c = weights_->config;
@@ -309,12 +392,7 @@ absl::Status LlamaModel::Forward(absl::Span<const SequenceChunk> chunks,
   }
 
   const int64_t hidden = c.hidden_size;
-  const int64_t q_dim = static_cast<int64_t>(c.num_attention_heads) * c.head_dim;
-  const int64_t kv_dim = static_cast<int64_t>(c.num_key_value_heads) * c.head_dim;
-  const int64_t inter = c.intermediate_size;
-  std::vector<float> x(n * hidden), xb(n * hidden), q(n * q_dim), k(n * kv_dim),
-      v(n * kv_dim), att(n * q_dim), proj(n * hidden), gate(n * inter), up(n * inter);
-
+  std::vector<float> x(n * hidden);
   int64_t row = 0;
   for (const SequenceChunk& chunk : chunks) {
     for (int token : chunk.tokens) {
@@ -322,36 +400,10 @@ absl::Status LlamaModel::Forward(absl::Span<const SequenceChunk> chunks,
                   x.data() + row++ * hidden);
     }
   }
-
+  Scratch scratch(c, n);
   for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
-    const LlamaLayerWeights& l = weights_->layers[layer];
-    for (int64_t r = 0; r < n; ++r) {
-      RmsNorm(x.data() + r * hidden, l.input_norm, hidden, c.rms_norm_eps, xb.data() + r * hidden);
-    }
-    l.q.Forward(xb.data(), n, q.data());
-    l.k.Forward(xb.data(), n, k.data());
-    l.v.Forward(xb.data(), n, v.data());
-    row = 0;
-    for (const SequenceChunk& chunk : chunks) {
-      for (size_t t = 0; t < chunk.tokens.size(); ++t, ++row) {
-        const int pos = chunk.start_pos + static_cast<int>(t);
-        ApplyRope(q.data() + row * q_dim, c.num_attention_heads, pos);
-        ApplyRope(k.data() + row * kv_dim, c.num_key_value_heads, pos);
-      }
-    }
-    Attention(chunks, layer, q.data(), k.data(), v.data(), att.data());
-    l.o.Forward(att.data(), n, proj.data());
-    for (int64_t i = 0; i < n * hidden; ++i) x[i] += proj[i];
-
-    for (int64_t r = 0; r < n; ++r) {
-      RmsNorm(x.data() + r * hidden, l.post_attention_norm, hidden, c.rms_norm_eps,
-              xb.data() + r * hidden);
-    }
-    l.gate.Forward(xb.data(), n, gate.data());
-    l.up.Forward(xb.data(), n, up.data());
-    for (int64_t i = 0; i < n * inter; ++i) gate[i] = Silu(gate[i]) * up[i];
-    l.down.Forward(gate.data(), n, proj.data());
-    for (int64_t i = 0; i < n * hidden; ++i) x[i] += proj[i];
+    Block(weights_->layers[layer], layer, chunks, x.data(), scratch, nullptr,
+          BlockPoint::kOutput);
   }
 
   // Final norm only on the rows whose logits are wanted.

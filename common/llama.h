@@ -9,6 +9,7 @@
 #define WQ_COMMON_LLAMA_H_
 
 #include <array>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -103,6 +104,20 @@ class KVCache {
   std::vector<float> values_;
 };
 
+// Points inside a decoder block where activations can be observed, in order.
+enum class BlockPoint {
+  kAttentionInput,   // input_layernorm output: the input of q/k/v_proj
+  kOProjInput,       // attention output: the input of o_proj
+  kAttentionOutput,  // o_proj output, before the residual add
+  kMlpInput,         // post_attention_layernorm output: the input of gate/up
+  kDownInput,        // silu(gate) * up: the input of down_proj
+  kMlpOutput,        // down_proj output, before the residual add
+  kOutput,           // the block's output (residual stream)
+};
+// Receives [rows, dim] activations at each point.
+using BlockObserver =
+    std::function<void(BlockPoint point, const float* data, int64_t rows, int64_t dim)>;
+
 struct SequenceChunk {
   KVCache* cache = nullptr;
   absl::Span<const int> tokens;  // new tokens, at positions start_pos...
@@ -124,7 +139,22 @@ class LlamaModel {
   absl::Status Forward(absl::Span<const SequenceChunk> chunks,
                        std::vector<float>* logits) const;
 
+  // Runs one decoder block, with the given weights (those of `layer` or
+  // modified copies), over `seqs` whole sequences of `len` tokens each at
+  // positions 0..len-1, without a persistent cache: the building block of
+  // block-wise calibration. x is [seqs*len, hidden], updated in place up to
+  // `stop_after` (x is left unchanged if that comes before kOutput).
+  void RunBlock(const LlamaLayerWeights& weights, int seqs, int len, float* x,
+                const BlockObserver& observer = nullptr,
+                BlockPoint stop_after = BlockPoint::kOutput) const;
+
  private:
+  struct Scratch;
+  // One block over the tokens of `chunks`; their caches hold the keys and
+  // values of this block at `cache_layer`.
+  void Block(const LlamaLayerWeights& l, int cache_layer,
+             absl::Span<const SequenceChunk> chunks, float* x, Scratch& scratch,
+             const BlockObserver& observer, BlockPoint stop_after) const;
   void Attention(absl::Span<const SequenceChunk> chunks, int layer,
                  const float* q, const float* k, const float* v,
                  float* out) const;

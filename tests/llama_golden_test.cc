@@ -102,6 +102,51 @@ TEST_F(LlamaGoldenTest, BatchedSequencesMatchSeparateRuns) {
   }
 }
 
+TEST_F(LlamaGoldenTest, ChainedBlocksReproduceForward) {
+  // RunBlock (calibration's building block) over every layer, then the final
+  // norm and lm_head, gives Forward's logits; observers see every point.
+  const LlamaWeights& w = model_->weights();
+  const int hidden = model_->config().hidden_size;
+  const int vocab = model_->config().vocab_size;
+  const int len = static_cast<int>(prompt_.size());
+  std::vector<float> x(len * hidden);
+  for (int t = 0; t < len; ++t) {
+    std::copy_n(w.embed + prompt_[t] * hidden, hidden, x.data() + t * hidden);
+  }
+  int points = 0;
+  for (const LlamaLayerWeights& layer : w.layers) {
+    model_->RunBlock(layer, /*seqs=*/1, len, x.data(),
+                     [&](BlockPoint, const float*, int64_t rows, int64_t) {
+                       EXPECT_EQ(rows, len);
+                       ++points;
+                     });
+  }
+  EXPECT_EQ(points, 7 * static_cast<int>(w.layers.size()));
+  const float* last = x.data() + (len - 1) * hidden;
+  double sum = 0;
+  for (int i = 0; i < hidden; ++i) sum += last[i] * last[i];
+  std::vector<float> normed(hidden);
+  const float inv = 1.0f / std::sqrt(sum / hidden + model_->config().rms_norm_eps);
+  for (int i = 0; i < hidden; ++i) normed[i] = w.final_norm[i] * (last[i] * inv);
+  std::vector<float> chained(vocab), direct;
+  w.lm_head.Forward(normed.data(), 1, chained.data());
+  KVCache cache(model_->config(), 16);
+  SequenceChunk chunk;
+  chunk.cache = &cache;
+  chunk.tokens = prompt_;
+  ASSERT_TRUE(model_->Forward({&chunk, 1}, &direct).ok());
+  for (int i = 0; i < vocab; ++i) ASSERT_NEAR(chained[i], direct[i], 1e-4);
+
+  // stop_after leaves x untouched and ends the block early.
+  std::vector<float> before = x;
+  int seen = 0;
+  model_->RunBlock(w.layers[0], 1, len, x.data(),
+                   [&](BlockPoint, const float*, int64_t, int64_t) { ++seen; },
+                   BlockPoint::kOProjInput);
+  EXPECT_EQ(seen, 2);
+  EXPECT_EQ(x, before);
+}
+
 TEST_F(LlamaGoldenTest, RejectsBadTokensAndPositions) {
   KVCache cache(model_->config(), 4);
   std::vector<int> bad = {1, 9999};
