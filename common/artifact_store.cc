@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <list>
 #include <map>
 #include <random>
 
@@ -16,6 +18,7 @@
 #include "common/hf_config.h"
 #include "common/model_registry.h"
 #include "common/quant_config.h"
+#include "common/quant_format.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
@@ -76,6 +79,7 @@ class ArtifactSource : public WeightSource {
     view.spec.type = QuantTypeOf(t.weight_dtype());
     view.spec.scheme = QuantSchemeOf(t.scheme());
     view.spec.group_size = t.group_size();
+    ASSIGN_OR_RETURN(view.spec.scale_encoding, ScaleEncodingOf(t));
     view.rows = out_features;
     view.cols = in_features;
     if (t.group_size() < 1) {
@@ -91,13 +95,9 @@ class ArtifactSource : public WeightSource {
     const int64_t group_shape[] = {out_features, view.groups_per_row};
     ASSIGN_OR_RETURN(const TensorInfo* codes,
                      file_->Get(module + ".qweight", DType::kU8, codes_shape));
-    ASSIGN_OR_RETURN(const TensorInfo* scales,
-                     file_->Get(module + ".scales", DType::kF32, group_shape));
-    if (scales->offset % alignof(float) != 0) {
-      return absl::DataLossError(absl::StrCat("tensor ", scales->name, " is not 4-byte aligned"));
-    }
     view.codes = file_->data(*codes);
-    view.scales = reinterpret_cast<const float*>(file_->data(*scales));
+    ASSIGN_OR_RETURN(view.scales, Scales(module, view.spec, group_shape));
+    const size_t scales_count = static_cast<size_t>(out_features * view.groups_per_row);
     size_t zeros_count = 0;
     if (view.spec.scheme == QuantScheme::kAsym) {
       ASSIGN_OR_RETURN(const TensorInfo* zeros,
@@ -105,13 +105,81 @@ class ArtifactSource : public WeightSource {
       view.zeros = file_->data(*zeros);
       zeros_count = zeros->nbytes;
     }
-    RETURN_IF_ERROR(ValidateQuantizedMatrixView(view, codes->nbytes, scales->numel(), zeros_count));
+    RETURN_IF_ERROR(ValidateQuantizedMatrixView(view, codes->nbytes, scales_count, zeros_count));
     return LinearWeight::Quantized(view);
   }
 
  private:
+  static absl::StatusOr<ScaleEncoding> ScaleEncodingOf(const v1::ManifestTensor& t) {
+    const bool f32 = t.scale_dtype() == v1::SCALE_DTYPE_UNSPECIFIED ||  // version 1
+                     t.scale_dtype() == v1::SCALE_FP32;
+    if (t.double_quant() && f32) return ScaleEncoding::kDoubleQuant;
+    if (!t.double_quant() && f32) return ScaleEncoding::kF32;
+    if (!t.double_quant() && t.scale_dtype() == v1::SCALE_BF16) return ScaleEncoding::kBf16;
+    return absl::DataLossError(absl::StrCat("tensor ", t.module(), " has scale_dtype ",
+                                            t.scale_dtype(), " with double_quant ",
+                                            t.double_quant() ? "on" : "off"));
+  }
+
+  // Copies a tensor's raw bytes out, so that its alignment in the file does
+  // not matter; only used for the small scale tensors.
+  template <typename T>
+  absl::StatusOr<std::vector<T>> Copy(const std::string& name, DType dtype,
+                                      absl::Span<const int64_t> shape) {
+    ASSIGN_OR_RETURN(const TensorInfo* t, file_->Get(name, dtype, shape));
+    std::vector<T> out(t->nbytes / sizeof(T));
+    std::memcpy(out.data(), file_->data(*t), out.size() * sizeof(T));
+    return out;
+  }
+
+  // fp32 scales [rows, groups]: used in place when stored as F32, else
+  // decoded once into a buffer this source owns (1/group_size of the
+  // weights' element count).
+  absl::StatusOr<const float*> Scales(const std::string& module, const QuantSpec& spec,
+                                      absl::Span<const int64_t> group_shape) {
+    const std::string name = module + ".scales";
+    std::vector<float> decoded;
+    switch (spec.scale_encoding) {
+      case ScaleEncoding::kF32: {
+        ASSIGN_OR_RETURN(const TensorInfo* t, file_->Get(name, DType::kF32, group_shape));
+        if (t->offset % alignof(float) != 0) {
+          return absl::DataLossError(absl::StrCat("tensor ", t->name, " is not 4-byte aligned"));
+        }
+        return reinterpret_cast<const float*>(file_->data(*t));
+      }
+      case ScaleEncoding::kBf16: {
+        ASSIGN_OR_RETURN(std::vector<uint16_t> bf16,
+                         Copy<uint16_t>(name, DType::kBF16, group_shape));
+        decoded.resize(bf16.size());
+        std::transform(bf16.begin(), bf16.end(), decoded.begin(), Bf16ToFloat);
+        break;
+      }
+      case ScaleEncoding::kDoubleQuant: {
+        ASSIGN_OR_RETURN(std::vector<uint8_t> codes,
+                         Copy<uint8_t>(name + "_q", DType::kU8, group_shape));
+        const int64_t blocks[] = {
+            static_cast<int64_t>((codes.size() + kDoubleQuantBlock - 1) / kDoubleQuantBlock)};
+        ASSIGN_OR_RETURN(std::vector<float> block_scales,
+                         Copy<float>(name + "_scale", DType::kF32, blocks));
+        float mean = 0.0f;
+        if (spec.scheme == QuantScheme::kAsym) {
+          const int64_t one[] = {1};
+          ASSIGN_OR_RETURN(std::vector<float> m, Copy<float>(name + "_mean", DType::kF32, one));
+          mean = m[0];
+        }
+        decoded.resize(codes.size());
+        RETURN_IF_ERROR(DequantizeDoubleQuantizedScales(codes, block_scales, mean,
+                                                        absl::MakeSpan(decoded)));
+        break;
+      }
+    }
+    // Moving a vector into the list keeps its buffer where it is.
+    return owned_scales_.emplace_back(std::move(decoded)).data();
+  }
+
   std::unique_ptr<SafetensorsFile> file_;
   std::map<std::string, v1::ManifestTensor> modules_;
+  std::list<std::vector<float>> owned_scales_;
 };
 
 }  // namespace

@@ -19,7 +19,9 @@
 
 namespace wq {
 
-inline constexpr int kArtifactFormatVersion = 1;
+// 2: INT3/INT2 weights and bf16 or double-quantized scales, which a version
+// 1 reader would misread; version 1 artifacts are still read.
+inline constexpr int kArtifactFormatVersion = 2;
 inline constexpr char kArtifactFormat[] = "wq.artifact";
 inline constexpr char kManifestFile[] = "manifest.json";
 inline constexpr char kWeightsFile[] = "model.safetensors";

@@ -30,7 +30,7 @@ int64_t LinearWeight::storage_bytes() const {
 
 void LinearWeight::Forward(const float* x, int64_t n, float* y) const {
   if (quantized()) {
-    MatMulQuantized(quantized_, x, n, y);
+    MatMulQuantized(quantized_, x, n, y, compute_);
   } else {
     MatMulF32(dense_, rows_, cols_, x, n, y);
   }

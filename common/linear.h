@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "common/compute_dtype.h"
 #include "common/quant_format.h"
 
 namespace wq {
@@ -22,6 +23,9 @@ class LinearWeight {
   bool quantized() const { return dense_ == nullptr; }
   const float* dense() const { return dense_; }
   const QuantizedMatrixView& quantized_view() const { return quantized_; }
+  // Arithmetic of quantized Forward (dense weights always compute in fp32).
+  ComputeDtype compute_dtype() const { return compute_; }
+  void set_compute_dtype(ComputeDtype compute) { compute_ = compute; }
   // Bytes the weight occupies in memory (codes, scales and zeros if quantized).
   int64_t storage_bytes() const;
 
@@ -33,6 +37,7 @@ class LinearWeight {
   QuantizedMatrixView quantized_{};
   int64_t rows_ = 0;
   int64_t cols_ = 0;
+  ComputeDtype compute_ = ComputeDtype::kFp32;
 };
 
 }  // namespace wq

@@ -3,29 +3,66 @@
 #include <algorithm>
 
 #include "Eigen/Core"
+#include "common/cpu_features.h"
+#include "common/kernels.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
+#include "tbb/partitioner.h"
+#include "tbb/task_arena.h"
 
 namespace wq {
 namespace {
 
-// Output rows per parallel task: enough work to amortise scheduling.
-constexpr int64_t kRowBlock = 64;
-// Decoded weights held at once; a stack buffer independent of group size.
-constexpr int64_t kDecodeChunk = 256;
+using kernels::KernelTable;
+using kernels::QuantArgs;
+
+// Reference: output rows per parallel task, enough to amortise scheduling.
+constexpr int64_t kRefRowBlock = 64;
+// SIMD kernels work on blocks of this many rows (kernels_impl.h kRowBlock).
+constexpr int64_t kSimdRowBlock = 4;
 
 using RowMajor =
     Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-}  // namespace
+// Indexed by Isa; nullptr: the scalar reference.
+using TableFn = const KernelTable& (*)();
+constexpr TableFn kTables[kNumIsas] = {
+    nullptr,
+    &kernels::Avx2Kernels,
+    &kernels::AvxVnniKernels,
+    &kernels::Avx512Kernels,
+    &kernels::Avx512VnniKernels,
+    &kernels::Avx512Bf16Kernels,
+};
 
-void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
-               int64_t n, float* y) {
+const KernelTable* ActiveTable() {
+  const TableFn fn = kTables[static_cast<int>(ActiveIsa())];
+  return fn != nullptr ? &fn() : nullptr;
+}
+
+// Runs body(r0, r1) over [0, rows) in pieces aligned to kSimdRowBlock, about
+// 8 pieces per thread of the caller's arena so that threads finish together.
+template <typename Body>
+void ParallelRows(int64_t rows, const Body& body) {
+  const int64_t blocks = (rows + kSimdRowBlock - 1) / kSimdRowBlock;
+  const int64_t threads = tbb::this_task_arena::max_concurrency();
+  const int64_t grain = std::max<int64_t>(1, blocks / (8 * threads));
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, blocks, grain),
+      [&](const tbb::blocked_range<int64_t>& range) {
+        body(range.begin() * kSimdRowBlock,
+             std::min(rows, range.end() * kSimdRowBlock));
+      },
+      tbb::simple_partitioner());
+}
+
+void RefF32(const float* w, int64_t rows, int64_t cols, const float* x,
+            int64_t n, float* y) {
   const Eigen::Map<const RowMajor> wm(w, rows, cols);
   const Eigen::Map<const RowMajor> xm(x, n, cols);
   Eigen::Map<RowMajor> ym(y, n, rows);
   tbb::parallel_for(
-      tbb::blocked_range<int64_t>(0, rows, kRowBlock),
+      tbb::blocked_range<int64_t>(0, rows, kRefRowBlock),
       [&](const tbb::blocked_range<int64_t>& range) {
         const int64_t len = range.end() - range.begin();
         ym.middleCols(range.begin(), len).noalias() =
@@ -33,28 +70,38 @@ void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
       });
 }
 
+}  // namespace
+
+
+void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
+               int64_t n, float* y) {
+  const KernelTable* table = ActiveTable();
+  if (table == nullptr) return RefF32(w, rows, cols, x, n, y);
+  ParallelRows(rows, [&](int64_t r0, int64_t r1) {
+    table->f32_rows(w, rows, cols, x, n, y, r0, r1);
+  });
+}
+
 void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
-                     float* y) {
-  const int64_t rows = w.rows;
-  const int64_t cols = w.cols;
-  tbb::parallel_for(
-      tbb::blocked_range<int64_t>(0, rows, kRowBlock),
-      [&](const tbb::blocked_range<int64_t>& range) {
-        float buf[kDecodeChunk];
-        for (int64_t r = range.begin(); r != range.end(); ++r) {
-          for (int64_t i = 0; i < n; ++i) y[i * rows + r] = 0.0f;
-          for (int64_t k0 = 0; k0 < cols; k0 += kDecodeChunk) {
-            const int64_t len = std::min(kDecodeChunk, cols - k0);
-            DequantizeRowRange(w, r, k0, k0 + len, buf);
-            for (int64_t i = 0; i < n; ++i) {
-              const float* xi = x + i * cols + k0;
-              float sum = 0.0f;
-              for (int64_t k = 0; k < len; ++k) sum += buf[k] * xi[k];
-              y[i * rows + r] += sum;
-            }
-          }
-        }
-      });
+                     float* y, ComputeDtype compute) {
+  QuantArgs a;
+  kernels::ActivationBuffers buffers;
+  kernels::PrepareCall(w, x, n, y, compute, &a, &buffers);
+
+  const KernelTable* table = ActiveTable();
+  const auto fn = table != nullptr && a.simd_cols > 0
+                      ? table->quant_rows[static_cast<int>(a.compute)]
+                      : nullptr;
+  if (fn == nullptr) {
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, w.rows, kRefRowBlock),
+                      [&](const tbb::blocked_range<int64_t>& range) {
+                        for (int64_t r = range.begin(); r != range.end(); ++r) {
+                          kernels::RefRows(a, r, 0, false);
+                        }
+                      });
+    return;
+  }
+  ParallelRows(w.rows, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
 }
 
 }  // namespace wq

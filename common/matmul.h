@@ -1,10 +1,12 @@
-// Reference (scalar, portable) matrix-multiply kernels for linear layers.
-// SIMD variants with run-time dispatch must match these.
+// Matrix-multiply kernels for linear layers. The entry points dispatch at run
+// time to the fastest kernels this CPU supports (see cpu_features.h); with
+// WQ_ISA=scalar they run the portable reference code.
 #ifndef WQ_COMMON_MATMUL_H_
 #define WQ_COMMON_MATMUL_H_
 
 #include <cstdint>
 
+#include "common/compute_dtype.h"
 #include "common/quant_format.h"
 
 namespace wq {
@@ -15,8 +17,16 @@ void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
 
 // Same with a quantized W. Decodes W a bounded chunk at a time (never the whole
 // fp32 matrix); `w` must be valid (see ValidateQuantizedMatrixView).
+//
+// `compute` picks the arithmetic (kFp32 matches the reference up to
+// reassociation). kBf16 rounds x and the levels to bf16 (round to nearest
+// even) and accumulates in fp32. kInt8 quantizes x per 32-block of each
+// group to int8 (absmax / 127, round half to even) and multiplies integer
+// weight levels exactly; codebook levels are first rounded to int8 with
+// max |level| -> 127 (an extra ~0.4% relative weight error), and int8 needs
+// an integer format or a sym scheme (otherwise it computes in fp32).
 void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
-                     float* y);
+                     float* y, ComputeDtype compute = ComputeDtype::kFp32);
 
 }  // namespace wq
 

@@ -126,6 +126,42 @@ absl::Status ValidateResourceId(std::string_view id, std::string_view what,
                                 max_components);
 }
 
+absl::StatusOr<std::string> ResolveUnderRoot(const std::string& root,
+                                             std::string_view id_view,
+                                             std::string_view what_view,
+                                             int max_components) {
+  RETURN_IF_ERROR(ValidateResourceId(id_view, what_view, max_components));
+  const absl::string_view id(id_view.data(), id_view.size());
+  const absl::string_view what(what_view.data(), what_view.size());
+  int err = 0;
+  absl::StatusOr<std::string> real_root = RealPath(root, &err);
+  if (!real_root.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, " root '", root, "' is not accessible: ", std::strerror(err),
+        "; check the configured root"));
+  }
+  absl::StatusOr<std::string> real_path =
+      RealPath(absl::StrCat(root, "/", id), &err);
+  if (!real_path.ok()) {
+    if (err == ENOENT || err == ENOTDIR) {
+      return absl::NotFoundError(
+          absl::StrCat(what, " '", id, "' not found under '", root, "'"));
+    }
+    return real_path.status();
+  }
+  // Symlinks are fine as long as they stay inside the root; the root itself
+  // is not a resource.
+  const std::string prefix =
+      *real_root == "/" ? *real_root : absl::StrCat(*real_root, "/");
+  if (real_path->size() <= prefix.size() ||
+      real_path->compare(0, prefix.size(), prefix) != 0) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(what, " '", id, "' resolves to '", *real_path,
+                     "', outside the ", what, " root '", *real_root, "'"));
+  }
+  return real_path;
+}
+
 ModelRegistry::ModelRegistry(std::string root) : root_(std::move(root)) {}
 
 absl::StatusOr<std::string> ModelRegistry::RealRoot() const {
@@ -143,27 +179,14 @@ absl::StatusOr<std::string> ModelRegistry::Resolve(
     std::string_view model_id_view) const {
   RETURN_IF_ERROR(ValidateResourceId(model_id_view, "model id"));
   const absl::string_view model_id(model_id_view.data(), model_id_view.size());
-  ASSIGN_OR_RETURN(std::string real_root, RealRoot());
-  const std::string path = absl::StrCat(root_, "/", model_id);
-  int err = 0;
-  absl::StatusOr<std::string> real_dir = RealPath(path, &err);
-  if (!real_dir.ok()) {
-    if (err == ENOENT || err == ENOTDIR) {
-      return absl::NotFoundError(absl::StrCat(
-          "model '", model_id, "' not found under model root '", root_, "'"));
-    }
-    return real_dir.status();
+  RETURN_IF_ERROR(RealRoot().status());
+  absl::StatusOr<std::string> real_dir =
+      ResolveUnderRoot(root_, model_id_view, "model", 2);
+  if (absl::IsNotFound(real_dir.status())) {
+    return absl::NotFoundError(absl::StrCat(
+        "model '", model_id, "' not found under model root '", root_, "'"));
   }
-  // Symlinks are fine as long as they stay inside the root; the root itself
-  // is not a model.
-  const std::string prefix =
-      real_root == "/" ? real_root : absl::StrCat(real_root, "/");
-  if (real_dir->size() <= prefix.size() ||
-      real_dir->compare(0, prefix.size(), prefix) != 0) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("model '", model_id, "' resolves to '", *real_dir,
-                     "', outside the model root '", real_root, "'"));
-  }
+  if (!real_dir.ok()) return real_dir.status();
   if (!IsDirectory(*real_dir)) {
     return absl::NotFoundError(absl::StrCat("model '", model_id, "' under '",
                                             root_, "' is not a directory"));

@@ -23,6 +23,15 @@ inline constexpr size_t kMaxResourceIdLength = 256;
 absl::Status ValidateResourceId(std::string_view id, std::string_view what,
                                 int max_components = 2);
 
+// The absolute real path of `id` (checked by ValidateResourceId with
+// max_components) under `root`: INVALID_ARGUMENT for a malformed id,
+// NOT_FOUND when it does not exist, PERMISSION_DENIED when symlinks take it
+// outside the root, FAILED_PRECONDITION when the root itself is missing.
+absl::StatusOr<std::string> ResolveUnderRoot(const std::string& root,
+                                             std::string_view id,
+                                             std::string_view what,
+                                             int max_components);
+
 class ModelRegistry {
  public:
   // `root` need not exist yet; Resolve and List report it when it is missing.

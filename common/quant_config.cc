@@ -17,6 +17,8 @@ constexpr DtypeMapping kDtypes[] = {
     {v1::INT4_CLIP, QuantType::kInt4Clip},
     {v1::NF4, QuantType::kNf4},
     {v1::FP4_E2M1, QuantType::kFp4E2M1},
+    {v1::INT3, QuantType::kInt3},
+    {v1::INT2, QuantType::kInt2},
 };
 
 constexpr int kDefaultGroupSize = 32;
@@ -97,14 +99,10 @@ absl::StatusOr<v1::WeightOnlyQuantConfig> ResolveQuantConfig(
         "algorithm ", std::string(AlgorithmName(c.algorithm())),
         " is not available in this version; use RTN"));
   }
-  if (c.mse_range()) {
-    return absl::UnimplementedError("mse_range is not available in this version");
-  }
-  if (c.use_double_quant()) {
-    return absl::UnimplementedError("use_double_quant is not available in this version");
-  }
-  if (c.scale_dtype() != v1::SCALE_FP32) {
-    return absl::UnimplementedError("scale_dtype must be fp32 in this version");
+  // Double quant stores 8-bit scales; there is no bf16 to round them to.
+  if (c.use_double_quant() && c.scale_dtype() != v1::SCALE_FP32) {
+    return absl::InvalidArgumentError(
+        "use_double_quant already stores the scales in 8 bits; combine it with scale_dtype fp32");
   }
   for (const std::string& module : c.llm_int8_skip_modules()) {
     if (module.empty()) {
@@ -125,6 +123,11 @@ QuantSpec QuantSpecOf(const v1::WeightOnlyQuantConfig& resolved) {
   spec.type = QuantTypeOf(resolved.weight_dtype());
   spec.scheme = QuantSchemeOf(resolved.scheme());
   spec.group_size = resolved.group_size();
+  if (resolved.use_double_quant()) {
+    spec.scale_encoding = ScaleEncoding::kDoubleQuant;
+  } else if (resolved.scale_dtype() == v1::SCALE_BF16) {
+    spec.scale_encoding = ScaleEncoding::kBf16;
+  }
   return spec;
 }
 
@@ -142,9 +145,13 @@ std::string QuantConfigSlug(const v1::WeightOnlyQuantConfig& resolved) {
   const std::string group = resolved.group_size() == -1
                                 ? std::string("perchannel")
                                 : absl::StrCat("g", resolved.group_size());
-  return absl::StrFormat("%s-%s-%s-%s", std::string(format.name),
+  // Options appear only when set, so the slugs of plain configs never change.
+  return absl::StrFormat("%s-%s-%s-%s%s%s%s", std::string(format.name),
                          std::string(SchemeName(resolved.scheme())), group,
-                         std::string(AlgorithmName(resolved.algorithm())));
+                         std::string(AlgorithmName(resolved.algorithm())),
+                         resolved.mse_range() ? "-mse" : "",
+                         resolved.use_double_quant() ? "-dq" : "",
+                         resolved.scale_dtype() == v1::SCALE_BF16 ? "-bf16scale" : "");
 }
 
 }  // namespace wq

@@ -4,6 +4,7 @@
 #include <array>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 
@@ -168,6 +169,10 @@ constexpr auto kInt8SymLevels = IntLevels<8, 128>();
 constexpr auto kInt8AsymLevels = IntLevels<8, 0>();
 constexpr auto kInt4SymLevels = IntLevels<4, 8>();
 constexpr auto kInt4AsymLevels = IntLevels<4, 0>();
+constexpr auto kInt3SymLevels = IntLevels<3, 4>();
+constexpr auto kInt3AsymLevels = IntLevels<3, 0>();
+constexpr auto kInt2SymLevels = IntLevels<2, 2>();
+constexpr auto kInt2AsymLevels = IntLevels<2, 0>();
 
 // Indexed by QuantType.
 const QuantFormat kFormats[] = {
@@ -181,7 +186,15 @@ const QuantFormat kFormats[] = {
      &QuantizeCodebookGroup<kNf4>, kNf4.values, {}},
     {QuantType::kFp4E2M1, "fp4_e2m1", 4, false, kFp4E2M1.values,
      &QuantizeCodebookGroup<kFp4E2M1>, kFp4E2M1.values, {}},
+    // INC bits=3/2 without full_range: scale = amax/maxq (3 and 1), so the
+    // sym codes used are [-3, 3] and [-1, 1].
+    {QuantType::kInt3, "int3", 3, true, {}, &QuantizeIntGroup<3, false>,
+     kInt3SymLevels, kInt3AsymLevels},
+    {QuantType::kInt2, "int2", 2, true, {}, &QuantizeIntGroup<2, false>,
+     kInt2SymLevels, kInt2AsymLevels},
 };
+static_assert(std::size(kFormats) == static_cast<size_t>(QuantType::kInt2) + 1,
+              "one row per QuantType, in enum order");
 
 // This system Abseil's string_view is not std::string_view, so StrCat needs
 // an explicit conversion.
@@ -189,9 +202,21 @@ absl::string_view AbslView(std::string_view s) { return {s.data(), s.size()}; }
 
 constexpr int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// A code straddles into the next byte only when bits does not divide 8
+// (3-bit); that byte is then part of the row, since the code ends there.
 inline uint32_t CodeAt(const uint8_t* row, int64_t k, int bits) {
   const int64_t bit = k * bits;
-  return (row[bit / 8] >> (bit % 8)) & ((1u << bits) - 1);
+  const int shift = static_cast<int>(bit % 8);
+  uint32_t v = row[bit / 8];
+  if (shift + bits > 8) v |= static_cast<uint32_t>(row[bit / 8 + 1]) << 8;
+  return (v >> shift) & ((1u << bits) - 1);
+}
+
+inline void PutCode(uint8_t* row, int64_t k, int bits, uint32_t code) {
+  const int64_t bit = k * bits;
+  const int shift = static_cast<int>(bit % 8);
+  row[bit / 8] |= static_cast<uint8_t>(code << shift);
+  if (shift + bits > 8) row[bit / 8 + 1] |= static_cast<uint8_t>(code >> (8 - shift));
 }
 
 }  // namespace
@@ -233,6 +258,11 @@ absl::Status ValidateQuantSpec(const QuantSpec& spec) {
   if (!(spec.quantile > 0.0f && spec.quantile <= 1.0f)) {
     return absl::InvalidArgumentError(
         absl::StrCat("quantile must be in (0, 1], got ", spec.quantile));
+  }
+  if (spec.scale_encoding != ScaleEncoding::kF32 &&
+      spec.scale_encoding != ScaleEncoding::kBf16 &&
+      spec.scale_encoding != ScaleEncoding::kDoubleQuant) {
+    return absl::InvalidArgumentError("unknown ScaleEncoding");
   }
   return absl::OkStatus();
 }
@@ -385,13 +415,30 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(const float* w, int64_t rows,
           }
           uint8_t* packed = m.codes.data() + r * m.row_bytes;
           for (int64_t k = 0; k < cols; ++k) {
-            const int64_t bit = k * f.bits;
-            packed[bit / 8] |= static_cast<uint8_t>(codes[k] << (bit % 8));
+            PutCode(packed, k, f.bits, codes[k]);
           }
         }
       });
   if (non_finite.load()) {
     return absl::InvalidArgumentError("weights contain NaN or Inf");
+  }
+  // The codes stay those of the fp32 scales (INC quant_tensor quantizes the
+  // weights before double-quantizing the scales; ITREX converts scales to
+  // bf16 when repacking already-quantized weights); only the scales the
+  // kernels multiply by change.
+  switch (spec.scale_encoding) {
+    case ScaleEncoding::kF32:
+      break;
+    case ScaleEncoding::kBf16:
+      for (float& s : m.scales) s = Bf16ToFloat(FloatToBf16(s));
+      break;
+    case ScaleEncoding::kDoubleQuant: {
+      m.double_quant = DoubleQuantizeScales(m.scales, asym);
+      RETURN_IF_ERROR(DequantizeDoubleQuantizedScales(
+          m.double_quant->codes, m.double_quant->block_scales,
+          m.double_quant->mean, absl::MakeSpan(m.scales)));
+      break;
+    }
   }
   return m;
 }
@@ -432,10 +479,161 @@ std::vector<float> DequantizeMatrix(const QuantizedMatrixView& m) {
 }
 
 double BitsPerWeight(const QuantizedMatrixView& m) {
-  const double groups = static_cast<double>(m.rows * m.groups_per_row);
+  const int64_t groups = m.rows * m.groups_per_row;
+  double scale_bits = 0.0;
+  switch (m.spec.scale_encoding) {
+    case ScaleEncoding::kF32:
+      scale_bits = 32.0 * groups;
+      break;
+    case ScaleEncoding::kBf16:
+      scale_bits = 16.0 * groups;
+      break;
+    case ScaleEncoding::kDoubleQuant:
+      scale_bits = 8.0 * groups + 32.0 * CeilDiv(groups, kDoubleQuantBlock) +
+                   (m.spec.scheme == QuantScheme::kAsym ? 32.0 : 0.0);
+      break;
+  }
   const double bits = static_cast<double>(m.rows * m.row_bytes) * 8.0 +
-                      groups * 32.0 + (m.zeros != nullptr ? groups * 8.0 : 0.0);
+                      scale_bits +
+                      (m.zeros != nullptr ? 8.0 * groups : 0.0);
   return bits / static_cast<double>(m.rows * m.cols);
+}
+
+uint16_t FloatToBf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  // Quiet the NaN so that truncation cannot turn it into an infinity.
+  if (std::isnan(x)) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fff + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+float Bf16ToFloat(uint16_t x) {
+  const uint32_t u = static_cast<uint32_t>(x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+DoubleQuantizedScales DoubleQuantizeScales(absl::Span<const float> scales,
+                                           bool subtract_mean) {
+  DoubleQuantizedScales dq;
+  const int64_t n = static_cast<int64_t>(scales.size());
+  if (subtract_mean && n > 0) {
+    // torch's fp32 mean, accumulated in double here for stability.
+    double sum = 0.0;
+    for (float s : scales) sum += s;
+    dq.mean = static_cast<float>(sum / static_cast<double>(n));
+  }
+  std::vector<float> centred(scales.begin(), scales.end());
+  for (float& s : centred) s -= dq.mean;
+  dq.codes.resize(n);
+  dq.block_scales.resize(CeilDiv(n, kDoubleQuantBlock));
+  // INC re-enters quant_tensor with bits 8, sym, full_range off, quantile 1:
+  // exactly the int8 sym row.
+  const QuantFormat& int8 = GetQuantFormat(QuantType::kInt8);
+  for (size_t b = 0; b < dq.block_scales.size(); ++b) {
+    const int64_t begin = static_cast<int64_t>(b) * kDoubleQuantBlock;
+    const int len = static_cast<int>(std::min<int64_t>(kDoubleQuantBlock, n - begin));
+    int8.quantize_group(centred.data() + begin, len, QuantScheme::kSym, 1.0f,
+                        dq.codes.data() + begin, &dq.block_scales[b], nullptr);
+  }
+  return dq;
+}
+
+absl::Status DequantizeDoubleQuantizedScales(
+    absl::Span<const uint8_t> codes, absl::Span<const float> block_scales,
+    float mean, absl::Span<float> out) {
+  const int64_t n = static_cast<int64_t>(codes.size());
+  if (static_cast<int64_t>(block_scales.size()) != CeilDiv(n, kDoubleQuantBlock) ||
+      out.size() != codes.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "double-quantized scales: ", n, " codes need ",
+        CeilDiv(n, kDoubleQuantBlock), " block scales and as many outputs, got ",
+        block_scales.size(), " and ", out.size()));
+  }
+  const float* levels = GetQuantFormat(QuantType::kInt8).sym_levels.data();
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = levels[codes[i]] * block_scales[i / kDoubleQuantBlock] + mean;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> FakeQuantMse(const float* w, int64_t rows, int64_t cols,
+                                    const QuantSpec& spec) {
+  RETURN_IF_ERROR(ValidateQuantSpec(spec));
+  RETURN_IF_ERROR(ValidateShape(rows, cols));
+  if (w == nullptr) return absl::InvalidArgumentError("null weights");
+  const QuantFormat& f = GetQuantFormat(spec.type);
+  const float* levels = f.levels(spec.scheme).data();
+  const int group_size = EffectiveGroupSize(spec, cols);
+  // Per-row sums added in row order keep the result deterministic however
+  // TBB splits the rows.
+  std::vector<double> row_sse(rows);
+  std::atomic<bool> non_finite{false};
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, rows),
+      [&](const tbb::blocked_range<int64_t>& range) {
+        std::vector<uint8_t> codes(group_size);
+        for (int64_t r = range.begin(); r != range.end(); ++r) {
+          const float* wr = w + r * cols;
+          double sse = 0.0;
+          for (int64_t begin = 0; begin < cols; begin += group_size) {
+            const int n = static_cast<int>(std::min<int64_t>(group_size, cols - begin));
+            for (int i = 0; i < n; ++i) {
+              if (!std::isfinite(wr[begin + i])) {
+                non_finite.store(true, std::memory_order_relaxed);
+                return;
+              }
+            }
+            float scale;
+            uint8_t zero = 0;
+            f.quantize_group(wr + begin, n, spec.scheme, spec.quantile,
+                             codes.data(), &scale, &zero);
+            for (int i = 0; i < n; ++i) {
+              const float deq = (levels[codes[i]] - static_cast<float>(zero)) * scale;
+              const double d = static_cast<double>(wr[begin + i]) - deq;
+              sse += d * d;
+            }
+          }
+          row_sse[r] = sse;
+        }
+      });
+  if (non_finite.load()) {
+    return absl::InvalidArgumentError("weights contain NaN or Inf");
+  }
+  double sse = 0.0;
+  for (double v : row_sse) sse += v;
+  return sse / (static_cast<double>(rows) * static_cast<double>(cols));
+}
+
+std::vector<float> DefaultClipRatios() {
+  constexpr int kGrid = 200;
+  constexpr int kCandidates = 40;  // max_shrink 0.2 of the grid
+  std::vector<float> ratios(kCandidates);
+  // Computed in double as Python does, then used as an fp32 quantile.
+  for (int i = 0; i < kCandidates; ++i) {
+    ratios[i] = static_cast<float>(1.0 - static_cast<double>(i) / kGrid);
+  }
+  return ratios;
+}
+
+absl::StatusOr<float> SearchClipRatio(const float* w, int64_t rows,
+                                      int64_t cols, const QuantSpec& spec,
+                                      absl::Span<const float> ratios) {
+  if (ratios.empty()) return absl::InvalidArgumentError("no clip ratios");
+  std::vector<absl::StatusOr<double>> mse(ratios.size(), 0.0);
+  tbb::parallel_for(size_t{0}, ratios.size(), [&](size_t i) {
+    QuantSpec candidate = spec;
+    candidate.quantile = ratios[i];
+    mse[i] = FakeQuantMse(w, rows, cols, candidate);
+  });
+  size_t best = 0;
+  for (size_t i = 0; i < ratios.size(); ++i) {
+    if (!mse[i].ok()) return mse[i].status();
+    if (*mse[i] < *mse[best]) best = i;
+  }
+  return ratios[best];
 }
 
 }  // namespace wq

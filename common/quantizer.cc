@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/file_util.h"
 #include "common/llama.h"
@@ -63,6 +64,50 @@ struct ModuleResult {
 
 std::string AsBytes(const void* data, size_t n) {
   return std::string(static_cast<const char*>(data), n);
+}
+
+// RTN of one linear. With mse_range the clip ratio comes from INC's
+// search_clip, which fake-quantizes with fp32 scales (no double quant), so
+// the search ignores the scale encoding.
+absl::StatusOr<QuantizedMatrix> QuantizeLinear(const LinearWeight& w, QuantSpec spec,
+                                               bool mse_range) {
+  if (mse_range) {
+    QuantSpec search = spec;
+    search.scale_encoding = ScaleEncoding::kF32;
+    ASSIGN_OR_RETURN(spec.quantile, SearchClipRatio(w.dense(), w.out_features(),
+                                                    w.in_features(), search,
+                                                    DefaultClipRatios()));
+  }
+  return QuantizeMatrix(w.dense(), w.out_features(), w.in_features(), spec);
+}
+
+// The scales as q.spec.scale_encoding stores them (see ManifestTensor).
+absl::Status AddScales(const std::string& module, const QuantizedMatrix& q,
+                       SafetensorsWriter& writer) {
+  const std::vector<int64_t> group_shape = {q.rows, q.groups_per_row};
+  switch (q.spec.scale_encoding) {
+    case ScaleEncoding::kF32:
+      return writer.AddTensor(module + ".scales", DType::kF32, group_shape,
+                              AsBytes(q.scales.data(), q.scales.size() * sizeof(float)));
+    case ScaleEncoding::kBf16: {
+      std::vector<uint16_t> bf16(q.scales.size());
+      std::transform(q.scales.begin(), q.scales.end(), bf16.begin(), FloatToBf16);
+      return writer.AddTensor(module + ".scales", DType::kBF16, group_shape,
+                              AsBytes(bf16.data(), bf16.size() * sizeof(uint16_t)));
+    }
+    case ScaleEncoding::kDoubleQuant: {
+      const DoubleQuantizedScales& dq = *q.double_quant;
+      RETURN_IF_ERROR(writer.AddTensor(module + ".scales_q", DType::kU8, group_shape,
+                                       AsBytes(dq.codes.data(), dq.codes.size())));
+      RETURN_IF_ERROR(writer.AddTensor(
+          module + ".scales_scale", DType::kF32, {static_cast<int64_t>(dq.block_scales.size())},
+          AsBytes(dq.block_scales.data(), dq.block_scales.size() * sizeof(float))));
+      if (q.spec.scheme != QuantScheme::kAsym) return absl::OkStatus();
+      return writer.AddTensor(module + ".scales_mean", DType::kF32, {1},
+                              AsBytes(&dq.mean, sizeof(float)));
+    }
+  }
+  return absl::InternalError("unknown scale encoding");
 }
 
 }  // namespace
@@ -145,8 +190,7 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
     for (size_t m = first; m < last; ++m) {
       ModuleResult& r = modules[m];
       if (IsSkippedModule(config, r.module)) continue;
-      absl::StatusOr<QuantizedMatrix> q = QuantizeMatrix(
-          r.source->dense(), r.source->out_features(), r.source->in_features(), spec);
+      absl::StatusOr<QuantizedMatrix> q = QuantizeLinear(*r.source, spec, config.mse_range());
       if (!q.ok()) {
         statuses[b] = absl::Status(q.status().code(),
                                    absl::StrCat(r.module, ": ", q.status().message()));
@@ -185,6 +229,7 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   }
   RETURN_IF_ERROR(add_f32("model.norm", weights->final_norm, {hidden}));
   double quantized_bits = 0;
+  std::vector<std::string> clip_log;
   for (ModuleResult& r : modules) {
     if (!r.quantized.has_value()) {
       RETURN_IF_ERROR(add_f32(r.module, r.source->dense(),
@@ -201,11 +246,15 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
     t->set_weight_dtype(WeightDtypeOf(q.spec.type));
     t->set_scheme(SchemeOf(q.spec.scheme));
     t->set_group_size(q.group_size);
+    t->set_clip_ratio(q.spec.quantile);
+    t->set_scale_dtype(config.scale_dtype());
+    t->set_double_quant(q.spec.scale_encoding == ScaleEncoding::kDoubleQuant);
+    if (config.mse_range()) {
+      clip_log.push_back(absl::StrFormat("%s %.3f", r.module, q.spec.quantile));
+    }
     RETURN_IF_ERROR(writer.AddTensor(r.module + ".qweight", DType::kU8, {q.rows, q.row_bytes},
                                      AsBytes(q.codes.data(), q.codes.size())));
-    RETURN_IF_ERROR(writer.AddTensor(r.module + ".scales", DType::kF32,
-                                     {q.rows, q.groups_per_row},
-                                     AsBytes(q.scales.data(), q.scales.size() * sizeof(float))));
+    RETURN_IF_ERROR(AddScales(r.module, q, writer));
     if (!q.zeros.empty()) {
       RETURN_IF_ERROR(writer.AddTensor(r.module + ".qzeros", DType::kU8,
                                        {q.rows, q.groups_per_row},
@@ -243,6 +292,9 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
                                        [](const auto& t) { return t.quantized(); })),
                                    static_cast<int>(modules.size()),
                                    absl::ToDoubleSeconds(now - start)));
+  if (!clip_log.empty()) {
+    manifest.add_log(absl::StrCat("mse_range clip ratios: ", absl::StrJoin(clip_log, ", ")));
+  }
   if (Cancelled(request)) return absl::CancelledError("quantization cancelled");
   RETURN_IF_ERROR(out->Commit(manifest));
   ASSIGN_OR_RETURN(v1::ArtifactManifest committed, store.ReadManifest(artifact_id));

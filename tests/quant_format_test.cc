@@ -14,14 +14,19 @@ namespace {
 using ::testing::TestWithParam;
 using ::testing::Values;
 
-// Unpacks row `r` of the packed codes (low bits first).
+// Unpacks row `r` of the packed codes bit by bit (low bits first), so codes
+// straddling bytes need no special case here.
 std::vector<int> Codes(const QuantizedMatrix& m, int64_t r) {
   const int bits = GetQuantFormat(m.spec.type).bits;
+  const uint8_t* row = m.codes.data() + r * m.row_bytes;
   std::vector<int> out;
   for (int64_t k = 0; k < m.cols; ++k) {
-    const int64_t bit = k * bits;
-    out.push_back((m.codes[r * m.row_bytes + bit / 8] >> (bit % 8)) &
-                  ((1 << bits) - 1));
+    int code = 0;
+    for (int b = 0; b < bits; ++b) {
+      const int64_t bit = k * bits + b;
+      code |= ((row[bit / 8] >> (bit % 8)) & 1) << b;
+    }
+    out.push_back(code);
   }
   return out;
 }
@@ -48,7 +53,7 @@ void ExpectDequant(const QuantizedMatrix& m, const std::vector<float>& want) {
 // ---------------------------------------------------------------- table
 
 TEST(QuantFormatTable, RowsIndexedByTypeWithConsistentFacts) {
-  ASSERT_EQ(AllQuantFormats().size(), 5u);
+  ASSERT_EQ(AllQuantFormats().size(), 7u);
   for (size_t i = 0; i < AllQuantFormats().size(); ++i) {
     const QuantFormat& f = AllQuantFormats()[i];
     EXPECT_EQ(static_cast<size_t>(f.type), i);
@@ -70,6 +75,8 @@ TEST(QuantFormatTable, RowsIndexedByTypeWithConsistentFacts) {
     }
   }
   EXPECT_EQ(GetQuantFormat(QuantType::kInt8).bits, 8);
+  EXPECT_EQ(GetQuantFormat(QuantType::kInt3).bits, 3);
+  EXPECT_EQ(GetQuantFormat(QuantType::kInt2).bits, 2);
   EXPECT_EQ(GetQuantFormat(QuantType::kNf4).codebook.size(), 16u);
   EXPECT_EQ(GetQuantFormat(QuantType::kFp4E2M1).codebook.size(), 15u);
 }
@@ -97,7 +104,9 @@ TEST(QuantFormatTable, ParseQuantType) {
   }
   EXPECT_EQ(*ParseQuantType("int4_fullrange"), QuantType::kInt4FullRange);
   EXPECT_EQ(*ParseQuantType("fp4_e2m1"), QuantType::kFp4E2M1);
-  auto bad = ParseQuantType("int3");
+  EXPECT_EQ(*ParseQuantType("int3"), QuantType::kInt3);
+  EXPECT_EQ(*ParseQuantType("int2"), QuantType::kInt2);
+  auto bad = ParseQuantType("int5");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("nf4"), std::string::npos);
 }
@@ -501,7 +510,11 @@ INSTANTIATE_TEST_SUITE_P(
            Case{QuantType::kInt4FullRange, QuantScheme::kSym},
            Case{QuantType::kInt4FullRange, QuantScheme::kAsym},
            Case{QuantType::kNf4, QuantScheme::kSym},
-           Case{QuantType::kFp4E2M1, QuantScheme::kSym}));
+           Case{QuantType::kFp4E2M1, QuantScheme::kSym},
+           Case{QuantType::kInt3, QuantScheme::kSym},
+           Case{QuantType::kInt3, QuantScheme::kAsym},
+           Case{QuantType::kInt2, QuantScheme::kSym},
+           Case{QuantType::kInt2, QuantScheme::kAsym}));
 
 TEST(RandomProperties, FullRangeExtremeMapsToMinusEight) {
   const std::vector<float> w = RandomWeights(9, 40, 7);
@@ -583,6 +596,261 @@ TEST(ValidateView, RejectsInconsistentViews) {
   EXPECT_EQ(check(fp4.view(), 40, 12, 0), kOk);
   fp4.codes[13] |= 0xF0;
   EXPECT_EQ(check(fp4.view(), 40, 12, 0), kBad);
+}
+
+// ------------------------------------------------------------ int3 / int2
+
+TEST(LowBit, Int3SymCodesAndPackingAcrossBytes) {
+  // amax 3 -> scale 3/3 = 1; halves round to even; codes are q + 4.
+  const auto m = QuantizeRow({3, -1.5f, 0.5f, 2.5f, -3, 1, 0, 2, -0.4f},
+                             QuantType::kInt3);
+  EXPECT_EQ(m.scales, std::vector<float>({1.0f}));
+  EXPECT_EQ(Codes(m, 0), std::vector<int>({7, 2, 4, 6, 1, 5, 4, 6, 4}));
+  // 27 bits in 4 bytes; element 2 (bits 6..8) and 5 (bits 15..17) straddle.
+  EXPECT_EQ(m.row_bytes, 4);
+  EXPECT_EQ(m.codes, std::vector<uint8_t>({0x17, 0x9D, 0xD2, 0x04}));
+  ExpectDequant(m, {3, -2, 0, 2, -3, 1, 0, 2, 0});
+}
+
+TEST(LowBit, Int2SymUsesMaxqOne) {
+  // maxq 1: scale = amax / 1; codes q + 2 with q in [-1, 1].
+  const auto m = QuantizeRow({2, -1, 0.5f, -2, 1.5f, 0.4f}, QuantType::kInt2);
+  EXPECT_EQ(m.scales, std::vector<float>({2.0f}));
+  EXPECT_EQ(Codes(m, 0), std::vector<int>({3, 2, 2, 1, 3, 2}));
+  EXPECT_EQ(m.codes, std::vector<uint8_t>({0x6B, 0x0B}));
+  ExpectDequant(m, {2, 0, 0, -2, 2, 0});
+}
+
+TEST(LowBit, Int3AsymZeroPointAndStraddlingCode) {
+  // [-1, 6]: scale 7/7 = 1, zp 1, codes round(w) + 1 in [0, 7].
+  const auto m =
+      QuantizeRow({-1, 0, 2.5f, 6}, QuantType::kInt3, QuantScheme::kAsym);
+  EXPECT_EQ(m.scales, std::vector<float>({1.0f}));
+  EXPECT_EQ(m.zeros, std::vector<uint8_t>({1}));
+  EXPECT_EQ(Codes(m, 0), std::vector<int>({0, 1, 3, 7}));
+  EXPECT_EQ(m.codes, std::vector<uint8_t>({0xC8, 0x0E}));
+  ExpectDequant(m, {-1, 0, 2, 6});
+}
+
+TEST(LowBit, Int2Asym) {
+  // [-1, 2]: scale 3/3 = 1, zp 1.
+  const auto m = QuantizeRow({-1, 0.4f, 2}, QuantType::kInt2, QuantScheme::kAsym);
+  EXPECT_EQ(m.scales, std::vector<float>({1.0f}));
+  EXPECT_EQ(m.zeros, std::vector<uint8_t>({1}));
+  EXPECT_EQ(m.codes, std::vector<uint8_t>({0x34}));
+  ExpectDequant(m, {-1, 0, 2});
+}
+
+TEST(LowBit, Int3RowsArePaddedAndRangesDecodeAcrossStraddles) {
+  // 11 columns: 33 bits -> 5 bytes per row, each row starting on a byte.
+  std::vector<float> w(3 * 11);
+  for (int i = 0; i < 33; ++i) w[i] = static_cast<float>(i % 7 - 3);
+  const auto m = Quantize(w, 3, {QuantType::kInt3, QuantScheme::kSym, -1});
+  EXPECT_EQ(m.row_bytes, 5);
+  const std::vector<float> full = DequantizeMatrix(m.view());
+  EXPECT_EQ(full, w);  // Every value is an exact level (scale 1).
+  for (int64_t begin = 0; begin < 11; ++begin) {
+    std::vector<float> part(11);
+    DequantizeRowRange(m.view(), 2, begin, 11, part.data());
+    for (int64_t k = begin; k < 11; ++k) EXPECT_EQ(part[k - begin], w[22 + k]);
+  }
+}
+
+TEST(LowBit, BitsPerWeight) {
+  const std::vector<float> w = RandomWeights(4, 256, 5);
+  auto bits = [&](QuantType t, QuantScheme s) {
+    return BitsPerWeight(Quantize(w, 4, {t, s, 32}).view());
+  };
+  EXPECT_DOUBLE_EQ(bits(QuantType::kInt3, QuantScheme::kSym), 3.0 + 1.0);
+  EXPECT_DOUBLE_EQ(bits(QuantType::kInt3, QuantScheme::kAsym), 3.0 + 1.25);
+  EXPECT_DOUBLE_EQ(bits(QuantType::kInt2, QuantScheme::kSym), 2.0 + 1.0);
+  // 3-bit rows pad to bytes: 10 columns take 30 bits -> 4 bytes.
+  const auto odd = Quantize(RandomWeights(2, 10, 1), 2,
+                            {QuantType::kInt3, QuantScheme::kSym, -1});
+  EXPECT_DOUBLE_EQ(BitsPerWeight(odd.view()), (2 * 32 + 2 * 32) / 20.0);
+}
+
+// ---------------------------------------------------------- clip search
+
+TEST(ClipSearch, DefaultRatiosAreIncs) {
+  const std::vector<float> r = DefaultClipRatios();
+  ASSERT_EQ(r.size(), 40u);
+  EXPECT_EQ(r.front(), 1.0f);
+  EXPECT_EQ(r[1], 0.995f);
+  EXPECT_EQ(r.back(), 0.805f);
+}
+
+TEST(ClipSearch, OutlierIsClippedToTheBestRatio) {
+  // One 1.0 and 127 values of 0.9 per row: at ratio 0.9 every 0.9 is the
+  // top level (7 * 0.9/7) and only the outlier errs by 0.1; at 1.0 the 0.9s
+  // land on 6/7 (error 0.043 each). Ratios near 0.9 misplace all 127 values.
+  std::vector<float> w(4 * 128, 0.9f);
+  // Positive: a negative outlier could still reach code -8 (-8 * 0.9/7).
+  for (int r = 0; r < 4; ++r) w[r * 128 + 17 * r] = 1.0f;
+  const QuantSpec spec{QuantType::kInt4Clip, QuantScheme::kSym, -1};
+  auto ratio = SearchClipRatio(w.data(), 4, 128, spec, DefaultClipRatios());
+  ASSERT_TRUE(ratio.ok()) << ratio.status();
+  EXPECT_EQ(*ratio, 0.9f);
+  auto clipped = FakeQuantMse(w.data(), 4, 128, {QuantType::kInt4Clip, QuantScheme::kSym, -1, 0.9f});
+  auto plain = FakeQuantMse(w.data(), 4, 128, spec);
+  ASSERT_TRUE(clipped.ok() && plain.ok());
+  EXPECT_NEAR(*clipped, 4 * 0.01 / 512, 1e-9);
+  EXPECT_LT(*clipped, *plain);
+}
+
+TEST(ClipSearch, UniformGridKeepsFullRangeAndTiesKeepTheFirst) {
+  // k/7 for k = -7..7: exact at ratio 1, so clipping only adds error.
+  std::vector<float> w;
+  for (int k = -7; k <= 7; ++k) w.push_back(static_cast<float>(k) / 7.0f);
+  const QuantSpec spec{QuantType::kInt4Clip, QuantScheme::kSym, -1};
+  EXPECT_EQ(*SearchClipRatio(w.data(), 1, 15, spec, DefaultClipRatios()), 1.0f);
+  // All-zero weights: every ratio gives 0, the first (largest) wins.
+  const std::vector<float> zeros(64, 0.0f);
+  const std::vector<float> ratios = {0.95f, 0.9f, 1.0f};
+  EXPECT_EQ(*SearchClipRatio(zeros.data(), 2, 32, spec, ratios), 0.95f);
+}
+
+TEST(ClipSearch, MatchesBruteForceOverQuantizeAndDequantize) {
+  const std::vector<float> w = RandomWeights(9, 96, 11);
+  for (const QuantSpec& spec :
+       {QuantSpec{QuantType::kInt4Clip, QuantScheme::kSym, 32},
+        QuantSpec{QuantType::kInt3, QuantScheme::kAsym, 32},
+        QuantSpec{QuantType::kNf4, QuantScheme::kSym, 32}}) {
+    const std::vector<float> ratios = DefaultClipRatios();
+    size_t best = 0;
+    double best_mse = 0;
+    for (size_t i = 0; i < ratios.size(); ++i) {
+      QuantSpec s = spec;
+      s.quantile = ratios[i];
+      const std::vector<float> deq = DequantizeMatrix(Quantize(w, 9, s).view());
+      double sse = 0;
+      for (int64_t r = 0; r < 9; ++r) {
+        double row = 0;
+        for (int64_t k = 0; k < 96; ++k) {
+          const double d = static_cast<double>(w[r * 96 + k]) - deq[r * 96 + k];
+          row += d * d;
+        }
+        sse += row;
+      }
+      const double mse = sse / (9 * 96);
+      auto fast = FakeQuantMse(w.data(), 9, 96, s);
+      ASSERT_TRUE(fast.ok());
+      EXPECT_DOUBLE_EQ(*fast, mse) << i;
+      if (i == 0 || mse < best_mse) {
+        best = i;
+        best_mse = mse;
+      }
+    }
+    EXPECT_EQ(*SearchClipRatio(w.data(), 9, 96, spec, ratios), ratios[best]);
+  }
+}
+
+TEST(ClipSearch, RejectsBadInput) {
+  const std::vector<float> w = {1, std::numeric_limits<float>::infinity()};
+  const QuantSpec spec;
+  EXPECT_EQ(SearchClipRatio(w.data(), 1, 2, spec, DefaultClipRatios()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SearchClipRatio(w.data(), 1, 1, spec, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// ---------------------------------------------------------- scale encodings
+
+TEST(DoubleQuant, RoundTripWithinHalfAStep) {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> dist(0.001f, 0.05f);
+  std::vector<float> scales(300);  // Two blocks: 256 + a 44 tail.
+  for (float& s : scales) s = dist(rng);
+  for (bool subtract_mean : {false, true}) {
+    const DoubleQuantizedScales dq = DoubleQuantizeScales(scales, subtract_mean);
+    ASSERT_EQ(dq.codes.size(), 300u);
+    ASSERT_EQ(dq.block_scales.size(), 2u);
+    double mean = 0;
+    for (float s : scales) mean += s;
+    mean /= 300;
+    EXPECT_NEAR(dq.mean, subtract_mean ? mean : 0.0, 1e-7);
+    std::vector<float> back(300);
+    ASSERT_TRUE(DequantizeDoubleQuantizedScales(dq.codes, dq.block_scales, dq.mean,
+                                                absl::MakeSpan(back))
+                    .ok());
+    for (size_t b = 0; b < 2; ++b) {
+      // Block scale = amax of the (centred) block / 127.
+      float amax = 0;
+      for (size_t i = b * 256; i < std::min<size_t>(300, (b + 1) * 256); ++i) {
+        amax = std::max(amax, std::fabs(scales[i] - dq.mean));
+      }
+      EXPECT_FLOAT_EQ(dq.block_scales[b], amax / 127);
+    }
+    for (size_t i = 0; i < 300; ++i) {
+      EXPECT_LE(std::fabs(back[i] - scales[i]), dq.block_scales[i / 256] * 0.5f * (1 + 1e-5f));
+      EXPECT_GE(dq.codes[i], 1);  // Sym int8 without full range: [-127, 127].
+    }
+  }
+  std::vector<float> back(300);
+  EXPECT_FALSE(DequantizeDoubleQuantizedScales(
+                   DoubleQuantizeScales(scales, false).codes, {1.0f}, 0, absl::MakeSpan(back))
+                   .ok());
+}
+
+TEST(DoubleQuant, WeightCodesUseTheOriginalScales) {
+  const std::vector<float> w = RandomWeights(7, 96, 9);
+  for (QuantScheme scheme : {QuantScheme::kSym, QuantScheme::kAsym}) {
+    QuantSpec spec{QuantType::kInt4Clip, scheme, 32};
+    const auto plain = Quantize(w, 7, spec);
+    spec.scale_encoding = ScaleEncoding::kDoubleQuant;
+    const auto dq = Quantize(w, 7, spec);
+    EXPECT_EQ(dq.codes, plain.codes);
+    EXPECT_EQ(dq.zeros, plain.zeros);
+    ASSERT_TRUE(dq.double_quant.has_value());
+    const DoubleQuantizedScales expect =
+        DoubleQuantizeScales(plain.scales, scheme == QuantScheme::kAsym);
+    EXPECT_EQ(dq.double_quant->codes, expect.codes);
+    EXPECT_EQ(dq.double_quant->mean, expect.mean);
+    std::vector<float> decoded(plain.scales.size());
+    ASSERT_TRUE(DequantizeDoubleQuantizedScales(expect.codes, expect.block_scales, expect.mean,
+                                                absl::MakeSpan(decoded))
+                    .ok());
+    EXPECT_EQ(dq.scales, decoded);
+  }
+}
+
+TEST(DoubleQuant, BitsPerWeight) {
+  const std::vector<float> w = RandomWeights(4, 256, 5);  // 32 groups
+  QuantSpec spec{QuantType::kInt4Clip, QuantScheme::kSym, 32};
+  EXPECT_DOUBLE_EQ(BitsPerWeight(Quantize(w, 4, spec).view()), 5.0);
+  spec.scale_encoding = ScaleEncoding::kDoubleQuant;
+  // 8-bit codes (0.25) + one fp32 block scale over 1024 weights.
+  EXPECT_DOUBLE_EQ(BitsPerWeight(Quantize(w, 4, spec).view()), 4.0 + 0.25 + 32.0 / 1024);
+  spec.scheme = QuantScheme::kAsym;  // + zeros and the fp32 mean
+  EXPECT_DOUBLE_EQ(BitsPerWeight(Quantize(w, 4, spec).view()),
+                   4.0 + 0.25 + 0.25 + 64.0 / 1024);
+  spec = {QuantType::kInt4Clip, QuantScheme::kSym, 32};
+  spec.scale_encoding = ScaleEncoding::kBf16;
+  EXPECT_DOUBLE_EQ(BitsPerWeight(Quantize(w, 4, spec).view()), 4.5);
+}
+
+TEST(Bf16Scales, RoundToNearestEven) {
+  EXPECT_EQ(FloatToBf16(1.0f), 0x3F80);
+  EXPECT_EQ(FloatToBf16(1.0f + 0x1p-8f), 0x3F80);                // tie -> even
+  EXPECT_EQ(FloatToBf16(1.0f + 3 * 0x1p-8f), 0x3F82);            // tie -> even
+  EXPECT_EQ(FloatToBf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3F81);     // above half
+  EXPECT_EQ(FloatToBf16(-2.0f), 0xC000);
+  EXPECT_EQ(FloatToBf16(std::numeric_limits<float>::max()), 0x7F80);  // -> inf
+  EXPECT_TRUE(std::isnan(Bf16ToFloat(FloatToBf16(std::nanf("")))));
+  EXPECT_EQ(Bf16ToFloat(0x3F81), 1.0f + 0x1p-7f);
+}
+
+TEST(Bf16Scales, ScalesRoundedAfterQuantizing) {
+  const std::vector<float> w = RandomWeights(5, 64, 4);
+  QuantSpec spec{QuantType::kNf4, QuantScheme::kSym, 32};
+  const auto plain = Quantize(w, 5, spec);
+  spec.scale_encoding = ScaleEncoding::kBf16;
+  const auto bf16 = Quantize(w, 5, spec);
+  EXPECT_EQ(bf16.codes, plain.codes);
+  for (size_t i = 0; i < plain.scales.size(); ++i) {
+    EXPECT_EQ(bf16.scales[i], Bf16ToFloat(FloatToBf16(plain.scales[i])));
+    EXPECT_LE(std::fabs(bf16.scales[i] - plain.scales[i]), std::fabs(plain.scales[i]) * 0x1p-8f);
+  }
 }
 
 }  // namespace

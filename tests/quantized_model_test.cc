@@ -2,10 +2,14 @@
 // artifact, load it back, generate, and measure perplexity with the project's
 // protocol (first 20,480 tokens of tinystories_valid.txt, 80 windows of 256,
 // each fed as [BOS] + window[:-1]). The reference values come from an
-// independent float64 implementation of neural-compressor's numerics.
+// independent float64 implementation of neural-compressor's numerics; the
+// int3/int2 rows and the mse_range / double quant / bf16 scale variants have
+// none and are checked against each other and the plain int4_clip row.
 #include <cmath>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <map>
 
 #include "absl/strings/str_format.h"
@@ -26,16 +30,41 @@ constexpr char kModelDir[] = "testdata/models/stories260K";
 constexpr char kEvalText[] = "testdata/data/tinystories_valid.txt";
 constexpr double kReferenceFp32Ppl = 4.5885;
 
+constexpr double kNoReference = std::numeric_limits<double>::quiet_NaN();
+
+enum class Variant { kPlain, kMseRange, kDoubleQuant, kBf16Scale };
+
 struct Case {
   v1::WeightDtype dtype;
   v1::Scheme scheme;
   double reference_change_percent;  // float64 reference of INC's numerics
+  Variant variant = Variant::kPlain;
 };
 
-std::string CaseName(const testing::TestParamInfo<Case>& info) {
-  return absl::StrFormat("%s_%s", v1::WeightDtype_Name(info.param.dtype),
-                         v1::Scheme_Name(info.param.scheme));
+std::string VariantName(Variant v) {
+  switch (v) {
+    case Variant::kPlain: return "";
+    case Variant::kMseRange: return "_mse_range";
+    case Variant::kDoubleQuant: return "_double_quant";
+    case Variant::kBf16Scale: return "_bf16_scale";
+  }
+  return "";
 }
+
+std::string Name(const Case& c) {
+  return absl::StrFormat("%s_%s%s", v1::WeightDtype_Name(c.dtype), v1::Scheme_Name(c.scheme),
+                         VariantName(c.variant));
+}
+
+std::string CaseName(const testing::TestParamInfo<Case>& info) { return Name(info.param); }
+
+// What one case measured.
+struct Outcome {
+  v1::ArtifactManifest manifest;
+  double perplexity = 0;
+  double change_percent = 0;
+  double top1_percent = 0;  // greedy agreement with fp32
+};
 
 class QuantizedModelTest : public testing::TestWithParam<Case> {
  protected:
@@ -63,15 +92,16 @@ class QuantizedModelTest : public testing::TestWithParam<Case> {
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = store->release();
     table_ = new std::vector<std::string>();
+    outcomes_ = new std::map<std::string, Outcome>();
   }
 
   static void TearDownTestSuite() {
     std::printf("\nPerplexity, RTN on stories260K (%d windows x 256 tokens of %s)\n",
                 fp32_->windows, kEvalText);
-    std::printf("%-15s %-6s %5s %8s %8s %8s %9s %6s\n", "dtype", "scheme", "group", "bits/w",
-                "PPL", "change", "reference", "top-1");
-    std::printf("%-15s %-6s %5s %8s %8.4f %8s %9s %6s\n", "fp32", "-", "-", "32", fp32_->perplexity,
-                "-", "4.5885", "100%");
+    std::printf("%-30s %5s %8s %8s %8s %9s %6s\n", "dtype_scheme[_variant]", "group",
+                "bits/w", "PPL", "change", "reference", "top-1");
+    std::printf("%-30s %5s %8s %8.4f %8s %9s %6s\n", "fp32", "-", "32", fp32_->perplexity, "-",
+                "4.5885", "100%");
     for (const std::string& row : *table_) std::printf("%s\n", row.c_str());
     std::printf("greedy fp32: %s\n", fp32_greedy_->c_str());
   }
@@ -104,6 +134,9 @@ class QuantizedModelTest : public testing::TestWithParam<Case> {
   static std::string* store_root_;
   static ArtifactStore* store_;
   static std::vector<std::string>* table_;
+  static std::map<std::string, Outcome>* outcomes_;
+
+  static Outcome Run(const Case& c);
 };
 
 std::shared_ptr<Tokenizer> QuantizedModelTest::tokenizer_;
@@ -114,6 +147,7 @@ std::string* QuantizedModelTest::fp32_greedy_;
 std::string* QuantizedModelTest::store_root_;
 ArtifactStore* QuantizedModelTest::store_;
 std::vector<std::string>* QuantizedModelTest::table_;
+std::map<std::string, Outcome>* QuantizedModelTest::outcomes_;
 
 TEST(Fp32PerplexityTest, MatchesReference) {
   auto tokenizer = Tokenizer::Load(std::string(kModelDir) + "/tokenizer.model");
@@ -133,45 +167,105 @@ TEST(Fp32PerplexityTest, MatchesReference) {
   EXPECT_NEAR(ppl->perplexity, kReferenceFp32Ppl, kReferenceFp32Ppl * 0.001);
 }
 
-TEST_P(QuantizedModelTest, QuantizeLoadGenerateAndScore) {
-  const Case& c = GetParam();
+// Quantizes, loads, generates and scores `c` once; later calls (a variant
+// comparing against its plain row) reuse the result.
+Outcome QuantizedModelTest::Run(const Case& c) {
+  const std::string name = Name(c);
+  if (auto it = outcomes_->find(name); it != outcomes_->end()) return it->second;
+  Outcome out;
   QuantizeRequest request;
   request.model_id = "stories260K";
   request.model_dir = kModelDir;
   request.config.set_weight_dtype(c.dtype);
   request.config.set_scheme(c.scheme);
   request.config.set_group_size(32);
+  request.config.set_mse_range(c.variant == Variant::kMseRange);
+  request.config.set_use_double_quant(c.variant == Variant::kDoubleQuant);
+  if (c.variant == Variant::kBf16Scale) request.config.set_scale_dtype(v1::SCALE_BF16);
   auto manifest = QuantizeModel(request, *store_);
-  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  EXPECT_TRUE(manifest.ok()) << manifest.status();
+  if (!manifest.ok()) return out;
+  out.manifest = *manifest;
   // q/k/v/o/gate/up/down of 5 blocks quantized; embeddings and lm_head fp32.
   int quantized = 0;
   for (const auto& t : manifest->tensors()) {
     quantized += t.quantized();
     if (t.module() == "lm_head" || t.module() == "model.embed_tokens") EXPECT_FALSE(t.quantized());
+    if (!t.quantized()) continue;
+    EXPECT_EQ(t.double_quant(), c.variant == Variant::kDoubleQuant);
+    EXPECT_EQ(t.scale_dtype(),
+              c.variant == Variant::kBf16Scale ? v1::SCALE_BF16 : v1::SCALE_FP32);
+    if (c.variant == Variant::kMseRange) {
+      EXPECT_GE(t.clip_ratio(), 0.805f);
+      EXPECT_LE(t.clip_ratio(), 1.0f);
+    } else {
+      EXPECT_EQ(t.clip_ratio(), 1.0f);
+    }
   }
   EXPECT_EQ(quantized, 35);
+  EXPECT_EQ(manifest->format_version(), kArtifactFormatVersion);
   EXPECT_TRUE(store_->Verify(manifest->artifact_id()).ok());
 
   auto weights = store_->LoadWeights(manifest->artifact_id());
-  ASSERT_TRUE(weights.ok()) << weights.status();
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  if (!weights.ok()) return out;
   LlamaModel model(*weights);
   EXPECT_TRUE(model.weights().layers[0].down.quantized());
   const std::string text = Greedy(model);
   EXPECT_FALSE(text.empty());
 
   auto ppl = EvaluatePerplexity(model, *eval_ids_, tokenizer_->bos_id(), {});
-  ASSERT_TRUE(ppl.ok()) << ppl.status();
-  const double change = 100.0 * (ppl->perplexity / fp32_->perplexity - 1.0);
-  const double top1 = 100.0 * Top1Agreement(ppl->argmax, fp32_->argmax);
+  EXPECT_TRUE(ppl.ok()) << ppl.status();
+  if (!ppl.ok()) return out;
+  out.perplexity = ppl->perplexity;
+  out.change_percent = 100.0 * (ppl->perplexity / fp32_->perplexity - 1.0);
+  out.top1_percent = 100.0 * Top1Agreement(ppl->argmax, fp32_->argmax);
   table_->push_back(absl::StrFormat(
-      "%-15s %-6s %5d %8.3f %8.4f %+7.2f%% %+8.2f%% %5.1f%%  %s",
-      v1::WeightDtype_Name(c.dtype), v1::Scheme_Name(c.scheme), 32, manifest->bits_per_weight(),
-      ppl->perplexity, change, c.reference_change_percent, top1, text.c_str()));
+      "%-30s %5d %8.3f %8.4f %+7.2f%% %9s %5.1f%%  %s", name, 32,
+      manifest->bits_per_weight(), ppl->perplexity, out.change_percent,
+      std::isnan(c.reference_change_percent)
+          ? std::string("-")
+          : absl::StrFormat("%+.2f%%", c.reference_change_percent),
+      out.top1_percent, text.c_str()));
   std::printf("%s\n", table_->back().c_str());
+  (*outcomes_)[name] = out;
+  return out;
+}
 
+TEST_P(QuantizedModelTest, QuantizeLoadGenerateAndScore) {
+  const Case& c = GetParam();
+  const Outcome out = Run(c);
+  ASSERT_TRUE(std::isfinite(out.perplexity) && out.perplexity > 0);
+  const double change = out.change_percent;
+  if (c.variant != Variant::kPlain) {
+    const Outcome plain = Run({c.dtype, c.scheme, kNoReference});
+    // The scale encodings cost little accuracy; the clip search only
+    // lowers the weight error, so it must not cost perplexity either.
+    EXPECT_LE(change, plain.change_percent + 1.0);
+    if (c.variant == Variant::kMseRange) {
+      EXPECT_LE(change, plain.change_percent + 0.1);
+      EXPECT_NE(std::find_if(out.manifest.log().begin(), out.manifest.log().end(),
+                             [](const std::string& l) {
+                               return l.rfind("mse_range clip ratios: ", 0) == 0;
+                             }),
+                out.manifest.log().end());
+    }
+    if (c.variant == Variant::kDoubleQuant) {
+      EXPECT_LT(out.manifest.bits_per_weight(), plain.manifest.bits_per_weight() - 0.6);
+    }
+    if (c.variant == Variant::kBf16Scale) {
+      // Half of the 32 scale bits per group (a little over 0.5: ragged groups).
+      EXPECT_NEAR(out.manifest.bits_per_weight(), plain.manifest.bits_per_weight() - 0.5, 0.02);
+    }
+  }
+  if (c.dtype == v1::INT2) {
+    // Fewer bits, more error.
+    EXPECT_LT(Run({v1::INT3, c.scheme, kNoReference}).perplexity, out.perplexity);
+  }
+  if (std::isnan(c.reference_change_percent)) return;
   if (c.dtype == v1::INT8) {
     EXPECT_LT(change, 1.0);
-    EXPECT_GE(top1, 97.0);
+    EXPECT_GE(out.top1_percent, 97.0);
   } else {
     EXPECT_LT(change, 20.0);
   }
@@ -184,7 +278,12 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(Case{v1::INT8, v1::SYM, 0.10}, Case{v1::INT8, v1::ASYM, 0.02},
                     Case{v1::INT4_CLIP, v1::SYM, 14.5}, Case{v1::INT4_FULLRANGE, v1::SYM, 7.1},
                     Case{v1::INT4_CLIP, v1::ASYM, 7.9}, Case{v1::INT4_FULLRANGE, v1::ASYM, 7.9},
-                    Case{v1::NF4, v1::SYM, 10.1}, Case{v1::FP4_E2M1, v1::SYM, 16.2}),
+                    Case{v1::NF4, v1::SYM, 10.1}, Case{v1::FP4_E2M1, v1::SYM, 16.2},
+                    Case{v1::INT3, v1::SYM, kNoReference}, Case{v1::INT3, v1::ASYM, kNoReference},
+                    Case{v1::INT2, v1::SYM, kNoReference}, Case{v1::INT2, v1::ASYM, kNoReference},
+                    Case{v1::INT4_CLIP, v1::SYM, kNoReference, Variant::kMseRange},
+                    Case{v1::INT4_CLIP, v1::SYM, kNoReference, Variant::kDoubleQuant},
+                    Case{v1::INT4_CLIP, v1::SYM, kNoReference, Variant::kBf16Scale}),
     CaseName);
 
 }  // namespace

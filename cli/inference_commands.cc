@@ -1,0 +1,111 @@
+// wqctl commands of the inference service.
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_format.h"
+#include "cli/common.h"
+#include "proto/wq/v1/inference.grpc.pb.h"
+
+// generate
+ABSL_FLAG(std::string, prompt, "", "prompt text");
+ABSL_FLAG(int, max_new_tokens, 0, "0 = server default");
+ABSL_FLAG(double, temperature, 0, "0 = greedy");
+ABSL_FLAG(int, top_k, 0, "0 = no limit");
+ABSL_FLAG(double, top_p, 1, "nucleus mass in (0, 1]");
+ABSL_FLAG(double, repetition_penalty, 1, "> 0; 1 = off");
+ABSL_FLAG(int64_t, seed, -1, "-1 = random");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "stop sequences, comma-separated");
+
+namespace wq {
+
+int Load() {
+  v1::LoadModelRequest request;
+  request.set_model(absl::GetFlag(FLAGS_model));
+  if (request.model().empty()) return UsageError("load needs --model=ID");
+  auto stub = v1::InferenceService::NewStub(Connect(true));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::ModelInfo info;
+  grpc::Status status = stub->LoadModel(&context, request, &info);
+  if (!status.ok()) return RpcError("LoadModel", status);
+  std::cout << absl::StrFormat("loaded %s (%s, %d weight bytes, %.3f bits/weight, context %d)\n",
+                               info.model(), info.quantized() ? "quantized" : "fp32",
+                               info.weight_bytes(), info.bits_per_weight(),
+                               info.max_context());
+  return kOk;
+}
+
+int Models() {
+  auto stub = v1::InferenceService::NewStub(Connect(true));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::ListModelsResponse response;
+  grpc::Status status = stub->ListModels(&context, v1::ListModelsRequest(), &response);
+  if (!status.ok()) return RpcError("ListModels", status);
+  for (const v1::ModelInfo& info : response.loaded()) {
+    std::cout << "loaded    " << info.model() << "\n";
+  }
+  for (const std::string& name : response.available()) {
+    std::cout << "available " << name << "\n";
+  }
+  return kOk;
+}
+
+int Generate() {
+  v1::GenerateStreamRequest request;
+  request.set_model(absl::GetFlag(FLAGS_model));
+  if (request.model().empty()) return UsageError("generate needs --model=ID");
+  request.set_prompt(absl::GetFlag(FLAGS_prompt));
+  v1::SamplingParams* s = request.mutable_sampling();
+  s->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+  s->set_top_k(absl::GetFlag(FLAGS_top_k));
+  s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+  s->set_repetition_penalty(static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty)));
+  if (absl::GetFlag(FLAGS_seed) >= 0) s->set_seed(absl::GetFlag(FLAGS_seed));
+  if (absl::GetFlag(FLAGS_max_new_tokens) != 0) {
+    s->set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
+  }
+  for (const std::string& stop : absl::GetFlag(FLAGS_stop)) s->add_stop_sequences(stop);
+
+  auto stub = v1::InferenceService::NewStub(Connect(true));
+  grpc::ClientContext context;
+  auto reader = stub->GenerateStream(&context, request);
+  v1::GenerateStreamResponse event;
+  std::optional<v1::StreamEnd> end;
+  while (reader->Read(&event)) {
+    if (event.has_token()) {
+      std::cout << event.token().text() << std::flush;
+    } else if (event.has_end()) {
+      end = event.end();
+    }
+  }
+  std::cout << "\n";
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return RpcError("GenerateStream", status);
+  if (!end.has_value()) {
+    std::cerr << "wqctl: stream ended without a summary\n";
+    return kFailed;
+  }
+  std::cerr << absl::StrFormat(
+      "finish=%s prompt_tokens=%d completion_tokens=%d ttft=%.1fms total=%.1fms %.1f tok/s\n",
+      Lower(v1::FinishReason_Name(end->finish_reason())), end->usage().prompt_tokens(),
+      end->usage().completion_tokens(), end->timings().time_to_first_token_ms(),
+      end->timings().total_ms(), end->timings().decode_tokens_per_second());
+  return end->finish_reason() == v1::CANCELLED ? kFailed : kOk;
+}
+
+int Info() {
+  auto stub = v1::InferenceService::NewStub(Connect(true));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::ServerInfo info;
+  grpc::Status status = stub->GetServerInfo(&context, v1::GetServerInfoRequest(), &info);
+  if (!status.ok()) return RpcError("GetServerInfo", status);
+  std::cout << info.DebugString();
+  return kOk;
+}
+
+}  // namespace wq

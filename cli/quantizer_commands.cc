@@ -1,0 +1,205 @@
+// wqctl commands of the quantizer service.
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "cli/common.h"
+#include "proto/wq/v1/quantizer.grpc.pb.h"
+
+// quantize
+ABSL_FLAG(std::string, weight_dtype, "", "int4_clip|int4_fullrange|int8|nf4|fp4_e2m1 (default nf4)");
+ABSL_FLAG(std::string, scheme, "", "sym|asym (default sym)");
+ABSL_FLAG(std::string, group_size, "", "weights per group; -1 = per channel (default 32)");
+ABSL_FLAG(std::string, algorithm, "", "rtn|awq|teq (default rtn)");
+ABSL_FLAG(bool, mse_range, false, "search a clip ratio per layer");
+ABSL_FLAG(bool, double_quant, false, "quantize the scales too");
+ABSL_FLAG(std::vector<std::string>, skip_modules, {}, "modules kept in fp32 (default lm_head)");
+ABSL_FLAG(std::string, calib_file, "", "calibration text file under the server's data root");
+ABSL_FLAG(int, n_samples, 0, "calibration samples (0 = server default)");
+ABSL_FLAG(int, seq_len, 0, "calibration sequence length (0 = server default)");
+ABSL_FLAG(bool, wait, true, "quantize: watch the job until it ends");
+// jobs
+ABSL_FLAG(std::string, job, "", "job id (cancel, watch)");
+namespace wq {
+namespace {
+
+template <typename Enum>
+bool ParseEnum(const std::string& text, const std::map<std::string, Enum>& names,
+               Enum* out) {
+  if (text.empty()) return true;  // leave the server's default
+  auto it = names.find(absl::AsciiStrToLower(text));
+  if (it == names.end()) return false;
+  *out = it->second;
+  return true;
+}
+
+void PrintProgress(const v1::Job& job) {
+  const v1::JobProgress& p = job.progress();
+  std::string detail = p.message();
+  if (detail.empty()) {
+    detail = Lower(v1::JobPhase_Name(p.phase()).substr(6));  // drop "PHASE_"
+    if (p.total_steps() > 0) detail += absl::StrFormat(" %d/%d", p.step(), p.total_steps());
+  }
+  std::string eta = p.eta_seconds() >= 0 ? absl::StrFormat(" eta %.1fs", p.eta_seconds()) : "";
+  std::cerr << absl::StrFormat("[%3.0f%%] %s%s\n", p.percent(), detail, eta);
+}
+
+// Streams the job's progress; exit code by its final state.
+int Watch(v1::QuantizerService::Stub& stub, const std::string& job_id) {
+  grpc::ClientContext context;
+  v1::WatchJobRequest request;
+  request.set_job_id(job_id);
+  auto reader = stub.WatchJob(&context, request);
+  v1::Job job;
+  v1::Job last;
+  while (reader->Read(&job)) {
+    PrintProgress(job);
+    last = job;
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return RpcError("WatchJob", status);
+  switch (last.state()) {
+    case v1::SUCCEEDED:
+      std::cerr << "job " << last.job_id() << " succeeded\n";
+      std::cout << last.artifact_id() << "\n";
+      return kOk;
+    case v1::CANCELLED:
+      std::cerr << "job " << last.job_id() << " was cancelled\n";
+      return kFailed;
+    default:
+      std::cerr << "job " << last.job_id() << " failed: " << last.error_message() << "\n";
+      return kFailed;
+  }
+}
+
+}  // namespace
+
+int Quantize() {
+  v1::SubmitJobRequest request;
+  request.set_model_id(absl::GetFlag(FLAGS_model));
+  if (request.model_id().empty()) return UsageError("quantize needs --model=ID");
+  v1::WeightOnlyQuantConfig* config = request.mutable_config();
+  v1::WeightDtype dtype = v1::WEIGHT_DTYPE_UNSPECIFIED;
+  if (!ParseEnum<v1::WeightDtype>(absl::GetFlag(FLAGS_weight_dtype),
+                                  {{"int4_clip", v1::INT4_CLIP},
+                                   {"int4_fullrange", v1::INT4_FULLRANGE},
+                                   {"int8", v1::INT8},
+                                   {"nf4", v1::NF4},
+                                   {"fp4_e2m1", v1::FP4_E2M1}},
+                                  &dtype)) {
+    return UsageError("--weight_dtype must be int4_clip, int4_fullrange, int8, nf4 or fp4_e2m1");
+  }
+  config->set_weight_dtype(dtype);
+  v1::Scheme scheme = v1::SCHEME_UNSPECIFIED;
+  if (!ParseEnum<v1::Scheme>(absl::GetFlag(FLAGS_scheme),
+                             {{"sym", v1::SYM}, {"asym", v1::ASYM}}, &scheme)) {
+    return UsageError("--scheme must be sym or asym");
+  }
+  config->set_scheme(scheme);
+  v1::Algorithm algorithm = v1::ALGORITHM_UNSPECIFIED;
+  if (!ParseEnum<v1::Algorithm>(absl::GetFlag(FLAGS_algorithm),
+                                {{"rtn", v1::RTN}, {"awq", v1::AWQ}, {"teq", v1::TEQ}},
+                                &algorithm)) {
+    return UsageError("--algorithm must be rtn, awq or teq");
+  }
+  config->set_algorithm(algorithm);
+  if (const std::string g = absl::GetFlag(FLAGS_group_size); !g.empty()) {
+    int group = 0;
+    if (!absl::SimpleAtoi(g, &group)) return UsageError("--group_size must be an integer");
+    config->set_group_size(group);  // the server says which values it accepts
+  }
+  config->set_mse_range(absl::GetFlag(FLAGS_mse_range));
+  config->set_use_double_quant(absl::GetFlag(FLAGS_double_quant));
+  for (const std::string& m : absl::GetFlag(FLAGS_skip_modules)) {
+    config->add_llm_int8_skip_modules(m);
+  }
+  if (const std::string f = absl::GetFlag(FLAGS_calib_file); !f.empty()) {
+    config->mutable_calibration()->set_data_file(f);
+  }
+  if (absl::GetFlag(FLAGS_n_samples) != 0 || absl::GetFlag(FLAGS_seq_len) != 0) {
+    config->mutable_calibration()->set_n_samples(absl::GetFlag(FLAGS_n_samples));
+    config->mutable_calibration()->set_seq_len(absl::GetFlag(FLAGS_seq_len));
+  }
+
+  auto stub = v1::QuantizerService::NewStub(Connect(false));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::Job job;
+  grpc::Status status = stub->SubmitJob(&context, request, &job);
+  if (!status.ok()) return RpcError("SubmitJob", status);
+  std::cerr << "submitted job " << job.job_id() << "\n";
+  if (!absl::GetFlag(FLAGS_wait)) {
+    std::cout << job.job_id() << "\n";
+    return kOk;
+  }
+  return Watch(*stub, job.job_id());
+}
+
+void PrintJob(const v1::Job& job) {
+  std::cout << absl::StrFormat("%-22s %-10s %-24s %5.1f%% %s\n", job.job_id(),
+                               Lower(v1::JobState_Name(job.state())), job.model_id(),
+                               job.progress().percent(),
+                               job.state() == v1::FAILED ? job.error_message()
+                                                         : job.artifact_id());
+}
+
+int Jobs() {
+  auto stub = v1::QuantizerService::NewStub(Connect(false));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::ListJobsResponse response;
+  grpc::Status status = stub->ListJobs(&context, v1::ListJobsRequest(), &response);
+  if (!status.ok()) return RpcError("ListJobs", status);
+  std::cout << absl::StrFormat("%-22s %-10s %-24s %6s %s\n", "JOB", "STATE", "MODEL",
+                               "DONE", "ARTIFACT/ERROR");
+  for (const v1::Job& job : response.jobs()) PrintJob(job);
+  return kOk;
+}
+
+int Cancel() {
+  v1::CancelJobRequest request;
+  request.set_job_id(absl::GetFlag(FLAGS_job));
+  if (request.job_id().empty()) return UsageError("cancel needs --job=ID");
+  auto stub = v1::QuantizerService::NewStub(Connect(false));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::Job job;
+  grpc::Status status = stub->CancelJob(&context, request, &job);
+  if (!status.ok()) return RpcError("CancelJob", status);
+  PrintJob(job);
+  return kOk;
+}
+
+int WatchCommand() {
+  const std::string job_id = absl::GetFlag(FLAGS_job);
+  if (job_id.empty()) return UsageError("watch needs --job=ID");
+  auto stub = v1::QuantizerService::NewStub(Connect(false));
+  return Watch(*stub, job_id);
+}
+
+int Artifacts() {
+  auto stub = v1::QuantizerService::NewStub(Connect(false));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::ListArtifactsResponse response;
+  grpc::Status status =
+      stub->ListArtifacts(&context, v1::ListArtifactsRequest(), &response);
+  if (!status.ok()) return RpcError("ListArtifacts", status);
+  std::cout << absl::StrFormat("%-48s %-14s %-6s %6s %10s %12s %s\n", "ID", "DTYPE",
+                               "SCHEME", "GROUP", "BITS/W", "SIZE", "SOURCE");
+  for (const v1::Artifact& a : response.artifacts()) {
+    std::cout << absl::StrFormat(
+        "%-48s %-14s %-6s %6d %10.3f %12d %s\n", a.artifact_id(),
+        Lower(v1::WeightDtype_Name(a.config().weight_dtype())),
+        Lower(v1::Scheme_Name(a.config().scheme())), a.config().group_size(),
+        a.bits_per_weight(), a.size_bytes(), a.source_model_id());
+  }
+  return kOk;
+}
+
+}  // namespace wq

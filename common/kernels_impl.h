@@ -1,0 +1,470 @@
+// Kernel bodies shared by the per-ISA translation units. Each kernels_<isa>.cc
+// defines a vector-traits struct `V` (float lanes, 4/8-bit decode) and an
+// int8 dot traits struct `Q`, then includes this header and instantiates it.
+//
+// Everything here is in an anonymous namespace on purpose: each unit is
+// compiled with different -m flags, so its instantiations must stay private to
+// it (a shared inline symbol could let the linker keep an AVX-512 copy for an
+// AVX2 caller). Only AVX2 intrinsics are used outside the traits, except for
+// the AVX512_BF16 block at the end.
+#ifndef WQ_COMMON_KERNELS_IMPL_H_
+#define WQ_COMMON_KERNELS_IMPL_H_
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <type_traits>
+
+#include "common/kernels.h"
+
+namespace wq {
+namespace kernels {
+namespace {
+
+// Rows of W handled together: their accumulators hide FMA latency and share
+// the activation loads.
+constexpr int kRowBlock = 4;
+
+// malloc-backed float scratch (no std:: container instantiated per ISA).
+class Scratch {
+ public:
+  explicit Scratch(int64_t count)
+      : p_(static_cast<float*>(std::aligned_alloc(
+            64, static_cast<size_t>((count * 4 + 63) / 64 * 64)))) {}
+  ~Scratch() { std::free(p_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  float* get() const { return p_; }
+
+ private:
+  float* p_;
+};
+
+// Calls f(std::integral_constant<int, k>) for the runtime k in [1, kMax].
+template <int kMax, typename F>
+inline void WithCount(int k, F&& f) {
+  if constexpr (kMax >= 1) {
+    if (k == kMax) return f(std::integral_constant<int, kMax>());
+    WithCount<kMax - 1>(k, f);
+  }
+}
+
+inline float Hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// ---------------------------------------------------------------------------
+// fp32 microkernel: out[j][t] = dot(w[j][0:len), x[t][0:len)), len a multiple
+// of V::kLanes. R rows of W x NR rows of x in registers.
+template <class V, int R, int NR>
+inline void Micro(const float* const* w, const float* const* x, int64_t len,
+                  float (*out)[V::kNr]) {
+  typename V::F acc[R][NR];
+  for (int j = 0; j < R; ++j)
+    for (int t = 0; t < NR; ++t) acc[j][t] = V::Zero();
+  for (int64_t k = 0; k < len; k += V::kLanes) {
+    typename V::F xv[NR];
+    for (int t = 0; t < NR; ++t) xv[t] = V::Load(x[t] + k);
+    for (int j = 0; j < R; ++j) {
+      const typename V::F wv = V::Load(w[j] + k);
+      for (int t = 0; t < NR; ++t) acc[j][t] = V::Fma(wv, xv[t], acc[j][t]);
+    }
+  }
+  for (int j = 0; j < R; ++j)
+    for (int t = 0; t < NR; ++t) out[j][t] = V::Sum(acc[j][t]);
+}
+
+// y[i, r0 + j] = dot(w[j], x[i]) over [0, len) for j < rb, all i < n, where w
+// holds rb row pointers (rb <= kRowBlock) and x rows have stride ldx.
+template <class V>
+void TileTimesX(const float* const* w, int rb, const float* x, int64_t ldx,
+                int64_t n, int64_t len, float* y, int64_t ldy, int64_t r0) {
+  const float* xr[V::kNr];
+  for (int64_t i0 = 0; i0 < n; i0 += V::kNr) {
+    const int nb = static_cast<int>(std::min<int64_t>(V::kNr, n - i0));
+    for (int t = 0; t < nb; ++t) xr[t] = x + (i0 + t) * ldx;
+    float out[kRowBlock][V::kNr];
+    WithCount<kRowBlock>(rb, [&](auto r_const) {
+      WithCount<V::kNr>(nb, [&](auto nr_const) {
+        Micro<V, decltype(r_const)::value, decltype(nr_const)::value>(
+            w, xr, len, out);
+      });
+    });
+    for (int j = 0; j < rb; ++j)
+      for (int t = 0; t < nb; ++t) y[(i0 + t) * ldy + r0 + j] = out[j][t];
+  }
+}
+
+template <class V>
+void F32Rows(const float* w, int64_t rows, int64_t cols, const float* x,
+             int64_t n, float* y, int64_t r0, int64_t r1) {
+  const int64_t len = cols / V::kLanes * V::kLanes;
+  for (int64_t r = r0; r < r1; r += kRowBlock) {
+    const int rb = static_cast<int>(std::min<int64_t>(kRowBlock, r1 - r));
+    const float* wr[kRowBlock];
+    for (int j = 0; j < rb; ++j) wr[j] = w + (r + j) * cols;
+    TileTimesX<V>(wr, rb, x, cols, n, len, y, rows, r);
+    if (len == cols) continue;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int j = 0; j < rb; ++j) {
+        float s = 0.0f;
+        for (int64_t k = len; k < cols; ++k) s += wr[j][k] * x[i * cols + k];
+        y[i * rows + r + j] += s;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// fp32 / emulated-bf16 compute over quantized W.
+
+// Per-row pointers and per-group parameters of one W row.
+struct RowRef {
+  const uint8_t* codes;
+  const float* scales;
+  const uint8_t* zeros;
+  float Zero(int64_t g) const { return zeros ? static_cast<float>(zeros[g]) : 0.0f; }
+};
+
+inline RowRef Row(const QuantArgs& a, int64_t r) {
+  const QuantizedMatrixView& w = *a.w;
+  return {w.codes + r * w.row_bytes, w.scales + r * w.groups_per_row,
+          w.zeros ? w.zeros + r * w.groups_per_row : nullptr};
+}
+
+// Decodes kLanes codes of 8-bit or 2*kLanes codes of 4-bit weights starting at
+// column k (a multiple of 2*kLanes within a block): level - zero in fp32, in
+// the activation order (4-bit: `even` for the block's first half, `odd`).
+template <class V, int kBits>
+struct Decoder {
+  typename V::Lut lut;     // 4-bit: level - zero.
+  typename V::F offset;    // 8-bit: zero - level0.
+  Decoder() = default;
+  Decoder(const QuantArgs& a, float zero) {
+    if constexpr (kBits == 4) {
+      lut = V::MakeLut(a.lut, zero);
+    } else {
+      offset = V::Set1(zero - a.level0);
+    }
+  }
+};
+
+// Sub-steps of one 32-block: vectors of codes per step.
+template <class V, int kBits>
+constexpr int kStepsPerBlock = kBits == 4 ? kBlock / (2 * V::kLanes)
+                                          : kBlock / V::kLanes;
+
+// Calls f(step, w0, x_offset0[, w1, x_offset1]) for the decoded vectors.
+template <class V, int kBits, typename F>
+inline void DecodeStep(const RowRef& row, const Decoder<V, kBits>& d,
+                       int64_t k0, int s, F&& f) {
+  if constexpr (kBits == 4) {
+    typename V::F even, odd;
+    V::Decode4(row.codes + k0 / 2 + s * V::kLanes, d.lut, &even, &odd);
+    f(even, k0 + s * V::kLanes, odd, k0 + kBlock / 2 + s * V::kLanes);
+  } else {
+    const int64_t k = k0 + s * V::kLanes;
+    f(V::Sub(V::Decode8(row.codes + k), d.offset), k);
+  }
+}
+
+// One block of rows for n == 1: streams the codes once, one scale FMA per
+// group. Two accumulators per row break the FMA dependency chains.
+template <class V, int kBits, int R>
+void GemvBlock(const QuantArgs& a, int64_t r, const float* x, float* y) {
+  const QuantizedMatrixView& w = *a.w;
+  const int64_t groups = a.simd_cols / w.group_size;
+  RowRef rows[R];
+  for (int j = 0; j < R; ++j) rows[j] = Row(a, r + j);
+  typename V::F acc[R];
+  for (int j = 0; j < R; ++j) acc[j] = V::Zero();
+  for (int64_t g = 0; g < groups; ++g) {
+    Decoder<V, kBits> dec[R];
+    typename V::F ga[R], gb[R];
+    for (int j = 0; j < R; ++j) {
+      dec[j] = Decoder<V, kBits>(a, rows[j].Zero(g));
+      ga[j] = V::Zero();
+      gb[j] = V::Zero();
+    }
+    for (int64_t k0 = g * w.group_size; k0 < (g + 1) * w.group_size;
+         k0 += kBlock) {
+      for (int s = 0; s < kStepsPerBlock<V, kBits>; ++s) {
+        for (int j = 0; j < R; ++j) {
+          if constexpr (kBits == 4) {
+            DecodeStep<V, kBits>(rows[j], dec[j], k0, s,
+                                 [&](auto we, int64_t ke, auto wo, int64_t ko) {
+                                   ga[j] = V::Fma(we, V::Load(x + ke), ga[j]);
+                                   gb[j] = V::Fma(wo, V::Load(x + ko), gb[j]);
+                                 });
+          } else {
+            DecodeStep<V, kBits>(rows[j], dec[j], k0, s,
+                                 [&](auto wv, int64_t k) {
+                                   auto& acc2 = (s & 1) ? gb[j] : ga[j];
+                                   acc2 = V::Fma(wv, V::Load(x + k), acc2);
+                                 });
+          }
+        }
+      }
+    }
+    for (int j = 0; j < R; ++j) {
+      acc[j] = V::Fma(V::Set1(rows[j].scales[g]), V::Add(ga[j], gb[j]), acc[j]);
+    }
+  }
+  for (int j = 0; j < R; ++j) y[r + j] = V::Sum(acc[j]);
+}
+
+// Writes row r dequantized ((level - zero) * scale) over [0, simd_cols) in
+// the activation order.
+template <class V, int kBits>
+void DecodeRowScaled(const QuantArgs& a, int64_t r, float* out) {
+  const QuantizedMatrixView& w = *a.w;
+  const RowRef row = Row(a, r);
+  for (int64_t g = 0; g < a.simd_cols / w.group_size; ++g) {
+    const Decoder<V, kBits> dec(a, row.Zero(g));
+    const typename V::F scale = V::Set1(row.scales[g]);
+    for (int64_t k0 = g * w.group_size; k0 < (g + 1) * w.group_size;
+         k0 += kBlock) {
+      for (int s = 0; s < kStepsPerBlock<V, kBits>; ++s) {
+        if constexpr (kBits == 4) {
+          DecodeStep<V, kBits>(row, dec, k0, s,
+                               [&](auto we, int64_t ke, auto wo, int64_t ko) {
+                                 V::Store(out + ke, V::Mul(we, scale));
+                                 V::Store(out + ko, V::Mul(wo, scale));
+                               });
+        } else {
+          DecodeStep<V, kBits>(row, dec, k0, s, [&](auto wv, int64_t k) {
+            V::Store(out + k, V::Mul(wv, scale));
+          });
+        }
+      }
+    }
+  }
+}
+
+// fp32 (and bf16 emulated: a.lut and a.xf are bf16-rounded) compute. n == 1
+// fuses decode and FMA; n > 1 decodes kRowBlock rows into an L1/L2-resident
+// fp32 tile once and reuses it across all rows of x.
+template <class V, int kBits>
+void FloatRows(const QuantArgs& a, int64_t r0, int64_t r1) {
+  const int64_t rows = a.w->rows;
+  const int64_t cols = a.w->cols;
+  if (a.n == 1) {
+    for (int64_t r = r0; r < r1; r += kRowBlock) {
+      const int rb = static_cast<int>(std::min<int64_t>(kRowBlock, r1 - r));
+      WithCount<kRowBlock>(rb, [&](auto r_const) {
+        GemvBlock<V, kBits, decltype(r_const)::value>(a, r, a.xf, a.y);
+      });
+      if (a.simd_cols < cols) {
+        for (int j = 0; j < rb; ++j) RefRows(a, r + j, a.simd_cols, true);
+      }
+    }
+    return;
+  }
+  Scratch tile(kRowBlock * a.simd_cols);
+  for (int64_t r = r0; r < r1; r += kRowBlock) {
+    const int rb = static_cast<int>(std::min<int64_t>(kRowBlock, r1 - r));
+    const float* wr[kRowBlock];
+    for (int j = 0; j < rb; ++j) {
+      float* t = tile.get() + j * a.simd_cols;
+      DecodeRowScaled<V, kBits>(a, r + j, t);
+      wr[j] = t;
+    }
+    TileTimesX<V>(wr, rb, a.xf, cols, a.n, a.simd_cols, a.y, rows, r);
+    if (a.simd_cols < cols) {
+      for (int j = 0; j < rb; ++j) RefRows(a, r + j, a.simd_cols, true);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// int8 compute: u8 (or, for Q::kSignedWeights, u8 - 128 as s8) weight levels
+// times s8 activations per 32-block, exact int32 dots, then
+// y = sum_g s_g * (sum_b d_b * dot_b - off_g * xs_g).
+
+template <class Q, int kBits, int R>
+void Int8Block(const QuantArgs& a, int64_t r, int64_t i) {
+  const QuantizedMatrixView& w = *a.w;
+  const int64_t groups = a.simd_cols / w.group_size;
+  const int bias = Q::kSignedWeights ? 128 : 0;
+  const int8_t* xq = a.xq + i * w.cols;
+  const float* xd = a.xd + i * a.blocks_per_row;
+  const float* xs = a.xs + i * w.groups_per_row;
+  // 4-bit: nibble -> (u ^ bias) by vpshufb; 8-bit codes are u themselves.
+  alignas(16) uint8_t table[16];
+  for (int c = 0; c < 16; ++c) table[c] = a.ulevel[c] ^ bias;
+  const __m256i lut = _mm256_broadcastsi128_si256(
+      _mm_load_si128(reinterpret_cast<const __m128i*>(table)));
+  const __m128i low4 = _mm_set1_epi8(0x0f);
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(bias));
+  RowRef rows[R];
+  for (int j = 0; j < R; ++j) rows[j] = Row(a, r + j);
+  __m256 acc[R];
+  float corr[R] = {};
+  for (int j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    float sg[R];
+    for (int j = 0; j < R; ++j) {
+      sg[j] = rows[j].scales[g] * a.int8_wscale;
+      const float off = a.int8_off_base + rows[j].Zero(g) - bias;
+      corr[j] += sg[j] * off * xs[g];
+    }
+    for (int64_t blk = 0; blk < a.blocks_per_group; ++blk) {
+      const int64_t k0 = g * w.group_size + blk * kBlock;
+      const __m256i act =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k0));
+      const float d = xd[g * a.blocks_per_group + blk];
+      for (int j = 0; j < R; ++j) {
+        __m256i wv;
+        if constexpr (kBits == 4) {
+          const __m128i c = _mm_loadu_si128(
+              reinterpret_cast<const __m128i*>(rows[j].codes + k0 / 2));
+          const __m128i lo = _mm_and_si128(c, low4);
+          const __m128i hi = _mm_and_si128(_mm_srli_epi16(c, 4), low4);
+          wv = _mm256_shuffle_epi8(lut, _mm256_set_m128i(hi, lo));
+        } else {
+          wv = _mm256_xor_si256(
+              _mm256_loadu_si256(
+                  reinterpret_cast<const __m256i*>(rows[j].codes + k0)),
+              flip);
+        }
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Q::Dot(wv, act)),
+                                 _mm256_set1_ps(sg[j] * d), acc[j]);
+      }
+    }
+  }
+  for (int j = 0; j < R; ++j) {
+    a.y[i * w.rows + r + j] = Hsum256(acc[j]) - corr[j];
+  }
+}
+
+template <class Q, int kBits>
+void Int8Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; r += kRowBlock) {
+    const int rb = static_cast<int>(std::min<int64_t>(kRowBlock, r1 - r));
+    // The row block's codes stay in L1 across the rows of x.
+    for (int64_t i = 0; i < a.n; ++i) {
+      WithCount<kRowBlock>(rb, [&](auto r_const) {
+        Int8Block<Q, kBits, decltype(r_const)::value>(a, r, i);
+      });
+    }
+    if (a.simd_cols < a.w->cols) {
+      for (int j = 0; j < rb; ++j) RefRows(a, r + j, a.simd_cols, true);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Native bf16 (vdpbf16ps). A 32-bit lane pairs elements 2k and 2k+1, which
+// are exactly a code byte's low and high nibble, so x stays in natural order.
+#ifdef __AVX512BF16__
+template <int kBits, int R>
+void Bf16GemvBlock(const QuantArgs& a, int64_t r, const uint16_t* xb,
+                   float* y) {
+  const QuantizedMatrixView& w = *a.w;
+  const int64_t groups = a.simd_cols / w.group_size;
+  const __m512 levels = _mm512_loadu_ps(a.lut);
+  const __m512i low4 = _mm512_set1_epi32(0x0f);
+  RowRef rows[R];
+  for (int j = 0; j < R; ++j) rows[j] = Row(a, r + j);
+  __m512 acc[R];
+  for (int j = 0; j < R; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i table[R];  // 4-bit: bf16 bits of level - zero per int32 lane.
+    __m512 offset[R];  // 8-bit: zero - level0.
+    __m512 ga[R];
+    for (int j = 0; j < R; ++j) {
+      const float zero = rows[j].Zero(g);
+      if constexpr (kBits == 4) {
+        table[j] = _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(
+            _mm512_cvtneps_pbh(_mm512_sub_ps(levels, _mm512_set1_ps(zero)))));
+      } else {
+        offset[j] = _mm512_set1_ps(zero - a.level0);
+      }
+      ga[j] = _mm512_setzero_ps();
+    }
+    for (int64_t k0 = g * w.group_size; k0 < (g + 1) * w.group_size;
+         k0 += kBlock) {
+      const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xb + k0));
+      for (int j = 0; j < R; ++j) {
+        __m512bh wv;
+        if constexpr (kBits == 4) {
+          const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+              reinterpret_cast<const __m128i*>(rows[j].codes + k0 / 2)));
+          const __m512i lo = _mm512_permutexvar_epi32(_mm512_and_si512(c, low4), table[j]);
+          const __m512i hi = _mm512_permutexvar_epi32(_mm512_srli_epi32(c, 4), table[j]);
+          wv = reinterpret_cast<__m512bh>(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        } else {
+          const uint8_t* p = rows[j].codes + k0;
+          const __m512 f0 = _mm512_sub_ps(
+              _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))),
+              offset[j]);
+          const __m512 f1 = _mm512_sub_ps(
+              _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))),
+              offset[j]);
+          wv = _mm512_cvtne2ps_pbh(f1, f0);
+        }
+        ga[j] = _mm512_dpbf16_ps(ga[j], wv, xv);
+      }
+    }
+    for (int j = 0; j < R; ++j) {
+      acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(rows[j].scales[g]), ga[j], acc[j]);
+    }
+  }
+  for (int j = 0; j < R; ++j) y[r + j] = _mm512_reduce_add_ps(acc[j]);
+}
+
+// n == 1 natively; n > 1 reuses the fp32 tile path (bf16-rounded inputs, so
+// products are exact either way).
+template <class V, int kBits>
+void Bf16Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
+  if (a.n > 1) return FloatRows<V, kBits>(a, r0, r1);
+  for (int64_t r = r0; r < r1; r += kRowBlock) {
+    const int rb = static_cast<int>(std::min<int64_t>(kRowBlock, r1 - r));
+    WithCount<kRowBlock>(rb, [&](auto r_const) {
+      Bf16GemvBlock<kBits, decltype(r_const)::value>(a, r, a.xb16, a.y);
+    });
+    if (a.simd_cols < a.w->cols) {
+      for (int j = 0; j < rb; ++j) RefRows(a, r + j, a.simd_cols, true);
+    }
+  }
+}
+#endif  // __AVX512BF16__
+
+// Chooses the instantiation for the weight bits (4 or 8; the dispatcher only
+// sends those here).
+template <void (*k4)(const QuantArgs&, int64_t, int64_t),
+          void (*k8)(const QuantArgs&, int64_t, int64_t)>
+void ByBits(const QuantArgs& a, int64_t r0, int64_t r1) {
+  (a.bits == 4 ? k4 : k8)(a, r0, r1);
+}
+
+template <class V, class Q>
+constexpr KernelTable MakeTable() {
+  KernelTable t{};
+  t.quant_rows[static_cast<int>(ComputeDtype::kFp32)] =
+      &ByBits<&FloatRows<V, 4>, &FloatRows<V, 8>>;
+#ifdef __AVX512BF16__
+  t.quant_rows[static_cast<int>(ComputeDtype::kBf16)] =
+      &ByBits<&Bf16Rows<V, 4>, &Bf16Rows<V, 8>>;
+#else
+  t.quant_rows[static_cast<int>(ComputeDtype::kBf16)] =
+      &ByBits<&FloatRows<V, 4>, &FloatRows<V, 8>>;
+#endif
+  t.quant_rows[static_cast<int>(ComputeDtype::kInt8)] =
+      &ByBits<&Int8Rows<Q, 4>, &Int8Rows<Q, 8>>;
+  t.f32_rows = &F32Rows<V>;
+  return t;
+}
+
+}  // namespace
+}  // namespace kernels
+}  // namespace wq
+
+#endif  // WQ_COMMON_KERNELS_IMPL_H_

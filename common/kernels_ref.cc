@@ -1,0 +1,224 @@
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common/kernels.h"
+
+namespace wq {
+namespace kernels {
+namespace {
+
+// Reference: decoded weights held at once, independent of group size.
+constexpr int64_t kDecodeChunk = 256;
+
+inline uint32_t CodeAt(const uint8_t* row, int64_t k, int bits) {
+  const int64_t bit = k * bits;
+  // Codes of up to 8 bits span at most two bytes.
+  const uint32_t two = row[bit / 8] |
+                       ((bit % 8) + bits > 8 ? row[bit / 8 + 1] << 8 : 0u);
+  return (two >> (bit % 8)) & ((1u << bits) - 1);
+}
+
+// Round to nearest even bf16, returned as the fp32 value.
+inline float RoundBf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u = (u + 0x7fff + ((u >> 16) & 1)) & 0xffff0000u;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+inline uint16_t Bf16Bits(float rounded) {
+  uint32_t u;
+  std::memcpy(&u, &rounded, 4);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// Position of column `j` of a block of `len` inside the activation buffers:
+// full blocks of 4-bit weights are de-interleaved (kernels.h).
+inline int64_t BlockPos(int64_t j, int64_t len, int bits) {
+  return bits == 4 && len == kBlock ? (j & 1) * (kBlock / 2) + j / 2 : j;
+}
+
+// Calls f(block index, block begin, block end) for the 32-blocks of group g.
+template <typename F>
+void ForEachBlock(const QuantArgs& a, int64_t g, F&& f) {
+  const int64_t gs = g * a.w->group_size;
+  const int64_t ge = std::min(gs + a.w->group_size, a.w->cols);
+  for (int64_t b = 0; gs + b * kBlock < ge; ++b) {
+    f(g * a.blocks_per_group + b, gs + b * kBlock,
+      std::min(gs + (b + 1) * kBlock, ge));
+  }
+}
+
+void PrepareActivations(QuantArgs* a, ActivationBuffers* p) {
+  const int64_t cols = a->w->cols;
+  const int64_t groups = a->w->groups_per_row;
+  const int64_t n = a->n;
+  if (a->compute == ComputeDtype::kInt8) {
+    p->xq.assign(n * cols, 0);
+    p->xd.assign(n * a->blocks_per_row, 0.0f);
+    p->xsa.assign(n * a->blocks_per_row, 0);
+    p->xs.assign(n * groups, 0.0f);
+  } else {
+    p->xf.resize(n * cols);
+    if (a->compute == ComputeDtype::kBf16) p->xb16.resize(n * cols);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float* x = a->x + i * cols;
+    for (int64_t g = 0; g < groups; ++g) {
+      ForEachBlock(*a, g, [&](int64_t b, int64_t bs, int64_t be) {
+        const int64_t len = be - bs;
+        if (a->compute != ComputeDtype::kInt8) {
+          for (int64_t j = 0; j < len; ++j) {
+            const bool bf16 = a->compute == ComputeDtype::kBf16;
+            const float v = bf16 ? RoundBf16(x[bs + j]) : x[bs + j];
+            p->xf[i * cols + bs + BlockPos(j, len, a->bits)] = v;
+            if (bf16) p->xb16[i * cols + bs + j] = Bf16Bits(v);
+          }
+          return;
+        }
+        float amax = 0.0f;
+        for (int64_t j = 0; j < len; ++j) amax = std::fmax(amax, std::fabs(x[bs + j]));
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int32_t sum = 0;
+        for (int64_t j = 0; j < len; ++j) {
+          const int q = static_cast<int>(std::nearbyint(x[bs + j] * inv));
+          p->xq[i * cols + bs + BlockPos(j, len, a->bits)] =
+              static_cast<int8_t>(std::clamp(q, -127, 127));
+          sum += std::clamp(q, -127, 127);
+        }
+        const float d = amax / 127.0f;
+        p->xd[i * a->blocks_per_row + b] = d;
+        p->xsa[i * a->blocks_per_row + b] = sum;
+        p->xs[i * groups + g] += d * static_cast<float>(sum);
+      });
+    }
+  }
+  a->xf = p->xf.data();
+  a->xb16 = p->xb16.data();
+  a->xq = p->xq.data();
+  a->xd = p->xd.data();
+  a->xsa = p->xsa.data();
+  a->xs = p->xs.data();
+}
+
+// Fills the per-format facts of `a` from the QuantFormat row; returns false
+// when int8 compute cannot represent the format (asym codebooks).
+bool DescribeFormat(const QuantizedMatrixView& w, QuantArgs* a) {
+  const QuantFormat& f = GetQuantFormat(w.spec.type);
+  const absl::Span<const float> levels = f.levels(w.spec.scheme);
+  a->bits = f.bits;
+  a->asym = w.spec.scheme == QuantScheme::kAsym;
+  a->affine = true;
+  for (size_t c = 0; c < levels.size(); ++c) {
+    a->affine = a->affine && levels[c] == levels[0] + static_cast<float>(c);
+  }
+  a->level0 = levels[0];
+  // Codes past the table (fp4_e2m1's 16th) never occur in valid matrices.
+  for (size_t c = 0; c < std::min<size_t>(16, levels.size()); ++c) {
+    a->lut[c] = a->compute == ComputeDtype::kBf16 ? RoundBf16(levels[c])
+                                                  : levels[c];
+  }
+  if (a->affine) {
+    for (size_t c = 0; c < levels.size(); ++c) a->ulevel[c] = c;
+    a->int8_off_base = static_cast<int>(-levels[0]);
+    a->int8_wscale = 1.0f;
+  } else {
+    float amax = 0.0f;
+    for (float l : levels) amax = std::fmax(amax, std::fabs(l));
+    for (size_t c = 0; c < levels.size(); ++c) {
+      a->ulevel[c] = static_cast<uint8_t>(
+          std::nearbyint(levels[c] * 127.0f / amax) + 128.0f);
+    }
+    a->int8_off_base = 128;
+    a->int8_wscale = amax / 127.0f;
+  }
+  return a->affine || !a->asym;
+}
+
+}  // namespace
+
+void PrepareCall(const QuantizedMatrixView& w, const float* x, int64_t n,
+                 float* y, ComputeDtype compute, QuantArgs* a,
+                 ActivationBuffers* buffers) {
+  a->w = &w;
+  a->compute = compute;
+  if (!DescribeFormat(w, a)) {
+    a->compute = ComputeDtype::kFp32;
+    DescribeFormat(w, a);
+  }
+  a->n = n;
+  a->x = x;
+  a->y = y;
+  a->blocks_per_group = (w.group_size + kBlock - 1) / kBlock;
+  a->blocks_per_row = a->blocks_per_group * w.groups_per_row;
+  const bool simd_format = w.group_size % kBlock == 0 &&
+                           (a->bits == 4 || (a->bits == 8 && a->affine));
+  a->simd_cols = simd_format ? w.cols / w.group_size * w.group_size : 0;
+  PrepareActivations(a, buffers);
+}
+
+void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
+             bool accumulate) {
+  const QuantizedMatrixView& w = *a.w;
+  const int64_t rows = w.rows;
+  const int64_t cols = w.cols;
+  float* y = a.y;
+  if (!accumulate) {
+    for (int64_t i = 0; i < a.n; ++i) y[i * rows + row] = 0.0f;
+  }
+  if (a.compute == ComputeDtype::kFp32) {
+    float buf[kDecodeChunk];
+    for (int64_t k0 = col_begin; k0 < cols; k0 += kDecodeChunk) {
+      const int64_t len = std::min(kDecodeChunk, cols - k0);
+      DequantizeRowRange(w, row, k0, k0 + len, buf);
+      for (int64_t i = 0; i < a.n; ++i) {
+        const float* xi = a.x + i * cols + k0;
+        float sum = 0.0f;
+        for (int64_t k = 0; k < len; ++k) sum += buf[k] * xi[k];
+        y[i * rows + row] += sum;
+      }
+    }
+    return;
+  }
+  const uint8_t* codes = w.codes + row * w.row_bytes;
+  const float* scales = w.scales + row * w.groups_per_row;
+  const uint8_t* zeros = w.zeros ? w.zeros + row * w.groups_per_row : nullptr;
+  const absl::Span<const float> levels =
+      GetQuantFormat(w.spec.type).levels(w.spec.scheme);
+  for (int64_t g = col_begin / w.group_size; g < w.groups_per_row; ++g) {
+    const float zero = zeros ? static_cast<float>(zeros[g]) : 0.0f;
+    for (int64_t i = 0; i < a.n; ++i) {
+      float gsum = 0.0f;
+      float offset = 0.0f;  // int8: off * sum of the group's activations.
+      ForEachBlock(a, g, [&](int64_t b, int64_t bs, int64_t be) {
+        const int64_t len = be - bs;
+        if (a.compute == ComputeDtype::kBf16) {
+          for (int64_t j = 0; j < len; ++j) {
+            const float level = RoundBf16(levels[CodeAt(codes, bs + j, a.bits)]);
+            gsum += (level - zero) *
+                    a.xf[i * cols + bs + BlockPos(j, len, a.bits)];
+          }
+          return;
+        }
+        int32_t dot = 0;
+        for (int64_t j = 0; j < len; ++j) {
+          dot += a.ulevel[CodeAt(codes, bs + j, a.bits)] *
+                 a.xq[i * cols + bs + BlockPos(j, len, a.bits)];
+        }
+        gsum += a.xd[i * a.blocks_per_row + b] * static_cast<float>(dot);
+      });
+      if (a.compute == ComputeDtype::kInt8) {
+        offset = (a.int8_off_base + zero) * a.xs[i * w.groups_per_row + g];
+      }
+      const float s = scales[g] *
+                      (a.compute == ComputeDtype::kInt8 ? a.int8_wscale : 1.0f);
+      y[i * rows + row] += s * (gsum - offset);
+    }
+  }
+}
+
+
+}  // namespace kernels
+}  // namespace wq

@@ -1,0 +1,332 @@
+#include "inference_service/inference_service.h"
+
+#include <algorithm>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/logging.h"
+#include "common/sampler.h"
+#include "server/server.h"
+
+namespace wq {
+namespace {
+
+// How often a waiting handler checks whether its client has gone.
+constexpr absl::Duration kCancelPoll = absl::Milliseconds(50);
+
+v1::FinishReason ToProto(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength: return v1::LENGTH;
+    case FinishReason::kEos: return v1::EOS;
+    case FinishReason::kStopSequence: return v1::STOP_SEQUENCE;
+    case FinishReason::kCancelled: return v1::CANCELLED;
+    case FinishReason::kError: return v1::FINISH_REASON_UNSPECIFIED;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+void FillUsageAndTimings(const GenerationResult& r, v1::Usage* usage,
+                         v1::Timings* timings) {
+  usage->set_prompt_tokens(r.prompt_tokens);
+  usage->set_completion_tokens(static_cast<int>(r.token_ids.size()));
+  timings->set_queue_ms(r.queue_ms);
+  timings->set_time_to_first_token_ms(r.time_to_first_token_ms);
+  timings->set_total_ms(r.total_ms);
+  timings->set_decode_tokens_per_second(r.decode_tokens_per_second);
+}
+
+uint64_t RandomSeed() {
+  static absl::Mutex mu(absl::kConstInit);
+  static absl::BitGen* gen = new absl::BitGen();
+  absl::MutexLock lock(&mu);
+  return absl::Uniform<uint64_t>(*gen);
+}
+
+absl::Status ValidateModelName(const std::string& model) {
+  if (model.empty()) {
+    return absl::InvalidArgumentError(
+        "model is empty; pass an artifact id or a model id (see ListModels)");
+  }
+  return absl::OkStatus();
+}
+
+// Results of a batch of requests, shared with the scheduler's callbacks so
+// that it outlives a handler that returns early.
+struct BatchState {
+  absl::Mutex mu;
+  std::vector<std::optional<GenerationResult>> results ABSL_GUARDED_BY(mu);
+  int pending ABSL_GUARDED_BY(mu) = 0;
+};
+
+// Events of one streamed request, pushed by the scheduler's thread and
+// drained by the handler's.
+struct StreamState {
+  absl::Mutex mu;
+  std::deque<TokenEvent> tokens ABSL_GUARDED_BY(mu);
+  std::optional<GenerationResult> done ABSL_GUARDED_BY(mu);
+};
+
+}  // namespace
+
+absl::StatusOr<GenerationParams> ToGenerationParams(const v1::SamplingParams& s,
+                                                    const InferenceLimits& limits) {
+  GenerationParams params;
+  if (s.temperature() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sampling.temperature must be >= 0 (0 = greedy), got ", s.temperature()));
+  }
+  params.sampling.temperature = s.temperature();
+  if (s.top_k() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_k must be >= 0 (0 = no limit), got ", s.top_k()));
+  }
+  params.sampling.top_k = s.top_k();
+  if (s.has_top_p()) {
+    if (!(s.top_p() > 0 && s.top_p() <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sampling.top_p must be in (0, 1], got ", s.top_p()));
+    }
+    params.sampling.top_p = s.top_p();
+  }
+  if (s.has_repetition_penalty()) {
+    if (!(s.repetition_penalty() > 0)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sampling.repetition_penalty must be > 0 (1 = off), got ",
+          s.repetition_penalty()));
+    }
+    params.sampling.repetition_penalty = s.repetition_penalty();
+  }
+  params.sampling.seed = s.has_seed() ? s.seed() : RandomSeed();
+  if (s.has_max_new_tokens()) {
+    if (s.max_new_tokens() <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sampling.max_new_tokens must be >= 1, got ", s.max_new_tokens()));
+    }
+    if (s.max_new_tokens() > limits.max_new_tokens_cap) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sampling.max_new_tokens ", s.max_new_tokens(),
+          " exceeds this server's cap of ", limits.max_new_tokens_cap));
+    }
+    params.max_new_tokens = s.max_new_tokens();
+  } else {
+    params.max_new_tokens =
+        std::min(limits.default_max_new_tokens, limits.max_new_tokens_cap);
+  }
+  if (s.stop_sequences_size() > limits.max_stop_sequences) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("at most ", limits.max_stop_sequences,
+                     " sampling.stop_sequences are allowed, got ", s.stop_sequences_size()));
+  }
+  for (const std::string& stop : s.stop_sequences()) {
+    if (stop.empty()) {
+      return absl::InvalidArgumentError("sampling.stop_sequences has an empty entry");
+    }
+    params.stop_sequences.push_back(stop);
+  }
+  // The library's own checks, so the service never accepts what it refuses.
+  if (absl::Status status = ValidateSamplingOptions(params.sampling); !status.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling: ", status.message()));
+  }
+  return params;
+}
+
+grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
+                                            const v1::GenerateRequest* request,
+                                            v1::GenerateResponse* response) {
+  if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  if (request->prompts().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "prompts is empty; pass at least one prompt");
+  }
+  if (request->prompts_size() > limits_.max_prompts) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("at most ", limits_.max_prompts,
+                                     " prompts per request, got ", request->prompts_size()));
+  }
+  absl::StatusOr<GenerationParams> params = ToGenerationParams(request->sampling(), limits_);
+  if (!params.ok()) return ToGrpcStatus(params.status());
+  absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
+  if (!model.ok()) return ToGrpcStatus(model.status());
+
+  const int n = request->prompts_size();
+  auto state = std::make_shared<BatchState>();
+  {
+    absl::MutexLock lock(&state->mu);
+    state->results.resize(n);
+  }
+  std::vector<std::shared_ptr<GenerationScheduler::Handle>> handles;
+  absl::Status submit_error;
+  for (int i = 0; i < n; ++i) {
+    GenerationCallbacks callbacks;
+    callbacks.on_done = [state, i](const GenerationResult& result) {
+      absl::MutexLock lock(&state->mu);
+      state->results[i] = result;
+      --state->pending;
+    };
+    {
+      absl::MutexLock lock(&state->mu);
+      ++state->pending;
+    }
+    absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> handle =
+        (*model)->scheduler->Submit(request->prompts(i), *params, std::move(callbacks));
+    if (!handle.ok()) {
+      absl::MutexLock lock(&state->mu);
+      --state->pending;
+      submit_error = absl::Status(
+          handle.status().code(),
+          absl::StrCat("prompt ", i, ": ", handle.status().message()));
+      break;
+    }
+    handles.push_back(*std::move(handle));
+  }
+  if (!submit_error.ok()) {
+    // All or nothing: a partial batch is of no use to the caller.
+    for (auto& handle : handles) handle->Cancel();
+    return ToGrpcStatus(submit_error);
+  }
+
+  {
+    absl::MutexLock lock(&state->mu);
+    while (state->pending > 0) {
+      if (context->IsCancelled()) {
+        for (auto& handle : handles) handle->Cancel();
+        return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
+      }
+      state->mu.AwaitWithTimeout(
+          absl::Condition(
+              +[](int* pending) { return *pending == 0; }, &state->pending),
+          kCancelPoll);
+    }
+    for (int i = 0; i < n; ++i) {
+      const GenerationResult& r = *state->results[i];
+      if (r.finish_reason == FinishReason::kError) {
+        return ToGrpcStatus(absl::Status(
+            r.status.code(), absl::StrCat("prompt ", i, ": ", r.status.message())));
+      }
+      v1::GenerationResult* out = response->add_results();
+      out->set_text(r.text);
+      out->mutable_token_ids()->Add(r.token_ids.begin(), r.token_ids.end());
+      out->set_finish_reason(ToProto(r.finish_reason));
+      FillUsageAndTimings(r, out->mutable_usage(), out->mutable_timings());
+    }
+  }
+  LogInfo("generate", {{"model", request->model()}, {"prompts", n}});
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceServiceImpl::GenerateStream(
+    grpc::ServerContext* context, const v1::GenerateStreamRequest* request,
+    grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+  if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  absl::StatusOr<GenerationParams> params = ToGenerationParams(request->sampling(), limits_);
+  if (!params.ok()) return ToGrpcStatus(params.status());
+  absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
+  if (!model.ok()) return ToGrpcStatus(model.status());
+
+  auto state = std::make_shared<StreamState>();
+  GenerationCallbacks callbacks;
+  callbacks.on_token = [state](const TokenEvent& event) {
+    absl::MutexLock lock(&state->mu);
+    state->tokens.push_back(event);
+  };
+  callbacks.on_done = [state](const GenerationResult& result) {
+    absl::MutexLock lock(&state->mu);
+    state->done = result;
+  };
+  absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> handle =
+      (*model)->scheduler->Submit(request->prompt(), *params, std::move(callbacks));
+  if (!handle.ok()) return ToGrpcStatus(handle.status());
+
+  auto cancelled = [&](const char* why) {
+    // The scheduler drops the sequence at its next step.
+    (*handle)->Cancel();
+    return grpc::Status(grpc::StatusCode::CANCELLED, why);
+  };
+  while (true) {
+    std::deque<TokenEvent> tokens;
+    std::optional<GenerationResult> done;
+    {
+      absl::MutexLock lock(&state->mu);
+      state->mu.AwaitWithTimeout(
+          absl::Condition(+[](StreamState* s) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return !s->tokens.empty() || s->done.has_value();
+          }, state.get()),
+          kCancelPoll);
+      tokens.swap(state->tokens);
+      done = state->done;
+    }
+    if (context->IsCancelled()) return cancelled("client cancelled");
+    for (const TokenEvent& event : tokens) {
+      v1::GenerateStreamResponse message;
+      v1::Token* token = message.mutable_token();
+      token->set_id(event.id);
+      token->set_text(event.text);
+      token->set_logprob(event.logprob);
+      if (!writer->Write(message)) return cancelled("client went away");
+    }
+    if (!done.has_value()) continue;
+    // on_done comes after the last on_token, and both were drained above.
+    if (done->finish_reason == FinishReason::kError) return ToGrpcStatus(done->status);
+    v1::GenerateStreamResponse message;
+    v1::StreamEnd* end = message.mutable_end();
+    end->set_finish_reason(ToProto(done->finish_reason));
+    FillUsageAndTimings(*done, end->mutable_usage(), end->mutable_timings());
+    end->set_text(done->text);
+    if (!writer->Write(message)) return cancelled("client went away");
+    return grpc::Status::OK;
+  }
+}
+
+grpc::Status InferenceServiceImpl::ListModels(grpc::ServerContext*,
+                                              const v1::ListModelsRequest*,
+                                              v1::ListModelsResponse* response) {
+  for (v1::ModelInfo& info : models_->Loaded()) *response->add_loaded() = std::move(info);
+  for (std::string& name : models_->Available()) response->add_available(std::move(name));
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceServiceImpl::LoadModel(grpc::ServerContext*,
+                                             const v1::LoadModelRequest* request,
+                                             v1::ModelInfo* response) {
+  if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  absl::StatusOr<v1::ModelInfo> info = models_->Load(request->model());
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  *response = *std::move(info);
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceServiceImpl::UnloadModel(grpc::ServerContext*,
+                                               const v1::UnloadModelRequest* request,
+                                               v1::UnloadModelResponse*) {
+  if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  return ToGrpcStatus(models_->Unload(request->model()));
+}
+
+grpc::Status InferenceServiceImpl::GetServerInfo(grpc::ServerContext*,
+                                                 const v1::GetServerInfoRequest*,
+                                                 v1::ServerInfo* response) {
+  response->set_version("wq 0.1.0");
+  // Only the portable reference kernels exist so far.
+  response->set_kernel_isa("scalar-reference");
+  response->set_threads(limits_.threads);
+  response->set_max_batch(limits_.max_running);
+  response->set_max_new_tokens_cap(limits_.max_new_tokens_cap);
+  return grpc::Status::OK;
+}
+
+}  // namespace wq

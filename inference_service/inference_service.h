@@ -1,0 +1,59 @@
+// wq.v1.InferenceService over a ModelManager: validates requests, submits
+// them to the model's GenerationScheduler and relays the results.
+#ifndef WQ_INFERENCE_SERVICE_INFERENCE_SERVICE_H_
+#define WQ_INFERENCE_SERVICE_INFERENCE_SERVICE_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/scheduler.h"
+#include "inference_service/model_manager.h"
+#include "proto/wq/v1/inference.grpc.pb.h"
+
+namespace wq {
+
+struct InferenceLimits {
+  int max_new_tokens_cap = 2048;
+  int default_max_new_tokens = 128;
+  int max_prompts = 64;
+  int max_stop_sequences = 8;
+  int threads = 0;      // reported by GetServerInfo
+  int max_running = 8;  // reported as max_batch
+};
+
+// The request's sampling parameters checked against the limits, with
+// defaults filled in and a random seed when none is given. INVALID_ARGUMENT
+// naming the field otherwise.
+absl::StatusOr<GenerationParams> ToGenerationParams(const v1::SamplingParams& sampling,
+                                                    const InferenceLimits& limits);
+
+class InferenceServiceImpl final : public v1::InferenceService::Service {
+ public:
+  InferenceServiceImpl(ModelManager* models, InferenceLimits limits)
+      : models_(models), limits_(limits) {}
+
+  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                        v1::GenerateResponse* response) override;
+  grpc::Status GenerateStream(
+      grpc::ServerContext* context, const v1::GenerateStreamRequest* request,
+      grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override;
+  grpc::Status ListModels(grpc::ServerContext* context,
+                          const v1::ListModelsRequest* request,
+                          v1::ListModelsResponse* response) override;
+  grpc::Status LoadModel(grpc::ServerContext* context, const v1::LoadModelRequest* request,
+                         v1::ModelInfo* response) override;
+  grpc::Status UnloadModel(grpc::ServerContext* context,
+                           const v1::UnloadModelRequest* request,
+                           v1::UnloadModelResponse* response) override;
+  grpc::Status GetServerInfo(grpc::ServerContext* context,
+                             const v1::GetServerInfoRequest* request,
+                             v1::ServerInfo* response) override;
+
+ private:
+  ModelManager* models_;  // not owned
+  const InferenceLimits limits_;
+};
+
+}  // namespace wq
+
+#endif  // WQ_INFERENCE_SERVICE_INFERENCE_SERVICE_H_

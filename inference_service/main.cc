@@ -1,0 +1,108 @@
+// inference_service: CPU text generation over gRPC with continuous batching.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <tbb/global_control.h>
+#include <tbb/info.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_split.h"
+#include "common/logging.h"
+#include "inference_service/inference_service.h"
+#include "inference_service/model_manager.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50052", "host:port to serve on; port 0 picks a free one");
+ABSL_FLAG(std::string, port_file, "", "write the bound port here once serving");
+ABSL_FLAG(std::string, model_root, "./models", "directory of unquantized models (served in fp32)");
+ABSL_FLAG(std::string, artifact_root, "./artifacts", "directory of quantized artifacts");
+ABSL_FLAG(int, threads, 0, "oneTBB worker threads; 0 = all cores");
+ABSL_FLAG(int, max_running, 8, "sequences decoded together per model");
+ABSL_FLAG(int, max_queued, 64, "requests waiting per model beyond max_running");
+ABSL_FLAG(int, max_new_tokens_cap, 2048, "largest max_new_tokens a request may ask for");
+ABSL_FLAG(int, default_max_new_tokens, 128, "max_new_tokens when a request leaves it unset");
+ABSL_FLAG(int, max_context, 0, "tokens per sequence; 0 = the model's maximum");
+ABSL_FLAG(std::string, preload, "", "comma-separated models (artifact or model ids) to load at start");
+
+namespace {
+
+// Returns a message naming the bad flag, or "" when all are usable.
+std::string CheckFlags() {
+  if (absl::GetFlag(FLAGS_threads) < 0) return "--threads must be >= 0 (0 = all cores)";
+  if (absl::GetFlag(FLAGS_max_running) < 1) return "--max_running must be >= 1";
+  if (absl::GetFlag(FLAGS_max_queued) < 0) return "--max_queued must be >= 0";
+  if (absl::GetFlag(FLAGS_max_new_tokens_cap) < 1) return "--max_new_tokens_cap must be >= 1";
+  if (absl::GetFlag(FLAGS_default_max_new_tokens) < 1) {
+    return "--default_max_new_tokens must be >= 1";
+  }
+  if (absl::GetFlag(FLAGS_max_context) < 0) return "--max_context must be >= 0";
+  return "";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  wq::InstallShutdownSignalHandlers();
+  absl::SetProgramUsageMessage(
+      "Serves wq.v1.InferenceService.\nUsage: inference_service [--listen=host:port] "
+      "[--model_root=DIR] [--artifact_root=DIR] [--preload=a,b]");
+  absl::ParseCommandLine(argc, argv);
+  wq::SetLogServiceName("inference");
+  if (std::string bad = CheckFlags(); !bad.empty()) {
+    wq::LogError("bad_flag", {{"message", bad}});
+    return 2;
+  }
+  const int threads = absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
+                                                       : tbb::info::default_concurrency();
+  tbb::global_control tbb_threads(tbb::global_control::max_allowed_parallelism, threads);
+
+  wq::ModelManager::Options options;
+  options.model_root = absl::GetFlag(FLAGS_model_root);
+  options.artifact_root = absl::GetFlag(FLAGS_artifact_root);
+  options.scheduler.max_running = absl::GetFlag(FLAGS_max_running);
+  options.scheduler.max_queued = absl::GetFlag(FLAGS_max_queued);
+  options.scheduler.max_context = absl::GetFlag(FLAGS_max_context);
+  absl::StatusOr<std::unique_ptr<wq::ModelManager>> models =
+      wq::ModelManager::Create(options);
+  if (!models.ok()) {
+    wq::LogError("startup_failed", {{"error", models.status().ToString()}});
+    return 1;
+  }
+  for (absl::string_view name :
+       absl::StrSplit(absl::GetFlag(FLAGS_preload), ',', absl::SkipWhitespace())) {
+    absl::StatusOr<wq::v1::ModelInfo> info = (*models)->Load(std::string(name));
+    if (!info.ok()) {
+      wq::LogError("preload_failed", {{"model", std::string(name)},
+                                      {"error", info.status().ToString()}});
+      return 1;
+    }
+  }
+
+  wq::InferenceLimits limits;
+  limits.max_new_tokens_cap = absl::GetFlag(FLAGS_max_new_tokens_cap);
+  limits.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
+  limits.threads = threads;
+  limits.max_running = options.scheduler.max_running;
+  wq::InferenceServiceImpl service(models->get(), limits);
+
+  wq::ServerOptions server;
+  server.listen = absl::GetFlag(FLAGS_listen);
+  server.port_file = absl::GetFlag(FLAGS_port_file);
+  server.services = {&service};
+  server.health_service_names = {wq::v1::InferenceService::service_full_name()};
+  // Schedulers end in-flight requests as cancelled; their handlers return.
+  server.on_shutdown = [&models] { (*models)->Shutdown(); };
+  wq::LogInfo("starting", {{"listen", server.listen},
+                           {"model_root", options.model_root},
+                           {"artifact_root", options.artifact_root},
+                           {"threads", threads}});
+  absl::Status status = wq::RunServer(server);
+  if (!status.ok()) {
+    wq::LogError("server_failed", {{"error", status.ToString()}});
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,234 @@
+// End-to-end tests of wq.v1.InferenceService (servers: e2e_test.cc).
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "gtest/gtest.h"
+#include "proto/wq/v1/inference.grpc.pb.h"
+#include "tests/e2e_support.h"
+
+namespace wq::e2e {
+namespace {
+
+constexpr char kOnce[] = "Once upon a time";
+constexpr char kGolden[] = ", there was a little girl named Lily";
+
+std::unique_ptr<v1::InferenceService::Stub> Stub() {
+  return v1::InferenceService::NewStub(
+      grpc::CreateChannel(GetServers().inference, grpc::InsecureChannelCredentials()));
+}
+
+void SetDeadline(grpc::ClientContext* context, int seconds = 60) {
+  context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+}
+
+v1::SamplingParams Greedy(int max_new_tokens) {
+  v1::SamplingParams sampling;
+  sampling.set_temperature(0);
+  sampling.set_max_new_tokens(max_new_tokens);
+  return sampling;
+}
+
+grpc::Status Load(const std::string& model, v1::ModelInfo* info) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::LoadModelRequest request;
+  request.set_model(model);
+  return Stub()->LoadModel(&context, request, info);
+}
+
+grpc::Status Generate(const std::string& model, const std::vector<std::string>& prompts,
+                      const v1::SamplingParams& sampling, v1::GenerateResponse* response) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::GenerateRequest request;
+  request.set_model(model);
+  for (const std::string& p : prompts) request.add_prompts(p);
+  *request.mutable_sampling() = sampling;
+  return Stub()->Generate(&context, request, response);
+}
+
+// The loaded quantized artifact's name.
+std::string LoadedArtifact() {
+  const std::string id = QuantizedArtifactId();
+  v1::ModelInfo info;
+  grpc::Status status = Load(id, &info);  // idempotent
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(info.quantized());
+  EXPECT_EQ(info.source_model_id(), "stories260K");
+  return id;
+}
+
+TEST(E2eInferenceTest, BatchOfFourMatchesSinglePrompt) {
+  const std::string model = LoadedArtifact();
+  ASSERT_FALSE(model.empty());
+  const std::vector<std::string> prompts = {kOnce, "The cat", "Tom had a big", "One day"};
+  v1::GenerateResponse batch;
+  grpc::Status status = Generate(model, prompts, Greedy(24), &batch);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(batch.results_size(), 4);
+  for (const v1::GenerationResult& r : batch.results()) {
+    EXPECT_FALSE(r.text().empty());
+    EXPECT_GT(r.usage().prompt_tokens(), 0);
+    EXPECT_GT(r.usage().completion_tokens(), 0);
+    EXPECT_LE(r.usage().completion_tokens(), 24);
+    EXPECT_EQ(r.token_ids_size(), r.usage().completion_tokens());
+    EXPECT_TRUE(r.finish_reason() == v1::LENGTH || r.finish_reason() == v1::EOS);
+  }
+  v1::GenerateResponse single;
+  status = Generate(model, {kOnce}, Greedy(24), &single);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(single.results_size(), 1);
+  // Batching must not change greedy output.
+  EXPECT_EQ(batch.results(0).text(), single.results(0).text());
+  EXPECT_EQ(batch.results(0).token_ids_size(), single.results(0).token_ids_size());
+}
+
+TEST(E2eInferenceTest, StreamTokensThenEnd) {
+  const std::string model = LoadedArtifact();
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::GenerateStreamRequest request;
+  request.set_model(model);
+  request.set_prompt(kOnce);
+  *request.mutable_sampling() = Greedy(24);
+  auto reader = Stub()->GenerateStream(&context, request);
+  v1::GenerateStreamResponse event;
+  std::string text;
+  int tokens = 0;
+  bool ended = false;
+  while (reader->Read(&event)) {
+    ASSERT_FALSE(ended) << "message after End";
+    if (event.has_token()) {
+      text += event.token().text();
+      ++tokens;
+      EXPECT_LE(event.token().logprob(), 0);
+    } else {
+      ASSERT_TRUE(event.has_end());
+      ended = true;
+      EXPECT_EQ(event.end().finish_reason(), v1::LENGTH);
+      EXPECT_EQ(event.end().text(), text);
+      EXPECT_EQ(event.end().usage().completion_tokens(), tokens);
+      EXPECT_GT(event.end().usage().prompt_tokens(), 0);
+    }
+  }
+  grpc::Status status = reader->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(ended);
+  EXPECT_EQ(tokens, 24);
+}
+
+TEST(E2eInferenceTest, CancelMidStreamKeepsServing) {
+  const std::string model = LoadedArtifact();
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::GenerateStreamRequest request;
+  request.set_model(model);
+  request.set_prompt(kOnce);
+  *request.mutable_sampling() = Greedy(256);  // long enough to be cut short
+  auto reader = Stub()->GenerateStream(&context, request);
+  v1::GenerateStreamResponse event;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(reader->Read(&event));
+    ASSERT_TRUE(event.has_token());
+  }
+  context.TryCancel();
+  while (reader->Read(&event)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+
+  v1::GenerateResponse after;
+  grpc::Status status = Generate(model, {kOnce}, Greedy(8), &after);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(after.results_size(), 1);
+  EXPECT_FALSE(after.results(0).text().empty());
+}
+
+TEST(E2eInferenceTest, GenerateRejectsBadRequests) {
+  const std::string model = LoadedArtifact();
+  v1::GenerateResponse response;
+  grpc::Status status = Generate(model, {}, Greedy(8), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("prompts is empty"), std::string::npos)
+      << status.error_message();
+
+  v1::SamplingParams top_p = Greedy(8);
+  top_p.set_top_p(1.5f);
+  status = Generate(model, {kOnce}, top_p, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("top_p"), std::string::npos);
+
+  status = Generate(model, {kOnce}, Greedy(100000), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("256"), std::string::npos)
+      << "should name the cap: " << status.error_message();
+
+  status = Generate(model, {kOnce}, Greedy(0), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::SamplingParams negative = Greedy(8);
+  negative.set_temperature(-1);
+  status = Generate(model, {kOnce}, negative, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  status = Generate("no-such-model", {kOnce}, Greedy(8), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+
+  status = Generate("", {kOnce}, Greedy(8), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::ModelInfo info;
+  EXPECT_EQ(Load("../etc", &info).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Load("no-such-model", &info).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST(E2eInferenceTest, Fp32ModelGivesGoldenContinuation) {
+  // Unloaded, a known model asks for LoadModel first.
+  {
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    v1::UnloadModelRequest request;
+    request.set_model("stories260K");
+    v1::UnloadModelResponse response;
+    Stub()->UnloadModel(&context, request, &response);  // may not be loaded
+  }
+  v1::GenerateResponse response;
+  grpc::Status status = Generate("stories260K", {kOnce}, Greedy(24), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(status.error_message().find("LoadModel"), std::string::npos);
+
+  v1::ModelInfo info;
+  status = Load("stories260K", &info);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_FALSE(info.quantized());
+  EXPECT_GT(info.vocab_size(), 0);
+  status = Generate("stories260K", {kOnce}, Greedy(24), &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(response.results_size(), 1);
+  EXPECT_EQ(response.results(0).text().rfind(kGolden, 0), 0u) << response.results(0).text();
+
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(Stub()->ListModels(&context, v1::ListModelsRequest(), &models).ok());
+  bool loaded = false;
+  for (const v1::ModelInfo& m : models.loaded()) loaded |= m.model() == "stories260K";
+  EXPECT_TRUE(loaded);
+}
+
+TEST(E2eInferenceTest, ServerInfo) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::ServerInfo info;
+  ASSERT_TRUE(Stub()->GetServerInfo(&context, v1::GetServerInfoRequest(), &info).ok());
+  EXPECT_EQ(info.kernel_isa(), "scalar-reference");
+  EXPECT_EQ(info.max_new_tokens_cap(), 256);
+  EXPECT_EQ(info.threads(), 2);
+  EXPECT_GT(info.max_batch(), 0);
+}
+
+}  // namespace
+}  // namespace wq::e2e

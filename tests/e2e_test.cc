@@ -1,0 +1,247 @@
+// End-to-end test: starts the real quantizer_service and inference_service
+// binaries (from runfiles) on loopback with port 0, talks to them through the
+// generated stubs, then stops them with SIGTERM and checks they exit 0.
+// Service-specific tests: e2e_quantizer_test.cc, e2e_inference_test.cc.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/e2e_support.h"
+#include "tests/grpc_health.grpc.pb.h"
+#include "tests/grpc_reflection.grpc.pb.h"
+
+extern char** environ;
+
+namespace wq::e2e {
+namespace {
+
+std::string Env(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr ? value : "";
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// One server binary running as a child process, stderr to a log file.
+class ServerProcess {
+ public:
+  ServerProcess(std::string name, std::string binary, std::vector<std::string> args,
+                std::string dir)
+      : name_(std::move(name)), dir_(std::move(dir)) {
+    port_file_ = dir_ + "/" + name_ + ".port";
+    log_file_ = dir_ + "/" + name_ + ".log";
+    args.insert(args.begin(), binary);
+    args.push_back("--listen=127.0.0.1:0");
+    args.push_back("--port_file=" + port_file_);
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 2, log_file_.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int rc = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) {
+      ADD_FAILURE() << "cannot start " << binary << ": " << std::strerror(rc);
+      pid_ = -1;
+    }
+  }
+
+  ~ServerProcess() {
+    if (pid_ > 0) {  // a test failed before Stop(): leave nothing behind
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  // The bound port, once the port file appears; 0 on failure.
+  int WaitForPort(std::chrono::seconds timeout) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < until && pid_ > 0) {
+      std::ifstream in(port_file_);
+      int port = 0;
+      if (in >> port && port > 0) return port;
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        ADD_FAILURE() << name_ << " exited early (status " << status << "):\n" << Log();
+        return 0;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ADD_FAILURE() << name_ << " wrote no port file:\n" << Log();
+    return 0;
+  }
+
+  // SIGTERM; the exit status, or -1 when it did not exit in time.
+  int Stop(std::chrono::seconds timeout) {
+    if (pid_ <= 0) return -1;
+    kill(pid_, SIGTERM);
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < until) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return -1;
+  }
+
+  std::string Log() const { return ReadAll(log_file_); }
+
+ private:
+  std::string name_, dir_, port_file_, log_file_;
+  pid_t pid_ = -1;
+};
+
+Servers* g_servers = nullptr;
+
+class ServersEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    const std::string srcdir = Env("TEST_SRCDIR");
+    ASSERT_FALSE(srcdir.empty()) << "run under bazel test (TEST_SRCDIR unset)";
+    const std::string runfiles = srcdir + "/wq";
+    std::string tmp = Env("TEST_TMPDIR");
+    if (tmp.empty()) tmp = "/tmp";
+    std::string dir = tmp + "/e2e.XXXXXX";
+    ASSERT_NE(mkdtemp(dir.data()), nullptr);
+    char cwd[4096];
+    ASSERT_NE(getcwd(cwd, sizeof(cwd)), nullptr);
+
+    auto servers = std::make_unique<Servers>();
+    servers->model_root = std::string(cwd) + "/testdata/models";
+    servers->artifact_root = dir + "/artifacts";
+    const std::vector<std::string> roots = {"--model_root=" + servers->model_root,
+                                            "--artifact_root=" + servers->artifact_root,
+                                            "--threads=2"};
+    quantizer_ = std::make_unique<ServerProcess>(
+        "quantizer", runfiles + "/quantizer_service/quantizer_service", roots, dir);
+    std::vector<std::string> inference_args = roots;
+    inference_args.push_back("--max_new_tokens_cap=256");
+    inference_ = std::make_unique<ServerProcess>(
+        "inference", runfiles + "/inference_service/inference_service", inference_args,
+        dir);
+    const int qport = quantizer_->WaitForPort(std::chrono::seconds(30));
+    const int iport = inference_->WaitForPort(std::chrono::seconds(30));
+    ASSERT_GT(qport, 0);
+    ASSERT_GT(iport, 0);
+    servers->quantizer = "127.0.0.1:" + std::to_string(qport);
+    servers->inference = "127.0.0.1:" + std::to_string(iport);
+    g_servers = servers.release();
+  }
+
+  void TearDown() override {
+    // Graceful shutdown is part of the contract: both must exit 0 promptly.
+    for (ServerProcess* server : {quantizer_.get(), inference_.get()}) {
+      if (server == nullptr) continue;
+      const int status = server->Stop(std::chrono::seconds(10));
+      EXPECT_EQ(status, 0) << "server did not exit cleanly on SIGTERM; log:\n"
+                           << server->Log();
+    }
+    if (::testing::UnitTest::GetInstance()->failed_test_count() > 0) {
+      std::cerr << "---- quantizer log ----\n" << quantizer_->Log()
+                << "---- inference log ----\n" << inference_->Log();
+    }
+  }
+
+ private:
+  std::unique_ptr<ServerProcess> quantizer_;
+  std::unique_ptr<ServerProcess> inference_;
+};
+
+int HealthStatus(const std::string& address, const std::string& service) {
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status status = stub->Check(&context, request, &response);
+  EXPECT_TRUE(status.ok()) << service << ": " << status.error_message();
+  return response.status();
+}
+
+std::vector<std::string> ReflectedServices(const std::string& address) {
+  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto stream = stub->ServerReflectionInfo(&context);
+  grpc::reflection::v1alpha::ServerReflectionRequest request;
+  request.set_list_services("");
+  EXPECT_TRUE(stream->Write(request));
+  stream->WritesDone();
+  std::vector<std::string> names;
+  grpc::reflection::v1alpha::ServerReflectionResponse response;
+  while (stream->Read(&response)) {
+    for (const auto& service : response.list_services_response().service()) {
+      names.push_back(service.name());
+    }
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  return names;
+}
+
+TEST(E2eServerTest, HealthIsServing) {
+  const Servers& s = GetServers();
+  constexpr int kServing = grpc::health::v1::HealthCheckResponse::SERVING;
+  EXPECT_EQ(HealthStatus(s.quantizer, ""), kServing);
+  EXPECT_EQ(HealthStatus(s.quantizer, "wq.v1.QuantizerService"), kServing);
+  EXPECT_EQ(HealthStatus(s.inference, ""), kServing);
+  EXPECT_EQ(HealthStatus(s.inference, "wq.v1.InferenceService"), kServing);
+}
+
+TEST(E2eServerTest, ReflectionListsServices) {
+  const Servers& s = GetServers();
+  EXPECT_THAT(ReflectedServices(s.quantizer),
+              ::testing::Contains(std::string("wq.v1.QuantizerService")));
+  EXPECT_THAT(ReflectedServices(s.inference),
+              ::testing::Contains(std::string("wq.v1.InferenceService")));
+}
+
+}  // namespace
+
+const Servers& GetServers() {
+  if (g_servers == nullptr) {
+    // Setup failed; the environment already reported why.
+    static const Servers* const kEmpty = new Servers();
+    return *kEmpty;
+  }
+  return *g_servers;
+}
+
+}  // namespace wq::e2e
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  ::testing::AddGlobalTestEnvironment(new wq::e2e::ServersEnvironment());
+  return RUN_ALL_TESTS();
+}

@@ -1,0 +1,235 @@
+// Every ISA kernel path this CPU supports against the scalar reference of the
+// same compute dtype, over all weight formats, schemes, group sizes, ragged
+// shapes and batch sizes; plus the compute dtypes' error bounds against fp32.
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/compute_dtype.h"
+#include "common/cpu_features.h"
+#include "common/matmul.h"
+#include "common/quant_format.h"
+#include "gtest/gtest.h"
+
+namespace wq {
+namespace {
+
+std::vector<float> Random(int64_t size, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(size);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<Isa> SimdIsas() {
+  std::vector<Isa> out;
+  for (int i = 1; i < kNumIsas; ++i) {
+    if (CpuSupports(static_cast<Isa>(i))) out.push_back(static_cast<Isa>(i));
+  }
+  return out;
+}
+
+struct Case {
+  QuantType type;
+  QuantScheme scheme;
+};
+
+std::vector<Case> AllCases() {
+  std::vector<Case> out;
+  for (const QuantFormat& f : AllQuantFormats()) {
+    out.push_back({f.type, QuantScheme::kSym});
+    if (f.supports_asym) out.push_back({f.type, QuantScheme::kAsym});
+  }
+  return out;
+}
+
+// Per-output magnitudes that bound the rounding error of each path.
+struct Bounds {
+  std::vector<double> abs_xw;      // sum_k |x_k * w_k| (w dequantized).
+  std::vector<double> int8_terms;  // sum_k |x_k| * |s| * (max u + max off).
+  std::vector<double> int8_vs_fp32;  // Worst-case int8 error vs exact fp32.
+};
+
+Bounds ComputeBounds(const QuantizedMatrixView& q, const std::vector<float>& x,
+                     int64_t n) {
+  const QuantFormat& f = GetQuantFormat(q.spec.type);
+  const auto levels = f.levels(q.spec.scheme);
+  bool affine = true;
+  float amax = 0.0f;
+  for (size_t c = 0; c < levels.size(); ++c) {
+    affine = affine && levels[c] == levels[0] + c;
+    amax = std::fmax(amax, std::fabs(levels[c]));
+  }
+  // Magnitudes of the integer levels u and offsets (matmul.h, kernels.h).
+  const double wscale = affine ? 1.0 : amax / 127.0;
+  const double u_plus_off =
+      affine ? (levels.size() - 1) * 2.0 + std::fabs(levels[0]) : 255 + 128;
+  const double level_err = affine ? 0.0 : wscale / 2.0;
+  const std::vector<float> w = DequantizeMatrix(q);
+  Bounds b;
+  b.abs_xw.assign(n * q.rows, 0.0);
+  b.int8_terms.assign(n * q.rows, 0.0);
+  b.int8_vs_fp32.assign(n * q.rows, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x.data() + i * q.cols;
+    for (int64_t r = 0; r < q.rows; ++r) {
+      const double idx = i * q.rows + r;
+      for (int64_t g = 0; g < q.groups_per_row; ++g) {
+        const double s = std::fabs(q.scales[r * q.groups_per_row + g]);
+        const int64_t ge = std::min((g + 1) * q.group_size, q.cols);
+        for (int64_t bs = g * q.group_size; bs < ge; bs += 32) {
+          const int64_t be = std::min(bs + 32, ge);
+          double xmax = 0.0;
+          for (int64_t k = bs; k < be; ++k) xmax = std::fmax(xmax, std::fabs(xi[k]));
+          for (int64_t k = bs; k < be; ++k) {
+            const double wk = std::fabs(w[r * q.cols + k]);
+            b.abs_xw[idx] += std::fabs(xi[k]) * wk;
+            b.int8_terms[idx] += std::fabs(xi[k]) * s * wscale * u_plus_off;
+            // |x - d q| <= d / 2 with d = xmax / 127; codebook levels move
+            // by at most wscale / 2 (times the scale).
+            b.int8_vs_fp32[idx] += wk * xmax / 254.0 +
+                                   (std::fabs(xi[k]) + xmax / 254.0) * s * level_err;
+          }
+        }
+      }
+    }
+  }
+  return b;
+}
+
+struct Shape {
+  int group;
+  int64_t cols;
+};
+
+class KernelsTest : public testing::TestWithParam<Isa> {};
+
+TEST_P(KernelsTest, QuantizedMatchesScalarReference) {
+  const Isa isa = GetParam();
+  constexpr int64_t kRows = 13;  // Three row blocks of 4 and a ragged one.
+  const Shape shapes[] = {{32, 64},   {32, 96},  {32, 172},  {32, 4128},
+                          {64, 64},   {64, 96},  {64, 172},  {64, 4128},
+                          {128, 64},  {128, 96}, {128, 172}, {128, 4128},
+                          {-1, 64},   {-1, 96},  {-1, 172},  {-1, 4128}};
+  int checked = 0;
+  for (const Case& c : AllCases()) {
+    for (const Shape& shape : shapes) {
+      const auto w = Random(kRows * shape.cols, 7);
+      auto q = QuantizeMatrix(w.data(), kRows, shape.cols,
+                              {c.type, c.scheme, shape.group});
+      ASSERT_TRUE(q.ok()) << q.status();
+      for (int64_t n : {1, 3, 16}) {
+        const auto x = Random(n * shape.cols, 11 + n);
+        const Bounds bounds = ComputeBounds(q->view(), x, n);
+        std::vector<float> fp32_ref(n * kRows);
+        {
+          ScopedIsaOverride scalar(Isa::kScalar);
+          MatMulQuantized(q->view(), x.data(), n, fp32_ref.data());
+        }
+        for (ComputeDtype compute :
+             {ComputeDtype::kFp32, ComputeDtype::kBf16, ComputeDtype::kInt8}) {
+          SCOPED_TRACE(testing::Message()
+                       << IsaName(isa) << " " << GetQuantFormat(c.type).name
+                       << (c.scheme == QuantScheme::kAsym ? " asym" : " sym")
+                       << " group " << shape.group << " cols " << shape.cols
+                       << " n " << n << " compute " << ComputeDtypeName(compute));
+          std::vector<float> ref(n * kRows), got(n * kRows, -123.0f);
+          {
+            ScopedIsaOverride scalar(Isa::kScalar);
+            MatMulQuantized(q->view(), x.data(), n, ref.data(), compute);
+          }
+          {
+            ScopedIsaOverride forced(isa);
+            MatMulQuantized(q->view(), x.data(), n, got.data(), compute);
+          }
+          for (int64_t i = 0; i < n * kRows; ++i) {
+            switch (compute) {
+              case ComputeDtype::kFp32:
+                // Reassociation only.
+                ASSERT_NEAR(got[i], ref[i], 1e-5 * bounds.abs_xw[i] + 1e-30) << i;
+                break;
+              case ComputeDtype::kBf16:
+                // Same bf16-rounded products, reassociated; bf16 rounding
+                // of x and levels moves |x w| by < 2^-8 relative to fp32.
+                ASSERT_NEAR(got[i], ref[i], 1.01e-5 * bounds.abs_xw[i] + 1e-30) << i;
+                ASSERT_NEAR(ref[i], fp32_ref[i],
+                            (std::ldexp(1.0, -8) + 1e-5) * bounds.abs_xw[i] + 1e-30)
+                    << i;
+                break;
+              case ComputeDtype::kInt8:
+                // Exact integer dots; only the float epilogue reassociates.
+                ASSERT_NEAR(got[i], ref[i], 1e-5 * bounds.int8_terms[i] + 1e-30) << i;
+                ASSERT_NEAR(ref[i], fp32_ref[i],
+                            bounds.int8_vs_fp32[i] + 1e-5 * bounds.int8_terms[i])
+                    << i;
+                break;
+            }
+          }
+          ++checked;
+        }
+      }
+    }
+  }
+  RecordProperty("cases", checked);
+  EXPECT_GT(checked, 0);
+}
+
+TEST_P(KernelsTest, DenseF32MatchesReference) {
+  const Isa isa = GetParam();
+  constexpr int64_t kRows = 13;
+  for (int64_t cols : {1, 15, 64, 172, 4128}) {
+    for (int64_t n : {1, 3, 16}) {
+      SCOPED_TRACE(testing::Message() << IsaName(isa) << " cols " << cols << " n " << n);
+      const auto w = Random(kRows * cols, 1);
+      const auto x = Random(n * cols, 2);
+      std::vector<float> got(n * kRows, -123.0f);
+      {
+        ScopedIsaOverride forced(isa);
+        MatMulF32(w.data(), kRows, cols, x.data(), n, got.data());
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t r = 0; r < kRows; ++r) {
+          double want = 0.0, abs = 0.0;
+          for (int64_t k = 0; k < cols; ++k) {
+            const double p = double{x[i * cols + k]} * w[r * cols + k];
+            want += p;
+            abs += std::fabs(p);
+          }
+          ASSERT_NEAR(got[i * kRows + r], want, 1e-5 * abs + 1e-30);
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(SupportedIsas, KernelsTest,
+                         testing::ValuesIn(SimdIsas()),
+                         [](const testing::TestParamInfo<Isa>& info) {
+                           return std::string(IsaName(info.param));
+                         });
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(KernelsTest);
+
+TEST(Dispatch, NeverPicksUnsupportedIsa) {
+  EXPECT_TRUE(CpuSupports(ActiveIsa()));
+  EXPECT_TRUE(CpuSupports(BestSupportedIsa()));
+  EXPECT_FALSE(KernelIsaName().empty());
+  for (int i = 0; i < kNumIsas; ++i) {
+    const Isa isa = static_cast<Isa>(i);
+    EXPECT_EQ(ParseIsa(IsaName(isa)), isa);
+    const Isa before = ActiveIsa();
+    ScopedIsaOverride forced(isa);
+    EXPECT_TRUE(CpuSupports(ActiveIsa()));
+    EXPECT_EQ(ActiveIsa(), CpuSupports(isa) ? isa : before);
+    EXPECT_EQ(ResolveIsaRequest(IsaName(isa)),
+              CpuSupports(isa) ? isa : BestSupportedIsa());
+  }
+  EXPECT_EQ(ResolveIsaRequest("no_such_isa"), BestSupportedIsa());
+  EXPECT_EQ(ResolveIsaRequest(""), BestSupportedIsa());
+  EXPECT_EQ(ResolveIsaRequest("scalar"), Isa::kScalar);
+}
+
+}  // namespace
+}  // namespace wq
