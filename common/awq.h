@@ -1,0 +1,83 @@
+// Activation-aware weight quantization (AWQ, arXiv 2306.00978) as AutoAWQ
+// (awq/quantize/quantizer.py) and llm-awq (awq/quantize/auto_scale.py,
+// auto_clip.py) do it, for any QuantSpec: per scaling group a grid search of
+// s = x_mean^a / w_mean^(1-a) minimising the error of the group's output,
+// folded into the block, then a per-group weight clip search. The caller
+// quantizes the transformed weights with RTN afterwards.
+#ifndef WQ_COMMON_AWQ_H_
+#define WQ_COMMON_AWQ_H_
+
+#include <array>
+#include <atomic>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/calibration.h"
+#include "common/llama.h"
+#include "common/quant_format.h"
+
+namespace wq {
+
+struct AwqOptions {
+  QuantSpec spec;
+  // AutoAWQ's default: s = x_mean^a / (w_mean^(1-a) + 1e-4); off: x_mean^a
+  // as llm-awq.
+  bool duo_scaling = true;
+  int n_grid = 20;  // a = i / n_grid, i = 0..n_grid-1
+  bool clip = true;
+  // Clip candidates: max |w| * (1 - i / clip_grid), i < max_shrink * clip_grid.
+  int clip_grid = 20;
+  float max_shrink = 0.5f;
+  int clip_tokens = 512;  // token rows sampled with stride n / clip_tokens
+  // Layers kept in fp32 (llm_int8_skip_modules): scaled, but not clipped.
+  std::array<bool, kNumBlockLinears> skip{};
+  const std::atomic<bool>* cancelled = nullptr;
+  CalibrationStageFn on_stage;
+};
+
+struct AwqScaleSearch {
+  std::vector<double> losses;  // per grid point
+  int best = 0;                // index into losses
+  double ratio = 0;            // best / n_grid
+  std::vector<float> scales;   // s at the best grid point
+};
+
+// The grid search of one group against the block's weights `w` (not
+// modified): every grid point fake-quantizes the group's layers as
+// Q(W·s)/s and runs the block up to group.inspect; the loss is the MSE
+// against the fp32 output there. Grid points run in parallel; ties keep the
+// smaller ratio (AutoAWQ's strict `loss < best_error`).
+absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
+                                               const BlockActivations& acts,
+                                               const ScalingGroup& group,
+                                               const BlockWeights& w,
+                                               const AwqOptions& options);
+
+// The best clip, max |w| per (row, group) of w [rows, cols] (row-major,
+// rows * groups_per_row values), over token rows x [tokens, cols]: minimises
+// the mean over tokens of (x_g · (Q(clamp(w_g)) - w_g))^2 for each group g,
+// ties keeping the larger max. Output rows are searched in batches in
+// parallel.
+absl::StatusOr<std::vector<float>> AwqSearchClip(const float* w, int64_t rows, int64_t cols,
+                                                 const float* x, int64_t tokens,
+                                                 const AwqOptions& options);
+
+// Clamps every group of w to [-max, max] (AutoAWQ apply_clip, for sym and
+// asym alike).
+void ApplyClip(absl::Span<const float> max_val, int64_t rows, int64_t cols, int group_size,
+               float* w);
+
+struct AwqBlockReport {
+  std::vector<AwqScaleSearch> groups;  // as LlamaScalingGroups
+};
+
+// AWQ on one decoder block: searches every group on the unscaled weights,
+// folds all scales, then (options.clip) clips every layer except q_proj and
+// k_proj on its input divided by its scales (AutoAWQ quantize() steps 2-3).
+absl::StatusOr<AwqBlockReport> AwqTransformBlock(const LlamaModel& model,
+                                                 const BlockActivations& acts,
+                                                 const AwqOptions& options, BlockWeights* w);
+
+}  // namespace wq
+
+#endif  // WQ_COMMON_AWQ_H_

@@ -1,0 +1,88 @@
+#include "common/calibrated_transform.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/awq.h"
+#include "common/quant_config.h"
+#include "common/status_macros.h"
+#include "common/teq.h"
+#include "common/tokenizer.h"
+
+namespace wq {
+
+absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
+    std::shared_ptr<const LlamaWeights> weights, const v1::WeightOnlyQuantConfig& resolved,
+    const std::string& model_dir, const std::string& data_root,
+    const std::atomic<bool>* cancelled, const CalibrationProgressFn& progress) {
+  const bool awq = resolved.algorithm() == v1::AWQ;
+  if (!awq && resolved.algorithm() != v1::TEQ) {
+    return absl::InvalidArgumentError("the calibrated transform is for AWQ and TEQ only");
+  }
+  const int blocks = weights->config.num_hidden_layers;
+  progress(CalibrationStage::kCapture, 0, blocks, "tokenizing calibration text");
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
+                   Tokenizer::Load(absl::StrCat(model_dir, "/tokenizer.model")));
+  ASSIGN_OR_RETURN(CalibrationSet calibration,
+                   BuildCalibrationSet(resolved.calibration(), data_root, *tokenizer));
+  CalibratedTransformResult result;
+  result.log.push_back(calibration.message);
+
+  const QuantSpec spec = QuantSpecOf(resolved);
+  // Layers kept in fp32 are still scaled (AutoAWQ scales every layer of a
+  // group) but not clipped.
+  auto skipped = [&](int layer) {
+    std::array<bool, kNumBlockLinears> skip{};
+    for (int j = 0; j < kNumBlockLinears; ++j) {
+      skip[j] = IsSkippedModule(resolved, BlockModuleName(layer, kBlockLinearNames[j]));
+    }
+    return skip;
+  };
+  const LlamaModel model(weights);
+  std::vector<BlockWeights> transformed;
+  RETURN_IF_ERROR(ForEachCalibratedBlock(
+      model, calibration, cancelled, [&](int layer, const BlockActivations& acts) -> absl::Status {
+        const CalibrationStageFn on_stage = [&](CalibrationStage stage) {
+          progress(stage, layer, blocks,
+                   absl::StrFormat("%s block %d of %d",
+                                   stage == CalibrationStage::kClipSearch ? "clip search"
+                                                                          : (awq ? "scale search"
+                                                                                 : "training"),
+                                   layer + 1, blocks));
+        };
+        BlockWeights w = BlockWeights::Copy(weights->layers[layer], weights->config.hidden_size);
+        std::vector<std::string> groups;
+        if (awq) {
+          AwqOptions options;
+          options.spec = spec;
+          options.skip = skipped(layer);
+          options.cancelled = cancelled;
+          options.on_stage = on_stage;
+          ASSIGN_OR_RETURN(AwqBlockReport report, AwqTransformBlock(model, acts, options, &w));
+          for (const AwqScaleSearch& g : report.groups) {
+            groups.push_back(absl::StrFormat("a=%.2f loss %.3g (a=0: %.3g)", g.ratio,
+                                             g.losses[g.best], g.losses[0]));
+          }
+        } else {
+          TeqOptions options;
+          options.spec = spec;
+          options.cancelled = cancelled;
+          options.on_stage = on_stage;
+          ASSIGN_OR_RETURN(std::vector<TeqGroupReport> reports,
+                           TeqTransformBlock(weights->config, acts, options, &w));
+          for (const TeqGroupReport& g : reports) {
+            groups.push_back(absl::StrFormat("loss %.3g -> %.3g", g.initial_loss, g.final_loss));
+          }
+        }
+        result.log.push_back(absl::StrCat(awq ? "awq" : "teq", " block ", layer, ": ",
+                                          absl::StrJoin(groups, "; ")));
+        transformed.push_back(std::move(w));
+        return absl::OkStatus();
+      }));
+  ASSIGN_OR_RETURN(result.weights, WithTransformedBlocks(weights, std::move(transformed)));
+  result.log.push_back(absl::StrFormat("calibration peak memory (VmHWM) %.1f MiB",
+                                       PeakResidentBytes() / 1048576.0));
+  return result;
+}
+
+}  // namespace wq
