@@ -488,7 +488,7 @@ TEST_P(RandomProperties, ErrorBoundsAndDecodeConsistency) {
           // The rounded zero point can push an extreme one step into the
           // clamp, so asym's bound is a full step.
           ASSERT_LE(std::fabs(row[k] - x), scale * (1 + 1e-5f));
-          ASSERT_EQ(row[k], (codes[k] - float{m.zeros[gi]}) * scale);
+          ASSERT_EQ(row[k], (codes[k] - static_cast<float>(m.zeros[gi])) * scale);
         }
       }
     }
