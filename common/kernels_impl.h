@@ -305,16 +305,25 @@ void FloatRows(const QuantArgs& a, int64_t r0, int64_t r1) {
 // times s8 activations per 32-block, exact int32 dots, then
 // y = sum_g s_g * (sum_b d_b * dot_b - off_g * xs_g).
 
-// kLut: codes map to levels through a table (codebooks); otherwise the level
-// is the code itself (affine formats), so no shuffle is needed.
-template <class Q, int kBits, bool kLut, int R>
-void Int8Block(const QuantArgs& a, int64_t r, int64_t i) {
+// R rows of W times T rows of x (i0...): each weight block is decoded once
+// and reused for the T activation rows, which prefill and batched decode
+// need (n == 1 is memory bound either way). kLut: codes map to levels
+// through a table (codebooks); otherwise the level is the code itself
+// (affine formats), so no shuffle is needed.
+template <class Q, int kBits, bool kLut, int R, int T>
+void Int8Block(const QuantArgs& a, int64_t r, int64_t i0) {
   const QuantizedMatrixView& w = *a.w;
   const int64_t groups = a.simd_cols / w.group_size;
   const int bias = Q::kSignedWeights ? 128 : 0;
-  const int8_t* xq = a.xq + i * w.cols;
-  const float* xd = a.xd + i * a.blocks_per_row;
-  const float* xs = a.xs + i * w.groups_per_row;
+  const int8_t* xq[T];
+  const float* xd[T];
+  const float* xs[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
+    xq[t] = a.xq + (i0 + t) * w.cols;
+    xd[t] = a.xd + (i0 + t) * a.blocks_per_row;
+    xs[t] = a.xs + (i0 + t) * w.groups_per_row;
+  }
   // 4-bit: nibble -> (u ^ bias) by vpshufb; 8-bit codes are u themselves.
   alignas(16) uint8_t table[16];
   for (int c = 0; c < 16; ++c) table[c] = a.ulevel[c] ^ bias;
@@ -327,27 +336,34 @@ void Int8Block(const QuantArgs& a, int64_t r, int64_t i) {
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(bias));
   RowRef rows[R];
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int j = 0; j < R; ++j) rows[j] = Row(a, r + j);
-  __m256 acc[R];
-  float corr[R] = {};
-  #pragma GCC unroll 8
-  for (int j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps();
+  __m256 acc[R][T];
+  float corr[R][T] = {};
+#pragma GCC unroll 8
+  for (int j = 0; j < R; ++j)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[j][t] = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     __m256 sg[R];
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int j = 0; j < R; ++j) {
       const float s = rows[j].scales[g] * a.int8_wscale;
       sg[j] = _mm256_set1_ps(s);
       const float off = a.int8_off_base + rows[j].Zero(g) - bias;
-      corr[j] += s * off * xs[g];
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) corr[j][t] += s * off * xs[t][g];
     }
     for (int64_t blk = 0; blk < a.blocks_per_group; ++blk) {
       const int64_t k0 = g * w.group_size + blk * kBlock;
-      const __m256i act =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k0));
-      const __m256 d = _mm256_set1_ps(xd[g * a.blocks_per_group + blk]);
-      #pragma GCC unroll 8
+      __m256i act[T];
+      __m256 d[T];
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        act[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + k0));
+        d[t] = _mm256_set1_ps(xd[t][g * a.blocks_per_group + blk]);
+      }
+#pragma GCC unroll 8
       for (int j = 0; j < R; ++j) {
         __m256i wv;
         if constexpr (kBits == 4) {
@@ -362,15 +378,18 @@ void Int8Block(const QuantArgs& a, int64_t r, int64_t i) {
               flip);
         }
         // (dot * s) * d: the scale broadcasts stay out of the block loop.
-        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(Q::Dot(wv, act)), sg[j]), d,
-                                 acc[j]);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          acc[j][t] = _mm256_fmadd_ps(
+              _mm256_mul_ps(_mm256_cvtepi32_ps(Q::Dot(wv, act[t])), sg[j]), d[t], acc[j][t]);
+        }
       }
     }
   }
-  #pragma GCC unroll 8
-  for (int j = 0; j < R; ++j) {
-    a.y[i * w.rows + r + j] = Hsum256(acc[j]) - corr[j];
-  }
+#pragma GCC unroll 8
+  for (int j = 0; j < R; ++j)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) a.y[(i0 + t) * w.rows + r + j] = Hsum256(acc[j][t]) - corr[j][t];
 }
 
 template <class Q, int kBits, bool kLut>
@@ -378,9 +397,12 @@ void Int8Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; r += kRowBlock) {
     const int rb = static_cast<int>(std::min<int64_t>(kRowBlock, r1 - r));
     // The row block's codes stay in L1 across the rows of x.
-    for (int64_t i = 0; i < a.n; ++i) {
+    for (int64_t i = 0; i < a.n; i += Q::kNt) {
+      const int nt = static_cast<int>(std::min<int64_t>(Q::kNt, a.n - i));
       WithCount<kRowBlock>(rb, [&](auto r_const) {
-        Int8Block<Q, kBits, kLut, decltype(r_const)::value>(a, r, i);
+        WithCount<Q::kNt>(nt, [&](auto t_const) {
+          Int8Block<Q, kBits, kLut, decltype(r_const)::value, decltype(t_const)::value>(a, r, i);
+        });
       });
     }
     if (a.simd_cols < a.w->cols) {
