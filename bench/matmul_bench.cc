@@ -5,10 +5,7 @@
 //
 //   bazel-bin/bench/matmul_bench [--json=out.json] [--isas=avx2,avx512_bf16]
 //       [--threads=1,2] [--reps=N] [--gemm_reps=N] [--no_gemm]
-#include <emmintrin.h>
-
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -17,17 +14,20 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "bench/bench_util.h"
 #include "absl/strings/str_split.h"
 #include "common/compute_dtype.h"
 #include "common/cpu_features.h"
 #include "common/matmul.h"
 #include "common/quant_format.h"
 #include "tbb/parallel_for.h"
-#include "tbb/parallel_reduce.h"
 #include "tbb/task_arena.h"
 
 namespace wq {
 namespace {
+
+using bench::BestSeconds;
+using bench::ReadBandwidth;
 
 struct Options {
   std::string json;
@@ -110,47 +110,6 @@ Weight MakeWeight(const WeightDtype& d, const Shape& s) {
   const int64_t copies = std::max<int64_t>(1, kStreamBytes / w.bytes + 1);
   w.q.assign(copies, *q);
   return w;
-}
-
-template <typename F>
-double BestSeconds(int reps, F&& f) {
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    const auto t1 = std::chrono::steady_clock::now();
-    best = std::min(best, std::chrono::duration<double>(t1 - t0).count());
-  }
-  return best;
-}
-
-// STREAM-like read bandwidth: sum of a 1 GiB buffer.
-double ReadBandwidth(int threads, int reps) {
-  static std::vector<int64_t> buf;
-  if (buf.empty()) buf.assign((int64_t{1} << 30) / 8, 1);
-  tbb::task_arena arena(threads);
-  int64_t sink = 0;
-  const double s = BestSeconds(reps, [&] {
-    arena.execute([&] {
-      sink += tbb::parallel_reduce(
-          tbb::blocked_range<size_t>(0, buf.size(), size_t{1} << 20), int64_t{0},
-          [&](const tbb::blocked_range<size_t>& r, int64_t acc) {
-            // Four independent SSE2 accumulators keep loads in flight.
-            __m128i a[4] = {};
-            const __m128i* p = reinterpret_cast<const __m128i*>(buf.data() + r.begin());
-            const size_t n = (r.end() - r.begin()) / 2;
-            for (size_t i = 0; i + 4 <= n; i += 4)
-              for (int j = 0; j < 4; ++j) a[j] = _mm_add_epi64(a[j], _mm_load_si128(p + i + j));
-            int64_t out[2];
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
-                             _mm_add_epi64(_mm_add_epi64(a[0], a[1]), _mm_add_epi64(a[2], a[3])));
-            return acc + out[0] + out[1];
-          },
-          [](int64_t a, int64_t b) { return a + b; });
-    });
-  });
-  if (sink == 42) std::printf(" ");
-  return static_cast<double>(buf.size() * 8) / s / 1e9;
 }
 
 struct Row {

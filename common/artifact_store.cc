@@ -40,6 +40,7 @@ class ArtifactSource : public WeightSource {
   absl::Status Open(const std::string& dir, const v1::ArtifactManifest& manifest) {
     ASSIGN_OR_RETURN(file_, SafetensorsFile::Open(absl::StrCat(dir, "/", kWeightsFile)));
     for (const v1::ManifestTensor& t : manifest.tensors()) modules_[t.module()] = t;
+    compute_ = ComputeDtypeOf(manifest.config().compute_dtype());
     return absl::OkStatus();
   }
 
@@ -106,7 +107,10 @@ class ArtifactSource : public WeightSource {
       zeros_count = zeros->nbytes;
     }
     RETURN_IF_ERROR(ValidateQuantizedMatrixView(view, codes->nbytes, scales_count, zeros_count));
-    return LinearWeight::Quantized(view);
+    LinearWeight linear = LinearWeight::Quantized(view);
+    // The arithmetic the artifact was quantized for (its compute_dtype).
+    linear.set_compute_dtype(compute_);
+    return linear;
   }
 
  private:
@@ -179,6 +183,7 @@ class ArtifactSource : public WeightSource {
 
   std::unique_ptr<SafetensorsFile> file_;
   std::map<std::string, v1::ManifestTensor> modules_;
+  ComputeDtype compute_ = ComputeDtype::kFp32;
   std::list<std::vector<float>> owned_scales_;
 };
 

@@ -23,6 +23,10 @@ namespace wq {
 namespace kernels {
 namespace {
 
+// Loops over the R rows of a row block (and the NR rows of x) carry `#pragma
+// GCC unroll`: rolled, GCC keeps the per-row accumulator arrays in memory and
+// the kernels run at a quarter of their speed.
+
 // Rows of W handled together: their accumulators hide FMA latency and share
 // the activation loads.
 constexpr int kRowBlock = 4;
@@ -65,17 +69,24 @@ template <class V, int R, int NR>
 inline void Micro(const float* const* w, const float* const* x, int64_t len,
                   float (*out)[V::kNr]) {
   typename V::F acc[R][NR];
+  #pragma GCC unroll 8
   for (int j = 0; j < R; ++j)
+    #pragma GCC unroll 8
     for (int t = 0; t < NR; ++t) acc[j][t] = V::Zero();
   for (int64_t k = 0; k < len; k += V::kLanes) {
     typename V::F xv[NR];
+    #pragma GCC unroll 8
     for (int t = 0; t < NR; ++t) xv[t] = V::Load(x[t] + k);
+    #pragma GCC unroll 8
     for (int j = 0; j < R; ++j) {
       const typename V::F wv = V::Load(w[j] + k);
+      #pragma GCC unroll 8
       for (int t = 0; t < NR; ++t) acc[j][t] = V::Fma(wv, xv[t], acc[j][t]);
     }
   }
+  #pragma GCC unroll 8
   for (int j = 0; j < R; ++j)
+    #pragma GCC unroll 8
     for (int t = 0; t < NR; ++t) out[j][t] = V::Sum(acc[j][t]);
 }
 
@@ -180,12 +191,15 @@ void GemvBlock(const QuantArgs& a, int64_t r, const float* x, float* y) {
   const QuantizedMatrixView& w = *a.w;
   const int64_t groups = a.simd_cols / w.group_size;
   RowRef rows[R];
+  #pragma GCC unroll 8
   for (int j = 0; j < R; ++j) rows[j] = Row(a, r + j);
   typename V::F acc[R];
+  #pragma GCC unroll 8
   for (int j = 0; j < R; ++j) acc[j] = V::Zero();
   for (int64_t g = 0; g < groups; ++g) {
     Decoder<V, kBits> dec[R];
     typename V::F ga[R], gb[R];
+    #pragma GCC unroll 8
     for (int j = 0; j < R; ++j) {
       dec[j] = Decoder<V, kBits>(a, rows[j].Zero(g));
       ga[j] = V::Zero();
@@ -193,7 +207,9 @@ void GemvBlock(const QuantArgs& a, int64_t r, const float* x, float* y) {
     }
     for (int64_t k0 = g * w.group_size; k0 < (g + 1) * w.group_size;
          k0 += kBlock) {
+      #pragma GCC unroll 8
       for (int s = 0; s < kStepsPerBlock<V, kBits>; ++s) {
+        #pragma GCC unroll 8
         for (int j = 0; j < R; ++j) {
           if constexpr (kBits == 4) {
             DecodeStep<V, kBits>(rows[j], dec[j], k0, s,
@@ -211,10 +227,12 @@ void GemvBlock(const QuantArgs& a, int64_t r, const float* x, float* y) {
         }
       }
     }
+    #pragma GCC unroll 8
     for (int j = 0; j < R; ++j) {
       acc[j] = V::Fma(V::Set1(rows[j].scales[g]), V::Add(ga[j], gb[j]), acc[j]);
     }
   }
+  #pragma GCC unroll 8
   for (int j = 0; j < R; ++j) y[r + j] = V::Sum(acc[j]);
 }
 
@@ -229,6 +247,7 @@ void DecodeRowScaled(const QuantArgs& a, int64_t r, float* out) {
     const typename V::F scale = V::Set1(row.scales[g]);
     for (int64_t k0 = g * w.group_size; k0 < (g + 1) * w.group_size;
          k0 += kBlock) {
+      #pragma GCC unroll 8
       for (int s = 0; s < kStepsPerBlock<V, kBits>; ++s) {
         if constexpr (kBits == 4) {
           DecodeStep<V, kBits>(row, dec, k0, s,
@@ -286,76 +305,117 @@ void FloatRows(const QuantArgs& a, int64_t r0, int64_t r1) {
 // times s8 activations per 32-block, exact int32 dots, then
 // y = sum_g s_g * (sum_b d_b * dot_b - off_g * xs_g).
 
-template <class Q, int kBits, int R>
-void Int8Block(const QuantArgs& a, int64_t r, int64_t i) {
+// R rows of W times T rows of x (i0...): each weight block is decoded once
+// and reused for the T activation rows, which prefill and batched decode
+// need (n == 1 is memory bound either way). kLut: codes map to levels
+// through a table (codebooks); otherwise the level is the code itself
+// (affine formats), so no shuffle is needed.
+template <class Q, int kBits, bool kLut, int R, int T>
+void Int8Block(const QuantArgs& a, int64_t r, int64_t i0) {
   const QuantizedMatrixView& w = *a.w;
   const int64_t groups = a.simd_cols / w.group_size;
   const int bias = Q::kSignedWeights ? 128 : 0;
-  const int8_t* xq = a.xq + i * w.cols;
-  const float* xd = a.xd + i * a.blocks_per_row;
-  const float* xs = a.xs + i * w.groups_per_row;
+  const int8_t* xq[T];
+  const float* xd[T];
+  const float* xs[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
+    xq[t] = a.xq + (i0 + t) * w.cols;
+    xd[t] = a.xd + (i0 + t) * a.blocks_per_row;
+    xs[t] = a.xs + (i0 + t) * w.groups_per_row;
+  }
   // 4-bit: nibble -> (u ^ bias) by vpshufb; 8-bit codes are u themselves.
   alignas(16) uint8_t table[16];
   for (int c = 0; c < 16; ++c) table[c] = a.ulevel[c] ^ bias;
   const __m256i lut = _mm256_broadcastsi128_si256(
       _mm_load_si128(reinterpret_cast<const __m128i*>(table)));
-  const __m128i low4 = _mm_set1_epi8(0x0f);
+  // 4-bit: the block's 16 code bytes sit in both 128-bit lanes; shifting the
+  // upper lane by 4 puts the low nibbles (even columns) below and the high
+  // nibbles (odd columns) above, as the activations are de-interleaved.
+  const __m256i nibble_shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(bias));
   RowRef rows[R];
+#pragma GCC unroll 8
   for (int j = 0; j < R; ++j) rows[j] = Row(a, r + j);
-  __m256 acc[R];
-  float corr[R] = {};
-  for (int j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps();
+  __m256 acc[R][T];
+  float corr[R][T] = {};
+#pragma GCC unroll 8
+  for (int j = 0; j < R; ++j)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[j][t] = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
-    float sg[R];
+    __m256 sg[R];
+#pragma GCC unroll 8
     for (int j = 0; j < R; ++j) {
-      sg[j] = rows[j].scales[g] * a.int8_wscale;
+      const float s = rows[j].scales[g] * a.int8_wscale;
+      sg[j] = _mm256_set1_ps(s);
       const float off = a.int8_off_base + rows[j].Zero(g) - bias;
-      corr[j] += sg[j] * off * xs[g];
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) corr[j][t] += s * off * xs[t][g];
     }
     for (int64_t blk = 0; blk < a.blocks_per_group; ++blk) {
       const int64_t k0 = g * w.group_size + blk * kBlock;
-      const __m256i act =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k0));
-      const float d = xd[g * a.blocks_per_group + blk];
+      __m256i act[T];
+      __m256 d[T];
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        act[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + k0));
+        d[t] = _mm256_set1_ps(xd[t][g * a.blocks_per_group + blk]);
+      }
+#pragma GCC unroll 8
       for (int j = 0; j < R; ++j) {
         __m256i wv;
         if constexpr (kBits == 4) {
-          const __m128i c = _mm_loadu_si128(
-              reinterpret_cast<const __m128i*>(rows[j].codes + k0 / 2));
-          const __m128i lo = _mm_and_si128(c, low4);
-          const __m128i hi = _mm_and_si128(_mm_srli_epi16(c, 4), low4);
-          wv = _mm256_shuffle_epi8(lut, _mm256_set_m128i(hi, lo));
+          const __m256i c = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+              reinterpret_cast<const __m128i*>(rows[j].codes + k0 / 2)));
+          const __m256i u = _mm256_and_si256(_mm256_srlv_epi32(c, nibble_shift), low4);
+          wv = kLut ? _mm256_shuffle_epi8(lut, u) : _mm256_xor_si256(u, flip);
         } else {
           wv = _mm256_xor_si256(
               _mm256_loadu_si256(
                   reinterpret_cast<const __m256i*>(rows[j].codes + k0)),
               flip);
         }
-        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Q::Dot(wv, act)),
-                                 _mm256_set1_ps(sg[j] * d), acc[j]);
+        // (dot * s) * d: the scale broadcasts stay out of the block loop.
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          acc[j][t] = _mm256_fmadd_ps(
+              _mm256_mul_ps(_mm256_cvtepi32_ps(Q::Dot(wv, act[t])), sg[j]), d[t], acc[j][t]);
+        }
       }
     }
   }
-  for (int j = 0; j < R; ++j) {
-    a.y[i * w.rows + r + j] = Hsum256(acc[j]) - corr[j];
-  }
+#pragma GCC unroll 8
+  for (int j = 0; j < R; ++j)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) a.y[(i0 + t) * w.rows + r + j] = Hsum256(acc[j][t]) - corr[j][t];
 }
 
-template <class Q, int kBits>
+template <class Q, int kBits, bool kLut>
 void Int8Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; r += kRowBlock) {
     const int rb = static_cast<int>(std::min<int64_t>(kRowBlock, r1 - r));
     // The row block's codes stay in L1 across the rows of x.
-    for (int64_t i = 0; i < a.n; ++i) {
+    for (int64_t i = 0; i < a.n; i += Q::kNt) {
+      const int nt = static_cast<int>(std::min<int64_t>(Q::kNt, a.n - i));
       WithCount<kRowBlock>(rb, [&](auto r_const) {
-        Int8Block<Q, kBits, decltype(r_const)::value>(a, r, i);
+        WithCount<Q::kNt>(nt, [&](auto t_const) {
+          Int8Block<Q, kBits, kLut, decltype(r_const)::value, decltype(t_const)::value>(a, r, i);
+        });
       });
     }
     if (a.simd_cols < a.w->cols) {
       for (int j = 0; j < rb; ++j) RefRows(a, r + j, a.simd_cols, true);
     }
   }
+}
+
+// 4-bit codebooks (a.affine false) go through the level table.
+template <class Q>
+void Int8ByFormat(const QuantArgs& a, int64_t r0, int64_t r1) {
+  if (a.bits == 8) return Int8Rows<Q, 8, false>(a, r0, r1);
+  (a.affine ? Int8Rows<Q, 4, false> : Int8Rows<Q, 4, true>)(a, r0, r1);
 }
 
 // ---------------------------------------------------------------------------
@@ -370,13 +430,16 @@ void Bf16GemvBlock(const QuantArgs& a, int64_t r, const uint16_t* xb,
   const __m512 levels = _mm512_loadu_ps(a.lut);
   const __m512i low4 = _mm512_set1_epi32(0x0f);
   RowRef rows[R];
+  #pragma GCC unroll 8
   for (int j = 0; j < R; ++j) rows[j] = Row(a, r + j);
   __m512 acc[R];
+  #pragma GCC unroll 8
   for (int j = 0; j < R; ++j) acc[j] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     __m512i table[R];  // 4-bit: bf16 bits of level - zero per int32 lane.
     __m512 offset[R];  // 8-bit: zero - level0.
     __m512 ga[R];
+    #pragma GCC unroll 8
     for (int j = 0; j < R; ++j) {
       const float zero = rows[j].Zero(g);
       if constexpr (kBits == 4) {
@@ -390,6 +453,7 @@ void Bf16GemvBlock(const QuantArgs& a, int64_t r, const uint16_t* xb,
     for (int64_t k0 = g * w.group_size; k0 < (g + 1) * w.group_size;
          k0 += kBlock) {
       const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xb + k0));
+      #pragma GCC unroll 8
       for (int j = 0; j < R; ++j) {
         __m512bh wv;
         if constexpr (kBits == 4) {
@@ -413,10 +477,12 @@ void Bf16GemvBlock(const QuantArgs& a, int64_t r, const uint16_t* xb,
         ga[j] = _mm512_dpbf16_ps(ga[j], wv, xv);
       }
     }
+    #pragma GCC unroll 8
     for (int j = 0; j < R; ++j) {
       acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(rows[j].scales[g]), ga[j], acc[j]);
     }
   }
+  #pragma GCC unroll 8
   for (int j = 0; j < R; ++j) y[r + j] = _mm512_reduce_add_ps(acc[j]);
 }
 
@@ -457,8 +523,7 @@ constexpr KernelTable MakeTable() {
   t.quant_rows[static_cast<int>(ComputeDtype::kBf16)] =
       &ByBits<&FloatRows<V, 4>, &FloatRows<V, 8>>;
 #endif
-  t.quant_rows[static_cast<int>(ComputeDtype::kInt8)] =
-      &ByBits<&Int8Rows<Q, 4>, &Int8Rows<Q, 8>>;
+  t.quant_rows[static_cast<int>(ComputeDtype::kInt8)] = &Int8ByFormat<Q>;
   t.f32_rows = &F32Rows<V>;
   return t;
 }

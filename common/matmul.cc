@@ -20,6 +20,8 @@ using kernels::QuantArgs;
 constexpr int64_t kRefRowBlock = 64;
 // SIMD kernels work on blocks of this many rows (kernels_impl.h kRowBlock).
 constexpr int64_t kSimdRowBlock = 4;
+// Up to this many x rows a product streams W about once (memory bound).
+constexpr int64_t kStaticPartitionMaxN = 4;
 
 using RowMajor =
     Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -40,20 +42,25 @@ const KernelTable* ActiveTable() {
   return fn != nullptr ? &fn() : nullptr;
 }
 
-// Runs body(r0, r1) over [0, rows) in pieces aligned to kSimdRowBlock, about
-// 8 pieces per thread of the caller's arena so that threads finish together.
+// Runs body(r0, r1) over [0, rows) in pieces aligned to kSimdRowBlock.
+// Matrix-vector products (decode) are short and memory bound: one contiguous
+// piece per thread of the caller's arena (static partition) keeps scheduling
+// to a minimum and lets each thread stream its own rows. Larger n is compute
+// bound: about 8 pieces per thread so that threads finish together.
 template <typename Body>
-void ParallelRows(int64_t rows, const Body& body) {
+void ParallelRows(int64_t rows, int64_t n, const Body& body) {
   const int64_t blocks = (rows + kSimdRowBlock - 1) / kSimdRowBlock;
   const int64_t threads = tbb::this_task_arena::max_concurrency();
+  auto run = [&](const tbb::blocked_range<int64_t>& range) {
+    body(range.begin() * kSimdRowBlock, std::min(rows, range.end() * kSimdRowBlock));
+  };
+  if (n <= kStaticPartitionMaxN) {
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks), run, tbb::static_partitioner());
+    return;
+  }
   const int64_t grain = std::max<int64_t>(1, blocks / (8 * threads));
-  tbb::parallel_for(
-      tbb::blocked_range<int64_t>(0, blocks, grain),
-      [&](const tbb::blocked_range<int64_t>& range) {
-        body(range.begin() * kSimdRowBlock,
-             std::min(rows, range.end() * kSimdRowBlock));
-      },
-      tbb::simple_partitioner());
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks, grain), run,
+                    tbb::simple_partitioner());
 }
 
 void RefF32(const float* w, int64_t rows, int64_t cols, const float* x,
@@ -77,7 +84,7 @@ void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
                int64_t n, float* y) {
   const KernelTable* table = ActiveTable();
   if (table == nullptr) return RefF32(w, rows, cols, x, n, y);
-  ParallelRows(rows, [&](int64_t r0, int64_t r1) {
+  ParallelRows(rows, n, [&](int64_t r0, int64_t r1) {
     table->f32_rows(w, rows, cols, x, n, y, r0, r1);
   });
 }
@@ -101,7 +108,7 @@ void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
                       });
     return;
   }
-  ParallelRows(w.rows, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  ParallelRows(w.rows, n, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
 }
 
 }  // namespace wq

@@ -49,6 +49,17 @@ v1::Scheme SchemeOf(QuantScheme scheme) {
   return scheme == QuantScheme::kAsym ? v1::ASYM : v1::SYM;
 }
 
+ComputeDtype ComputeDtypeOf(v1::ComputeDtype compute) {
+  switch (compute) {
+    case v1::COMPUTE_BF16:
+      return ComputeDtype::kBf16;
+    case v1::COMPUTE_INT8:
+      return ComputeDtype::kInt8;
+    default:
+      return ComputeDtype::kFp32;
+  }
+}
+
 std::string_view SchemeName(v1::Scheme scheme) {
   return scheme == v1::ASYM ? "asym" : "sym";
 }

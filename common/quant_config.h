@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/compute_dtype.h"
 #include "common/quant_format.h"
 #include "proto/wq/v1/quant_config.pb.h"
 
@@ -28,6 +29,8 @@ v1::WeightDtype WeightDtypeOf(QuantType type);
 QuantScheme QuantSchemeOf(v1::Scheme scheme);
 v1::Scheme SchemeOf(QuantScheme scheme);
 std::string_view SchemeName(v1::Scheme scheme);
+// UNSPECIFIED reads as the documented default, fp32.
+ComputeDtype ComputeDtypeOf(v1::ComputeDtype compute);
 std::string_view AlgorithmName(v1::Algorithm algorithm);
 
 // Whether llm_int8_skip_modules keeps `module` in fp32: an entry matches the

@@ -1,0 +1,668 @@
+// End-to-end speed of the inference engine on synthetic models (random
+// weights in real shapes, see synthetic_model.h): for each model x weight
+// dtype x lm_head variant x compute dtype, RTN-quantizes through
+// common/quantizer, loads the artifact as the service does and measures
+// prefill, time to first token, decode at several batch sizes, resident
+// memory, artifact size and bits per weight. The same run measures the
+// machine's read bandwidth (decode roofline = bandwidth / bytes streamed per
+// token) and streams one configuration through the real inference_service
+// binary over gRPC to compare with in-process decode.
+//
+//   bazel run -c opt //bench:speed -- --models=tinyllama-1.1b \
+//       --json_out=/tmp/speed.json [--smoke] [--weights=int4_clip_sym,fp32] ...
+//
+// Models and artifacts go to --work_dir (never the repository). Timings are
+// best of --iterations; the load average is printed with the results.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
+#include "bench/synthetic_model.h"
+#include "common/artifact_store.h"
+#include "common/cpu_features.h"
+#include "common/llama.h"
+#include "common/quant_config.h"
+#include "common/quantizer.h"
+#include "common/status_macros.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/wq/v1/inference.grpc.pb.h"
+#include "tbb/global_control.h"
+
+ABSL_FLAG(std::string, models, "llama-110m,tinyllama-1.1b", "synthetic model shapes");
+ABSL_FLAG(std::string, weights, "fp32,int4_clip_sym,int4_asym,int8_sym,nf4",
+          "weight dtypes (all group size 32, RTN)");
+ABSL_FLAG(std::string, computes, "fp32,bf16,int8", "compute dtypes of quantized rows");
+ABSL_FLAG(std::string, lm_head, "fp32,quantized",
+          "lm_head variants: fp32 (the default llm_int8_skip_modules) and/or quantized");
+ABSL_FLAG(std::string, prompts, "128,512", "prefill prompt lengths");
+ABSL_FLAG(std::string, batches, "1,4,16", "decode batch sizes");
+ABSL_FLAG(int, decode_prompt, 16, "prompt tokens of each decoding sequence");
+ABSL_FLAG(int, decode_tokens, 32, "tokens decoded per sequence");
+ABSL_FLAG(int, iterations, 2, "timings are the best of this many runs");
+ABSL_FLAG(int, threads, 2, "oneTBB threads (also for the bandwidth measurement)");
+ABSL_FLAG(bool, smoke, false, "CI mode: llama-110m, one row pair, tiny sizes, one iteration");
+ABSL_FLAG(std::string, work_dir, "/tmp/wq-speed", "synthetic models and artifacts go here");
+ABSL_FLAG(std::string, tokenizer, "../shared/tokenizers/llama2/tokenizer.model",
+          "tokenizer.model copied into synthetic models");
+ABSL_FLAG(bool, grpc, true, "also stream through the inference_service binary");
+ABSL_FLAG(std::string, grpc_row, "int4_clip_sym:int8:fp32",
+          "weights:compute:lm_head of the configuration served over gRPC");
+ABSL_FLAG(std::string, service_binary, "",
+          "inference_service binary; default: from this binary's runfiles");
+ABSL_FLAG(std::string, json_out, "", "write the results as JSON here");
+
+extern char** environ;
+
+namespace wq::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// llama.cpp on this machine (TinyLlama-1.1B, 2 threads), the reference the
+// issue quotes; ratios are reported for the tinyllama-1.1b rows only.
+constexpr double kLlamaCppQ4_0Decode = 39.5;
+constexpr double kLlamaCppQ4_0Pp128 = 200.0;
+constexpr double kLlamaCppQ8_0Decode = 29.1;
+
+struct WeightChoice {
+  std::string name;
+  bool dense;
+  v1::WeightDtype dtype;
+  v1::Scheme scheme;
+};
+const WeightChoice kWeightChoices[] = {
+    {"fp32", true, v1::WEIGHT_DTYPE_UNSPECIFIED, v1::SYM},
+    {"int4_clip_sym", false, v1::INT4_CLIP, v1::SYM},
+    {"int4_asym", false, v1::INT4_CLIP, v1::ASYM},
+    {"int8_sym", false, v1::INT8, v1::SYM},
+    {"nf4", false, v1::NF4, v1::SYM},
+};
+
+const v1::ComputeDtype kComputeProto[] = {v1::COMPUTE_FP32, v1::COMPUTE_BF16, v1::COMPUTE_INT8};
+
+struct Row {
+  std::string model, weights, lm_head, compute;
+  double quantize_s = 0;
+  int64_t artifact_bytes = 0;
+  double bits_per_weight = 0;     // over all linear layers incl. lm_head
+  int64_t bytes_per_token = 0;    // weights streamed per decode step
+  int64_t rss_bytes = 0;
+  std::map<int, double> prefill_tps;  // prompt length -> tok/s
+  std::map<int, double> ttft_ms;
+  std::map<int, double> decode_tps;   // batch -> aggregate tok/s
+};
+
+struct GrpcResult {
+  std::string model, row;
+  int tokens = 0;
+  double ttft_ms = 0, decode_tps = 0, in_process_tps = 0;
+};
+
+std::vector<std::string> Split(const std::string& s) {
+  return absl::StrSplit(s, ',', absl::SkipWhitespace());
+}
+
+std::vector<int> SplitInts(const std::string& s) {
+  std::vector<int> out;
+  for (const std::string& p : Split(s)) {
+    int v = 0;
+    if (absl::SimpleAtoi(p, &v) && v > 0) out.push_back(v);
+  }
+  return out;
+}
+
+int64_t VmRssBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+std::string LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  std::string a, b, c;
+  in >> a >> b >> c;
+  return absl::StrCat(a, " ", b, " ", c);
+}
+
+int Argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, v + n) - v); }
+
+// Options after --smoke and validation.
+struct Options {
+  std::vector<std::string> models, weights, computes, lm_heads;
+  std::vector<int> prompts, batches;
+  int decode_prompt, decode_tokens, iterations, threads;
+  bool grpc;
+  std::string grpc_row;
+};
+
+Options GetOptions() {
+  Options o;
+  o.models = Split(absl::GetFlag(FLAGS_models));
+  o.weights = Split(absl::GetFlag(FLAGS_weights));
+  o.computes = Split(absl::GetFlag(FLAGS_computes));
+  o.lm_heads = Split(absl::GetFlag(FLAGS_lm_head));
+  o.prompts = SplitInts(absl::GetFlag(FLAGS_prompts));
+  o.batches = SplitInts(absl::GetFlag(FLAGS_batches));
+  o.decode_prompt = absl::GetFlag(FLAGS_decode_prompt);
+  o.decode_tokens = absl::GetFlag(FLAGS_decode_tokens);
+  o.iterations = absl::GetFlag(FLAGS_iterations);
+  o.threads = absl::GetFlag(FLAGS_threads);
+  o.grpc = absl::GetFlag(FLAGS_grpc);
+  o.grpc_row = absl::GetFlag(FLAGS_grpc_row);
+  if (absl::GetFlag(FLAGS_smoke)) {
+    o.models = {"llama-110m"};
+    o.weights = {"fp32", "int4_clip_sym"};
+    o.computes = {"int8"};
+    o.lm_heads = {"fp32"};
+    o.prompts = {32};
+    o.batches = {1, 2};
+    o.decode_prompt = 4;
+    o.decode_tokens = 4;
+    o.iterations = 1;
+    o.grpc_row = "int4_clip_sym:int8:fp32";
+  }
+  return o;
+}
+
+// The synthetic model directory of `shape`, written on first use.
+absl::StatusOr<std::string> ModelDir(const std::string& shape) {
+  const std::string dir = absl::StrCat(absl::GetFlag(FLAGS_work_dir), "/models/", shape);
+  std::error_code ec;
+  if (std::filesystem::exists(dir + "/model.safetensors", ec)) return dir;
+  ASSIGN_OR_RETURN(LlamaConfig config, SyntheticShape(shape));
+  std::printf("writing synthetic %s to %s\n", shape.c_str(), dir.c_str());
+  std::fflush(stdout);
+  RETURN_IF_ERROR(WriteSyntheticModel(config, 1, absl::GetFlag(FLAGS_tokenizer), dir));
+  return dir;
+}
+
+v1::WeightOnlyQuantConfig QuantConfig(const WeightChoice& w, bool quantize_lm_head,
+                                      v1::ComputeDtype compute) {
+  v1::WeightOnlyQuantConfig c;
+  c.set_weight_dtype(w.dtype);
+  c.set_scheme(w.scheme);
+  c.set_group_size(32);
+  c.set_algorithm(v1::RTN);
+  c.set_compute_dtype(compute);
+  // An empty list means the default ["lm_head"]; naming only the embeddings,
+  // which are never quantized, skips nothing and so quantizes lm_head too.
+  c.add_llm_int8_skip_modules(quantize_lm_head ? "embed_tokens" : "lm_head");
+  return c;
+}
+
+// Quantizes (or reuses) the artifact; returns its id and the seconds spent.
+absl::StatusOr<std::pair<std::string, double>> Quantize(ArtifactStore& store,
+                                                         const std::string& shape,
+                                                         const std::string& dir,
+                                                         const v1::WeightOnlyQuantConfig& c) {
+  QuantizeRequest request;
+  request.model_id = absl::StrCat("synthetic-", shape);
+  request.model_dir = dir;
+  request.config = c;
+  const auto t0 = Clock::now();
+  ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, QuantizeModel(request, store));
+  return std::make_pair(manifest.artifact_id(),
+                        std::chrono::duration<double>(Clock::now() - t0).count());
+}
+
+// Weights of every linear layer as streamed by one decode step.
+void CountLinearBytes(const LlamaWeights& w, int64_t* bytes, int64_t* params) {
+  *bytes = 0;
+  *params = 0;
+  auto add = [&](const LinearWeight& l) {
+    *bytes += l.storage_bytes();
+    *params += l.out_features() * l.in_features();
+  };
+  for (const LlamaLayerWeights& l : w.layers) {
+    for (const LinearWeight* lin : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) add(*lin);
+  }
+  add(w.lm_head);
+}
+
+std::vector<int> RandomTokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int> dist(3, vocab - 1);
+  std::vector<int> t(n);
+  for (int& v : t) v = dist(gen);
+  return t;
+}
+
+// Prefill of one prompt: seconds of the Forward that yields the first token.
+absl::StatusOr<double> TimePrefill(const LlamaModel& model, int len, int iterations) {
+  const LlamaConfig& c = model.config();
+  KVCache cache(c, len);
+  const std::vector<int> tokens = RandomTokens(len, c.vocab_size, 7);
+  std::vector<float> logits;
+  absl::Status status;
+  const double s = BestSeconds(iterations, [&] {
+    SequenceChunk chunk;
+    chunk.cache = &cache;
+    chunk.tokens = tokens;
+    status.Update(model.Forward({&chunk, 1}, &logits));
+    Argmax(logits.data(), c.vocab_size);
+  });
+  RETURN_IF_ERROR(status);
+  return s;
+}
+
+// Aggregate greedy decode tok/s of `batch` sequences stepping together.
+absl::StatusOr<double> TimeDecode(const LlamaModel& model, int batch, int prompt, int steps,
+                                  int iterations) {
+  const LlamaConfig& c = model.config();
+  std::vector<std::unique_ptr<KVCache>> caches;
+  std::vector<std::vector<int>> prompts;
+  for (int b = 0; b < batch; ++b) {
+    caches.push_back(std::make_unique<KVCache>(c, prompt + steps));
+    prompts.push_back(RandomTokens(prompt, c.vocab_size, 100 + b));
+  }
+  std::vector<float> logits;
+  std::vector<SequenceChunk> chunks(batch);
+  for (int b = 0; b < batch; ++b) {
+    chunks[b].cache = caches[b].get();
+    chunks[b].tokens = prompts[b];
+  }
+  RETURN_IF_ERROR(model.Forward(chunks, &logits));
+  std::vector<int> first(batch);
+  for (int b = 0; b < batch; ++b) first[b] = Argmax(&logits[b * c.vocab_size], c.vocab_size);
+  absl::Status status;
+  std::vector<int> next(batch);
+  const double s = BestSeconds(iterations, [&] {
+    next = first;
+    for (int t = 0; t < steps && status.ok(); ++t) {
+      for (int b = 0; b < batch; ++b) {
+        chunks[b].tokens = absl::MakeConstSpan(&next[b], 1);
+        chunks[b].start_pos = prompt + t;
+      }
+      status.Update(model.Forward(chunks, &logits));
+      for (int b = 0; b < batch; ++b) next[b] = Argmax(&logits[b * c.vocab_size], c.vocab_size);
+    }
+  });
+  RETURN_IF_ERROR(status);
+  return static_cast<double>(batch) * steps / s;
+}
+
+// The artifact's weights with every quantized linear computing in `compute`:
+// one quantization serves all compute dtypes (RTN output does not depend on
+// it; only the matmul arithmetic does).
+std::shared_ptr<const LlamaWeights> WithCompute(const LlamaWeights& loaded, ComputeDtype compute) {
+  auto w = std::make_shared<LlamaWeights>(loaded);
+  auto set = [&](LinearWeight& l) {
+    if (l.quantized()) l.set_compute_dtype(compute);
+  };
+  for (LlamaLayerWeights& l : w->layers) {
+    for (LinearWeight* lin : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) set(*lin);
+  }
+  set(w->lm_head);
+  return w;
+}
+
+absl::Status MeasureRow(const Options& o, const std::shared_ptr<const LlamaWeights>& weights,
+                        Row* row) {
+  const LlamaModel model(weights);
+  int64_t params = 0;
+  CountLinearBytes(*weights, &row->bytes_per_token, &params);
+  row->bits_per_weight = 8.0 * row->bytes_per_token / params;
+  for (int len : o.prompts) {
+    ASSIGN_OR_RETURN(double s, TimePrefill(model, len, o.iterations));
+    row->prefill_tps[len] = len / s;
+    row->ttft_ms[len] = s * 1e3;
+  }
+  for (int batch : o.batches) {
+    ASSIGN_OR_RETURN(row->decode_tps[batch],
+                     TimeDecode(model, batch, o.decode_prompt, o.decode_tokens, o.iterations));
+  }
+  row->rss_bytes = VmRssBytes();
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// gRPC: the real service as a child process.
+
+std::string Runfiles() {
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  return (n > 0 ? std::string(buf, n) : "") + ".runfiles";
+}
+
+class Service {
+ public:
+  absl::Status Start(const std::string& binary, std::vector<std::string> args,
+                     const std::string& dir) {
+    const std::string port_file = dir + "/inference.port";
+    std::filesystem::remove(port_file);
+    args.insert(args.begin(), binary);
+    args.push_back("--listen=127.0.0.1:0");
+    args.push_back("--port_file=" + port_file);
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    const std::string log = dir + "/inference.log";
+    posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int rc = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) {
+      pid_ = -1;
+      return absl::InternalError(absl::StrCat("cannot start ", binary, ": ", std::strerror(rc)));
+    }
+    // Preloading verifies and maps the artifact before the port appears.
+    for (int i = 0; i < 1200; ++i) {
+      std::ifstream in(port_file);
+      int port = 0;
+      if (in >> port && port > 0) {
+        address_ = absl::StrCat("127.0.0.1:", port);
+        return absl::OkStatus();
+      }
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return absl::InternalError(absl::StrCat("inference_service exited; see ", log));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return absl::DeadlineExceededError(absl::StrCat("inference_service did not start; see ", log));
+  }
+  ~Service() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGTERM);
+    waitpid(pid_, nullptr, 0);
+  }
+  const std::string& address() const { return address_; }
+
+ private:
+  pid_t pid_ = -1;
+  std::string address_;
+};
+
+absl::Status StreamThroughService(const Options& o, const std::string& artifact_id,
+                                  GrpcResult* result) {
+  // The child finds the sentencepiece shim through RUNFILES_DIR (ours: it is
+  // a data dependency of this binary).
+  setenv("RUNFILES_DIR", Runfiles().c_str(), /*overwrite=*/0);
+  const std::string binary = absl::GetFlag(FLAGS_service_binary).empty()
+                                 ? Runfiles() + "/wq/inference_service/inference_service"
+                                 : absl::GetFlag(FLAGS_service_binary);
+  const std::string work = absl::GetFlag(FLAGS_work_dir);
+  Service service;
+  RETURN_IF_ERROR(service.Start(
+      binary,
+      {"--artifact_root=" + work + "/artifacts", "--model_root=" + work + "/models",
+       absl::StrCat("--threads=", o.threads), "--preload=" + artifact_id},
+      work));
+  auto channel = grpc::CreateChannel(service.address(), grpc::InsecureChannelCredentials());
+  auto stub = v1::InferenceService::NewStub(channel);
+  double best_tps = 0, best_ttft = 1e30;
+  for (int it = 0; it < o.iterations; ++it) {
+    v1::GenerateStreamRequest request;
+    request.set_model(artifact_id);
+    request.set_prompt("Once upon a time, there was a little girl named Lily who loved to play");
+    request.mutable_sampling()->set_max_new_tokens(o.decode_tokens);
+    request.mutable_sampling()->set_seed(1);
+    grpc::ClientContext context;
+    const auto t0 = Clock::now();
+    auto reader = stub->GenerateStream(&context, request);
+    v1::GenerateStreamResponse response;
+    int tokens = 0;
+    Clock::time_point first, last;
+    while (reader->Read(&response)) {
+      if (!response.has_token()) continue;
+      last = Clock::now();
+      if (tokens++ == 0) first = last;
+    }
+    const grpc::Status status = reader->Finish();
+    if (!status.ok()) {
+      return absl::InternalError(absl::StrCat("GenerateStream: ", status.error_message()));
+    }
+    if (tokens < 2) return absl::InternalError("GenerateStream returned fewer than 2 tokens");
+    result->tokens = tokens;
+    best_ttft = std::min(best_ttft, std::chrono::duration<double, std::milli>(first - t0).count());
+    best_tps = std::max(best_tps,
+                        (tokens - 1) / std::chrono::duration<double>(last - first).count());
+  }
+  result->ttft_ms = best_ttft;
+  result->decode_tps = best_tps;
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Output.
+
+std::string Num(double v, int decimals = 1) { return absl::StrFormat("%.*f", decimals, v); }
+
+std::string Table(const Options& o, const std::vector<Row>& rows, double bandwidth) {
+  std::string header = "| model | weights | lm_head | compute | bpw | artifact MB | RSS MB |";
+  std::string rule = "|---|---|---|---|---|---|---|";
+  for (int p : o.prompts) {
+    absl::StrAppend(&header, " pp", p, " tok/s | TTFT", p, " ms |");
+    rule += "---|---|";
+  }
+  for (int b : o.batches) {
+    absl::StrAppend(&header, " decode b", b, " tok/s |");
+    rule += "---|";
+  }
+  const int bmax = o.batches.empty() ? 1 : o.batches.back();
+  absl::StrAppend(&header, " b", bmax, "/b1 | MB/token | roofline tok/s | % roofline |",
+                  " vs llama.cpp decode | vs llama.cpp pp128 |");
+  rule += "---|---|---|---|---|---|";
+  std::string out = header + "\n" + rule + "\n";
+  for (const Row& r : rows) {
+    const double roofline = bandwidth * 1e9 / r.bytes_per_token;
+    const double b1 = r.decode_tps.count(1) ? r.decode_tps.at(1) : 0;
+    std::string line = absl::StrCat("| ", r.model, " | ", r.weights, " | ", r.lm_head, " | ",
+                                    r.compute, " | ", Num(r.bits_per_weight, 2), " | ",
+                                    Num(r.artifact_bytes / 1e6, 0), " | ",
+                                    Num(r.rss_bytes / 1e6, 0), " |");
+    for (int p : o.prompts) {
+      absl::StrAppend(&line, " ", Num(r.prefill_tps.at(p)), " | ", Num(r.ttft_ms.at(p), 0), " |");
+    }
+    for (int b : o.batches) absl::StrAppend(&line, " ", Num(r.decode_tps.at(b)), " |");
+    absl::StrAppend(&line, " ", b1 > 0 ? Num(r.decode_tps.at(bmax) / b1, 2) : "-", " | ",
+                    Num(r.bytes_per_token / 1e6, 0), " | ", Num(roofline), " | ",
+                    Num(100 * b1 / roofline, 0), "% |");
+    // llama.cpp figures are for TinyLlama-1.1B: Q4_0 for 4-bit rows, Q8_0 for
+    // 8-bit rows.
+    const bool tiny = r.model == "tinyllama-1.1b";
+    const double ref_decode = r.weights == "int8_sym" ? kLlamaCppQ8_0Decode
+                              : r.weights == "fp32"   ? 0
+                                                      : kLlamaCppQ4_0Decode;
+    absl::StrAppend(&line, " ", tiny && ref_decode > 0 ? Num(b1 / ref_decode, 2) + "x" : "-",
+                    " | ",
+                    tiny && r.prefill_tps.count(128)
+                        ? Num(r.prefill_tps.at(128) / kLlamaCppQ4_0Pp128, 2) + "x"
+                        : "-",
+                    " |");
+    out += line + "\n";
+  }
+  return out;
+}
+
+std::string Json(const Options& o, const std::vector<Row>& rows, double bandwidth,
+                 const std::vector<GrpcResult>& grpc, const std::string& load_before,
+                 const std::string& load_after) {
+  auto map_json = [](const std::map<int, double>& m) {
+    std::vector<std::string> parts;
+    for (const auto& [k, v] : m) parts.push_back(absl::StrFormat("\"%d\": %.3f", k, v));
+    return absl::StrCat("{", absl::StrJoin(parts, ", "), "}");
+  };
+  std::vector<std::string> row_json;
+  for (const Row& r : rows) {
+    const double roofline = bandwidth * 1e9 / r.bytes_per_token;
+    row_json.push_back(absl::StrFormat(
+        "    {\"model\": \"%s\", \"weights\": \"%s\", \"lm_head\": \"%s\", \"compute\": \"%s\", "
+        "\"quantize_s\": %.2f, \"artifact_bytes\": %d, \"bits_per_weight\": %.4f, "
+        "\"bytes_per_token\": %d, \"rss_bytes\": %d, \"prefill_tok_s\": %s, \"ttft_ms\": %s, "
+        "\"decode_tok_s\": %s, \"roofline_tok_s\": %.2f}",
+        r.model, r.weights, r.lm_head, r.compute, r.quantize_s, r.artifact_bytes,
+        r.bits_per_weight, r.bytes_per_token, r.rss_bytes, map_json(r.prefill_tps),
+        map_json(r.ttft_ms), map_json(r.decode_tps), roofline));
+  }
+  std::vector<std::string> grpc_json;
+  for (const GrpcResult& g : grpc) {
+    grpc_json.push_back(absl::StrFormat(
+        "    {\"model\": \"%s\", \"row\": \"%s\", \"tokens\": %d, \"ttft_ms\": %.2f, "
+        "\"decode_tok_s\": %.3f, \"in_process_decode_tok_s\": %.3f}",
+        g.model, g.row, g.tokens, g.ttft_ms, g.decode_tps, g.in_process_tps));
+  }
+  return absl::StrFormat(
+      "{\n  \"isa\": \"%s\",\n  \"threads\": %d,\n  \"iterations\": %d,\n"
+      "  \"load_average_before\": \"%s\",\n  \"load_average_after\": \"%s\",\n"
+      "  \"read_bandwidth_gb_s\": %.2f,\n  \"decode_prompt\": %d,\n  \"decode_tokens\": %d,\n"
+      "  \"llama_cpp\": {\"q4_0_decode\": %.1f, \"q4_0_pp128\": %.1f, \"q8_0_decode\": %.1f},\n"
+      "  \"rows\": [\n%s\n  ],\n  \"grpc\": [\n%s\n  ]\n}\n",
+      std::string(KernelIsaName()), o.threads, o.iterations, load_before, load_after,
+      bandwidth, o.decode_prompt, o.decode_tokens, kLlamaCppQ4_0Decode, kLlamaCppQ4_0Pp128,
+      kLlamaCppQ8_0Decode, absl::StrJoin(row_json, ",\n"), absl::StrJoin(grpc_json, ",\n"));
+}
+
+const WeightChoice* FindWeights(const std::string& name) {
+  for (const WeightChoice& w : kWeightChoices) {
+    if (w.name == name) return &w;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<v1::ComputeDtype> FindCompute(const std::string& name) {
+  for (v1::ComputeDtype c : kComputeProto) {
+    if (ComputeDtypeName(ComputeDtypeOf(c)) == name) return c;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown compute dtype ", name));
+}
+
+absl::Status Run() {
+  const Options o = GetOptions();
+  tbb::global_control threads(tbb::global_control::max_allowed_parallelism, o.threads);
+  const std::string load_before = LoadAverage();
+  std::printf("isa %s, %d threads, load average %s\n", std::string(KernelIsaName()).c_str(),
+              o.threads, load_before.c_str());
+  const double bandwidth = ReadBandwidth(o.threads, std::max(5, o.iterations + 2));
+  std::printf("read bandwidth (%d threads): %.1f GB/s\n", o.threads, bandwidth);
+  std::fflush(stdout);
+
+  ASSIGN_OR_RETURN(std::unique_ptr<ArtifactStore> store,
+                   ArtifactStore::Open(absl::GetFlag(FLAGS_work_dir) + "/artifacts"));
+  const std::vector<std::string> grpc_parts = absl::StrSplit(o.grpc_row, ':');
+  if (grpc_parts.size() != 3) return absl::InvalidArgumentError("--grpc_row is weights:compute:lm_head");
+  std::vector<Row> rows;
+  std::vector<GrpcResult> grpc;
+  for (const std::string& shape : o.models) {
+    ASSIGN_OR_RETURN(std::string dir, ModelDir(shape));
+    for (const std::string& wname : o.weights) {
+      const WeightChoice* w = FindWeights(wname);
+      if (w == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown weights ", wname));
+      if (w->dense) {
+        Row row{shape, wname, "fp32", "fp32"};
+        ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights, LoadLlamaModelDir(dir));
+        row.artifact_bytes = static_cast<int64_t>(
+            std::filesystem::file_size(dir + "/model.safetensors"));
+        RETURN_IF_ERROR(MeasureRow(o, weights, &row));
+        rows.push_back(row);
+        std::printf("%s", Table(o, {row}, bandwidth).c_str());
+        std::fflush(stdout);
+        continue;
+      }
+      for (const std::string& lm_head : o.lm_heads) {
+        const auto q = Quantize(*store, shape, dir,
+                                QuantConfig(*w, lm_head == "quantized", v1::COMPUTE_FP32));
+        RETURN_IF_ERROR(q.status());
+        ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> loaded,
+                         store->LoadWeights(q->first));
+        ASSIGN_OR_RETURN(int64_t artifact_bytes, store->SizeBytes(q->first));
+        for (const std::string& cname : o.computes) {
+          ASSIGN_OR_RETURN(v1::ComputeDtype compute, FindCompute(cname));
+          // The quantizer refuses asym with int8 compute (as ITREX does).
+          if (w->scheme == v1::ASYM && compute == v1::COMPUTE_INT8) continue;
+          Row row{shape, wname, lm_head, cname};
+          row.quantize_s = q->second;
+          row.artifact_bytes = artifact_bytes;
+          RETURN_IF_ERROR(MeasureRow(o, WithCompute(*loaded, ComputeDtypeOf(compute)), &row));
+          rows.push_back(row);
+          std::printf("%s", Table(o, {row}, bandwidth).c_str());
+          std::fflush(stdout);
+        }
+      }
+    }
+    if (!o.grpc) continue;
+    // The served configuration is quantized with its compute dtype, which the
+    // service applies when it loads the artifact.
+    const WeightChoice* w = FindWeights(grpc_parts[0]);
+    if (w == nullptr || w->dense) return absl::InvalidArgumentError("--grpc_row needs quantized weights");
+    ASSIGN_OR_RETURN(v1::ComputeDtype compute, FindCompute(grpc_parts[1]));
+    ASSIGN_OR_RETURN(auto q, Quantize(*store, shape, dir,
+                                      QuantConfig(*w, grpc_parts[2] == "quantized", compute)));
+    GrpcResult g{shape, o.grpc_row};
+    RETURN_IF_ERROR(StreamThroughService(o, q.first, &g));
+    {
+      ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> loaded, store->LoadWeights(q.first));
+      const LlamaModel model(loaded);
+      ASSIGN_OR_RETURN(g.in_process_tps, TimeDecode(model, 1, o.decode_prompt, o.decode_tokens,
+                                                    o.iterations));
+    }
+    std::printf("gRPC %s %s: %d tokens, TTFT %.1f ms, decode %.1f tok/s (in-process %.1f, %.2fx)\n",
+                shape.c_str(), o.grpc_row.c_str(), g.tokens, g.ttft_ms, g.decode_tps,
+                g.in_process_tps, g.decode_tps / g.in_process_tps);
+    grpc.push_back(g);
+  }
+  const std::string load_after = LoadAverage();
+  std::printf("\n## Speed (%s, %d threads, best of %d; load average %s before, %s after)\n\n",
+              std::string(KernelIsaName()).c_str(), o.threads, o.iterations,
+              load_before.c_str(), load_after.c_str());
+  std::printf("read bandwidth %.1f GB/s; decode: %d-token prompts, %d steps; MB/token = all "
+              "linear weights incl. lm_head\n\n",
+              bandwidth, o.decode_prompt, o.decode_tokens);
+  std::printf("%s", Table(o, rows, bandwidth).c_str());
+  for (const GrpcResult& g : grpc) {
+    std::printf("\ngRPC %s %s: TTFT %.1f ms, decode %.1f tok/s vs in-process %.1f (%.2fx)\n",
+                g.model.c_str(), g.row.c_str(), g.ttft_ms, g.decode_tps, g.in_process_tps,
+                g.decode_tps / g.in_process_tps);
+  }
+  if (const std::string path = absl::GetFlag(FLAGS_json_out); !path.empty()) {
+    std::ofstream out(path);
+    out << Json(o, rows, bandwidth, grpc, load_before, load_after);
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace wq::bench
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("End-to-end inference speed on synthetic models.");
+  absl::ParseCommandLine(argc, argv);
+  const absl::Status status = wq::bench::Run();
+  if (!status.ok()) {
+    std::fprintf(stderr, "%s\n", status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
