@@ -12,16 +12,20 @@
 #include "proto/wq/v1/quantizer.grpc.pb.h"
 
 // quantize
-ABSL_FLAG(std::string, weight_dtype, "", "int4_clip|int4_fullrange|int8|nf4|fp4_e2m1 (default nf4)");
+ABSL_FLAG(std::string, weight_dtype, "",
+          "int4_clip|int4_fullrange|int8|nf4|fp4_e2m1|int3|int2 (default nf4)");
 ABSL_FLAG(std::string, scheme, "", "sym|asym (default sym)");
 ABSL_FLAG(std::string, group_size, "", "weights per group; -1 = per channel (default 32)");
 ABSL_FLAG(std::string, algorithm, "", "rtn|awq|teq (default rtn)");
-ABSL_FLAG(bool, mse_range, false, "search a clip ratio per layer");
+ABSL_FLAG(bool, mse_range, false, "search a clip ratio per layer (with any algorithm)");
+ABSL_FLAG(std::string, scale_dtype, "", "fp32|bf16 (default fp32)");
 ABSL_FLAG(bool, double_quant, false, "quantize the scales too");
-ABSL_FLAG(std::vector<std::string>, skip_modules, {}, "modules kept in fp32 (default lm_head)");
-ABSL_FLAG(std::string, calib_file, "", "calibration text file under the server's data root");
-ABSL_FLAG(int, n_samples, 0, "calibration samples (0 = server default)");
-ABSL_FLAG(int, seq_len, 0, "calibration sequence length (0 = server default)");
+ABSL_FLAG(std::vector<std::string>, skip_modules, {},
+          "modules kept in fp32, names or globs (default lm_head)");
+ABSL_FLAG(std::string, calib_file, "",
+          "calibration text file under the server's data root (awq and teq need it)");
+ABSL_FLAG(int, n_samples, 0, "calibration blocks (0 = server default, 128)");
+ABSL_FLAG(int, seq_len, 0, "calibration block length in tokens (0 = server default, 512)");
 ABSL_FLAG(bool, wait, true, "quantize: watch the job until it ends");
 // jobs
 ABSL_FLAG(std::string, job, "", "job id (cancel, watch)");
@@ -90,9 +94,12 @@ int Quantize() {
                                    {"int4_fullrange", v1::INT4_FULLRANGE},
                                    {"int8", v1::INT8},
                                    {"nf4", v1::NF4},
-                                   {"fp4_e2m1", v1::FP4_E2M1}},
+                                   {"fp4_e2m1", v1::FP4_E2M1},
+                                   {"int3", v1::INT3},
+                                   {"int2", v1::INT2}},
                                   &dtype)) {
-    return UsageError("--weight_dtype must be int4_clip, int4_fullrange, int8, nf4 or fp4_e2m1");
+    return UsageError(
+        "--weight_dtype must be int4_clip, int4_fullrange, int8, nf4, fp4_e2m1, int3 or int2");
   }
   config->set_weight_dtype(dtype);
   v1::Scheme scheme = v1::SCHEME_UNSPECIFIED;
@@ -113,6 +120,13 @@ int Quantize() {
     if (!absl::SimpleAtoi(g, &group)) return UsageError("--group_size must be an integer");
     config->set_group_size(group);  // the server says which values it accepts
   }
+  v1::ScaleDtype scale_dtype = v1::SCALE_DTYPE_UNSPECIFIED;
+  if (!ParseEnum<v1::ScaleDtype>(absl::GetFlag(FLAGS_scale_dtype),
+                                 {{"fp32", v1::SCALE_FP32}, {"bf16", v1::SCALE_BF16}},
+                                 &scale_dtype)) {
+    return UsageError("--scale_dtype must be fp32 or bf16");
+  }
+  config->set_scale_dtype(scale_dtype);
   config->set_mse_range(absl::GetFlag(FLAGS_mse_range));
   config->set_use_double_quant(absl::GetFlag(FLAGS_double_quant));
   for (const std::string& m : absl::GetFlag(FLAGS_skip_modules)) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -95,6 +96,27 @@ std::vector<float> SampledInput(const BlockActivations& acts, BlockPoint point,
   return x;
 }
 
+// down(silu(gate(x)) * up(x)) from the MLP input, or down(x) from the
+// down_proj input; hands the [tokens, hidden] result to `use`.
+void MlpOutput(const LlamaLayerWeights& view, const BlockActivations& acts, BlockPoint from,
+               const std::function<void(const float*)>& use) {
+  const int64_t n = acts.tokens();
+  std::vector<float> h;
+  const float* down_input = acts.Get(BlockPoint::kDownInput);
+  if (from == BlockPoint::kMlpInput) {
+    const int64_t inter = view.gate.out_features();
+    h.resize(n * inter);
+    std::vector<float> up(n * inter);
+    view.gate.Forward(acts.Get(from), n, h.data());
+    view.up.Forward(acts.Get(from), n, up.data());
+    for (int64_t k = 0; k < n * inter; ++k) h[k] = Silu(h[k]) * up[k];
+    down_input = h.data();
+  }
+  std::vector<float> out(n * view.down.out_features());
+  view.down.Forward(down_input, n, out.data());
+  use(out.data());
+}
+
 }  // namespace
 
 absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
@@ -129,17 +151,25 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
       candidates.push_back(*std::move(q));
       *slots[layer] = LinearWeight::Dense(candidates.back().data(), w.rows[layer], cols);
     }
-    std::vector<float> x = acts.input;
     double sum = 0;
-    model.RunBlock(view, acts.seqs, acts.len, x.data(),
-                   [&](BlockPoint p, const float* data, int64_t rows, int64_t dim) {
-                     if (p != group.inspect) return;
-                     for (int64_t k = 0; k < rows * dim; ++k) {
-                       const double d = static_cast<double>(data[k]) - reference[k];
-                       sum += d * d;
-                     }
-                   },
-                   group.inspect);
+    const auto accumulate = [&](const float* data) {
+      for (int64_t k = 0; k < n * out_dim; ++k) {
+        const double d = static_cast<double>(data[k]) - reference[k];
+        sum += d * d;
+      }
+    };
+    if (group.input == BlockPoint::kMlpInput || group.input == BlockPoint::kDownInput) {
+      // The MLP's output depends on the captured MLP input alone: no need to
+      // rerun attention (most of a block's time) for every grid point.
+      MlpOutput(view, acts, group.input, accumulate);
+    } else {
+      std::vector<float> x = acts.input;
+      model.RunBlock(view, acts.seqs, acts.len, x.data(),
+                     [&](BlockPoint p, const float* data, int64_t, int64_t) {
+                       if (p == group.inspect) accumulate(data);
+                     },
+                     group.inspect);
+    }
     result.losses[i] = sum / static_cast<double>(n * out_dim);
   });
   if (Cancelled(options)) return absl::CancelledError("quantization cancelled");

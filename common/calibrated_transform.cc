@@ -20,15 +20,20 @@ absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
     return absl::InvalidArgumentError("the calibrated transform is for AWQ and TEQ only");
   }
   const int blocks = weights->config.num_hidden_layers;
-  progress(CalibrationStage::kCapture, 0, blocks, "tokenizing calibration text");
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
                    Tokenizer::Load(absl::StrCat(model_dir, "/tokenizer.model")));
   ASSIGN_OR_RETURN(CalibrationSet calibration,
                    BuildCalibrationSet(resolved.calibration(), data_root, *tokenizer));
+  // The first report of the phase: the job log keeps what was used.
+  progress(CalibrationStage::kCapture, 0, blocks, calibration.message);
   CalibratedTransformResult result;
   result.log.push_back(calibration.message);
 
-  const QuantSpec spec = QuantSpecOf(resolved);
+  // The searches use fp32 scales, as mse_range does: double quant ties the
+  // scales of a whole layer together, which the per-batch clip search cannot
+  // see, and bf16 rounding moves the optimum by far less than a grid step.
+  QuantSpec spec = QuantSpecOf(resolved);
+  spec.scale_encoding = ScaleEncoding::kF32;
   // Layers kept in fp32 are still scaled (AutoAWQ scales every layer of a
   // group) but not clipped.
   auto skipped = [&](int layer) {

@@ -86,7 +86,6 @@ void RmsNorm(const float* x, const float* weight, int n, float eps, float* out) 
   for (int i = 0; i < n; ++i) out[i] = weight[i] * (x[i] * inv_rms);
 }
 
-float Silu(float x) { return x / (1.0f + std::exp(-x)); }
 
 }  // namespace
 

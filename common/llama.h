@@ -9,6 +9,7 @@
 #define WQ_COMMON_LLAMA_H_
 
 #include <array>
+#include <cmath>
 #include <functional>
 #include <cstdint>
 #include <memory>
@@ -103,6 +104,9 @@ class KVCache {
   std::vector<float> keys_;
   std::vector<float> values_;
 };
+
+// The MLP's activation: silu(gate) * up.
+inline float Silu(float x) { return x / (1.0f + std::exp(-x)); }
 
 // Points inside a decoder block where activations can be observed, in order.
 enum class BlockPoint {

@@ -1,5 +1,7 @@
 #include "common/quant_config.h"
 
+#include <fnmatch.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -105,10 +107,12 @@ absl::StatusOr<v1::WeightOnlyQuantConfig> ResolveQuantConfig(
     return absl::InvalidArgumentError(
         "scheme asym cannot be combined with compute_dtype int8 (as in ITREX); use sym");
   }
-  if (c.algorithm() != v1::RTN) {
-    return absl::UnimplementedError(absl::StrCat(
+  if (c.algorithm() != v1::RTN && !c.calibration().has_texts() &&
+      !c.calibration().has_data_file()) {
+    return absl::InvalidArgumentError(absl::StrCat(
         "algorithm ", std::string(AlgorithmName(c.algorithm())),
-        " is not available in this version; use RTN"));
+        " needs calibration data: set calibration.data_file (under the server's data root) "
+        "or calibration.texts"));
   }
   // Double quant stores 8-bit scales; there is no bf16 to round them to.
   if (c.use_double_quant() && c.scale_dtype() != v1::SCALE_FP32) {
@@ -144,9 +148,14 @@ QuantSpec QuantSpecOf(const v1::WeightOnlyQuantConfig& resolved) {
 
 bool IsSkippedModule(const v1::WeightOnlyQuantConfig& resolved, std::string_view module) {
   const size_t dot = module.rfind('.');
-  const std::string_view last = dot == std::string_view::npos ? module : module.substr(dot + 1);
+  const std::string full(module);
+  const std::string last(dot == std::string_view::npos ? module : module.substr(dot + 1));
   for (const std::string& skip : resolved.llm_int8_skip_modules()) {
-    if (skip == module || skip == last) return true;
+    // fnmatch without flags: '*' also crosses dots, so "model.layers.*.mlp.*" works.
+    if (fnmatch(skip.c_str(), full.c_str(), 0) == 0 ||
+        fnmatch(skip.c_str(), last.c_str(), 0) == 0) {
+      return true;
+    }
   }
   return false;
 }

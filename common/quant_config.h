@@ -15,7 +15,9 @@
 namespace wq {
 
 // The config with every default made explicit (the form stored in artifact
-// manifests), or INVALID_ARGUMENT / UNIMPLEMENTED saying what to change.
+// manifests), or INVALID_ARGUMENT saying what to change. AWQ and TEQ need a
+// calibration source (texts or data_file); n_samples / seq_len default to
+// 128 x 512, which the quantizer caps at what the text holds.
 absl::StatusOr<v1::WeightOnlyQuantConfig> ResolveQuantConfig(
     const v1::WeightOnlyQuantConfig& config);
 
@@ -34,7 +36,8 @@ ComputeDtype ComputeDtypeOf(v1::ComputeDtype compute);
 std::string_view AlgorithmName(v1::Algorithm algorithm);
 
 // Whether llm_int8_skip_modules keeps `module` in fp32: an entry matches the
-// full module name or its last component.
+// full module name or its last component, exactly or as a shell glob
+// ("*.down_proj", "model.layers.0.*").
 bool IsSkippedModule(const v1::WeightOnlyQuantConfig& resolved,
                      std::string_view module);
 

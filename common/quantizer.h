@@ -14,7 +14,16 @@
 
 namespace wq {
 
-enum class QuantizePhase { kLoading, kCalibration, kQuantizing, kPacking, kWriting, kDone };
+enum class QuantizePhase {
+  kLoading,
+  kCalibration,  // AWQ / TEQ: tokenising, capturing a block's activations
+  kGridSearch,   // AWQ scale search / TEQ training of block `step`
+  kClipSearch,   // AWQ clip search of block `step`
+  kQuantizing,
+  kPacking,
+  kWriting,
+  kDone,
+};
 
 struct QuantizeProgress {
   QuantizePhase phase = QuantizePhase::kLoading;
@@ -27,11 +36,12 @@ struct QuantizeProgress {
 struct QuantizeRequest {
   std::string model_id;   // recorded in the manifest
   std::string model_dir;  // resolved source directory
+  std::string data_root;  // calibration data_file is resolved under it
   v1::WeightOnlyQuantConfig config;  // as the user sent it
   // Called from worker threads, serialised; must be cheap.
   std::function<void(const QuantizeProgress&)> on_progress;
-  // Polled between units of work; when set the job ends with CANCELLED and
-  // leaves no artifact.
+  // Polled between units of work (AWQ / TEQ: also inside a block); when set
+  // the job ends with CANCELLED and leaves no artifact.
   const std::atomic<bool>* cancelled = nullptr;
 };
 
@@ -43,8 +53,11 @@ absl::StatusOr<std::string> ArtifactIdFor(const QuantizeRequest& request,
 // sha256 over the source model's files (names and contents).
 absl::StatusOr<std::string> ModelChecksum(const std::string& model_dir);
 
-// Quantizes and commits the artifact; returns its manifest. If the artifact
-// already exists, returns its manifest without redoing the work.
+// Quantizes and commits the artifact; returns its manifest. AWQ and TEQ first
+// transform the fp32 model block by block on the calibration set
+// (RunCalibratedTransform), then RTN (with mse_range if set) quantizes the
+// transformed weights. If the artifact already exists, returns its manifest
+// without redoing the work.
 absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& request,
                                                    ArtifactStore& store);
 

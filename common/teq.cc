@@ -116,6 +116,12 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const float* x, int seqs, int len,
     alpha = alpha.cwiseMax(1e-5f);
   }
   ASSIGN_OR_RETURN(report.final_loss, full_loss(alpha));
+  // Training sees one batch per step and the STE gradient; should the result
+  // be worse than no scaling on the whole set, keep a = 1.
+  if (report.final_loss > report.initial_loss) {
+    alpha.setOnes();
+    report.final_loss = report.initial_loss;
+  }
   report.alpha.assign(alpha.data(), alpha.data() + cols);
   return report;
 }

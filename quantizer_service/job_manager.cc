@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
+#include "common/calibration.h"
 #include "common/logging.h"
 #include "common/quant_config.h"
 #include "common/status_macros.h"
@@ -31,6 +32,8 @@ v1::JobPhase PhaseOf(QuantizePhase phase) {
   switch (phase) {
     case QuantizePhase::kLoading: return v1::PHASE_LOADING;
     case QuantizePhase::kCalibration: return v1::PHASE_CALIBRATION;
+    case QuantizePhase::kGridSearch: return v1::PHASE_GRID_SEARCH;
+    case QuantizePhase::kClipSearch: return v1::PHASE_CLIP_SEARCH;
     case QuantizePhase::kQuantizing: return v1::PHASE_QUANTIZING;
     case QuantizePhase::kPacking: return v1::PHASE_PACKING;
     case QuantizePhase::kWriting: return v1::PHASE_WRITING;
@@ -55,22 +58,6 @@ std::string NewJobId() {
 
 bool IsTerminal(v1::JobState state) {
   return state == v1::SUCCEEDED || state == v1::FAILED || state == v1::CANCELLED;
-}
-
-int64_t PeakRssBytes() {
-  FILE* f = std::fopen("/proc/self/status", "r");
-  if (f == nullptr) return 0;
-  char line[256];
-  int64_t kb = 0;
-  while (std::fgets(line, sizeof(line), f) != nullptr) {
-    if (std::strncmp(line, "VmHWM:", 6) == 0) {
-      long long value = 0;
-      if (std::sscanf(line + 6, "%lld", &value) == 1) kb = value;
-      break;
-    }
-  }
-  std::fclose(f);
-  return kb * 1024;
 }
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) {
@@ -139,18 +126,11 @@ absl::Status JobManager::ValidateCalibration(
   if (!config.has_calibration() || !config.calibration().has_data_file()) {
     return absl::OkStatus();
   }
-  const std::string& file = config.calibration().data_file();
-  // Same rules as resource ids: relative, no "..", no hidden entries.
-  RETURN_IF_ERROR(ValidateResourceId(file, "calibration data_file", 8));
-  const std::string path = absl::StrCat(options_.data_root, "/", file);
-  FILE* f = std::fopen(path.c_str(), "r");
-  if (f == nullptr) {
-    return absl::NotFoundError(absl::StrCat(
-        "calibration data_file \"", file,
-        "\" does not exist under the server's data root"));
-  }
-  std::fclose(f);
-  return absl::OkStatus();
+  // Same rules as resource ids (relative, no "..", no hidden entries), and
+  // symlinks may not lead outside the data root.
+  return ResolveUnderRoot(options_.data_root, config.calibration().data_file(),
+                          "calibration data_file", 8)
+      .status();
 }
 
 absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::SubmitJobRequest& request) {
@@ -178,6 +158,13 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::SubmitJobRequest& reques
   job.mutable_progress()->set_eta_seconds(-1);
   SetTimestamp(absl::Now(), job.mutable_create_time());
   AppendLog(&job, absl::StrCat("config resolved to ", QuantConfigSlug(resolved)));
+  if (resolved.algorithm() != v1::RTN) {
+    const v1::CalibrationConfig& c = resolved.calibration();
+    AppendLog(&job, absl::StrCat("calibration: up to ", c.n_samples(), " blocks x ", c.seq_len(),
+                                 " tokens from ",
+                                 c.has_data_file() ? c.data_file() : "the inline texts",
+                                 ", fewer if the text holds less"));
+  }
 
   absl::MutexLock lock(&mu_);
   if (stopping_) {
@@ -293,6 +280,7 @@ void JobManager::RunJob(JobEntry* entry) {
     request.config = entry->job.config();
   }
   request.model_dir = entry->model_dir;
+  request.data_root = options_.data_root;
   request.cancelled = &entry->cancelled;
   request.on_progress = [this, entry, job_id](const QuantizeProgress& p) {
     absl::MutexLock lock(&mu_);
@@ -326,7 +314,7 @@ void JobManager::RunJob(JobEntry* entry) {
   absl::MutexLock lock(&mu_);
   v1::Job& job = entry->job;
   SetTimestamp(absl::Now(), job.mutable_end_time());
-  job.set_peak_memory_bytes(PeakRssBytes());
+  job.set_peak_memory_bytes(PeakResidentBytes());
   v1::JobProgress* progress = job.mutable_progress();
   if (manifest.ok()) {
     job.set_state(v1::SUCCEEDED);

@@ -95,9 +95,6 @@ class JobManager {
   std::vector<std::thread> workers_;
 };
 
-// Peak resident set size of this process (VmHWM), 0 if unknown.
-int64_t PeakRssBytes();
-
 bool IsTerminal(v1::JobState state);
 
 }  // namespace wq

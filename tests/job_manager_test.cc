@@ -4,7 +4,11 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <set>
 #include <string>
+
+#include "absl/strings/str_join.h"
 
 #include "gtest/gtest.h"
 
@@ -21,7 +25,10 @@ class JobManagerTest : public ::testing::Test {
     ASSERT_NE(getcwd(cwd, sizeof(cwd)), nullptr);
     options_.model_root = std::string(cwd) + "/testdata/models";
     options_.artifact_root = dir + "/artifacts";
-    options_.data_root = std::string(cwd) + "/testdata/data";
+    // Where the runfiles' symlinks lead: calibration files must resolve
+    // inside the data root.
+    options_.data_root =
+        std::filesystem::canonical("testdata/data/tinystories_train_head.txt").parent_path();
     options_.workers = 1;
   }
 
@@ -100,6 +107,44 @@ TEST_F(JobManagerTest, RunsToSuccessAndListsArtifact) {
   // Finished jobs cannot be cancelled.
   EXPECT_EQ(jobs->CancelJob(done.job_id()).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(JobManagerTest, AwqJobReportsCalibrationAndSearchPhases) {
+  auto jobs = Make();
+  ASSERT_NE(jobs, nullptr);
+  v1::SubmitJobRequest request = Request();
+  request.mutable_config()->set_algorithm(v1::AWQ);
+  EXPECT_EQ(jobs->SubmitJob(request).status().code(), absl::StatusCode::kInvalidArgument)
+      << "AWQ without calibration data";
+  v1::CalibrationConfig* calibration = request.mutable_config()->mutable_calibration();
+  calibration->set_data_file("tinystories_train_head.txt");
+  calibration->set_n_samples(8);
+  calibration->set_seq_len(128);
+  absl::StatusOr<v1::Job> job = jobs->SubmitJob(request);
+  ASSERT_TRUE(job.ok()) << job.status();
+  std::set<v1::JobPhase> phases;
+  absl::Status status = jobs->WatchJob(
+      job->job_id(),
+      [&](const v1::Job& snapshot) {
+        phases.insert(snapshot.progress().phase());
+        if (snapshot.progress().phase() == v1::PHASE_GRID_SEARCH) {
+          EXPECT_EQ(snapshot.progress().total_steps(), 5);
+          EXPECT_NE(snapshot.progress().message().find(" of 5"), std::string::npos);
+        }
+        return true;
+      },
+      [] { return false; }, absl::Milliseconds(5));
+  ASSERT_TRUE(status.ok()) << status;
+  v1::Job done = *jobs->GetJob(job->job_id());
+  ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  const std::string log = absl::StrJoin(done.log(), "\n");
+  for (const char* line : {"PHASE_CALIBRATION: calibration: 8 blocks x 128 tokens",
+                           "PHASE_GRID_SEARCH: scale search block 1 of 5",
+                           "PHASE_CLIP_SEARCH: clip search block 1 of 5", "awq block 4: "}) {
+    EXPECT_NE(log.find(line), std::string::npos) << line << " missing from\n" << log;
+  }
+  EXPECT_TRUE(phases.count(v1::PHASE_DONE));
+  EXPECT_GT(done.peak_memory_bytes(), 0);
 }
 
 TEST_F(JobManagerTest, CancelQueuedJobAtOnce) {
