@@ -1,6 +1,4 @@
-// Helpers shared by wqctl's commands. The quantizer and inference protos
-// cannot be included in one translation unit (both define wq::v1::CANCELLED),
-// so each service's commands live in their own file.
+// Helpers shared by wqctl's commands (one file per service's commands).
 #ifndef WQ_CLI_COMMON_H_
 #define WQ_CLI_COMMON_H_
 

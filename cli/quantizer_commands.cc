@@ -68,11 +68,11 @@ int Watch(v1::QuantizerService::Stub& stub, const std::string& job_id) {
   grpc::Status status = reader->Finish();
   if (!status.ok()) return RpcError("WatchJob", status);
   switch (last.state()) {
-    case v1::SUCCEEDED:
+    case v1::JOB_STATE_SUCCEEDED:
       std::cerr << "job " << last.job_id() << " succeeded\n";
       std::cout << last.artifact_id() << "\n";
       return kOk;
-    case v1::CANCELLED:
+    case v1::JOB_STATE_CANCELLED:
       std::cerr << "job " << last.job_id() << " was cancelled\n";
       return kFailed;
     default:
@@ -156,9 +156,9 @@ int Quantize() {
 
 void PrintJob(const v1::Job& job) {
   std::cout << absl::StrFormat("%-22s %-10s %-24s %5.1f%% %s\n", job.job_id(),
-                               Lower(v1::JobState_Name(job.state())), job.model_id(),
+                               Lower(v1::JobState_Name(job.state()).substr(10)), job.model_id(),  // drop "JOB_STATE_"
                                job.progress().percent(),
-                               job.state() == v1::FAILED ? job.error_message()
+                               job.state() == v1::JOB_STATE_FAILED ? job.error_message()
                                                          : job.artifact_id());
 }
 

@@ -57,7 +57,7 @@ std::string NewJobId() {
 }  // namespace
 
 bool IsTerminal(v1::JobState state) {
-  return state == v1::SUCCEEDED || state == v1::FAILED || state == v1::CANCELLED;
+  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED || state == v1::JOB_STATE_CANCELLED;
 }
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) {
@@ -89,14 +89,14 @@ void JobManager::Shutdown() {
       stopping_ = true;
       for (JobEntry* entry : queue_) {
         entry->cancelled.store(true);
-        entry->job.set_state(v1::CANCELLED);
+        entry->job.set_state(v1::JOB_STATE_CANCELLED);
         entry->job.set_error_message("server shutting down");
         SetTimestamp(absl::Now(), entry->job.mutable_end_time());
         Touch(entry);
       }
       queue_.clear();
       for (auto& [id, entry] : jobs_) {
-        if (entry->job.state() == v1::RUNNING) entry->cancelled.store(true);
+        if (entry->job.state() == v1::JOB_STATE_RUNNING) entry->cancelled.store(true);
       }
       changed_.SignalAll();
     }
@@ -153,7 +153,7 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::SubmitJobRequest& reques
   job.set_job_id(NewJobId());
   job.set_model_id(request.model_id());
   *job.mutable_config() = request.config();
-  job.set_state(v1::QUEUED);
+  job.set_state(v1::JOB_STATE_QUEUED);
   job.mutable_progress()->set_phase(v1::PHASE_QUEUED);
   job.mutable_progress()->set_eta_seconds(-1);
   SetTimestamp(absl::Now(), job.mutable_create_time());
@@ -206,14 +206,14 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& job_id) {
         "; only queued or running jobs can be cancelled"));
   }
   entry->cancelled.store(true);
-  if (job.state() == v1::QUEUED) {
+  if (job.state() == v1::JOB_STATE_QUEUED) {
     for (auto it = queue_.begin(); it != queue_.end(); ++it) {
       if (*it == entry) {
         queue_.erase(it);
         break;
       }
     }
-    job.set_state(v1::CANCELLED);
+    job.set_state(v1::JOB_STATE_CANCELLED);
     SetTimestamp(absl::Now(), job.mutable_end_time());
     AppendLog(&job, "cancelled while queued");
     Touch(entry);
@@ -260,7 +260,7 @@ void JobManager::WorkerLoop() {
       if (queue_.empty()) return;  // stopping
       entry = queue_.front();
       queue_.pop_front();
-      entry->job.set_state(v1::RUNNING);
+      entry->job.set_state(v1::JOB_STATE_RUNNING);
       entry->job.mutable_progress()->set_phase(v1::PHASE_LOADING);
       entry->started = absl::Now();
       SetTimestamp(entry->started, entry->job.mutable_start_time());
@@ -317,7 +317,7 @@ void JobManager::RunJob(JobEntry* entry) {
   job.set_peak_memory_bytes(PeakResidentBytes());
   v1::JobProgress* progress = job.mutable_progress();
   if (manifest.ok()) {
-    job.set_state(v1::SUCCEEDED);
+    job.set_state(v1::JOB_STATE_SUCCEEDED);
     job.set_artifact_id(manifest->artifact_id());
     progress->set_phase(v1::PHASE_DONE);
     progress->set_percent(100);
@@ -325,11 +325,11 @@ void JobManager::RunJob(JobEntry* entry) {
     for (const std::string& line : manifest->log()) AppendLog(&job, line);
     AppendLog(&job, absl::StrCat("artifact ", manifest->artifact_id()));
   } else if (absl::IsCancelled(manifest.status()) || entry->cancelled.load()) {
-    job.set_state(v1::CANCELLED);
+    job.set_state(v1::JOB_STATE_CANCELLED);
     job.set_error_code(static_cast<int>(absl::StatusCode::kCancelled));
     job.set_error_message(std::string(manifest.status().message()));
   } else {
-    job.set_state(v1::FAILED);
+    job.set_state(v1::JOB_STATE_FAILED);
     job.set_error_code(static_cast<int>(manifest.status().code()));
     job.set_error_message(std::string(manifest.status().message()));
     AppendLog(&job, absl::StrCat("failed: ", manifest.status().ToString()));

@@ -55,7 +55,7 @@ WatchOutcome SubmitAndWatch(const v1::SubmitJobRequest& request) {
     if (!status.ok()) return outcome;
   }
   EXPECT_FALSE(job.job_id().empty());
-  EXPECT_EQ(job.state(), v1::QUEUED);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_QUEUED);
   grpc::ClientContext context;
   SetDeadline(&context, 120);
   v1::WatchJobRequest watch;
@@ -89,7 +89,7 @@ TEST(E2eQuantizerTest, QuantizeStories260KInt4) {
   // rather than reusing an artifact another test made.
   WatchOutcome outcome = SubmitAndWatch(Int4Request(64));
   const v1::Job& job = outcome.final_job;
-  ASSERT_EQ(job.state(), v1::SUCCEEDED) << job.error_message();
+  ASSERT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << job.error_message();
   EXPECT_TRUE(outcome.percent_monotone);
   EXPECT_GE(outcome.snapshots, 2);
   // Snapshots coalesce on a fast job; every phase change is in the log.
@@ -169,7 +169,7 @@ TEST(E2eQuantizerTest, CancelFinishedJobFails) {
   ASSERT_TRUE(Stub()->ListJobs(&list_context, v1::ListJobsRequest(), &jobs).ok());
   ASSERT_GT(jobs.jobs_size(), 0);
   for (const v1::Job& job : jobs.jobs()) {
-    if (job.state() != v1::SUCCEEDED) continue;
+    if (job.state() != v1::JOB_STATE_SUCCEEDED) continue;
     grpc::ClientContext context;
     SetDeadline(&context);
     v1::CancelJobRequest request;
@@ -191,7 +191,7 @@ std::string QuantizedArtifactId() {
     // Quantizing the same model and config again is a no-op on the server
     // (deterministic artifact ids), so test order does not matter.
     WatchOutcome outcome = SubmitAndWatch(Int4Request());
-    EXPECT_EQ(outcome.final_job.state(), v1::SUCCEEDED) << outcome.final_job.error_message();
+    EXPECT_EQ(outcome.final_job.state(), v1::JOB_STATE_SUCCEEDED) << outcome.final_job.error_message();
     id = new std::string(outcome.final_job.artifact_id());
   }
   return *id;

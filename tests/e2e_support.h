@@ -1,7 +1,5 @@
 // Shared state of the end-to-end test: both real server binaries running as
-// child processes. The quantizer and inference protos cannot be included in
-// one translation unit (both define wq::v1::CANCELLED), so each service's
-// tests live in their own file and meet here through plain types.
+// child processes; each service's tests live in their own file.
 #ifndef WQ_TESTS_E2E_SUPPORT_H_
 #define WQ_TESTS_E2E_SUPPORT_H_
 

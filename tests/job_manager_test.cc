@@ -88,9 +88,9 @@ TEST_F(JobManagerTest, RunsToSuccessAndListsArtifact) {
   ASSERT_NE(jobs, nullptr);
   absl::StatusOr<v1::Job> job = jobs->SubmitJob(Request());
   ASSERT_TRUE(job.ok()) << job.status();
-  EXPECT_EQ(job->state(), v1::QUEUED);
+  EXPECT_EQ(job->state(), v1::JOB_STATE_QUEUED);
   v1::Job done = WaitForEnd(*jobs, job->job_id());
-  ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error_message();
   EXPECT_EQ(done.progress().percent(), 100);
   EXPECT_GT(done.peak_memory_bytes(), 0);
   EXPECT_FALSE(done.log().empty());
@@ -136,7 +136,7 @@ TEST_F(JobManagerTest, AwqJobReportsCalibrationAndSearchPhases) {
       [] { return false; }, absl::Milliseconds(5));
   ASSERT_TRUE(status.ok()) << status;
   v1::Job done = *jobs->GetJob(job->job_id());
-  ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error_message();
   const std::string log = absl::StrJoin(done.log(), "\n");
   for (const char* line : {"PHASE_CALIBRATION: calibration: 8 blocks x 128 tokens",
                            "PHASE_GRID_SEARCH: scale search block 1 of 5",
@@ -156,9 +156,9 @@ TEST_F(JobManagerTest, CancelQueuedJobAtOnce) {
   // One worker: the second job waits behind the first.
   absl::StatusOr<v1::Job> cancelled = jobs->CancelJob(second->job_id());
   ASSERT_TRUE(cancelled.ok()) << cancelled.status();
-  EXPECT_EQ(cancelled->state(), v1::CANCELLED);
-  EXPECT_EQ(WaitForEnd(*jobs, second->job_id()).state(), v1::CANCELLED);
-  EXPECT_EQ(WaitForEnd(*jobs, first->job_id()).state(), v1::SUCCEEDED);
+  EXPECT_EQ(cancelled->state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(WaitForEnd(*jobs, second->job_id()).state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(WaitForEnd(*jobs, first->job_id()).state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(jobs->ListArtifacts().size(), 1u);
   EXPECT_EQ(jobs->CancelJob("job-none").status().code(), absl::StatusCode::kNotFound);
 }
@@ -174,7 +174,7 @@ TEST_F(JobManagerTest, CancelRunningJobLeavesNoArtifact) {
       job->job_id(),
       [&](const v1::Job& snapshot) {
         last = snapshot;
-        if (snapshot.state() == v1::RUNNING && !cancel_sent) {
+        if (snapshot.state() == v1::JOB_STATE_RUNNING && !cancel_sent) {
           cancel_sent = true;
           EXPECT_TRUE(jobs->CancelJob(snapshot.job_id()).ok());
         }
@@ -183,10 +183,10 @@ TEST_F(JobManagerTest, CancelRunningJobLeavesNoArtifact) {
       [] { return false; });
   ASSERT_TRUE(status.ok()) << status;
   // The job may have passed its last cancellation point already.
-  if (last.state() == v1::CANCELLED) {
+  if (last.state() == v1::JOB_STATE_CANCELLED) {
     EXPECT_TRUE(jobs->ListArtifacts().empty());
   } else {
-    EXPECT_EQ(last.state(), v1::SUCCEEDED);
+    EXPECT_EQ(last.state(), v1::JOB_STATE_SUCCEEDED);
   }
 }
 
@@ -205,7 +205,7 @@ TEST_F(JobManagerTest, ShutdownCancelsQueuedJobsAndRefusesNewOnes) {
     ASSERT_TRUE(job.ok());
     EXPECT_TRUE(IsTerminal(job->state())) << v1::JobState_Name(job->state());
   }
-  EXPECT_EQ(jobs->GetJob(ids.back())->state(), v1::CANCELLED);
+  EXPECT_EQ(jobs->GetJob(ids.back())->state(), v1::JOB_STATE_CANCELLED);
   EXPECT_EQ(jobs->SubmitJob(Request()).status().code(), absl::StatusCode::kUnavailable);
 }
 
