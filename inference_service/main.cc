@@ -95,14 +95,7 @@ int main(int argc, char** argv) {
   server.health_service_names = {wq::v1::InferenceService::service_full_name()};
   // Schedulers end in-flight requests as cancelled; their handlers return.
   server.on_shutdown = [&models] { (*models)->Shutdown(); };
-  wq::LogInfo("starting", {{"listen", server.listen},
-                           {"model_root", options.model_root},
-                           {"artifact_root", options.artifact_root},
-                           {"threads", threads}});
-  absl::Status status = wq::RunServer(server);
-  if (!status.ok()) {
-    wq::LogError("server_failed", {{"error", status.ToString()}});
-    return 1;
-  }
-  return 0;
+  return wq::ServeUntilShutdown(server, {{"model_root", options.model_root},
+                                         {"artifact_root", options.artifact_root},
+                                         {"threads", threads}});
 }

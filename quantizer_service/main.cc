@@ -59,15 +59,8 @@ int main(int argc, char** argv) {
   server.health_service_names = {wq::v1::QuantizerService::service_full_name()};
   // Cancelled jobs end their WatchJob streams, so Shutdown finds no call left.
   server.on_shutdown = [&jobs] { (*jobs)->Shutdown(); };
-  wq::LogInfo("starting", {{"listen", server.listen},
-                           {"model_root", options.model_root},
-                           {"artifact_root", options.artifact_root},
-                           {"workers", options.workers},
-                           {"threads", threads}});
-  absl::Status status = wq::RunServer(server);
-  if (!status.ok()) {
-    wq::LogError("server_failed", {{"error", status.ToString()}});
-    return 1;
-  }
-  return 0;
+  return wq::ServeUntilShutdown(server, {{"model_root", options.model_root},
+                                         {"artifact_root", options.artifact_root},
+                                         {"workers", options.workers},
+                                         {"threads", threads}});
 }

@@ -77,6 +77,15 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
                       std::string(status.message()));
 }
 
+int ServeUntilShutdown(const ServerOptions& options, nlohmann::json start_fields) {
+  start_fields["listen"] = options.listen;
+  LogInfo("starting", start_fields);
+  const absl::Status status = RunServer(options);
+  if (status.ok()) return 0;
+  LogError("server_failed", {{"error", status.ToString()}});
+  return 1;
+}
+
 absl::Status RunServer(const ServerOptions& options) {
   InstallShutdownSignalHandlers();
   grpc::EnableDefaultHealthCheckService(true);

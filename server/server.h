@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "nlohmann/json.hpp"
 
 namespace wq {
 
@@ -44,6 +45,11 @@ void InstallShutdownSignalHandlers();
 // deadline). OK after a clean shutdown; UNAVAILABLE when the address cannot
 // be bound; INTERNAL when the port file cannot be written.
 absl::Status RunServer(const ServerOptions& options);
+
+// The tail of a service's main(): logs "starting" with `start_fields` (a JSON
+// object; "listen" is added), runs the server and returns the process exit
+// code (0 after a clean shutdown, 1 with a "server_failed" log line).
+int ServeUntilShutdown(const ServerOptions& options, nlohmann::json start_fields);
 
 // Codes map 1:1 (both follow google.rpc.Code).
 grpc::Status ToGrpcStatus(const absl::Status& status);
