@@ -1,5 +1,7 @@
 #include "inference_service/inference_service.h"
 
+#include "common/cpu_features.h"
+
 #include <algorithm>
 #include <deque>
 #include <memory>
@@ -11,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/cpu_features.h"
 #include "common/logging.h"
 #include "common/sampler.h"
 #include "server/server.h"
@@ -321,8 +324,7 @@ grpc::Status InferenceServiceImpl::GetServerInfo(grpc::ServerContext*,
                                                  const v1::GetServerInfoRequest*,
                                                  v1::ServerInfo* response) {
   response->set_version("wq 0.1.0");
-  // Only the portable reference kernels exist so far.
-  response->set_kernel_isa("scalar-reference");
+  response->set_kernel_isa(std::string(KernelIsaName()));
   response->set_threads(limits_.threads);
   response->set_max_batch(limits_.max_running);
   response->set_max_new_tokens_cap(limits_.max_new_tokens_cap);

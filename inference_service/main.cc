@@ -9,6 +9,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/cpu_features.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "inference_service/inference_service.h"
@@ -97,5 +98,6 @@ int main(int argc, char** argv) {
   server.on_shutdown = [&models] { (*models)->Shutdown(); };
   return wq::ServeUntilShutdown(server, {{"model_root", options.model_root},
                                          {"artifact_root", options.artifact_root},
-                                         {"threads", threads}});
+                                         {"threads", threads},
+                                         {"kernel_isa", std::string(wq::KernelIsaName())}});
 }
