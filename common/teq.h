@@ -34,7 +34,16 @@ struct TeqOptions {
   float beta1 = 0.9f;
   float beta2 = 0.9f;
   float eps = 1e-8f;
-  float warmup_fraction = 0.05f;  // INC: linear schedule, 5 % warmup
+  float warmup_fraction = 0.05f;
+  // Train a = exp(theta) (theta init 0): multiplicative Adam steps.
+  bool log_scale = true;
+  // Differentiate through the quantization group's scale (see teq.cc).
+  bool scale_gradient = true;
+  // gate/up: train on the MLP output through SwiGLU and the fp32 down_proj.
+  bool mlp_output_loss = true;
+  // Local loss of a group of several layers (q, k, v): weight each layer by
+  // 1 / its fp32 output energy per token.
+  bool normalize_layer_loss = true;  // INC: linear schedule, 5 % warmup
   // Token rows per step: consecutive calibration sequences, taken in order
   // and wrapping around (whole sequences, at least one).
   int tokens_per_step = 1024;
