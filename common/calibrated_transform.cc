@@ -1,5 +1,7 @@
 #include "common/calibrated_transform.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -76,7 +78,9 @@ absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
           ASSIGN_OR_RETURN(std::vector<TeqGroupReport> reports,
                            TeqTransformBlock(weights->config, acts, options, &w));
           for (const TeqGroupReport& g : reports) {
-            groups.push_back(absl::StrFormat("loss %.3g -> %.3g", g.initial_loss, g.final_loss));
+            const auto [lo, hi] = std::minmax_element(g.alpha.begin(), g.alpha.end());
+            groups.push_back(absl::StrFormat("loss %.3g -> %.3g, a in [%.3g, %.3g]",
+                                             g.initial_loss, g.final_loss, *lo, *hi));
           }
         }
         result.log.push_back(absl::StrCat(awq ? "awq" : "teq", " block ", layer, ": ",

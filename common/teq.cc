@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "Eigen/Core"
+#include "common/llama.h"
 #include "common/status_macros.h"
 #include "tbb/parallel_for.h"
 
@@ -13,58 +15,148 @@ namespace {
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using ConstRowMap = Eigen::Map<const RowMatrix>;
 
-// One layer's loss ||Q(W·diag(a))·(x/a) - W·x||^2 / T on token rows x [T,
-// cols] and, when grad is set, its gradient with respect to a. With
-// u = x/a, y = u·Q^T, r = y - x·W^T and dy = 2r/T (STE: dQ/d(W·a) = I):
-//   through W·a: dL/da_j = sum_i (dy^T·u)_ij · W_ij
-//   through x/a: dL/da_j = sum_t (dy·Q)_tj · (-x_tj / a_j^2)
-absl::StatusOr<double> LayerLoss(const ConstRowMap& x, const float* w, int64_t rows,
-                                 int64_t cols, const Eigen::VectorXf& alpha,
-                                 const QuantSpec& spec, Eigen::VectorXf* grad) {
-  const ConstRowMap weight(w, rows, cols);
-  const RowMatrix scaled = weight * alpha.asDiagonal();
-  ASSIGN_OR_RETURN(std::vector<float> q_data, FakeQuantize(scaled.data(), rows, cols, spec));
-  const ConstRowMap q(q_data.data(), rows, cols);
-  const RowMatrix u = x * alpha.cwiseInverse().asDiagonal();
-  const RowMatrix r = u * q.transpose() - x * weight.transpose();
-  const double tokens = static_cast<double>(x.rows());
-  const double loss = r.cast<double>().squaredNorm() / tokens;
-  if (grad != nullptr) {
-    const RowMatrix dy = r * static_cast<float>(2.0 / tokens);
-    const RowMatrix through_w = (dy.transpose() * u).cwiseProduct(weight);
-    const RowMatrix through_x = (dy * q).cwiseProduct(x);
-    *grad = through_w.colwise().sum().transpose() -
-            through_x.colwise().sum().transpose().cwiseQuotient(alpha.cwiseAbs2());
-  }
-  return loss;
-}
-
-// The group's loss (sum over its layers) on token rows x; layers run in
-// parallel, their gradients are summed in layer order.
-absl::StatusOr<double> GroupLoss(const ConstRowMap& x, const ScalingGroup& group,
-                                 const BlockWeights& w, const Eigen::VectorXf& alpha,
-                                 const QuantSpec& spec, Eigen::VectorXf* grad) {
-  const size_t n = group.layers.size();
-  std::vector<absl::StatusOr<double>> losses(n, 0.0);
-  std::vector<Eigen::VectorXf> grads(n);
-  tbb::parallel_for(size_t{0}, n, [&](size_t i) {
-    const BlockLinear l = group.layers[i];
-    losses[i] = LayerLoss(x, w.linear[l].data(), w.rows[l], w.cols[l], alpha, spec,
-                          grad != nullptr ? &grads[i] : nullptr);
-  });
-  double loss = 0;
-  if (grad != nullptr) grad->setZero(alpha.size());
-  for (size_t i = 0; i < n; ++i) {
-    RETURN_IF_ERROR(losses[i].status());
-    loss += *losses[i];
-    if (grad != nullptr) *grad += grads[i];
-  }
-  return loss;
-}
-
 bool Cancelled(const TeqOptions& options) {
   return options.cancelled != nullptr && options.cancelled->load();
 }
+
+// The straight-through estimator of Q(v) = s(v)·R(v/s(v)) (R: rounding to
+// the code grid) takes dR/dz = 1 only: the group's scale s stays a function of
+// v (as in LSQ / OmniQuant), so dQ/ds = (Q - v)/s, and s depends on the
+// group's extreme elements. g holds dL/dQ [rows, cols] and gets the part
+// through s added. Symmetric formats (s ∝ max|v|): to the argmax k,
+// sum_i g_i (Q_i - v_i) / v_k. Asymmetric (s = (max(v, 0) - min(v, 0)) / L):
+// ± sum_i g_i (Q_i - v_i) / (max - min) to the argmax / argmin. Without this
+// term the STE sees no scale change, and a uniform increase of a within a
+// quantization group (an exact no-op for Q) always lowers the loss.
+void AddScaleGradient(const RowMatrix& v, const RowMatrix& q, const QuantSpec& spec,
+                      RowMatrix* g) {
+  const int64_t rows = v.rows();
+  const int64_t cols = v.cols();
+  const int64_t gs = EffectiveGroupSize(spec, cols);
+  const bool asym = spec.scheme == QuantScheme::kAsym;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t begin = 0; begin < cols; begin += gs) {
+      const int64_t end = std::min(cols, begin + gs);
+      double dot = 0;
+      int64_t amax = begin, hi = begin, lo = begin;
+      for (int64_t k = begin; k < end; ++k) {
+        dot += static_cast<double>((*g)(r, k)) * (q(r, k) - v(r, k));
+        if (std::abs(v(r, k)) > std::abs(v(r, amax))) amax = k;
+        if (v(r, k) > v(r, hi)) hi = k;
+        if (v(r, k) < v(r, lo)) lo = k;
+      }
+      if (!asym) {
+        if (v(r, amax) != 0) (*g)(r, amax) += static_cast<float>(dot / v(r, amax));
+        continue;
+      }
+      const float vmax = std::max(v(r, hi), 0.0f);
+      const float vmin = std::min(v(r, lo), 0.0f);
+      if (vmax - vmin <= 0) continue;
+      const float d = static_cast<float>(dot / (vmax - vmin));
+      if (vmax > 0) (*g)(r, hi) += d;
+      if (vmin < 0) (*g)(r, lo) -= d;
+    }
+  }
+}
+
+// Whether the group is trained on the MLP output (gate/up) rather than on
+// its layers' own outputs.
+bool TrainsOnMlpOutput(const ScalingGroup& group, const TeqOptions& options) {
+  return options.mlp_output_loss && group.prev == ScalingGroup::Prev::kPostAttentionNorm;
+}
+
+// The group's loss on token rows x [T, cols] for scales a and, when grad is
+// set, its gradient with respect to a. Every layer l computes
+// y_l = u·Q_l^T with u = x/a and Q_l = Q(W_l·diag(a)). With dy_l = dL/dy_l
+// (STE: dQ/d(W·a) = I):
+//   through W·a: dL/da_j = sum_i (dy^T·u)_ij · W_ij
+//   through x/a: dL/da_j = sum_t (dy·Q)_tj · (-x_tj / a_j^2)
+// Local loss: sum_l ||y_l - x·W_l^T||^2 / (T · e_l), e_l = the layer's fp32
+// output energy per token (weights[l] = 1/e_l). MLP loss (gate/up):
+// ||down(silu(y_gate)·y_up) - down(silu(x·Wg^T)·(x·Wu^T))||^2 / T with the
+// fp32 down_proj.
+class GroupObjective {
+ public:
+  GroupObjective(const ScalingGroup& group, const BlockWeights& w, const TeqOptions& options,
+                 std::vector<double> weights)
+      : group_(group), w_(w), options_(options), weights_(std::move(weights)) {}
+
+  absl::StatusOr<double> Loss(const ConstRowMap& x, const Eigen::VectorXf& alpha,
+                              Eigen::VectorXf* grad) const {
+    const size_t n = group_.layers.size();
+    const int64_t cols = alpha.size();
+    // Q(W·diag(a)) and y per layer, in parallel.
+    std::vector<RowMatrix> q(n), y(n), ref(n), scaled(n);
+    std::vector<absl::Status> statuses(n);
+    const RowMatrix u = x * alpha.cwiseInverse().asDiagonal();
+    tbb::parallel_for(size_t{0}, n, [&](size_t i) {
+      const BlockLinear l = group_.layers[i];
+      const ConstRowMap weight(w_.linear[l].data(), w_.rows[l], cols);
+      scaled[i] = weight * alpha.asDiagonal();
+      absl::StatusOr<std::vector<float>> qd = FakeQuantize(scaled[i].data(), w_.rows[l], cols,
+                                                           options_.spec);
+      if (!qd.ok()) {
+        statuses[i] = qd.status();
+        return;
+      }
+      q[i] = ConstRowMap(qd->data(), w_.rows[l], cols);
+      y[i] = u * q[i].transpose();
+      ref[i] = x * weight.transpose();
+    });
+    for (const absl::Status& s : statuses) RETURN_IF_ERROR(s);
+    const double tokens = static_cast<double>(x.rows());
+    std::vector<RowMatrix> dy(n);
+    double loss = 0;
+    if (TrainsOnMlpOutput(group_, options_)) {
+      // layers are {gate, up}.
+      const ConstRowMap down(w_.linear[kDown].data(), w_.rows[kDown], w_.cols[kDown]);
+      const RowMatrix sg = y[0].unaryExpr([](float v) { return Silu(v); });
+      const RowMatrix h = sg.cwiseProduct(y[1]);
+      const RowMatrix h_ref =
+          ref[0].unaryExpr([](float v) { return Silu(v); }).cwiseProduct(ref[1]);
+      const RowMatrix r = (h - h_ref) * down.transpose();
+      loss = r.cast<double>().squaredNorm() / tokens;
+      if (grad != nullptr) {
+        const RowMatrix dh = (r * static_cast<float>(2.0 / tokens)) * down;
+        // silu'(g) = s(g)·(1 + g·(1 - s(g))), s the logistic function.
+        const RowMatrix dsilu = y[0].unaryExpr([](float g) {
+          const float s = 1.0f / (1.0f + std::exp(-g));
+          return s * (1.0f + g * (1.0f - s));
+        });
+        dy[0] = dh.cwiseProduct(y[1]).cwiseProduct(dsilu);
+        dy[1] = dh.cwiseProduct(sg);
+      }
+    } else {
+      for (size_t i = 0; i < n; ++i) {
+        const RowMatrix r = y[i] - ref[i];
+        loss += r.cast<double>().squaredNorm() / tokens * weights_[i];
+        if (grad != nullptr) dy[i] = r * static_cast<float>(2.0 * weights_[i] / tokens);
+      }
+    }
+    if (grad != nullptr) {
+      std::vector<Eigen::VectorXf> grads(n);
+      tbb::parallel_for(size_t{0}, n, [&](size_t i) {
+        const BlockLinear l = group_.layers[i];
+        const ConstRowMap weight(w_.linear[l].data(), w_.rows[l], cols);
+        RowMatrix dq = dy[i].transpose() * u;
+        if (options_.scale_gradient) AddScaleGradient(scaled[i], q[i], options_.spec, &dq);
+        const RowMatrix through_w = dq.cwiseProduct(weight);
+        const RowMatrix through_x = (dy[i] * q[i]).cwiseProduct(x);
+        grads[i] = through_w.colwise().sum().transpose() -
+                   through_x.colwise().sum().transpose().cwiseQuotient(alpha.cwiseAbs2());
+      });
+      grad->setZero(cols);
+      for (size_t i = 0; i < n; ++i) *grad += grads[i];  // fixed order
+    }
+    return loss;
+  }
+
+ private:
+  const ScalingGroup& group_;
+  const BlockWeights& w_;
+  const TeqOptions& options_;
+  std::vector<double> weights_;
+};
 
 }  // namespace
 
@@ -79,29 +171,50 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const float* x, int seqs, int len,
     const int64_t last = static_cast<int64_t>(std::min(seqs, (b + 1) * batch_seqs)) * len;
     return ConstRowMap(x + first * cols, last - first, cols);
   };
+  // Per-layer weights of the local loss: 1 / (fp32 output energy per token).
+  std::vector<double> weights(group.layers.size(), 1.0);
+  if (options.normalize_layer_loss && group.layers.size() > 1) {
+    for (size_t i = 0; i < group.layers.size(); ++i) {
+      const BlockLinear l = group.layers[i];
+      const ConstRowMap weight(w.linear[l].data(), w.rows[l], cols);
+      double energy = 0;
+      for (int b = 0; b < batches; ++b) {
+        energy += (batch(b) * weight.transpose()).cast<double>().squaredNorm();
+      }
+      energy /= static_cast<double>(seqs) * len;
+      weights[i] = energy > 0 ? 1.0 / energy : 1.0;
+    }
+  }
+  const GroupObjective objective(group, w, options, std::move(weights));
   // Over all tokens, batch by batch so the temporaries stay small.
   auto full_loss = [&](const Eigen::VectorXf& alpha) -> absl::StatusOr<double> {
     double sum = 0;
     for (int b = 0; b < batches; ++b) {
       const ConstRowMap xb = batch(b);
-      ASSIGN_OR_RETURN(double loss, GroupLoss(xb, group, w, alpha, options.spec, nullptr));
+      ASSIGN_OR_RETURN(double loss, objective.Loss(xb, alpha, nullptr));
       sum += loss * static_cast<double>(xb.rows());
     }
     return sum / (static_cast<double>(seqs) * len);
   };
 
   TeqGroupReport report;
-  Eigen::VectorXf alpha = Eigen::VectorXf::Ones(cols);
+  // a = exp(theta) when log_scale, else a = theta.
+  Eigen::VectorXf theta = options.log_scale ? Eigen::VectorXf::Zero(cols)
+                                            : Eigen::VectorXf::Ones(cols);
+  auto alpha_of = [&](const Eigen::VectorXf& t) -> Eigen::VectorXf {
+    return options.log_scale ? Eigen::VectorXf(t.array().exp().matrix()) : t;
+  };
   Eigen::VectorXf m = Eigen::VectorXf::Zero(cols);
   Eigen::VectorXf v = Eigen::VectorXf::Zero(cols);
   Eigen::VectorXf grad(cols);
+  Eigen::VectorXf alpha = alpha_of(theta);
   ASSIGN_OR_RETURN(report.initial_loss, full_loss(alpha));
   const int warmup = static_cast<int>(options.warmup_fraction * options.steps);
   for (int step = 0; step < options.steps; ++step) {
     if (Cancelled(options)) return absl::CancelledError("quantization cancelled");
-    ASSIGN_OR_RETURN(double loss,
-                     GroupLoss(batch(step % batches), group, w, alpha, options.spec, &grad));
+    ASSIGN_OR_RETURN(double loss, objective.Loss(batch(step % batches), alpha, &grad));
     report.step_losses.push_back(loss);
+    if (options.log_scale) grad = grad.cwiseProduct(alpha);  // dL/dtheta
     // transformers' get_linear_schedule_with_warmup, read at the step's start.
     const float lr =
         options.lr * (step < warmup ? static_cast<float>(step) / std::max(1, warmup)
@@ -112,12 +225,13 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const float* x, int seqs, int len,
     v = options.beta2 * v + (1 - options.beta2) * grad.cwiseAbs2();
     const float c1 = 1 - std::pow(options.beta1, static_cast<float>(step + 1));
     const float c2 = 1 - std::pow(options.beta2, static_cast<float>(step + 1));
-    alpha -= (lr / c1) * m.cwiseQuotient(((v / c2).cwiseSqrt().array() + options.eps).matrix());
-    alpha = alpha.cwiseMax(1e-5f);
+    theta -= (lr / c1) * m.cwiseQuotient(((v / c2).cwiseSqrt().array() + options.eps).matrix());
+    if (!options.log_scale) theta = theta.cwiseMax(1e-5f);
+    alpha = alpha_of(theta);
   }
   ASSIGN_OR_RETURN(report.final_loss, full_loss(alpha));
   // Training sees one batch per step and the STE gradient; should the result
-  // be worse than no scaling on the whole set, keep a = 1.
+  // be worse than no scaling on the whole set (same objective), keep a = 1.
   if (report.final_loss > report.initial_loss) {
     alpha.setOnes();
     report.final_loss = report.initial_loss;
