@@ -88,15 +88,19 @@ TEST(E2eInferenceTest, BatchOfFourMatchesSinglePrompt) {
   EXPECT_EQ(batch.results(0).token_ids_size(), single.results(0).token_ids_size());
 }
 
+v1::GenerateStreamRequest GreedyStream(const std::string& model, int max_new_tokens) {
+  v1::GenerateStreamRequest request;
+  request.set_model(model);
+  request.set_prompt(kOnce);
+  *request.mutable_sampling() = Greedy(max_new_tokens);
+  return request;
+}
+
 TEST(E2eInferenceTest, StreamTokensThenEnd) {
   const std::string model = LoadedArtifact();
   grpc::ClientContext context;
   SetDeadline(&context);
-  v1::GenerateStreamRequest request;
-  request.set_model(model);
-  request.set_prompt(kOnce);
-  *request.mutable_sampling() = Greedy(24);
-  auto reader = Stub()->GenerateStream(&context, request);
+  auto reader = Stub()->GenerateStream(&context, GreedyStream(model, 24));
   v1::GenerateStreamResponse event;
   std::string text;
   int tokens = 0;
@@ -126,11 +130,8 @@ TEST(E2eInferenceTest, CancelMidStreamKeepsServing) {
   const std::string model = LoadedArtifact();
   grpc::ClientContext context;
   SetDeadline(&context);
-  v1::GenerateStreamRequest request;
-  request.set_model(model);
-  request.set_prompt(kOnce);
-  *request.mutable_sampling() = Greedy(256);  // long enough to be cut short
-  auto reader = Stub()->GenerateStream(&context, request);
+  // Long enough to be cut short.
+  auto reader = Stub()->GenerateStream(&context, GreedyStream(model, 256));
   v1::GenerateStreamResponse event;
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(reader->Read(&event));
