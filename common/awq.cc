@@ -234,19 +234,15 @@ absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols
     std::vector<float> cand_lo(nr * groups);
     std::vector<float> cand_hi(nr * groups);
     std::vector<float> clipped(nr * cols);
-    // One pass over the shrinks of the ends named; the other end stays at its
-    // best so far. Each (row, group) keeps its own best, as its error does
-    // not depend on the other groups.
-    enum class Ends { kBoth, kLong, kShort };
-    const auto search = [&](Ends ends) -> absl::Status {
+    // One pass over the shrinks of the upper end; the lower end shrinks
+    // alike (sym) or by lo_shrink (asym). Each (row, group) keeps its own
+    // best, as its error does not depend on the other groups.
+    const auto search = [&](float lo_shrink) -> absl::Status {
       for (int i = 0; i < shrinks; ++i) {
         const float shrink = 1.0f - static_cast<float>(i) / options.clip_grid;
         for (int64_t rg = 0; rg < nr * groups; ++rg) {
-          const bool hi_is_long = org_hi[rg] >= -org_lo[rg];
-          const bool shrink_hi = ends == Ends::kBoth || (ends == Ends::kLong) == hi_is_long;
-          const bool shrink_lo = ends == Ends::kBoth || (ends == Ends::kLong) != hi_is_long;
-          cand_lo[rg] = shrink_lo ? org_lo[rg] * shrink : best_lo[rg];
-          cand_hi[rg] = shrink_hi ? org_hi[rg] * shrink : best_hi[rg];
+          cand_lo[rg] = org_lo[rg] * (asym ? lo_shrink : shrink);
+          cand_hi[rg] = org_hi[rg] * shrink;
         }
         for (int64_t r = 0; r < nr; ++r) {
           for (int64_t k = 0; k < cols; ++k) {
@@ -277,17 +273,12 @@ absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols
       }
       return absl::OkStatus();
     };
-    absl::Status status;
-    if (asym) {
-      // Coordinate descent from the long end, whose tail inflates the scale
-      // most: trimming the short end first can settle on a local optimum
-      // that the long end then cannot undo. The last pass lets the long end
-      // follow a short end that moved.
-      status = search(Ends::kLong);
-      if (status.ok()) status = search(Ends::kShort);
-      if (status.ok()) status = search(Ends::kLong);
-    } else {
-      status = search(Ends::kBoth);
+    absl::Status status = search(1.0f);
+    // Asym: the full grid of both shrinks. Coordinate descent (one end, then
+    // the other) settles on local optima of skewed groups, and the grid
+    // holds AutoAWQ's symmetric shrinks, so no group ends worse than those.
+    for (int j = 1; asym && status.ok() && j < shrinks; ++j) {
+      status = search(1.0f - static_cast<float>(j) / options.clip_grid);
     }
     if (!status.ok()) {
       statuses[b] = status;

@@ -65,10 +65,10 @@ struct AwqClip {
 // (x_g · (Q(clamp(w_g)) - w_g))^2 for each group g, ties keeping the wider
 // range. Sym schemes search [-max, max] with max = max|w| * shrink (AutoAWQ).
 // Asym schemes search both ends of INC's range [min(wmin, 0), max(wmax, 0)]
-// with a shrink each, by coordinate descent (the longer end, the shorter,
-// the longer again): a symmetric clamp cannot trim the long side of a skewed
-// group without cutting into the short one. Output rows are searched in
-// batches in parallel.
+// with a shrink each, on the full grid of both (ties: the lower end first):
+// a symmetric clamp cannot trim the long side of a skewed group without
+// cutting into the short one. Output rows are searched in batches in
+// parallel.
 absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols, const float* x,
                                       int64_t tokens, const AwqOptions& options);
 
