@@ -183,12 +183,12 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
   return result;
 }
 
-absl::StatusOr<std::vector<float>> AwqSearchClip(const float* w, int64_t rows, int64_t cols,
-                                                 const float* x, int64_t tokens,
-                                                 const AwqOptions& options) {
+absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols, const float* x,
+                                      int64_t tokens, const AwqOptions& options) {
   const int64_t gs = EffectiveGroupSize(options.spec, cols);
   const int64_t groups = (cols + gs - 1) / gs;
-  std::vector<float> best_max(rows * groups);
+  const bool asym = options.spec.scheme == QuantScheme::kAsym;
+  AwqClip best{std::vector<float>(rows * groups), std::vector<float>(rows * groups)};
   // Output channels in batches, as AutoAWQ (oc_batch_size 64) but in parallel.
   constexpr int64_t kBatch = 64;
   const int64_t batches = (rows + kBatch - 1) / kBatch;
@@ -199,15 +199,28 @@ absl::StatusOr<std::vector<float>> AwqSearchClip(const float* w, int64_t rows, i
     const int64_t r0 = b * kBatch;
     const int64_t nr = std::min(kBatch, rows - r0);
     const float* wb = w + r0 * cols;
-    // Group outputs x_g · w_g of the unclipped weights, [row, token, group].
+    // Group outputs x_g · w_g of the unclipped weights, [row, token, group],
+    // and the unclipped range: [-max|w|, max|w|] for sym, the range the asym
+    // quantizer sees ([min(wmin, 0), max(wmax, 0)]) for asym, so that both
+    // ends shrink towards 0 and lo <= hi always holds.
     std::vector<float> org_out(nr * tokens * groups, 0.0f);
-    std::vector<float> org_max(nr * groups, 0.0f);
+    std::vector<float> org_lo(nr * groups, 0.0f);
+    std::vector<float> org_hi(nr * groups, 0.0f);
     for (int64_t r = 0; r < nr; ++r) {
       for (int64_t g = 0; g < groups; ++g) {
         const int64_t k1 = std::min(cols, (g + 1) * gs);
+        float& lo = org_lo[r * groups + g];
+        float& hi = org_hi[r * groups + g];
         for (int64_t k = g * gs; k < k1; ++k) {
-          org_max[r * groups + g] = std::max(org_max[r * groups + g], std::abs(wb[r * cols + k]));
+          const float v = wb[r * cols + k];
+          if (asym) {
+            lo = std::min(lo, v);
+            hi = std::max(hi, v);
+          } else {
+            hi = std::max(hi, std::abs(v));
+          }
         }
+        if (!asym) lo = -hi;
         for (int64_t t = 0; t < tokens; ++t) {
           float acc = 0;
           for (int64_t k = g * gs; k < k1; ++k) acc += x[t * cols + k] * wb[r * cols + k];
@@ -215,52 +228,76 @@ absl::StatusOr<std::vector<float>> AwqSearchClip(const float* w, int64_t rows, i
         }
       }
     }
+    std::vector<float> best_lo = org_lo;
+    std::vector<float> best_hi = org_hi;
     std::vector<double> min_err(nr * groups, 1e9);  // AutoAWQ's initial min_errs
+    std::vector<float> cand_lo(nr * groups);
+    std::vector<float> cand_hi(nr * groups);
     std::vector<float> clipped(nr * cols);
-    for (int i = 0; i < shrinks; ++i) {
-      const float shrink = 1.0f - static_cast<float>(i) / options.clip_grid;
-      for (int64_t r = 0; r < nr; ++r) {
-        for (int64_t k = 0; k < cols; ++k) {
-          const float m = org_max[r * groups + k / gs] * shrink;
-          clipped[r * cols + k] = std::clamp(wb[r * cols + k], -m, m);
+    // One pass over the shrinks of the upper end; the lower end shrinks
+    // alike (sym) or by lo_shrink (asym). Each (row, group) keeps its own
+    // best, as its error does not depend on the other groups.
+    const auto search = [&](float lo_shrink) -> absl::Status {
+      for (int i = 0; i < shrinks; ++i) {
+        const float shrink = 1.0f - static_cast<float>(i) / options.clip_grid;
+        for (int64_t rg = 0; rg < nr * groups; ++rg) {
+          cand_lo[rg] = org_lo[rg] * (asym ? lo_shrink : shrink);
+          cand_hi[rg] = org_hi[rg] * shrink;
         }
-      }
-      absl::StatusOr<std::vector<float>> q = FakeQuantize(clipped.data(), nr, cols, options.spec);
-      if (!q.ok()) {
-        statuses[b] = q.status();
-        return;
-      }
-      for (int64_t r = 0; r < nr; ++r) {
-        for (int64_t g = 0; g < groups; ++g) {
-          const int64_t k1 = std::min(cols, (g + 1) * gs);
-          double err = 0;
-          for (int64_t t = 0; t < tokens; ++t) {
-            float acc = 0;
-            for (int64_t k = g * gs; k < k1; ++k) acc += x[t * cols + k] * (*q)[r * cols + k];
-            const double d = acc - org_out[(r * tokens + t) * groups + g];
-            err += d * d;
-          }
-          err /= static_cast<double>(tokens);
-          if (err < min_err[r * groups + g]) {
-            min_err[r * groups + g] = err;
-            best_max[(r0 + r) * groups + g] = org_max[r * groups + g] * shrink;
+        for (int64_t r = 0; r < nr; ++r) {
+          for (int64_t k = 0; k < cols; ++k) {
+            const int64_t rg = r * groups + k / gs;
+            clipped[r * cols + k] = std::clamp(wb[r * cols + k], cand_lo[rg], cand_hi[rg]);
           }
         }
+        ASSIGN_OR_RETURN(std::vector<float> q, FakeQuantize(clipped.data(), nr, cols, options.spec));
+        for (int64_t r = 0; r < nr; ++r) {
+          for (int64_t g = 0; g < groups; ++g) {
+            const int64_t k1 = std::min(cols, (g + 1) * gs);
+            double err = 0;
+            for (int64_t t = 0; t < tokens; ++t) {
+              float acc = 0;
+              for (int64_t k = g * gs; k < k1; ++k) acc += x[t * cols + k] * q[r * cols + k];
+              const double d = acc - org_out[(r * tokens + t) * groups + g];
+              err += d * d;
+            }
+            err /= static_cast<double>(tokens);
+            const int64_t rg = r * groups + g;
+            if (err < min_err[rg]) {
+              min_err[rg] = err;
+              best_lo[rg] = cand_lo[rg];
+              best_hi[rg] = cand_hi[rg];
+            }
+          }
+        }
       }
+      return absl::OkStatus();
+    };
+    absl::Status status = search(1.0f);
+    // Asym: the full grid of both shrinks. Coordinate descent (one end, then
+    // the other) settles on local optima of skewed groups, and the grid
+    // holds AutoAWQ's symmetric shrinks, so no group ends worse than those.
+    for (int j = 1; asym && status.ok() && j < shrinks; ++j) {
+      status = search(1.0f - static_cast<float>(j) / options.clip_grid);
     }
+    if (!status.ok()) {
+      statuses[b] = status;
+      return;
+    }
+    std::copy(best_lo.begin(), best_lo.end(), best.lo.begin() + r0 * groups);
+    std::copy(best_hi.begin(), best_hi.end(), best.hi.begin() + r0 * groups);
   });
   if (Cancelled(options)) return absl::CancelledError("quantization cancelled");
   for (const absl::Status& s : statuses) RETURN_IF_ERROR(s);
-  return best_max;
+  return best;
 }
 
-void ApplyClip(absl::Span<const float> max_val, int64_t rows, int64_t cols, int group_size,
-               float* w) {
+void ApplyClip(const AwqClip& clip, int64_t rows, int64_t cols, int group_size, float* w) {
   const int64_t groups = (cols + group_size - 1) / group_size;
   tbb::parallel_for(int64_t{0}, rows, [&](int64_t r) {
     for (int64_t k = 0; k < cols; ++k) {
-      const float m = max_val[r * groups + k / group_size];
-      w[r * cols + k] = std::clamp(w[r * cols + k], -m, m);
+      const int64_t rg = r * groups + k / group_size;
+      w[r * cols + k] = std::clamp(w[r * cols + k], clip.lo[rg], clip.hi[rg]);
     }
   });
 }
@@ -320,13 +357,12 @@ absl::StatusOr<AwqBlockReport> AwqTransformBlock(const LlamaModel& model,
     float* m = w->linear[job.layer].data();
     const int64_t rows = w->rows[job.layer];
     const int64_t cols = w->cols[job.layer];
-    absl::StatusOr<std::vector<float>> max_val =
-        AwqSearchClip(m, rows, cols, x.data(), tokens, options);
-    if (!max_val.ok()) {
-      statuses[j] = max_val.status();
+    absl::StatusOr<AwqClip> clip = AwqSearchClip(m, rows, cols, x.data(), tokens, options);
+    if (!clip.ok()) {
+      statuses[j] = clip.status();
       return;
     }
-    ApplyClip(*max_val, rows, cols, EffectiveGroupSize(options.spec, cols), m);
+    ApplyClip(*clip, rows, cols, EffectiveGroupSize(options.spec, cols), m);
   });
   for (const absl::Status& s : statuses) RETURN_IF_ERROR(s);
   return report;

@@ -53,19 +53,27 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
                                                const BlockWeights& w,
                                                const AwqOptions& options);
 
-// The best clip, max |w| per (row, group) of w [rows, cols] (row-major,
-// rows * groups_per_row values), over token rows x [tokens, cols]: minimises
-// the mean over tokens of (x_g · (Q(clamp(w_g)) - w_g))^2 for each group g,
-// ties keeping the larger max. Output rows are searched in batches in
-// parallel.
-absl::StatusOr<std::vector<float>> AwqSearchClip(const float* w, int64_t rows, int64_t cols,
-                                                 const float* x, int64_t tokens,
-                                                 const AwqOptions& options);
+// A clip range per (row, group) of a matrix, rows * groups_per_row values
+// each: every group is clamped to [lo, hi].
+struct AwqClip {
+  std::vector<float> lo;
+  std::vector<float> hi;
+};
 
-// Clamps every group of w to [-max, max] (AutoAWQ apply_clip, for sym and
-// asym alike).
-void ApplyClip(absl::Span<const float> max_val, int64_t rows, int64_t cols, int group_size,
-               float* w);
+// The best clip per (row, group) of w [rows, cols] (row-major) over token
+// rows x [tokens, cols]: minimises the mean over tokens of
+// (x_g · (Q(clamp(w_g)) - w_g))^2 for each group g, ties keeping the wider
+// range. Sym schemes search [-max, max] with max = max|w| * shrink (AutoAWQ).
+// Asym schemes search both ends of INC's range [min(wmin, 0), max(wmax, 0)]
+// with a shrink each, on the full grid of both (ties: the lower end first):
+// a symmetric clamp cannot trim the long side of a skewed group without
+// cutting into the short one. Output rows are searched in batches in
+// parallel.
+absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols, const float* x,
+                                      int64_t tokens, const AwqOptions& options);
+
+// Clamps every group of w to its [lo, hi] (AutoAWQ apply_clip).
+void ApplyClip(const AwqClip& clip, int64_t rows, int64_t cols, int group_size, float* w);
 
 struct AwqBlockReport {
   std::vector<AwqScaleSearch> groups;  // as LlamaScalingGroups

@@ -128,9 +128,39 @@ TEST(AwqSearchClip, PicksTheKnownBestRatio) {
   options.spec.group_size = 8;
   auto best = AwqSearchClip(w.data(), 2, 8, x.data(), tokens, options);
   ASSERT_TRUE(best.ok()) << best.status();
-  ASSERT_EQ(best->size(), 2u);
-  EXPECT_FLOAT_EQ((*best)[0], 7.0f);
-  EXPECT_FLOAT_EQ((*best)[1], 6.4f);
+  ASSERT_EQ(best->hi.size(), 2u);
+  EXPECT_FLOAT_EQ(best->hi[0], 7.0f);
+  EXPECT_FLOAT_EQ(best->hi[1], 6.4f);
+  EXPECT_FLOAT_EQ(best->lo[0], -7.0f);
+  EXPECT_FLOAT_EQ(best->lo[1], -6.4f);
+}
+
+// Asym: two skewed groups of 8 whose long tail (channel 0, input always
+// zero) is free to clip. With the tail clipped to 6 (row 0) or -6 (row 1)
+// the range is 7.5 wide, scale 0.5 with an integer zero point, and every
+// other weight (a multiple of 0.5) is exact; clipping the short side could
+// only move its end weight. So the search must clip the tail side alone.
+TEST(AwqSearchClip, AsymClipsOnlyTheLongTail) {
+  const std::vector<float> w = {10,  -1.5f, 0.5f,  2, -1, 3.5f,  6,  4.5f,
+                                -10, 1.5f,  -0.5f, -2, 1, -3.5f, -6, -4.5f};
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  const int64_t tokens = 16;
+  std::vector<float> x(tokens * 8);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int k = 1; k < 8; ++k) x[t * 8 + k] = normal(rng);
+  }
+  AwqOptions options;
+  options.spec.type = QuantType::kInt4Clip;
+  options.spec.scheme = QuantScheme::kAsym;
+  options.spec.group_size = 8;
+  auto best = AwqSearchClip(w.data(), 2, 8, x.data(), tokens, options);
+  ASSERT_TRUE(best.ok()) << best.status();
+  ASSERT_EQ(best->hi.size(), 2u);
+  EXPECT_FLOAT_EQ(best->hi[0], 6.0f);
+  EXPECT_FLOAT_EQ(best->lo[0], -1.5f);
+  EXPECT_FLOAT_EQ(best->hi[1], 1.5f);
+  EXPECT_FLOAT_EQ(best->lo[1], -6.0f);
 }
 
 TEST(Awq, ScaleSearchDoesNotLoseToNoScaling) {
