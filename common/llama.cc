@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 
+#include "Eigen/Core"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/safetensors.h"
@@ -14,6 +15,11 @@
 
 namespace wq {
 namespace {
+
+using ConstRowMatrix =
+    Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+using ConstVector = Eigen::Map<const Eigen::VectorXf>;
+using Vector = Eigen::Map<Eigen::VectorXf>;
 
 // Weights of an unquantized model directory: every *.safetensors file mapped,
 // fp32 tensors used in place, others converted once into owned storage.
@@ -246,37 +252,22 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
   tbb::parallel_for(
       tbb::blocked_range<int64_t>(0, static_cast<int64_t>(work.size()) * heads),
       [&](const tbb::blocked_range<int64_t>& range) {
-        std::vector<float> scores;
+        Eigen::VectorXf scores;
         for (int64_t item = range.begin(); item != range.end(); ++item) {
           const Work& w = work[item / heads];
           const int h = static_cast<int>(item % heads);
           const int kv_h = h / group;
           const float* qh = q + w.row * q_dim + static_cast<int64_t>(h) * head_dim;
           const int n = w.pos + 1;
+          // This head's keys and values are contiguous [n, head_dim] rows, so
+          // scores and output are two Eigen matrix-vector products.
+          const ConstRowMatrix keys(w.cache->key(layer, kv_h, 0), n, head_dim);
+          const ConstRowMatrix values(w.cache->value(layer, kv_h, 0), n, head_dim);
           scores.resize(n);
-          const float* keys = w.cache->key(layer, kv_h, 0);
-          float max_score = -INFINITY;
-          for (int p = 0; p < n; ++p) {
-            const float* kp = keys + static_cast<int64_t>(p) * head_dim;
-            float dot = 0;
-            for (int d = 0; d < head_dim; ++d) dot += qh[d] * kp[d];
-            scores[p] = dot * scale;
-            max_score = std::max(max_score, scores[p]);
-          }
-          float sum = 0;
-          for (int p = 0; p < n; ++p) {
-            scores[p] = std::exp(scores[p] - max_score);
-            sum += scores[p];
-          }
-          const float inv_sum = 1.0f / sum;
-          float* oh = out + w.row * q_dim + static_cast<int64_t>(h) * head_dim;
-          std::fill_n(oh, head_dim, 0.0f);
-          const float* values = w.cache->value(layer, kv_h, 0);
-          for (int p = 0; p < n; ++p) {
-            const float a = scores[p] * inv_sum;
-            const float* vp = values + static_cast<int64_t>(p) * head_dim;
-            for (int d = 0; d < head_dim; ++d) oh[d] += a * vp[d];
-          }
+          scores.noalias() = (keys * ConstVector(qh, head_dim)) * scale;
+          scores = (scores.array() - scores.maxCoeff()).exp();
+          Vector(out + w.row * q_dim + static_cast<int64_t>(h) * head_dim, head_dim)
+              .noalias() = values.transpose() * (scores / scores.sum());
         }
       });
 }
