@@ -1,7 +1,7 @@
 // Writes a Hugging Face format Llama directory with random weights in a real
 // model's shape (see synthetic_model.h), for bench/speed and by hand:
 //
-//   bazel-bin/bench/make_synthetic_model --shape=tinyllama-1.1b \
+//   bazel-bin/bench/make_synthetic_model --shape=tinyllama-1.1b
 //       --out=/tmp/wq-synth/tinyllama-1.1b [--seed=1] [--tokenizer=PATH]
 #include <cstdio>
 #include <string>
