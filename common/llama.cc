@@ -169,14 +169,54 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
   return BuildLlamaWeights(config, std::move(source));
 }
 
-KVCache::KVCache(const LlamaConfig& config, int max_positions)
-    : kv_heads_(config.num_key_value_heads),
+KVCache::KVCache(const LlamaConfig& config, int max_positions, KvCacheDtype dtype)
+    : dtype_(dtype),
+      kv_heads_(config.num_key_value_heads),
       head_dim_(config.head_dim),
       max_positions_(max_positions) {
   const size_t n = static_cast<size_t>(config.num_hidden_layers) * kv_heads_ *
                    max_positions_ * head_dim_;
-  keys_.resize(n);
-  values_.resize(n);
+  if (dtype_ == KvCacheDtype::kF32) {
+    keys_.resize(n);
+    values_.resize(n);
+  } else {
+    keys_bf16_.resize(n);
+    values_bf16_.resize(n);
+  }
+}
+
+void KVCache::Store(int layer, int kv_head, int pos, const float* key, const float* value) {
+  const int64_t o = Offset(layer, kv_head, pos);
+  if (dtype_ == KvCacheDtype::kF32) {
+    std::copy_n(key, head_dim_, keys_.data() + o);
+    std::copy_n(value, head_dim_, values_.data() + o);
+    return;
+  }
+  std::transform(key, key + head_dim_, keys_bf16_.data() + o, FloatToBf16);
+  std::transform(value, value + head_dim_, values_bf16_.data() + o, FloatToBf16);
+}
+
+const float* KVCache::Rows(const std::vector<float>& f32, const std::vector<uint16_t>& bf16,
+                           int64_t offset, int n, std::vector<float>* scratch) const {
+  if (dtype_ == KvCacheDtype::kF32) return f32.data() + offset;
+  const int64_t count = static_cast<int64_t>(n) * head_dim_;
+  scratch->resize(count);
+  std::transform(bf16.data() + offset, bf16.data() + offset + count, scratch->data(),
+                 Bf16ToFloat);
+  return scratch->data();
+}
+
+const float* KVCache::Keys(int layer, int kv_head, int n, std::vector<float>* scratch) const {
+  return Rows(keys_, keys_bf16_, Offset(layer, kv_head, 0), n, scratch);
+}
+
+const float* KVCache::Values(int layer, int kv_head, int n, std::vector<float>* scratch) const {
+  return Rows(values_, values_bf16_, Offset(layer, kv_head, 0), n, scratch);
+}
+
+int64_t KVCache::bytes() const {
+  return static_cast<int64_t>((keys_.size() + values_.size()) * sizeof(float) +
+                              (keys_bf16_.size() + values_bf16_.size()) * sizeof(uint16_t));
 }
 
 LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
@@ -230,8 +270,8 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
     for (size_t t = 0; t < chunk.tokens.size(); ++t, ++row) {
       const int pos = chunk.start_pos + static_cast<int>(t);
       for (int h = 0; h < kv_heads; ++h) {
-        std::copy_n(k + row * kv_dim + h * head_dim, head_dim, chunk.cache->key(layer, h, pos));
-        std::copy_n(v + row * kv_dim + h * head_dim, head_dim, chunk.cache->value(layer, h, pos));
+        chunk.cache->Store(layer, h, pos, k + row * kv_dim + h * head_dim,
+                           v + row * kv_dim + h * head_dim);
       }
     }
   }
@@ -253,6 +293,7 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
       tbb::blocked_range<int64_t>(0, static_cast<int64_t>(work.size()) * heads),
       [&](const tbb::blocked_range<int64_t>& range) {
         Eigen::VectorXf scores;
+        std::vector<float> key_rows, value_rows;  // bf16 caches convert into these
         for (int64_t item = range.begin(); item != range.end(); ++item) {
           const Work& w = work[item / heads];
           const int h = static_cast<int>(item % heads);
@@ -261,8 +302,9 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
           const int n = w.pos + 1;
           // This head's keys and values are contiguous [n, head_dim] rows, so
           // scores and output are two Eigen matrix-vector products.
-          const ConstRowMatrix keys(w.cache->key(layer, kv_h, 0), n, head_dim);
-          const ConstRowMatrix values(w.cache->value(layer, kv_h, 0), n, head_dim);
+          const ConstRowMatrix keys(w.cache->Keys(layer, kv_h, n, &key_rows), n, head_dim);
+          const ConstRowMatrix values(w.cache->Values(layer, kv_h, n, &value_rows), n,
+                                      head_dim);
           scores.resize(n);
           scores.noalias() = (keys * ConstVector(qh, head_dim)) * scale;
           scores = (scores.array() - scores.maxCoeff()).exp();

@@ -77,32 +77,40 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
     const std::string& dir);
 
+// Element type of the KV cache: bf16 halves its memory (and the bytes
+// attention reads) at ~3 significant digits per stored key and value.
+enum class KvCacheDtype { kF32, kBf16 };
+
 // Keys and values of one sequence, per layer and KV head contiguous over
-// positions: [layer][kv_head][position][head_dim].
+// positions: [layer][kv_head][position][head_dim], allocated up front.
 class KVCache {
  public:
-  KVCache(const LlamaConfig& config, int max_positions);
+  KVCache(const LlamaConfig& config, int max_positions,
+          KvCacheDtype dtype = KvCacheDtype::kF32);
   int max_positions() const { return max_positions_; }
-  float* key(int layer, int kv_head, int pos) {
-    return keys_.data() + Offset(layer, kv_head, pos);
-  }
-  float* value(int layer, int kv_head, int pos) {
-    return values_.data() + Offset(layer, kv_head, pos);
-  }
-  int64_t bytes() const {
-    return static_cast<int64_t>((keys_.size() + values_.size()) * sizeof(float));
-  }
+  KvCacheDtype dtype() const { return dtype_; }
+  // Stores head_dim keys and values of one position.
+  void Store(int layer, int kv_head, int pos, const float* key, const float* value);
+  // Positions [0, n) as [n, head_dim] fp32 rows: in place for kF32, else
+  // converted into *scratch.
+  const float* Keys(int layer, int kv_head, int n, std::vector<float>* scratch) const;
+  const float* Values(int layer, int kv_head, int n, std::vector<float>* scratch) const;
+  int64_t bytes() const;
 
  private:
   int64_t Offset(int layer, int kv_head, int pos) const {
     return ((static_cast<int64_t>(layer) * kv_heads_ + kv_head) * max_positions_ +
             pos) * head_dim_;
   }
+  const float* Rows(const std::vector<float>& f32, const std::vector<uint16_t>& bf16,
+                    int64_t offset, int n, std::vector<float>* scratch) const;
+
+  KvCacheDtype dtype_;
   int kv_heads_;
   int head_dim_;
   int max_positions_;
-  std::vector<float> keys_;
-  std::vector<float> values_;
+  std::vector<float> keys_, values_;          // kF32
+  std::vector<uint16_t> keys_bf16_, values_bf16_;  // kBf16
 };
 
 // The MLP's activation: silu(gate) * up.

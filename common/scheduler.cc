@@ -140,7 +140,8 @@ void GenerationScheduler::Loop() {
           seq.admitted = absl::Now();
           const int capacity = std::min<int>(
               max_context_, seq.prompt_tokens + seq.params.max_new_tokens);
-          seq.cache = std::make_unique<KVCache>(model_->config(), capacity);
+          seq.cache = std::make_unique<KVCache>(model_->config(), capacity,
+                                                options_.kv_cache_dtype);
           seq.sampler = std::make_unique<Sampler>(seq.params.sampling);
           seq.text = std::make_unique<TextStream>(
               *tokenizer_, /*at_sequence_start=*/seq.prompt_tokens <= 1,

@@ -65,6 +65,7 @@ class GenerationScheduler {
     int max_queued = 64;      // waiting beyond max_running
     int prefill_chunk = 256;  // prompt tokens per step, over all sequences
     int max_context = 0;      // tokens per sequence; 0: the model's maximum
+    KvCacheDtype kv_cache_dtype = KvCacheDtype::kF32;
   };
 
   // A submitted request; Cancel() makes it finish with kCancelled at the

@@ -26,6 +26,8 @@ ABSL_FLAG(int, max_queued, 64, "requests waiting per model beyond max_running");
 ABSL_FLAG(int, max_new_tokens_cap, 2048, "largest max_new_tokens a request may ask for");
 ABSL_FLAG(int, default_max_new_tokens, 128, "max_new_tokens when a request leaves it unset");
 ABSL_FLAG(int, max_context, 0, "tokens per sequence; 0 = the model's maximum");
+ABSL_FLAG(std::string, kv_cache_dtype, "fp32",
+          "fp32 or bf16 (half the KV cache memory, keys and values rounded to bf16)");
 ABSL_FLAG(std::string, preload, "", "comma-separated models (artifact or model ids) to load at start");
 
 namespace {
@@ -40,6 +42,9 @@ std::string CheckFlags() {
     return "--default_max_new_tokens must be >= 1";
   }
   if (absl::GetFlag(FLAGS_max_context) < 0) return "--max_context must be >= 0";
+  if (const std::string kv = absl::GetFlag(FLAGS_kv_cache_dtype); kv != "fp32" && kv != "bf16") {
+    return "--kv_cache_dtype must be fp32 or bf16";
+  }
   return "";
 }
 
@@ -66,6 +71,9 @@ int main(int argc, char** argv) {
   options.scheduler.max_running = absl::GetFlag(FLAGS_max_running);
   options.scheduler.max_queued = absl::GetFlag(FLAGS_max_queued);
   options.scheduler.max_context = absl::GetFlag(FLAGS_max_context);
+  options.scheduler.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype) == "bf16"
+                                         ? wq::KvCacheDtype::kBf16
+                                         : wq::KvCacheDtype::kF32;
   absl::StatusOr<std::unique_ptr<wq::ModelManager>> models =
       wq::ModelManager::Create(options);
   if (!models.ok()) {

@@ -1,5 +1,6 @@
 // The fp32 engine against golden.json: logits computed in float64 by an
 // independent implementation, and its 32 greedy tokens.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -145,6 +146,43 @@ TEST_F(LlamaGoldenTest, ChainedBlocksReproduceForward) {
                    BlockPoint::kOProjInput);
   EXPECT_EQ(seen, 2);
   EXPECT_EQ(x, before);
+}
+
+// A bf16 KV cache takes half the memory and stays close to fp32: keys and
+// values carry 8 significant bits (relative error <= 2^-9 each), so logits
+// move by under 1 % of their largest magnitude and the greedy continuation
+// is unchanged.
+TEST_F(LlamaGoldenTest, Bf16KvCacheStaysCloseToFp32) {
+  std::vector<int> seq = prompt_;
+  seq.insert(seq.end(), greedy_.begin(), greedy_.end());
+  KVCache f32(model_->config(), 64), bf16(model_->config(), 64, KvCacheDtype::kBf16);
+  EXPECT_EQ(bf16.bytes() * 2, f32.bytes());
+  std::vector<float> a, b;
+  for (KVCache* cache : {&f32, &bf16}) {
+    SequenceChunk chunk;
+    chunk.cache = cache;
+    chunk.tokens = seq;
+    chunk.all_logits = true;
+    ASSERT_TRUE(model_->Forward({&chunk, 1}, cache == &f32 ? &a : &b).ok());
+  }
+  ASSERT_EQ(a.size(), b.size());
+  const int vocab = model_->config().vocab_size;
+  double worst = 0, largest = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, double{std::abs(a[i] - b[i])});
+    largest = std::max(largest, double{std::abs(a[i])});
+  }
+  EXPECT_GT(worst, 0);  // the cache really is rounded
+  EXPECT_LT(worst, 0.01 * largest);
+  // Greedy: every position's argmax agrees over the golden continuation.
+  for (size_t p = prompt_.size() - 1; p + 1 < seq.size(); ++p) {
+    const float* ra = a.data() + p * vocab;
+    const float* rb = b.data() + p * vocab;
+    EXPECT_EQ(std::max_element(ra, ra + vocab) - ra, std::max_element(rb, rb + vocab) - rb)
+        << "position " << p;
+  }
+  std::printf("max |logit(bf16 KV) - logit(fp32 KV)|: %.2e (max |logit| %.1f)\n", worst,
+              largest);
 }
 
 TEST_F(LlamaGoldenTest, RejectsBadTokensAndPositions) {
