@@ -8,7 +8,7 @@
 // token) and streams one configuration through the real inference_service
 // binary over gRPC to compare with in-process decode.
 //
-//   bazel run -c opt //bench:speed -- --models=tinyllama-1.1b \
+//   bazel run -c opt //bench:speed -- --models=tinyllama-1.1b
 //       --json_out=/tmp/speed.json [--smoke] [--weights=int4_clip_sym,fp32] ...
 //
 // Models and artifacts go to --work_dir (never the repository). Timings are
