@@ -48,6 +48,7 @@
 #include "common/cpu_features.h"
 #include "common/llama.h"
 #include "common/quant_config.h"
+#include "common/process_memory.h"
 #include "common/quantizer.h"
 #include "common/status_macros.h"
 #include "grpcpp/grpcpp.h"
@@ -135,15 +136,6 @@ std::vector<int> SplitInts(const std::string& s) {
     if (absl::SimpleAtoi(p, &v) && v > 0) out.push_back(v);
   }
   return out;
-}
-
-int64_t VmRssBytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  }
-  return 0;
 }
 
 std::string LoadAverage() {
@@ -340,7 +332,7 @@ absl::Status MeasureRow(const Options& o, const std::shared_ptr<const LlamaWeigh
     ASSIGN_OR_RETURN(row->decode_tps[batch],
                      TimeDecode(model, batch, o.decode_prompt, o.decode_tokens, o.iterations));
   }
-  row->rss_bytes = VmRssBytes();
+  row->rss_bytes = ResidentBytes();
   return absl::OkStatus();
 }
 

@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/awq.h"
+#include "common/process_memory.h"
 #include "common/quant_config.h"
 #include "common/status_macros.h"
 #include "common/teq.h"

@@ -2,15 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstring>
 #include <map>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "common/file_util.h"
 #include "common/model_registry.h"
 #include "common/status_macros.h"
@@ -275,26 +271,6 @@ std::vector<float> MeanAbsPerChannel(const float* x, int64_t rows, int64_t cols)
     mean[j] = static_cast<float>(sum / static_cast<double>(rows));
   });
   return mean;
-}
-
-int64_t PeakResidentBytes() {
-  FILE* f = std::fopen("/proc/self/status", "r");
-  if (f == nullptr) return 0;
-  char line[256];
-  int64_t kb = 0;
-  while (std::fgets(line, sizeof(line), f) != nullptr) {
-    if (std::strncmp(line, "VmHWM:", 6) == 0) {
-      int64_t v = 0;
-      if (absl::SimpleAtoi(absl::StripAsciiWhitespace(
-                               absl::StripSuffix(absl::string_view(line + 6), "kB\n")),
-                           &v)) {
-        kb = v;
-      }
-      break;
-    }
-  }
-  std::fclose(f);
-  return kb * 1024;
 }
 
 }  // namespace wq

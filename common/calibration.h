@@ -127,9 +127,6 @@ absl::StatusOr<std::vector<float>> FakeQuantize(const float* w, int64_t rows,
 // double (llm-awq get_act_scale).
 std::vector<float> MeanAbsPerChannel(const float* x, int64_t rows, int64_t cols);
 
-// The process's peak resident set (VmHWM) in bytes; 0 if unknown.
-int64_t PeakResidentBytes();
-
 }  // namespace wq
 
 #endif  // WQ_COMMON_CALIBRATION_H_

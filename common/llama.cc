@@ -9,6 +9,7 @@
 #include "Eigen/Core"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/bf16.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "tbb/parallel_for.h"

@@ -499,22 +499,6 @@ double BitsPerWeight(const QuantizedMatrixView& m) {
   return bits / static_cast<double>(m.rows * m.cols);
 }
 
-uint16_t FloatToBf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof(u));
-  // Quiet the NaN so that truncation cannot turn it into an infinity.
-  if (std::isnan(x)) return static_cast<uint16_t>((u >> 16) | 0x40);
-  u += 0x7fff + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-float Bf16ToFloat(uint16_t x) {
-  const uint32_t u = static_cast<uint32_t>(x) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
 DoubleQuantizedScales DoubleQuantizeScales(absl::Span<const float> scales,
                                            bool subtract_mean) {
   DoubleQuantizedScales dq;

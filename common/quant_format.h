@@ -29,6 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/bf16.h"
 
 namespace wq {
 
@@ -142,10 +143,6 @@ DoubleQuantizedScales DoubleQuantizeScales(absl::Span<const float> scales,
 absl::Status DequantizeDoubleQuantizedScales(
     absl::Span<const uint8_t> codes, absl::Span<const float> block_scales,
     float mean, absl::Span<float> out);
-
-// bfloat16 <-> fp32; rounding is to nearest even, NaN stays NaN.
-uint16_t FloatToBf16(float x);
-float Bf16ToFloat(uint16_t x);
 
 struct QuantizedMatrix {
   QuantSpec spec;

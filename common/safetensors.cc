@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/bf16.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -100,13 +101,6 @@ float HalfToFloat(uint16_t half) {
     mantissa &= 0x3ff;
     bits = sign | (static_cast<uint32_t>(113 - shift) << 23) | (mantissa << 13);
   }
-  float result;
-  std::memcpy(&result, &bits, sizeof(result));
-  return result;
-}
-
-float Bf16ToFloat(uint16_t bf16) {
-  uint32_t bits = static_cast<uint32_t>(bf16) << 16;
   float result;
   std::memcpy(&result, &bits, sizeof(result));
   return result;

@@ -10,8 +10,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
-#include "common/calibration.h"
 #include "common/logging.h"
+#include "common/process_memory.h"
 #include "common/quant_config.h"
 #include "common/status_macros.h"
 

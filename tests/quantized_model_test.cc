@@ -190,7 +190,9 @@ Outcome QuantizedModelTest::Run(const Case& c) {
   int quantized = 0;
   for (const auto& t : manifest->tensors()) {
     quantized += t.quantized();
-    if (t.module() == "lm_head" || t.module() == "model.embed_tokens") EXPECT_FALSE(t.quantized());
+    if (t.module() == "lm_head" || t.module() == "model.embed_tokens") {
+      EXPECT_FALSE(t.quantized());
+    }
     if (!t.quantized()) continue;
     EXPECT_EQ(t.double_quant(), c.variant == Variant::kDoubleQuant);
     EXPECT_EQ(t.scale_dtype(),
