@@ -108,6 +108,18 @@ TEST(FoldScales, LeavesTheFp32BlockOutputUnchanged) {
   EXPECT_LT(max_diff, 1e-5);
 }
 
+// Inputs [tokens, 8] for the clip-search cases: normal, except channel 0,
+// which is always zero.
+std::vector<float> ClipSearchInputs(int64_t tokens, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(tokens * 8);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int k = 1; k < 8; ++k) x[t * 8 + k] = normal(rng);
+  }
+  return x;
+}
+
 // Two rows of one group of 8 whose input channel 0 is always zero, so the
 // outlier there costs nothing and the best clip is the one that makes the
 // other weights exact: max 7 (scale 1) for row 0, 6.4 for row 1.
@@ -116,13 +128,8 @@ TEST(AwqSearchClip, PicksTheKnownBestRatio) {
   const std::vector<float> w = {10, 1, -2, 3, -4, 5, -6, 2,
                                 8,  step1, -2 * step1, 3 * step1, -4 * step1, 5 * step1,
                                 -6 * step1, step1};
-  std::mt19937 rng(3);
-  std::normal_distribution<float> normal;
   const int64_t tokens = 16;
-  std::vector<float> x(tokens * 8);
-  for (int64_t t = 0; t < tokens; ++t) {
-    for (int k = 1; k < 8; ++k) x[t * 8 + k] = normal(rng);
-  }
+  const std::vector<float> x = ClipSearchInputs(tokens, 3);
   AwqOptions options;
   options.spec.type = QuantType::kInt4Clip;
   options.spec.group_size = 8;
@@ -143,13 +150,8 @@ TEST(AwqSearchClip, PicksTheKnownBestRatio) {
 TEST(AwqSearchClip, AsymClipsOnlyTheLongTail) {
   const std::vector<float> w = {10,  -1.5f, 0.5f,  2, -1, 3.5f,  6,  4.5f,
                                 -10, 1.5f,  -0.5f, -2, 1, -3.5f, -6, -4.5f};
-  std::mt19937 rng(5);
-  std::normal_distribution<float> normal;
   const int64_t tokens = 16;
-  std::vector<float> x(tokens * 8);
-  for (int64_t t = 0; t < tokens; ++t) {
-    for (int k = 1; k < 8; ++k) x[t * 8 + k] = normal(rng);
-  }
+  const std::vector<float> x = ClipSearchInputs(tokens, 5);
   AwqOptions options;
   options.spec.type = QuantType::kInt4Clip;
   options.spec.scheme = QuantScheme::kAsym;
