@@ -5,12 +5,16 @@
 //
 //   bazel-bin/bench/matmul_bench [--json=out.json] [--isas=avx2,avx512_bf16]
 //       [--threads=1,2] [--reps=N] [--gemm_reps=N] [--no_gemm]
+//       [--dtypes=int4_clip_sym_g32,...] [--shapes=gate_up,...]
+//       [--computes=int8,...]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -36,7 +40,13 @@ struct Options {
   int reps = 20;
   int gemm_reps = 3;
   bool gemm = true;
+  // Empty: all.
+  std::vector<std::string> dtypes, shapes, computes;
 };
+
+bool Selected(const std::vector<std::string>& names, std::string_view name) {
+  return names.empty() || std::find(names.begin(), names.end(), name) != names.end();
+}
 
 struct Shape {
   const char* name;
@@ -70,12 +80,19 @@ struct Weight {
   int64_t rows = 0, cols = 0;
   int64_t bytes = 0;  // One copy.
   size_t copies() const { return q.empty() ? dense.size() : q.size(); }
+  // Per copy, for the compute dtype of the last Pack call.
+  std::vector<std::shared_ptr<const PackedWeights>> packed;
+  // Lays the copies out for `compute`'s kernels once, as model loading does.
+  void Pack(ComputeDtype compute) {
+    packed.clear();
+    for (const QuantizedMatrix& m : q) packed.push_back(PackWeights(m.view(), compute));
+  }
   void Run(size_t copy, const float* x, int64_t n, float* y,
            ComputeDtype compute) const {
     if (q.empty()) {
       MatMulF32(dense[copy].data(), rows, cols, x, n, y);
     } else {
-      MatMulQuantized(q[copy].view(), x, n, y, compute);
+      MatMulQuantized(q[copy].view(), x, n, y, compute, packed[copy].get());
     }
   }
 };
@@ -147,6 +164,12 @@ Options Parse(int argc, char** argv) {
       o.reps = std::atoi(v);
     } else if (const char* v = value("--gemm_reps=")) {
       o.gemm_reps = std::atoi(v);
+    } else if (const char* v = value("--dtypes=")) {
+      o.dtypes = absl::StrSplit(v, ',');
+    } else if (const char* v = value("--shapes=")) {
+      o.shapes = absl::StrSplit(v, ',');
+    } else if (const char* v = value("--computes=")) {
+      o.computes = absl::StrSplit(v, ',');
     } else if (arg == "--no_gemm") {
       o.gemm = false;
     } else {
@@ -178,8 +201,10 @@ int Main(int argc, char** argv) {
               "%bw", "GFLOP/s");
   constexpr int64_t kPrefill = 128;
   for (const WeightDtype& d : kDtypes) {
+    if (!Selected(opt.dtypes, d.name)) continue;
     for (const Shape& s : kShapes) {
-      const Weight w = MakeWeight(d, s);
+      if (!Selected(opt.shapes, s.name)) continue;
+      Weight w = MakeWeight(d, s);
       const std::vector<float> x = Random(kPrefill * s.cols, 2);
       std::vector<float> y(kPrefill * s.rows);
       for (Isa isa : opt.isas) {
@@ -187,6 +212,8 @@ int Main(int argc, char** argv) {
         for (int c = 0; c < kNumComputeDtypes; ++c) {
           const auto compute = static_cast<ComputeDtype>(c);
           if (d.dense && compute != ComputeDtype::kFp32) continue;
+          if (!Selected(opt.computes, ComputeDtypeName(compute))) continue;
+          w.Pack(compute);
           for (size_t ti = 0; ti < opt.threads.size(); ++ti) {
             const int t = opt.threads[ti];
             tbb::task_arena arena(t);

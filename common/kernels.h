@@ -4,6 +4,8 @@
 #define WQ_COMMON_KERNELS_H_
 
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <vector>
 
 #include "common/compute_dtype.h"
@@ -15,14 +17,40 @@ namespace kernels {
 
 inline constexpr int kBlock = 32;  // SIMD / int8 activation block.
 
+// Row tile of the int8-compute weight layout: one 32-bit lane per W row.
+inline constexpr int kTileRows = 8;
+
+// W re-laid out for the int8-compute kernels, built once per weight
+// (PackInt8Weights). Rows go in tiles of kTileRows (the last one padded with
+// zero scales), and each tile stores, group after group:
+//   codes: per 32-block, 4-bit: 4 chunks of 32 bytes; in chunk c the 4 bytes
+//          of lane j are row j's columns 4c..4c+3 (low nibbles) and
+//          16+4c..16+4c+3 (high nibbles). 8-bit: 8 chunks, lane j holding
+//          row j's columns 4c..4c+3. So one vpdpbusd multiplies a chunk with
+//          4 broadcast activation bytes and sums 4 columns for 8 rows at once;
+//   scales: kTileRows floats, the group's scales times int8_wscale;
+//   zeros:  kTileRows bytes (asym only).
+// Codes keep the artifact's values; the level table applies at run time.
+struct PackedInt8Weights {
+  int64_t rows = 0;
+  int64_t groups = 0;            // Groups covered (a.simd_cols / group_size).
+  int64_t block_bytes = 0;       // Code bytes of one tile's 32-block.
+  int64_t group_stride = 0;      // Bytes of one tile's group record.
+  int64_t tile_stride = 0;       // groups * group_stride.
+  std::unique_ptr<uint8_t, decltype(&std::free)> data{nullptr, &std::free};
+  const uint8_t* tile(int64_t t) const { return data.get() + t * tile_stride; }
+};
+
 // Everything a kernel needs about one MatMulQuantized call: the weights, the
 // per-format facts derived once from the QuantFormat row, and the activations
 // prepared (once per call, portable code) for the compute dtype.
 //
 // Activation layout: per x row, columns are split into groups and each group
-// into 32-blocks (the last one of a group may be short). For 4-bit weights
-// every full block is stored de-interleaved (16 even then 16 odd columns) so
-// that low/high nibbles meet their activations without shuffles.
+// into 32-blocks (the last one of a group may be short). For fp32/bf16
+// compute of 4-bit weights every full block of xf is stored de-interleaved
+// (16 even then 16 odd columns) so that low/high nibbles meet their
+// activations without shuffles; int8 activations keep the natural order
+// (the packed weights are arranged for them instead).
 struct QuantArgs {
   const QuantizedMatrixView* w = nullptr;
   ComputeDtype compute = ComputeDtype::kFp32;
@@ -51,6 +79,7 @@ struct QuantArgs {
   const float* xd = nullptr;   // [n, blocks_per_row] int8 block scales.
   const int32_t* xsa = nullptr;  // [n, blocks_per_row] sums of xq per block.
   const float* xs = nullptr;   // [n, groups]: sum over blocks of xd * xsa.
+  const PackedInt8Weights* packed = nullptr;  // Set for the int8 kernels.
 };
 
 // Storage behind the activation pointers of a QuantArgs.
@@ -63,12 +92,27 @@ struct ActivationBuffers {
   std::vector<float> xs;
 };
 
-// Fills `a` for one MatMulQuantized call: format facts from the QuantFormat
-// row, simd_cols, and the activations prepared for `compute` (kInt8 falls
-// back to kFp32 where it cannot represent the format).
+// Quantizes `blocks` whole 32-blocks of x to int8 (absmax / 127, round half
+// to even): q[32 * b + j], scale d[b] and sum of q sum[b].
+using QuantizeBlocksFn = void (*)(const float* x, int64_t blocks, int8_t* q,
+                                  float* d, int32_t* sum);
+void QuantizeBlocksRef(const float* x, int64_t blocks, int8_t* q, float* d,
+                       int32_t* sum);
+
+// Fills the format facts of `a` (from the QuantFormat row) and simd_cols for
+// `compute` (kInt8 falls back to kFp32 where it cannot represent the format).
+void DescribeCall(const QuantizedMatrixView& w, ComputeDtype compute,
+                  QuantArgs* a);
+
+// Fills `a` for one MatMulQuantized call: DescribeCall, then the activations
+// prepared for a.compute (whole int8 blocks through `quantize`).
 void PrepareCall(const QuantizedMatrixView& w, const float* x, int64_t n,
-                 float* y, ComputeDtype compute, QuantArgs* a,
-                 ActivationBuffers* buffers);
+                 float* y, ComputeDtype compute, QuantizeBlocksFn quantize,
+                 QuantArgs* a, ActivationBuffers* buffers);
+
+// The int8 kernels' layout of W (a from DescribeCall with compute kInt8 and
+// simd_cols > 0).
+PackedInt8Weights PackInt8Weights(const QuantArgs& a);
 
 // Writes y[i, row] for all i, covering columns [col_begin, cols) where
 // col_begin is a group boundary, in the scalar reference arithmetic of
@@ -77,13 +121,15 @@ void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
              bool accumulate);
 
 struct KernelTable {
-  // y rows [r0, r1) of a quantized matmul; nullptr entries fall back to the
-  // scalar reference.
+  // y rows [r0, r1) of a quantized matmul (r0 a multiple of kTileRows);
+  // nullptr entries fall back to the scalar reference. The kInt8 entry
+  // reads a.packed.
   void (*quant_rows[kNumComputeDtypes])(const QuantArgs& a, int64_t r0,
                                         int64_t r1);
   // y[:, r0:r1] = x · W[r0:r1]^T for dense fp32 W; nullptr: reference.
   void (*f32_rows)(const float* w, int64_t rows, int64_t cols, const float* x,
                    int64_t n, float* y, int64_t r0, int64_t r1);
+  QuantizeBlocksFn quantize_blocks;
 };
 
 // Defined by the kernels_<isa>.cc units (each compiled for its ISA only).

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "common/kernels.h"
@@ -301,112 +302,124 @@ void FloatRows(const QuantArgs& a, int64_t r0, int64_t r1) {
 }
 
 // ---------------------------------------------------------------------------
-// int8 compute: u8 (or, for Q::kSignedWeights, u8 - 128 as s8) weight levels
-// times s8 activations per 32-block, exact int32 dots, then
-// y = sum_g s_g * (sum_b d_b * dot_b - off_g * xs_g).
-
-// R rows of W times T rows of x (i0...): each weight block is decoded once
-// and reused for the T activation rows, which prefill and batched decode
-// need (n == 1 is memory bound either way). kLut: codes map to levels
-// through a table (codebooks); otherwise the level is the code itself
-// (affine formats), so no shuffle is needed.
-template <class Q, int kBits, bool kLut, int R, int T>
-void Int8Block(const QuantArgs& a, int64_t r, int64_t i0) {
-  const QuantizedMatrixView& w = *a.w;
-  const int64_t groups = a.simd_cols / w.group_size;
+// int8 compute over PackedInt8Weights (kernels.h): u8 (or, for
+// Q::kSignedWeights, u8 - 128 as s8) weight levels times s8 activations,
+// exact int32 dots per 32-block, then per group
+// y += s * (sum_b d_b * dot_b) - s * off * xs_g.
+// One ymm holds the 8 rows of a tile, so a vpdpbusd with 4 broadcast
+// activation bytes advances all 8 rows by 4 columns and the float epilogue
+// runs once per 8 rows and block. T rows of x share each decoded chunk.
+template <class Q, int kBits, bool kLut, int T>
+void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
+  const PackedInt8Weights& p = *a.packed;
+  const int64_t cols = a.w->cols;
   const int bias = Q::kSignedWeights ? 128 : 0;
+  alignas(16) uint8_t table[16];
+  for (int c = 0; c < 16; ++c) table[c] = a.ulevel[c] ^ bias;
+  const __m256i lut = _mm256_broadcastsi128_si256(
+      _mm_load_si128(reinterpret_cast<const __m128i*>(table)));
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(bias));
+  const __m256 off_base = _mm256_set1_ps(static_cast<float>(a.int8_off_base - bias));
   const int8_t* xq[T];
   const float* xd[T];
   const float* xs[T];
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) {
-    xq[t] = a.xq + (i0 + t) * w.cols;
+    xq[t] = a.xq + (i0 + t) * cols;
     xd[t] = a.xd + (i0 + t) * a.blocks_per_row;
-    xs[t] = a.xs + (i0 + t) * w.groups_per_row;
+    xs[t] = a.xs + (i0 + t) * a.w->groups_per_row;
   }
-  // 4-bit: nibble -> (u ^ bias) by vpshufb; 8-bit codes are u themselves.
-  alignas(16) uint8_t table[16];
-  for (int c = 0; c < 16; ++c) table[c] = a.ulevel[c] ^ bias;
-  const __m256i lut = _mm256_broadcastsi128_si256(
-      _mm_load_si128(reinterpret_cast<const __m128i*>(table)));
-  // 4-bit: the block's 16 code bytes sit in both 128-bit lanes; shifting the
-  // upper lane by 4 puts the low nibbles (even columns) below and the high
-  // nibbles (odd columns) above, as the activations are de-interleaved.
-  const __m256i nibble_shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  const __m256i flip = _mm256_set1_epi8(static_cast<char>(bias));
-  RowRef rows[R];
+  // Weight bytes for one broadcast activation dword: levels as u8 (^ bias).
+  auto level = [&](__m256i u) {
+    if constexpr (kLut) return _mm256_shuffle_epi8(lut, u);
+    return _mm256_xor_si256(u, flip);
+  };
+  __m256 acc[T];
 #pragma GCC unroll 8
-  for (int j = 0; j < R; ++j) rows[j] = Row(a, r + j);
-  __m256 acc[R][T];
-  float corr[R][T] = {};
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  const uint8_t* rec = p.tile(tile);
+  const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
+  for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
+    __m256 gsum[T];
+    for (int64_t b = 0; b < a.blocks_per_group; ++b) {
+      const uint8_t* codes = rec + b * p.block_bytes;
+      const int64_t k0 = g * a.w->group_size + b * kBlock;
+      const int64_t bi = g * a.blocks_per_group + b;
+      __m256i dot[T];
 #pragma GCC unroll 8
-  for (int j = 0; j < R; ++j)
-#pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) acc[j][t] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256 sg[R];
-#pragma GCC unroll 8
-    for (int j = 0; j < R; ++j) {
-      const float s = rows[j].scales[g] * a.int8_wscale;
-      sg[j] = _mm256_set1_ps(s);
-      const float off = a.int8_off_base + rows[j].Zero(g) - bias;
-#pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) corr[j][t] += s * off * xs[t][g];
-    }
-    for (int64_t blk = 0; blk < a.blocks_per_group; ++blk) {
-      const int64_t k0 = g * w.group_size + blk * kBlock;
-      __m256i act[T];
-      __m256 d[T];
-#pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) {
-        act[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + k0));
-        d[t] = _mm256_set1_ps(xd[t][g * a.blocks_per_group + blk]);
-      }
-#pragma GCC unroll 8
-      for (int j = 0; j < R; ++j) {
-        __m256i wv;
-        if constexpr (kBits == 4) {
-          const __m256i c = _mm256_broadcastsi128_si256(_mm_loadu_si128(
-              reinterpret_cast<const __m128i*>(rows[j].codes + k0 / 2)));
-          const __m256i u = _mm256_and_si256(_mm256_srlv_epi32(c, nibble_shift), low4);
-          wv = kLut ? _mm256_shuffle_epi8(lut, u) : _mm256_xor_si256(u, flip);
-        } else {
-          wv = _mm256_xor_si256(
-              _mm256_loadu_si256(
-                  reinterpret_cast<const __m256i*>(rows[j].codes + k0)),
-              flip);
-        }
-        // (dot * s) * d: the scale broadcasts stay out of the block loop.
+      for (int t = 0; t < T; ++t) dot[t] = _mm256_setzero_si256();
+      auto step = [&](__m256i wv, int64_t k) {
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
-          acc[j][t] = _mm256_fmadd_ps(
-              _mm256_mul_ps(_mm256_cvtepi32_ps(Q::Dot(wv, act[t])), sg[j]), d[t], acc[j][t]);
+          int32_t x4;
+          std::memcpy(&x4, xq[t] + k, 4);
+          dot[t] = Q::Dot(dot[t], wv, _mm256_set1_epi32(x4));
+        }
+      };
+      if constexpr (kBits == 4) {
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * c));
+          step(level(_mm256_and_si256(v, low4)), k0 + 4 * c);
+          step(level(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4)), k0 + 16 + 4 * c);
+        }
+      } else {
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; ++c) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * c));
+          step(_mm256_xor_si256(v, flip), k0 + 4 * c);
         }
       }
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        const __m256 d = _mm256_set1_ps(xd[t][bi]);
+        const __m256 f = _mm256_cvtepi32_ps(dot[t]);
+        gsum[t] = b == 0 ? _mm256_mul_ps(f, d) : _mm256_fmadd_ps(f, d, gsum[t]);
+      }
+    }
+    const __m256 s = _mm256_loadu_ps(reinterpret_cast<const float*>(rec + code_bytes));
+    __m256 off = off_base;
+    if (a.asym) {
+      int64_t z8;
+      std::memcpy(&z8, rec + code_bytes + kTileRows * sizeof(float), 8);
+      off = _mm256_add_ps(off, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(z8))));
+    }
+    const __m256 soff = _mm256_mul_ps(s, off);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      acc[t] = _mm256_fmadd_ps(s, gsum[t], acc[t]);
+      acc[t] = _mm256_fnmadd_ps(soff, _mm256_set1_ps(xs[t][g]), acc[t]);
     }
   }
+  const int64_t r = tile * kTileRows;
+  const int64_t rows = a.w->rows;
 #pragma GCC unroll 8
-  for (int j = 0; j < R; ++j)
-#pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) a.y[(i0 + t) * w.rows + r + j] = Hsum256(acc[j][t]) - corr[j][t];
+  for (int t = 0; t < T; ++t) {
+    float* y = a.y + (i0 + t) * rows + r;
+    if (r + kTileRows <= rows) {
+      _mm256_storeu_ps(y, acc[t]);
+    } else {
+      alignas(32) float out[kTileRows];
+      _mm256_store_ps(out, acc[t]);
+      for (int64_t j = 0; r + j < rows; ++j) y[j] = out[j];
+    }
+  }
 }
 
 template <class Q, int kBits, bool kLut>
 void Int8Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; r += kRowBlock) {
-    const int rb = static_cast<int>(std::min<int64_t>(kRowBlock, r1 - r));
-    // The row block's codes stay in L1 across the rows of x.
+  for (int64_t tile = r0 / kTileRows; tile * kTileRows < r1; ++tile) {
+    // The tile's codes stay in L1/L2 across the rows of x.
     for (int64_t i = 0; i < a.n; i += Q::kNt) {
       const int nt = static_cast<int>(std::min<int64_t>(Q::kNt, a.n - i));
-      WithCount<kRowBlock>(rb, [&](auto r_const) {
-        WithCount<Q::kNt>(nt, [&](auto t_const) {
-          Int8Block<Q, kBits, kLut, decltype(r_const)::value, decltype(t_const)::value>(a, r, i);
-        });
+      WithCount<Q::kNt>(nt, [&](auto t_const) {
+        Int8Tile<Q, kBits, kLut, decltype(t_const)::value>(a, tile, i);
       });
     }
     if (a.simd_cols < a.w->cols) {
-      for (int j = 0; j < rb; ++j) RefRows(a, r + j, a.simd_cols, true);
+      const int64_t end = std::min(r1, (tile + 1) * kTileRows);
+      for (int64_t r = tile * kTileRows; r < end; ++r) RefRows(a, r, a.simd_cols, true);
     }
   }
 }
@@ -416,6 +429,46 @@ template <class Q>
 void Int8ByFormat(const QuantArgs& a, int64_t r0, int64_t r1) {
   if (a.bits == 8) return Int8Rows<Q, 8, false>(a, r0, r1);
   (a.affine ? Int8Rows<Q, 4, false> : Int8Rows<Q, 4, true>)(a, r0, r1);
+}
+
+// QuantizeBlocksRef's arithmetic: the same fp32 operations per element, so
+// the results are identical.
+inline void QuantizeBlocksSimd(const float* x, int64_t blocks, int8_t* q,
+                               float* d, int32_t* sum) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256i lim = _mm256_set1_epi32(127);
+  for (int64_t b = 0; b < blocks; ++b, x += kBlock, q += kBlock) {
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(x + 8 * i);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float absmax = _mm_cvtss_f32(m);
+    const __m256 inv = _mm256_set1_ps(absmax > 0.0f ? 127.0f / absmax : 0.0f);
+    __m256i qi[4];
+    __m256i total = _mm256_setzero_si256();
+    for (int i = 0; i < 4; ++i) {
+      // Current rounding mode: to nearest even, as std::nearbyint.
+      qi[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));
+      qi[i] = _mm256_max_epi32(_mm256_min_epi32(qi[i], lim), _mm256_sub_epi32(_mm256_setzero_si256(), lim));
+      total = _mm256_add_epi32(total, qi[i]);
+    }
+    // Pack int32 -> int8; packs work per 128-bit lane, so restore the order.
+    const __m256i w01 = _mm256_packs_epi32(qi[0], qi[1]);
+    const __m256i w23 = _mm256_packs_epi32(qi[2], qi[3]);
+    const __m256i bytes = _mm256_permutevar8x32_epi32(
+        _mm256_packs_epi16(w01, w23), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), bytes);
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    d[b] = absmax / 127.0f;
+    sum[b] = _mm_cvtsi128_si32(s);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -525,6 +578,7 @@ constexpr KernelTable MakeTable() {
 #endif
   t.quant_rows[static_cast<int>(ComputeDtype::kInt8)] = &Int8ByFormat<Q>;
   t.f32_rows = &F32Rows<V>;
+  t.quantize_blocks = &QuantizeBlocksSimd;
   return t;
 }
 

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/kernels.h"
@@ -51,48 +52,71 @@ void ForEachBlock(const QuantArgs& a, int64_t g, F&& f) {
   }
 }
 
-void PrepareActivations(QuantArgs* a, ActivationBuffers* p) {
+// One block of len <= kBlock columns: q, its scale and its sum.
+void QuantizeBlock(const float* x, int64_t len, int8_t* q, float* d,
+                   int32_t* sum) {
+  float amax = 0.0f;
+  for (int64_t j = 0; j < len; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  int32_t total = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    const int v = std::clamp(static_cast<int>(std::nearbyint(x[j] * inv)), -127, 127);
+    q[j] = static_cast<int8_t>(v);
+    total += v;
+  }
+  *d = amax / 127.0f;
+  *sum = total;
+}
+
+void PrepareActivations(QuantizeBlocksFn quantize, QuantArgs* a,
+                        ActivationBuffers* p) {
   const int64_t cols = a->w->cols;
   const int64_t groups = a->w->groups_per_row;
   const int64_t n = a->n;
   if (a->compute == ComputeDtype::kInt8) {
-    p->xq.assign(n * cols, 0);
-    p->xd.assign(n * a->blocks_per_row, 0.0f);
-    p->xsa.assign(n * a->blocks_per_row, 0);
-    p->xs.assign(n * groups, 0.0f);
+    p->xq.resize(n * cols);
+    p->xd.resize(n * a->blocks_per_row);
+    p->xsa.resize(n * a->blocks_per_row);
+    p->xs.resize(n * groups);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* x = a->x + i * cols;
+      int8_t* xq = p->xq.data() + i * cols;
+      float* xd = p->xd.data() + i * a->blocks_per_row;
+      int32_t* xsa = p->xsa.data() + i * a->blocks_per_row;
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t gs = g * a->w->group_size;
+        const int64_t len = std::min<int64_t>(a->w->group_size, cols - gs);
+        const int64_t b0 = g * a->blocks_per_group;
+        const int64_t full = len / kBlock;
+        quantize(x + gs, full, xq + gs, xd + b0, xsa + b0);
+        if (len % kBlock != 0) {
+          const int64_t at = gs + full * kBlock;
+          QuantizeBlock(x + at, len % kBlock, xq + at, xd + b0 + full,
+                        xsa + b0 + full);
+        }
+        float xs = 0.0f;
+        for (int64_t b = b0; b < b0 + (len + kBlock - 1) / kBlock; ++b) {
+          xs += xd[b] * static_cast<float>(xsa[b]);
+        }
+        p->xs[i * groups + g] = xs;
+      }
+    }
   } else {
     p->xf.resize(n * cols);
     if (a->compute == ComputeDtype::kBf16) p->xb16.resize(n * cols);
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const float* x = a->x + i * cols;
-    for (int64_t g = 0; g < groups; ++g) {
-      ForEachBlock(*a, g, [&](int64_t b, int64_t bs, int64_t be) {
-        const int64_t len = be - bs;
-        if (a->compute != ComputeDtype::kInt8) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float* x = a->x + i * cols;
+      for (int64_t g = 0; g < groups; ++g) {
+        ForEachBlock(*a, g, [&](int64_t, int64_t bs, int64_t be) {
+          const int64_t len = be - bs;
           for (int64_t j = 0; j < len; ++j) {
             const bool bf16 = a->compute == ComputeDtype::kBf16;
             const float v = bf16 ? RoundBf16(x[bs + j]) : x[bs + j];
             p->xf[i * cols + bs + BlockPos(j, len, a->bits)] = v;
             if (bf16) p->xb16[i * cols + bs + j] = Bf16Bits(v);
           }
-          return;
-        }
-        float amax = 0.0f;
-        for (int64_t j = 0; j < len; ++j) amax = std::fmax(amax, std::fabs(x[bs + j]));
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int32_t sum = 0;
-        for (int64_t j = 0; j < len; ++j) {
-          const int q = static_cast<int>(std::nearbyint(x[bs + j] * inv));
-          p->xq[i * cols + bs + BlockPos(j, len, a->bits)] =
-              static_cast<int8_t>(std::clamp(q, -127, 127));
-          sum += std::clamp(q, -127, 127);
-        }
-        const float d = amax / 127.0f;
-        p->xd[i * a->blocks_per_row + b] = d;
-        p->xsa[i * a->blocks_per_row + b] = sum;
-        p->xs[i * groups + g] += d * static_cast<float>(sum);
-      });
+        });
+      }
     }
   }
   a->xf = p->xf.data();
@@ -139,24 +163,85 @@ bool DescribeFormat(const QuantizedMatrixView& w, QuantArgs* a) {
 
 }  // namespace
 
-void PrepareCall(const QuantizedMatrixView& w, const float* x, int64_t n,
-                 float* y, ComputeDtype compute, QuantArgs* a,
-                 ActivationBuffers* buffers) {
+void QuantizeBlocksRef(const float* x, int64_t blocks, int8_t* q, float* d,
+                       int32_t* sum) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    QuantizeBlock(x + b * kBlock, kBlock, q + b * kBlock, d + b, sum + b);
+  }
+}
+
+void DescribeCall(const QuantizedMatrixView& w, ComputeDtype compute,
+                  QuantArgs* a) {
   a->w = &w;
   a->compute = compute;
   if (!DescribeFormat(w, a)) {
     a->compute = ComputeDtype::kFp32;
     DescribeFormat(w, a);
   }
-  a->n = n;
-  a->x = x;
-  a->y = y;
   a->blocks_per_group = (w.group_size + kBlock - 1) / kBlock;
   a->blocks_per_row = a->blocks_per_group * w.groups_per_row;
   const bool simd_format = w.group_size % kBlock == 0 &&
                            (a->bits == 4 || (a->bits == 8 && a->affine));
   a->simd_cols = simd_format ? w.cols / w.group_size * w.group_size : 0;
-  PrepareActivations(a, buffers);
+}
+
+void PrepareCall(const QuantizedMatrixView& w, const float* x, int64_t n,
+                 float* y, ComputeDtype compute, QuantizeBlocksFn quantize,
+                 QuantArgs* a, ActivationBuffers* buffers) {
+  DescribeCall(w, compute, a);
+  a->n = n;
+  a->x = x;
+  a->y = y;
+  PrepareActivations(quantize, a, buffers);
+}
+
+PackedInt8Weights PackInt8Weights(const QuantArgs& a) {
+  const QuantizedMatrixView& w = *a.w;
+  PackedInt8Weights p;
+  p.rows = w.rows;
+  p.groups = a.simd_cols / w.group_size;
+  p.block_bytes = kTileRows * kBlock * a.bits / 8;
+  p.group_stride = a.blocks_per_group * p.block_bytes +
+                   kTileRows * static_cast<int64_t>(sizeof(float)) +
+                   (w.zeros != nullptr ? kTileRows : 0);
+  p.tile_stride = p.groups * p.group_stride;
+  const int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
+  const size_t bytes = static_cast<size_t>((tiles * p.tile_stride + 63) / 64 * 64);
+  p.data.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
+  std::memset(p.data.get(), 0, bytes);
+  for (int64_t t = 0; t < tiles; ++t) {
+    for (int64_t j = 0; j < kTileRows && t * kTileRows + j < w.rows; ++j) {
+      const int64_t r = t * kTileRows + j;
+      const uint8_t* codes = w.codes + r * w.row_bytes;
+      for (int64_t g = 0; g < p.groups; ++g) {
+        uint8_t* rec = p.data.get() + t * p.tile_stride + g * p.group_stride;
+        for (int64_t b = 0; b < a.blocks_per_group; ++b) {
+          uint8_t* block = rec + b * p.block_bytes;
+          const int64_t k0 = g * w.group_size + b * kBlock;
+          constexpr int64_t kChunk = kTileRows * 4;
+          for (int64_t c = 0; c < kBlock; ++c) {
+            // Column k0 + c of the block goes to byte (c % 4) of lane j in
+            // chunk c / 4; 4-bit: the upper 16 columns into the high nibbles.
+            const uint32_t code = CodeAt(codes, k0 + c, a.bits);
+            if (a.bits == 8) {
+              block[(c / 4) * kChunk + j * 4 + c % 4] = static_cast<uint8_t>(code);
+            } else {
+              const int64_t low = c % (kBlock / 2);
+              block[(low / 4) * kChunk + j * 4 + low % 4] |=
+                  static_cast<uint8_t>(c < kBlock / 2 ? code : code << 4);
+            }
+          }
+        }
+        float* scales = reinterpret_cast<float*>(rec + a.blocks_per_group * p.block_bytes);
+        scales[j] = w.scales[r * w.groups_per_row + g] * a.int8_wscale;
+        if (w.zeros != nullptr) {
+          rec[a.blocks_per_group * p.block_bytes + kTileRows * sizeof(float) + j] =
+              w.zeros[r * w.groups_per_row + g];
+        }
+      }
+    }
+  }
+  return p;
 }
 
 void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
@@ -204,8 +289,7 @@ void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
         }
         int32_t dot = 0;
         for (int64_t j = 0; j < len; ++j) {
-          dot += a.ulevel[CodeAt(codes, bs + j, a.bits)] *
-                 a.xq[i * cols + bs + BlockPos(j, len, a.bits)];
+          dot += a.ulevel[CodeAt(codes, bs + j, a.bits)] * a.xq[i * cols + bs + j];
         }
         gsum += a.xd[i * a.blocks_per_row + b] * static_cast<float>(dot);
       });

@@ -94,24 +94,25 @@ struct VecZmm {
 // AVX2: vpmaddubsw needs an unsigned operand and saturates int16 pairs, so
 // weights are biased to s8 (u - 128) and the sign moves onto the activation:
 // |w| * sign(a, w) <= 128 * 127 * 2 fits int16.
-// kNt: rows of x per int8 block (kernels_impl.h Int8Block), sized so that
-// the R x kNt accumulators fit the register file (16 ymm, 32 with AVX-512).
+// kNt: rows of x per int8 tile (kernels_impl.h Int8Tile), sized so that
+// the 2 x kNt accumulators and the decode temporaries fit the register file
+// (16 ymm, 32 with AVX-512). Dot(acc, w, a): acc + 4-byte dot products.
 struct DotAvx2 {
   static constexpr bool kSignedWeights = true;
-  static constexpr int kNt = 2;
-  static __m256i Dot(__m256i w, __m256i a) {
+  static constexpr int kNt = 4;
+  static __m256i Dot(__m256i acc, __m256i w, __m256i a) {
     const __m256i p =
         _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
   }
 };
 
 #ifdef __AVXVNNI__
 struct DotAvxVnni {
   static constexpr bool kSignedWeights = false;
-  static constexpr int kNt = 2;
-  static __m256i Dot(__m256i w, __m256i a) {
-    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, a);
+  static constexpr int kNt = 5;
+  static __m256i Dot(__m256i acc, __m256i w, __m256i a) {
+    return _mm256_dpbusd_avx_epi32(acc, w, a);
   }
 };
 #endif
@@ -119,9 +120,9 @@ struct DotAvxVnni {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 struct DotAvx512Vnni {
   static constexpr bool kSignedWeights = false;
-  static constexpr int kNt = 4;
-  static __m256i Dot(__m256i w, __m256i a) {
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a);
+  static constexpr int kNt = 8;
+  static __m256i Dot(__m256i acc, __m256i w, __m256i a) {
+    return _mm256_dpbusd_epi32(acc, w, a);
   }
 };
 #endif

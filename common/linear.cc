@@ -20,6 +20,11 @@ LinearWeight LinearWeight::Quantized(const QuantizedMatrixView& view) {
   return l;
 }
 
+void LinearWeight::set_compute_dtype(ComputeDtype compute) {
+  compute_ = compute;
+  packed_ = quantized() ? PackWeights(quantized_, compute) : nullptr;
+}
+
 int64_t LinearWeight::storage_bytes() const {
   if (!quantized()) return rows_ * cols_ * static_cast<int64_t>(sizeof(float));
   const int64_t groups = quantized_.rows * quantized_.groups_per_row;
@@ -30,7 +35,7 @@ int64_t LinearWeight::storage_bytes() const {
 
 void LinearWeight::Forward(const float* x, int64_t n, float* y) const {
   if (quantized()) {
-    MatMulQuantized(quantized_, x, n, y, compute_);
+    MatMulQuantized(quantized_, x, n, y, compute_, packed_.get());
   } else {
     MatMulF32(dense_, rows_, cols_, x, n, y);
   }

@@ -5,8 +5,10 @@
 #define WQ_COMMON_LINEAR_H_
 
 #include <cstdint>
+#include <memory>
 
 #include "common/compute_dtype.h"
+#include "common/matmul.h"
 #include "common/quant_format.h"
 
 namespace wq {
@@ -25,8 +27,11 @@ class LinearWeight {
   const QuantizedMatrixView& quantized_view() const { return quantized_; }
   // Arithmetic of quantized Forward (dense weights always compute in fp32).
   ComputeDtype compute_dtype() const { return compute_; }
-  void set_compute_dtype(ComputeDtype compute) { compute_ = compute; }
-  // Bytes the weight occupies in memory (codes, scales and zeros if quantized).
+  // Also lays the weight out for that arithmetic's kernels where they want
+  // their own layout (PackWeights), once, so set it at load time.
+  void set_compute_dtype(ComputeDtype compute);
+  // Bytes the weight occupies in memory (codes, scales and zeros if quantized;
+  // the view's, whether or not a packed copy is used).
   int64_t storage_bytes() const;
 
   // y[n, out_features] = x[n, in_features] · W^T
@@ -38,6 +43,7 @@ class LinearWeight {
   int64_t rows_ = 0;
   int64_t cols_ = 0;
   ComputeDtype compute_ = ComputeDtype::kFp32;
+  std::shared_ptr<const PackedWeights> packed_;  // Shared by copies.
 };
 
 }  // namespace wq

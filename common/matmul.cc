@@ -18,8 +18,8 @@ using kernels::QuantArgs;
 
 // Reference: output rows per parallel task, enough to amortise scheduling.
 constexpr int64_t kRefRowBlock = 64;
-// SIMD kernels work on blocks of this many rows (kernels_impl.h kRowBlock).
-constexpr int64_t kSimdRowBlock = 4;
+// SIMD kernels work on tiles of this many rows.
+constexpr int64_t kSimdRowBlock = kernels::kTileRows;
 // Up to this many x rows a product streams W about once (memory bound).
 constexpr int64_t kStaticPartitionMaxN = 4;
 
@@ -89,16 +89,40 @@ void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
   });
 }
 
-void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
-                     float* y, ComputeDtype compute) {
+std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
+                                                 ComputeDtype compute) {
   QuantArgs a;
-  kernels::ActivationBuffers buffers;
-  kernels::PrepareCall(w, x, n, y, compute, &a, &buffers);
+  kernels::DescribeCall(w, compute, &a);
+  if (ActiveTable() == nullptr || a.compute != ComputeDtype::kInt8 ||
+      a.simd_cols == 0) {
+    return nullptr;
+  }
+  return std::make_shared<const PackedWeights>(kernels::PackInt8Weights(a));
+}
 
+void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
+                     float* y, ComputeDtype compute,
+                     const PackedWeights* packed) {
   const KernelTable* table = ActiveTable();
+  QuantArgs a;
+  // Reused across calls: decode runs hundreds of these per token.
+  thread_local kernels::ActivationBuffers buffers;
+  kernels::PrepareCall(w, x, n, y, compute,
+                       table != nullptr ? table->quantize_blocks
+                                        : &kernels::QuantizeBlocksRef,
+                       &a, &buffers);
+
   const auto fn = table != nullptr && a.simd_cols > 0
                       ? table->quant_rows[static_cast<int>(a.compute)]
                       : nullptr;
+  PackedWeights call_packed;
+  if (fn != nullptr && a.compute == ComputeDtype::kInt8) {
+    if (packed == nullptr) {
+      call_packed = kernels::PackInt8Weights(a);
+      packed = &call_packed;
+    }
+    a.packed = packed;
+  }
   if (fn == nullptr) {
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, w.rows, kRefRowBlock),
                       [&](const tbb::blocked_range<int64_t>& range) {

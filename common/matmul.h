@@ -5,11 +5,18 @@
 #define WQ_COMMON_MATMUL_H_
 
 #include <cstdint>
+#include <memory>
 
 #include "common/compute_dtype.h"
 #include "common/quant_format.h"
 
 namespace wq {
+namespace kernels {
+struct PackedInt8Weights;
+}  // namespace kernels
+
+// W re-laid out once for the kernels of one compute dtype (kernels.h).
+using PackedWeights = kernels::PackedInt8Weights;
 
 // y[n, rows] = x[n, cols] · W^T for dense fp32 W [rows, cols], all row-major.
 void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
@@ -25,8 +32,17 @@ void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
 // weight levels exactly; codebook levels are first rounded to int8 with
 // max |level| -> 127 (an extra ~0.4% relative weight error), and int8 needs
 // an integer format or a sym scheme (otherwise it computes in fp32).
+//
+// `packed`, from PackWeights(w, compute), saves re-laying out W per call;
+// without it the kernels that need a packed W build one for the call.
 void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
-                     float* y, ComputeDtype compute = ComputeDtype::kFp32);
+                     float* y, ComputeDtype compute = ComputeDtype::kFp32,
+                     const PackedWeights* packed = nullptr);
+
+// The layout MatMulQuantized's kernels want for (w, compute) on this CPU, or
+// nullptr when they read the view as it is. Holds no pointer into w.
+std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
+                                                 ComputeDtype compute);
 
 }  // namespace wq
 

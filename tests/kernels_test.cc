@@ -205,6 +205,39 @@ TEST_P(KernelsTest, DenseF32MatchesReference) {
   }
 }
 
+// Weights packed once at load (PackWeights) give exactly what a per-call
+// packing gives, for every format the packed kernels take, and none is made
+// where the kernels read the view directly.
+TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
+  ScopedIsaOverride forced(GetParam());
+  constexpr int64_t kRows = 21, kCols = 320;  // Ragged last row tile.
+  int packed_cases = 0;
+  for (const Case& c : AllCases()) {
+    for (int group : {32, 64, 96, -1}) {
+      const auto w = Random(kRows * kCols, 3);
+      auto q = QuantizeMatrix(w.data(), kRows, kCols, {c.type, c.scheme, group});
+      ASSERT_TRUE(q.ok()) << q.status();
+      for (ComputeDtype compute :
+           {ComputeDtype::kFp32, ComputeDtype::kBf16, ComputeDtype::kInt8}) {
+        const auto packed = PackWeights(q->view(), compute);
+        if (packed == nullptr) continue;
+        ++packed_cases;
+        EXPECT_EQ(compute, ComputeDtype::kInt8);
+        for (int64_t n : {1, 9}) {
+          SCOPED_TRACE(testing::Message() << GetQuantFormat(c.type).name << " group "
+                                          << group << " n " << n);
+          const auto x = Random(n * kCols, 5);
+          std::vector<float> once(n * kRows), per_call(n * kRows);
+          MatMulQuantized(q->view(), x.data(), n, once.data(), compute, packed.get());
+          MatMulQuantized(q->view(), x.data(), n, per_call.data(), compute);
+          EXPECT_EQ(once, per_call);
+        }
+      }
+    }
+  }
+  EXPECT_GT(packed_cases, 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(SupportedIsas, KernelsTest,
                          testing::ValuesIn(SimdIsas()),
                          [](const testing::TestParamInfo<Isa>& info) {
