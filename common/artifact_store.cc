@@ -110,6 +110,9 @@ class ArtifactSource : public WeightSource {
     LinearWeight linear = LinearWeight::Quantized(view);
     // The arithmetic the artifact was quantized for (its compute_dtype).
     linear.set_compute_dtype(compute_);
+    // Packed kernels read their own copy: the mapped codes need not stay
+    // resident (what still reads them faults them back in).
+    if (linear.packed()) file_->ReleasePages(*codes);
     return linear;
   }
 

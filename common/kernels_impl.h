@@ -311,6 +311,9 @@ void FloatRows(const QuantArgs& a, int64_t r0, int64_t r1) {
 // runs once per 8 rows and block. T rows of x share each decoded chunk.
 template <class Q, int kBits, bool kLut, int T>
 void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
+  // Independent accumulator chains per x row: a block's 8 vpdpbusd in one
+  // chain would wait on each other's latency when few x rows interleave.
+  constexpr int kChains = T >= 4 ? 1 : (T >= 2 ? 2 : 4);
   const PackedInt8Weights& p = *a.packed;
   const int64_t cols = a.w->cols;
   const int bias = Q::kSignedWeights ? 128 : 0;
@@ -346,35 +349,42 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
       const uint8_t* codes = rec + b * p.block_bytes;
       const int64_t k0 = g * a.w->group_size + b * kBlock;
       const int64_t bi = g * a.blocks_per_group + b;
-      __m256i dot[T];
+      __m256i dot[T][kChains];
 #pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) dot[t] = _mm256_setzero_si256();
-      auto step = [&](__m256i wv, int64_t k) {
+      for (int t = 0; t < T; ++t)
+#pragma GCC unroll 4
+        for (int h = 0; h < kChains; ++h) dot[t][h] = _mm256_setzero_si256();
+      // Step s (of 8 per block) feeds chain s % kChains.
+      auto step = [&](int s, __m256i wv, int64_t k) {
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
           int32_t x4;
           std::memcpy(&x4, xq[t] + k, 4);
-          dot[t] = Q::Dot(dot[t], wv, _mm256_set1_epi32(x4));
+          auto& d = dot[t][s % kChains];
+          d = Q::Dot(d, wv, _mm256_set1_epi32(x4));
         }
       };
       if constexpr (kBits == 4) {
 #pragma GCC unroll 4
         for (int c = 0; c < 4; ++c) {
           const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * c));
-          step(level(_mm256_and_si256(v, low4)), k0 + 4 * c);
-          step(level(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4)), k0 + 16 + 4 * c);
+          step(2 * c, level(_mm256_and_si256(v, low4)), k0 + 4 * c);
+          step(2 * c + 1, level(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4)),
+               k0 + 16 + 4 * c);
         }
       } else {
 #pragma GCC unroll 8
         for (int c = 0; c < 8; ++c) {
           const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * c));
-          step(_mm256_xor_si256(v, flip), k0 + 4 * c);
+          step(c, _mm256_xor_si256(v, flip), k0 + 4 * c);
         }
       }
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
+#pragma GCC unroll 4
+        for (int h = 1; h < kChains; ++h) dot[t][0] = _mm256_add_epi32(dot[t][0], dot[t][h]);
         const __m256 d = _mm256_set1_ps(xd[t][bi]);
-        const __m256 f = _mm256_cvtepi32_ps(dot[t]);
+        const __m256 f = _mm256_cvtepi32_ps(dot[t][0]);
         gsum[t] = b == 0 ? _mm256_mul_ps(f, d) : _mm256_fmadd_ps(f, d, gsum[t]);
       }
     }

@@ -4,6 +4,8 @@
 #include <cstring>
 
 #include "common/kernels.h"
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_for.h"
 
 namespace wq {
 namespace kernels {
@@ -201,46 +203,55 @@ PackedInt8Weights PackInt8Weights(const QuantArgs& a) {
   p.rows = w.rows;
   p.groups = a.simd_cols / w.group_size;
   p.block_bytes = kTileRows * kBlock * a.bits / 8;
-  p.group_stride = a.blocks_per_group * p.block_bytes +
-                   kTileRows * static_cast<int64_t>(sizeof(float)) +
+  const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
+  p.group_stride = code_bytes + kTileRows * static_cast<int64_t>(sizeof(float)) +
                    (w.zeros != nullptr ? kTileRows : 0);
   p.tile_stride = p.groups * p.group_stride;
   const int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
   const size_t bytes = static_cast<size_t>((tiles * p.tile_stride + 63) / 64 * 64);
   p.data.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
-  std::memset(p.data.get(), 0, bytes);
-  for (int64_t t = 0; t < tiles; ++t) {
-    for (int64_t j = 0; j < kTileRows && t * kTileRows + j < w.rows; ++j) {
-      const int64_t r = t * kTileRows + j;
-      const uint8_t* codes = w.codes + r * w.row_bytes;
-      for (int64_t g = 0; g < p.groups; ++g) {
-        uint8_t* rec = p.data.get() + t * p.tile_stride + g * p.group_stride;
-        for (int64_t b = 0; b < a.blocks_per_group; ++b) {
-          uint8_t* block = rec + b * p.block_bytes;
-          const int64_t k0 = g * w.group_size + b * kBlock;
-          constexpr int64_t kChunk = kTileRows * 4;
-          for (int64_t c = 0; c < kBlock; ++c) {
-            // Column k0 + c of the block goes to byte (c % 4) of lane j in
-            // chunk c / 4; 4-bit: the upper 16 columns into the high nibbles.
-            const uint32_t code = CodeAt(codes, k0 + c, a.bits);
+  // Packing runs once per weight at load, so it is parallel: ~1 GB of codes
+  // must pack in a fraction of a second.
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, tiles), [&](const tbb::blocked_range<int64_t>& range) {
+    constexpr int64_t kChunk = kTileRows * 4;  // Bytes of one chunk.
+    std::memset(p.data.get() + range.begin() * p.tile_stride, 0,
+                (range.end() - range.begin()) * p.tile_stride);
+    for (int64_t t = range.begin(); t < range.end(); ++t) {
+      for (int64_t j = 0; j < kTileRows && t * kTileRows + j < w.rows; ++j) {
+        const int64_t r = t * kTileRows + j;
+        const uint8_t* codes = w.codes + r * w.row_bytes;
+        uint8_t* rec = p.data.get() + t * p.tile_stride;
+        for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
+          for (int64_t b = 0; b < a.blocks_per_group; ++b) {
+            uint8_t* block = rec + b * p.block_bytes + j * 4;
+            const int64_t k0 = g * w.group_size + b * kBlock;
+            // Lane bytes in column order: 8-bit, the row's bytes as they
+            // are; 4-bit, column c's code in the low nibble with column
+            // c + 16's above it.
+            uint8_t lane_bytes[kBlock];
+            const uint8_t* src = codes + k0 * a.bits / 8;
             if (a.bits == 8) {
-              block[(c / 4) * kChunk + j * 4 + c % 4] = static_cast<uint8_t>(code);
+              std::memcpy(lane_bytes, src, kBlock);
             } else {
-              const int64_t low = c % (kBlock / 2);
-              block[(low / 4) * kChunk + j * 4 + low % 4] |=
-                  static_cast<uint8_t>(c < kBlock / 2 ? code : code << 4);
+              auto nibble = [&](int c) { return (src[c / 2] >> (4 * (c % 2))) & 0x0f; };
+              for (int c = 0; c < kBlock / 2; ++c) {
+                lane_bytes[c] = static_cast<uint8_t>(nibble(c) | nibble(c + kBlock / 2) << 4);
+              }
+            }
+            const int64_t chunks = p.block_bytes / kChunk;
+            for (int64_t c = 0; c < chunks; ++c) {
+              std::memcpy(block + c * kChunk, lane_bytes + 4 * c, 4);
             }
           }
-        }
-        float* scales = reinterpret_cast<float*>(rec + a.blocks_per_group * p.block_bytes);
-        scales[j] = w.scales[r * w.groups_per_row + g] * a.int8_wscale;
-        if (w.zeros != nullptr) {
-          rec[a.blocks_per_group * p.block_bytes + kTileRows * sizeof(float) + j] =
-              w.zeros[r * w.groups_per_row + g];
+          float scale = w.scales[r * w.groups_per_row + g] * a.int8_wscale;
+          std::memcpy(rec + code_bytes + j * sizeof(float), &scale, sizeof(float));
+          if (w.zeros != nullptr) {
+            rec[code_bytes + kTileRows * sizeof(float) + j] = w.zeros[r * w.groups_per_row + g];
+          }
         }
       }
     }
-  }
+  });
   return p;
 }
 

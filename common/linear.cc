@@ -21,6 +21,7 @@ LinearWeight LinearWeight::Quantized(const QuantizedMatrixView& view) {
 }
 
 void LinearWeight::set_compute_dtype(ComputeDtype compute) {
+  if (compute == compute_ && packed_ != nullptr) return;  // Already laid out.
   compute_ = compute;
   packed_ = quantized() ? PackWeights(quantized_, compute) : nullptr;
 }

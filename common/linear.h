@@ -30,6 +30,9 @@ class LinearWeight {
   // Also lays the weight out for that arithmetic's kernels where they want
   // their own layout (PackWeights), once, so set it at load time.
   void set_compute_dtype(ComputeDtype compute);
+  // Whether Forward reads a packed copy instead of the view's codes (it may
+  // still read the view for columns past the packed kernels' groups).
+  bool packed() const { return packed_ != nullptr; }
   // Bytes the weight occupies in memory (codes, scales and zeros if quantized;
   // the view's, whether or not a packed copy is used).
   int64_t storage_bytes() const;

@@ -430,6 +430,15 @@ const uint8_t* SafetensorsFile::data(const TensorInfo& info) const {
   return base_ + info.offset;
 }
 
+void SafetensorsFile::ReleasePages(const TensorInfo& info) const {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data(info));
+  const uintptr_t first = (begin + page - 1) / page * page;
+  const uintptr_t last = (begin + info.nbytes) / page * page;
+  // Advisory: on failure the pages simply stay mapped.
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 absl::StatusOr<F32Tensor> SafetensorsFile::LoadF32(
     std::string_view name) const {
   const TensorInfo* info = Find(name);

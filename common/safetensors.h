@@ -102,6 +102,10 @@ class SafetensorsFile {
   // Pointer to the tensor's first byte inside the mapping; `info` must come
   // from this file.
   const uint8_t* data(const TensorInfo& info) const;
+  // Drops this process's mapping of the whole pages inside the tensor (they
+  // stay in the page cache and fault back in if read again): for tensors
+  // that were copied into another layout, so they stop counting as resident.
+  void ReleasePages(const TensorInfo& info) const;
   const std::map<std::string, std::string>& metadata() const {
     return metadata_;
   }
