@@ -42,6 +42,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "bench/bench_util.h"
 #include "bench/synthetic_model.h"
 #include "common/artifact_store.h"
@@ -110,6 +112,7 @@ const v1::ComputeDtype kComputeProto[] = {v1::COMPUTE_FP32, v1::COMPUTE_BF16, v1
 struct Row {
   std::string model, weights, lm_head, compute;
   double quantize_s = 0;
+  double load_s = 0;  // LoadWeights: verify, map, pack for the compute dtype.
   int64_t artifact_bytes = 0;
   double bits_per_weight = 0;     // over all linear layers incl. lm_head
   int64_t bytes_per_token = 0;    // weights streamed per decode step
@@ -302,21 +305,6 @@ absl::StatusOr<double> TimeDecode(const LlamaModel& model, int batch, int prompt
   return static_cast<double>(batch) * steps / s;
 }
 
-// The artifact's weights with every quantized linear computing in `compute`:
-// one quantization serves all compute dtypes (RTN output does not depend on
-// it; only the matmul arithmetic does).
-std::shared_ptr<const LlamaWeights> WithCompute(const LlamaWeights& loaded, ComputeDtype compute) {
-  auto w = std::make_shared<LlamaWeights>(loaded);
-  auto set = [&](LinearWeight& l) {
-    if (l.quantized()) l.set_compute_dtype(compute);
-  };
-  for (LlamaLayerWeights& l : w->layers) {
-    for (LinearWeight* lin : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) set(*lin);
-  }
-  set(w->lm_head);
-  return w;
-}
-
 absl::Status MeasureRow(const Options& o, const std::shared_ptr<const LlamaWeights>& weights,
                         Row* row) {
   const LlamaModel model(weights);
@@ -452,8 +440,9 @@ absl::Status StreamThroughService(const Options& o, const std::string& artifact_
 std::string Num(double v, int decimals = 1) { return absl::StrFormat("%.*f", decimals, v); }
 
 std::string Table(const Options& o, const std::vector<Row>& rows, double bandwidth) {
-  std::string header = "| model | weights | lm_head | compute | bpw | artifact MB | RSS MB |";
-  std::string rule = "|---|---|---|---|---|---|---|";
+  std::string header =
+      "| model | weights | lm_head | compute | bpw | artifact MB | load ms | RSS MB |";
+  std::string rule = "|---|---|---|---|---|---|---|---|";
   for (int p : o.prompts) {
     absl::StrAppend(&header, " pp", p, " tok/s | TTFT", p, " ms |");
     rule += "---|---|";
@@ -473,6 +462,7 @@ std::string Table(const Options& o, const std::vector<Row>& rows, double bandwid
     std::string line = absl::StrCat("| ", r.model, " | ", r.weights, " | ", r.lm_head, " | ",
                                     r.compute, " | ", Num(r.bits_per_weight, 2), " | ",
                                     Num(r.artifact_bytes / 1e6, 0), " | ",
+                                    Num(r.load_s * 1e3, 0), " | ",
                                     Num(r.rss_bytes / 1e6, 0), " |");
     for (int p : o.prompts) {
       absl::StrAppend(&line, " ", Num(r.prefill_tps.at(p)), " | ", Num(r.ttft_ms.at(p), 0), " |");
@@ -511,10 +501,11 @@ std::string Json(const Options& o, const std::vector<Row>& rows, double bandwidt
     const double roofline = bandwidth * 1e9 / r.bytes_per_token;
     row_json.push_back(absl::StrFormat(
         "    {\"model\": \"%s\", \"weights\": \"%s\", \"lm_head\": \"%s\", \"compute\": \"%s\", "
-        "\"quantize_s\": %.2f, \"artifact_bytes\": %d, \"bits_per_weight\": %.4f, "
+        "\"quantize_s\": %.2f, \"load_s\": %.3f, \"artifact_bytes\": %d, "
+        "\"bits_per_weight\": %.4f, "
         "\"bytes_per_token\": %d, \"rss_bytes\": %d, \"prefill_tok_s\": %s, \"ttft_ms\": %s, "
         "\"decode_tok_s\": %s, \"roofline_tok_s\": %.2f}",
-        r.model, r.weights, r.lm_head, r.compute, r.quantize_s, r.artifact_bytes,
+        r.model, r.weights, r.lm_head, r.compute, r.quantize_s, r.load_s, r.artifact_bytes,
         r.bits_per_weight, r.bytes_per_token, r.rss_bytes, map_json(r.prefill_tps),
         map_json(r.ttft_ms), map_json(r.decode_tps), roofline));
   }
@@ -586,8 +577,6 @@ absl::Status Run() {
         const auto q = Quantize(*store, shape, dir,
                                 QuantConfig(*w, lm_head == "quantized", v1::COMPUTE_FP32));
         RETURN_IF_ERROR(q.status());
-        ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> loaded,
-                         store->LoadWeights(q->first));
         ASSIGN_OR_RETURN(int64_t artifact_bytes, store->SizeBytes(q->first));
         for (const std::string& cname : o.computes) {
           ASSIGN_OR_RETURN(v1::ComputeDtype compute, FindCompute(cname));
@@ -596,7 +585,13 @@ absl::Status Run() {
           Row row{shape, wname, lm_head, cname};
           row.quantize_s = q->second;
           row.artifact_bytes = artifact_bytes;
-          RETURN_IF_ERROR(MeasureRow(o, WithCompute(*loaded, ComputeDtypeOf(compute)), &row));
+          // One RTN artifact serves every compute dtype (only the matmul
+          // arithmetic differs), loaded for each as the service would.
+          const absl::Time start = absl::Now();
+          auto weights = store->LoadWeights(q->first, ComputeDtypeOf(compute));
+          row.load_s = absl::ToDoubleSeconds(absl::Now() - start);
+          RETURN_IF_ERROR(weights.status());
+          RETURN_IF_ERROR(MeasureRow(o, *weights, &row));
           rows.push_back(row);
           std::printf("%s", Table(o, {row}, bandwidth).c_str());
           std::fflush(stdout);

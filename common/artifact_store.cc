@@ -37,10 +37,11 @@ absl::Status ValidateArtifactId(const std::string& id) {
 // place from the mapped model.safetensors.
 class ArtifactSource : public WeightSource {
  public:
-  absl::Status Open(const std::string& dir, const v1::ArtifactManifest& manifest) {
+  absl::Status Open(const std::string& dir, const v1::ArtifactManifest& manifest,
+                    std::optional<ComputeDtype> compute) {
     ASSIGN_OR_RETURN(file_, SafetensorsFile::Open(absl::StrCat(dir, "/", kWeightsFile)));
     for (const v1::ManifestTensor& t : manifest.tensors()) modules_[t.module()] = t;
-    compute_ = ComputeDtypeOf(manifest.config().compute_dtype());
+    compute_ = compute.value_or(ComputeDtypeOf(manifest.config().compute_dtype()));
     return absl::OkStatus();
   }
 
@@ -108,7 +109,7 @@ class ArtifactSource : public WeightSource {
     }
     RETURN_IF_ERROR(ValidateQuantizedMatrixView(view, codes->nbytes, scales_count, zeros_count));
     LinearWeight linear = LinearWeight::Quantized(view);
-    // The arithmetic the artifact was quantized for (its compute_dtype).
+    // The arithmetic the artifact was quantized for (its compute_dtype) or the caller's.
     linear.set_compute_dtype(compute_);
     // Packed kernels read their own copy: the mapped codes need not stay
     // resident (what still reads them faults them back in).
@@ -371,13 +372,13 @@ absl::StatusOr<int64_t> ArtifactStore::SizeBytes(const std::string& artifact_id)
 }
 
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> ArtifactStore::LoadWeights(
-    const std::string& artifact_id) const {
+    const std::string& artifact_id, std::optional<ComputeDtype> compute) const {
   RETURN_IF_ERROR(Verify(artifact_id));
   ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, ReadManifest(artifact_id));
   const std::string dir = ArtifactDir(artifact_id);
   ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir + "/config.json"));
   auto source = std::make_shared<ArtifactSource>();
-  RETURN_IF_ERROR(source->Open(dir, manifest));
+  RETURN_IF_ERROR(source->Open(dir, manifest, compute));
   return BuildLlamaWeights(config, std::move(source));
 }
 

@@ -9,6 +9,7 @@
 #define WQ_COMMON_ARTIFACT_STORE_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,9 +68,11 @@ class ArtifactStore {
   absl::StatusOr<int64_t> SizeBytes(const std::string& artifact_id) const;
 
   // Verifies and maps the artifact; quantized linears are used in place
-  // from the mapping.
+  // from the mapping, or packed for their kernels (int8 compute). They
+  // compute in the artifact's compute_dtype unless `compute` overrides it.
   absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadWeights(
-      const std::string& artifact_id) const;
+      const std::string& artifact_id,
+      std::optional<ComputeDtype> compute = std::nullopt) const;
   std::string ArtifactDir(const std::string& artifact_id) const;
 
  private:

@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <sys/mman.h>
+
 #include "common/kernels.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
@@ -208,14 +210,20 @@ PackedInt8Weights PackInt8Weights(const QuantArgs& a) {
                    (w.zeros != nullptr ? kTileRows : 0);
   p.tile_stride = p.groups * p.group_stride;
   const int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
+  // 2 MiB-aligned and offered to transparent huge pages: fewer page faults
+  // while packing and fewer TLB misses while the kernels stream it.
+  constexpr size_t kHugePage = size_t{2} << 20;
   const size_t bytes = static_cast<size_t>((tiles * p.tile_stride + 63) / 64 * 64);
-  p.data.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
-  // Packing runs once per weight at load, so it is parallel: ~1 GB of codes
-  // must pack in a fraction of a second.
+  p.data.reset(static_cast<uint8_t*>(std::aligned_alloc(kHugePage, bytes)));
+  ::madvise(p.data.get(), bytes, MADV_HUGEPAGE);  // Advisory.
+  // Every byte of a real row is written below; the padding rows of a ragged
+  // last tile must read as zero codes and scales.
+  if (w.rows % kTileRows != 0) {
+    std::memset(p.data.get() + (tiles - 1) * p.tile_stride, 0, p.tile_stride);
+  }
+  // Packing runs once per weight at load, so it is parallel and byte-wise.
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, tiles), [&](const tbb::blocked_range<int64_t>& range) {
     constexpr int64_t kChunk = kTileRows * 4;  // Bytes of one chunk.
-    std::memset(p.data.get() + range.begin() * p.tile_stride, 0,
-                (range.end() - range.begin()) * p.tile_stride);
     for (int64_t t = range.begin(); t < range.end(); ++t) {
       for (int64_t j = 0; j < kTileRows && t * kTileRows + j < w.rows; ++j) {
         const int64_t r = t * kTileRows + j;
@@ -227,15 +235,17 @@ PackedInt8Weights PackInt8Weights(const QuantArgs& a) {
             const int64_t k0 = g * w.group_size + b * kBlock;
             // Lane bytes in column order: 8-bit, the row's bytes as they
             // are; 4-bit, column c's code in the low nibble with column
-            // c + 16's above it.
+            // c + 16's above it. The row holds columns 2m | 2m+1 << 4 in
+            // byte m, so bytes m and m + 8 give lane bytes 2m and 2m + 1.
             uint8_t lane_bytes[kBlock];
             const uint8_t* src = codes + k0 * a.bits / 8;
             if (a.bits == 8) {
               std::memcpy(lane_bytes, src, kBlock);
             } else {
-              auto nibble = [&](int c) { return (src[c / 2] >> (4 * (c % 2))) & 0x0f; };
-              for (int c = 0; c < kBlock / 2; ++c) {
-                lane_bytes[c] = static_cast<uint8_t>(nibble(c) | nibble(c + kBlock / 2) << 4);
+              for (int m = 0; m < kBlock / 4; ++m) {
+                const uint8_t lo = src[m], hi = src[m + kBlock / 4];
+                lane_bytes[2 * m] = static_cast<uint8_t>((lo & 0x0f) | (hi << 4));
+                lane_bytes[2 * m + 1] = static_cast<uint8_t>((lo >> 4) | (hi & 0xf0));
               }
             }
             const int64_t chunks = p.block_bytes / kChunk;
