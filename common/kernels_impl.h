@@ -306,24 +306,122 @@ void FloatRows(const QuantArgs& a, int64_t r0, int64_t r1) {
 // Q::kSignedWeights, u8 - 128 as s8) weight levels times s8 activations,
 // exact int32 dots per 32-block, then per group
 // y += s * (sum_b d_b * dot_b) - s * off * xs_g.
-// One ymm holds the 8 rows of a tile, so a vpdpbusd with 4 broadcast
-// activation bytes advances all 8 rows by 4 columns and the float epilogue
-// runs once per 8 rows and block. T rows of x share each decoded chunk.
-template <class Q, int kBits, bool kLut, int T>
+// One 32-bit lane per W row, so a dot with 4 broadcast activation bytes
+// advances every row of the register by 4 columns and the float epilogue
+// runs once per register of rows and block. T rows of x share each decoded
+// chunk.
+
+// Registers of one row tile (8 rows, ymm), for every ISA level.
+template <class Q>
+struct TileYmm {
+  using I = __m256i;
+  using F = __m256;
+  static constexpr int kTiles = 1;
+  static constexpr int kNt = Q::kNt;
+  static I Codes(const uint8_t* p, int64_t) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  static I Table(const uint8_t* t16) {
+    return _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(t16)));
+  }
+  static I Bytes(char v) { return _mm256_set1_epi8(v); }
+  static I And(I a, I b) { return _mm256_and_si256(a, b); }
+  static I Xor(I a, I b) { return _mm256_xor_si256(a, b); }
+  static I High4(I v) { return _mm256_srli_epi16(v, 4); }
+  static I Lookup(I table, I u) { return _mm256_shuffle_epi8(table, u); }
+  static I ZeroI() { return _mm256_setzero_si256(); }
+  static I Dwords(int32_t v) { return _mm256_set1_epi32(v); }
+  static I AddI(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I Dot(I acc, I w, I x) { return Q::Dot(acc, w, x); }
+  static F Float(I v) { return _mm256_cvtepi32_ps(v); }
+  static F Splat(float v) { return _mm256_set1_ps(v); }
+  static F ZeroF() { return _mm256_setzero_ps(); }
+  static F Add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F Mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F Fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F Fnma(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+  static F Scales(const uint8_t* p, int64_t) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+  }
+  static F Zeros(const uint8_t* p, int64_t) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  // The first `count` lanes to y.
+  static void Store(float* y, F v, int64_t count) {
+    if (count == kTileRows) return _mm256_storeu_ps(y, v);
+    alignas(32) float out[kTileRows];
+    _mm256_store_ps(out, v);
+    for (int64_t j = 0; j < count; ++j) y[j] = out[j];
+  }
+};
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+// Two consecutive row tiles in one zmm (16 rows): each broadcast activation
+// dword and each float epilogue op serves twice the rows, and vpdpbusd zmm
+// does twice the work of ymm per instruction on CPUs with a full 512-bit
+// datapath.
+struct TilePairZmm {
+  using I = __m512i;
+  using F = __m512;
+  static constexpr int kTiles = 2;
+  static constexpr int kNt = 8;
+  static I Codes(const uint8_t* p, int64_t tile_stride) {
+    return _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + tile_stride)), 1);
+  }
+  static I Table(const uint8_t* t16) {
+    return _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(t16)));
+  }
+  static I Bytes(char v) { return _mm512_set1_epi8(v); }
+  static I And(I a, I b) { return _mm512_and_si512(a, b); }
+  static I Xor(I a, I b) { return _mm512_xor_si512(a, b); }
+  static I High4(I v) { return _mm512_srli_epi16(v, 4); }
+  static I Lookup(I table, I u) { return _mm512_shuffle_epi8(table, u); }
+  static I ZeroI() { return _mm512_setzero_si512(); }
+  static I Dwords(int32_t v) { return _mm512_set1_epi32(v); }
+  static I AddI(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I Dot(I acc, I w, I x) { return _mm512_dpbusd_epi32(acc, w, x); }
+  static F Float(I v) { return _mm512_cvtepi32_ps(v); }
+  static F Splat(float v) { return _mm512_set1_ps(v); }
+  static F ZeroF() { return _mm512_setzero_ps(); }
+  static F Add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F Mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F Fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F Fnma(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
+  static F Scales(const uint8_t* p, int64_t tile_stride) {
+    return _mm512_insertf32x8(
+        _mm512_castps256_ps512(_mm256_loadu_ps(reinterpret_cast<const float*>(p))),
+        _mm256_loadu_ps(reinterpret_cast<const float*>(p + tile_stride)), 1);
+  }
+  static F Zeros(const uint8_t* p, int64_t tile_stride) {
+    const __m128i z = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)),
+                                         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + tile_stride)));
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(z));
+  }
+  static void Store(float* y, F v, int64_t count) {
+    _mm512_mask_storeu_ps(y, static_cast<__mmask16>((1u << count) - 1), v);
+  }
+};
+#endif
+
+// W::kTiles row tiles from `tile` times x rows i0 .. i0 + T.
+template <class W, bool kSignedWeights, int kBits, bool kLut, int T>
 void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
-  // Independent accumulator chains per x row: a block's 8 vpdpbusd in one
-  // chain would wait on each other's latency when few x rows interleave.
+  using I = typename W::I;
+  using F = typename W::F;
+  // Independent accumulator chains per x row: a block's 8 dots in one chain
+  // would wait on each other's latency when few x rows interleave.
   constexpr int kChains = T >= 4 ? 1 : (T >= 2 ? 2 : 4);
   const PackedInt8Weights& p = *a.packed;
   const int64_t cols = a.w->cols;
-  const int bias = Q::kSignedWeights ? 128 : 0;
+  const int bias = kSignedWeights ? 128 : 0;
   alignas(16) uint8_t table[16];
   for (int c = 0; c < 16; ++c) table[c] = a.ulevel[c] ^ bias;
-  const __m256i lut = _mm256_broadcastsi128_si256(
-      _mm_load_si128(reinterpret_cast<const __m128i*>(table)));
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  const __m256i flip = _mm256_set1_epi8(static_cast<char>(bias));
-  const __m256 off_base = _mm256_set1_ps(static_cast<float>(a.int8_off_base - bias));
+  const I lut = W::Table(table);
+  const I low4 = W::Bytes(0x0f);
+  const I flip = W::Bytes(static_cast<char>(bias));
+  const F off_base = W::Splat(static_cast<float>(a.int8_off_base - bias));
   const int8_t* xq[T];
   const float* xd[T];
   const float* xs[T];
@@ -334,103 +432,106 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
     xs[t] = a.xs + (i0 + t) * a.w->groups_per_row;
   }
   // Weight bytes for one broadcast activation dword: levels as u8 (^ bias).
-  auto level = [&](__m256i u) {
-    if constexpr (kLut) return _mm256_shuffle_epi8(lut, u);
-    return _mm256_xor_si256(u, flip);
+  auto level = [&](I u) {
+    if constexpr (kLut) return W::Lookup(lut, u);
+    return W::Xor(u, flip);
   };
-  __m256 acc[T];
+  F acc[T];
 #pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  for (int t = 0; t < T; ++t) acc[t] = W::ZeroF();
   const uint8_t* rec = p.tile(tile);
+  const int64_t stride = p.tile_stride;
   const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
   for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
-    __m256 gsum[T];
+    F gsum[T];
     for (int64_t b = 0; b < a.blocks_per_group; ++b) {
       const uint8_t* codes = rec + b * p.block_bytes;
       const int64_t k0 = g * a.w->group_size + b * kBlock;
       const int64_t bi = g * a.blocks_per_group + b;
-      __m256i dot[T][kChains];
+      I dot[T][kChains];
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t)
 #pragma GCC unroll 4
-        for (int h = 0; h < kChains; ++h) dot[t][h] = _mm256_setzero_si256();
+        for (int h = 0; h < kChains; ++h) dot[t][h] = W::ZeroI();
       // Step s (of 8 per block) feeds chain s % kChains.
-      auto step = [&](int s, __m256i wv, int64_t k) {
+      auto step = [&](int s, I wv, int64_t k) {
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
           int32_t x4;
           std::memcpy(&x4, xq[t] + k, 4);
           auto& d = dot[t][s % kChains];
-          d = Q::Dot(d, wv, _mm256_set1_epi32(x4));
+          d = W::Dot(d, wv, W::Dwords(x4));
         }
       };
       if constexpr (kBits == 4) {
 #pragma GCC unroll 4
         for (int c = 0; c < 4; ++c) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * c));
-          step(2 * c, level(_mm256_and_si256(v, low4)), k0 + 4 * c);
-          step(2 * c + 1, level(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4)),
-               k0 + 16 + 4 * c);
+          const I v = W::Codes(codes + 32 * c, stride);
+          step(2 * c, level(W::And(v, low4)), k0 + 4 * c);
+          step(2 * c + 1, level(W::And(W::High4(v), low4)), k0 + 16 + 4 * c);
         }
       } else {
 #pragma GCC unroll 8
         for (int c = 0; c < 8; ++c) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * c));
-          step(c, _mm256_xor_si256(v, flip), k0 + 4 * c);
+          step(c, W::Xor(W::Codes(codes + 32 * c, stride), flip), k0 + 4 * c);
         }
       }
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
 #pragma GCC unroll 4
-        for (int h = 1; h < kChains; ++h) dot[t][0] = _mm256_add_epi32(dot[t][0], dot[t][h]);
-        const __m256 d = _mm256_set1_ps(xd[t][bi]);
-        const __m256 f = _mm256_cvtepi32_ps(dot[t][0]);
-        gsum[t] = b == 0 ? _mm256_mul_ps(f, d) : _mm256_fmadd_ps(f, d, gsum[t]);
+        for (int h = 1; h < kChains; ++h) dot[t][0] = W::AddI(dot[t][0], dot[t][h]);
+        const F d = W::Splat(xd[t][bi]);
+        const F f = W::Float(dot[t][0]);
+        gsum[t] = b == 0 ? W::Mul(f, d) : W::Fma(f, d, gsum[t]);
       }
     }
-    const __m256 s = _mm256_loadu_ps(reinterpret_cast<const float*>(rec + code_bytes));
-    __m256 off = off_base;
-    if (a.asym) {
-      int64_t z8;
-      std::memcpy(&z8, rec + code_bytes + kTileRows * sizeof(float), 8);
-      off = _mm256_add_ps(off, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(z8))));
-    }
-    const __m256 soff = _mm256_mul_ps(s, off);
+    const F s = W::Scales(rec + code_bytes, stride);
+    F off = off_base;
+    if (a.asym) off = W::Add(off, W::Zeros(rec + code_bytes + kTileRows * sizeof(float), stride));
+    const F soff = W::Mul(s, off);
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
-      acc[t] = _mm256_fmadd_ps(s, gsum[t], acc[t]);
-      acc[t] = _mm256_fnmadd_ps(soff, _mm256_set1_ps(xs[t][g]), acc[t]);
+      acc[t] = W::Fma(s, gsum[t], acc[t]);
+      acc[t] = W::Fnma(soff, W::Splat(xs[t][g]), acc[t]);
     }
   }
   const int64_t r = tile * kTileRows;
-  const int64_t rows = a.w->rows;
+  const int64_t count = std::min<int64_t>(W::kTiles * kTileRows, a.w->rows - r);
 #pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) {
-    float* y = a.y + (i0 + t) * rows + r;
-    if (r + kTileRows <= rows) {
-      _mm256_storeu_ps(y, acc[t]);
-    } else {
-      alignas(32) float out[kTileRows];
-      _mm256_store_ps(out, acc[t]);
-      for (int64_t j = 0; r + j < rows; ++j) y[j] = out[j];
-    }
+  for (int t = 0; t < T; ++t) W::Store(a.y + (i0 + t) * a.w->rows + r, acc[t], count);
+}
+
+// Tiles [first, first + W::kTiles) times all rows of x; the tiles' codes stay
+// in L1/L2 across the rows of x.
+template <class W, bool kSignedWeights, int kBits, bool kLut>
+void Int8Tiles(const QuantArgs& a, int64_t first) {
+  for (int64_t i = 0; i < a.n; i += W::kNt) {
+    const int nt = static_cast<int>(std::min<int64_t>(W::kNt, a.n - i));
+    WithCount<W::kNt>(nt, [&](auto t_const) {
+      Int8Tile<W, kSignedWeights, kBits, kLut, decltype(t_const)::value>(a, first, i);
+    });
   }
 }
 
+// Q::Wide (when defined) covers two tiles per register: used for every
+// whole pair of tiles in [r0, r1) when x has several rows (compute bound),
+// the ymm kernel for a last single tile and for one x row (memory bound:
+// measured, its four accumulator chains stream W faster than the pair's).
 template <class Q, int kBits, bool kLut>
 void Int8Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
-  for (int64_t tile = r0 / kTileRows; tile * kTileRows < r1; ++tile) {
-    // The tile's codes stay in L1/L2 across the rows of x.
-    for (int64_t i = 0; i < a.n; i += Q::kNt) {
-      const int nt = static_cast<int>(std::min<int64_t>(Q::kNt, a.n - i));
-      WithCount<Q::kNt>(nt, [&](auto t_const) {
-        Int8Tile<Q, kBits, kLut, decltype(t_const)::value>(a, tile, i);
-      });
+  const int64_t tiles = (a.w->rows + kTileRows - 1) / kTileRows;
+  const int64_t end = std::min(tiles, (r1 + kTileRows - 1) / kTileRows);
+  int64_t tile = r0 / kTileRows;
+  if constexpr (Q::kWide) {
+    for (; a.n >= 2 && tile + 1 < end; tile += 2) {
+      Int8Tiles<typename Q::Wide, Q::kSignedWeights, kBits, kLut>(a, tile);
     }
-    if (a.simd_cols < a.w->cols) {
-      const int64_t end = std::min(r1, (tile + 1) * kTileRows);
-      for (int64_t r = tile * kTileRows; r < end; ++r) RefRows(a, r, a.simd_cols, true);
-    }
+  }
+  for (; tile < end; ++tile) {
+    Int8Tiles<TileYmm<Q>, Q::kSignedWeights, kBits, kLut>(a, tile);
+  }
+  if (a.simd_cols < a.w->cols) {
+    for (int64_t r = r0; r < r1; ++r) RefRows(a, r, a.simd_cols, true);
   }
 }
 

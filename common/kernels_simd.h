@@ -97,8 +97,11 @@ struct VecZmm {
 // kNt: rows of x per int8 tile (kernels_impl.h Int8Tile), sized so that
 // the 2 x kNt accumulators and the decode temporaries fit the register file
 // (16 ymm, 32 with AVX-512). Dot(acc, w, a): acc + 4-byte dot products.
+// kWide: a second kernel register type covering two row tiles
+// (kernels_impl.h TilePairZmm), named Wide.
 struct DotAvx2 {
   static constexpr bool kSignedWeights = true;
+  static constexpr bool kWide = false;
   static constexpr int kNt = 4;
   static __m256i Dot(__m256i acc, __m256i w, __m256i a) {
     const __m256i p =
@@ -110,6 +113,7 @@ struct DotAvx2 {
 #ifdef __AVXVNNI__
 struct DotAvxVnni {
   static constexpr bool kSignedWeights = false;
+  static constexpr bool kWide = false;
   static constexpr int kNt = 5;
   static __m256i Dot(__m256i acc, __m256i w, __m256i a) {
     return _mm256_dpbusd_avx_epi32(acc, w, a);
@@ -120,6 +124,8 @@ struct DotAvxVnni {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 struct DotAvx512Vnni {
   static constexpr bool kSignedWeights = false;
+  static constexpr bool kWide = true;
+  using Wide = TilePairZmm;
   static constexpr int kNt = 8;
   static __m256i Dot(__m256i acc, __m256i w, __m256i a) {
     return _mm256_dpbusd_epi32(acc, w, a);

@@ -18,8 +18,8 @@ using kernels::QuantArgs;
 
 // Reference: output rows per parallel task, enough to amortise scheduling.
 constexpr int64_t kRefRowBlock = 64;
-// SIMD kernels work on tiles of this many rows.
-constexpr int64_t kSimdRowBlock = kernels::kTileRows;
+// SIMD kernels work on tiles of this many rows, the widest on pairs.
+constexpr int64_t kSimdRowBlock = 2 * kernels::kTileRows;
 // Up to this many x rows a product streams W about once (memory bound).
 constexpr int64_t kStaticPartitionMaxN = 4;
 
