@@ -3,8 +3,8 @@
 #ifndef WQ_COMMON_KERNELS_H_
 #define WQ_COMMON_KERNELS_H_
 
+#include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -19,6 +19,12 @@ inline constexpr int kBlock = 32;  // SIMD / int8 activation block.
 
 // Row tile of the int8-compute weight layout: one 32-bit lane per W row.
 inline constexpr int kTileRows = 8;
+
+// Deleter of an anonymous mapping of `bytes`.
+struct Unmapper {
+  size_t bytes = 0;
+  void operator()(uint8_t* p) const;
+};
 
 // W re-laid out for the int8-compute kernels, built once per weight
 // (PackInt8Weights). Rows go in tiles of kTileRows (the last one padded with
@@ -37,7 +43,7 @@ struct PackedInt8Weights {
   int64_t block_bytes = 0;       // Code bytes of one tile's 32-block.
   int64_t group_stride = 0;      // Bytes of one tile's group record.
   int64_t tile_stride = 0;       // groups * group_stride.
-  std::unique_ptr<uint8_t, decltype(&std::free)> data{nullptr, &std::free};
+  std::unique_ptr<uint8_t, Unmapper> data;  // Anonymous mapping, huge-page aligned.
   const uint8_t* tile(int64_t t) const { return data.get() + t * tile_stride; }
 };
 
