@@ -215,7 +215,7 @@ std::unique_ptr<uint8_t, Unmapper> MapHugePageAligned(size_t bytes) {
   const size_t length = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
   void* raw = ::mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) throw std::bad_alloc();
+  if (raw == MAP_FAILED) throw std::bad_alloc();  // As any allocation would.
   const uintptr_t begin = reinterpret_cast<uintptr_t>(raw);
   const uintptr_t aligned = (begin + kHugePage - 1) / kHugePage * kHugePage;
   if (aligned > begin) ::munmap(raw, aligned - begin);
@@ -226,8 +226,7 @@ std::unique_ptr<uint8_t, Unmapper> MapHugePageAligned(size_t bytes) {
 #ifdef MADV_POPULATE_WRITE
   ::madvise(p, length, MADV_POPULATE_WRITE);  // Linux >= 5.14; else faults on use.
 #endif
-  return std::unique_ptr<uint8_t, Unmapper>(static_cast<uint8_t*>(p),
-                                                             {length});
+  return std::unique_ptr<uint8_t, Unmapper>(static_cast<uint8_t*>(p), Unmapper{length});
 }
 
 }  // namespace
