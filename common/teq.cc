@@ -314,44 +314,55 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const fl
     }
   }
   const GroupObjective objective(config, len, group, w, options, std::move(weights));
-  // Over all tokens, batch by batch so the temporaries stay small.
-  auto full_loss = [&](const Eigen::VectorXf& alpha) -> absl::StatusOr<double> {
+  // Over the first `n` batches (all tokens by default), batch by batch so the
+  // temporaries stay small.
+  auto full_loss = [&](const Eigen::VectorXf& alpha, int n = -1) -> absl::StatusOr<double> {
+    if (n < 0) n = batches;
     double sum = 0;
-    for (int b = 0; b < batches; ++b) {
+    int64_t rows = 0;
+    for (int b = 0; b < n; ++b) {
       const ConstRowMap xb = batch(b);
       ASSIGN_OR_RETURN(double loss, objective.Loss(xb, alpha, nullptr));
       sum += loss * static_cast<double>(xb.rows());
+      rows += xb.rows();
     }
-    return sum / (static_cast<double>(seqs) * len);
+    return sum / static_cast<double>(rows);
   };
 
   TeqGroupReport report;
   Eigen::VectorXf alpha = Eigen::VectorXf::Ones(cols);
   ASSIGN_OR_RETURN(report.initial_loss, full_loss(alpha));
   report.init_loss = report.initial_loss;
-  // Initialisation: a = 1, or the best of AWQ's activation-statistics scales
-  // s = x_mean^r / (w_mean^(1-r) + 1e-4), r = i / init_grid, on the same
-  // loss over the whole calibration set (a = 1 wins ties).
+  // Initialisation: a = 1, or the best of a = 1 and AWQ's activation-statistics
+  // scales s = x_mean^r / (w_mean^(1-r) + 1e-4), r = i / init_grid, on the
+  // same loss over the first init_tokens calibration tokens (a = 1 wins
+  // ties).
   if (options.init_grid > 0) {
+    const int init_batches = std::clamp(
+        (options.init_tokens + batch_seqs * len - 1) / (batch_seqs * len), 1, batches);
     const std::vector<float> x_mean = MeanAbsPerChannel(x, static_cast<int64_t>(seqs) * len, cols);
     const std::vector<float> w_mean = AwqWeightMean(w, group.layers, options.spec);
-    std::vector<Eigen::VectorXf> candidates(options.init_grid);
-    std::vector<absl::StatusOr<double>> losses(options.init_grid, 0.0);
-    tbb::parallel_for(0, options.init_grid, [&](int i) {
+    std::vector<Eigen::VectorXf> candidates(options.init_grid + 1, alpha);
+    std::vector<absl::StatusOr<double>> losses(options.init_grid + 1, 0.0);
+    tbb::parallel_for(0, options.init_grid + 1, [&](int i) {
       if (Cancelled(options)) return;
-      const std::vector<float> s = AwqGridScales(
-          x_mean, w_mean, static_cast<float>(i) / options.init_grid, /*duo_scaling=*/true);
-      candidates[i] = Eigen::Map<const Eigen::VectorXf>(s.data(), cols);
-      losses[i] = full_loss(candidates[i]);
+      if (i > 0) {
+        const std::vector<float> s = AwqGridScales(
+            x_mean, w_mean, static_cast<float>(i - 1) / options.init_grid, /*duo_scaling=*/true);
+        candidates[i] = Eigen::Map<const Eigen::VectorXf>(s.data(), cols);
+      }
+      losses[i] = full_loss(candidates[i], init_batches);
     });
     if (Cancelled(options)) return absl::CancelledError("quantization cancelled");
-    for (int i = 0; i < options.init_grid; ++i) {
+    int best = 0;
+    for (int i = 0; i <= options.init_grid; ++i) {
       RETURN_IF_ERROR(losses[i].status());
-      if (*losses[i] < report.init_loss) {
-        report.init_loss = *losses[i];
-        report.init_ratio = static_cast<double>(i) / options.init_grid;
-        alpha = candidates[i];
-      }
+      if (*losses[i] < *losses[best]) best = i;
+    }
+    if (best > 0) {
+      alpha = candidates[best];
+      report.init_ratio = static_cast<double>(best - 1) / options.init_grid;
+      ASSIGN_OR_RETURN(report.init_loss, full_loss(alpha));
     }
   }
   const Eigen::VectorXf init_alpha = alpha;
