@@ -8,6 +8,9 @@
 //   bazel-bin/bench/layer_error [--dtypes=int4_clip_asym,int4_fullrange_sym]
 //       [--groups=32] [--n_samples=16 --seq_len=256] [--verbose]
 //
+// Also the MLP output down(silu(gate·x)·up·x) with all three layers
+// quantized, RTN vs mse_range, relative to its fp32 energy.
+//
 // Output error of a layer: sum over calibration tokens of ||x·(Q(W) - W)^T||^2
 // divided by the sum of ||x·W^T||^2 (its fp32 output energy), on the fp32
 // model's activations at the layer's input (block by block, as AWQ sees
@@ -76,7 +79,18 @@ absl::StatusOr<double> OutputError(const float* w, int64_t rows, int64_t cols, c
 struct Totals {
   int layers = 0, clipped = 0, worse = 0;
   double rtn = 0, mse = 0, best = 0;  // summed relative output errors
+  int mlp_worse = 0;
+  double mlp_rtn = 0, mlp_mse = 0;  // summed relative MLP output errors
 };
+
+// down(silu(gate·x) * up·x) for token rows x.
+RowMatrix Mlp(const ConstRowMap& x, const float* gate, const float* up, const float* down,
+              int64_t hidden, int64_t inter) {
+  const RowMatrix g = x * ConstRowMap(gate, inter, hidden).transpose();
+  const RowMatrix u = x * ConstRowMap(up, inter, hidden).transpose();
+  const RowMatrix h = g.unaryExpr([](float v) { return Silu(v); }).cwiseProduct(u);
+  return h * ConstRowMap(down, hidden, inter).transpose();
+}
 
 absl::Status Run() {
   const std::string model_dir = absl::GetFlag(FLAGS_model_dir);
@@ -152,16 +166,49 @@ absl::Status Run() {
                           weight_mse / weight_rtn, out_rtn, out_mse, best_ratio, out_best);
             }
           }
+          // The MLP output with gate, up and down all quantized, RTN vs
+          // mse_range (each layer at its own searched ratio).
+          const int64_t hidden = w.cols[kGate], inter = w.rows[kGate];
+          const ConstRowMap x(acts.Get(BlockPoint::kMlpInput), acts.tokens(), hidden);
+          const RowMatrix ref = Mlp(x, w.linear[kGate].data(), w.linear[kUp].data(),
+                                    w.linear[kDown].data(), hidden, inter);
+          double mlp_error[2];
+          for (int use_mse = 0; use_mse < 2; ++use_mse) {
+            std::vector<float> q[3];
+            const BlockLinear layers[3] = {kGate, kUp, kDown};
+            for (int i = 0; i < 3; ++i) {
+              QuantSpec spec = specs[s].second;
+              const BlockLinear l = layers[i];
+              if (use_mse) {
+                ASSIGN_OR_RETURN(spec.quantile, SearchClipRatio(w.linear[l].data(), w.rows[l],
+                                                                w.cols[l], spec, ratios));
+              }
+              ASSIGN_OR_RETURN(q[i], FakeQuantize(w.linear[l].data(), w.rows[l], w.cols[l], spec));
+            }
+            const RowMatrix out = Mlp(x, q[0].data(), q[1].data(), q[2].data(), hidden, inter);
+            mlp_error[use_mse] =
+                (out - ref).cast<double>().squaredNorm() / ref.cast<double>().squaredNorm();
+          }
+          Totals& t = totals[s];
+          t.mlp_rtn += mlp_error[0];
+          t.mlp_mse += mlp_error[1];
+          t.mlp_worse += mlp_error[1] > mlp_error[0];
+          if (verbose) {
+            std::printf("| %s | %d.mlp output | | | %.5f | %.5f | | |\n", specs[s].first.c_str(),
+                        layer, mlp_error[0], mlp_error[1]);
+          }
         }
         return absl::OkStatus();
       }));
   std::printf("\n| dtype | layers | clipped by mse_range | output error worse than RTN | "
-              "sum of relative output errors: RTN | mse_range | best ratio per layer |\n"
-              "|---|---|---|---|---|---|---|\n");
+              "sum of relative output errors: RTN | mse_range | best ratio per layer | "
+              "MLP outputs worse | sum of relative MLP output errors: RTN | mse_range |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t s = 0; s < specs.size(); ++s) {
     const Totals& t = totals[s];
-    std::printf("| %s | %d | %d | %d | %.4f | %.4f | %.4f |\n", specs[s].first.c_str(), t.layers,
-                t.clipped, t.worse, t.rtn, t.mse, t.best);
+    std::printf("| %s | %d | %d | %d | %.4f | %.4f | %.4f | %d of %d | %.4f | %.4f |\n",
+                specs[s].first.c_str(), t.layers, t.clipped, t.worse, t.rtn, t.mse, t.best,
+                t.mlp_worse, t.layers / kNumBlockLinears, t.mlp_rtn, t.mlp_mse);
   }
   return absl::OkStatus();
 }
