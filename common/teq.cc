@@ -360,9 +360,13 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const fl
       if (*losses[i] < *losses[best]) best = i;
     }
     if (best > 0) {
-      alpha = candidates[best];
-      report.init_ratio = static_cast<double>(best - 1) / options.init_grid;
-      ASSIGN_OR_RETURN(report.init_loss, full_loss(alpha));
+      ASSIGN_OR_RETURN(const double loss, full_loss(candidates[best]));
+      // Chosen on a subset: keep a = 1 should it be better on all tokens.
+      if (loss < report.initial_loss) {
+        alpha = candidates[best];
+        report.init_ratio = static_cast<double>(best - 1) / options.init_grid;
+        report.init_loss = loss;
+      }
     }
   }
   const Eigen::VectorXf init_alpha = alpha;

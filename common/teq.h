@@ -74,7 +74,8 @@ struct TeqOptions {
   // x_mean^r / (w_mean^(1-r) + 1e-4), r = i / init_grid (0: a = 1, as INC).
   int init_grid = 20;
   // Calibration tokens (whole step batches, at least one) the init grid is
-  // compared on.
+  // compared on; the chosen scale replaces a = 1 only if it is also better
+  // on all tokens.
   int init_tokens = 8192;
   // Local loss of a group of several layers (q, k, v when
   // attention_output_loss is off): weight each layer by 1 / its fp32 output
