@@ -9,7 +9,7 @@
 //   bazel-bin/bench/quality [--model_dir=testdata/models/stories260K]
 //       [--data_root=../shared/data] [--algorithms=rtn,rtn_mse,awq,teq]
 //       [--dtypes=int4_clip_sym,...] [--groups=32,64,-1]
-//       [--n_samples=128 --seq_len=512] [--json=quality.json]
+//       [--n_samples=128 --seq_len=512] [--json=quality.json] [--print_log]
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -57,6 +57,8 @@ ABSL_FLAG(int, seq_len, 512, "calibration block length");
 ABSL_FLAG(std::string, json, "", "write the results here as JSON");
 ABSL_FLAG(bool, thread_speedup, true, "time AWQ int4_clip sym g32 with 1 and 2 threads");
 ABSL_FLAG(std::string, work_dir, "/tmp/wq_quality", "scratch artifact stores");
+ABSL_FLAG(bool, print_log, false,
+          "print each quantization job's log (AWQ / TEQ per-block reports) to stderr");
 
 namespace wq {
 namespace {
@@ -116,6 +118,9 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> Quantize(
   ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, QuantizeModel(request, *store));
   *seconds = absl::ToDoubleSeconds(absl::Now() - start);
   *bits = manifest.bits_per_weight();
+  if (absl::GetFlag(FLAGS_print_log)) {
+    for (const std::string& line : manifest.log()) std::fprintf(stderr, "  %s\n", line.c_str());
+  }
   return store->LoadWeights(manifest.artifact_id());
 }
 

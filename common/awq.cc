@@ -16,9 +16,9 @@ bool Cancelled(const AwqOptions& options) {
   return options.cancelled != nullptr && options.cancelled->load();
 }
 
-// Per input channel: mean over the rows of all `layers` of |w| / max|w| of
-// its quantization group (AutoAWQ _search_best_scale step 1; 1e-6 as there).
-std::vector<float> NormalizedWeightMean(const BlockWeights& w,
+}  // namespace
+
+std::vector<float> AwqWeightMean(const BlockWeights& w,
                                         const std::vector<BlockLinear>& layers,
                                         const QuantSpec& spec) {
   const int64_t cols = w.cols[layers.front()];
@@ -43,8 +43,7 @@ std::vector<float> NormalizedWeightMean(const BlockWeights& w,
   return mean;
 }
 
-// AutoAWQ _compute_best_scale: s for grid ratio `ratio`.
-std::vector<float> GridScales(const std::vector<float>& x_mean, const std::vector<float>& w_mean,
+std::vector<float> AwqGridScales(const std::vector<float>& x_mean, const std::vector<float>& w_mean,
                               float ratio, bool duo_scaling) {
   std::vector<float> s(x_mean.size());
   for (size_t j = 0; j < s.size(); ++j) {
@@ -61,6 +60,8 @@ std::vector<float> GridScales(const std::vector<float>& x_mean, const std::vecto
   }
   return s;
 }
+
+namespace {
 
 // W·diag(s) fake-quantized, then ·diag(1/s): the weight the block sees.
 absl::StatusOr<std::vector<float>> ScaledFakeQuant(const float* w, int64_t rows, int64_t cols,
@@ -126,7 +127,7 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
   const int64_t n = acts.tokens();
   const int64_t cols = acts.Dim(group.input);
   const std::vector<float> x_mean = MeanAbsPerChannel(acts.Get(group.input), n, cols);
-  const std::vector<float> w_mean = NormalizedWeightMean(w, group.layers, options.spec);
+  const std::vector<float> w_mean = AwqWeightMean(w, group.layers, options.spec);
   const float* reference = acts.Get(group.inspect);
   const int64_t out_dim = acts.Dim(group.inspect);
 
@@ -136,7 +137,7 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
   tbb::parallel_for(0, options.n_grid, [&](int i) {
     if (Cancelled(options)) return;
     const std::vector<float> s =
-        GridScales(x_mean, w_mean, static_cast<float>(i) / options.n_grid, options.duo_scaling);
+        AwqGridScales(x_mean, w_mean, static_cast<float>(i) / options.n_grid, options.duo_scaling);
     std::vector<std::vector<float>> candidates;
     candidates.reserve(group.layers.size());  // the views point into them
     LlamaLayerWeights view = w.View();
@@ -178,7 +179,7 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
     if (result.losses[i] < result.losses[result.best]) result.best = i;
   }
   result.ratio = static_cast<double>(result.best) / options.n_grid;
-  result.scales = GridScales(x_mean, w_mean, static_cast<float>(result.ratio),
+  result.scales = AwqGridScales(x_mean, w_mean, static_cast<float>(result.ratio),
                              options.duo_scaling);
   return result;
 }

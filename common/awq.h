@@ -35,6 +35,18 @@ struct AwqOptions {
   CalibrationStageFn on_stage;
 };
 
+// Per input channel: the mean over the rows of all `layers` of |w| / max|w|
+// of its quantization group (AutoAWQ _search_best_scale step 1, w_mean).
+std::vector<float> AwqWeightMean(const BlockWeights& w, const std::vector<BlockLinear>& layers,
+                                 const QuantSpec& spec);
+
+// AutoAWQ _compute_best_scale for grid ratio a: s = x_mean^a /
+// (w_mean^(1-a) + 1e-4) (duo scaling) or x_mean^a, clamped at 1e-4 and
+// normalised by sqrt(max(s)·min(s)).
+std::vector<float> AwqGridScales(const std::vector<float>& x_mean,
+                                 const std::vector<float>& w_mean, float ratio,
+                                 bool duo_scaling);
+
 struct AwqScaleSearch {
   std::vector<double> losses;  // per grid point
   int best = 0;                // index into losses

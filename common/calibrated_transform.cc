@@ -80,8 +80,13 @@ absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
                            TeqTransformBlock(weights->config, acts, options, &w));
           for (const TeqGroupReport& g : reports) {
             const auto [lo, hi] = std::minmax_element(g.alpha.begin(), g.alpha.end());
-            groups.push_back(absl::StrFormat("loss %.3g -> %.3g, a in [%.3g, %.3g]",
-                                             g.initial_loss, g.final_loss, *lo, *hi));
+            const std::string init =
+                g.init_ratio < 0 ? ""
+                                 : absl::StrFormat(" -> %.3g (init r=%.2f)", g.init_loss,
+                                                   g.init_ratio);
+            groups.push_back(absl::StrFormat("loss %.3g%s -> %.3g%s, a in [%.3g, %.3g]",
+                                             g.initial_loss, init, g.final_loss,
+                                             g.kept_init ? " (kept the start)" : "", *lo, *hi));
           }
         }
         result.log.push_back(absl::StrCat(awq ? "awq" : "teq", " block ", layer, ": ",

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "Eigen/Core"
+#include "common/awq.h"
 #include "common/llama.h"
 #include "common/status_macros.h"
 #include "tbb/parallel_for.h"
@@ -65,6 +66,11 @@ bool TrainsOnMlpOutput(const ScalingGroup& group, const TeqOptions& options) {
   return options.mlp_output_loss && group.prev == ScalingGroup::Prev::kPostAttentionNorm;
 }
 
+// Whether the group (q/k/v) is trained on the attention output (o_proj's).
+bool TrainsOnAttentionOutput(const ScalingGroup& group, const TeqOptions& options) {
+  return options.attention_output_loss && group.prev == ScalingGroup::Prev::kInputNorm;
+}
+
 // The group's loss on token rows x [T, cols] for scales a and, when grad is
 // set, its gradient with respect to a. Every layer l computes
 // y_l = u·Q_l^T with u = x/a and Q_l = Q(W_l·diag(a)). With dy_l = dL/dy_l
@@ -74,12 +80,17 @@ bool TrainsOnMlpOutput(const ScalingGroup& group, const TeqOptions& options) {
 // Local loss: sum_l ||y_l - x·W_l^T||^2 / (T · e_l), e_l = the layer's fp32
 // output energy per token (weights[l] = 1/e_l). MLP loss (gate/up):
 // ||down(silu(y_gate)·y_up) - down(silu(x·Wg^T)·(x·Wu^T))||^2 / T with the
-// fp32 down_proj.
+// fp32 down_proj. Attention loss (q/k/v): ||attn(y_q, y_k, y_v)·Wo^T -
+// attn(x·Wq^T, x·Wk^T, x·Wv^T)·Wo^T||^2 / T with the fp32 o_proj.
 class GroupObjective {
  public:
-  GroupObjective(const ScalingGroup& group, const BlockWeights& w, const TeqOptions& options,
-                 std::vector<double> weights)
-      : group_(group), w_(w), options_(options), weights_(std::move(weights)) {}
+  GroupObjective(const LlamaConfig& config, int len, const ScalingGroup& group,
+                 const BlockWeights& w, const TeqOptions& options, std::vector<double> weights)
+      : attention_(config, len),
+        group_(group),
+        w_(w),
+        options_(options),
+        weights_(std::move(weights)) {}
 
   absl::StatusOr<double> Loss(const ConstRowMap& x, const Eigen::VectorXf& alpha,
                               Eigen::VectorXf* grad) const {
@@ -126,6 +137,18 @@ class GroupObjective {
         dy[0] = dh.cwiseProduct(y[1]).cwiseProduct(dsilu);
         dy[1] = dh.cwiseProduct(sg);
       }
+    } else if (TrainsOnAttentionOutput(group_, options_)) {
+      // layers are {q, k, v}.
+      const ConstRowMap o(w_.linear[kO].data(), w_.rows[kO], w_.cols[kO]);
+      CausalAttention::Saved saved;
+      const RowMatrix att = attention_.Forward(y[0], y[1], y[2], grad ? &saved : nullptr);
+      const RowMatrix att_ref = attention_.Forward(ref[0], ref[1], ref[2], nullptr);
+      const RowMatrix r = (att - att_ref) * o.transpose();
+      loss = r.cast<double>().squaredNorm() / tokens;
+      if (grad != nullptr) {
+        const RowMatrix datt = (r * static_cast<float>(2.0 / tokens)) * o;
+        attention_.Backward(y[2], saved, datt, &dy[0], &dy[1], &dy[2]);
+      }
     } else {
       for (size_t i = 0; i < n; ++i) {
         const RowMatrix r = y[i] - ref[i];
@@ -152,6 +175,7 @@ class GroupObjective {
   }
 
  private:
+  const CausalAttention attention_;
   const ScalingGroup& group_;
   const BlockWeights& w_;
   const TeqOptions& options_;
@@ -160,10 +184,114 @@ class GroupObjective {
 
 }  // namespace
 
-absl::StatusOr<TeqGroupReport> TeqTrainGroup(const float* x, int seqs, int len,
-                                             const ScalingGroup& group, const BlockWeights& w,
-                                             const TeqOptions& options) {
+CausalAttention::CausalAttention(const LlamaConfig& c, int len)
+    : heads_(c.num_attention_heads),
+      kv_heads_(c.num_key_value_heads),
+      d_(c.head_dim),
+      len_(len),
+      scale_(1.0f / std::sqrt(static_cast<float>(c.head_dim))) {
+  const int half = d_ / 2;
+  cos_.resize(static_cast<size_t>(len) * half);
+  sin_.resize(cos_.size());
+  for (int pos = 0; pos < len; ++pos) {
+    for (int i = 0; i < half; ++i) {
+      const double inv_freq = std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim);
+      cos_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::cos(pos * inv_freq));
+      sin_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::sin(pos * inv_freq));
+    }
+  }
+}
+
+CausalAttention::Matrix CausalAttention::Forward(const Matrix& yq, const Matrix& yk,
+                                                 const Matrix& yv, Saved* saved) const {
+  const int64_t rows = yq.rows();
+  const int seqs = static_cast<int>(rows / len_);
+  Matrix q = yq, k = yk;
+  Rotate(&q, heads_, /*inverse=*/false);
+  Rotate(&k, kv_heads_, /*inverse=*/false);
+  Matrix att(rows, yq.cols());
+  if (saved != nullptr) saved->probs.resize(static_cast<size_t>(seqs) * heads_);
+  const int group = heads_ / kv_heads_;
+  tbb::parallel_for(0, seqs, [&](int s) {
+    const int64_t r0 = static_cast<int64_t>(s) * len_;
+    Matrix p;
+    for (int h = 0; h < heads_; ++h) {
+      const int g = h / group;
+      p.noalias() =
+          (q.block(r0, h * d_, len_, d_) * k.block(r0, g * d_, len_, d_).transpose()) * scale_;
+      for (int i = 0; i < len_; ++i) {
+        const float m = p.row(i).head(i + 1).maxCoeff();
+        p.row(i).head(i + 1) = (p.row(i).head(i + 1).array() - m).exp();
+        p.row(i).head(i + 1) /= p.row(i).head(i + 1).sum();
+        p.row(i).tail(len_ - i - 1).setZero();
+      }
+      att.block(r0, h * d_, len_, d_).noalias() = p * yv.block(r0, g * d_, len_, d_);
+      if (saved != nullptr) saved->probs[static_cast<size_t>(s) * heads_ + h] = p;
+    }
+  });
+  if (saved != nullptr) {
+    saved->q = std::move(q);
+    saved->k = std::move(k);
+  }
+  return att;
+}
+
+void CausalAttention::Backward(const Matrix& yv, const Saved& saved, const Matrix& datt,
+                               Matrix* dq, Matrix* dk, Matrix* dv) const {
+  const int64_t rows = datt.rows();
+  const int seqs = static_cast<int>(rows / len_);
+  dq->setZero(rows, saved.q.cols());
+  dk->setZero(rows, saved.k.cols());
+  dv->setZero(rows, yv.cols());
+  const int group = heads_ / kv_heads_;
+  tbb::parallel_for(0, seqs, [&](int s) {
+    const int64_t r0 = static_cast<int64_t>(s) * len_;
+    Matrix dp, ds;
+    for (int h = 0; h < heads_; ++h) {  // fixed order: the heads of a kv head add up
+      const int g = h / group;
+      const Matrix& p = saved.probs[static_cast<size_t>(s) * heads_ + h];
+      const auto d_out = datt.block(r0, h * d_, len_, d_);
+      dp.noalias() = d_out * yv.block(r0, g * d_, len_, d_).transpose();
+      dv->block(r0, g * d_, len_, d_).noalias() += p.transpose() * d_out;
+      // Softmax: dS_ij = P_ij (dP_ij - sum_k dP_ik P_ik); masked P_ij = 0.
+      const Eigen::VectorXf rowdot = dp.cwiseProduct(p).rowwise().sum();
+      ds = p.cwiseProduct(dp - rowdot.replicate(1, len_)) * scale_;
+      dq->block(r0, h * d_, len_, d_).noalias() = ds * saved.k.block(r0, g * d_, len_, d_);
+      dk->block(r0, g * d_, len_, d_).noalias() +=
+          ds.transpose() * saved.q.block(r0, h * d_, len_, d_);
+    }
+  });
+  Rotate(dq, heads_, /*inverse=*/true);
+  Rotate(dk, kv_heads_, /*inverse=*/true);
+}
+
+void CausalAttention::Rotate(Matrix* x, int heads, bool inverse) const {
+  const int half = d_ / 2;
+  for (int64_t r = 0; r < x->rows(); ++r) {
+    const size_t pos = static_cast<size_t>(r % len_);
+    const float* c = cos_.data() + pos * half;
+    const float* sn = sin_.data() + pos * half;
+    for (int h = 0; h < heads; ++h) {
+      float* head = x->row(r).data() + static_cast<int64_t>(h) * d_;
+      for (int i = 0; i < half; ++i) {
+        const float a = head[i];
+        const float b = head[i + half];
+        const float sin = inverse ? -sn[i] : sn[i];
+        head[i] = a * c[i] - b * sin;
+        head[i + half] = b * c[i] + a * sin;
+      }
+    }
+  }
+}
+
+absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const float* x,
+                                             int seqs, int len, const ScalingGroup& group,
+                                             const BlockWeights& w, const TeqOptions& options) {
   const int64_t cols = w.cols[group.layers.front()];
+  if (TrainsOnAttentionOutput(group, options) &&
+      group.layers != std::vector<BlockLinear>{kQ, kK, kV}) {
+    return absl::InvalidArgumentError("the attention-output loss needs the group {q, k, v}");
+  }
   const int batch_seqs = std::max(1, options.tokens_per_step / len);
   const int batches = (seqs + batch_seqs - 1) / batch_seqs;
   auto batch = [&](int b) {
@@ -185,30 +313,73 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const float* x, int seqs, int len,
       weights[i] = energy > 0 ? 1.0 / energy : 1.0;
     }
   }
-  const GroupObjective objective(group, w, options, std::move(weights));
-  // Over all tokens, batch by batch so the temporaries stay small.
-  auto full_loss = [&](const Eigen::VectorXf& alpha) -> absl::StatusOr<double> {
+  const GroupObjective objective(config, len, group, w, options, std::move(weights));
+  // Over the first `n` batches (all tokens by default), batch by batch so the
+  // temporaries stay small.
+  auto full_loss = [&](const Eigen::VectorXf& alpha, int n = -1) -> absl::StatusOr<double> {
+    if (n < 0) n = batches;
     double sum = 0;
-    for (int b = 0; b < batches; ++b) {
+    int64_t rows = 0;
+    for (int b = 0; b < n; ++b) {
       const ConstRowMap xb = batch(b);
       ASSIGN_OR_RETURN(double loss, objective.Loss(xb, alpha, nullptr));
       sum += loss * static_cast<double>(xb.rows());
+      rows += xb.rows();
     }
-    return sum / (static_cast<double>(seqs) * len);
+    return sum / static_cast<double>(rows);
   };
 
   TeqGroupReport report;
+  Eigen::VectorXf alpha = Eigen::VectorXf::Ones(cols);
+  ASSIGN_OR_RETURN(report.initial_loss, full_loss(alpha));
+  report.init_loss = report.initial_loss;
+  // Initialisation: a = 1, or the best of a = 1 and AWQ's activation-statistics
+  // scales s = x_mean^r / (w_mean^(1-r) + 1e-4), r = i / init_grid, on the
+  // same loss over the first init_tokens calibration tokens (a = 1 wins
+  // ties).
+  if (options.init_grid > 0) {
+    const int init_batches = std::clamp(
+        (options.init_tokens + batch_seqs * len - 1) / (batch_seqs * len), 1, batches);
+    const std::vector<float> x_mean = MeanAbsPerChannel(x, static_cast<int64_t>(seqs) * len, cols);
+    const std::vector<float> w_mean = AwqWeightMean(w, group.layers, options.spec);
+    std::vector<Eigen::VectorXf> candidates(options.init_grid + 1, alpha);
+    std::vector<absl::StatusOr<double>> losses(options.init_grid + 1, 0.0);
+    tbb::parallel_for(0, options.init_grid + 1, [&](int i) {
+      if (Cancelled(options)) return;
+      if (i > 0) {
+        const std::vector<float> s = AwqGridScales(
+            x_mean, w_mean, static_cast<float>(i - 1) / options.init_grid, /*duo_scaling=*/true);
+        candidates[i] = Eigen::Map<const Eigen::VectorXf>(s.data(), cols);
+      }
+      losses[i] = full_loss(candidates[i], init_batches);
+    });
+    if (Cancelled(options)) return absl::CancelledError("quantization cancelled");
+    int best = 0;
+    for (int i = 0; i <= options.init_grid; ++i) {
+      RETURN_IF_ERROR(losses[i].status());
+      if (*losses[i] < *losses[best]) best = i;
+    }
+    if (best > 0) {
+      ASSIGN_OR_RETURN(const double loss, full_loss(candidates[best]));
+      // Chosen on a subset: keep a = 1 should it be better on all tokens.
+      if (loss < report.initial_loss) {
+        alpha = candidates[best];
+        report.init_ratio = static_cast<double>(best - 1) / options.init_grid;
+        report.init_loss = loss;
+      }
+    }
+  }
+  const Eigen::VectorXf init_alpha = alpha;
+
   // a = exp(theta) when log_scale, else a = theta.
-  Eigen::VectorXf theta = options.log_scale ? Eigen::VectorXf::Zero(cols)
-                                            : Eigen::VectorXf::Ones(cols);
+  Eigen::VectorXf theta = options.log_scale ? Eigen::VectorXf(alpha.array().log().matrix())
+                                            : alpha;
   auto alpha_of = [&](const Eigen::VectorXf& t) -> Eigen::VectorXf {
     return options.log_scale ? Eigen::VectorXf(t.array().exp().matrix()) : t;
   };
   Eigen::VectorXf m = Eigen::VectorXf::Zero(cols);
   Eigen::VectorXf v = Eigen::VectorXf::Zero(cols);
   Eigen::VectorXf grad(cols);
-  Eigen::VectorXf alpha = alpha_of(theta);
-  ASSIGN_OR_RETURN(report.initial_loss, full_loss(alpha));
   const int warmup = static_cast<int>(options.warmup_fraction * options.steps);
   for (int step = 0; step < options.steps; ++step) {
     if (Cancelled(options)) return absl::CancelledError("quantization cancelled");
@@ -231,10 +402,12 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const float* x, int seqs, int len,
   }
   ASSIGN_OR_RETURN(report.final_loss, full_loss(alpha));
   // Training sees one batch per step and the STE gradient; should the result
-  // be worse than no scaling on the whole set (same objective), keep a = 1.
-  if (report.final_loss > report.initial_loss) {
-    alpha.setOnes();
-    report.final_loss = report.initial_loss;
+  // be worse than its starting point on the whole set (same objective), keep
+  // the starting point.
+  if (report.final_loss > report.init_loss) {
+    alpha = init_alpha;
+    report.final_loss = report.init_loss;
+    report.kept_init = true;
   }
   report.alpha.assign(alpha.data(), alpha.data() + cols);
   return report;
@@ -248,8 +421,8 @@ absl::StatusOr<std::vector<TeqGroupReport>> TeqTransformBlock(const LlamaConfig&
   if (options.on_stage) options.on_stage(CalibrationStage::kGridSearch);
   std::vector<absl::StatusOr<TeqGroupReport>> results(groups.size());
   tbb::parallel_for(size_t{0}, groups.size(), [&](size_t g) {
-    results[g] = TeqTrainGroup(acts.Get(groups[g].input), acts.seqs, acts.len, groups[g], *w,
-                               options);
+    results[g] = TeqTrainGroup(config, acts.Get(groups[g].input), acts.seqs, acts.len,
+                               groups[g], *w, options);
   });
   std::vector<TeqGroupReport> reports;
   for (size_t g = 0; g < groups.size(); ++g) {
