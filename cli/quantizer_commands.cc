@@ -19,6 +19,9 @@ ABSL_FLAG(std::string, group_size, "", "weights per group; -1 = per channel (def
 ABSL_FLAG(std::string, algorithm, "", "rtn|awq|teq (default rtn)");
 ABSL_FLAG(bool, mse_range, false, "search a clip ratio per layer (with any algorithm)");
 ABSL_FLAG(std::string, scale_dtype, "", "fp32|bf16 (default fp32)");
+ABSL_FLAG(std::string, compute_dtype, "",
+          "fp32|bf16|int8: the arithmetic the artifact is served with (default fp32; "
+          "int8 runs the packed integer kernels, sym schemes only)");
 ABSL_FLAG(bool, double_quant, false, "quantize the scales too");
 ABSL_FLAG(std::vector<std::string>, skip_modules, {},
           "modules kept in fp32, names or globs (default lm_head)");
@@ -127,6 +130,14 @@ int Quantize() {
     return UsageError("--scale_dtype must be fp32 or bf16");
   }
   config->set_scale_dtype(scale_dtype);
+  v1::ComputeDtype compute_dtype = v1::COMPUTE_DTYPE_UNSPECIFIED;
+  if (!ParseEnum<v1::ComputeDtype>(
+          absl::GetFlag(FLAGS_compute_dtype),
+          {{"fp32", v1::COMPUTE_FP32}, {"bf16", v1::COMPUTE_BF16}, {"int8", v1::COMPUTE_INT8}},
+          &compute_dtype)) {
+    return UsageError("--compute_dtype must be fp32, bf16 or int8");
+  }
+  config->set_compute_dtype(compute_dtype);
   config->set_mse_range(absl::GetFlag(FLAGS_mse_range));
   config->set_use_double_quant(absl::GetFlag(FLAGS_double_quant));
   for (const std::string& m : absl::GetFlag(FLAGS_skip_modules)) {
