@@ -220,39 +220,40 @@ int64_t KVCache::bytes() const {
                               (keys_bf16_.size() + values_bf16_.size()) * sizeof(uint16_t));
 }
 
-LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
-    : weights_(std::move(weights)) {
-  // Hugging Face rotate_half RoPE: dimension i pairs with i + head_dim/2 and
-  // turns by pos * theta^(-2i/head_dim).
-  const LlamaConfig& c = weights_->config;
+RotaryEmbedding::RotaryEmbedding(const LlamaConfig& c, int positions)
+    : head_dim_(c.head_dim) {
   const int half = c.head_dim / 2;
-  rope_cos_.resize(static_cast<size_t>(c.max_position_embeddings) * half);
-  rope_sin_.resize(rope_cos_.size());
-  for (int pos = 0; pos < c.max_position_embeddings; ++pos) {
+  cos_.resize(static_cast<size_t>(positions) * half);
+  sin_.resize(cos_.size());
+  for (int pos = 0; pos < positions; ++pos) {
     for (int i = 0; i < half; ++i) {
       const double inv_freq = std::pow(static_cast<double>(c.rope_theta),
                                        -2.0 * i / c.head_dim);
-      rope_cos_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::cos(pos * inv_freq));
-      rope_sin_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::sin(pos * inv_freq));
+      cos_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::cos(pos * inv_freq));
+      sin_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::sin(pos * inv_freq));
     }
   }
 }
 
-void LlamaModel::ApplyRope(float* x, int heads, int pos) const {
-  const int head_dim = weights_->config.head_dim;
-  const int half = head_dim / 2;
-  const float* cos = rope_cos_.data() + static_cast<size_t>(pos) * half;
-  const float* sin = rope_sin_.data() + static_cast<size_t>(pos) * half;
+void RotaryEmbedding::Apply(float* x, int heads, int pos, bool inverse) const {
+  const int half = head_dim_ / 2;
+  const float* cos = cos_.data() + static_cast<size_t>(pos) * half;
+  const float* sin = sin_.data() + static_cast<size_t>(pos) * half;
   for (int h = 0; h < heads; ++h) {
-    float* head = x + static_cast<size_t>(h) * head_dim;
+    float* head = x + static_cast<size_t>(h) * head_dim_;
     for (int i = 0; i < half; ++i) {
       const float a = head[i];
       const float b = head[i + half];
-      head[i] = a * cos[i] - b * sin[i];
-      head[i + half] = b * cos[i] + a * sin[i];
+      const float s = inverse ? -sin[i] : sin[i];
+      head[i] = a * cos[i] - b * s;
+      head[i + half] = b * cos[i] + a * s;
     }
   }
 }
+
+LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
+    : weights_(std::move(weights)),
+      rope_(weights_->config, weights_->config.max_position_embeddings) {}
 
 void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
                            const float* q, const float* k, const float* v,
@@ -355,8 +356,8 @@ void LlamaModel::Block(const LlamaLayerWeights& l, int cache_layer,
   for (const SequenceChunk& chunk : chunks) {
     for (size_t t = 0; t < chunk.tokens.size(); ++t, ++row) {
       const int pos = chunk.start_pos + static_cast<int>(t);
-      ApplyRope(s.q.data() + row * q_dim, c.num_attention_heads, pos);
-      ApplyRope(s.k.data() + row * kv_dim, c.num_key_value_heads, pos);
+      rope_.Apply(s.q.data() + row * q_dim, c.num_attention_heads, pos);
+      rope_.Apply(s.k.data() + row * kv_dim, c.num_key_value_heads, pos);
     }
   }
   Attention(chunks, cache_layer, s.q.data(), s.k.data(), s.v.data(), s.att.data());

@@ -137,6 +137,22 @@ struct SequenceChunk {
   bool all_logits = false;       // logits for every token, else the last only
 };
 
+// Hugging Face rotate_half RoPE: dimension i of a head pairs with
+// i + head_dim/2 and turns by pos * theta^(-2i/head_dim); tables for
+// positions [0, positions).
+class RotaryEmbedding {
+ public:
+  RotaryEmbedding(const LlamaConfig& config, int positions);
+  // Rotates `heads` consecutive heads of x for position `pos`; `inverse`
+  // turns them back (the transpose, for gradients).
+  void Apply(float* x, int heads, int pos, bool inverse = false) const;
+
+ private:
+  int head_dim_;
+  std::vector<float> cos_;  // [positions, head_dim/2]
+  std::vector<float> sin_;
+};
+
 class LlamaModel {
  public:
   explicit LlamaModel(std::shared_ptr<const LlamaWeights> weights);
@@ -170,11 +186,8 @@ class LlamaModel {
   void Attention(absl::Span<const SequenceChunk> chunks, int layer,
                  const float* q, const float* k, const float* v,
                  float* out) const;
-  void ApplyRope(float* x, int heads, int pos) const;
-
   std::shared_ptr<const LlamaWeights> weights_;
-  std::vector<float> rope_cos_;  // [max_position, head_dim/2]
-  std::vector<float> rope_sin_;
+  RotaryEmbedding rope_;
 };
 
 }  // namespace wq

@@ -189,18 +189,8 @@ CausalAttention::CausalAttention(const LlamaConfig& c, int len)
       kv_heads_(c.num_key_value_heads),
       d_(c.head_dim),
       len_(len),
-      scale_(1.0f / std::sqrt(static_cast<float>(c.head_dim))) {
-  const int half = d_ / 2;
-  cos_.resize(static_cast<size_t>(len) * half);
-  sin_.resize(cos_.size());
-  for (int pos = 0; pos < len; ++pos) {
-    for (int i = 0; i < half; ++i) {
-      const double inv_freq = std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim);
-      cos_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::cos(pos * inv_freq));
-      sin_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::sin(pos * inv_freq));
-    }
-  }
-}
+      scale_(1.0f / std::sqrt(static_cast<float>(c.head_dim))),
+      rope_(c, len) {}
 
 CausalAttention::Matrix CausalAttention::Forward(const Matrix& yq, const Matrix& yk,
                                                  const Matrix& yv, Saved* saved) const {
@@ -266,21 +256,8 @@ void CausalAttention::Backward(const Matrix& yv, const Saved& saved, const Matri
 }
 
 void CausalAttention::Rotate(Matrix* x, int heads, bool inverse) const {
-  const int half = d_ / 2;
   for (int64_t r = 0; r < x->rows(); ++r) {
-    const size_t pos = static_cast<size_t>(r % len_);
-    const float* c = cos_.data() + pos * half;
-    const float* sn = sin_.data() + pos * half;
-    for (int h = 0; h < heads; ++h) {
-      float* head = x->row(r).data() + static_cast<int64_t>(h) * d_;
-      for (int i = 0; i < half; ++i) {
-        const float a = head[i];
-        const float b = head[i + half];
-        const float sin = inverse ? -sn[i] : sn[i];
-        head[i] = a * c[i] - b * sin;
-        head[i + half] = b * c[i] + a * sin;
-      }
-    }
+    rope_.Apply(x->row(r).data(), heads, static_cast<int>(r % len_), inverse);
   }
 }
 

@@ -129,7 +129,7 @@ class CausalAttention {
 
   int heads_, kv_heads_, d_, len_;
   float scale_;
-  std::vector<float> cos_, sin_;
+  RotaryEmbedding rope_;
 };
 
 // Trains a for one group whose layers all read x [tokens, cols] (seqs
