@@ -28,7 +28,7 @@ struct Unmapper {
 
 // W re-laid out for the int8-compute kernels, built once per weight
 // (PackInt8Weights). Rows go in tiles of kTileRows (the last one padded with
-// zero scales), and each tile stores, group after group:
+// zero codes and scales), and each tile stores, group after group:
 //   codes: per 32-block, 4-bit: 4 chunks of 32 bytes; in chunk c the 4 bytes
 //          of lane j are row j's columns 4c..4c+3 (low nibbles) and
 //          16+4c..16+4c+3 (high nibbles). 8-bit: 8 chunks, lane j holding
@@ -38,7 +38,6 @@ struct Unmapper {
 //   zeros:  kTileRows bytes (asym only).
 // Codes keep the artifact's values; the level table applies at run time.
 struct PackedInt8Weights {
-  int64_t rows = 0;
   int64_t groups = 0;            // Groups covered (a.simd_cols / group_size).
   int64_t block_bytes = 0;       // Code bytes of one tile's 32-block.
   int64_t group_stride = 0;      // Bytes of one tile's group record.

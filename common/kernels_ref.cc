@@ -1,6 +1,5 @@
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <new>
 
@@ -234,7 +233,6 @@ std::unique_ptr<uint8_t, Unmapper> MapHugePageAligned(size_t bytes) {
 PackedInt8Weights PackInt8Weights(const QuantArgs& a) {
   const QuantizedMatrixView& w = *a.w;
   PackedInt8Weights p;
-  p.rows = w.rows;
   p.groups = a.simd_cols / w.group_size;
   p.block_bytes = kTileRows * kBlock * a.bits / 8;
   const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
@@ -242,12 +240,9 @@ PackedInt8Weights PackInt8Weights(const QuantArgs& a) {
                    (w.zeros != nullptr ? kTileRows : 0);
   p.tile_stride = p.groups * p.group_stride;
   const int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
+  // Fresh anonymous memory reads as zero, which is what the padding rows of a
+  // ragged last tile need; every byte of a real row is written below.
   p.data = MapHugePageAligned(static_cast<size_t>(tiles * p.tile_stride));
-  // Every byte of a real row is written below; the padding rows of a ragged
-  // last tile must read as zero codes and scales.
-  if (w.rows % kTileRows != 0) {
-    std::memset(p.data.get() + (tiles - 1) * p.tile_stride, 0, p.tile_stride);
-  }
   // Packing runs once per weight at load, so it is parallel and byte-wise.
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, tiles), [&](const tbb::blocked_range<int64_t>& range) {
     constexpr int64_t kChunk = kTileRows * 4;  // Bytes of one chunk.

@@ -77,6 +77,18 @@ void RefF32(const float* w, int64_t rows, int64_t cols, const float* x,
       });
 }
 
+// The kernel for a described call, or nullptr for the scalar reference.
+using QuantRowsFn = void (*)(const QuantArgs&, int64_t, int64_t);
+QuantRowsFn QuantKernel(const KernelTable* table, const QuantArgs& a) {
+  return table != nullptr && a.simd_cols > 0 ? table->quant_rows[static_cast<int>(a.compute)]
+                                             : nullptr;
+}
+
+// Whether that kernel reads a packed W (kernels.h PackedInt8Weights).
+bool ReadsPackedInt8(const KernelTable* table, const QuantArgs& a) {
+  return QuantKernel(table, a) != nullptr && a.compute == ComputeDtype::kInt8;
+}
+
 }  // namespace
 
 
@@ -93,10 +105,7 @@ std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
                                                  ComputeDtype compute) {
   QuantArgs a;
   kernels::DescribeCall(w, compute, &a);
-  if (ActiveTable() == nullptr || a.compute != ComputeDtype::kInt8 ||
-      a.simd_cols == 0) {
-    return nullptr;
-  }
+  if (!ReadsPackedInt8(ActiveTable(), a)) return nullptr;
   return std::make_shared<const PackedWeights>(kernels::PackInt8Weights(a));
 }
 
@@ -112,11 +121,9 @@ void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
                                         : &kernels::QuantizeBlocksRef,
                        &a, &buffers);
 
-  const auto fn = table != nullptr && a.simd_cols > 0
-                      ? table->quant_rows[static_cast<int>(a.compute)]
-                      : nullptr;
+  const QuantRowsFn fn = QuantKernel(table, a);
   PackedWeights call_packed;
-  if (fn != nullptr && a.compute == ComputeDtype::kInt8) {
+  if (ReadsPackedInt8(table, a)) {
     if (packed == nullptr) {
       call_packed = kernels::PackInt8Weights(a);
       packed = &call_packed;
