@@ -10,14 +10,6 @@
 #include "tbb/parallel_for.h"
 
 namespace wq {
-namespace {
-
-bool Cancelled(const AwqOptions& options) {
-  return options.cancelled != nullptr && options.cancelled->load();
-}
-
-}  // namespace
-
 std::vector<float> AwqWeightMean(const BlockWeights& w,
                                         const std::vector<BlockLinear>& layers,
                                         const QuantSpec& spec) {
@@ -135,7 +127,7 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
   result.losses.assign(options.n_grid, std::numeric_limits<double>::infinity());
   std::vector<absl::Status> statuses(options.n_grid);
   tbb::parallel_for(0, options.n_grid, [&](int i) {
-    if (Cancelled(options)) return;
+    if (IsCancelled(options.cancelled)) return;
     const std::vector<float> s =
         AwqGridScales(x_mean, w_mean, static_cast<float>(i) / options.n_grid, options.duo_scaling);
     std::vector<std::vector<float>> candidates;
@@ -173,7 +165,7 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
     }
     result.losses[i] = sum / static_cast<double>(n * out_dim);
   });
-  if (Cancelled(options)) return absl::CancelledError("quantization cancelled");
+  RETURN_IF_ERROR(CheckCancelled(options.cancelled));
   for (const absl::Status& s : statuses) RETURN_IF_ERROR(s);
   for (int i = 1; i < options.n_grid; ++i) {
     if (result.losses[i] < result.losses[result.best]) result.best = i;
@@ -196,7 +188,7 @@ absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols
   const int shrinks = static_cast<int>(options.max_shrink * options.clip_grid);
   std::vector<absl::Status> statuses(batches);
   tbb::parallel_for(int64_t{0}, batches, [&](int64_t b) {
-    if (Cancelled(options)) return;
+    if (IsCancelled(options.cancelled)) return;
     const int64_t r0 = b * kBatch;
     const int64_t nr = std::min(kBatch, rows - r0);
     const float* wb = w + r0 * cols;
@@ -288,7 +280,7 @@ absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols
     std::copy(best_lo.begin(), best_lo.end(), best.lo.begin() + r0 * groups);
     std::copy(best_hi.begin(), best_hi.end(), best.hi.begin() + r0 * groups);
   });
-  if (Cancelled(options)) return absl::CancelledError("quantization cancelled");
+  RETURN_IF_ERROR(CheckCancelled(options.cancelled));
   for (const absl::Status& s : statuses) RETURN_IF_ERROR(s);
   return best;
 }

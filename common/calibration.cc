@@ -155,6 +155,11 @@ void FoldScales(const ScalingGroup& group, absl::Span<const float> s, BlockWeigh
   }
 }
 
+absl::Status CheckCancelled(const std::atomic<bool>* cancelled) {
+  return IsCancelled(cancelled) ? absl::CancelledError("quantization cancelled")
+                                : absl::OkStatus();
+}
+
 absl::Status ForEachCalibratedBlock(const LlamaModel& model,
                                     const CalibrationSet& calibration,
                                     const std::atomic<bool>* cancelled,
@@ -187,9 +192,7 @@ absl::Status ForEachCalibratedBlock(const LlamaModel& model,
     acts.dims[i] = dim;
   };
   for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
-    if (cancelled != nullptr && cancelled->load()) {
-      return absl::CancelledError("quantization cancelled");
-    }
+    RETURN_IF_ERROR(CheckCancelled(cancelled));
     acts.input = x;
     model.RunBlock(model.weights().layers[layer], acts.seqs, acts.len, x.data(), capture);
     RETURN_IF_ERROR(fn(layer, acts));

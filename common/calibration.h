@@ -109,6 +109,14 @@ absl::Status ForEachCalibratedBlock(const LlamaModel& model,
                                     const std::atomic<bool>* cancelled,
                                     const CalibratedBlockFn& fn);
 
+// Whether *cancelled is set (cancelled may be nullptr: never), and the
+// same as OK or CANCELLED: the check the calibrated steps make between units
+// of work.
+inline bool IsCancelled(const std::atomic<bool>* cancelled) {
+  return cancelled != nullptr && cancelled->load();
+}
+absl::Status CheckCancelled(const std::atomic<bool>* cancelled);
+
 // Progress inside one block, for the job's phases.
 enum class CalibrationStage { kCapture, kGridSearch, kClipSearch };
 using CalibrationStageFn = std::function<void(CalibrationStage stage)>;

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/calibrated_transform.h"
+#include "common/calibration.h"
 #include "common/file_util.h"
 #include "common/llama.h"
 #include "common/quant_config.h"
@@ -51,10 +52,6 @@ class ProgressReporter {
   const QuantizeRequest& request_;
   std::mutex mu_;
 };
-
-bool Cancelled(const QuantizeRequest& request) {
-  return request.cancelled != nullptr && request.cancelled->load();
-}
 
 // One linear layer to write: quantized, or kept in fp32 from the source.
 struct ModuleResult {
@@ -164,7 +161,7 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
                    LoadLlamaModelDir(request.model_dir));
   const LlamaConfig mc = weights->config;  // a copy: `weights` is replaced by AWQ / TEQ
-  if (Cancelled(request)) return absl::CancelledError("quantization cancelled");
+  RETURN_IF_ERROR(CheckCancelled(request.cancelled));
 
   // AWQ / TEQ take most of a job's time: 70 % of the progress bar.
   const double calibration_share = config.algorithm() == v1::RTN ? 0.0 : 0.7;
@@ -207,7 +204,7 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   const double quantize_start = 0.05 + calibration_share;
   progress.Report(QuantizePhase::kQuantizing, 0, blocks, quantize_start, "quantizing");
   tbb::parallel_for(0, blocks, [&](int b) {
-    if (Cancelled(request)) return;
+    if (IsCancelled(request.cancelled)) return;
     const size_t first = static_cast<size_t>(b) * per_block;
     const size_t last = std::min(modules.size(), first + per_block);
     for (size_t m = first; m < last; ++m) {
@@ -226,7 +223,7 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
                     quantize_start + (0.85 - quantize_start) * done / blocks,
                     absl::StrFormat("quantized block %d of %d", done, blocks));
   });
-  if (Cancelled(request)) return absl::CancelledError("quantization cancelled");
+  RETURN_IF_ERROR(CheckCancelled(request.cancelled));
   for (const absl::Status& s : statuses) RETURN_IF_ERROR(s);
 
   progress.Report(QuantizePhase::kPacking, 0, 0, 0.86, "packing tensors");
@@ -289,7 +286,7 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
     quantized_bits += BitsPerWeight(q.view()) * static_cast<double>(params);
     r.quantized.reset();  // free as we go
   }
-  if (Cancelled(request)) return absl::CancelledError("quantization cancelled");
+  RETURN_IF_ERROR(CheckCancelled(request.cancelled));
 
   progress.Report(QuantizePhase::kWriting, 0, 0, 0.9, "writing the artifact");
   ASSIGN_OR_RETURN(std::unique_ptr<ArtifactWriter> out, store.Create(artifact_id));
@@ -320,7 +317,7 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   if (!clip_log.empty()) {
     manifest.add_log(absl::StrCat("mse_range clip ratios: ", absl::StrJoin(clip_log, ", ")));
   }
-  if (Cancelled(request)) return absl::CancelledError("quantization cancelled");
+  RETURN_IF_ERROR(CheckCancelled(request.cancelled));
   RETURN_IF_ERROR(out->Commit(manifest));
   ASSIGN_OR_RETURN(v1::ArtifactManifest committed, store.ReadManifest(artifact_id));
   progress.Report(QuantizePhase::kDone, blocks, blocks, 1.0,

@@ -16,10 +16,6 @@ namespace {
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using ConstRowMap = Eigen::Map<const RowMatrix>;
 
-bool Cancelled(const TeqOptions& options) {
-  return options.cancelled != nullptr && options.cancelled->load();
-}
-
 // The straight-through estimator of Q(v) = s(v)·R(v/s(v)) (R: rounding to
 // the code grid) takes dR/dz = 1 only: the group's scale s stays a function of
 // v (as in LSQ / OmniQuant), so dQ/ds = (Q - v)/s, and s depends on the
@@ -322,7 +318,7 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const fl
     std::vector<Eigen::VectorXf> candidates(options.init_grid + 1, alpha);
     std::vector<absl::StatusOr<double>> losses(options.init_grid + 1, 0.0);
     tbb::parallel_for(0, options.init_grid + 1, [&](int i) {
-      if (Cancelled(options)) return;
+      if (IsCancelled(options.cancelled)) return;
       if (i > 0) {
         const std::vector<float> s = AwqGridScales(
             x_mean, w_mean, static_cast<float>(i - 1) / options.init_grid, /*duo_scaling=*/true);
@@ -330,7 +326,7 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const fl
       }
       losses[i] = full_loss(candidates[i], init_batches);
     });
-    if (Cancelled(options)) return absl::CancelledError("quantization cancelled");
+    RETURN_IF_ERROR(CheckCancelled(options.cancelled));
     int best = 0;
     for (int i = 0; i <= options.init_grid; ++i) {
       RETURN_IF_ERROR(losses[i].status());
@@ -359,7 +355,7 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const fl
   Eigen::VectorXf grad(cols);
   const int warmup = static_cast<int>(options.warmup_fraction * options.steps);
   for (int step = 0; step < options.steps; ++step) {
-    if (Cancelled(options)) return absl::CancelledError("quantization cancelled");
+    RETURN_IF_ERROR(CheckCancelled(options.cancelled));
     ASSIGN_OR_RETURN(double loss, objective.Loss(batch(step % batches), alpha, &grad));
     report.step_losses.push_back(loss);
     if (options.log_scale) grad = grad.cwiseProduct(alpha);  // dL/dtheta
