@@ -1,12 +1,12 @@
 // Matmul kernel benchmark on TinyLlama-1.1B shapes: GEMV (decode, n=1) in GB/s
-// of weight bytes streamed and GEMM (prefill, n=128) in GFLOP/s, per ISA
+// of weight bytes streamed and GEMM (prefill, n=128 x rows) in GFLOP/s, per ISA
 // path, compute dtype and thread count, plus the machine's read bandwidth
 // and a whole-model decode estimate. Timings are best-of-N.
 //
 //   bazel-bin/bench/matmul_bench [--json=out.json] [--isas=avx2,avx512_bf16]
 //       [--threads=1,2] [--reps=N] [--gemm_reps=N] [--no_gemm]
 //       [--dtypes=int4_clip_sym_g32,...] [--shapes=gate_up,...]
-//       [--computes=int8,...]
+//       [--computes=int8,...] [--gemm_rows=128]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -39,6 +39,8 @@ struct Options {
   std::vector<int> threads = {1, 2};
   int reps = 20;
   int gemm_reps = 3;
+  // x rows of the GEMM: 128 is a prefill chunk, 16 a batch-16 decode step.
+  int64_t gemm_rows = 128;
   bool gemm = true;
   // Empty: all.
   std::vector<std::string> dtypes, shapes, computes;
@@ -164,6 +166,8 @@ Options Parse(int argc, char** argv) {
       o.reps = std::atoi(v);
     } else if (const char* v = value("--gemm_reps=")) {
       o.gemm_reps = std::atoi(v);
+    } else if (const char* v = value("--gemm_rows=")) {
+      o.gemm_rows = std::max(1, std::atoi(v));
     } else if (const char* v = value("--dtypes=")) {
       o.dtypes = absl::StrSplit(v, ',');
     } else if (const char* v = value("--shapes=")) {
@@ -199,14 +203,14 @@ int Main(int argc, char** argv) {
   std::printf("\n%-6s %-9s %-19s %-12s %-5s %3s %10s %8s %6s %8s\n", "kind",
               "shape", "weights", "isa", "comp", "thr", "time_us", "GB/s",
               "%bw", "GFLOP/s");
-  constexpr int64_t kPrefill = 128;
+  const int64_t gemm_rows = opt.gemm_rows;
   for (const WeightDtype& d : kDtypes) {
     if (!Selected(opt.dtypes, d.name)) continue;
     for (const Shape& s : kShapes) {
       if (!Selected(opt.shapes, s.name)) continue;
       Weight w = MakeWeight(d, s);
-      const std::vector<float> x = Random(kPrefill * s.cols, 2);
-      std::vector<float> y(kPrefill * s.rows);
+      const std::vector<float> x = Random(gemm_rows * s.cols, 2);
+      std::vector<float> y(gemm_rows * s.rows);
       for (Isa isa : opt.isas) {
         ScopedIsaOverride forced(isa);
         for (int c = 0; c < kNumComputeDtypes; ++c) {
@@ -233,10 +237,11 @@ int Main(int argc, char** argv) {
                         gemv * 1e6, r.gbps, 100.0 * r.gbps / bw[ti], r.gflops);
             if (!opt.gemm || isa == Isa::kScalar) continue;
             const double gemm = BestSeconds(opt.gemm_reps, [&] {
-              arena.execute([&] { w.Run(0, x.data(), kPrefill, y.data(), compute); });
+              arena.execute([&] { w.Run(copy, x.data(), gemm_rows, y.data(), compute); });
+              copy = (copy + 1) % w.copies();
             });
             Row g{"gemm", s.name, d.name, r.isa, r.compute, t, gemm,
-                  w.bytes / gemm / 1e9, 2.0 * kPrefill * s.rows * s.cols / gemm / 1e9};
+                  w.bytes / gemm / 1e9, 2.0 * gemm_rows * s.rows * s.cols / gemm / 1e9};
             rows.push_back(g);
             std::printf("%-6s %-9s %-19s %-12s %-5s %3d %10.1f %8s %6s %8.1f\n",
                         "gemm", s.name, d.name, g.isa.c_str(), g.compute.c_str(), t,

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <list>
 #include <map>
 #include <random>
@@ -373,13 +374,23 @@ absl::StatusOr<int64_t> ArtifactStore::SizeBytes(const std::string& artifact_id)
 
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> ArtifactStore::LoadWeights(
     const std::string& artifact_id, std::optional<ComputeDtype> compute) const {
-  RETURN_IF_ERROR(Verify(artifact_id));
   ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, ReadManifest(artifact_id));
+  // Checksums are verified while the weights are built (the loader checks
+  // every size, offset and shape itself, so it is safe on a corrupt file):
+  // hashing reads the file once on its own thread, and building is mostly
+  // page faults. Nothing is returned unless both succeed. A std::async
+  // future waits for its task when an early return destroys it.
+  std::future<absl::Status> verified =
+      std::async(std::launch::async, [this, &artifact_id] { return Verify(artifact_id); });
   const std::string dir = ArtifactDir(artifact_id);
   ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir + "/config.json"));
   auto source = std::make_shared<ArtifactSource>();
   RETURN_IF_ERROR(source->Open(dir, manifest, compute));
-  return BuildLlamaWeights(config, std::move(source));
+  absl::StatusOr<std::shared_ptr<const LlamaWeights>> weights =
+      BuildLlamaWeights(config, std::move(source));
+  // Corruption explains a failed build better than the build's own error.
+  RETURN_IF_ERROR(verified.get());
+  return weights;
 }
 
 }  // namespace wq

@@ -42,7 +42,7 @@ struct PackedInt8Weights {
   int64_t block_bytes = 0;       // Code bytes of one tile's 32-block.
   int64_t group_stride = 0;      // Bytes of one tile's group record.
   int64_t tile_stride = 0;       // groups * group_stride.
-  std::unique_ptr<uint8_t, Unmapper> data;  // Anonymous mapping, huge-page aligned.
+  std::unique_ptr<uint8_t, Unmapper> data;  // Anonymous mapping.
   const uint8_t* tile(int64_t t) const { return data.get() + t * tile_stride; }
 };
 
