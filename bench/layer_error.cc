@@ -11,6 +11,11 @@
 // Also the MLP output down(silu(gate·x)·up·x) with all three layers
 // quantized, RTN vs mse_range, relative to its fp32 energy.
 //
+// Output gain of a layer: sum of <x·Q(W)^T, x·W^T> over sum of ||x·W^T||^2,
+// the fraction of the fp32 output the quantized layer reproduces along it.
+// Rounding errors are unbiased (gain about 1); clipping shrinks the largest
+// weights toward zero, a bias every layer repeats in the same direction.
+//
 // Output error of a layer: sum over calibration tokens of ||x·(Q(W) - W)^T||^2
 // divided by the sum of ||x·W^T||^2 (its fp32 output energy), on the fp32
 // model's activations at the layer's input (block by block, as AWQ sees
@@ -63,22 +68,29 @@ absl::StatusOr<QuantSpec> SpecOf(const std::string& name, int group) {
   return spec;
 }
 
-// Relative output error of fake-quantizing w with `spec` on inputs x.
-absl::StatusOr<double> OutputError(const float* w, int64_t rows, int64_t cols, const float* x,
-                                   int64_t tokens, const QuantSpec& spec) {
+struct OutputEffect {
+  double error = 0;  // relative to the fp32 output energy
+  double gain = 1;
+};
+
+// Output error and gain of fake-quantizing w with `spec` on inputs x.
+absl::StatusOr<OutputEffect> OutputError(const float* w, int64_t rows, int64_t cols,
+                                         const float* x, int64_t tokens, const QuantSpec& spec) {
   ASSIGN_OR_RETURN(std::vector<float> q, FakeQuantize(w, rows, cols, spec));
   const ConstRowMap weight(w, rows, cols);
   const ConstRowMap quantized(q.data(), rows, cols);
   const ConstRowMap input(x, tokens, cols);
-  const double energy = (input * weight.transpose()).cast<double>().squaredNorm();
-  const double error =
-      (input * (quantized - weight).transpose()).cast<double>().squaredNorm();
-  return energy > 0 ? error / energy : 0.0;
+  const Eigen::MatrixXd ref = (input * weight.transpose()).cast<double>();
+  const Eigen::MatrixXd out = (input * quantized.transpose()).cast<double>();
+  const double energy = ref.squaredNorm();
+  if (energy == 0) return OutputEffect{};
+  return OutputEffect{(out - ref).squaredNorm() / energy, out.cwiseProduct(ref).sum() / energy};
 }
 
 struct Totals {
   int layers = 0, clipped = 0, worse = 0;
   double rtn = 0, mse = 0, best = 0;  // summed relative output errors
+  double gain_rtn = 0, gain_mse = 0;   // summed output gains
   int mlp_worse = 0;
   double mlp_rtn = 0, mlp_mse = 0;  // summed relative MLP output errors
 };
@@ -124,8 +136,8 @@ absl::Status Run() {
   const bool verbose = absl::GetFlag(FLAGS_verbose);
   if (verbose) {
     std::printf("| dtype | layer | mse_range ratio | weight MSE ratio/RTN | out err RTN | "
-                "out err mse_range | best ratio by out err | its out err |\n"
-                "|---|---|---|---|---|---|---|---|\n");
+                "out err mse_range | best ratio by out err | its out err | gain RTN | "
+                "gain mse_range |\n|---|---|---|---|---|---|---|---|---|---|\n");
   }
   RETURN_IF_ERROR(ForEachCalibratedBlock(
       model, calibration, nullptr, [&](int layer, const BlockActivations& acts) -> absl::Status {
@@ -140,14 +152,15 @@ absl::Status Run() {
             const float* x = acts.Get(inputs[l]);
             double out_best = 0;
             float best_ratio = 1;
-            double out_rtn = 0, out_mse = 0;
+            OutputEffect out_rtn, out_mse;
             for (float r : ratios) {
               spec.quantile = r;
-              ASSIGN_OR_RETURN(const double e, OutputError(m, rows, cols, x, acts.tokens(), spec));
+              ASSIGN_OR_RETURN(const OutputEffect e,
+                               OutputError(m, rows, cols, x, acts.tokens(), spec));
               if (r == 1.0f) out_rtn = e;
               if (r == ratio) out_mse = e;
-              if (r == 1.0f || e < out_best) {
-                out_best = e;
+              if (r == 1.0f || e.error < out_best) {
+                out_best = e.error;
                 best_ratio = r;
               }
             }
@@ -156,14 +169,17 @@ absl::Status Run() {
             Totals& t = totals[s];
             ++t.layers;
             t.clipped += ratio < 1.0f;
-            t.worse += out_mse > out_rtn;
-            t.rtn += out_rtn;
-            t.mse += out_mse;
+            t.worse += out_mse.error > out_rtn.error;
+            t.rtn += out_rtn.error;
+            t.mse += out_mse.error;
             t.best += out_best;
+            t.gain_rtn += out_rtn.gain;
+            t.gain_mse += out_mse.gain;
             if (verbose) {
-              std::printf("| %s | %d.%s | %.3f | %.3f | %.5f | %.5f | %.3f | %.5f |\n",
-                          specs[s].first.c_str(), layer, std::string(kBlockLinearNames[l]).c_str(), ratio,
-                          weight_mse / weight_rtn, out_rtn, out_mse, best_ratio, out_best);
+              std::printf("| %s | %d.%s | %.3f | %.3f | %.5f | %.5f | %.3f | %.5f | %.4f | %.4f |\n",
+                          specs[s].first.c_str(), layer, std::string(kBlockLinearNames[l]).c_str(),
+                          ratio, weight_mse / weight_rtn, out_rtn.error, out_mse.error,
+                          best_ratio, out_best, out_rtn.gain, out_mse.gain);
             }
           }
           // The MLP output with gate, up and down all quantized, RTN vs
@@ -194,21 +210,23 @@ absl::Status Run() {
           t.mlp_mse += mlp_error[1];
           t.mlp_worse += mlp_error[1] > mlp_error[0];
           if (verbose) {
-            std::printf("| %s | %d.mlp output | | | %.5f | %.5f | | |\n", specs[s].first.c_str(),
-                        layer, mlp_error[0], mlp_error[1]);
+            std::printf("| %s | %d.mlp output | | | %.5f | %.5f | | | | |\n",
+                        specs[s].first.c_str(), layer, mlp_error[0], mlp_error[1]);
           }
         }
         return absl::OkStatus();
       }));
   std::printf("\n| dtype | layers | clipped by mse_range | output error worse than RTN | "
               "sum of relative output errors: RTN | mse_range | best ratio per layer | "
-              "MLP outputs worse | sum of relative MLP output errors: RTN | mse_range |\n"
-              "|---|---|---|---|---|---|---|---|---|---|\n");
+              "MLP outputs worse | sum of relative MLP output errors: RTN | mse_range | "
+              "mean output gain: RTN | mse_range |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t s = 0; s < specs.size(); ++s) {
     const Totals& t = totals[s];
-    std::printf("| %s | %d | %d | %d | %.4f | %.4f | %.4f | %d of %d | %.4f | %.4f |\n",
+    std::printf("| %s | %d | %d | %d | %.4f | %.4f | %.4f | %d of %d | %.4f | %.4f | %.4f | %.4f |\n",
                 specs[s].first.c_str(), t.layers, t.clipped, t.worse, t.rtn, t.mse, t.best,
-                t.mlp_worse, t.layers / kNumBlockLinears, t.mlp_rtn, t.mlp_mse);
+                t.mlp_worse, t.layers / kNumBlockLinears, t.mlp_rtn, t.mlp_mse,
+                t.gain_rtn / t.layers, t.gain_mse / t.layers);
   }
   return absl::OkStatus();
 }

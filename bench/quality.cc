@@ -74,7 +74,16 @@ struct Row {
   int group = 0;
   double bits = 0, seconds = 0;
   std::vector<double> ppl, change, top1;  // per eval set
+  std::vector<PerplexityResult> results;  // per eval set
+  // PPL over the RTN row of the same dtype and group, per eval set; empty
+  // for RTN rows or when RTN did not run first.
+  std::vector<PerplexityRatio> vs_rtn;
 };
+
+// "0.953 [0.941, 0.966]": a ratio to RTN and its 95 % interval.
+std::string RatioText(const PerplexityRatio& r) {
+  return absl::StrFormat("%.3f [%.3f, %.3f]", r.ratio, r.low, r.high);
+}
 
 absl::StatusOr<v1::WeightOnlyQuantConfig> ConfigOf(const std::string& algorithm,
                                                    const std::string& name, int group) {
@@ -134,9 +143,14 @@ std::string Json(const std::vector<Row>& rows, const std::vector<EvalSet>& evals
   for (const Row& r : rows) {
     std::vector<std::string> per_set;
     for (size_t i = 0; i < evals.size(); ++i) {
+      std::string vs_rtn;
+      if (!r.vs_rtn.empty()) {
+        vs_rtn = absl::StrFormat(", \"ppl_vs_rtn\": {\"ratio\": %.5f, \"low95\": %.5f, \"high95\": %.5f}",
+                                 r.vs_rtn[i].ratio, r.vs_rtn[i].low, r.vs_rtn[i].high);
+      }
       per_set.push_back(absl::StrFormat(
-          "\"%s\": {\"ppl\": %.5f, \"change_percent\": %.3f, \"top1_percent\": %.2f}",
-          evals[i].name, r.ppl[i], r.change[i], r.top1[i]));
+          "\"%s\": {\"ppl\": %.5f, \"change_percent\": %.3f, \"top1_percent\": %.2f%s}",
+          evals[i].name, r.ppl[i], r.change[i], r.top1[i], vs_rtn));
     }
     out.push_back(absl::StrFormat(
         "    {\"algorithm\": \"%s\", \"dtype\": \"%s\", \"group_size\": %d, "
@@ -173,11 +187,13 @@ absl::Status Run() {
               absl::GetFlag(FLAGS_calib_file).c_str(), absl::GetFlag(FLAGS_n_samples),
               absl::GetFlag(FLAGS_seq_len));
   for (const EvalSet& e : evals) std::printf(" %s %.4f", e.name.c_str(), e.fp32.perplexity);
-  std::printf(" ); top-1 agreement on %s\n\n", evals.front().name.c_str());
+  std::printf(" ); top-1 agreement on %s; vs RTN: PPL / PPL of RTN with the same dtype and "
+              "group, [95 %% interval over the 80 windows, paired]\n\n",
+              evals.front().name.c_str());
   std::printf("| algorithm | dtype | group | bits/w |");
-  for (const EvalSet& e : evals) std::printf(" PPL %s | change |", e.name.c_str());
+  for (const EvalSet& e : evals) std::printf(" PPL %s | change | vs RTN |", e.name.c_str());
   std::printf(" top-1 | time s |\n|---|---|---|---|");
-  for (size_t i = 0; i < evals.size(); ++i) std::printf("---|---|");
+  for (size_t i = 0; i < evals.size(); ++i) std::printf("---|---|---|");
   std::printf("---|---|\n");
   std::fflush(stdout);
 
@@ -196,13 +212,24 @@ absl::Status Run() {
         const LlamaModel model(weights);
         std::printf("| %s | %s | %s | %.3f |", algorithm.c_str(), dtype.c_str(),
                     group == -1 ? "ch" : g.c_str(), r.bits);
-        for (const EvalSet& e : evals) {
+        const Row* rtn = nullptr;
+        for (const Row& done : rows) {
+          if (done.algorithm == "rtn" && done.dtype == dtype && done.group == group) rtn = &done;
+        }
+        for (size_t i = 0; i < evals.size(); ++i) {
+          const EvalSet& e = evals[i];
           ASSIGN_OR_RETURN(PerplexityResult ppl,
                            EvaluatePerplexity(model, e.ids, tokenizer->bos_id(), {}));
           r.ppl.push_back(ppl.perplexity);
           r.change.push_back(100.0 * (ppl.perplexity / e.fp32.perplexity - 1.0));
           r.top1.push_back(100.0 * Top1Agreement(ppl.argmax, e.fp32.argmax));
-          std::printf(" %.4f | %+.2f%% |", r.ppl.back(), r.change.back());
+          std::string vs_rtn = "-";
+          if (rtn != nullptr && algorithm != "rtn") {
+            r.vs_rtn.push_back(PairedPerplexityRatio(ppl, rtn->results[i]));
+            vs_rtn = RatioText(r.vs_rtn.back());
+          }
+          std::printf(" %.4f | %+.2f%% | %s |", r.ppl.back(), r.change.back(), vs_rtn.c_str());
+          r.results.push_back(std::move(ppl));
         }
         std::printf(" %.1f%% | %.2f |\n", r.top1.front(), r.seconds);
         std::fflush(stdout);

@@ -66,7 +66,24 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(const LlamaModel& model,
   result.scored_tokens = static_cast<int64_t>(windows) * options.window;
   result.mean_nll = total / result.scored_tokens;
   result.perplexity = std::exp(result.mean_nll);
+  for (double& nll : window_nll) nll /= options.window;
+  result.window_mean_nll = std::move(window_nll);
   return result;
+}
+
+PerplexityRatio PairedPerplexityRatio(const PerplexityResult& a, const PerplexityResult& b) {
+  const size_t n = std::min(a.window_mean_nll.size(), b.window_mean_nll.size());
+  if (n < 2) return {};
+  double sum = 0, sum_squares = 0;
+  for (size_t w = 0; w < n; ++w) {
+    const double d = a.window_mean_nll[w] - b.window_mean_nll[w];
+    sum += d;
+    sum_squares += d * d;
+  }
+  const double mean = sum / n;
+  const double variance = std::max(0.0, (sum_squares - n * mean * mean) / (n - 1));
+  const double half_width = 1.96 * std::sqrt(variance / n);
+  return {std::exp(mean), std::exp(mean - half_width), std::exp(mean + half_width)};
 }
 
 double Top1Agreement(absl::Span<const int> a, absl::Span<const int> b) {

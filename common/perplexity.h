@@ -25,6 +25,9 @@ struct PerplexityResult {
   int64_t scored_tokens = 0;
   int windows = 0;
   std::vector<int> argmax;  // the model's top-1 prediction at every scored position
+  // Mean NLL of each window: paired comparisons of two models over the same
+  // windows (PairedPerplexityRatio) need them.
+  std::vector<double> window_mean_nll;
 };
 
 absl::StatusOr<PerplexityResult> EvaluatePerplexity(const LlamaModel& model,
@@ -34,6 +37,16 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(const LlamaModel& model,
 
 // Fraction of positions where two runs predict the same top-1 token.
 double Top1Agreement(absl::Span<const int> a, absl::Span<const int> b);
+
+// PPL(a) / PPL(b) for two evaluations of the same windows, with a 95 %
+// interval from the spread of the per-window NLL differences (windows as
+// independent samples; tokens inside a window are not). An interval that
+// contains 1 means the two models are not distinguishable on this text.
+// {1, 1, 1} when fewer than two windows pair up.
+struct PerplexityRatio {
+  double ratio = 1, low = 1, high = 1;
+};
+PerplexityRatio PairedPerplexityRatio(const PerplexityResult& a, const PerplexityResult& b);
 
 }  // namespace wq
 

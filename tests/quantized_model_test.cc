@@ -165,6 +165,30 @@ TEST(Fp32PerplexityTest, MatchesReference) {
   EXPECT_EQ(ppl->scored_tokens, 20480);
   std::printf("fp32 PPL %.4f (reference %.4f)\n", ppl->perplexity, kReferenceFp32Ppl);
   EXPECT_NEAR(ppl->perplexity, kReferenceFp32Ppl, kReferenceFp32Ppl * 0.001);
+  ASSERT_EQ(ppl->window_mean_nll.size(), 80u);
+  double sum = 0;
+  for (double nll : ppl->window_mean_nll) sum += nll;
+  EXPECT_NEAR(sum / 80, ppl->mean_nll, 1e-12);
+  // A model against itself: ratio 1 with an interval of zero width.
+  const PerplexityRatio same = PairedPerplexityRatio(*ppl, *ppl);
+  EXPECT_EQ(same.ratio, 1.0);
+  EXPECT_EQ(same.low, 1.0);
+  EXPECT_EQ(same.high, 1.0);
+}
+
+TEST(PairedPerplexityRatioTest, RatioAndInterval) {
+  PerplexityResult a, b;
+  // Differences 0.1 and 0.3 per window: mean 0.2, sample variance 0.04 / 3.
+  a.window_mean_nll = {1.1, 2.3, 1.1, 2.3};
+  b.window_mean_nll = {1.0, 2.0, 1.0, 2.0};
+  const PerplexityRatio r = PairedPerplexityRatio(a, b);
+  const double half = 1.96 * std::sqrt(0.04 / 3) / std::sqrt(4.0);
+  EXPECT_NEAR(r.ratio, std::exp(0.2), 1e-12);
+  EXPECT_NEAR(r.low, std::exp(0.2 - half), 1e-12);
+  EXPECT_NEAR(r.high, std::exp(0.2 + half), 1e-12);
+  // Fewer than two windows: no interval can be given.
+  a.window_mean_nll = {1.0};
+  EXPECT_EQ(PairedPerplexityRatio(a, b).ratio, 1.0);
 }
 
 // Quantizes, loads, generates and scores `c` once; later calls (a variant
