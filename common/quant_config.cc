@@ -51,6 +51,19 @@ v1::Scheme SchemeOf(QuantScheme scheme) {
   return scheme == QuantScheme::kAsym ? v1::ASYM : v1::SYM;
 }
 
+v1::ComputeDtype ProtoComputeDtype(ComputeDtype compute) {
+  constexpr v1::ComputeDtype kProto[kNumComputeDtypes] = {v1::COMPUTE_FP32, v1::COMPUTE_BF16,
+                                                          v1::COMPUTE_INT8};
+  return kProto[static_cast<int>(compute)];
+}
+
+std::optional<ComputeDtype> ParseComputeDtype(std::string_view name) {
+  for (int c = 0; c < kNumComputeDtypes; ++c) {
+    if (ComputeDtypeName(static_cast<ComputeDtype>(c)) == name) return static_cast<ComputeDtype>(c);
+  }
+  return std::nullopt;
+}
+
 ComputeDtype ComputeDtypeOf(v1::ComputeDtype compute) {
   switch (compute) {
     case v1::COMPUTE_BF16:

@@ -3,6 +3,7 @@
 #ifndef WQ_COMMON_QUANT_CONFIG_H_
 #define WQ_COMMON_QUANT_CONFIG_H_
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,6 +34,9 @@ v1::Scheme SchemeOf(QuantScheme scheme);
 std::string_view SchemeName(v1::Scheme scheme);
 // UNSPECIFIED reads as the documented default, fp32.
 ComputeDtype ComputeDtypeOf(v1::ComputeDtype compute);
+v1::ComputeDtype ProtoComputeDtype(ComputeDtype compute);
+// "fp32" | "bf16" | "int8"; nullopt for anything else.
+std::optional<ComputeDtype> ParseComputeDtype(std::string_view name);
 std::string_view AlgorithmName(v1::Algorithm algorithm);
 
 // Whether llm_int8_skip_modules keeps `module` in fp32: an entry matches the

@@ -12,6 +12,7 @@
 #include "common/cpu_features.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
+#include "common/quant_config.h"
 #include "inference_service/inference_service.h"
 #include "inference_service/model_manager.h"
 #include "server/server.h"
@@ -28,6 +29,9 @@ ABSL_FLAG(int, default_max_new_tokens, 128, "max_new_tokens when a request leave
 ABSL_FLAG(int, max_context, 0, "tokens per sequence; 0 = the model's maximum");
 ABSL_FLAG(std::string, kv_cache_dtype, "fp32",
           "fp32 or bf16 (half the KV cache memory, keys and values rounded to bf16)");
+ABSL_FLAG(std::string, compute_dtype, "",
+          "fp32|bf16|int8: arithmetic of every quantized model, overriding the compute_dtype "
+          "each artifact was quantized for (empty: the artifact's)");
 ABSL_FLAG(std::string, preload, "", "comma-separated models (artifact or model ids) to load at start");
 
 namespace {
@@ -44,6 +48,10 @@ std::string CheckFlags() {
   if (absl::GetFlag(FLAGS_max_context) < 0) return "--max_context must be >= 0";
   if (const std::string kv = absl::GetFlag(FLAGS_kv_cache_dtype); kv != "fp32" && kv != "bf16") {
     return "--kv_cache_dtype must be fp32 or bf16";
+  }
+  if (const std::string c = absl::GetFlag(FLAGS_compute_dtype);
+      !c.empty() && !wq::ParseComputeDtype(c)) {
+    return "--compute_dtype must be fp32, bf16 or int8 (or empty for each artifact's own)";
   }
   return "";
 }
@@ -74,6 +82,7 @@ int main(int argc, char** argv) {
   options.scheduler.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype) == "bf16"
                                          ? wq::KvCacheDtype::kBf16
                                          : wq::KvCacheDtype::kF32;
+  options.compute = wq::ParseComputeDtype(absl::GetFlag(FLAGS_compute_dtype));
   absl::StatusOr<std::unique_ptr<wq::ModelManager>> models =
       wq::ModelManager::Create(options);
   if (!models.ok()) {

@@ -7,6 +7,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/artifact_store.h"
+#include "common/compute_dtype.h"
 #include "common/llama.h"
 #include "common/model_registry.h"
 #include "common/scheduler.h"
@@ -35,6 +37,9 @@ class ModelManager {
     std::string model_root;
     std::string artifact_root;
     GenerationScheduler::Options scheduler;
+    // Arithmetic of every quantized model; unset: each artifact's own
+    // compute_dtype.
+    std::optional<ComputeDtype> compute;
   };
 
   static absl::StatusOr<std::unique_ptr<ModelManager>> Create(Options options);

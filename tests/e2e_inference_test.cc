@@ -221,6 +221,50 @@ TEST(E2eInferenceTest, Fp32ModelGivesGoldenContinuation) {
   EXPECT_TRUE(loaded);
 }
 
+// --compute_dtype overrides the arithmetic each artifact was quantized for
+// (this one: fp32) on every model a server loads.
+TEST(E2eInferenceTest, ComputeDtypeFlagOverridesArtifacts) {
+  const std::string id = LoadedArtifact();
+  v1::ModelInfo info;
+  ASSERT_TRUE(Load(id, &info).ok());
+  EXPECT_EQ(info.config().compute_dtype(), v1::COMPUTE_FP32);
+
+  const Servers& servers = GetServers();
+  ServerProcess int8_server("inference_int8", servers.inference_binary,
+                            {"--model_root=" + servers.model_root,
+                             "--artifact_root=" + servers.artifact_root, "--threads=2",
+                             "--compute_dtype=int8"},
+                            servers.dir);
+  const int port = int8_server.WaitForPort(std::chrono::seconds(30));
+  ASSERT_GT(port, 0);
+  auto stub = v1::InferenceService::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    v1::LoadModelRequest request;
+    request.set_model(id);
+    grpc::Status status = stub->LoadModel(&context, request, &info);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  EXPECT_EQ(info.config().compute_dtype(), v1::COMPUTE_INT8);
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::GenerateRequest request;
+  request.set_model(id);
+  request.add_prompts(kOnce);
+  *request.mutable_sampling() = Greedy(16);
+  v1::GenerateResponse response;
+  grpc::Status status = stub->Generate(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(response.results_size(), 1);
+  const v1::GenerationResult& result = response.results(0);
+  EXPECT_GT(result.token_ids_size(), 0);
+  EXPECT_EQ(result.usage().completion_tokens(), result.token_ids_size());
+  EXPECT_FALSE(result.text().empty());
+  EXPECT_EQ(int8_server.Stop(std::chrono::seconds(10)), 0) << int8_server.Log();
+}
+
 TEST(E2eInferenceTest, ServerInfo) {
   grpc::ClientContext context;
   SetDeadline(&context);

@@ -45,80 +45,74 @@ std::string ReadAll(const std::string& path) {
   return ss.str();
 }
 
-// One server binary running as a child process, stderr to a log file.
-class ServerProcess {
- public:
-  ServerProcess(std::string name, std::string binary, std::vector<std::string> args,
-                std::string dir)
-      : name_(std::move(name)), dir_(std::move(dir)) {
-    port_file_ = dir_ + "/" + name_ + ".port";
-    log_file_ = dir_ + "/" + name_ + ".log";
-    args.insert(args.begin(), binary);
-    args.push_back("--listen=127.0.0.1:0");
-    args.push_back("--port_file=" + port_file_);
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 2, log_file_.c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int rc = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) {
-      ADD_FAILURE() << "cannot start " << binary << ": " << std::strerror(rc);
+}  // namespace
+
+ServerProcess::ServerProcess(std::string name, std::string binary, std::vector<std::string> args,
+                             std::string dir)
+    : name_(std::move(name)), dir_(std::move(dir)) {
+  port_file_ = dir_ + "/" + name_ + ".port";
+  log_file_ = dir_ + "/" + name_ + ".log";
+  args.insert(args.begin(), binary);
+  args.push_back("--listen=127.0.0.1:0");
+  args.push_back("--port_file=" + port_file_);
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 2, log_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0644);
+  const int rc = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    ADD_FAILURE() << "cannot start " << binary << ": " << std::strerror(rc);
+    pid_ = -1;
+  }
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) {  // a test failed before Stop(): leave nothing behind
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+}
+
+int ServerProcess::WaitForPort(std::chrono::seconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until && pid_ > 0) {
+    std::ifstream in(port_file_);
+    int port = 0;
+    if (in >> port && port > 0) return port;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
+      ADD_FAILURE() << name_ << " exited early (status " << status << "):\n" << Log();
+      return 0;
     }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  ADD_FAILURE() << name_ << " wrote no port file:\n" << Log();
+  return 0;
+}
 
-  ~ServerProcess() {
-    if (pid_ > 0) {  // a test failed before Stop(): leave nothing behind
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
+int ServerProcess::Stop(std::chrono::seconds timeout) {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  return -1;
+}
 
-  // The bound port, once the port file appears; 0 on failure.
-  int WaitForPort(std::chrono::seconds timeout) {
-    const auto until = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < until && pid_ > 0) {
-      std::ifstream in(port_file_);
-      int port = 0;
-      if (in >> port && port > 0) return port;
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        ADD_FAILURE() << name_ << " exited early (status " << status << "):\n" << Log();
-        return 0;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    ADD_FAILURE() << name_ << " wrote no port file:\n" << Log();
-    return 0;
-  }
+std::string ServerProcess::Log() const { return ReadAll(log_file_); }
 
-  // SIGTERM; the exit status, or -1 when it did not exit in time.
-  int Stop(std::chrono::seconds timeout) {
-    if (pid_ <= 0) return -1;
-    kill(pid_, SIGTERM);
-    const auto until = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < until) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return -1;
-  }
-
-  std::string Log() const { return ReadAll(log_file_); }
-
- private:
-  std::string name_, dir_, port_file_, log_file_;
-  pid_t pid_ = -1;
-};
+namespace {
 
 Servers* g_servers = nullptr;
 
@@ -138,6 +132,8 @@ class ServersEnvironment : public ::testing::Environment {
     auto servers = std::make_unique<Servers>();
     servers->model_root = std::string(cwd) + "/testdata/models";
     servers->artifact_root = dir + "/artifacts";
+    servers->inference_binary = runfiles + "/inference_service/inference_service";
+    servers->dir = dir;
     const std::vector<std::string> roots = {"--model_root=" + servers->model_root,
                                             "--artifact_root=" + servers->artifact_root,
                                             "--threads=2"};
@@ -145,9 +141,8 @@ class ServersEnvironment : public ::testing::Environment {
         "quantizer", runfiles + "/quantizer_service/quantizer_service", roots, dir);
     std::vector<std::string> inference_args = roots;
     inference_args.push_back("--max_new_tokens_cap=256");
-    inference_ = std::make_unique<ServerProcess>(
-        "inference", runfiles + "/inference_service/inference_service", inference_args,
-        dir);
+    inference_ = std::make_unique<ServerProcess>("inference", servers->inference_binary,
+                                                 inference_args, dir);
     const int qport = quantizer_->WaitForPort(std::chrono::seconds(30));
     const int iport = inference_->WaitForPort(std::chrono::seconds(30));
     ASSERT_GT(qport, 0);

@@ -76,6 +76,16 @@ TEST(QuantConfig, EveryFormatHasAProtoDtype) {
   }
 }
 
+TEST(QuantConfig, ComputeDtypeNamesAndProtoRoundTrip) {
+  for (int c = 0; c < kNumComputeDtypes; ++c) {
+    const auto compute = static_cast<ComputeDtype>(c);
+    EXPECT_EQ(ParseComputeDtype(ComputeDtypeName(compute)), compute);
+    EXPECT_EQ(ComputeDtypeOf(ProtoComputeDtype(compute)), compute);
+  }
+  EXPECT_EQ(ParseComputeDtype("fp64"), std::nullopt);
+  EXPECT_EQ(ParseComputeDtype(""), std::nullopt);
+}
+
 class ArtifactFormatTest : public testing::Test {
  protected:
   void SetUp() override {
