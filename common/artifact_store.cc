@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <future>
 #include <list>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/hf_config.h"
+#include "common/matmul.h"
 #include "common/model_registry.h"
 #include "common/quant_config.h"
 #include "common/quant_format.h"
@@ -70,7 +72,8 @@ class ArtifactSource : public WeightSource {
       ASSIGN_OR_RETURN(const float* w, F32(name, shape));
       return LinearWeight::Dense(w, out_features, in_features);
     }
-    if (t.layout() != kRowMajorPackedLayout) {
+    const bool tiled = t.layout() == kInt8TilesLayout;
+    if (!tiled && t.layout() != kRowMajorPackedLayout) {
       return absl::FailedPreconditionError(absl::StrCat(
           "tensor ", t.module(), " uses layout '", t.layout(), "', which this version cannot read"));
     }
@@ -94,6 +97,7 @@ class ArtifactSource : public WeightSource {
     view.row_bytes = (in_features * bits + 7) / 8;
 
     const std::string module(name);
+    if (tiled) return TiledLinear(module, view);
     const int64_t codes_shape[] = {out_features, view.row_bytes};
     const int64_t group_shape[] = {out_features, view.groups_per_row};
     ASSIGN_OR_RETURN(const TensorInfo* codes,
@@ -109,9 +113,8 @@ class ArtifactSource : public WeightSource {
       zeros_count = zeros->nbytes;
     }
     RETURN_IF_ERROR(ValidateQuantizedMatrixView(view, codes->nbytes, scales_count, zeros_count));
-    LinearWeight linear = LinearWeight::Quantized(view);
     // The arithmetic the artifact was quantized for (its compute_dtype) or the caller's.
-    linear.set_compute_dtype(compute_);
+    LinearWeight linear = LinearWeight::Quantized(view, compute_);
     // Packed kernels read their own copy: the mapped codes need not stay
     // resident (what still reads them faults them back in).
     if (linear.packed()) file_->ReleasePages(*codes);
@@ -119,6 +122,34 @@ class ArtifactSource : public WeightSource {
   }
 
  private:
+  // A kInt8TilesLayout tensor; `view` has its shape and spec, no data yet.
+  absl::StatusOr<LinearWeight> TiledLinear(const std::string& module, QuantizedMatrixView view) {
+    if (view.spec.scale_encoding != ScaleEncoding::kF32) {
+      return absl::DataLossError(absl::StrCat("tensor ", module, " is in ", kInt8TilesLayout,
+                                              ", which holds fp32 scales only"));
+    }
+    const int64_t bytes = Int8TilesBytes(view);
+    if (bytes == 0) {
+      return absl::DataLossError(absl::StrCat("tensor ", module, "'s format and shape have no ",
+                                              kInt8TilesLayout, " layout"));
+    }
+    const int64_t shape[] = {bytes};
+    ASSIGN_OR_RETURN(const TensorInfo* t, file_->Get(module + ".qweight_tiles", DType::kU8, shape));
+    const uint8_t* tiles = file_->data(*t);
+    // Read in place. Memory-safe whatever the bytes: the kernels index
+    // nothing by a code beyond its 16- or 256-entry table, and the file's
+    // sha256 was checked against the manifest.
+    if (auto packed = MapInt8Tiles(view, compute_, tiles)) {
+      return LinearWeight::Quantized(view, compute_, std::move(packed));
+    }
+    // Other arithmetic (or the scalar reference): the row-major layout, once.
+    const QuantizedMatrix& m = unpacked_.emplace_back(FromInt8Tiles(view, tiles));
+    RETURN_IF_ERROR(ValidateQuantizedMatrixView(m.view(), m.codes.size(), m.scales.size(),
+                                                m.zeros.size()));
+    file_->ReleasePages(*t);
+    return LinearWeight::Quantized(m.view(), compute_);
+  }
+
   static absl::StatusOr<ScaleEncoding> ScaleEncodingOf(const v1::ManifestTensor& t) {
     const bool f32 = t.scale_dtype() == v1::SCALE_DTYPE_UNSPECIFIED ||  // version 1
                      t.scale_dtype() == v1::SCALE_FP32;
@@ -187,6 +218,7 @@ class ArtifactSource : public WeightSource {
   }
 
   std::unique_ptr<SafetensorsFile> file_;
+  std::deque<QuantizedMatrix> unpacked_;  // deque: stable addresses
   std::map<std::string, v1::ManifestTensor> modules_;
   ComputeDtype compute_ = ComputeDtype::kFp32;
   std::list<std::vector<float>> owned_scales_;
@@ -228,7 +260,9 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
     ::close(fd);
   }
   manifest.set_format(kArtifactFormat);
-  manifest.set_format_version(kArtifactFormatVersion);
+  bool tiles = false;
+  for (const v1::ManifestTensor& t : manifest.tensors()) tiles |= t.layout() == kInt8TilesLayout;
+  manifest.set_format_version(tiles ? 3 : 2);
   manifest.set_artifact_id(id_);
   std::string json;
   google::protobuf::util::JsonPrintOptions options;

@@ -21,12 +21,19 @@
 namespace wq {
 
 // 2: INT3/INT2 weights and bf16 or double-quantized scales, which a version
-// 1 reader would misread; version 1 artifacts are still read.
-inline constexpr int kArtifactFormatVersion = 2;
+// 1 reader would misread. 3: tensors in kInt8TilesLayout (written only for
+// configs with compute_dtype int8; other artifacts stay version 2 so that
+// older servers still read them). Every older version is still read.
+inline constexpr int kArtifactFormatVersion = 3;
 inline constexpr char kArtifactFormat[] = "wq.artifact";
 inline constexpr char kManifestFile[] = "manifest.json";
 inline constexpr char kWeightsFile[] = "model.safetensors";
 inline constexpr char kRowMajorPackedLayout[] = "rowmajor-packed-v1";
+// The int8 kernels' own layout (kernels.h PackedInt8Weights) in
+// <module>.qweight_tiles: loading with int8 compute maps it in place (no
+// packing; replicas share the page cache), other compute dtypes convert it
+// back to rowmajor-packed-v1 once.
+inline constexpr char kInt8TilesLayout[] = "int8-tiles-v1";
 
 // An artifact being written. Destroying it without Commit() removes it.
 class ArtifactWriter {

@@ -26,24 +26,32 @@ struct Unmapper {
   void operator()(uint8_t* p) const;
 };
 
-// W re-laid out for the int8-compute kernels, built once per weight
-// (PackInt8Weights). Rows go in tiles of kTileRows (the last one padded with
-// zero codes and scales), and each tile stores, group after group:
+// W re-laid out for the int8-compute kernels ("int8-tiles-v1"), built once
+// per weight (PackInt8Weights) or mapped from an artifact that stores it.
+// Rows go in tiles of kTileRows (the last one padded with zero codes and
+// scales), and each tile stores, group after group:
 //   codes: per 32-block, 4-bit: 4 chunks of 32 bytes; in chunk c the 4 bytes
 //          of lane j are row j's columns 4c..4c+3 (low nibbles) and
 //          16+4c..16+4c+3 (high nibbles). 8-bit: 8 chunks, lane j holding
 //          row j's columns 4c..4c+3. So one vpdpbusd multiplies a chunk with
 //          4 broadcast activation bytes and sums 4 columns for 8 rows at once;
-//   scales: kTileRows floats, the group's scales times int8_wscale;
+//   scales: kTileRows floats, the group's scales;
 //   zeros:  kTileRows bytes (asym only).
-// Codes keep the artifact's values; the level table applies at run time.
+// Codes and scales keep the view's values (the level table and int8_wscale
+// apply at run time), so the layout depends on the format only, not on the
+// CPU, and converts back exactly (ReadInt8Tiles).
 struct PackedInt8Weights {
+  int64_t tiles = 0;             // ceil(rows / kTileRows).
   int64_t groups = 0;            // Groups covered (a.simd_cols / group_size).
   int64_t block_bytes = 0;       // Code bytes of one tile's 32-block.
   int64_t group_stride = 0;      // Bytes of one tile's group record.
   int64_t tile_stride = 0;       // groups * group_stride.
-  std::unique_ptr<uint8_t, Unmapper> data;  // Anonymous mapping.
-  const uint8_t* tile(int64_t t) const { return data.get() + t * tile_stride; }
+  const uint8_t* base = nullptr;  // tiles * tile_stride bytes.
+  // base's memory when packed in this process; empty when base points into
+  // a mapped artifact that outlives this object.
+  std::unique_ptr<uint8_t, Unmapper> owned;
+  int64_t bytes() const { return tiles * tile_stride; }
+  const uint8_t* tile(int64_t t) const { return base + t * tile_stride; }
 };
 
 // Everything a kernel needs about one MatMulQuantized call: the weights, the
@@ -116,7 +124,16 @@ void PrepareCall(const QuantizedMatrixView& w, const float* x, int64_t n,
                  QuantArgs* a, ActivationBuffers* buffers);
 
 // The int8 kernels' layout of W (a from DescribeCall with compute kInt8 and
-// simd_cols > 0).
+// simd_cols > 0): its sizes only (base null).
+PackedInt8Weights Int8TileLayout(const QuantArgs& a);
+// Writes W's tiles to out[0, layout.bytes()), which must be zeroed (the
+// padding rows of a ragged last tile stay zero).
+void WriteInt8Tiles(const QuantArgs& a, const PackedInt8Weights& layout, uint8_t* out);
+// The inverse for columns [0, a.simd_cols): codes [rows, row_bytes], scales
+// and, asym only, zeros [rows, groups_per_row] of the real rows.
+void ReadInt8Tiles(const QuantArgs& a, const PackedInt8Weights& tiles, uint8_t* codes,
+                   float* scales, uint8_t* zeros);
+// Int8TileLayout and WriteInt8Tiles into memory of its own.
 PackedInt8Weights PackInt8Weights(const QuantArgs& a);
 
 // Writes y[i, row] for all i, covering columns [col_begin, cols) where

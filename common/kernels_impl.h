@@ -422,6 +422,7 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   const I low4 = W::Bytes(0x0f);
   const I flip = W::Bytes(static_cast<char>(bias));
   const F off_base = W::Splat(static_cast<float>(a.int8_off_base - bias));
+  const F wscale = W::Splat(a.int8_wscale);
   const int8_t* xq[T];
   const float* xd[T];
   const float* xs[T];
@@ -485,7 +486,7 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
         gsum[t] = b == 0 ? W::Mul(f, d) : W::Fma(f, d, gsum[t]);
       }
     }
-    const F s = W::Scales(rec + code_bytes, stride);
+    const F s = W::Mul(W::Scales(rec + code_bytes, stride), wscale);
     F off = off_base;
     if (a.asym) off = W::Add(off, W::Zeros(rec + code_bytes + kTileRows * sizeof(float), stride));
     const F soff = W::Mul(s, off);

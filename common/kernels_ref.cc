@@ -219,65 +219,117 @@ std::unique_ptr<uint8_t, Unmapper> MapPopulated(size_t bytes) {
 
 }  // namespace
 
-PackedInt8Weights PackInt8Weights(const QuantArgs& a) {
+PackedInt8Weights Int8TileLayout(const QuantArgs& a) {
   const QuantizedMatrixView& w = *a.w;
   PackedInt8Weights p;
+  p.tiles = (w.rows + kTileRows - 1) / kTileRows;
   p.groups = a.simd_cols / w.group_size;
   p.block_bytes = kTileRows * kBlock * a.bits / 8;
-  const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
-  p.group_stride = code_bytes + kTileRows * static_cast<int64_t>(sizeof(float)) +
-                   (w.zeros != nullptr ? kTileRows : 0);
+  p.group_stride = a.blocks_per_group * p.block_bytes +
+                   kTileRows * static_cast<int64_t>(sizeof(float)) +
+                   (w.spec.scheme == QuantScheme::kAsym ? kTileRows : 0);
   p.tile_stride = p.groups * p.group_stride;
-  const int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
-  // Fresh anonymous memory reads as zero, which is what the padding rows of a
-  // ragged last tile need; every byte of a real row is written below.
-  p.data = MapPopulated(static_cast<size_t>(tiles * p.tile_stride));
-  // Packing runs once per weight at load, in parallel.
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, tiles), [&](const tbb::blocked_range<int64_t>& range) {
-    constexpr int64_t kChunk = kTileRows * 4;  // Bytes of one chunk.
-    for (int64_t t = range.begin(); t < range.end(); ++t) {
-      for (int64_t j = 0; j < kTileRows && t * kTileRows + j < w.rows; ++j) {
-        const int64_t r = t * kTileRows + j;
-        const uint8_t* codes = w.codes + r * w.row_bytes;
-        uint8_t* rec = p.data.get() + t * p.tile_stride;
-        for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
-          for (int64_t b = 0; b < a.blocks_per_group; ++b) {
-            uint8_t* block = rec + b * p.block_bytes + j * 4;
-            const int64_t k0 = g * w.group_size + b * kBlock;
-            // Lane bytes in column order: 8-bit, the row's bytes as they
-            // are; 4-bit, column c's code in the low nibble with column
-            // c + 16's above it. The row holds columns 2m | 2m+1 << 4 in
-            // byte m, so bytes m and m + 8 give lane bytes 2m and 2m + 1:
-            // eight of each at once in 64-bit words, then interleaved.
-            alignas(16) uint8_t lane_bytes[kBlock];
-            const uint8_t* src = codes + k0 * a.bits / 8;
-            if (a.bits == 8) {
-              std::memcpy(lane_bytes, src, kBlock);
-            } else {
-              constexpr uint64_t kLow = 0x0f0f0f0f0f0f0f0full;
-              uint64_t lo, hi;
-              std::memcpy(&lo, src, 8);
-              std::memcpy(&hi, src + 8, 8);
-              const uint64_t even = (lo & kLow) | ((hi << 4) & ~kLow);
-              const uint64_t odd = ((lo >> 4) & kLow) | (hi & ~kLow);
-              _mm_store_si128(reinterpret_cast<__m128i*>(lane_bytes),
-                              _mm_unpacklo_epi8(_mm_cvtsi64_si128(static_cast<int64_t>(even)),
-                                                _mm_cvtsi64_si128(static_cast<int64_t>(odd))));
-            }
-            const int64_t chunks = p.block_bytes / kChunk;
-            for (int64_t c = 0; c < chunks; ++c) {
-              std::memcpy(block + c * kChunk, lane_bytes + 4 * c, 4);
-            }
-          }
-          float scale = w.scales[r * w.groups_per_row + g] * a.int8_wscale;
-          std::memcpy(rec + code_bytes + j * sizeof(float), &scale, sizeof(float));
-          if (w.zeros != nullptr) {
-            rec[code_bytes + kTileRows * sizeof(float) + j] = w.zeros[r * w.groups_per_row + g];
-          }
-        }
+  return p;
+}
+
+namespace {
+
+constexpr int64_t kChunkBytes = kTileRows * 4;  // One chunk: a 4-byte lane per row.
+
+// Visits every real row's group record in the tiles at `base` (in parallel
+// over tiles): visit(rec, j, r, g) with rec the tile's record of group g, j
+// the row's lane in the tile and r the row of W.
+template <typename Byte, typename Visit>
+void ForEachRowGroup(const QuantArgs& a, const PackedInt8Weights& p, Byte* base,
+                     const Visit& visit) {
+  const int64_t rows = a.w->rows;
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, p.tiles),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      for (int64_t t = range.begin(); t < range.end(); ++t) {
+                        for (int64_t j = 0; j < kTileRows && t * kTileRows + j < rows; ++j) {
+                          Byte* rec = base + t * p.tile_stride;
+                          for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
+                            visit(rec, j, t * kTileRows + j, g);
+                          }
+                        }
+                      }
+                    });
+}
+
+}  // namespace
+
+void WriteInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* out) {
+  const QuantizedMatrixView& w = *a.w;
+  const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
+  ForEachRowGroup(a, p, out, [&](uint8_t* rec, int64_t j, int64_t r, int64_t g) {
+    for (int64_t b = 0; b < a.blocks_per_group; ++b) {
+      uint8_t* block = rec + b * p.block_bytes + j * 4;
+      // Lane bytes in column order: 8-bit, the row's bytes as they are;
+      // 4-bit, column c's code in the low nibble with column c + 16's
+      // above it. The row holds columns 2m | 2m+1 << 4 in byte m, so bytes
+      // m and m + 8 give lane bytes 2m and 2m + 1: eight of each at once
+      // in 64-bit words, then interleaved.
+      alignas(16) uint8_t lane_bytes[kBlock];
+      const uint8_t* src = w.codes + r * w.row_bytes + (g * w.group_size + b * kBlock) * a.bits / 8;
+      if (a.bits == 8) {
+        std::memcpy(lane_bytes, src, kBlock);
+      } else {
+        constexpr uint64_t kLow = 0x0f0f0f0f0f0f0f0full;
+        uint64_t lo, hi;
+        std::memcpy(&lo, src, 8);
+        std::memcpy(&hi, src + 8, 8);
+        const uint64_t even = (lo & kLow) | ((hi << 4) & ~kLow);
+        const uint64_t odd = ((lo >> 4) & kLow) | (hi & ~kLow);
+        _mm_store_si128(reinterpret_cast<__m128i*>(lane_bytes),
+                        _mm_unpacklo_epi8(_mm_cvtsi64_si128(static_cast<int64_t>(even)),
+                                          _mm_cvtsi64_si128(static_cast<int64_t>(odd))));
+      }
+      for (int64_t c = 0; c < p.block_bytes / kChunkBytes; ++c) {
+        std::memcpy(block + c * kChunkBytes, lane_bytes + 4 * c, 4);
       }
     }
+    const int64_t i = r * w.groups_per_row + g;
+    std::memcpy(rec + code_bytes + j * sizeof(float), &w.scales[i], sizeof(float));
+    if (w.zeros != nullptr) rec[code_bytes + kTileRows * sizeof(float) + j] = w.zeros[i];
   });
+}
+
+void ReadInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* codes,
+                   float* scales, uint8_t* zeros) {
+  const QuantizedMatrixView& w = *a.w;
+  const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
+  ForEachRowGroup(a, p, p.base, [&](const uint8_t* rec, int64_t j, int64_t r, int64_t g) {
+    for (int64_t b = 0; b < a.blocks_per_group; ++b) {
+      const uint8_t* block = rec + b * p.block_bytes + j * 4;
+      alignas(16) uint8_t lane_bytes[kBlock];
+      for (int64_t c = 0; c < p.block_bytes / kChunkBytes; ++c) {
+        std::memcpy(lane_bytes + 4 * c, block + c * kChunkBytes, 4);
+      }
+      uint8_t* dst = codes + r * w.row_bytes + (g * w.group_size + b * kBlock) * a.bits / 8;
+      if (a.bits == 8) {
+        std::memcpy(dst, lane_bytes, kBlock);
+        continue;
+      }
+      // WriteInt8Tiles' interleave undone: lane bytes 2m and 2m + 1 give
+      // row bytes m (their low nibbles) and m + 8 (their high nibbles).
+      for (int m = 0; m < kBlock / 4; ++m) {
+        const uint8_t even = lane_bytes[2 * m], odd = lane_bytes[2 * m + 1];
+        dst[m] = static_cast<uint8_t>((even & 0x0f) | (odd << 4));
+        dst[m + kBlock / 4] = static_cast<uint8_t>((even >> 4) | (odd & 0xf0));
+      }
+    }
+    const int64_t i = r * w.groups_per_row + g;
+    std::memcpy(&scales[i], rec + code_bytes + j * sizeof(float), sizeof(float));
+    if (zeros != nullptr) zeros[i] = rec[code_bytes + kTileRows * sizeof(float) + j];
+  });
+}
+
+PackedInt8Weights PackInt8Weights(const QuantArgs& a) {
+  PackedInt8Weights p = Int8TileLayout(a);
+  // Fresh anonymous memory reads as zero, as WriteInt8Tiles wants.
+  p.owned = MapPopulated(static_cast<size_t>(p.bytes()));
+  p.base = p.owned.get();
+  WriteInt8Tiles(a, p, p.owned.get());
   return p;
 }
 

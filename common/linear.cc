@@ -12,18 +12,15 @@ LinearWeight LinearWeight::Dense(const float* w, int64_t rows, int64_t cols) {
   return l;
 }
 
-LinearWeight LinearWeight::Quantized(const QuantizedMatrixView& view) {
+LinearWeight LinearWeight::Quantized(const QuantizedMatrixView& view, ComputeDtype compute,
+                                     std::shared_ptr<const PackedWeights> packed) {
   LinearWeight l;
   l.quantized_ = view;
   l.rows_ = view.rows;
   l.cols_ = view.cols;
+  l.compute_ = compute;
+  l.packed_ = packed != nullptr ? std::move(packed) : PackWeights(view, compute);
   return l;
-}
-
-void LinearWeight::set_compute_dtype(ComputeDtype compute) {
-  if (compute == compute_ && packed_ != nullptr) return;  // Already laid out.
-  compute_ = compute;
-  packed_ = quantized() ? PackWeights(quantized_, compute) : nullptr;
 }
 
 int64_t LinearWeight::storage_bytes() const {
@@ -31,7 +28,7 @@ int64_t LinearWeight::storage_bytes() const {
   const int64_t groups = quantized_.rows * quantized_.groups_per_row;
   return quantized_.rows * quantized_.row_bytes +
          groups * static_cast<int64_t>(sizeof(float)) +
-         (quantized_.zeros != nullptr ? groups : 0);
+         (quantized_.spec.scheme == QuantScheme::kAsym ? groups : 0);
 }
 
 void LinearWeight::Forward(const float* x, int64_t n, float* y) const {

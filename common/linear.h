@@ -18,7 +18,11 @@ class LinearWeight {
   LinearWeight() = default;
   // w is [rows = out_features, cols = in_features], row-major.
   static LinearWeight Dense(const float* w, int64_t rows, int64_t cols);
-  static LinearWeight Quantized(const QuantizedMatrixView& view);
+  // Computes in `compute`, from `packed` when given (kept by the weight),
+  // else from the layout PackWeights(view, compute) builds, if any.
+  static LinearWeight Quantized(const QuantizedMatrixView& view,
+                                ComputeDtype compute = ComputeDtype::kFp32,
+                                std::shared_ptr<const PackedWeights> packed = nullptr);
 
   int64_t out_features() const { return rows_; }
   int64_t in_features() const { return cols_; }
@@ -27,9 +31,6 @@ class LinearWeight {
   const QuantizedMatrixView& quantized_view() const { return quantized_; }
   // Arithmetic of quantized Forward (dense weights always compute in fp32).
   ComputeDtype compute_dtype() const { return compute_; }
-  // Also lays the weight out for that arithmetic's kernels where they want
-  // their own layout (PackWeights), once, so set it at load time.
-  void set_compute_dtype(ComputeDtype compute);
   // Whether Forward reads a packed copy instead of the view's codes (it may
   // still read the view for columns past the packed kernels' groups).
   bool packed() const { return packed_ != nullptr; }

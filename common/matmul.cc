@@ -109,6 +109,52 @@ std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
   return std::make_shared<const PackedWeights>(kernels::PackInt8Weights(a));
 }
 
+int64_t Int8TilesBytes(const QuantizedMatrixView& w) {
+  QuantArgs a;
+  kernels::DescribeCall(w, ComputeDtype::kInt8, &a);
+  if (a.compute != ComputeDtype::kInt8 || a.simd_cols != w.cols) return 0;
+  return kernels::Int8TileLayout(a).bytes();
+}
+
+std::string Int8Tiles(const QuantizedMatrixView& w) {
+  QuantArgs a;
+  kernels::DescribeCall(w, ComputeDtype::kInt8, &a);
+  const PackedWeights layout = kernels::Int8TileLayout(a);
+  std::string bytes(static_cast<size_t>(layout.bytes()), '\0');
+  kernels::WriteInt8Tiles(a, layout, reinterpret_cast<uint8_t*>(bytes.data()));
+  return bytes;
+}
+
+std::shared_ptr<const PackedWeights> MapInt8Tiles(const QuantizedMatrixView& w,
+                                                  ComputeDtype compute, const uint8_t* tiles) {
+  QuantArgs a;
+  kernels::DescribeCall(w, compute, &a);
+  if (!ReadsPackedInt8(ActiveTable(), a)) return nullptr;
+  auto packed = std::make_shared<PackedWeights>(kernels::Int8TileLayout(a));
+  packed->base = tiles;
+  return packed;
+}
+
+QuantizedMatrix FromInt8Tiles(const QuantizedMatrixView& shape, const uint8_t* tiles) {
+  QuantizedMatrix m;
+  m.spec = shape.spec;
+  m.rows = shape.rows;
+  m.cols = shape.cols;
+  m.group_size = shape.group_size;
+  m.groups_per_row = shape.groups_per_row;
+  m.row_bytes = shape.row_bytes;
+  m.codes.resize(static_cast<size_t>(m.rows * m.row_bytes));
+  m.scales.resize(static_cast<size_t>(m.rows * m.groups_per_row));
+  if (m.spec.scheme == QuantScheme::kAsym) m.zeros.resize(m.scales.size());
+  QuantArgs a;
+  kernels::DescribeCall(shape, ComputeDtype::kInt8, &a);
+  PackedWeights layout = kernels::Int8TileLayout(a);
+  layout.base = tiles;
+  kernels::ReadInt8Tiles(a, layout, m.codes.data(), m.scales.data(),
+                         m.zeros.empty() ? nullptr : m.zeros.data());
+  return m;
+}
+
 void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
                      float* y, ComputeDtype compute,
                      const PackedWeights* packed) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "common/compute_dtype.h"
 #include "common/quant_format.h"
@@ -43,6 +44,25 @@ void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
 // nullptr when they read the view as it is. Holds no pointer into w.
 std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
                                                  ComputeDtype compute);
+
+// The int8 kernels' layout ("int8-tiles-v1", kernels.h PackedInt8Weights) as
+// bytes an artifact can store, so that loading maps it instead of packing.
+// It depends on w's format and shape only. 0 when w cannot be stored that
+// way: its format has no int8 kernel, or its columns are not whole groups
+// of whole 32-blocks.
+int64_t Int8TilesBytes(const QuantizedMatrixView& w);
+// That layout of w, Int8TilesBytes(w) bytes (> 0).
+std::string Int8Tiles(const QuantizedMatrixView& w);
+// The packed weights of (w, compute) read in place from `tiles` (which must
+// outlive the result; w gives the shape and spec, its pointers are not
+// read) when MatMulQuantized's kernels read that layout on this CPU, else
+// nullptr.
+std::shared_ptr<const PackedWeights> MapInt8Tiles(const QuantizedMatrixView& w,
+                                                  ComputeDtype compute, const uint8_t* tiles);
+// w's codes, scales and zeros back from its tile layout (Int8TilesBytes(shape)
+// bytes at `tiles`): `shape` gives rows, cols and spec, its pointers are not
+// read. Exact: Int8Tiles then this gives the same matrix.
+QuantizedMatrix FromInt8Tiles(const QuantizedMatrixView& shape, const uint8_t* tiles);
 
 }  // namespace wq
 

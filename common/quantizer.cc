@@ -13,6 +13,7 @@
 #include "common/calibration.h"
 #include "common/file_util.h"
 #include "common/llama.h"
+#include "common/matmul.h"
 #include "common/quant_config.h"
 #include "common/quant_format.h"
 #include "common/safetensors.h"
@@ -263,7 +264,13 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
     t->add_shape(q.rows);
     t->add_shape(q.cols);
     t->set_quantized(true);
-    t->set_layout(kRowMajorPackedLayout);
+    // Served with int8 compute: stored in the int8 kernels' layout, which
+    // loading then maps instead of packing (fp32 scales only: the layout
+    // has no room for bf16 or double-quantized ones).
+    const bool tiled = config.compute_dtype() == v1::COMPUTE_INT8 &&
+                       q.spec.scale_encoding == ScaleEncoding::kF32 &&
+                       Int8TilesBytes(q.view()) > 0;
+    t->set_layout(tiled ? kInt8TilesLayout : kRowMajorPackedLayout);
     t->set_weight_dtype(WeightDtypeOf(q.spec.type));
     t->set_scheme(SchemeOf(q.spec.scheme));
     t->set_group_size(q.group_size);
@@ -273,10 +280,17 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
     if (config.mse_range()) {
       clip_log.push_back(absl::StrFormat("%s %.3f", r.module, q.spec.quantile));
     }
-    RETURN_IF_ERROR(writer.AddTensor(r.module + ".qweight", DType::kU8, {q.rows, q.row_bytes},
-                                     AsBytes(q.codes.data(), q.codes.size())));
-    RETURN_IF_ERROR(AddScales(r.module, q, writer));
-    if (!q.zeros.empty()) {
+    if (tiled) {
+      std::string tiles = Int8Tiles(q.view());
+      const int64_t bytes = static_cast<int64_t>(tiles.size());
+      RETURN_IF_ERROR(
+          writer.AddTensor(r.module + ".qweight_tiles", DType::kU8, {bytes}, std::move(tiles)));
+    } else {
+      RETURN_IF_ERROR(writer.AddTensor(r.module + ".qweight", DType::kU8, {q.rows, q.row_bytes},
+                                       AsBytes(q.codes.data(), q.codes.size())));
+      RETURN_IF_ERROR(AddScales(r.module, q, writer));
+    }
+    if (!tiled && !q.zeros.empty()) {
       RETURN_IF_ERROR(writer.AddTensor(r.module + ".qzeros", DType::kU8,
                                        {q.rows, q.groups_per_row},
                                        AsBytes(q.zeros.data(), q.zeros.size())));

@@ -207,11 +207,13 @@ TEST_P(KernelsTest, DenseF32MatchesReference) {
 
 // Weights packed once at load (PackWeights) give exactly what a per-call
 // packing gives, for every format the packed kernels take, and none is made
-// where the kernels read the view directly.
+// where the kernels read the view directly. So do the same tiles stored as
+// bytes (Int8Tiles) and read in place (MapInt8Tiles), and FromInt8Tiles
+// gives the matrix back.
 TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
   ScopedIsaOverride forced(GetParam());
   constexpr int64_t kRows = 21, kCols = 320;  // Ragged last row tile.
-  int packed_cases = 0;
+  int packed_cases = 0, tiled_cases = 0;
   for (const Case& c : AllCases()) {
     for (int group : {32, 64, 96, -1}) {
       const auto w = Random(kRows * kCols, 3);
@@ -223,6 +225,28 @@ TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
         if (packed == nullptr) continue;
         ++packed_cases;
         EXPECT_EQ(compute, ComputeDtype::kInt8);
+        // The artifact form of the layout: stored, converted back exactly,
+        // and read in place with a view that has the shape only.
+        const int64_t tile_bytes = Int8TilesBytes(q->view());
+        EXPECT_EQ(tile_bytes > 0, kCols % q->group_size == 0) << "group " << group;
+        std::string tiles;
+        std::shared_ptr<const PackedWeights> mapped;
+        QuantizedMatrixView shape_only = q->view();
+        shape_only.codes = nullptr;
+        shape_only.scales = nullptr;
+        shape_only.zeros = nullptr;
+        if (tile_bytes > 0) {
+          ++tiled_cases;
+          tiles = Int8Tiles(q->view());
+          ASSERT_EQ(static_cast<int64_t>(tiles.size()), tile_bytes);
+          const auto* tile_data = reinterpret_cast<const uint8_t*>(tiles.data());
+          const QuantizedMatrix back = FromInt8Tiles(shape_only, tile_data);
+          EXPECT_EQ(back.codes, q->codes);
+          EXPECT_EQ(back.scales, q->scales);
+          EXPECT_EQ(back.zeros, q->zeros);
+          mapped = MapInt8Tiles(shape_only, compute, tile_data);
+          ASSERT_NE(mapped, nullptr);
+        }
         for (int64_t n : {1, 9}) {
           SCOPED_TRACE(testing::Message() << GetQuantFormat(c.type).name << " group "
                                           << group << " n " << n);
@@ -231,11 +255,17 @@ TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
           MatMulQuantized(q->view(), x.data(), n, once.data(), compute, packed.get());
           MatMulQuantized(q->view(), x.data(), n, per_call.data(), compute);
           EXPECT_EQ(once, per_call);
+          if (mapped != nullptr) {
+            std::vector<float> in_place(n * kRows);
+            MatMulQuantized(shape_only, x.data(), n, in_place.data(), compute, mapped.get());
+            EXPECT_EQ(in_place, once);
+          }
         }
       }
     }
   }
   EXPECT_GT(packed_cases, 0);
+  EXPECT_GT(tiled_cases, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(SupportedIsas, KernelsTest,

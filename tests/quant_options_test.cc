@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "common/artifact_store.h"
 #include "common/file_util.h"
+#include "common/llama.h"
 #include "common/quant_config.h"
 #include "common/quant_format.h"
 #include "common/quantizer.h"
@@ -159,7 +160,7 @@ TEST_F(ArtifactFormatTest, Bf16ScalesAndVersions) {
 
   // A newer version is refused with a clear message; a plain artifact marked
   // version 1 (what the previous release wrote) still loads.
-  SetFormatVersion(m, 3);
+  SetFormatVersion(m, kArtifactFormatVersion + 1);
   EXPECT_EQ(store_->ReadManifest(m.artifact_id()).status().code(),
             absl::StatusCode::kFailedPrecondition);
   const v1::ArtifactManifest plain = Quantize(Config(v1::INT4_CLIP));
@@ -168,6 +169,63 @@ TEST_F(ArtifactFormatTest, Bf16ScalesAndVersions) {
   ASSERT_TRUE(v1_manifest.ok()) << v1_manifest.status();
   EXPECT_EQ(v1_manifest->format_version(), 1);
   EXPECT_TRUE(store_->LoadWeights(plain.artifact_id()).ok());
+}
+
+// Logits of the artifact's model for a fixed prompt.
+std::vector<float> Logits(const std::shared_ptr<const LlamaWeights>& weights) {
+  const LlamaModel model(weights);
+  KVCache cache(weights->config, 16);
+  SequenceChunk chunk;
+  chunk.cache = &cache;
+  const std::vector<int> tokens = {1, 403, 407, 261, 378, 29};
+  chunk.tokens = tokens;
+  chunk.all_logits = true;
+  std::vector<float> logits;
+  const absl::Status status = model.Forward({&chunk, 1}, &logits);
+  EXPECT_TRUE(status.ok()) << status;
+  return logits;
+}
+
+// Quantized for int8 compute, the linears are stored in the int8 kernels'
+// layout (format version 3) and computed from it in place; the same config
+// with fp32 compute stays row-major (version 2). Either artifact with
+// either arithmetic gives bit-identical logits.
+TEST_F(ArtifactFormatTest, Int8TilesLayout) {
+  v1::WeightOnlyQuantConfig c = Config(v1::INT4_CLIP);
+  c.set_group_size(64);  // artifacts of their own (the store reuses equal configs)
+  c.set_compute_dtype(v1::COMPUTE_INT8);
+  const v1::ArtifactManifest tiled = Quantize(c);
+  c.set_compute_dtype(v1::COMPUTE_FP32);
+  const v1::ArtifactManifest plain = Quantize(c);
+  EXPECT_EQ(tiled.format_version(), 3);
+  EXPECT_EQ(plain.format_version(), 2);
+  // Tiles need whole groups of whole 32-blocks: down_proj's 172 input
+  // features are not, so it stays row-major in both.
+  int tiled_tensors = 0;
+  for (const v1::ManifestTensor& t : tiled.tensors()) {
+    if (!t.quantized()) continue;
+    const bool tileable = t.shape(1) % 64 == 0;
+    EXPECT_EQ(t.layout(), tileable ? kInt8TilesLayout : kRowMajorPackedLayout) << t.module();
+    tiled_tensors += tileable;
+  }
+  EXPECT_EQ(tiled_tensors, 5 * 6);
+  auto f = Weights(tiled);
+  ASSERT_NE(f, nullptr);
+  const std::string up = "model.layers.0.mlp.up_proj";
+  EXPECT_NE(f->Find(up + ".qweight_tiles"), nullptr);
+  EXPECT_EQ(f->Find(up + ".qweight"), nullptr);
+  EXPECT_EQ(f->Find(up + ".scales"), nullptr);
+  EXPECT_NE(f->Find(std::string(kModule) + ".qweight"), nullptr);
+
+  for (ComputeDtype compute : {ComputeDtype::kInt8, ComputeDtype::kFp32}) {
+    SCOPED_TRACE(ComputeDtypeName(compute));
+    auto from_tiles = store_->LoadWeights(tiled.artifact_id(), compute);
+    auto from_plain = store_->LoadWeights(plain.artifact_id(), compute);
+    ASSERT_TRUE(from_tiles.ok()) << from_tiles.status();
+    ASSERT_TRUE(from_plain.ok()) << from_plain.status();
+    EXPECT_EQ((*from_tiles)->layers[0].down.compute_dtype(), compute);
+    EXPECT_EQ(Logits(*from_tiles), Logits(*from_plain));
+  }
 }
 
 }  // namespace
