@@ -574,19 +574,21 @@ absl::Status Run() {
         continue;
       }
       for (const std::string& lm_head : o.lm_heads) {
-        const auto q = Quantize(*store, shape, dir,
-                                QuantConfig(*w, lm_head == "quantized", v1::COMPUTE_FP32));
-        RETURN_IF_ERROR(q.status());
-        ASSIGN_OR_RETURN(int64_t artifact_bytes, store->SizeBytes(q->first));
         for (const std::string& cname : o.computes) {
           ASSIGN_OR_RETURN(v1::ComputeDtype compute, FindCompute(cname));
           // The quantizer refuses asym with int8 compute (as ITREX does).
           if (w->scheme == v1::ASYM && compute == v1::COMPUTE_INT8) continue;
+          // int8 compute gets its own artifact, in the kernels' tile layout
+          // (format 3); fp32 and bf16 share one row-major artifact (only the
+          // arithmetic differs). Each is loaded as the service would.
+          const auto q = Quantize(
+              *store, shape, dir,
+              QuantConfig(*w, lm_head == "quantized",
+                          compute == v1::COMPUTE_INT8 ? v1::COMPUTE_INT8 : v1::COMPUTE_FP32));
+          RETURN_IF_ERROR(q.status());
           Row row{shape, wname, lm_head, cname};
           row.quantize_s = q->second;
-          row.artifact_bytes = artifact_bytes;
-          // One RTN artifact serves every compute dtype (only the matmul
-          // arithmetic differs), loaded for each as the service would.
+          ASSIGN_OR_RETURN(row.artifact_bytes, store->SizeBytes(q->first));
           const absl::Time start = absl::Now();
           auto weights = store->LoadWeights(q->first, ComputeDtypeOf(compute));
           row.load_s = absl::ToDoubleSeconds(absl::Now() - start);

@@ -422,7 +422,6 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   const I low4 = W::Bytes(0x0f);
   const I flip = W::Bytes(static_cast<char>(bias));
   const F off_base = W::Splat(static_cast<float>(a.int8_off_base - bias));
-  const F wscale = W::Splat(a.int8_wscale);
   const int8_t* xq[T];
   const float* xd[T];
   const float* xs[T];
@@ -486,7 +485,7 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
         gsum[t] = b == 0 ? W::Mul(f, d) : W::Fma(f, d, gsum[t]);
       }
     }
-    const F s = W::Mul(W::Scales(rec + code_bytes, stride), wscale);
+    const F s = W::Scales(rec + code_bytes, stride);
     F off = off_base;
     if (a.asym) off = W::Add(off, W::Zeros(rec + code_bytes + kTileRows * sizeof(float), stride));
     const F soff = W::Mul(s, off);
@@ -498,8 +497,13 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   }
   const int64_t r = tile * kTileRows;
   const int64_t count = std::min<int64_t>(W::kTiles * kTileRows, a.w->rows - r);
+  // The level table's scale, common to all groups, once at the end (it is
+  // 1 for integer formats): a register live through the loop would spill.
+  const F wscale = W::Splat(a.int8_wscale);
 #pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) W::Store(a.y + (i0 + t) * a.w->rows + r, acc[t], count);
+  for (int t = 0; t < T; ++t) {
+    W::Store(a.y + (i0 + t) * a.w->rows + r, W::Mul(acc[t], wscale), count);
+  }
 }
 
 // Tiles [first, first + W::kTiles) times all rows of x; the tiles' codes stay
