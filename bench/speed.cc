@@ -79,6 +79,8 @@ ABSL_FLAG(std::string, grpc_row, "int4_clip_sym:int8:fp32",
 ABSL_FLAG(std::string, service_binary, "",
           "inference_service binary; default: from this binary's runfiles");
 ABSL_FLAG(std::string, json_out, "", "write the results as JSON here");
+ABSL_FLAG(bool, private_weights, false,
+          "load int8 tiles into private memory instead of reading them in place (LoadOptions)");
 
 extern char** environ;
 
@@ -590,7 +592,10 @@ absl::Status Run() {
           row.quantize_s = q->second;
           ASSIGN_OR_RETURN(row.artifact_bytes, store->SizeBytes(q->first));
           const absl::Time start = absl::Now();
-          auto weights = store->LoadWeights(q->first, ComputeDtypeOf(compute));
+          LoadOptions load;
+          load.compute = ComputeDtypeOf(compute);
+          load.private_weights = absl::GetFlag(FLAGS_private_weights);
+          auto weights = store->LoadWeights(q->first, load);
           row.load_s = absl::ToDoubleSeconds(absl::Now() - start);
           RETURN_IF_ERROR(weights.status());
           RETURN_IF_ERROR(MeasureRow(o, *weights, &row));

@@ -41,10 +41,11 @@ absl::Status ValidateArtifactId(const std::string& id) {
 class ArtifactSource : public WeightSource {
  public:
   absl::Status Open(const std::string& dir, const v1::ArtifactManifest& manifest,
-                    std::optional<ComputeDtype> compute) {
+                    const LoadOptions& options) {
     ASSIGN_OR_RETURN(file_, SafetensorsFile::Open(absl::StrCat(dir, "/", kWeightsFile)));
     for (const v1::ManifestTensor& t : manifest.tensors()) modules_[t.module()] = t;
-    compute_ = compute.value_or(ComputeDtypeOf(manifest.config().compute_dtype()));
+    compute_ = options.compute.value_or(ComputeDtypeOf(manifest.config().compute_dtype()));
+    private_weights_ = options.private_weights;
     return absl::OkStatus();
   }
 
@@ -139,7 +140,8 @@ class ArtifactSource : public WeightSource {
     // Read in place. Memory-safe whatever the bytes: the kernels index
     // nothing by a code beyond its 16- or 256-entry table, and the file's
     // sha256 was checked against the manifest.
-    if (auto packed = MapInt8Tiles(view, compute_, tiles)) {
+    if (auto packed = MapInt8Tiles(view, compute_, tiles, private_weights_)) {
+      if (private_weights_) file_->ReleasePages(*t);
       return LinearWeight::Quantized(view, compute_, std::move(packed));
     }
     // Other arithmetic (or the scalar reference): the row-major layout, once.
@@ -221,6 +223,7 @@ class ArtifactSource : public WeightSource {
   std::deque<QuantizedMatrix> unpacked_;  // deque: stable addresses
   std::map<std::string, v1::ManifestTensor> modules_;
   ComputeDtype compute_ = ComputeDtype::kFp32;
+  bool private_weights_ = false;
   std::list<std::vector<float>> owned_scales_;
 };
 
@@ -407,7 +410,7 @@ absl::StatusOr<int64_t> ArtifactStore::SizeBytes(const std::string& artifact_id)
 }
 
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> ArtifactStore::LoadWeights(
-    const std::string& artifact_id, std::optional<ComputeDtype> compute) const {
+    const std::string& artifact_id, const LoadOptions& options) const {
   ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, ReadManifest(artifact_id));
   // Checksums are verified while the weights are built (the loader checks
   // every size, offset and shape itself, so it is safe on a corrupt file):
@@ -419,7 +422,7 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> ArtifactStore::LoadWeights(
   const std::string dir = ArtifactDir(artifact_id);
   ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir + "/config.json"));
   auto source = std::make_shared<ArtifactSource>();
-  RETURN_IF_ERROR(source->Open(dir, manifest, compute));
+  RETURN_IF_ERROR(source->Open(dir, manifest, options));
   absl::StatusOr<std::shared_ptr<const LlamaWeights>> weights =
       BuildLlamaWeights(config, std::move(source));
   // Corruption explains a failed build better than the build's own error.

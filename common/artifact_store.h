@@ -35,6 +35,17 @@ inline constexpr char kRowMajorPackedLayout[] = "rowmajor-packed-v1";
 // back to rowmajor-packed-v1 once.
 inline constexpr char kInt8TilesLayout[] = "int8-tiles-v1";
 
+struct LoadOptions {
+  // Arithmetic of the quantized linears; unset: the artifact's compute_dtype.
+  std::optional<ComputeDtype> compute;
+  // kInt8TilesLayout tensors are read in place from the mapped artifact:
+  // loading costs the checksum only and every process on the node shares
+  // them through the page cache. true copies them into this process's own
+  // memory instead, which decoded faster on the benchmark VM
+  // (bench/results/speed.md) at the price of load time and sharing.
+  bool private_weights = false;
+};
+
 // An artifact being written. Destroying it without Commit() removes it.
 class ArtifactWriter {
  public:
@@ -75,11 +86,11 @@ class ArtifactStore {
   absl::StatusOr<int64_t> SizeBytes(const std::string& artifact_id) const;
 
   // Verifies and maps the artifact; quantized linears are used in place
-  // from the mapping, or packed for their kernels (int8 compute). They
-  // compute in the artifact's compute_dtype unless `compute` overrides it.
+  // from the mapping, or packed for their kernels (int8 compute from a
+  // row-major artifact), or converted back to row-major once (int8 tiles
+  // with another compute dtype). See LoadOptions.
   absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadWeights(
-      const std::string& artifact_id,
-      std::optional<ComputeDtype> compute = std::nullopt) const;
+      const std::string& artifact_id, const LoadOptions& options = {}) const;
   std::string ArtifactDir(const std::string& artifact_id) const;
 
  private:

@@ -135,6 +135,9 @@ void ReadInt8Tiles(const QuantArgs& a, const PackedInt8Weights& tiles, uint8_t* 
                    float* scales, uint8_t* zeros);
 // Int8TileLayout and WriteInt8Tiles into memory of its own.
 PackedInt8Weights PackInt8Weights(const QuantArgs& a);
+// W's tiles (Int8TileLayout(a).bytes() at `tiles`) copied into memory of
+// its own.
+PackedInt8Weights CopyInt8Tiles(const QuantArgs& a, const uint8_t* tiles);
 
 // Writes y[i, row] for all i, covering columns [col_begin, cols) where
 // col_begin is a group boundary, in the scalar reference arithmetic of

@@ -126,10 +126,12 @@ std::string Int8Tiles(const QuantizedMatrixView& w) {
 }
 
 std::shared_ptr<const PackedWeights> MapInt8Tiles(const QuantizedMatrixView& w,
-                                                  ComputeDtype compute, const uint8_t* tiles) {
+                                                  ComputeDtype compute, const uint8_t* tiles,
+                                                  bool copy) {
   QuantArgs a;
   kernels::DescribeCall(w, compute, &a);
   if (!ReadsPackedInt8(ActiveTable(), a)) return nullptr;
+  if (copy) return std::make_shared<const PackedWeights>(kernels::CopyInt8Tiles(a, tiles));
   auto packed = std::make_shared<PackedWeights>(kernels::Int8TileLayout(a));
   packed->base = tiles;
   return packed;

@@ -53,12 +53,13 @@ std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
 int64_t Int8TilesBytes(const QuantizedMatrixView& w);
 // That layout of w, Int8TilesBytes(w) bytes (> 0).
 std::string Int8Tiles(const QuantizedMatrixView& w);
-// The packed weights of (w, compute) read in place from `tiles` (which must
-// outlive the result; w gives the shape and spec, its pointers are not
-// read) when MatMulQuantized's kernels read that layout on this CPU, else
-// nullptr.
+// The packed weights of (w, compute) from `tiles` when MatMulQuantized's
+// kernels read that layout on this CPU, else nullptr: read in place (tiles
+// must outlive the result) or, with `copy`, copied into memory of their
+// own. w gives the shape and spec; its pointers are not read.
 std::shared_ptr<const PackedWeights> MapInt8Tiles(const QuantizedMatrixView& w,
-                                                  ComputeDtype compute, const uint8_t* tiles);
+                                                  ComputeDtype compute, const uint8_t* tiles,
+                                                  bool copy = false);
 // w's codes, scales and zeros back from its tile layout (Int8TilesBytes(shape)
 // bytes at `tiles`): `shape` gives rows, cols and spec, its pointers are not
 // read. Exact: Int8Tiles then this gives the same matrix.

@@ -32,6 +32,10 @@ ABSL_FLAG(std::string, kv_cache_dtype, "fp32",
 ABSL_FLAG(std::string, compute_dtype, "",
           "fp32|bf16|int8: arithmetic of every quantized model, overriding the compute_dtype "
           "each artifact was quantized for (empty: the artifact's)");
+ABSL_FLAG(bool, private_weights, false,
+          "copy int8-tile weights into this process's memory instead of reading them in place "
+          "from the page cache (slower load, nothing shared with other replicas; decoded "
+          "faster on some machines)");
 ABSL_FLAG(std::string, preload, "", "comma-separated models (artifact or model ids) to load at start");
 
 namespace {
@@ -82,7 +86,8 @@ int main(int argc, char** argv) {
   options.scheduler.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype) == "bf16"
                                          ? wq::KvCacheDtype::kBf16
                                          : wq::KvCacheDtype::kF32;
-  options.compute = wq::ParseComputeDtype(absl::GetFlag(FLAGS_compute_dtype));
+  options.load.compute = wq::ParseComputeDtype(absl::GetFlag(FLAGS_compute_dtype));
+  options.load.private_weights = absl::GetFlag(FLAGS_private_weights);
   absl::StatusOr<std::unique_ptr<wq::ModelManager>> models =
       wq::ModelManager::Create(options);
   if (!models.ok()) {

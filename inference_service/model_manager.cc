@@ -74,12 +74,12 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
   std::string tokenizer_path;
   if (store_->Exists(name)) {
     ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, store_->ReadManifest(name));
-    ASSIGN_OR_RETURN(weights, store_->LoadWeights(name, options_.compute));
+    ASSIGN_OR_RETURN(weights, store_->LoadWeights(name, options_.load));
     info.set_quantized(true);
     info.set_source_model_id(manifest.source_model_id());
     *info.mutable_config() = manifest.config();
-    if (options_.compute) {
-      info.mutable_config()->set_compute_dtype(ProtoComputeDtype(*options_.compute));
+    if (options_.load.compute) {
+      info.mutable_config()->set_compute_dtype(ProtoComputeDtype(*options_.load.compute));
     }
     info.set_bits_per_weight(manifest.bits_per_weight());
     tokenizer_path = absl::StrCat(store_->ArtifactDir(name), "/tokenizer.model");

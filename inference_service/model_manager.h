@@ -7,7 +7,6 @@
 
 #include <map>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,7 +14,6 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/artifact_store.h"
-#include "common/compute_dtype.h"
 #include "common/llama.h"
 #include "common/model_registry.h"
 #include "common/scheduler.h"
@@ -37,9 +35,9 @@ class ModelManager {
     std::string model_root;
     std::string artifact_root;
     GenerationScheduler::Options scheduler;
-    // Arithmetic of every quantized model; unset: each artifact's own
+    // How artifacts load: compute unset keeps each artifact's own
     // compute_dtype.
-    std::optional<ComputeDtype> compute;
+    LoadOptions load;
   };
 
   static absl::StatusOr<std::unique_ptr<ModelManager>> Create(Options options);

@@ -219,12 +219,19 @@ TEST_F(ArtifactFormatTest, Int8TilesLayout) {
 
   for (ComputeDtype compute : {ComputeDtype::kInt8, ComputeDtype::kFp32}) {
     SCOPED_TRACE(ComputeDtypeName(compute));
-    auto from_tiles = store_->LoadWeights(tiled.artifact_id(), compute);
-    auto from_plain = store_->LoadWeights(plain.artifact_id(), compute);
+    LoadOptions load;
+    load.compute = compute;
+    auto from_tiles = store_->LoadWeights(tiled.artifact_id(), load);
+    auto from_plain = store_->LoadWeights(plain.artifact_id(), load);
+    load.private_weights = true;
+    auto private_tiles = store_->LoadWeights(tiled.artifact_id(), load);
     ASSERT_TRUE(from_tiles.ok()) << from_tiles.status();
     ASSERT_TRUE(from_plain.ok()) << from_plain.status();
+    ASSERT_TRUE(private_tiles.ok()) << private_tiles.status();
     EXPECT_EQ((*from_tiles)->layers[0].down.compute_dtype(), compute);
-    EXPECT_EQ(Logits(*from_tiles), Logits(*from_plain));
+    const std::vector<float> logits = Logits(*from_plain);
+    EXPECT_EQ(Logits(*from_tiles), logits);
+    EXPECT_EQ(Logits(*private_tiles), logits);
   }
 }
 
