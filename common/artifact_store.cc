@@ -254,6 +254,11 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
     f->set_name(name);
     f->set_size_bytes(static_cast<int64_t>(fs::file_size(path, ec)));
     f->set_sha256(sha);
+    if (f->size_bytes() > kVerifyChunkBytes) {
+      ASSIGN_OR_RETURN(std::vector<std::string> chunks, Sha256FileChunks(path, kVerifyChunkBytes));
+      f->set_chunk_bytes(kVerifyChunkBytes);
+      for (std::string& c : chunks) f->add_chunk_sha256(std::move(c));
+    }
     // Files written by others (copies of the tokenizer) must be durable too.
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0 || ::fsync(fd) != 0) {
@@ -360,6 +365,52 @@ absl::StatusOr<v1::ArtifactManifest> ArtifactStore::ReadManifest(
   return manifest;
 }
 
+namespace {
+
+// One file against its manifest entry: by chunks, in parallel, when the
+// manifest has them, else the whole file's sha256.
+absl::Status VerifyFile(const std::string& artifact_id, const std::string& path,
+                        const v1::ManifestFile& f) {
+  auto corrupt = [&](const std::string& what) {
+    return absl::DataLossError(
+        absl::StrCat("artifact ", artifact_id, ": ", f.name(), " is corrupt (", what, ")"));
+  };
+  auto unreadable = [&](const absl::Status& s) {
+    return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": cannot read ", f.name(),
+                                            ": ", s.message()));
+  };
+  if (f.chunk_sha256_size() == 0) {
+    absl::StatusOr<std::string> sha = Sha256File(path);
+    if (!sha.ok()) return unreadable(sha.status());
+    if (*sha != f.sha256()) {
+      return corrupt(absl::StrCat("sha256 ", *sha, ", manifest says ", f.sha256()));
+    }
+    return absl::OkStatus();
+  }
+  std::error_code ec;
+  const auto size = static_cast<int64_t>(fs::file_size(path, ec));
+  if (ec) return unreadable(absl::InternalError(ec.message()));
+  if (size != f.size_bytes()) {
+    return corrupt(absl::StrCat(size, " bytes, manifest says ", f.size_bytes()));
+  }
+  if (f.chunk_bytes() <= 0 ||
+      (size + f.chunk_bytes() - 1) / f.chunk_bytes() != f.chunk_sha256_size()) {
+    return corrupt(absl::StrCat("manifest lists ", f.chunk_sha256_size(), " chunks of ",
+                                f.chunk_bytes(), " bytes for ", size, " bytes"));
+  }
+  absl::StatusOr<std::vector<std::string>> chunks = Sha256FileChunks(path, f.chunk_bytes());
+  if (!chunks.ok()) return unreadable(chunks.status());
+  for (int i = 0; i < f.chunk_sha256_size(); ++i) {
+    if ((*chunks)[i] != f.chunk_sha256(i)) {
+      return corrupt(absl::StrCat("chunk ", i, " sha256 ", (*chunks)[i], ", manifest says ",
+                                  f.chunk_sha256(i)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status ArtifactStore::Verify(const std::string& artifact_id) const {
   ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, ReadManifest(artifact_id));
   bool has_weights = false;
@@ -367,16 +418,7 @@ absl::Status ArtifactStore::Verify(const std::string& artifact_id) const {
     RETURN_IF_ERROR(ValidateResourceId(f.name(), "artifact file name", 1));
     has_weights |= f.name() == kWeightsFile;
     const std::string path = absl::StrCat(ArtifactDir(artifact_id), "/", f.name());
-    absl::StatusOr<std::string> sha = Sha256File(path);
-    if (!sha.ok()) {
-      return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": cannot read ", f.name(),
-                                              ": ", sha.status().message()));
-    }
-    if (*sha != f.sha256()) {
-      return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": ", f.name(),
-                                              " is corrupt (sha256 ", *sha, ", manifest says ",
-                                              f.sha256(), ")"));
-    }
+    RETURN_IF_ERROR(VerifyFile(artifact_id, path, f));
   }
   if (!has_weights) {
     return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": manifest lists no ", kWeightsFile));

@@ -27,6 +27,9 @@ namespace wq {
 inline constexpr int kArtifactFormatVersion = 3;
 inline constexpr char kArtifactFormat[] = "wq.artifact";
 inline constexpr char kManifestFile[] = "manifest.json";
+// Files larger than this also get per-chunk checksums (ManifestFile), which
+// loading verifies in parallel.
+inline constexpr int64_t kVerifyChunkBytes = int64_t{64} << 20;
 inline constexpr char kWeightsFile[] = "model.safetensors";
 inline constexpr char kRowMajorPackedLayout[] = "rowmajor-packed-v1";
 // The int8 kernels' own layout (kernels.h PackedInt8Weights) in
@@ -77,8 +80,9 @@ class ArtifactStore {
   // a newer format). NOT_FOUND for an unknown id, INVALID_ARGUMENT for a
   // malformed one.
   absl::StatusOr<v1::ArtifactManifest> ReadManifest(const std::string& artifact_id) const;
-  // Every file's size and sha256 against the manifest (DATA_LOSS naming the
-  // file otherwise).
+  // Every file's sha256 against the manifest, by chunks in parallel (size
+  // included) where the manifest lists them (DATA_LOSS naming the file and
+  // chunk otherwise).
   absl::Status Verify(const std::string& artifact_id) const;
   // Manifests of all artifacts, sorted by id; unreadable ones are skipped.
   std::vector<v1::ArtifactManifest> List() const;

@@ -7,10 +7,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "openssl/evp.h"
+#include "tbb/parallel_for.h"
 
 namespace wq {
 namespace {
@@ -149,26 +151,67 @@ absl::Status FsyncDirectory(const std::string& dir) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> Sha256File(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus(errno, "open", path);
-  FdCloser closer(fd);
+namespace {
+
+// SHA-256 of bytes [offset, offset + length) of fd, or of everything from
+// offset to the end when length is -1.
+absl::StatusOr<std::string> Sha256Range(int fd, const std::string& path, int64_t offset,
+                                        int64_t length) {
   auto ctx = NewSha256Context();
   if (!ctx.ok()) return ctx.status();
-  std::unique_ptr<unsigned char[]> buffer(new unsigned char[1 << 20]);
-  while (true) {
-    ssize_t n = ::read(fd, buffer.get(), 1 << 20);
+  constexpr int64_t kBuffer = 1 << 20;
+  std::unique_ptr<unsigned char[]> buffer(new unsigned char[kBuffer]);
+  while (length != 0) {
+    const int64_t want = length < 0 ? kBuffer : std::min(kBuffer, length);
+    const ssize_t n = ::pread(fd, buffer.get(), static_cast<size_t>(want), offset);
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus(errno, "read", path);
     }
-    if (n == 0) break;
-    if (EVP_DigestUpdate(ctx->get(), buffer.get(), static_cast<size_t>(n)) !=
-        1) {
+    if (n == 0) {
+      if (length > 0) return absl::DataLossError(absl::StrCat(path, " is shorter than expected"));
+      break;
+    }
+    if (EVP_DigestUpdate(ctx->get(), buffer.get(), static_cast<size_t>(n)) != 1) {
       return absl::InternalError("OpenSSL SHA-256 update failed");
     }
+    offset += n;
+    if (length > 0) length -= n;
   }
   return FinishSha256(ctx->get());
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> Sha256File(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "open", path);
+  FdCloser closer(fd);
+  return Sha256Range(fd, path, 0, -1);
+}
+
+absl::StatusOr<std::vector<std::string>> Sha256FileChunks(const std::string& path,
+                                                         int64_t chunk_bytes) {
+  if (chunk_bytes <= 0) return absl::InvalidArgumentError("chunk size must be positive");
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "open", path);
+  FdCloser closer(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, "stat", path);
+  const int64_t size = st.st_size;
+  const int64_t chunks = (size + chunk_bytes - 1) / chunk_bytes;
+  std::vector<absl::StatusOr<std::string>> digests(static_cast<size_t>(chunks));
+  tbb::parallel_for(int64_t{0}, chunks, [&](int64_t i) {
+    const int64_t offset = i * chunk_bytes;
+    digests[i] = Sha256Range(fd, path, offset, std::min(chunk_bytes, size - offset));
+  });
+  std::vector<std::string> out;
+  out.reserve(digests.size());
+  for (absl::StatusOr<std::string>& d : digests) {
+    if (!d.ok()) return d.status();
+    out.push_back(*std::move(d));
+  }
+  return out;
 }
 
 std::string Sha256Hex(std::string_view bytes) {

@@ -3,7 +3,9 @@
 #ifndef WQ_COMMON_FILE_UTIL_H_
 #define WQ_COMMON_FILE_UTIL_H_
 
+#include <cstdint>
 #include <string>
+#include <vector>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -31,6 +33,13 @@ absl::Status FsyncDirectory(const std::string& dir);
 // SHA-256 of the file's contents as lowercase hex, read in chunks so that
 // files larger than memory are fine.
 absl::StatusOr<std::string> Sha256File(const std::string& path);
+
+// SHA-256 of each consecutive `chunk_bytes` (> 0) of the file, the last
+// one shorter, as lowercase hex; the chunks are hashed in parallel, so a
+// file checks in a fraction of Sha256File's time on several cores. An
+// empty file has no chunks.
+absl::StatusOr<std::vector<std::string>> Sha256FileChunks(const std::string& path,
+                                                         int64_t chunk_bytes);
 
 // SHA-256 of `bytes` as lowercase hex. Returns "" only if OpenSSL itself
 // fails (allocation failure), which no valid digest can equal.

@@ -41,6 +41,27 @@ TEST(Sha256FileTest, MatchesInMemoryHashAcrossChunkBoundaries) {
   EXPECT_EQ(*digest, Sha256Hex(contents));
 }
 
+TEST(Sha256FileTest, ChunksMatchInMemoryHashes) {
+  std::string contents((2 << 20) + 777, '\0');
+  for (size_t i = 0; i < contents.size(); ++i) {
+    contents[i] = static_cast<char>(i * 2654435761u >> 11);
+  }
+  const std::string path = TempPath("chunked");
+  ASSERT_TRUE(WriteFileDurably(path, contents).ok());
+  constexpr int64_t kChunk = (1 << 20) + 3;  // not a multiple of the read buffer
+  auto chunks = Sha256FileChunks(path, kChunk);
+  ASSERT_TRUE(chunks.ok()) << chunks.status();
+  ASSERT_EQ(chunks->size(), 3u);
+  for (size_t i = 0; i < chunks->size(); ++i) {
+    EXPECT_EQ((*chunks)[i], Sha256Hex(std::string_view(contents).substr(i * kChunk, kChunk)));
+  }
+  ASSERT_TRUE(WriteFileDurably(path, "").ok());
+  EXPECT_TRUE(Sha256FileChunks(path, kChunk)->empty());
+  EXPECT_EQ(Sha256FileChunks(path, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Sha256FileChunks(TempPath("missing"), kChunk).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
 TEST(Sha256FileTest, MissingFileIsNotFound) {
   EXPECT_EQ(Sha256File(TempPath("missing")).status().code(),
             absl::StatusCode::kNotFound);
