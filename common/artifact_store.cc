@@ -137,9 +137,11 @@ class ArtifactSource : public WeightSource {
     const int64_t shape[] = {bytes};
     ASSIGN_OR_RETURN(const TensorInfo* t, file_->Get(module + ".qweight_tiles", DType::kU8, shape));
     const uint8_t* tiles = file_->data(*t);
-    // Read in place. Memory-safe whatever the bytes: the kernels index
-    // nothing by a code beyond its 16- or 256-entry table, and the file's
-    // sha256 was checked against the manifest.
+    // Read in place. Memory-safe whatever the bytes (the kernels index
+    // nothing by a code beyond its 16- or 256-entry table), and the load
+    // fails unless the checksums, verified meanwhile, match the manifest.
+    // Codes outside the format's level table are not looked for here (the
+    // row-major path below rejects them): they compute garbage, not harm.
     if (auto packed = MapInt8Tiles(view, compute_, tiles, private_weights_)) {
       if (private_weights_) file_->ReleasePages(*t);
       return LinearWeight::Quantized(view, compute_, std::move(packed));
@@ -393,13 +395,16 @@ absl::Status VerifyFile(const std::string& artifact_id, const std::string& path,
   if (size != f.size_bytes()) {
     return corrupt(absl::StrCat(size, " bytes, manifest says ", f.size_bytes()));
   }
-  if (f.chunk_bytes() <= 0 ||
-      (size + f.chunk_bytes() - 1) / f.chunk_bytes() != f.chunk_sha256_size()) {
+  const int64_t chunk = f.chunk_bytes();  // untrusted: no overflow in the count
+  if (chunk <= 0 || size / chunk + (size % chunk != 0) != f.chunk_sha256_size()) {
     return corrupt(absl::StrCat("manifest lists ", f.chunk_sha256_size(), " chunks of ",
                                 f.chunk_bytes(), " bytes for ", size, " bytes"));
   }
   absl::StatusOr<std::vector<std::string>> chunks = Sha256FileChunks(path, f.chunk_bytes());
   if (!chunks.ok()) return unreadable(chunks.status());
+  if (static_cast<int64_t>(chunks->size()) != f.chunk_sha256_size()) {
+    return corrupt("its size changed while it was verified");
+  }
   for (int i = 0; i < f.chunk_sha256_size(); ++i) {
     if ((*chunks)[i] != f.chunk_sha256(i)) {
       return corrupt(absl::StrCat("chunk ", i, " sha256 ", (*chunks)[i], ", manifest says ",

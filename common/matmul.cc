@@ -157,10 +157,24 @@ QuantizedMatrix FromInt8Tiles(const QuantizedMatrixView& shape, const uint8_t* t
   return m;
 }
 
+ComputeDtype EffectiveCompute(const QuantizedMatrixView& w, ComputeDtype compute) {
+  QuantArgs a;
+  kernels::DescribeCall(w, compute, &a);
+  return a.compute;
+}
+
 void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
                      float* y, ComputeDtype compute,
                      const PackedWeights* packed) {
   const KernelTable* table = ActiveTable();
+  // Tiles read in place have no row-major codes to fall back on: if the
+  // ISA was forced lower after loading (tests, benchmarks), they still run
+  // on the SIMD kernels, which read the same layout on every ISA.
+  if (w.codes == nullptr && packed != nullptr && table == nullptr) {
+    table = kTables[static_cast<int>(BestSupportedIsa())] != nullptr
+                ? &kTables[static_cast<int>(BestSupportedIsa())]()
+                : nullptr;
+  }
   QuantArgs a;
   // Reused across calls: decode runs hundreds of these per token.
   thread_local kernels::ActivationBuffers buffers;

@@ -45,6 +45,10 @@ void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
 std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
                                                  ComputeDtype compute);
 
+// The arithmetic MatMulQuantized really uses for (w, compute): kInt8 falls
+// back to kFp32 for formats it cannot represent (asym codebooks).
+ComputeDtype EffectiveCompute(const QuantizedMatrixView& w, ComputeDtype compute);
+
 // The int8 kernels' layout ("int8-tiles-v1", kernels.h PackedInt8Weights) as
 // bytes an artifact can store, so that loading maps it instead of packing.
 // It depends on w's format and shape only. 0 when w cannot be stored that

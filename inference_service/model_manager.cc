@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
+#include "common/matmul.h"
 #include "common/quant_config.h"
 #include "common/status_macros.h"
 
@@ -79,7 +80,18 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
     info.set_source_model_id(manifest.source_model_id());
     *info.mutable_config() = manifest.config();
     if (options_.load.compute) {
-      info.mutable_config()->set_compute_dtype(ProtoComputeDtype(*options_.load.compute));
+      // What the kernels do, which for formats int8 cannot represent (asym
+      // codebooks) is fp32 whatever was asked.
+      ComputeDtype used = *options_.load.compute;
+      for (const LinearWeight* l : {&weights->layers[0].q, &weights->layers[0].k,
+                                    &weights->layers[0].v, &weights->layers[0].o,
+                                    &weights->layers[0].gate, &weights->layers[0].up,
+                                    &weights->layers[0].down, &weights->lm_head}) {
+        if (!l->quantized()) continue;
+        used = EffectiveCompute(l->quantized_view(), l->compute_dtype());
+        break;
+      }
+      info.mutable_config()->set_compute_dtype(ProtoComputeDtype(used));
     }
     info.set_bits_per_weight(manifest.bits_per_weight());
     tokenizer_path = absl::StrCat(store_->ArtifactDir(name), "/tokenizer.model");

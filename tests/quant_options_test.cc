@@ -216,6 +216,12 @@ TEST_F(ArtifactFormatTest, ChunkChecksums) {
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
   EXPECT_TRUE(absl::StrContains(status.message(), "chunk 1 ")) << status;
   EXPECT_EQ(store_->LoadWeights(m.artifact_id()).status().code(), absl::StatusCode::kDataLoss);
+
+  bytes.resize(bytes.size() - 1);  // truncated: the size no longer matches
+  ASSERT_TRUE(WriteFileDurably(weights, bytes).ok());
+  status = store_->Verify(m.artifact_id());
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(absl::StrContains(status.message(), "bytes, manifest says")) << status;
 }
 
 // Logits of the artifact's model for a fixed prompt.
