@@ -14,6 +14,16 @@ std::string TempPath(const std::string& name) {
   return testing::TempDir() + "/file_util_test_" + name;
 }
 
+// `size` bytes that do not repeat with any short period, written to `path`.
+std::string WritePatternedFile(const std::string& path, size_t size) {
+  std::string contents(size, '\0');
+  for (size_t i = 0; i < contents.size(); ++i) {
+    contents[i] = static_cast<char>(i * 2654435761u >> 13);
+  }
+  EXPECT_TRUE(WriteFileDurably(path, contents).ok());
+  return contents;
+}
+
 TEST(Sha256HexTest, KnownVectors) {
   EXPECT_EQ(Sha256Hex("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
@@ -30,24 +40,16 @@ TEST(Sha256FileTest, BundledConfig) {
 
 TEST(Sha256FileTest, MatchesInMemoryHashAcrossChunkBoundaries) {
   // Larger than the 1 MiB read buffer and not a multiple of it.
-  std::string contents((3 << 20) + 12345, '\0');
-  for (size_t i = 0; i < contents.size(); ++i) {
-    contents[i] = static_cast<char>(i * 2654435761u >> 13);
-  }
   const std::string path = TempPath("large");
-  ASSERT_TRUE(WriteFileDurably(path, contents).ok());
+  const std::string contents = WritePatternedFile(path, (3 << 20) + 12345);
   auto digest = Sha256File(path);
   ASSERT_TRUE(digest.ok()) << digest.status();
   EXPECT_EQ(*digest, Sha256Hex(contents));
 }
 
 TEST(Sha256FileTest, ChunksMatchInMemoryHashes) {
-  std::string contents((2 << 20) + 777, '\0');
-  for (size_t i = 0; i < contents.size(); ++i) {
-    contents[i] = static_cast<char>(i * 2654435761u >> 11);
-  }
   const std::string path = TempPath("chunked");
-  ASSERT_TRUE(WriteFileDurably(path, contents).ok());
+  const std::string contents = WritePatternedFile(path, (2 << 20) + 777);
   constexpr int64_t kChunk = (1 << 20) + 3;  // not a multiple of the read buffer
   auto chunks = Sha256FileChunks(path, kChunk);
   ASSERT_TRUE(chunks.ok()) << chunks.status();
