@@ -576,26 +576,33 @@ absl::Status Run() {
         continue;
       }
       for (const std::string& lm_head : o.lm_heads) {
+        // int8 compute gets its own artifact, in the kernels' tile layout
+        // (format 3); fp32 and bf16 share one row-major artifact (only the
+        // arithmetic differs). Each is quantized once (the store would reuse
+        // it, but only after checksumming the source model again) and
+        // loaded for every row as the service would.
+        std::map<v1::ComputeDtype, std::pair<std::string, double>> artifacts;
         for (const std::string& cname : o.computes) {
           ASSIGN_OR_RETURN(v1::ComputeDtype compute, FindCompute(cname));
           // The quantizer refuses asym with int8 compute (as ITREX does).
           if (w->scheme == v1::ASYM && compute == v1::COMPUTE_INT8) continue;
-          // int8 compute gets its own artifact, in the kernels' tile layout
-          // (format 3); fp32 and bf16 share one row-major artifact (only the
-          // arithmetic differs). Each is loaded as the service would.
-          const auto q = Quantize(
-              *store, shape, dir,
-              QuantConfig(*w, lm_head == "quantized",
-                          compute == v1::COMPUTE_INT8 ? v1::COMPUTE_INT8 : v1::COMPUTE_FP32));
-          RETURN_IF_ERROR(q.status());
+          const v1::ComputeDtype stored =
+              compute == v1::COMPUTE_INT8 ? v1::COMPUTE_INT8 : v1::COMPUTE_FP32;
+          auto it = artifacts.find(stored);
+          if (it == artifacts.end()) {
+            ASSIGN_OR_RETURN(auto q, Quantize(*store, shape, dir,
+                                              QuantConfig(*w, lm_head == "quantized", stored)));
+            it = artifacts.emplace(stored, std::move(q)).first;
+          }
+          const auto& [artifact_id, quantize_s] = it->second;
           Row row{shape, wname, lm_head, cname};
-          row.quantize_s = q->second;
-          ASSIGN_OR_RETURN(row.artifact_bytes, store->SizeBytes(q->first));
+          row.quantize_s = quantize_s;
+          ASSIGN_OR_RETURN(row.artifact_bytes, store->SizeBytes(artifact_id));
           const absl::Time start = absl::Now();
           LoadOptions load;
           load.compute = ComputeDtypeOf(compute);
           load.private_weights = absl::GetFlag(FLAGS_private_weights);
-          auto weights = store->LoadWeights(q->first, load);
+          auto weights = store->LoadWeights(artifact_id, load);
           row.load_s = absl::ToDoubleSeconds(absl::Now() - start);
           RETURN_IF_ERROR(weights.status());
           RETURN_IF_ERROR(MeasureRow(o, *weights, &row));
