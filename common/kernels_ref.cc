@@ -324,10 +324,21 @@ void ReadInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* code
   });
 }
 
-PackedInt8Weights CopyInt8Tiles(const QuantArgs& a, const uint8_t* tiles) {
+namespace {
+
+// W's tile layout with memory of its own, zeroed (fresh anonymous memory
+// reads as zero, as WriteInt8Tiles wants).
+PackedInt8Weights OwnedInt8Tiles(const QuantArgs& a) {
   PackedInt8Weights p = Int8TileLayout(a);
   p.owned = MapPopulated(static_cast<size_t>(p.bytes()));
   p.base = p.owned.get();
+  return p;
+}
+
+}  // namespace
+
+PackedInt8Weights CopyInt8Tiles(const QuantArgs& a, const uint8_t* tiles) {
+  PackedInt8Weights p = OwnedInt8Tiles(a);
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, p.tiles), [&](const tbb::blocked_range<int64_t>& r) {
     const int64_t offset = r.begin() * p.tile_stride;
     std::memcpy(p.owned.get() + offset, tiles + offset,
@@ -337,10 +348,7 @@ PackedInt8Weights CopyInt8Tiles(const QuantArgs& a, const uint8_t* tiles) {
 }
 
 PackedInt8Weights PackInt8Weights(const QuantArgs& a) {
-  PackedInt8Weights p = Int8TileLayout(a);
-  // Fresh anonymous memory reads as zero, as WriteInt8Tiles wants.
-  p.owned = MapPopulated(static_cast<size_t>(p.bytes()));
-  p.base = p.owned.get();
+  PackedInt8Weights p = OwnedInt8Tiles(a);
   WriteInt8Tiles(a, p, p.owned.get());
   return p;
 }

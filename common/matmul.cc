@@ -37,10 +37,12 @@ constexpr TableFn kTables[kNumIsas] = {
     &kernels::Avx512Bf16Kernels,
 };
 
-const KernelTable* ActiveTable() {
-  const TableFn fn = kTables[static_cast<int>(ActiveIsa())];
+const KernelTable* TableOf(Isa isa) {
+  const TableFn fn = kTables[static_cast<int>(isa)];
   return fn != nullptr ? &fn() : nullptr;
 }
+
+const KernelTable* ActiveTable() { return TableOf(ActiveIsa()); }
 
 // Runs body(r0, r1) over [0, rows) in pieces aligned to kSimdRowBlock.
 // Matrix-vector products (decode) are short and memory bound: one contiguous
@@ -171,9 +173,7 @@ void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
   // ISA was forced lower after loading (tests, benchmarks), they still run
   // on the SIMD kernels, which read the same layout on every ISA.
   if (w.codes == nullptr && packed != nullptr && table == nullptr) {
-    table = kTables[static_cast<int>(BestSupportedIsa())] != nullptr
-                ? &kTables[static_cast<int>(BestSupportedIsa())]()
-                : nullptr;
+    table = TableOf(BestSupportedIsa());
   }
   QuantArgs a;
   // Reused across calls: decode runs hundreds of these per token.
