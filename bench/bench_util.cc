@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <vector>
 
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "tbb/parallel_for.h"
 #include "tbb/task_arena.h"
 
@@ -64,6 +66,19 @@ double ReadBandwidth(int threads, int reps) {
   });
   if (sink == 42) std::printf(" ");  // keeps the sums from being optimised away
   return static_cast<double>(chunk * threads * 8) / s / 1e9;
+}
+
+int RunTool(int argc, char** argv, absl::string_view name, absl::string_view usage,
+            absl::Status (*run)()) {
+  absl::SetProgramUsageMessage(usage);
+  absl::ParseCommandLine(argc, argv);
+  const absl::Status status = run();
+  if (!status.ok()) {
+    std::fprintf(stderr, "%.*s: %s\n", static_cast<int>(name.size()), name.data(),
+                 status.ToString().c_str());
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace wq::bench

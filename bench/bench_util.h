@@ -1,9 +1,12 @@
-// Timing helpers shared by the benchmarks.
+// Timing helpers and the main() shared by the benchmarks.
 #ifndef WQ_BENCH_BENCH_UTIL_H_
 #define WQ_BENCH_BENCH_UTIL_H_
 
 #include <algorithm>
 #include <chrono>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace wq::bench {
 
@@ -24,6 +27,12 @@ double BestSeconds(int reps, F&& f) {
 // STREAM-like read bandwidth in GB/s: best of `reps` sums of a 1 GiB buffer
 // with `threads` oneTBB threads.
 double ReadBandwidth(int threads, int reps);
+
+// main() of a benchmark tool: parses absl flags (with `usage` for --help),
+// runs `run` and turns a failed status into "<name>: <status>" on stderr and
+// exit code 1.
+int RunTool(int argc, char** argv, absl::string_view name, absl::string_view usage,
+            absl::Status (*run)());
 
 }  // namespace wq::bench
 

@@ -26,10 +26,10 @@
 
 #include "Eigen/Core"
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
 #include "absl/strings/strip.h"
 #include "common/calibration.h"
 #include "common/llama.h"
@@ -235,11 +235,7 @@ absl::Status Run() {
 }  // namespace wq
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
-  const absl::Status status = wq::Run();
-  if (!status.ok()) {
-    std::fprintf(stderr, "layer_error: %s\n", status.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return wq::bench::RunTool(argc, argv, "layer_error",
+                            "Per-layer output error of RTN vs mse_range on stories260K.",
+                            &wq::Run);
 }

@@ -16,11 +16,11 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
@@ -268,11 +268,7 @@ absl::Status Run() {
 }  // namespace wq
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
-  const absl::Status status = wq::Run();
-  if (!status.ok()) {
-    std::fprintf(stderr, "quality: %s\n", status.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return wq::bench::RunTool(argc, argv, "quality",
+                            "Quantization quality of every algorithm x dtype on stories260K.",
+                            &wq::Run);
 }

@@ -35,8 +35,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -658,12 +656,6 @@ absl::Status Run() {
 }  // namespace wq::bench
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("End-to-end inference speed on synthetic models.");
-  absl::ParseCommandLine(argc, argv);
-  const absl::Status status = wq::bench::Run();
-  if (!status.ok()) {
-    std::fprintf(stderr, "%s\n", status.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return wq::bench::RunTool(argc, argv, "speed",
+                            "End-to-end inference speed on synthetic models.", &wq::bench::Run);
 }
