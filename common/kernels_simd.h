@@ -96,14 +96,16 @@ struct VecZmm {
 // |w| * sign(a, w) <= 128 * 127 * 2 fits int16.
 // kNt: rows of x per int8 tile (kernels_impl.h Int8Tile), sized so that
 // the 2 x kNt accumulators and the decode temporaries fit the register file
-// (16 ymm, 32 with AVX-512). Dot(acc, w, a): acc + 4-byte dot products.
+// (16 ymm, 32 with AVX-512). DotX4(acc, w, x4): acc + the 4-byte dot
+// products of w with the 4 activation bytes at x4, broadcast.
 // kWide: a second kernel register type covering two row tiles
 // (kernels_impl.h TilePairZmm), named Wide.
 struct DotAvx2 {
   static constexpr bool kSignedWeights = true;
   static constexpr bool kWide = false;
   static constexpr int kNt = 4;
-  static __m256i Dot(__m256i acc, __m256i w, __m256i a) {
+  static __m256i DotX4(__m256i acc, __m256i w, const int8_t* x4) {
+    const __m256i a = BroadcastX4(x4);
     const __m256i p =
         _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w));
     return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
@@ -115,8 +117,8 @@ struct DotAvxVnni {
   static constexpr bool kSignedWeights = false;
   static constexpr bool kWide = false;
   static constexpr int kNt = 5;
-  static __m256i Dot(__m256i acc, __m256i w, __m256i a) {
-    return _mm256_dpbusd_avx_epi32(acc, w, a);
+  static __m256i DotX4(__m256i acc, __m256i w, const int8_t* x4) {
+    return _mm256_dpbusd_avx_epi32(acc, w, BroadcastX4(x4));
   }
 };
 #endif
@@ -127,8 +129,9 @@ struct DotAvx512Vnni {
   static constexpr bool kWide = true;
   using Wide = TilePairZmm;
   static constexpr int kNt = 8;
-  static __m256i Dot(__m256i acc, __m256i w, __m256i a) {
-    return _mm256_dpbusd_epi32(acc, w, a);
+  static __m256i DotX4(__m256i acc, __m256i w, const int8_t* x4) {
+    __asm__("vpdpbusd %2%{1to8%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(x4)));
+    return acc;
   }
 };
 #endif
