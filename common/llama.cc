@@ -278,40 +278,69 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
     }
   }
 
+  // One work item: up to kQueryTile tokens of one chunk against one KV head.
+  // The `group` query heads sharing that KV head and the tile's tokens form
+  // one query matrix, so scores and output are two matrix products that read
+  // the head's keys and values once, instead of a matrix-vector product per
+  // token and query head.
+  constexpr int kQueryTile = 32;
   struct Work {
-    KVCache* cache;
-    int pos;
-    int64_t row;
+    const SequenceChunk* chunk;
+    int64_t first_row;  // of the chunk's first token in q/k/v/out
+    int token0, tokens;
+    int kv_head;
   };
   std::vector<Work> work;
   row = 0;
   for (const SequenceChunk& chunk : chunks) {
-    for (size_t t = 0; t < chunk.tokens.size(); ++t, ++row) {
-      work.push_back({chunk.cache, chunk.start_pos + static_cast<int>(t), row});
+    const int m = static_cast<int>(chunk.tokens.size());
+    for (int t0 = 0; t0 < m; t0 += kQueryTile) {
+      for (int h = 0; h < kv_heads; ++h) {
+        work.push_back({&chunk, row, t0, std::min(kQueryTile, m - t0), h});
+      }
     }
+    row += m;
   }
+  using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   tbb::parallel_for(
-      tbb::blocked_range<int64_t>(0, static_cast<int64_t>(work.size()) * heads),
-      [&](const tbb::blocked_range<int64_t>& range) {
-        Eigen::VectorXf scores;
+      tbb::blocked_range<size_t>(0, work.size()), [&](const tbb::blocked_range<size_t>& range) {
+        RowMatrix queries, scores, outputs;
         std::vector<float> key_rows, value_rows;  // bf16 caches convert into these
-        for (int64_t item = range.begin(); item != range.end(); ++item) {
-          const Work& w = work[item / heads];
-          const int h = static_cast<int>(item % heads);
-          const int kv_h = h / group;
-          const float* qh = q + w.row * q_dim + static_cast<int64_t>(h) * head_dim;
-          const int n = w.pos + 1;
-          // This head's keys and values are contiguous [n, head_dim] rows, so
-          // scores and output are two Eigen matrix-vector products.
-          const ConstRowMatrix keys(w.cache->Keys(layer, kv_h, n, &key_rows), n, head_dim);
-          const ConstRowMatrix values(w.cache->Values(layer, kv_h, n, &value_rows), n,
-                                      head_dim);
-          scores.resize(n);
-          scores.noalias() = (keys * ConstVector(qh, head_dim)) * scale;
-          scores = (scores.array() - scores.maxCoeff()).exp();
-          Vector(out + w.row * q_dim + static_cast<int64_t>(h) * head_dim, head_dim)
-              .noalias() = values.transpose() * (scores / scores.sum());
+        for (size_t i = range.begin(); i != range.end(); ++i) {
+          const Work& w = work[i];
+          const int pos0 = w.chunk->start_pos + w.token0;
+          // Keys the tile's last token sees; earlier tokens mask the tail.
+          const int n = pos0 + w.tokens;
+          const int rows = w.tokens * group;
+          queries.resize(rows, head_dim);
+          for (int t = 0; t < w.tokens; ++t) {
+            const float* src = q + (w.first_row + w.token0 + t) * q_dim +
+                               static_cast<int64_t>(w.kv_head) * group * head_dim;
+            std::copy(src, src + group * head_dim, queries.data() + int64_t{t} * group * head_dim);
+          }
+          const ConstRowMatrix keys(w.chunk->cache->Keys(layer, w.kv_head, n, &key_rows), n,
+                                    head_dim);
+          const ConstRowMatrix values(w.chunk->cache->Values(layer, w.kv_head, n, &value_rows),
+                                      n, head_dim);
+          scores.resize(rows, n);
+          scores.noalias() = (queries * keys.transpose()) * scale;
+          for (int r = 0; r < rows; ++r) {
+            const int visible = pos0 + r / group + 1;
+            auto row_scores = scores.row(r);
+            auto seen = row_scores.head(visible).array();
+            seen = (seen - seen.maxCoeff()).exp();
+            seen /= seen.sum();
+            row_scores.tail(n - visible).setZero();
+          }
+          outputs.resize(rows, head_dim);
+          outputs.noalias() = scores * values;
+          for (int t = 0; t < w.tokens; ++t) {
+            float* dst = out + (w.first_row + w.token0 + t) * q_dim +
+                         static_cast<int64_t>(w.kv_head) * group * head_dim;
+            const float* src = outputs.data() + int64_t{t} * group * head_dim;
+            std::copy(src, src + group * head_dim, dst);
+          }
         }
       });
 }

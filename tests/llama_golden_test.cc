@@ -103,6 +103,40 @@ TEST_F(LlamaGoldenTest, BatchedSequencesMatchSeparateRuns) {
   }
 }
 
+TEST_F(LlamaGoldenTest, ChunkedPrefillMatchesOneTokenAtATime) {
+  // A chunk of several attention query tiles (32 tokens each) after a first
+  // chunk: every token sees exactly the keys up to its own position.
+  std::vector<int> seq;
+  for (int i = 0; seq.size() < 90; ++i) seq.push_back(1 + (i * 37) % 511);
+  const int first = 11;
+  const int vocab = model_->config().vocab_size;
+  KVCache chunked_cache(model_->config(), 128), step_cache(model_->config(), 128);
+  std::vector<float> logits, chunked;
+  SequenceChunk head;
+  head.cache = &chunked_cache;
+  head.tokens = absl::MakeConstSpan(seq).subspan(0, first);
+  ASSERT_TRUE(model_->Forward({&head, 1}, &logits).ok());
+  SequenceChunk rest;
+  rest.cache = &chunked_cache;
+  rest.tokens = absl::MakeConstSpan(seq).subspan(first);
+  rest.start_pos = first;
+  rest.all_logits = true;
+  ASSERT_TRUE(model_->Forward({&rest, 1}, &chunked).ok());
+  ASSERT_EQ(chunked.size(), (seq.size() - first) * vocab);
+  for (size_t pos = 0; pos < seq.size(); ++pos) {
+    SequenceChunk one;
+    one.cache = &step_cache;
+    one.tokens = absl::MakeConstSpan(seq).subspan(pos, 1);
+    one.start_pos = static_cast<int>(pos);
+    ASSERT_TRUE(model_->Forward({&one, 1}, &logits).ok());
+    if (pos < static_cast<size_t>(first)) continue;
+    for (int i = 0; i < vocab; ++i) {
+      ASSERT_NEAR(chunked[(pos - first) * vocab + i], logits[i], 1e-4)
+          << "position " << pos << " token " << i;
+    }
+  }
+}
+
 TEST_F(LlamaGoldenTest, ChainedBlocksReproduceForward) {
   // RunBlock (calibration's building block) over every layer, then the final
   // norm and lm_head, gives Forward's logits; observers see every point.
