@@ -1,5 +1,6 @@
 #include "common/linear.h"
 
+#include "absl/container/inlined_vector.h"
 #include "common/matmul.h"
 
 namespace wq {
@@ -37,6 +38,23 @@ void LinearWeight::Forward(const float* x, int64_t n, float* y) const {
   } else {
     MatMulF32(dense_, rows_, cols_, x, n, y);
   }
+}
+
+void LinearWeight::ForwardShared(absl::Span<const LinearWeight* const> layers, const float* x,
+                                 int64_t n, absl::Span<float* const> ys) {
+  if (layers.empty()) return;
+  const LinearWeight& first = *layers[0];
+  absl::InlinedVector<QuantizedProduct, 3> products;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const LinearWeight& l = *layers[i];
+    if (!l.quantized() || l.compute_ != first.compute_ ||
+        !SharesActivations(l.quantized_, first.quantized_)) {
+      for (size_t j = 0; j < layers.size(); ++j) layers[j]->Forward(x, n, ys[j]);
+      return;
+    }
+    products.push_back({&l.quantized_, ys[i], l.packed_.get()});
+  }
+  MatMulQuantizedShared(products, x, n, first.compute_);
 }
 
 }  // namespace wq

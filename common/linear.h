@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "absl/types/span.h"
 #include "common/compute_dtype.h"
 #include "common/matmul.h"
 #include "common/quant_format.h"
@@ -40,6 +41,11 @@ class LinearWeight {
 
   // y[n, out_features] = x[n, in_features] · W^T
   void Forward(const float* x, int64_t n, float* y) const;
+  // ys[i] = layers[i]->Forward(x) for layers of the same input: in one
+  // parallel pass (MatMulQuantizedShared) when they are quantized alike,
+  // else one after the other.
+  static void ForwardShared(absl::Span<const LinearWeight* const> layers, const float* x,
+                            int64_t n, absl::Span<float* const> ys);
 
  private:
   const float* dense_ = nullptr;

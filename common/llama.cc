@@ -378,9 +378,8 @@ void LlamaModel::Block(const LlamaLayerWeights& l, int cache_layer,
     RmsNorm(x + r * hidden, l.input_norm, hidden, c.rms_norm_eps, s.xb.data() + r * hidden);
   }
   if (observe(BlockPoint::kAttentionInput, s.xb.data(), hidden)) return;
-  l.q.Forward(s.xb.data(), n, s.q.data());
-  l.k.Forward(s.xb.data(), n, s.k.data());
-  l.v.Forward(s.xb.data(), n, s.v.data());
+  LinearWeight::ForwardShared({&l.q, &l.k, &l.v}, s.xb.data(), n,
+                              {s.q.data(), s.k.data(), s.v.data()});
   int64_t row = 0;
   for (const SequenceChunk& chunk : chunks) {
     for (size_t t = 0; t < chunk.tokens.size(); ++t, ++row) {
@@ -400,8 +399,7 @@ void LlamaModel::Block(const LlamaLayerWeights& l, int cache_layer,
             s.xb.data() + r * hidden);
   }
   if (observe(BlockPoint::kMlpInput, s.xb.data(), hidden)) return;
-  l.gate.Forward(s.xb.data(), n, s.gate.data());
-  l.up.Forward(s.xb.data(), n, s.up.data());
+  LinearWeight::ForwardShared({&l.gate, &l.up}, s.xb.data(), n, {s.gate.data(), s.up.data()});
   for (int64_t i = 0; i < n * inter; ++i) s.gate[i] = Silu(s.gate[i]) * s.up[i];
   if (observe(BlockPoint::kDownInput, s.gate.data(), inter)) return;
   l.down.Forward(s.gate.data(), n, s.proj.data());

@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "Eigen/Core"
+#include "absl/container/inlined_vector.h"
+#include "absl/types/span.h"
 #include "common/cpu_features.h"
 #include "common/kernels.h"
 #include "tbb/blocked_range.h"
@@ -44,17 +46,28 @@ const KernelTable* TableOf(Isa isa) {
 
 const KernelTable* ActiveTable() { return TableOf(ActiveIsa()); }
 
-// Runs body(r0, r1) over [0, rows) in pieces aligned to kSimdRowBlock.
+// Runs body(i, r0, r1) over rows [0, rows[i]) of every matrix i, in pieces
+// aligned to kSimdRowBlock, as one parallel loop over all their rows.
 // Matrix-vector products (decode) are short and memory bound: one contiguous
 // piece per thread of the caller's arena (static partition) keeps scheduling
 // to a minimum and lets each thread stream its own rows. Larger n is compute
 // bound: about 8 pieces per thread so that threads finish together.
 template <typename Body>
-void ParallelRows(int64_t rows, int64_t n, const Body& body) {
-  const int64_t blocks = (rows + kSimdRowBlock - 1) / kSimdRowBlock;
+void ParallelRows(absl::Span<const int64_t> rows, int64_t n, const Body& body) {
+  absl::InlinedVector<int64_t, 4> first_block{0};  // of each matrix, then the end
+  for (const int64_t r : rows) {
+    first_block.push_back(first_block.back() + (r + kSimdRowBlock - 1) / kSimdRowBlock);
+  }
+  const int64_t blocks = first_block.back();
   const int64_t threads = tbb::this_task_arena::max_concurrency();
   auto run = [&](const tbb::blocked_range<int64_t>& range) {
-    body(range.begin() * kSimdRowBlock, std::min(rows, range.end() * kSimdRowBlock));
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const int64_t b0 = std::max(range.begin(), first_block[i]);
+      const int64_t b1 = std::min(range.end(), first_block[i + 1]);
+      if (b0 >= b1) continue;
+      body(i, (b0 - first_block[i]) * kSimdRowBlock,
+           std::min(rows[i], (b1 - first_block[i]) * kSimdRowBlock));
+    }
   };
   if (n <= kStaticPartitionMaxN) {
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks), run, tbb::static_partitioner());
@@ -98,7 +111,7 @@ void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
                int64_t n, float* y) {
   const KernelTable* table = ActiveTable();
   if (table == nullptr) return RefF32(w, rows, cols, x, n, y);
-  ParallelRows(rows, n, [&](int64_t r0, int64_t r1) {
+  ParallelRows({rows}, n, [&](size_t, int64_t r0, int64_t r1) {
     table->f32_rows(w, rows, cols, x, n, y, r0, r1);
   });
 }
@@ -165,43 +178,68 @@ ComputeDtype EffectiveCompute(const QuantizedMatrixView& w, ComputeDtype compute
   return a.compute;
 }
 
+bool SharesActivations(const QuantizedMatrixView& a, const QuantizedMatrixView& b) {
+  return a.cols == b.cols && a.group_size == b.group_size && a.spec.type == b.spec.type &&
+         a.spec.scheme == b.spec.scheme;
+}
+
 void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
                      float* y, ComputeDtype compute,
                      const PackedWeights* packed) {
+  const QuantizedProduct product{&w, y, packed};
+  MatMulQuantizedShared({&product, 1}, x, n, compute);
+}
+
+void MatMulQuantizedShared(absl::Span<const QuantizedProduct> products, const float* x,
+                           int64_t n, ComputeDtype compute) {
+  if (products.empty()) return;
   const KernelTable* table = ActiveTable();
   // Tiles read in place have no row-major codes to fall back on: if the
   // ISA was forced lower after loading (tests, benchmarks), they still run
   // on the SIMD kernels, which read the same layout on every ISA.
-  if (w.codes == nullptr && packed != nullptr && table == nullptr) {
+  const QuantizedProduct& first = products.front();
+  if (first.w->codes == nullptr && first.packed != nullptr && table == nullptr) {
     table = TableOf(BestSupportedIsa());
   }
-  QuantArgs a;
+  // The activations depend on x and on what SharesActivations compares, so
+  // they are prepared once; each product gets its own weight and output.
+  QuantArgs prepared;
   // Reused across calls: decode runs hundreds of these per token.
   thread_local kernels::ActivationBuffers buffers;
-  kernels::PrepareCall(w, x, n, y, compute,
+  kernels::PrepareCall(*first.w, x, n, first.y, compute,
                        table != nullptr ? table->quantize_blocks
                                         : &kernels::QuantizeBlocksRef,
-                       &a, &buffers);
-
-  const QuantRowsFn fn = QuantKernel(table, a);
-  PackedWeights call_packed;
-  if (ReadsPackedInt8(table, a)) {
-    if (packed == nullptr) {
-      call_packed = kernels::PackInt8Weights(a);
-      packed = &call_packed;
+                       &prepared, &buffers);
+  const QuantRowsFn fn = QuantKernel(table, prepared);
+  absl::InlinedVector<QuantArgs, 3> args(products.size(), prepared);
+  std::vector<PackedWeights> call_packed;  // for weights passed without one
+  call_packed.reserve(products.size());
+  absl::InlinedVector<int64_t, 3> rows;
+  for (size_t i = 0; i < products.size(); ++i) {
+    QuantArgs& a = args[i];
+    a.w = products[i].w;
+    a.y = products[i].y;
+    rows.push_back(a.w->rows);
+    if (ReadsPackedInt8(table, a)) {
+      a.packed = products[i].packed;
+      if (a.packed == nullptr) {
+        call_packed.push_back(kernels::PackInt8Weights(a));
+        a.packed = &call_packed.back();
+      }
     }
-    a.packed = packed;
   }
   if (fn == nullptr) {
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, w.rows, kRefRowBlock),
-                      [&](const tbb::blocked_range<int64_t>& range) {
-                        for (int64_t r = range.begin(); r != range.end(); ++r) {
-                          kernels::RefRows(a, r, 0, false);
-                        }
-                      });
+    for (const QuantArgs& a : args) {
+      tbb::parallel_for(tbb::blocked_range<int64_t>(0, a.w->rows, kRefRowBlock),
+                        [&](const tbb::blocked_range<int64_t>& range) {
+                          for (int64_t r = range.begin(); r != range.end(); ++r) {
+                            kernels::RefRows(a, r, 0, false);
+                          }
+                        });
+    }
     return;
   }
-  ParallelRows(w.rows, n, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  ParallelRows(rows, n, [&](size_t i, int64_t r0, int64_t r1) { fn(args[i], r0, r1); });
 }
 
 }  // namespace wq

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/types/span.h"
 #include "common/compute_dtype.h"
 #include "common/quant_format.h"
 
@@ -39,6 +40,24 @@ void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
 void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
                      float* y, ComputeDtype compute = ComputeDtype::kFp32,
                      const PackedWeights* packed = nullptr);
+
+// One product of MatMulQuantizedShared: y = x · W^T, W = *w.
+struct QuantizedProduct {
+  const QuantizedMatrixView* w = nullptr;
+  float* y = nullptr;
+  const PackedWeights* packed = nullptr;
+};
+
+// Whether two weights read the same prepared activations: same in_features,
+// format and group size.
+bool SharesActivations(const QuantizedMatrixView& a, const QuantizedMatrixView& b);
+
+// Several products of one x, as MatMulQuantized each, in one parallel pass:
+// one activation preparation and one fork-join instead of one per weight (a
+// decoder block's q/k/v and gate/up projections). Every weight must share
+// activations with the first (SharesActivations).
+void MatMulQuantizedShared(absl::Span<const QuantizedProduct> products, const float* x,
+                           int64_t n, ComputeDtype compute = ComputeDtype::kFp32);
 
 // The layout MatMulQuantized's kernels want for (w, compute) on this CPU, or
 // nullptr when they read the view as it is. Holds no pointer into w.

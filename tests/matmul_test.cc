@@ -4,6 +4,7 @@
 #include <random>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/quant_format.h"
 #include "gtest/gtest.h"
 
@@ -85,6 +86,51 @@ TEST_P(MatMulQuantizedTest, MatchesF32OverDequantizedMatrix) {
           // 1e-5 relative to the magnitude of the summed terms.
           ASSERT_NEAR(got[i], ref[i], 1e-5 * abs[i] + 1e-30) << i;
           ASSERT_NEAR(got[i], exact[i], 1e-5 * abs[i] + 1e-30) << i;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(MatMulQuantizedTest, SharedPassEqualsSeparateProducts) {
+  // Weights of one input with different row counts (a tile pair, a part
+  // tile), one with its packed layout and two without, on every ISA.
+  const Case c = GetParam();
+  constexpr int64_t kCols = 96;
+  const int64_t rows[] = {70, 16, 33};
+  std::vector<QuantizedMatrix> weights;
+  for (int i = 0; i < 3; ++i) {
+    const auto w = Random(rows[i] * kCols, 10 + i);
+    auto q = QuantizeMatrix(w.data(), rows[i], kCols, {c.type, c.scheme, 32});
+    ASSERT_TRUE(q.ok()) << q.status();
+    weights.push_back(*std::move(q));
+  }
+  for (int isa = 0; isa < kNumIsas; ++isa) {
+    if (!CpuSupports(static_cast<Isa>(isa))) continue;
+    ScopedIsaOverride forced(static_cast<Isa>(isa));
+    for (ComputeDtype compute :
+         {ComputeDtype::kFp32, ComputeDtype::kBf16, ComputeDtype::kInt8}) {
+      for (int64_t n : {1, 7}) {
+        SCOPED_TRACE(testing::Message() << GetQuantFormat(c.type).name << " isa " << isa
+                                        << " compute " << static_cast<int>(compute)
+                                        << " n " << n);
+        const auto x = Random(n * kCols, 20);
+        const auto packed = PackWeights(weights[0].view(), compute);
+        std::vector<std::vector<float>> shared(3), separate(3);
+        std::vector<QuantizedMatrixView> views;
+        for (const QuantizedMatrix& q : weights) views.push_back(q.view());
+        std::vector<QuantizedProduct> products;
+        for (int i = 0; i < 3; ++i) {
+          shared[i].assign(n * rows[i], -123.0f);
+          separate[i].assign(n * rows[i], -456.0f);
+          products.push_back({&views[i], shared[i].data(), i == 0 ? packed.get() : nullptr});
+          ASSERT_TRUE(SharesActivations(views[i], views[0]));
+        }
+        MatMulQuantizedShared(products, x.data(), n, compute);
+        for (int i = 0; i < 3; ++i) {
+          MatMulQuantized(views[i], x.data(), n, separate[i].data(), compute,
+                          i == 0 ? packed.get() : nullptr);
+          EXPECT_EQ(shared[i], separate[i]) << "weight " << i;
         }
       }
     }
