@@ -89,9 +89,20 @@ using Clock = std::chrono::steady_clock;
 
 // llama.cpp on this machine (TinyLlama-1.1B, 2 threads), the reference the
 // issue quotes; ratios are reported for the tinyllama-1.1b rows only.
-constexpr double kLlamaCppQ4_0Decode = 39.5;
-constexpr double kLlamaCppQ4_0Pp128 = 200.0;
-constexpr double kLlamaCppQ8_0Decode = 29.1;
+struct LlamaCppFigures {
+  const char* format;
+  double decode_tps, pp128_tps;
+};
+constexpr LlamaCppFigures kLlamaCppQ4_0 = {"q4_0", 39.5, 200.0};
+constexpr LlamaCppFigures kLlamaCppQ8_0 = {"q8_0", 29.1, 99.0};
+constexpr LlamaCppFigures kLlamaCppF32 = {"f32", 9.2, 70.0};
+
+// The llama.cpp format a weight dtype of ours is compared with.
+const LlamaCppFigures& LlamaCppFor(const std::string& weights) {
+  if (weights == "int8_sym") return kLlamaCppQ8_0;
+  if (weights == "fp32") return kLlamaCppF32;
+  return kLlamaCppQ4_0;
+}
 
 struct WeightChoice {
   std::string name;
@@ -472,15 +483,12 @@ std::string Table(const Options& o, const std::vector<Row>& rows, double bandwid
                     Num(r.bytes_per_token / 1e6, 0), " | ", Num(roofline), " | ",
                     Num(100 * b1 / roofline, 0), "% |");
     // llama.cpp figures are for TinyLlama-1.1B: Q4_0 for 4-bit rows, Q8_0 for
-    // 8-bit rows.
+    // 8-bit rows, F32 for fp32.
     const bool tiny = r.model == "tinyllama-1.1b";
-    const double ref_decode = r.weights == "int8_sym" ? kLlamaCppQ8_0Decode
-                              : r.weights == "fp32"   ? 0
-                                                      : kLlamaCppQ4_0Decode;
-    absl::StrAppend(&line, " ", tiny && ref_decode > 0 ? Num(b1 / ref_decode, 2) + "x" : "-",
-                    " | ",
+    const LlamaCppFigures& ref = LlamaCppFor(r.weights);
+    absl::StrAppend(&line, " ", tiny ? Num(b1 / ref.decode_tps, 2) + "x" : "-", " | ",
                     tiny && r.prefill_tps.count(128)
-                        ? Num(r.prefill_tps.at(128) / kLlamaCppQ4_0Pp128, 2) + "x"
+                        ? Num(r.prefill_tps.at(128) / ref.pp128_tps, 2) + "x"
                         : "-",
                     " |");
     out += line + "\n";
@@ -516,15 +524,20 @@ std::string Json(const Options& o, const std::vector<Row>& rows, double bandwidt
         "\"decode_tok_s\": %.3f, \"in_process_decode_tok_s\": %.3f}",
         g.model, g.row, g.tokens, g.ttft_ms, g.decode_tps, g.in_process_tps));
   }
+  std::vector<std::string> llama_cpp;
+  for (const LlamaCppFigures& f : {kLlamaCppQ4_0, kLlamaCppQ8_0, kLlamaCppF32}) {
+    llama_cpp.push_back(absl::StrFormat("\"%s_decode\": %.1f, \"%s_pp128\": %.1f", f.format,
+                                        f.decode_tps, f.format, f.pp128_tps));
+  }
   return absl::StrFormat(
       "{\n  \"isa\": \"%s\",\n  \"threads\": %d,\n  \"iterations\": %d,\n"
       "  \"load_average_before\": \"%s\",\n  \"load_average_after\": \"%s\",\n"
       "  \"read_bandwidth_gb_s\": %.2f,\n  \"decode_prompt\": %d,\n  \"decode_tokens\": %d,\n"
-      "  \"llama_cpp\": {\"q4_0_decode\": %.1f, \"q4_0_pp128\": %.1f, \"q8_0_decode\": %.1f},\n"
+      "  \"llama_cpp\": {%s},\n"
       "  \"rows\": [\n%s\n  ],\n  \"grpc\": [\n%s\n  ]\n}\n",
       std::string(KernelIsaName()), o.threads, o.iterations, load_before, load_after,
-      bandwidth, o.decode_prompt, o.decode_tokens, kLlamaCppQ4_0Decode, kLlamaCppQ4_0Pp128,
-      kLlamaCppQ8_0Decode, absl::StrJoin(row_json, ",\n"), absl::StrJoin(grpc_json, ",\n"));
+      bandwidth, o.decode_prompt, o.decode_tokens, absl::StrJoin(llama_cpp, ", "), absl::StrJoin(row_json, ",\n"),
+      absl::StrJoin(grpc_json, ",\n"));
 }
 
 const WeightChoice* FindWeights(const std::string& name) {
