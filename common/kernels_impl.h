@@ -465,7 +465,10 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
     if (i0 == 0 && a.n > 1) {
       for (int tt = 0; tt < W::kTiles; ++tt) {
-        const uint8_t* ahead = rec + tt * stride + kPrefetchGroups * p.group_stride;
+        // An address, not a pointer: near the end it lies past the weights
+        // (a prefetch never faults).
+        const uintptr_t ahead = reinterpret_cast<uintptr_t>(rec) + tt * stride +
+                                kPrefetchGroups * p.group_stride;
         for (int64_t line = 0; line < p.group_stride; line += 64) {
           _mm_prefetch(reinterpret_cast<const char*>(ahead + line), _MM_HINT_T0);
         }
