@@ -1,6 +1,8 @@
 #include "common/cpu_features.h"
 
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <array>
 #include <atomic>
@@ -12,7 +14,7 @@ namespace wq {
 namespace {
 
 constexpr std::array<std::string_view, kNumIsas> kIsaNames = {
-    "scalar", "avx2", "avx_vnni", "avx512", "avx512_vnni", "avx512_bf16"};
+    "scalar", "avx2", "avx_vnni", "avx512", "avx512_vnni", "avx512_bf16", "amx_int8"};
 
 struct CpuidRegs {
   uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
@@ -35,6 +37,18 @@ uint64_t Xcr0() {
   return (static_cast<uint64_t>(edx) << 32) | eax;
 }
 
+// Linux enables the 8 KiB tile data state per process, on request (kernel
+// 5.16+); without the permission the first tile instruction faults.
+bool RequestTileDataPermission() {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr int kArchReqXcompPerm = 0x1023;
+  constexpr int kXfeatureXtileData = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtileData) == 0;
+#else
+  return false;
+#endif
+}
+
 std::array<bool, kNumIsas> DetectSupport() {
   std::array<bool, kNumIsas> s{};
   s[static_cast<int>(Isa::kScalar)] = true;
@@ -55,7 +69,11 @@ std::array<bool, kNumIsas> DetectSupport() {
   s[static_cast<int>(Isa::kAvxVnni)] = avx2 && Bit(l7s1.eax, 4);
   s[static_cast<int>(Isa::kAvx512)] = avx512;
   s[static_cast<int>(Isa::kAvx512Vnni)] = avx512_vnni;
-  s[static_cast<int>(Isa::kAvx512Bf16)] = avx512_vnni && Bit(l7s1.eax, 5);
+  const bool avx512_bf16 = avx512_vnni && Bit(l7s1.eax, 5);
+  s[static_cast<int>(Isa::kAvx512Bf16)] = avx512_bf16;
+  const bool os_tiles = (xcr0 & 0x60000) == 0x60000;  // XTILECFG + XTILEDATA.
+  s[static_cast<int>(Isa::kAmxInt8)] = avx512_bf16 && os_tiles && Bit(l7.edx, 24) /*AMX-TILE*/ &&
+                                       Bit(l7.edx, 25) /*AMX-INT8*/ && RequestTileDataPermission();
   return s;
 }
 

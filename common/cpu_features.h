@@ -21,8 +21,10 @@ enum class Isa {
   kAvx512,      // AVX-512 F/BW/VL/DQ.
   kAvx512Vnni,  // kAvx512 + AVX512_VNNI.
   kAvx512Bf16,  // kAvx512Vnni + AVX512_BF16.
+  kAmxInt8,     // kAvx512Bf16 + AMX-TILE/AMX-INT8 (tile matrix multiply),
+                // with the OS's permission to use the tile data state.
 };
-inline constexpr int kNumIsas = 6;
+inline constexpr int kNumIsas = 7;
 
 std::string_view IsaName(Isa isa);
 std::optional<Isa> ParseIsa(std::string_view name);

@@ -20,6 +20,10 @@ inline constexpr int kBlock = 32;  // SIMD / int8 activation block.
 // Row tile of the int8-compute weight layout: one 32-bit lane per W row.
 inline constexpr int kTileRows = 8;
 
+// x rows per chunk of the transposed int8 activation scales (QuantArgs
+// xd_chunks): the rows of one AMX activation tile.
+inline constexpr int kXChunkRows = 16;
+
 // Deleter of an anonymous mapping of `bytes`.
 struct Unmapper {
   size_t bytes = 0;
@@ -92,6 +96,15 @@ struct QuantArgs {
   const float* xd = nullptr;   // [n, blocks_per_row] int8 block scales.
   const int32_t* xsa = nullptr;  // [n, blocks_per_row] sums of xq per block.
   const float* xs = nullptr;   // [n, groups]: sum over blocks of xd * xsa.
+  // n > 1: xd and xs again per chunk of kXChunkRows x rows, transposed
+  // ([chunk][block or group][kXChunkRows], zero past n), so that a tile
+  // kernel reads every row's value at a constant offset from one pointer.
+  const float* xd_chunks = nullptr;
+  const float* xs_chunks = nullptr;
+  // n > 1: xq again as activation tiles, per chunk of kXChunkRows rows and
+  // per 32-block, the chunk's rows' 32 bytes one after another (zero past n
+  // and past a short block): [chunk][blocks_per_row][kXChunkRows][kBlock].
+  const int8_t* xq_tiles = nullptr;
   const PackedInt8Weights* packed = nullptr;  // Set for the int8 kernels.
 };
 
@@ -103,6 +116,9 @@ struct ActivationBuffers {
   std::vector<float> xd;
   std::vector<int32_t> xsa;
   std::vector<float> xs;
+  std::vector<float> xd_chunks;
+  std::vector<float> xs_chunks;
+  std::vector<int8_t> xq_tiles;
 };
 
 // Quantizes `blocks` whole 32-blocks of x to int8 (absmax / 127, round half
@@ -163,6 +179,7 @@ const KernelTable& AvxVnniKernels();
 const KernelTable& Avx512Kernels();
 const KernelTable& Avx512VnniKernels();
 const KernelTable& Avx512Bf16Kernels();
+const KernelTable& AmxInt8Kernels();
 
 }  // namespace kernels
 }  // namespace wq

@@ -73,6 +73,58 @@ void QuantizeBlock(const float* x, int64_t len, int8_t* q, float* d,
   *sum = total;
 }
 
+// x rows from which activation preparation runs in parallel over rows (a
+// prefill chunk's: serial, it took 10-20 % of a pp128 matmul).
+constexpr int64_t kParallelPrepareRows = 8;
+
+// Row i of the int8 activations: xq, xd, xsa and xs, and for n > 1 its
+// places in the chunked copies (kernels.h QuantArgs::xd_chunks, xq_tiles).
+void PrepareInt8Row(const QuantArgs& a, QuantizeBlocksFn quantize, int64_t i,
+                    ActivationBuffers* p) {
+  const QuantizedMatrixView& w = *a.w;
+  const int64_t cols = w.cols;
+  const int64_t groups = w.groups_per_row;
+  const int64_t bpr = a.blocks_per_row;
+  const float* x = a.x + i * cols;
+  int8_t* xq = p->xq.data() + i * cols;
+  float* xd = p->xd.data() + i * bpr;
+  int32_t* xsa = p->xsa.data() + i * bpr;
+  float* xs = p->xs.data() + i * groups;
+  if (w.group_size % kBlock == 0 && cols % w.group_size == 0) {
+    quantize(x, bpr, xq, xd, xsa);  // Whole blocks: the row in one call.
+  } else {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t gs = g * w.group_size;
+      const int64_t len = std::min<int64_t>(w.group_size, cols - gs);
+      const int64_t b0 = g * a.blocks_per_group;
+      const int64_t full = len / kBlock;
+      quantize(x + gs, full, xq + gs, xd + b0, xsa + b0);
+      if (len % kBlock != 0) {
+        const int64_t at = gs + full * kBlock;
+        QuantizeBlock(x + at, len % kBlock, xq + at, xd + b0 + full, xsa + b0 + full);
+      }
+    }
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    float sum = 0.0f;
+    ForEachBlock(a, g, [&](int64_t b, int64_t, int64_t) { sum += xd[b] * static_cast<float>(xsa[b]); });
+    xs[g] = sum;
+  }
+  if (a.n == 1) return;
+  const int64_t chunk = i / kXChunkRows, lane = i % kXChunkRows;
+  float* xd_chunk = p->xd_chunks.data() + chunk * bpr * kXChunkRows + lane;
+  for (int64_t b = 0; b < bpr; ++b) xd_chunk[b * kXChunkRows] = xd[b];
+  float* xs_chunk = p->xs_chunks.data() + chunk * groups * kXChunkRows + lane;
+  for (int64_t g = 0; g < groups; ++g) xs_chunk[g * kXChunkRows] = xs[g];
+  constexpr int64_t kTileBytes = kXChunkRows * kBlock;
+  int8_t* tiles = p->xq_tiles.data() + chunk * bpr * kTileBytes + lane * kBlock;
+  for (int64_t g = 0; g < groups; ++g) {
+    ForEachBlock(a, g, [&](int64_t b, int64_t bs, int64_t be) {
+      std::memcpy(tiles + b * kTileBytes, xq + bs, be - bs);
+    });
+  }
+}
+
 void PrepareActivations(QuantizeBlocksFn quantize, QuantArgs* a,
                         ActivationBuffers* p) {
   const int64_t cols = a->w->cols;
@@ -83,28 +135,22 @@ void PrepareActivations(QuantizeBlocksFn quantize, QuantArgs* a,
     p->xd.resize(n * a->blocks_per_row);
     p->xsa.resize(n * a->blocks_per_row);
     p->xs.resize(n * groups);
-    for (int64_t i = 0; i < n; ++i) {
-      const float* x = a->x + i * cols;
-      int8_t* xq = p->xq.data() + i * cols;
-      float* xd = p->xd.data() + i * a->blocks_per_row;
-      int32_t* xsa = p->xsa.data() + i * a->blocks_per_row;
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t gs = g * a->w->group_size;
-        const int64_t len = std::min<int64_t>(a->w->group_size, cols - gs);
-        const int64_t b0 = g * a->blocks_per_group;
-        const int64_t full = len / kBlock;
-        quantize(x + gs, full, xq + gs, xd + b0, xsa + b0);
-        if (len % kBlock != 0) {
-          const int64_t at = gs + full * kBlock;
-          QuantizeBlock(x + at, len % kBlock, xq + at, xd + b0 + full,
-                        xsa + b0 + full);
-        }
-        float xs = 0.0f;
-        for (int64_t b = b0; b < b0 + (len + kBlock - 1) / kBlock; ++b) {
-          xs += xd[b] * static_cast<float>(xsa[b]);
-        }
-        p->xs[i * groups + g] = xs;
-      }
+    if (n > 1) {
+      // Zero past n: the tile kernels read whole chunks.
+      const int64_t rows = (n + kXChunkRows - 1) / kXChunkRows * kXChunkRows;
+      p->xd_chunks.assign(rows * a->blocks_per_row, 0.0f);
+      p->xs_chunks.assign(rows * groups, 0.0f);
+      p->xq_tiles.assign(rows * a->blocks_per_row * kBlock, 0);
+    }
+    if (n >= kParallelPrepareRows) {
+      tbb::parallel_for(tbb::blocked_range<int64_t>(0, n),
+                        [&](const tbb::blocked_range<int64_t>& range) {
+                          for (int64_t i = range.begin(); i < range.end(); ++i) {
+                            PrepareInt8Row(*a, quantize, i, p);
+                          }
+                        });
+    } else {
+      for (int64_t i = 0; i < n; ++i) PrepareInt8Row(*a, quantize, i, p);
     }
   } else {
     p->xf.resize(n * cols);
@@ -130,6 +176,9 @@ void PrepareActivations(QuantizeBlocksFn quantize, QuantArgs* a,
   a->xd = p->xd.data();
   a->xsa = p->xsa.data();
   a->xs = p->xs.data();
+  a->xd_chunks = n > 1 ? p->xd_chunks.data() : nullptr;
+  a->xs_chunks = n > 1 ? p->xs_chunks.data() : nullptr;
+  a->xq_tiles = n > 1 ? p->xq_tiles.data() : nullptr;
 }
 
 // Fills the per-format facts of `a` from the QuantFormat row; returns false

@@ -37,6 +37,7 @@ constexpr TableFn kTables[kNumIsas] = {
     &kernels::Avx512Kernels,
     &kernels::Avx512VnniKernels,
     &kernels::Avx512Bf16Kernels,
+    &kernels::AmxInt8Kernels,
 };
 
 const KernelTable* TableOf(Isa isa) {

@@ -121,7 +121,8 @@ TEST_P(KernelsTest, QuantizedMatchesScalarReference) {
       auto q = QuantizeMatrix(w.data(), kRows, shape.cols,
                               {c.type, c.scheme, shape.group});
       ASSERT_TRUE(q.ok()) << q.status();
-      for (int64_t n : {1, 3, 16}) {
+      // 37: two full chunks of 16 x rows and a ragged one (AMX tiles).
+      for (int64_t n : {1, 3, 16, 37}) {
         const auto x = Random(n * shape.cols, 11 + n);
         const Bounds bounds = ComputeBounds(q->view(), x, n);
         std::vector<float> fp32_ref(n * kRows);
