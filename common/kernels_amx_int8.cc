@@ -313,8 +313,13 @@ void AmxRows(const QuantArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
+// One x row on the VNNI kernels, streaming W as these CPUs do it best.
+struct DotAmxHost : DotAvx512Vnni {
+  static constexpr bool kStreamPairs = true;
+};
+
 void AmxInt8Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
-  if (a.n < kMinRows) return Int8ByFormat<DotAvx512Vnni>(a, r0, r1);
+  if (a.n < kMinRows) return Int8ByFormat<DotAmxHost>(a, r0, r1);
   if (a.bits == 8) return (a.asym ? AmxRows<8, true> : AmxRows<8, false>)(a, r0, r1);
   (a.asym ? AmxRows<4, true> : AmxRows<4, false>)(a, r0, r1);
 }

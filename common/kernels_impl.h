@@ -421,12 +421,14 @@ struct TilePairZmm {
 
 // With several x rows the first pass over a tile is compute bound enough
 // that the hardware prefetcher falls behind on the weights; prefetching
-// this many group records ahead measured 5-20 % faster GEMMs. One x row
-// streams at full bandwidth without it.
+// this many group records ahead measured 5-20 % faster GEMMs. Whether one
+// x row needs it depends on the CPU (Q::kStreamPairs).
 constexpr int64_t kPrefetchGroups = 8;
 
-// W::kTiles row tiles from `tile` times x rows i0 .. i0 + T.
-template <class W, bool kSignedWeights, int kBits, bool kLut, int T, bool kOneBlockGroups>
+// W::kTiles row tiles from `tile` times x rows i0 .. i0 + T; kPrefetchOneRow:
+// prefetch W for one x row too.
+template <class W, bool kSignedWeights, int kBits, bool kLut, int T, bool kOneBlockGroups,
+          bool kPrefetchOneRow>
 void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   using I = typename W::I;
   using F = typename W::F;
@@ -463,7 +465,7 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   const int64_t stride = p.tile_stride;
   const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
   for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
-    if (i0 == 0 && a.n > 1) {
+    if (i0 == 0 && (a.n > 1 || kPrefetchOneRow)) {
       for (int tt = 0; tt < W::kTiles; ++tt) {
         // An address, not a pointer: near the end it lies past the weights
         // (a prefetch never faults).
@@ -538,7 +540,7 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
 
 // Tiles [first, first + W::kTiles) times all rows of x; the tiles' codes stay
 // in L1/L2 across the rows of x.
-template <class W, bool kSignedWeights, int kBits, bool kLut>
+template <class W, bool kSignedWeights, int kBits, bool kLut, bool kPrefetchOneRow>
 void Int8Tiles(const QuantArgs& a, int64_t first) {
   for (int64_t i = 0; i < a.n; i += W::kNt) {
     const int nt = static_cast<int>(std::min<int64_t>(W::kNt, a.n - i));
@@ -547,28 +549,32 @@ void Int8Tiles(const QuantArgs& a, int64_t first) {
       // Group size 32 (one block per group, the common case) as a
       // straight-line group body: GCC schedules it far better than the
       // block loop, 12-30 % faster GEMMs measured.
-      (a.blocks_per_group == 1 ? Int8Tile<W, kSignedWeights, kBits, kLut, kT, true>
-                               : Int8Tile<W, kSignedWeights, kBits, kLut, kT, false>)(a, first, i);
+      (a.blocks_per_group == 1
+           ? Int8Tile<W, kSignedWeights, kBits, kLut, kT, true, kPrefetchOneRow>
+           : Int8Tile<W, kSignedWeights, kBits, kLut, kT, false, kPrefetchOneRow>)(a, first, i);
     });
   }
 }
 
 // Q::Wide (when defined) covers two tiles per register: used for every
 // whole pair of tiles in [r0, r1) when x has several rows (compute bound),
-// the ymm kernel for a last single tile and for one x row (memory bound:
-// measured, its four accumulator chains stream W faster than the pair's).
+// the ymm kernel for a last single tile. One x row (memory bound) streams
+// W as Q::kStreamPairs says: measured, on Zen 5 the ymm kernel's four
+// accumulator chains stream fastest and need no prefetch; on Sapphire
+// Rapids-class cores (the AMX table), whose single-core bandwidth is
+// lower, pairs with prefetch made decode GEMVs 1.5-1.8x faster.
 template <class Q, int kBits, bool kLut>
 void Int8Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
   const int64_t tiles = (a.w->rows + kTileRows - 1) / kTileRows;
   const int64_t end = std::min(tiles, (r1 + kTileRows - 1) / kTileRows);
   int64_t tile = r0 / kTileRows;
   if constexpr (Q::kWide) {
-    for (; a.n >= 2 && tile + 1 < end; tile += 2) {
-      Int8Tiles<typename Q::Wide, Q::kSignedWeights, kBits, kLut>(a, tile);
+    for (; (a.n >= 2 || Q::kStreamPairs) && tile + 1 < end; tile += 2) {
+      Int8Tiles<typename Q::Wide, Q::kSignedWeights, kBits, kLut, Q::kStreamPairs>(a, tile);
     }
   }
   for (; tile < end; ++tile) {
-    Int8Tiles<TileYmm<Q>, Q::kSignedWeights, kBits, kLut>(a, tile);
+    Int8Tiles<TileYmm<Q>, Q::kSignedWeights, kBits, kLut, Q::kStreamPairs>(a, tile);
   }
   if (a.simd_cols < a.w->cols) {
     for (int64_t r = r0; r < r1; ++r) RefRows(a, r, a.simd_cols, true);

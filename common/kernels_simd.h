@@ -99,10 +99,12 @@ struct VecZmm {
 // (16 ymm, 32 with AVX-512). DotX4(acc, w, x4): acc + the 4-byte dot
 // products of w with the 4 activation bytes at x4, broadcast.
 // kWide: a second kernel register type covering two row tiles
-// (kernels_impl.h TilePairZmm), named Wide.
+// (kernels_impl.h TilePairZmm), named Wide. kStreamPairs: one x row runs
+// on Wide too, with prefetch (kernels_impl.h Int8Rows).
 struct DotAvx2 {
   static constexpr bool kSignedWeights = true;
   static constexpr bool kWide = false;
+  static constexpr bool kStreamPairs = false;
   static constexpr int kNt = 4;
   static __m256i DotX4(__m256i acc, __m256i w, const int8_t* x4) {
     const __m256i a = BroadcastX4(x4);
@@ -116,6 +118,7 @@ struct DotAvx2 {
 struct DotAvxVnni {
   static constexpr bool kSignedWeights = false;
   static constexpr bool kWide = false;
+  static constexpr bool kStreamPairs = false;
   static constexpr int kNt = 5;
   static __m256i DotX4(__m256i acc, __m256i w, const int8_t* x4) {
     return _mm256_dpbusd_avx_epi32(acc, w, BroadcastX4(x4));
@@ -127,6 +130,7 @@ struct DotAvxVnni {
 struct DotAvx512Vnni {
   static constexpr bool kSignedWeights = false;
   static constexpr bool kWide = true;
+  static constexpr bool kStreamPairs = false;
   using Wide = TilePairZmm;
   static constexpr int kNt = 8;
   static __m256i DotX4(__m256i acc, __m256i w, const int8_t* x4) {
