@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -99,7 +100,7 @@ constexpr LlamaCppFigures kLlamaCppF32 = {"f32", 9.2, 70.0};
 
 // The llama.cpp format a weight dtype of ours is compared with.
 const LlamaCppFigures& LlamaCppFor(const std::string& weights) {
-  if (weights == "int8_sym") return kLlamaCppQ8_0;
+  if (absl::StartsWith(weights, "int8")) return kLlamaCppQ8_0;
   if (weights == "fp32") return kLlamaCppF32;
   return kLlamaCppQ4_0;
 }
@@ -109,12 +110,16 @@ struct WeightChoice {
   bool dense;
   v1::WeightDtype dtype;
   v1::Scheme scheme;
+  v1::ScaleDtype scales = v1::SCALE_FP32;
 };
+// The _bf16scale rows store 16-bit scales, as llama.cpp's Q4_0 and Q8_0 do.
 const WeightChoice kWeightChoices[] = {
     {"fp32", true, v1::WEIGHT_DTYPE_UNSPECIFIED, v1::SYM},
     {"int4_clip_sym", false, v1::INT4_CLIP, v1::SYM},
+    {"int4_clip_sym_bf16scale", false, v1::INT4_CLIP, v1::SYM, v1::SCALE_BF16},
     {"int4_asym", false, v1::INT4_CLIP, v1::ASYM},
     {"int8_sym", false, v1::INT8, v1::SYM},
+    {"int8_sym_bf16scale", false, v1::INT8, v1::SYM, v1::SCALE_BF16},
     {"nf4", false, v1::NF4, v1::SYM},
 };
 
@@ -216,6 +221,7 @@ v1::WeightOnlyQuantConfig QuantConfig(const WeightChoice& w, bool quantize_lm_he
   v1::WeightOnlyQuantConfig c;
   c.set_weight_dtype(w.dtype);
   c.set_scheme(w.scheme);
+  c.set_scale_dtype(w.scales);
   c.set_group_size(32);
   c.set_algorithm(v1::RTN);
   c.set_compute_dtype(compute);

@@ -27,6 +27,19 @@
 #include "google/protobuf/util/json_util.h"
 
 namespace wq {
+
+const char* Int8TilesLayoutFor(ScaleEncoding scales) {
+  switch (scales) {
+    case ScaleEncoding::kF32:
+      return kInt8TilesLayout;
+    case ScaleEncoding::kBf16:
+      return kInt8TilesBf16Layout;
+    case ScaleEncoding::kDoubleQuant:
+      return nullptr;
+  }
+  return nullptr;
+}
+
 namespace fs = std::filesystem;
 namespace {
 
@@ -73,7 +86,7 @@ class ArtifactSource : public WeightSource {
       ASSIGN_OR_RETURN(const float* w, F32(name, shape));
       return LinearWeight::Dense(w, out_features, in_features);
     }
-    const bool tiled = t.layout() == kInt8TilesLayout;
+    const bool tiled = t.layout() == kInt8TilesLayout || t.layout() == kInt8TilesBf16Layout;
     if (!tiled && t.layout() != kRowMajorPackedLayout) {
       return absl::FailedPreconditionError(absl::StrCat(
           "tensor ", t.module(), " uses layout '", t.layout(), "', which this version cannot read"));
@@ -98,7 +111,7 @@ class ArtifactSource : public WeightSource {
     view.row_bytes = (in_features * bits + 7) / 8;
 
     const std::string module(name);
-    if (tiled) return TiledLinear(module, view);
+    if (tiled) return TiledLinear(module, t.layout(), view);
     const int64_t codes_shape[] = {out_features, view.row_bytes};
     const int64_t group_shape[] = {out_features, view.groups_per_row};
     ASSIGN_OR_RETURN(const TensorInfo* codes,
@@ -123,16 +136,18 @@ class ArtifactSource : public WeightSource {
   }
 
  private:
-  // A kInt8TilesLayout tensor; `view` has its shape and spec, no data yet.
-  absl::StatusOr<LinearWeight> TiledLinear(const std::string& module, QuantizedMatrixView view) {
-    if (view.spec.scale_encoding != ScaleEncoding::kF32) {
-      return absl::DataLossError(absl::StrCat("tensor ", module, " is in ", kInt8TilesLayout,
-                                              ", which holds fp32 scales only"));
+  // A tensor in an int8 tile layout; `view` has its shape and spec, no data yet.
+  absl::StatusOr<LinearWeight> TiledLinear(const std::string& module, const std::string& layout,
+                                           QuantizedMatrixView view) {
+    const char* expected = Int8TilesLayoutFor(view.spec.scale_encoding);
+    if (expected == nullptr || layout != expected) {
+      return absl::DataLossError(absl::StrCat("tensor ", module, " is in ", layout,
+                                              ", which does not hold its scale dtype"));
     }
     const int64_t bytes = Int8TilesBytes(view);
     if (bytes == 0) {
-      return absl::DataLossError(absl::StrCat("tensor ", module, "'s format and shape have no ",
-                                              kInt8TilesLayout, " layout"));
+      return absl::DataLossError(
+          absl::StrCat("tensor ", module, "'s format and shape have no ", layout, " layout"));
     }
     const int64_t shape[] = {bytes};
     ASSIGN_OR_RETURN(const TensorInfo* t, file_->Get(module + ".qweight_tiles", DType::kU8, shape));
@@ -271,7 +286,9 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
   }
   manifest.set_format(kArtifactFormat);
   bool tiles = false;
-  for (const v1::ManifestTensor& t : manifest.tensors()) tiles |= t.layout() == kInt8TilesLayout;
+  for (const v1::ManifestTensor& t : manifest.tensors()) {
+    tiles |= t.layout() == kInt8TilesLayout || t.layout() == kInt8TilesBf16Layout;
+  }
   manifest.set_format_version(tiles ? 3 : 2);
   manifest.set_artifact_id(id_);
   std::string json;

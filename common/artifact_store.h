@@ -35,8 +35,15 @@ inline constexpr char kRowMajorPackedLayout[] = "rowmajor-packed-v1";
 // The int8 kernels' own layout (kernels.h PackedInt8Weights) in
 // <module>.qweight_tiles: loading with int8 compute maps it in place (no
 // packing; replicas share the page cache), other compute dtypes convert it
-// back to rowmajor-packed-v1 once.
+// back to rowmajor-packed-v1 once. With fp32 scales; the -bf16 variant
+// stores bf16 scales in half the bytes (kernels.h scale_bytes), so that an
+// older server refuses it as an unknown layout instead of misreading it.
 inline constexpr char kInt8TilesLayout[] = "int8-tiles-v1";
+inline constexpr char kInt8TilesBf16Layout[] = "int8-tiles-bf16-v1";
+
+// The int8 tile layout for weights with these scales, or nullptr when the
+// layout cannot hold them (double-quantized scales).
+const char* Int8TilesLayoutFor(ScaleEncoding scales);
 
 struct LoadOptions {
   // Arithmetic of the quantized linears; unset: the artifact's compute_dtype.

@@ -39,7 +39,10 @@ struct Unmapper {
 //          16+4c..16+4c+3 (high nibbles). 8-bit: 8 chunks, lane j holding
 //          row j's columns 4c..4c+3. So one vpdpbusd multiplies a chunk with
 //          4 broadcast activation bytes and sums 4 columns for 8 rows at once;
-//   scales: kTileRows floats, the group's scales;
+//   scales: kTileRows floats, the group's scales, or their bfloat16 bits
+//          when the weights' scales are bf16 (scale_bytes 2: the same
+//          values in half the bytes, so decode streams 4.5 instead of 5
+//          bits per 4-bit weight at group 32);
 //   zeros:  kTileRows bytes (asym only).
 // Codes and scales keep the view's values (the level table and int8_wscale
 // apply at run time), so the layout depends on the format only, not on the
@@ -48,6 +51,7 @@ struct PackedInt8Weights {
   int64_t tiles = 0;             // ceil(rows / kTileRows).
   int64_t groups = 0;            // Groups covered (a.simd_cols / group_size).
   int64_t block_bytes = 0;       // Code bytes of one tile's 32-block.
+  int64_t scale_bytes = 4;       // Per scale: 4 (fp32) or 2 (bf16 bits).
   int64_t group_stride = 0;      // Bytes of one tile's group record.
   int64_t tile_stride = 0;       // groups * group_stride.
   const uint8_t* base = nullptr;  // tiles * tile_stride bytes.

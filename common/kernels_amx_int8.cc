@@ -153,6 +153,22 @@ PairBuffers MakePairBuffers(const QuantArgs& a) {
   return {p, scales, scales + groups * kPairRows, scales + 2 * groups * kPairRows};
 }
 
+// The 16 scales of a pair's group record at `at` (fp32 or bf16 bits, see
+// kernels.h); `next` is the second tile's offset, 0 when it is padding.
+__m512 Scales(const uint8_t* at, int64_t next, int64_t scale_bytes) {
+  if (scale_bytes == 2) {
+    const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(at));
+    const __m128i second =
+        next != 0 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + next)) : _mm_setzero_si128();
+    const __m256i bits = _mm256_inserti128_si256(_mm256_castsi128_si256(first), second, 1);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+  const __m256 first = _mm256_loadu_ps(reinterpret_cast<const float*>(at));
+  const __m256 second =
+      next != 0 ? _mm256_loadu_ps(reinterpret_cast<const float*>(at + next)) : _mm256_setzero_ps();
+  return _mm512_insertf32x8(_mm512_castps256_ps512(first), second, 1);
+}
+
 // Expands groups [g0, g1) of the pair at `tile` into out.tiles (from its
 // start) and their scales and offsets into out.scales / out.offsets (at
 // their group). Levels as the tile unit reads them: sym formats signed
@@ -197,13 +213,10 @@ void ExpandSlab(const QuantArgs& a, int64_t tile, int64_t g0, int64_t g1, const 
         }
       }
     }
-    const float* s0 = reinterpret_cast<const float*>(rec + code_bytes);
-    const __m256 s1 = second ? _mm256_loadu_ps(reinterpret_cast<const float*>(rec + stride + code_bytes))
-                             : _mm256_setzero_ps();
-    const __m512 s = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(s0)), s1, 1);
+    const __m512 s = Scales(rec + code_bytes, second ? stride : 0, p.scale_bytes);
     _mm512_store_ps(out.scales + g * kPairRows, s);
     if constexpr (kAsym) {
-      const uint8_t* z0 = rec + code_bytes + kTileRows * sizeof(float);
+      const uint8_t* z0 = rec + code_bytes + kTileRows * p.scale_bytes;
       const __m128i z = _mm_unpacklo_epi64(
           _mm_loadl_epi64(reinterpret_cast<const __m128i*>(z0)),
           second ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(z0 + stride)) : _mm_setzero_si128());

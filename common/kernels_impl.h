@@ -353,6 +353,11 @@ struct TileYmm {
   static F Scales(const uint8_t* p, int64_t) {
     return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
   }
+  // bf16 bits to fp32: a shift into the high half.
+  static F ScalesBf16(const uint8_t* p, int64_t) {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  }
   static F Zeros(const uint8_t* p, int64_t) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
@@ -407,6 +412,12 @@ struct TilePairZmm {
     return _mm512_insertf32x8(
         _mm512_castps256_ps512(_mm256_loadu_ps(reinterpret_cast<const float*>(p))),
         _mm256_loadu_ps(reinterpret_cast<const float*>(p + tile_stride)), 1);
+  }
+  static F ScalesBf16(const uint8_t* p, int64_t tile_stride) {
+    const __m256i bits = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + tile_stride)), 1);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
   }
   static F Zeros(const uint8_t* p, int64_t tile_stride) {
     const __m128i z = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)),
@@ -517,9 +528,10 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
         gsum[t] = b == 0 ? W::Mul(f, d) : W::Fma(f, d, gsum[t]);
       }
     }
-    const F s = W::Scales(rec + code_bytes, stride);
+    const F s = p.scale_bytes == 2 ? W::ScalesBf16(rec + code_bytes, stride)
+                                   : W::Scales(rec + code_bytes, stride);
     F off = off_base;
-    if (a.asym) off = W::Add(off, W::Zeros(rec + code_bytes + kTileRows * sizeof(float), stride));
+    if (a.asym) off = W::Add(off, W::Zeros(rec + code_bytes + kTileRows * p.scale_bytes, stride));
     const F soff = W::Mul(s, off);
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {

@@ -6,6 +6,7 @@
 #include <emmintrin.h>  // SSE2: every x86-64 CPU.
 #include <sys/mman.h>
 
+#include "common/bf16.h"
 #include "common/kernels.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
@@ -274,8 +275,8 @@ PackedInt8Weights Int8TileLayout(const QuantArgs& a) {
   p.tiles = (w.rows + kTileRows - 1) / kTileRows;
   p.groups = a.simd_cols / w.group_size;
   p.block_bytes = kTileRows * kBlock * a.bits / 8;
-  p.group_stride = a.blocks_per_group * p.block_bytes +
-                   kTileRows * static_cast<int64_t>(sizeof(float)) +
+  p.scale_bytes = w.spec.scale_encoding == ScaleEncoding::kBf16 ? 2 : 4;
+  p.group_stride = a.blocks_per_group * p.block_bytes + kTileRows * p.scale_bytes +
                    (w.spec.scheme == QuantScheme::kAsym ? kTileRows : 0);
   p.tile_stride = p.groups * p.group_stride;
   return p;
@@ -338,8 +339,14 @@ void WriteInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* out
       }
     }
     const int64_t i = r * w.groups_per_row + g;
-    std::memcpy(rec + code_bytes + j * sizeof(float), &w.scales[i], sizeof(float));
-    if (w.zeros != nullptr) rec[code_bytes + kTileRows * sizeof(float) + j] = w.zeros[i];
+    uint8_t* scale = rec + code_bytes + j * p.scale_bytes;
+    if (p.scale_bytes == 2) {
+      const uint16_t bits = FloatToBf16(w.scales[i]);  // Exact: the scales are bf16 values.
+      std::memcpy(scale, &bits, sizeof(bits));
+    } else {
+      std::memcpy(scale, &w.scales[i], sizeof(float));
+    }
+    if (w.zeros != nullptr) rec[code_bytes + kTileRows * p.scale_bytes + j] = w.zeros[i];
   });
 }
 
@@ -368,8 +375,15 @@ void ReadInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* code
       }
     }
     const int64_t i = r * w.groups_per_row + g;
-    std::memcpy(&scales[i], rec + code_bytes + j * sizeof(float), sizeof(float));
-    if (zeros != nullptr) zeros[i] = rec[code_bytes + kTileRows * sizeof(float) + j];
+    const uint8_t* scale = rec + code_bytes + j * p.scale_bytes;
+    if (p.scale_bytes == 2) {
+      uint16_t bits;
+      std::memcpy(&bits, scale, sizeof(bits));
+      scales[i] = Bf16ToFloat(bits);
+    } else {
+      std::memcpy(&scales[i], scale, sizeof(float));
+    }
+    if (zeros != nullptr) zeros[i] = rec[code_bytes + kTileRows * p.scale_bytes + j];
   });
 }
 

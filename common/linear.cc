@@ -26,6 +26,7 @@ LinearWeight LinearWeight::Quantized(const QuantizedMatrixView& view, ComputeDty
 
 int64_t LinearWeight::storage_bytes() const {
   if (!quantized()) return rows_ * cols_ * static_cast<int64_t>(sizeof(float));
+  if (packed_ != nullptr) return PackedBytes(*packed_);  // e.g. bf16 scales in 2 bytes
   const int64_t groups = quantized_.rows * quantized_.groups_per_row;
   return quantized_.rows * quantized_.row_bytes +
          groups * static_cast<int64_t>(sizeof(float)) +

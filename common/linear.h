@@ -35,8 +35,9 @@ class LinearWeight {
   // Whether Forward reads a packed copy instead of the view's codes (it may
   // still read the view for columns past the packed kernels' groups).
   bool packed() const { return packed_ != nullptr; }
-  // Bytes the weight occupies in memory (codes, scales and zeros if quantized;
-  // the view's, whether or not a packed copy is used).
+  // Bytes the kernels read per product: the packed copy's when there is one
+  // (its scales may be 2 bytes), else the view's codes, fp32 scales and zeros
+  // (or the dense fp32 matrix).
   int64_t storage_bytes() const;
 
   // y[n, out_features] = x[n, in_features] · W^T

@@ -173,6 +173,8 @@ QuantizedMatrix FromInt8Tiles(const QuantizedMatrixView& shape, const uint8_t* t
   return m;
 }
 
+int64_t PackedBytes(const PackedWeights& packed) { return packed.bytes(); }
+
 ComputeDtype EffectiveCompute(const QuantizedMatrixView& w, ComputeDtype compute) {
   QuantArgs a;
   kernels::DescribeCall(w, compute, &a);

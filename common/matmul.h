@@ -64,6 +64,9 @@ void MatMulQuantizedShared(absl::Span<const QuantizedProduct> products, const fl
 std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
                                                  ComputeDtype compute);
 
+// Bytes of a packed weight: what the kernels read per product.
+int64_t PackedBytes(const PackedWeights& packed);
+
 // The arithmetic MatMulQuantized really uses for (w, compute): kInt8 falls
 // back to kFp32 for formats it cannot represent (asym codebooks).
 ComputeDtype EffectiveCompute(const QuantizedMatrixView& w, ComputeDtype compute);

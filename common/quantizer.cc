@@ -265,12 +265,12 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
     t->add_shape(q.cols);
     t->set_quantized(true);
     // Served with int8 compute: stored in the int8 kernels' layout, which
-    // loading then maps instead of packing (fp32 scales only: the layout
-    // has no room for bf16 or double-quantized ones).
-    const bool tiled = config.compute_dtype() == v1::COMPUTE_INT8 &&
-                       q.spec.scale_encoding == ScaleEncoding::kF32 &&
+    // loading then maps instead of packing (fp32 or bf16 scales: the layout
+    // has no room for double-quantized ones).
+    const char* tile_layout = Int8TilesLayoutFor(q.spec.scale_encoding);
+    const bool tiled = config.compute_dtype() == v1::COMPUTE_INT8 && tile_layout != nullptr &&
                        Int8TilesBytes(q.view()) > 0;
-    t->set_layout(tiled ? kInt8TilesLayout : kRowMajorPackedLayout);
+    t->set_layout(tiled ? tile_layout : kRowMajorPackedLayout);
     t->set_weight_dtype(WeightDtypeOf(q.spec.type));
     t->set_scheme(SchemeOf(q.spec.scheme));
     t->set_group_size(q.group_size);

@@ -207,7 +207,8 @@ TEST_P(KernelsTest, DenseF32MatchesReference) {
 }
 
 // Weights packed once at load (PackWeights) give exactly what a per-call
-// packing gives, for every format the packed kernels take, and none is made
+// packing gives, for every format the packed kernels take (fp32 and bf16
+// scales, whose tiles store them in 2 bytes), and none is made
 // where the kernels read the view directly. So do the same tiles stored as
 // bytes (Int8Tiles) and read in place (MapInt8Tiles), and FromInt8Tiles
 // gives the matrix back.
@@ -217,57 +218,72 @@ TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
   int packed_cases = 0, tiled_cases = 0;
   for (const Case& c : AllCases()) {
     for (int group : {32, 64, 96, -1}) {
-      const auto w = Random(kRows * kCols, 3);
-      auto q = QuantizeMatrix(w.data(), kRows, kCols, {c.type, c.scheme, group});
-      ASSERT_TRUE(q.ok()) << q.status();
-      for (ComputeDtype compute :
-           {ComputeDtype::kFp32, ComputeDtype::kBf16, ComputeDtype::kInt8}) {
-        const auto packed = PackWeights(q->view(), compute);
-        if (packed == nullptr) continue;
-        ++packed_cases;
-        EXPECT_EQ(compute, ComputeDtype::kInt8);
-        // The artifact form of the layout: stored, converted back exactly,
-        // and read in place with a view that has the shape only.
-        const int64_t tile_bytes = Int8TilesBytes(q->view());
-        EXPECT_EQ(tile_bytes > 0, kCols % q->group_size == 0) << "group " << group;
-        std::string tiles;
-        std::shared_ptr<const PackedWeights> mapped;
-        QuantizedMatrixView shape_only = q->view();
-        shape_only.codes = nullptr;
-        shape_only.scales = nullptr;
-        shape_only.zeros = nullptr;
-        if (tile_bytes > 0) {
-          ++tiled_cases;
-          tiles = Int8Tiles(q->view());
-          ASSERT_EQ(static_cast<int64_t>(tiles.size()), tile_bytes);
-          const auto* tile_data = reinterpret_cast<const uint8_t*>(tiles.data());
-          const QuantizedMatrix back = FromInt8Tiles(shape_only, tile_data);
-          EXPECT_EQ(back.codes, q->codes);
-          EXPECT_EQ(back.scales, q->scales);
-          EXPECT_EQ(back.zeros, q->zeros);
-          mapped = MapInt8Tiles(shape_only, compute, tile_data);
-          ASSERT_NE(mapped, nullptr);
-        }
-        for (int64_t n : {1, 9}) {
-          SCOPED_TRACE(testing::Message() << GetQuantFormat(c.type).name << " group "
-                                          << group << " n " << n);
-          const auto x = Random(n * kCols, 5);
-          std::vector<float> once(n * kRows), per_call(n * kRows);
-          MatMulQuantized(q->view(), x.data(), n, once.data(), compute, packed.get());
-          MatMulQuantized(q->view(), x.data(), n, per_call.data(), compute);
-          EXPECT_EQ(once, per_call);
-          if (mapped != nullptr) {
-            std::vector<float> in_place(n * kRows);
-            MatMulQuantized(shape_only, x.data(), n, in_place.data(), compute, mapped.get());
-            EXPECT_EQ(in_place, once);
-            // Forced to the scalar reference after loading, tiles without
-            // row-major codes still run, on the best SIMD kernels (whose
-            // float epilogue may round differently from this ISA's).
-            ScopedIsaOverride scalar(Isa::kScalar);
-            std::vector<float> forced(n * kRows);
-            MatMulQuantized(shape_only, x.data(), n, forced.data(), compute, mapped.get());
-            for (size_t i = 0; i < forced.size(); ++i) {
-              ASSERT_NEAR(forced[i], once[i], 1e-3f * (1.0f + std::fabs(once[i])));
+      for (ScaleEncoding scales : {ScaleEncoding::kF32, ScaleEncoding::kBf16}) {
+        const auto w = Random(kRows * kCols, 3);
+        QuantSpec spec{c.type, c.scheme, group};
+        spec.scale_encoding = scales;
+        auto q = QuantizeMatrix(w.data(), kRows, kCols, spec);
+        ASSERT_TRUE(q.ok()) << q.status();
+        for (ComputeDtype compute :
+             {ComputeDtype::kFp32, ComputeDtype::kBf16, ComputeDtype::kInt8}) {
+          const auto packed = PackWeights(q->view(), compute);
+          if (packed == nullptr) continue;
+          ++packed_cases;
+          EXPECT_EQ(compute, ComputeDtype::kInt8);
+          // The artifact form of the layout: stored, converted back exactly,
+          // and read in place with a view that has the shape only.
+          const int64_t tile_bytes = Int8TilesBytes(q->view());
+          EXPECT_EQ(tile_bytes > 0, kCols % q->group_size == 0) << "group " << group;
+          std::string tiles;
+          std::shared_ptr<const PackedWeights> mapped;
+          QuantizedMatrixView shape_only = q->view();
+          shape_only.codes = nullptr;
+          shape_only.scales = nullptr;
+          shape_only.zeros = nullptr;
+          if (tile_bytes > 0) {
+            ++tiled_cases;
+            tiles = Int8Tiles(q->view());
+            ASSERT_EQ(static_cast<int64_t>(tiles.size()), tile_bytes);
+            const auto* tile_data = reinterpret_cast<const uint8_t*>(tiles.data());
+            const QuantizedMatrix back = FromInt8Tiles(shape_only, tile_data);
+            EXPECT_EQ(back.codes, q->codes);
+            EXPECT_EQ(back.scales, q->scales);
+            EXPECT_EQ(back.zeros, q->zeros);
+            mapped = MapInt8Tiles(shape_only, compute, tile_data);
+            ASSERT_NE(mapped, nullptr);
+          }
+          for (int64_t n : {1, 9}) {
+            SCOPED_TRACE(testing::Message() << GetQuantFormat(c.type).name << " group "
+                                            << group << " n " << n << " bf16 scales "
+                                            << (scales == ScaleEncoding::kBf16));
+            const auto x = Random(n * kCols, 5);
+            std::vector<float> once(n * kRows), per_call(n * kRows);
+            MatMulQuantized(q->view(), x.data(), n, once.data(), compute, packed.get());
+            MatMulQuantized(q->view(), x.data(), n, per_call.data(), compute);
+            EXPECT_EQ(once, per_call);
+            {
+              // And the tiles hold the same weights: the scalar reference
+              // of the row-major view agrees up to the float epilogue.
+              ScopedIsaOverride scalar(Isa::kScalar);
+              std::vector<float> ref(n * kRows);
+              MatMulQuantized(q->view(), x.data(), n, ref.data(), compute);
+              for (size_t i = 0; i < ref.size(); ++i) {
+                ASSERT_NEAR(once[i], ref[i], 1e-3f * (1.0f + std::fabs(ref[i])));
+              }
+            }
+            if (mapped != nullptr) {
+              std::vector<float> in_place(n * kRows);
+              MatMulQuantized(shape_only, x.data(), n, in_place.data(), compute, mapped.get());
+              EXPECT_EQ(in_place, once);
+              // Forced to the scalar reference after loading, tiles without
+              // row-major codes still run, on the best SIMD kernels (whose
+              // float epilogue may round differently from this ISA's).
+              ScopedIsaOverride scalar(Isa::kScalar);
+              std::vector<float> forced(n * kRows);
+              MatMulQuantized(shape_only, x.data(), n, forced.data(), compute, mapped.get());
+              for (size_t i = 0; i < forced.size(); ++i) {
+                ASSERT_NEAR(forced[i], once[i], 1e-3f * (1.0f + std::fabs(once[i])));
+              }
             }
           }
         }

@@ -114,6 +114,9 @@ class ArtifactFormatTest : public testing::Test {
     return f.ok() ? *std::move(f) : nullptr;
   }
 
+  // The Int8TilesLayout test for one scale dtype, whose tiles are in `layout`.
+  void ExpectInt8Tiles(v1::ScaleDtype scales, const std::string& layout);
+
   void SetFormatVersion(const v1::ArtifactManifest& m, int version) {
     const std::string path = store_->ArtifactDir(m.artifact_id()) + "/" + kManifestFile;
     std::string json = *ReadFile(path);
@@ -240,12 +243,21 @@ std::vector<float> Logits(const std::shared_ptr<const LlamaWeights>& weights) {
 }
 
 // Quantized for int8 compute, the linears are stored in the int8 kernels'
-// layout (format version 3) and computed from it in place; the same config
-// with fp32 compute stays row-major (version 2). Either artifact with
-// either arithmetic gives bit-identical logits.
+// layout (format version 3; with bf16 scales its bf16 variant) and computed
+// from it in place; the same config with fp32 compute stays row-major
+// (version 2). Either artifact with either arithmetic gives bit-identical
+// logits.
 TEST_F(ArtifactFormatTest, Int8TilesLayout) {
+  for (v1::ScaleDtype scales : {v1::SCALE_FP32, v1::SCALE_BF16}) {
+    SCOPED_TRACE(v1::ScaleDtype_Name(scales));
+    ExpectInt8Tiles(scales, scales == v1::SCALE_BF16 ? kInt8TilesBf16Layout : kInt8TilesLayout);
+  }
+}
+
+void ArtifactFormatTest::ExpectInt8Tiles(v1::ScaleDtype scales, const std::string& layout) {
   v1::WeightOnlyQuantConfig c = Config(v1::INT4_CLIP);
   c.set_group_size(64);  // artifacts of their own (the store reuses equal configs)
+  c.set_scale_dtype(scales);
   c.set_compute_dtype(v1::COMPUTE_INT8);
   const v1::ArtifactManifest tiled = Quantize(c);
   c.set_compute_dtype(v1::COMPUTE_FP32);
@@ -258,7 +270,7 @@ TEST_F(ArtifactFormatTest, Int8TilesLayout) {
   for (const v1::ManifestTensor& t : tiled.tensors()) {
     if (!t.quantized()) continue;
     const bool tileable = t.shape(1) % 64 == 0;
-    EXPECT_EQ(t.layout(), tileable ? kInt8TilesLayout : kRowMajorPackedLayout) << t.module();
+    EXPECT_EQ(t.layout(), tileable ? layout : kRowMajorPackedLayout) << t.module();
     tiled_tensors += tileable;
   }
   EXPECT_EQ(tiled_tensors, 5 * 6);
