@@ -6,7 +6,8 @@
 // memory, artifact size and bits per weight. The same run measures the
 // machine's read bandwidth (decode roofline = bandwidth / bytes streamed per
 // token) and streams one configuration through the real inference_service
-// binary over gRPC to compare with in-process decode.
+// binary over gRPC to compare with in-process decode. A second table states
+// every row against llama.cpp on this machine (bench/llamacpp/run).
 //
 //   bazel run -c opt //bench:speed -- --models=tinyllama-1.1b
 //       --json_out=/tmp/speed.json [--smoke] [--weights=int4_clip_sym,fp32] ...
@@ -53,6 +54,7 @@
 #include "common/quantizer.h"
 #include "common/status_macros.h"
 #include "grpcpp/grpcpp.h"
+#include "nlohmann/json.hpp"
 #include "proto/wq/v1/inference.grpc.pb.h"
 #include "tbb/global_control.h"
 
@@ -78,6 +80,9 @@ ABSL_FLAG(std::string, grpc_row, "int4_clip_sym:int8:fp32",
 ABSL_FLAG(std::string, service_binary, "",
           "inference_service binary; default: from this binary's runfiles");
 ABSL_FLAG(std::string, json_out, "", "write the results as JSON here");
+ABSL_FLAG(std::string, llamacpp_json, "/tmp/wq-llamacpp/reference.json",
+          "llama.cpp measured on this machine (bench/llamacpp/run); when the file is "
+          "missing, ratios are to the issue's figures from another machine");
 ABSL_FLAG(bool, private_weights, false,
           "load int8 tiles into private memory instead of reading them in place (LoadOptions)");
 
@@ -88,21 +93,47 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// llama.cpp on this machine (TinyLlama-1.1B, 2 threads), the reference the
-// issue quotes; ratios are reported for the tinyllama-1.1b rows only.
-struct LlamaCppFigures {
-  const char* format;
-  double decode_tps, pp128_tps;
+// llama.cpp's tok/s on a model of the tinyllama-1.1b shape, per format
+// ("Q4_0", "Q8_0", "F32") and metric ("pp128", "pp512", "decode_b1",
+// "decode_b4", "decode_b16"): measured on this machine by bench/llamacpp/run
+// when its JSON is there, else the figures the issue quotes from another
+// machine (decode b1 and pp128 only). Ratios are for tinyllama-1.1b rows.
+struct LlamaCppReference {
+  std::string source;
+  std::map<std::string, std::map<std::string, double>> tps;
 };
-constexpr LlamaCppFigures kLlamaCppQ4_0 = {"q4_0", 39.5, 200.0};
-constexpr LlamaCppFigures kLlamaCppQ8_0 = {"q8_0", 29.1, 99.0};
-constexpr LlamaCppFigures kLlamaCppF32 = {"f32", 9.2, 70.0};
+
+LlamaCppReference IssueFigures() {
+  return {"the issue's figures (another machine: its bandwidth was 67 GB/s)",
+          {{"Q4_0", {{"decode_b1", 39.5}, {"pp128", 200.0}}},
+           {"Q8_0", {{"decode_b1", 29.1}, {"pp128", 99.0}}},
+           {"F32", {{"decode_b1", 9.2}, {"pp128", 70.0}}}}};
+}
+
+absl::StatusOr<LlamaCppReference> LoadLlamaCppReference(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return IssueFigures();
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("llama_cpp")) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not bench/llamacpp/run's JSON"));
+  }
+  LlamaCppReference ref;
+  ref.source = absl::StrCat("llama.cpp ", j["llama_cpp"].get<std::string>(), ", measured on this "
+                            "machine by bench/llamacpp/run (", path, ")");
+  for (const auto& [format, metrics] : j.items()) {
+    if (!metrics.is_object()) continue;
+    for (const auto& [metric, value] : metrics.items()) {
+      if (value.is_number() && metric != "file_bytes") ref.tps[format][metric] = value.get<double>();
+    }
+  }
+  return ref;
+}
 
 // The llama.cpp format a weight dtype of ours is compared with.
-const LlamaCppFigures& LlamaCppFor(const std::string& weights) {
-  if (absl::StartsWith(weights, "int8")) return kLlamaCppQ8_0;
-  if (weights == "fp32") return kLlamaCppF32;
-  return kLlamaCppQ4_0;
+std::string LlamaCppFormat(const std::string& weights) {
+  if (absl::StartsWith(weights, "int8")) return "Q8_0";
+  if (weights == "fp32") return "F32";
+  return "Q4_0";
 }
 
 struct WeightChoice {
@@ -469,9 +500,8 @@ std::string Table(const Options& o, const std::vector<Row>& rows, double bandwid
     rule += "---|";
   }
   const int bmax = o.batches.empty() ? 1 : o.batches.back();
-  absl::StrAppend(&header, " b", bmax, "/b1 | MB/token | roofline tok/s | % roofline |",
-                  " vs llama.cpp decode | vs llama.cpp pp128 |");
-  rule += "---|---|---|---|---|---|";
+  absl::StrAppend(&header, " b", bmax, "/b1 | MB/token | roofline tok/s | % roofline |");
+  rule += "---|---|---|---|";
   std::string out = header + "\n" + rule + "\n";
   for (const Row& r : rows) {
     const double roofline = bandwidth * 1e9 / r.bytes_per_token;
@@ -488,15 +518,41 @@ std::string Table(const Options& o, const std::vector<Row>& rows, double bandwid
     absl::StrAppend(&line, " ", b1 > 0 ? Num(r.decode_tps.at(bmax) / b1, 2) : "-", " | ",
                     Num(r.bytes_per_token / 1e6, 0), " | ", Num(roofline), " | ",
                     Num(100 * b1 / roofline, 0), "% |");
-    // llama.cpp figures are for TinyLlama-1.1B: Q4_0 for 4-bit rows, Q8_0 for
-    // 8-bit rows, F32 for fp32.
-    const bool tiny = r.model == "tinyllama-1.1b";
-    const LlamaCppFigures& ref = LlamaCppFor(r.weights);
-    absl::StrAppend(&line, " ", tiny ? Num(b1 / ref.decode_tps, 2) + "x" : "-", " | ",
-                    tiny && r.prefill_tps.count(128)
-                        ? Num(r.prefill_tps.at(128) / ref.pp128_tps, 2) + "x"
-                        : "-",
-                    " |");
+    out += line + "\n";
+  }
+  return out;
+}
+
+// Ours over llama.cpp's tok/s for every measured metric llama.cpp has too.
+std::string LlamaCppTable(const Options& o, const std::vector<Row>& rows,
+                          const LlamaCppReference& ref) {
+  std::string header = "| model | weights | compute | llama.cpp |";
+  std::string rule = "|---|---|---|---|";
+  for (int p : o.prompts) {
+    absl::StrAppend(&header, " pp", p, " |");
+    rule += "---|";
+  }
+  for (int b : o.batches) {
+    absl::StrAppend(&header, " decode b", b, " |");
+    rule += "---|";
+  }
+  std::string out = absl::StrCat("Against ", ref.source,
+                                 ": ours / theirs tok/s = ratio\n\n", header, "\n", rule, "\n");
+  for (const Row& r : rows) {
+    if (r.model != "tinyllama-1.1b") continue;
+    const std::string format = LlamaCppFormat(r.weights);
+    const auto it = ref.tps.find(format);
+    if (it == ref.tps.end()) continue;
+    auto cell = [&](const std::string& metric, double ours) {
+      const auto theirs = it->second.find(metric);
+      if (theirs == it->second.end()) return std::string(" - |");
+      return absl::StrCat(" ", Num(ours), " / ", Num(theirs->second), " = ",
+                          Num(ours / theirs->second, 2), "x |");
+    };
+    std::string line = absl::StrCat("| ", r.model, " | ", r.weights, " | ", r.compute, " | ",
+                                    format, " |");
+    for (int p : o.prompts) line += cell(absl::StrCat("pp", p), r.prefill_tps.at(p));
+    for (int b : o.batches) line += cell(absl::StrCat("decode_b", b), r.decode_tps.at(b));
     out += line + "\n";
   }
   return out;
@@ -504,7 +560,7 @@ std::string Table(const Options& o, const std::vector<Row>& rows, double bandwid
 
 std::string Json(const Options& o, const std::vector<Row>& rows, double bandwidth,
                  const std::vector<GrpcResult>& grpc, const std::string& load_before,
-                 const std::string& load_after) {
+                 const std::string& load_after, const LlamaCppReference& ref) {
   auto map_json = [](const std::map<int, double>& m) {
     std::vector<std::string> parts;
     for (const auto& [k, v] : m) parts.push_back(absl::StrFormat("\"%d\": %.3f", k, v));
@@ -530,19 +586,15 @@ std::string Json(const Options& o, const std::vector<Row>& rows, double bandwidt
         "\"decode_tok_s\": %.3f, \"in_process_decode_tok_s\": %.3f}",
         g.model, g.row, g.tokens, g.ttft_ms, g.decode_tps, g.in_process_tps));
   }
-  std::vector<std::string> llama_cpp;
-  for (const LlamaCppFigures& f : {kLlamaCppQ4_0, kLlamaCppQ8_0, kLlamaCppF32}) {
-    llama_cpp.push_back(absl::StrFormat("\"%s_decode\": %.1f, \"%s_pp128\": %.1f", f.format,
-                                        f.decode_tps, f.format, f.pp128_tps));
-  }
+  nlohmann::json llama_cpp = {{"source", ref.source}, {"tok_s", ref.tps}};
   return absl::StrFormat(
       "{\n  \"isa\": \"%s\",\n  \"threads\": %d,\n  \"iterations\": %d,\n"
       "  \"load_average_before\": \"%s\",\n  \"load_average_after\": \"%s\",\n"
       "  \"read_bandwidth_gb_s\": %.2f,\n  \"decode_prompt\": %d,\n  \"decode_tokens\": %d,\n"
-      "  \"llama_cpp\": {%s},\n"
+      "  \"llama_cpp\": %s,\n"
       "  \"rows\": [\n%s\n  ],\n  \"grpc\": [\n%s\n  ]\n}\n",
       std::string(KernelIsaName()), o.threads, o.iterations, load_before, load_after,
-      bandwidth, o.decode_prompt, o.decode_tokens, absl::StrJoin(llama_cpp, ", "), absl::StrJoin(row_json, ",\n"),
+      bandwidth, o.decode_prompt, o.decode_tokens, llama_cpp.dump(), absl::StrJoin(row_json, ",\n"),
       absl::StrJoin(grpc_json, ",\n"));
 }
 
@@ -563,6 +615,8 @@ absl::StatusOr<v1::ComputeDtype> FindCompute(const std::string& name) {
 absl::Status Run() {
   const Options o = GetOptions();
   tbb::global_control threads(tbb::global_control::max_allowed_parallelism, o.threads);
+  ASSIGN_OR_RETURN(const LlamaCppReference llama_cpp,
+                   LoadLlamaCppReference(absl::GetFlag(FLAGS_llamacpp_json)));
   const std::string load_before = LoadAverage();
   std::printf("isa %s, %d threads, load average %s\n", std::string(KernelIsaName()).c_str(),
               o.threads, load_before.c_str());
@@ -658,6 +712,7 @@ absl::Status Run() {
               "linear weights incl. lm_head\n\n",
               bandwidth, o.decode_prompt, o.decode_tokens);
   std::printf("%s", Table(o, rows, bandwidth).c_str());
+  std::printf("\n%s", LlamaCppTable(o, rows, llama_cpp).c_str());
   for (const GrpcResult& g : grpc) {
     std::printf("\ngRPC %s %s: TTFT %.1f ms, decode %.1f tok/s vs in-process %.1f (%.2fx)\n",
                 g.model.c_str(), g.row.c_str(), g.ttft_ms, g.decode_tps, g.in_process_tps,
@@ -665,7 +720,7 @@ absl::Status Run() {
   }
   if (const std::string path = absl::GetFlag(FLAGS_json_out); !path.empty()) {
     std::ofstream out(path);
-    out << Json(o, rows, bandwidth, grpc, load_before, load_after);
+    out << Json(o, rows, bandwidth, grpc, load_before, load_after, llama_cpp);
     if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
   }
   return absl::OkStatus();
