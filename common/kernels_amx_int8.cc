@@ -31,9 +31,11 @@ constexpr int kBlockTileRows = kBlock / 4;
 constexpr int kTileRowBytes = kPairRows * 4;
 constexpr int64_t kBlockTileBytes = kBlockTileRows * kTileRowBytes;
 
-// From this many x rows the tile kernel is faster than the VNNI kernels,
-// whose single-row path streams W at full bandwidth (bench/matmul_bench).
-constexpr int64_t kMinRows = 2;
+// From this many x rows the tile kernel is faster than the VNNI kernels
+// (measured on gate_up, 2 threads: VNNI 20 % faster at 8 rows, even at 10,
+// the tile kernel 8 % faster at 12, 23 % at 16, 45 % at 32). Below, the
+// per-block tile store and epilogue cost more than the VNNI dots they save.
+constexpr int64_t kMinRows = 10;
 
 // Tile registers: two sets of accumulator C [x rows x 16 int32],
 // activations A [x rows x 32 bytes] and weights B [8 x 64 bytes], so that
