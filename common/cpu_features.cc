@@ -4,6 +4,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -38,15 +41,23 @@ uint64_t Xcr0() {
 }
 
 // Linux enables the 8 KiB tile data state per process, on request (kernel
-// 5.16+); without the permission the first tile instruction faults.
-bool RequestTileDataPermission() {
+// 5.16+); without the permission the first tile instruction faults. Asked
+// once, and only when the amx_int8 level is asked about (the best level, or
+// an override naming it): the grant makes every signal frame of the process
+// ~11 KiB larger, after which smaller sigaltstack()s fail, and the request
+// itself fails while a thread has a smaller alternate stack.
+bool TileDataPermission() {
+  static const bool granted = [] {
 #if defined(__linux__) && defined(SYS_arch_prctl)
-  constexpr int kArchReqXcompPerm = 0x1023;
-  constexpr int kXfeatureXtileData = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtileData) == 0;
-#else
-  return false;
+    constexpr int kArchReqXcompPerm = 0x1023;
+    constexpr int kXfeatureXtileData = 18;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtileData) == 0) return true;
+    std::fprintf(stderr, "wq: the CPU has AMX but Linux refused the tile state (%s); not using it\n",
+                 std::strerror(errno));
 #endif
+    return false;
+  }();
+  return granted;
 }
 
 std::array<bool, kNumIsas> DetectSupport() {
@@ -72,8 +83,9 @@ std::array<bool, kNumIsas> DetectSupport() {
   const bool avx512_bf16 = avx512_vnni && Bit(l7s1.eax, 5);
   s[static_cast<int>(Isa::kAvx512Bf16)] = avx512_bf16;
   const bool os_tiles = (xcr0 & 0x60000) == 0x60000;  // XTILECFG + XTILEDATA.
+  // Before the OS's permission, which CpuSupports asks for on demand.
   s[static_cast<int>(Isa::kAmxInt8)] = avx512_bf16 && os_tiles && Bit(l7.edx, 24) /*AMX-TILE*/ &&
-                                       Bit(l7.edx, 25) /*AMX-INT8*/ && RequestTileDataPermission();
+                                       Bit(l7.edx, 25) /*AMX-INT8*/;
   return s;
 }
 
@@ -110,20 +122,24 @@ std::optional<Isa> ParseIsa(std::string_view name) {
   return std::nullopt;
 }
 
-bool CpuSupports(Isa isa) { return Support()[static_cast<int>(isa)]; }
+bool CpuSupports(Isa isa) {
+  if (!Support()[static_cast<int>(isa)]) return false;
+  return isa != Isa::kAmxInt8 || TileDataPermission();
+}
 
 Isa BestSupportedIsa() {
   for (int i = kNumIsas - 1; i > 0; --i) {
-    if (Support()[i]) return static_cast<Isa>(i);
+    if (CpuSupports(static_cast<Isa>(i))) return static_cast<Isa>(i);
   }
   return Isa::kScalar;
 }
 
 Isa ResolveIsaRequest(std::string_view requested) {
-  const Isa best = BestSupportedIsa();
-  if (requested.empty()) return best;
+  if (requested.empty()) return BestSupportedIsa();
+  // A supported lower level never asks for the AMX permission.
   const std::optional<Isa> isa = ParseIsa(requested);
   if (isa.has_value() && CpuSupports(*isa)) return *isa;
+  const Isa best = BestSupportedIsa();
   WarnUnsupported(requested, best);
   return best;
 }

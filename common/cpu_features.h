@@ -29,7 +29,9 @@ inline constexpr int kNumIsas = 7;
 std::string_view IsaName(Isa isa);
 std::optional<Isa> ParseIsa(std::string_view name);
 
-// Whether this CPU and OS can run kernels of `isa` (kScalar always).
+// Whether this CPU and OS can run kernels of `isa` (kScalar always). The
+// first call for kAmxInt8 on a CPU with AMX asks Linux for the tile state
+// (cpu_features.cc: it enlarges every signal frame of the process).
 bool CpuSupports(Isa isa);
 // The most capable supported level.
 Isa BestSupportedIsa();
