@@ -20,8 +20,8 @@ inline constexpr int kBlock = 32;  // SIMD / int8 activation block.
 // Row tile of the int8-compute weight layout: one 32-bit lane per W row.
 inline constexpr int kTileRows = 8;
 
-// x rows per chunk of the transposed int8 activation scales (QuantArgs
-// xd_chunks): the rows of one AMX activation tile.
+// x rows per chunk of the int8 activations' tile copies (QuantArgs
+// xd_chunks, xs_chunks, xq_tiles): the rows of one AMX activation tile.
 inline constexpr int kXChunkRows = 16;
 
 // Deleter of an anonymous mapping of `bytes`.
@@ -100,14 +100,15 @@ struct QuantArgs {
   const float* xd = nullptr;   // [n, blocks_per_row] int8 block scales.
   const int32_t* xsa = nullptr;  // [n, blocks_per_row] sums of xq per block.
   const float* xs = nullptr;   // [n, groups]: sum over blocks of xd * xsa.
-  // n > 1: xd and xs again per chunk of kXChunkRows x rows, transposed
+  // Set for tile kernels only (PrepareCall's `tiles`), else null:
+  // xd and xs again per chunk of kXChunkRows x rows, transposed
   // ([chunk][block or group][kXChunkRows], zero past n), so that a tile
-  // kernel reads every row's value at a constant offset from one pointer.
+  // kernel reads every row's value at a constant offset from one pointer;
+  // and xq as activation tiles, per chunk of kXChunkRows rows and per
+  // 32-block the chunk's rows' 32 bytes one after another (zero past n and
+  // past a short block): [chunk][blocks_per_row][kXChunkRows][kBlock].
   const float* xd_chunks = nullptr;
   const float* xs_chunks = nullptr;
-  // n > 1: xq again as activation tiles, per chunk of kXChunkRows rows and
-  // per 32-block, the chunk's rows' 32 bytes one after another (zero past n
-  // and past a short block): [chunk][blocks_per_row][kXChunkRows][kBlock].
   const int8_t* xq_tiles = nullptr;
   const PackedInt8Weights* packed = nullptr;  // Set for the int8 kernels.
 };
@@ -138,9 +139,10 @@ void DescribeCall(const QuantizedMatrixView& w, ComputeDtype compute,
                   QuantArgs* a);
 
 // Fills `a` for one MatMulQuantized call: DescribeCall, then the activations
-// prepared for a.compute (whole int8 blocks through `quantize`).
+// prepared for a.compute (whole int8 blocks through `quantize`; with
+// `tiles`, int8 activations also as the tile kernels' copies).
 void PrepareCall(const QuantizedMatrixView& w, const float* x, int64_t n,
-                 float* y, ComputeDtype compute, QuantizeBlocksFn quantize,
+                 float* y, ComputeDtype compute, QuantizeBlocksFn quantize, bool tiles,
                  QuantArgs* a, ActivationBuffers* buffers);
 
 // The int8 kernels' layout of W (a from DescribeCall with compute kInt8 and
@@ -166,11 +168,14 @@ void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
              bool accumulate);
 
 struct KernelTable {
-  // y rows [r0, r1) of a quantized matmul (r0 a multiple of kTileRows);
-  // nullptr entries fall back to the scalar reference. The kInt8 entry
-  // reads a.packed.
+  // y rows [r0, r1) of a quantized matmul (r0 a multiple of 2 * kTileRows,
+  // matmul.cc's row blocks); nullptr entries fall back to the scalar
+  // reference. The kInt8 entry reads a.packed.
   void (*quant_rows[kNumComputeDtypes])(const QuantArgs& a, int64_t r0,
                                         int64_t r1);
+  // From this many x rows the kInt8 entry runs tile kernels, which read
+  // QuantArgs::xq_tiles and the other chunked copies; 0: never.
+  int64_t int8_tile_min_rows;
   // y[:, r0:r1] = x · W[r0:r1]^T for dense fp32 W; nullptr: reference.
   void (*f32_rows)(const float* w, int64_t rows, int64_t cols, const float* x,
                    int64_t n, float* y, int64_t r0, int64_t r1);

@@ -78,9 +78,9 @@ void QuantizeBlock(const float* x, int64_t len, int8_t* q, float* d,
 // prefill chunk's: serial, it took 10-20 % of a pp128 matmul).
 constexpr int64_t kParallelPrepareRows = 8;
 
-// Row i of the int8 activations: xq, xd, xsa and xs, and for n > 1 its
+// Row i of the int8 activations: xq, xd, xsa and xs, and with `tiles` its
 // places in the chunked copies (kernels.h QuantArgs::xd_chunks, xq_tiles).
-void PrepareInt8Row(const QuantArgs& a, QuantizeBlocksFn quantize, int64_t i,
+void PrepareInt8Row(const QuantArgs& a, QuantizeBlocksFn quantize, bool tiles, int64_t i,
                     ActivationBuffers* p) {
   const QuantizedMatrixView& w = *a.w;
   const int64_t cols = w.cols;
@@ -111,22 +111,22 @@ void PrepareInt8Row(const QuantArgs& a, QuantizeBlocksFn quantize, int64_t i,
     ForEachBlock(a, g, [&](int64_t b, int64_t, int64_t) { sum += xd[b] * static_cast<float>(xsa[b]); });
     xs[g] = sum;
   }
-  if (a.n == 1) return;
+  if (!tiles) return;
   const int64_t chunk = i / kXChunkRows, lane = i % kXChunkRows;
   float* xd_chunk = p->xd_chunks.data() + chunk * bpr * kXChunkRows + lane;
   for (int64_t b = 0; b < bpr; ++b) xd_chunk[b * kXChunkRows] = xd[b];
   float* xs_chunk = p->xs_chunks.data() + chunk * groups * kXChunkRows + lane;
   for (int64_t g = 0; g < groups; ++g) xs_chunk[g * kXChunkRows] = xs[g];
   constexpr int64_t kTileBytes = kXChunkRows * kBlock;
-  int8_t* tiles = p->xq_tiles.data() + chunk * bpr * kTileBytes + lane * kBlock;
+  int8_t* row_tiles = p->xq_tiles.data() + chunk * bpr * kTileBytes + lane * kBlock;
   for (int64_t g = 0; g < groups; ++g) {
     ForEachBlock(a, g, [&](int64_t b, int64_t bs, int64_t be) {
-      std::memcpy(tiles + b * kTileBytes, xq + bs, be - bs);
+      std::memcpy(row_tiles + b * kTileBytes, xq + bs, be - bs);
     });
   }
 }
 
-void PrepareActivations(QuantizeBlocksFn quantize, QuantArgs* a,
+void PrepareActivations(QuantizeBlocksFn quantize, bool tiles, QuantArgs* a,
                         ActivationBuffers* p) {
   const int64_t cols = a->w->cols;
   const int64_t groups = a->w->groups_per_row;
@@ -136,7 +136,7 @@ void PrepareActivations(QuantizeBlocksFn quantize, QuantArgs* a,
     p->xd.resize(n * a->blocks_per_row);
     p->xsa.resize(n * a->blocks_per_row);
     p->xs.resize(n * groups);
-    if (n > 1) {
+    if (tiles) {
       // Zero past n: the tile kernels read whole chunks.
       const int64_t rows = (n + kXChunkRows - 1) / kXChunkRows * kXChunkRows;
       p->xd_chunks.assign(rows * a->blocks_per_row, 0.0f);
@@ -147,11 +147,11 @@ void PrepareActivations(QuantizeBlocksFn quantize, QuantArgs* a,
       tbb::parallel_for(tbb::blocked_range<int64_t>(0, n),
                         [&](const tbb::blocked_range<int64_t>& range) {
                           for (int64_t i = range.begin(); i < range.end(); ++i) {
-                            PrepareInt8Row(*a, quantize, i, p);
+                            PrepareInt8Row(*a, quantize, tiles, i, p);
                           }
                         });
     } else {
-      for (int64_t i = 0; i < n; ++i) PrepareInt8Row(*a, quantize, i, p);
+      for (int64_t i = 0; i < n; ++i) PrepareInt8Row(*a, quantize, tiles, i, p);
     }
   } else {
     p->xf.resize(n * cols);
@@ -177,9 +177,10 @@ void PrepareActivations(QuantizeBlocksFn quantize, QuantArgs* a,
   a->xd = p->xd.data();
   a->xsa = p->xsa.data();
   a->xs = p->xs.data();
-  a->xd_chunks = n > 1 ? p->xd_chunks.data() : nullptr;
-  a->xs_chunks = n > 1 ? p->xs_chunks.data() : nullptr;
-  a->xq_tiles = n > 1 ? p->xq_tiles.data() : nullptr;
+  const bool int8_tiles = tiles && a->compute == ComputeDtype::kInt8;
+  a->xd_chunks = int8_tiles ? p->xd_chunks.data() : nullptr;
+  a->xs_chunks = int8_tiles ? p->xs_chunks.data() : nullptr;
+  a->xq_tiles = int8_tiles ? p->xq_tiles.data() : nullptr;
 }
 
 // Fills the per-format facts of `a` from the QuantFormat row; returns false
@@ -241,13 +242,13 @@ void DescribeCall(const QuantizedMatrixView& w, ComputeDtype compute,
 }
 
 void PrepareCall(const QuantizedMatrixView& w, const float* x, int64_t n,
-                 float* y, ComputeDtype compute, QuantizeBlocksFn quantize,
+                 float* y, ComputeDtype compute, QuantizeBlocksFn quantize, bool tiles,
                  QuantArgs* a, ActivationBuffers* buffers) {
   DescribeCall(w, compute, a);
   a->n = n;
   a->x = x;
   a->y = y;
-  PrepareActivations(quantize, a, buffers);
+  PrepareActivations(quantize, tiles, a, buffers);
 }
 
 void Unmapper::operator()(uint8_t* p) const { ::munmap(p, bytes); }

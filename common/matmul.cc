@@ -193,9 +193,10 @@ void MatMulQuantized(const QuantizedMatrixView& w, const float* x, int64_t n,
   MatMulQuantizedShared({&product, 1}, x, n, compute);
 }
 
-void MatMulQuantizedShared(absl::Span<const QuantizedProduct> products, const float* x,
-                           int64_t n, ComputeDtype compute) {
-  if (products.empty()) return;
+namespace {
+
+void MatMulQuantizedIsolated(absl::Span<const QuantizedProduct> products, const float* x,
+                             int64_t n, ComputeDtype compute) {
   const KernelTable* table = ActiveTable();
   // Tiles read in place have no row-major codes to fall back on: if the
   // ISA was forced lower after loading (tests, benchmarks), they still run
@@ -209,10 +210,12 @@ void MatMulQuantizedShared(absl::Span<const QuantizedProduct> products, const fl
   QuantArgs prepared;
   // Reused across calls: decode runs hundreds of these per token.
   thread_local kernels::ActivationBuffers buffers;
+  const bool tiles = table != nullptr && table->int8_tile_min_rows > 0 &&
+                     n >= table->int8_tile_min_rows;
   kernels::PrepareCall(*first.w, x, n, first.y, compute,
                        table != nullptr ? table->quantize_blocks
                                         : &kernels::QuantizeBlocksRef,
-                       &prepared, &buffers);
+                       tiles, &prepared, &buffers);
   const QuantRowsFn fn = QuantKernel(table, prepared);
   absl::InlinedVector<QuantArgs, 3> args(products.size(), prepared);
   std::vector<PackedWeights> call_packed;  // for weights passed without one
@@ -243,6 +246,17 @@ void MatMulQuantizedShared(absl::Span<const QuantizedProduct> products, const fl
     return;
   }
   ParallelRows(rows, n, [&](size_t i, int64_t r0, int64_t r1) { fn(args[i], r0, r1); });
+}
+
+}  // namespace
+
+void MatMulQuantizedShared(absl::Span<const QuantizedProduct> products, const float* x,
+                           int64_t n, ComputeDtype compute) {
+  if (products.empty()) return;
+  // The activations live in this thread's buffers until the product is done.
+  // Isolated, a thread waiting in the parallel loops below runs only their
+  // work, never an outer task that could call here again and reuse them.
+  tbb::this_task_arena::isolate([&] { MatMulQuantizedIsolated(products, x, n, compute); });
 }
 
 }  // namespace wq

@@ -214,7 +214,9 @@ TEST_P(KernelsTest, DenseF32MatchesReference) {
 // gives the matrix back.
 TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
   ScopedIsaOverride forced(GetParam());
-  constexpr int64_t kRows = 21, kCols = 320;  // Ragged last row tile.
+  // Five row tiles (two pairs and a ragged single one), so three row
+  // blocks of matmul.cc run separately.
+  constexpr int64_t kRows = 37, kCols = 320;
   int packed_cases = 0, tiled_cases = 0;
   for (const Case& c : AllCases()) {
     for (int group : {32, 64, 96, -1}) {
@@ -252,7 +254,8 @@ TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
             mapped = MapInt8Tiles(shape_only, compute, tile_data);
             ASSERT_NE(mapped, nullptr);
           }
-          for (int64_t n : {1, 9}) {
+          // 12 and 33: AMX tiles (from 10 rows), one short chunk and three.
+          for (int64_t n : {1, 9, 12, 33}) {
             SCOPED_TRACE(testing::Message() << GetQuantFormat(c.type).name << " group "
                                             << group << " n " << n << " bf16 scales "
                                             << (scales == ScaleEncoding::kBf16));
@@ -292,6 +295,24 @@ TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
   }
   EXPECT_GT(packed_cases, 0);
   EXPECT_GT(tiled_cases, 0);
+}
+
+// Kernels keep no state of the thread between calls: the same product
+// again gives the same result, also after the thread's AMX tile state was
+// released (as other code on the thread may do) in between.
+TEST_P(KernelsTest, NoStateBetweenCalls) {
+  const Isa isa = GetParam();
+  ScopedIsaOverride forced(isa);
+  constexpr int64_t kRows = 48, kCols = 256, kN = 16;
+  const auto w = Random(kRows * kCols, 8);
+  auto q = QuantizeMatrix(w.data(), kRows, kCols, {QuantType::kInt4Clip, QuantScheme::kSym, 32});
+  ASSERT_TRUE(q.ok()) << q.status();
+  const auto x = Random(kN * kCols, 9);
+  std::vector<float> first(kN * kRows), again(kN * kRows);
+  MatMulQuantized(q->view(), x.data(), kN, first.data(), ComputeDtype::kInt8);
+  if (isa == Isa::kAmxInt8) __asm__ volatile("tilerelease" ::);
+  MatMulQuantized(q->view(), x.data(), kN, again.data(), ComputeDtype::kInt8);
+  EXPECT_EQ(first, again);
 }
 
 INSTANTIATE_TEST_SUITE_P(SupportedIsas, KernelsTest,
