@@ -114,7 +114,7 @@ absl::StatusOr<LlamaCppReference> LoadLlamaCppReference(const std::string& path)
   std::ifstream in(path);
   if (!in) return IssueFigures();
   const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("llama_cpp")) {
+  if (j.is_discarded() || !j.is_object() || !j.contains("llama_cpp") || !j["llama_cpp"].is_string()) {
     return absl::InvalidArgumentError(absl::StrCat(path, " is not bench/llamacpp/run's JSON"));
   }
   LlamaCppReference ref;

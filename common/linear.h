@@ -36,8 +36,9 @@ class LinearWeight {
   // still read the view for columns past the packed kernels' groups).
   bool packed() const { return packed_ != nullptr; }
   // Bytes the kernels read per product: the packed copy's when there is one
-  // (its scales may be 2 bytes), else the view's codes, fp32 scales and zeros
-  // (or the dense fp32 matrix).
+  // (its scales may be 2 bytes; columns past whole groups of 32-blocks, read
+  // from the view, are not counted: Llama's shapes have none), else the
+  // view's codes, fp32 scales and zeros (or the dense fp32 matrix).
   int64_t storage_bytes() const;
 
   // y[n, out_features] = x[n, in_features] · W^T
