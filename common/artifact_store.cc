@@ -43,6 +43,10 @@ const char* Int8TilesLayoutFor(ScaleEncoding scales) {
 namespace fs = std::filesystem;
 namespace {
 
+bool IsInt8TilesLayout(const std::string& layout) {
+  return layout == kInt8TilesLayout || layout == kInt8TilesBf16Layout;
+}
+
 constexpr char kTempPrefix[] = ".tmp-";
 
 absl::Status ValidateArtifactId(const std::string& id) {
@@ -86,7 +90,7 @@ class ArtifactSource : public WeightSource {
       ASSIGN_OR_RETURN(const float* w, F32(name, shape));
       return LinearWeight::Dense(w, out_features, in_features);
     }
-    const bool tiled = t.layout() == kInt8TilesLayout || t.layout() == kInt8TilesBf16Layout;
+    const bool tiled = IsInt8TilesLayout(t.layout());
     if (!tiled && t.layout() != kRowMajorPackedLayout) {
       return absl::FailedPreconditionError(absl::StrCat(
           "tensor ", t.module(), " uses layout '", t.layout(), "', which this version cannot read"));
@@ -286,9 +290,7 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
   }
   manifest.set_format(kArtifactFormat);
   bool tiles = false;
-  for (const v1::ManifestTensor& t : manifest.tensors()) {
-    tiles |= t.layout() == kInt8TilesLayout || t.layout() == kInt8TilesBf16Layout;
-  }
+  for (const v1::ManifestTensor& t : manifest.tensors()) tiles |= IsInt8TilesLayout(t.layout());
   manifest.set_format_version(tiles ? 3 : 2);
   manifest.set_artifact_id(id_);
   std::string json;

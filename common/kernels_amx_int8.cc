@@ -169,22 +169,6 @@ PairBuffers MakePairBuffers(const QuantArgs& a) {
   return {p, scales, scales + groups * kPairRows, scales + 2 * groups * kPairRows};
 }
 
-// The 16 scales of a pair's group record at `at` (fp32 or bf16 bits, see
-// kernels.h); `next` is the second tile's offset, 0 when it is padding.
-__m512 Scales(const uint8_t* at, int64_t next, int64_t scale_bytes) {
-  if (scale_bytes == 2) {
-    const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(at));
-    const __m128i second =
-        next != 0 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + next)) : _mm_setzero_si128();
-    const __m256i bits = _mm256_inserti128_si256(_mm256_castsi128_si256(first), second, 1);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-  }
-  const __m256 first = _mm256_loadu_ps(reinterpret_cast<const float*>(at));
-  const __m256 second =
-      next != 0 ? _mm256_loadu_ps(reinterpret_cast<const float*>(at + next)) : _mm256_setzero_ps();
-  return _mm512_insertf32x8(_mm512_castps256_ps512(first), second, 1);
-}
-
 // Expands groups [g0, g1) of the pair at `tile` into out.tiles (from its
 // start) and their scales and offsets into out.scales / out.offsets (at
 // their group). Levels as the tile unit reads them: sym formats signed
@@ -192,22 +176,18 @@ __m512 Scales(const uint8_t* at, int64_t next, int64_t scale_bytes) {
 // the offset applied per group.
 template <int kBits, bool kAsym>
 void ExpandSlab(const QuantArgs& a, int64_t tile, int64_t g0, int64_t g1, const PairBuffers& out) {
+  using W = TilePairZmm;
   const PackedInt8Weights& p = *a.packed;
-  const bool second = tile + 1 < p.tiles;  // Else rows 8..15 are padding.
+  // The pair's second tile, or (rows 8..15 being padding) the first again:
+  // what those rows compute is never stored (AmxRows masks them).
+  const bool second = tile + 1 < p.tiles;
+  const int64_t next = second ? p.tile_stride : 0;
   const int bias = kAsym ? 0 : a.int8_off_base;
   alignas(16) uint8_t table[16];
   for (int c = 0; c < 16; ++c) table[c] = static_cast<uint8_t>(a.ulevel[c] - bias);
-  const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(table)));
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
-  const __m512i bias8 = _mm512_set1_epi8(static_cast<char>(bias));
-  const int64_t stride = p.tile_stride;
-  // The 32-byte chunk at `at` of both tiles.
-  auto chunk_pair = [&](const uint8_t* at) {
-    const __m256i first = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at));
-    const __m256i next = second ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + stride))
-                                : _mm256_setzero_si256();
-    return _mm512_inserti64x4(_mm512_castsi256_si512(first), next, 1);
-  };
+  const __m512i lut = W::Table(table);
+  const __m512i low4 = W::Bytes(0x0f);
+  const __m512i bias8 = W::Bytes(static_cast<char>(bias));
   auto store = [](uint8_t* to, __m512i v) { _mm512_store_si512(reinterpret_cast<__m512i*>(to), v); };
   const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
   const uint8_t* rec = p.tile(tile) + g0 * p.group_stride;
@@ -216,7 +196,7 @@ void ExpandSlab(const QuantArgs& a, int64_t tile, int64_t g0, int64_t g1, const 
     // The codes stream from memory once per pair: fetch ahead as the VNNI
     // kernels do (an address past the weights never faults).
     for (int64_t t = 0; t < (second ? 2 : 1); ++t) {
-      const uintptr_t ahead = reinterpret_cast<uintptr_t>(rec) + t * stride + kPrefetchGroups * p.group_stride;
+      const uintptr_t ahead = reinterpret_cast<uintptr_t>(rec) + t * next + kPrefetchGroups * p.group_stride;
       for (int64_t line = 0; line < p.group_stride; line += 64) {
         _mm_prefetch(reinterpret_cast<const char*>(ahead + line), _MM_HINT_T0);
       }
@@ -226,27 +206,22 @@ void ExpandSlab(const QuantArgs& a, int64_t tile, int64_t g0, int64_t g1, const 
       if constexpr (kBits == 4) {
         // Chunk c: low nibbles are columns 4c.., high nibbles 16 + 4c...
         for (int c = 0; c < 4; ++c) {
-          const __m512i v = chunk_pair(codes + 32 * c);
-          store(tiles + kTileRowBytes * c, _mm512_shuffle_epi8(lut, _mm512_and_si512(v, low4)));
-          store(tiles + kTileRowBytes * (4 + c),
-                _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4)));
+          const __m512i v = W::Codes(codes + 32 * c, next);
+          store(tiles + kTileRowBytes * c, W::Lookup(lut, W::And(v, low4)));
+          store(tiles + kTileRowBytes * (4 + c), W::Lookup(lut, W::And(W::High4(v), low4)));
         }
       } else {
         for (int c = 0; c < 8; ++c) {
-          store(tiles + kTileRowBytes * c, _mm512_sub_epi8(chunk_pair(codes + 32 * c), bias8));
+          store(tiles + kTileRowBytes * c, _mm512_sub_epi8(W::Codes(codes + 32 * c, next), bias8));
         }
       }
     }
-    const __m512 s = Scales(rec + code_bytes, second ? stride : 0, p.scale_bytes);
+    const __m512 s = GroupScales<W>(rec + code_bytes, next, p.scale_bytes);
     _mm512_store_ps(out.scales + g * kPairRows, s);
     if constexpr (kAsym) {
-      const uint8_t* z0 = rec + code_bytes + kTileRows * p.scale_bytes;
-      const __m128i z = _mm_unpacklo_epi64(
-          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(z0)),
-          second ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(z0 + stride)) : _mm_setzero_si128());
-      const __m512 off = _mm512_add_ps(_mm512_set1_ps(static_cast<float>(a.int8_off_base)),
-                                       _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(z)));
-      _mm512_store_ps(out.offsets + g * kPairRows, _mm512_mul_ps(s, off));
+      const __m512 off = W::Add(W::Splat(static_cast<float>(a.int8_off_base)),
+                                W::Zeros(rec + code_bytes + kTileRows * p.scale_bytes, next));
+      _mm512_store_ps(out.offsets + g * kPairRows, W::Mul(s, off));
     }
   }
 }

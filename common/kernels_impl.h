@@ -430,6 +430,13 @@ struct TilePairZmm {
 };
 #endif
 
+// A group record's scales for W's register of rows (fp32, or bf16 bits
+// when scale_bytes is 2; kernels.h PackedInt8Weights).
+template <class W>
+inline typename W::F GroupScales(const uint8_t* p, int64_t tile_stride, int64_t scale_bytes) {
+  return scale_bytes == 2 ? W::ScalesBf16(p, tile_stride) : W::Scales(p, tile_stride);
+}
+
 // With several x rows the first pass over a tile is compute bound enough
 // that the hardware prefetcher falls behind on the weights; prefetching
 // this many group records ahead measured 5-20 % faster GEMMs. Whether one
@@ -528,8 +535,7 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
         gsum[t] = b == 0 ? W::Mul(f, d) : W::Fma(f, d, gsum[t]);
       }
     }
-    const F s = p.scale_bytes == 2 ? W::ScalesBf16(rec + code_bytes, stride)
-                                   : W::Scales(rec + code_bytes, stride);
+    const F s = GroupScales<W>(rec + code_bytes, stride, p.scale_bytes);
     F off = off_base;
     if (a.asym) off = W::Add(off, W::Zeros(rec + code_bytes + kTileRows * p.scale_bytes, stride));
     const F soff = W::Mul(s, off);
