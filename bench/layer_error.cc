@@ -107,6 +107,9 @@ RowMatrix Mlp(const ConstRowMap& x, const float* gate, const float* up, const fl
 absl::Status Run() {
   const std::string model_dir = absl::GetFlag(FLAGS_model_dir);
   ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights, LoadLlamaModelDir(model_dir));
+  if (weights->config.spec().fused_projections) {
+    return absl::UnimplementedError("layer_error studies split gate/up projections only");
+  }
   const LlamaModel model(weights);
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
                    Tokenizer::Load(model_dir + "/tokenizer.model"));
@@ -129,10 +132,6 @@ absl::Status Run() {
   }
   std::vector<Totals> totals(specs.size());
   const std::vector<float> ratios = DefaultClipRatios();
-  const BlockPoint inputs[kNumBlockLinears] = {
-      BlockPoint::kAttentionInput, BlockPoint::kAttentionInput, BlockPoint::kAttentionInput,
-      BlockPoint::kOProjInput,     BlockPoint::kMlpInput,       BlockPoint::kMlpInput,
-      BlockPoint::kDownInput};
   const bool verbose = absl::GetFlag(FLAGS_verbose);
   if (verbose) {
     std::printf("| dtype | layer | mse_range ratio | weight MSE ratio/RTN | out err RTN | "
@@ -141,15 +140,16 @@ absl::Status Run() {
   }
   RETURN_IF_ERROR(ForEachCalibratedBlock(
       model, calibration, nullptr, [&](int layer, const BlockActivations& acts) -> absl::Status {
-        const BlockWeights w = BlockWeights::Copy(weights->layers[layer], weights->config.hidden_size);
+        const BlockWeights w = BlockWeights::Copy(weights->layers[layer], weights->config);
         for (size_t s = 0; s < specs.size(); ++s) {
-          for (int l = 0; l < kNumBlockLinears; ++l) {
+          for (const BlockLinearSpec& linear : BlockLinears(weights->config)) {
+            const LinearRole l = linear.role;
             QuantSpec spec = specs[s].second;
             const float* m = w.linear[l].data();
             const int64_t rows = w.rows[l], cols = w.cols[l];
             ASSIGN_OR_RETURN(const float ratio, SearchClipRatio(m, rows, cols, spec, ratios));
             ASSIGN_OR_RETURN(const double weight_rtn, FakeQuantMse(m, rows, cols, spec));
-            const float* x = acts.Get(inputs[l]);
+            const float* x = acts.Get(InputPointOf(l));
             double out_best = 0;
             float best_ratio = 1;
             OutputEffect out_rtn, out_mse;
@@ -177,7 +177,7 @@ absl::Status Run() {
             t.gain_mse += out_mse.gain;
             if (verbose) {
               std::printf("| %s | %d.%s | %.3f | %.3f | %.5f | %.5f | %.3f | %.5f | %.4f | %.4f |\n",
-                          specs[s].first.c_str(), layer, std::string(kBlockLinearNames[l]).c_str(),
+                          specs[s].first.c_str(), layer, std::string(linear.name()).c_str(),
                           ratio, weight_mse / weight_rtn, out_rtn.error, out_mse.error,
                           best_ratio, out_best, out_rtn.gain, out_mse.gain);
             }
@@ -191,10 +191,10 @@ absl::Status Run() {
           double mlp_error[2];
           for (int use_mse = 0; use_mse < 2; ++use_mse) {
             std::vector<float> q[3];
-            const BlockLinear layers[3] = {kGate, kUp, kDown};
+            const LinearRole layers[3] = {kGate, kUp, kDown};
             for (int i = 0; i < 3; ++i) {
               QuantSpec spec = specs[s].second;
-              const BlockLinear l = layers[i];
+              const LinearRole l = layers[i];
               if (use_mse) {
                 ASSIGN_OR_RETURN(spec.quantile, SearchClipRatio(w.linear[l].data(), w.rows[l],
                                                                 w.cols[l], spec, ratios));
@@ -225,7 +225,7 @@ absl::Status Run() {
     const Totals& t = totals[s];
     std::printf("| %s | %d | %d | %d | %.4f | %.4f | %.4f | %d of %d | %.4f | %.4f | %.4f | %.4f |\n",
                 specs[s].first.c_str(), t.layers, t.clipped, t.worse, t.rtn, t.mse, t.best,
-                t.mlp_worse, t.layers / kNumBlockLinears, t.mlp_rtn, t.mlp_mse,
+                t.mlp_worse, t.layers / static_cast<int>(BlockLinears(weights->config).size()), t.mlp_rtn, t.mlp_mse,
                 t.gain_rtn / t.layers, t.gain_mse / t.layers);
   }
   return absl::OkStatus();

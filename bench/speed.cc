@@ -286,7 +286,7 @@ void CountLinearBytes(const LlamaWeights& w, int64_t* bytes, int64_t* params) {
     *params += l.out_features() * l.in_features();
   };
   for (const LlamaLayerWeights& l : w.layers) {
-    for (const LinearWeight* lin : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) add(*lin);
+    for (const BlockLinearSpec& spec : BlockLinears(w.config)) add(l.linear[spec.role]);
   }
   add(w.lm_head);
 }

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/model_description.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "tbb/parallel_for.h"
@@ -68,35 +69,32 @@ absl::Status WriteSyntheticModel(const LlamaConfig& c, uint64_t seed,
   std::filesystem::create_directories(out_dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
   const int64_t hidden = c.hidden_size;
-  const int64_t q_dim = static_cast<int64_t>(c.num_attention_heads) * c.head_dim;
-  const int64_t kv_dim = static_cast<int64_t>(c.num_key_value_heads) * c.head_dim;
-  const int64_t inter = c.intermediate_size;
 
   SafetensorsWriter writer;
   uint64_t tensor = 0;
-  auto add_normal = [&](const std::string& name, int64_t rows, int64_t cols) {
-    return writer.AddTensor(name, DType::kF32, {rows, cols},
-                            NormalBytes(rows * cols, seed, tensor++));
+  auto add_normal = [&](const std::string& name, std::vector<int64_t> shape) {
+    int64_t count = 1;
+    for (int64_t d : shape) count *= d;
+    return writer.AddTensor(name, DType::kF32, std::move(shape),
+                            NormalBytes(count, seed, tensor++));
   };
-  const std::vector<float> ones(hidden, 1.0f);
-  auto add_norm = [&](const std::string& name) {
-    return writer.AddF32(name, {hidden}, ones);
+  auto add_norm = [&](const std::string& name, int64_t size) {
+    return writer.AddF32(name, {size}, std::vector<float>(size, 1.0f));
   };
-  RETURN_IF_ERROR(add_normal("model.embed_tokens.weight", c.vocab_size, hidden));
+  RETURN_IF_ERROR(add_normal(absl::StrCat(kEmbedName, ".weight"), {c.vocab_size, hidden}));
   for (int i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = absl::StrCat("model.layers.", i, ".");
-    RETURN_IF_ERROR(add_norm(p + "input_layernorm.weight"));
-    RETURN_IF_ERROR(add_norm(p + "post_attention_layernorm.weight"));
-    RETURN_IF_ERROR(add_normal(p + "self_attn.q_proj.weight", q_dim, hidden));
-    RETURN_IF_ERROR(add_normal(p + "self_attn.k_proj.weight", kv_dim, hidden));
-    RETURN_IF_ERROR(add_normal(p + "self_attn.v_proj.weight", kv_dim, hidden));
-    RETURN_IF_ERROR(add_normal(p + "self_attn.o_proj.weight", hidden, q_dim));
-    RETURN_IF_ERROR(add_normal(p + "mlp.gate_proj.weight", inter, hidden));
-    RETURN_IF_ERROR(add_normal(p + "mlp.up_proj.weight", inter, hidden));
-    RETURN_IF_ERROR(add_normal(p + "mlp.down_proj.weight", hidden, inter));
+    for (const BlockNormSpec& norm : BlockNorms(c)) {
+      RETURN_IF_ERROR(add_norm(absl::StrCat(BlockModuleName(i, norm.name()), ".weight"), norm.size));
+    }
+    for (const BlockLinearSpec& linear : BlockLinears(c)) {
+      const std::string module = BlockModuleName(i, linear.name());
+      RETURN_IF_ERROR(
+          add_normal(absl::StrCat(module, ".weight"), {linear.out_features, linear.in_features}));
+      if (linear.bias) RETURN_IF_ERROR(add_normal(absl::StrCat(module, ".bias"), {linear.out_features}));
+    }
   }
-  RETURN_IF_ERROR(add_norm("model.norm.weight"));
-  RETURN_IF_ERROR(add_normal("lm_head.weight", c.vocab_size, hidden));
+  RETURN_IF_ERROR(add_norm(absl::StrCat(kFinalNormName, ".weight"), hidden));
+  RETURN_IF_ERROR(add_normal(absl::StrCat(kLmHeadName, ".weight"), {c.vocab_size, hidden}));
   RETURN_IF_ERROR(writer.Write(out_dir + "/model.safetensors"));
   RETURN_IF_ERROR(WriteFileDurably(out_dir + "/config.json", LlamaConfigToJson(c)));
   ASSIGN_OR_RETURN(std::string tokenizer, ReadFile(tokenizer_model));

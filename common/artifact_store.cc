@@ -66,19 +66,18 @@ class ArtifactSource : public WeightSource {
     return absl::OkStatus();
   }
 
-  bool Has(std::string_view name) override { return modules_.count(std::string(name)) > 0; }
+  bool Has(absl::string_view name) override { return modules_.count(std::string(name)) > 0; }
 
-  absl::StatusOr<const float*> F32(std::string_view name,
+  absl::StatusOr<const float*> F32(absl::string_view name,
                                    absl::Span<const int64_t> shape) override {
-    ASSIGN_OR_RETURN(const TensorInfo* t,
-                     file_->Get(absl::StrCat(std::string(name), ".weight"), DType::kF32, shape));
+    ASSIGN_OR_RETURN(const TensorInfo* t, file_->Get(std::string(name), DType::kF32, shape));
     if (t->offset % alignof(float) != 0) {
       return absl::DataLossError(absl::StrCat("tensor ", t->name, " is not 4-byte aligned"));
     }
     return reinterpret_cast<const float*>(file_->data(*t));
   }
 
-  absl::StatusOr<LinearWeight> Linear(std::string_view name, int64_t out_features,
+  absl::StatusOr<LinearWeight> Linear(absl::string_view name, int64_t out_features,
                                       int64_t in_features) override {
     auto it = modules_.find(std::string(name));
     if (it == modules_.end()) {
@@ -87,7 +86,7 @@ class ArtifactSource : public WeightSource {
     const v1::ManifestTensor& t = it->second;
     if (!t.quantized()) {
       const int64_t shape[] = {out_features, in_features};
-      ASSIGN_OR_RETURN(const float* w, F32(name, shape));
+      ASSIGN_OR_RETURN(const float* w, F32(absl::StrCat(name, ".weight"), shape));
       return LinearWeight::Dense(w, out_features, in_features);
     }
     const bool tiled = IsInt8TilesLayout(t.layout());

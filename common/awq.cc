@@ -11,13 +11,13 @@
 
 namespace wq {
 std::vector<float> AwqWeightMean(const BlockWeights& w,
-                                        const std::vector<BlockLinear>& layers,
+                                        const std::vector<LinearRole>& layers,
                                         const QuantSpec& spec) {
   const int64_t cols = w.cols[layers.front()];
   const int64_t gs = EffectiveGroupSize(spec, cols);
   std::vector<double> sum(cols, 0.0);
   int64_t total_rows = 0;
-  for (BlockLinear layer : layers) {
+  for (LinearRole layer : layers) {
     const float* m = w.linear[layer].data();
     for (int64_t r = 0; r < w.rows[layer]; ++r) {
       const float* row = m + r * cols;
@@ -89,27 +89,6 @@ std::vector<float> SampledInput(const BlockActivations& acts, BlockPoint point,
   return x;
 }
 
-// down(silu(gate(x)) * up(x)) from the MLP input, or down(x) from the
-// down_proj input; hands the [tokens, hidden] result to `use`.
-void MlpOutput(const LlamaLayerWeights& view, const BlockActivations& acts, BlockPoint from,
-               const std::function<void(const float*)>& use) {
-  const int64_t n = acts.tokens();
-  std::vector<float> h;
-  const float* down_input = acts.Get(BlockPoint::kDownInput);
-  if (from == BlockPoint::kMlpInput) {
-    const int64_t inter = view.gate.out_features();
-    h.resize(n * inter);
-    std::vector<float> up(n * inter);
-    view.gate.Forward(acts.Get(from), n, h.data());
-    view.up.Forward(acts.Get(from), n, up.data());
-    for (int64_t k = 0; k < n * inter; ++k) h[k] = Silu(h[k]) * up[k];
-    down_input = h.data();
-  }
-  std::vector<float> out(n * view.down.out_features());
-  view.down.Forward(down_input, n, out.data());
-  use(out.data());
-}
-
 }  // namespace
 
 absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
@@ -133,8 +112,7 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
     std::vector<std::vector<float>> candidates;
     candidates.reserve(group.layers.size());  // the views point into them
     LlamaLayerWeights view = w.View();
-    LinearWeight* slots[] = {&view.q, &view.k, &view.v, &view.o, &view.gate, &view.up, &view.down};
-    for (BlockLinear layer : group.layers) {
+    for (LinearRole layer : group.layers) {
       absl::StatusOr<std::vector<float>> q =
           ScaledFakeQuant(w.linear[layer].data(), w.rows[layer], cols, s, options.spec);
       if (!q.ok()) {
@@ -142,7 +120,7 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
         return;
       }
       candidates.push_back(*std::move(q));
-      *slots[layer] = LinearWeight::Dense(candidates.back().data(), w.rows[layer], cols);
+      view.linear[layer] = LinearWeight::Dense(candidates.back().data(), w.rows[layer], cols);
     }
     double sum = 0;
     const auto accumulate = [&](const float* data) {
@@ -154,7 +132,9 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
     if (group.input == BlockPoint::kMlpInput || group.input == BlockPoint::kDownInput) {
       // The MLP's output depends on the captured MLP input alone: no need to
       // rerun attention (most of a block's time) for every grid point.
-      MlpOutput(view, acts, group.input, accumulate);
+      std::vector<float> out(n * out_dim);
+      model.MlpOutput(view, group.input, acts.Get(group.input), n, out.data());
+      accumulate(out.data());
     } else {
       std::vector<float> x = acts.input;
       model.RunBlock(view, acts.seqs, acts.len, x.data(),
@@ -321,25 +301,22 @@ absl::StatusOr<AwqBlockReport> AwqTransformBlock(const LlamaModel& model,
   // Each layer's input, and the scales folded into it (none for o_proj when
   // v->o is skipped).
   struct ClipJob {
-    BlockLinear layer;
+    LinearRole layer;
     BlockPoint input;
     const std::vector<float>* scales;
   };
   std::vector<ClipJob> jobs;
-  const BlockLinear clipped[] = {kV, kO, kGate, kUp, kDown};  // "q_", "k_" are avoided
-  const BlockPoint inputs[] = {BlockPoint::kAttentionInput, BlockPoint::kOProjInput,
-                               BlockPoint::kMlpInput, BlockPoint::kMlpInput,
-                               BlockPoint::kDownInput};
-  for (size_t i = 0; i < std::size(clipped); ++i) {
-    if (options.skip[clipped[i]]) continue;
+  for (const BlockLinearSpec& spec : BlockLinears(model.config())) {
+    // AutoAWQ avoids clipping "q_" and "k_" (its fused "qkv_proj" is clipped).
+    if (spec.role == kQ || spec.role == kK || options.skip[spec.role]) continue;
     const std::vector<float>* scales = nullptr;
     for (size_t g = 0; g < groups.size(); ++g) {
       const auto& layers = groups[g].layers;
-      if (std::find(layers.begin(), layers.end(), clipped[i]) != layers.end()) {
+      if (std::find(layers.begin(), layers.end(), spec.role) != layers.end()) {
         scales = &report.groups[g].scales;
       }
     }
-    jobs.push_back({clipped[i], inputs[i], scales});
+    jobs.push_back({spec.role, InputPointOf(spec.role), scales});
   }
   statuses.assign(jobs.size(), absl::OkStatus());
   tbb::parallel_for(size_t{0}, jobs.size(), [&](size_t j) {

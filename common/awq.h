@@ -30,14 +30,14 @@ struct AwqOptions {
   float max_shrink = 0.5f;
   int clip_tokens = 512;  // token rows sampled with stride n / clip_tokens
   // Layers kept in fp32 (llm_int8_skip_modules): scaled, but not clipped.
-  std::array<bool, kNumBlockLinears> skip{};
+  std::array<bool, kNumLinearRoles> skip{};
   const std::atomic<bool>* cancelled = nullptr;
   CalibrationStageFn on_stage;
 };
 
 // Per input channel: the mean over the rows of all `layers` of |w| / max|w|
 // of its quantization group (AutoAWQ _search_best_scale step 1, w_mean).
-std::vector<float> AwqWeightMean(const BlockWeights& w, const std::vector<BlockLinear>& layers,
+std::vector<float> AwqWeightMean(const BlockWeights& w, const std::vector<LinearRole>& layers,
                                  const QuantSpec& spec);
 
 // AutoAWQ _compute_best_scale for grid ratio a: s = x_mean^a /

@@ -40,9 +40,9 @@ absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
   // Layers kept in fp32 are still scaled (AutoAWQ scales every layer of a
   // group) but not clipped.
   auto skipped = [&](int layer) {
-    std::array<bool, kNumBlockLinears> skip{};
-    for (int j = 0; j < kNumBlockLinears; ++j) {
-      skip[j] = IsSkippedModule(resolved, BlockModuleName(layer, kBlockLinearNames[j]));
+    std::array<bool, kNumLinearRoles> skip{};
+    for (const BlockLinearSpec& spec : BlockLinears(weights->config)) {
+      skip[spec.role] = IsSkippedModule(resolved, BlockModuleName(layer, spec.name()));
     }
     return skip;
   };
@@ -58,7 +58,7 @@ absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
                                                                                  : "training"),
                                    layer + 1, blocks));
         };
-        BlockWeights w = BlockWeights::Copy(weights->layers[layer], weights->config.hidden_size);
+        BlockWeights w = BlockWeights::Copy(weights->layers[layer], weights->config);
         std::vector<std::string> groups;
         if (awq) {
           AwqOptions options;

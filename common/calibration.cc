@@ -82,72 +82,90 @@ absl::StatusOr<CalibrationSet> BuildCalibrationSet(
   return set;
 }
 
-BlockWeights BlockWeights::Copy(const LlamaLayerWeights& layer, int64_t hidden) {
+BlockWeights BlockWeights::Copy(const LlamaLayerWeights& layer, const LlamaConfig& config) {
   BlockWeights w;
-  w.input_norm.assign(layer.input_norm, layer.input_norm + hidden);
-  w.post_attention_norm.assign(layer.post_attention_norm,
-                               layer.post_attention_norm + hidden);
-  const LinearWeight* src[] = {&layer.q,    &layer.k,  &layer.v,   &layer.o,
-                               &layer.gate, &layer.up, &layer.down};
-  for (int i = 0; i < kNumBlockLinears; ++i) {
-    w.rows[i] = src[i]->out_features();
-    w.cols[i] = src[i]->in_features();
-    w.linear[i].assign(src[i]->dense(), src[i]->dense() + w.rows[i] * w.cols[i]);
+  for (const BlockNormSpec& n : BlockNorms(config)) {
+    w.norm[n.role].assign(layer.norm[n.role], layer.norm[n.role] + n.size);
+  }
+  for (const BlockLinearSpec& spec : BlockLinears(config)) {
+    const LinearWeight& src = layer.linear[spec.role];
+    w.rows[spec.role] = src.out_features();
+    w.cols[spec.role] = src.in_features();
+    w.linear[spec.role].assign(src.dense(), src.dense() + src.out_features() * src.in_features());
+    if (layer.bias[spec.role] != nullptr) {
+      w.bias[spec.role].assign(layer.bias[spec.role], layer.bias[spec.role] + src.out_features());
+    }
   }
   return w;
 }
 
 LlamaLayerWeights BlockWeights::View() const {
   LlamaLayerWeights l;
-  l.input_norm = input_norm.data();
-  l.post_attention_norm = post_attention_norm.data();
-  LinearWeight* dst[] = {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down};
-  for (int i = 0; i < kNumBlockLinears; ++i) {
-    *dst[i] = LinearWeight::Dense(linear[i].data(), rows[i], cols[i]);
+  for (int n = 0; n < kNumNormRoles; ++n) {
+    if (!norm[n].empty()) l.norm[n] = norm[n].data();
+  }
+  for (int i = 0; i < kNumLinearRoles; ++i) {
+    if (linear[i].empty()) continue;
+    l.linear[i] = LinearWeight::Dense(linear[i].data(), rows[i], cols[i]);
+    if (!bias[i].empty()) l.bias[i] = bias[i].data();
   }
   return l;
 }
 
 std::vector<ScalingGroup> LlamaScalingGroups(const LlamaConfig& config) {
   using Prev = ScalingGroup::Prev;
-  std::vector<ScalingGroup> groups;
-  groups.push_back({Prev::kInputNorm, {kQ, kK, kV}, BlockPoint::kAttentionInput,
-                    BlockPoint::kAttentionOutput});
-  // AutoAWQ: `if module.self_attn.v_proj.weight.shape == o_proj.weight.shape`.
+  const bool fused = config.spec().fused_projections;
   const int64_t q_dim = static_cast<int64_t>(config.num_attention_heads) * config.head_dim;
   const int64_t kv_dim = static_cast<int64_t>(config.num_key_value_heads) * config.head_dim;
+  std::vector<ScalingGroup> groups;
+  ScalingGroup attention_input{Prev::kNorm, kInputNorm};
+  attention_input.layers = fused ? std::vector<LinearRole>{kQkv} : std::vector<LinearRole>{kQ, kK, kV};
+  attention_input.input = BlockPoint::kAttentionInput;
+  attention_input.inspect = BlockPoint::kAttentionOutput;
+  groups.push_back(attention_input);
+  // AutoAWQ: `if module.self_attn.v_proj.weight.shape == o_proj.weight.shape`.
   if (kv_dim == q_dim && q_dim == config.hidden_size) {
-    groups.push_back({Prev::kVProj, {kO}, BlockPoint::kOProjInput,
-                      BlockPoint::kAttentionOutput});
+    ScalingGroup v_to_o{Prev::kLinear};
+    v_to_o.prev_linear = fused ? kQkv : kV;
+    v_to_o.prev_first_row = fused ? FusedParts(config, kQkv)[2].first : 0;
+    v_to_o.layers = {kO};
+    v_to_o.input = BlockPoint::kOProjInput;
+    v_to_o.inspect = BlockPoint::kAttentionOutput;
+    groups.push_back(v_to_o);
   }
-  groups.push_back({Prev::kPostAttentionNorm, {kGate, kUp}, BlockPoint::kMlpInput,
-                    BlockPoint::kMlpOutput});
-  groups.push_back({Prev::kUpProj, {kDown}, BlockPoint::kDownInput, BlockPoint::kMlpOutput});
+  ScalingGroup mlp_input{Prev::kNorm, kPostAttentionNorm};
+  mlp_input.layers = fused ? std::vector<LinearRole>{kGateUp} : std::vector<LinearRole>{kGate, kUp};
+  mlp_input.input = BlockPoint::kMlpInput;
+  mlp_input.inspect = BlockPoint::kMlpOutput;
+  groups.push_back(mlp_input);
+  ScalingGroup up_to_down{Prev::kLinear};
+  up_to_down.prev_linear = fused ? kGateUp : kUp;
+  up_to_down.prev_first_row = fused ? FusedParts(config, kGateUp)[1].first : 0;
+  up_to_down.layers = {kDown};
+  up_to_down.input = BlockPoint::kDownInput;
+  up_to_down.inspect = BlockPoint::kMlpOutput;
+  groups.push_back(up_to_down);
   return groups;
 }
 
 void FoldScales(const ScalingGroup& group, absl::Span<const float> s, BlockWeights* w) {
   const int64_t n = static_cast<int64_t>(s.size());
-  switch (group.prev) {
-    case ScalingGroup::Prev::kInputNorm:
-      for (int64_t j = 0; j < n; ++j) w->input_norm[j] /= s[j];
-      break;
-    case ScalingGroup::Prev::kPostAttentionNorm:
-      for (int64_t j = 0; j < n; ++j) w->post_attention_norm[j] /= s[j];
-      break;
-    case ScalingGroup::Prev::kVProj:
-    case ScalingGroup::Prev::kUpProj: {
-      // Output row j of the previous linear feeds input channel j.
-      const BlockLinear prev = group.prev == ScalingGroup::Prev::kVProj ? kV : kUp;
-      float* rows = w->linear[prev].data();
-      const int64_t cols = w->cols[prev];
-      tbb::parallel_for(int64_t{0}, n, [&](int64_t j) {
-        for (int64_t c = 0; c < cols; ++c) rows[j * cols + c] /= s[j];
-      });
-      break;
+  if (group.prev == ScalingGroup::Prev::kNorm) {
+    std::vector<float>& norm = w->norm[group.prev_norm];
+    for (int64_t j = 0; j < n; ++j) norm[j] /= s[j];
+  } else {
+    // Output row prev_first_row + j of the previous linear feeds input channel j.
+    const LinearRole prev = group.prev_linear;
+    const int64_t cols = w->cols[prev];
+    float* rows = w->linear[prev].data() + group.prev_first_row * cols;
+    tbb::parallel_for(int64_t{0}, n, [&](int64_t j) {
+      for (int64_t c = 0; c < cols; ++c) rows[j * cols + c] /= s[j];
+    });
+    if (!w->bias[prev].empty()) {
+      for (int64_t j = 0; j < n; ++j) w->bias[prev][group.prev_first_row + j] /= s[j];
     }
   }
-  for (BlockLinear layer : group.layers) {
+  for (LinearRole layer : group.layers) {
     float* m = w->linear[layer].data();
     tbb::parallel_for(int64_t{0}, w->rows[layer], [&](int64_t r) {
       for (int64_t j = 0; j < n; ++j) m[r * n + j] *= s[j];
@@ -166,10 +184,10 @@ absl::Status ForEachCalibratedBlock(const LlamaModel& model,
                                     const CalibratedBlockFn& fn) {
   const LlamaConfig& c = model.config();
   const int64_t hidden = c.hidden_size;
-  if (calibration.seq_len > c.max_position_embeddings) {
+  if (calibration.seq_len > ContextLength(c)) {
     return absl::InvalidArgumentError(
         absl::StrCat("calibration seq_len ", calibration.seq_len, " exceeds the model's context of ",
-                     c.max_position_embeddings, " tokens"));
+                     ContextLength(c), " tokens"));
   }
   BlockActivations acts;
   acts.seqs = calibration.n_samples;
@@ -211,25 +229,30 @@ class TransformedSource : public WeightSource {
     for (size_t i = 0; i < blocks_.size(); ++i) {
       const int layer = static_cast<int>(i);
       BlockWeights& b = blocks_[i];
-      vectors_[BlockModuleName(layer, "input_layernorm")] = b.input_norm.data();
-      vectors_[BlockModuleName(layer, "post_attention_layernorm")] = b.post_attention_norm.data();
-      for (int j = 0; j < kNumBlockLinears; ++j) {
-        linears_[BlockModuleName(layer, kBlockLinearNames[j])] =
-            LinearWeight::Dense(b.linear[j].data(), b.rows[j], b.cols[j]);
+      for (int n = 0; n < kNumNormRoles; ++n) {
+        if (b.norm[n].empty()) continue;
+        vectors_[absl::StrCat(BlockModuleName(layer, kNormRoleNames[n]), ".weight")] =
+            b.norm[n].data();
+      }
+      for (int j = 0; j < kNumLinearRoles; ++j) {
+        if (b.linear[j].empty()) continue;
+        const std::string module = BlockModuleName(layer, kLinearRoleNames[j]);
+        linears_[module] = LinearWeight::Dense(b.linear[j].data(), b.rows[j], b.cols[j]);
+        if (!b.bias[j].empty()) vectors_[absl::StrCat(module, ".bias")] = b.bias[j].data();
       }
     }
   }
-  absl::StatusOr<const float*> F32(std::string_view name,
+  absl::StatusOr<const float*> F32(absl::string_view name,
                                    absl::Span<const int64_t> shape) override {
     auto it = vectors_.find(std::string(name));
     if (it != vectors_.end()) return it->second;
     return base_->source->F32(name, shape);
   }
-  bool Has(std::string_view name) override {
+  bool Has(absl::string_view name) override {
     return vectors_.count(std::string(name)) > 0 || linears_.count(std::string(name)) > 0 ||
            base_->source->Has(name);
   }
-  absl::StatusOr<LinearWeight> Linear(std::string_view name, int64_t out_features,
+  absl::StatusOr<LinearWeight> Linear(absl::string_view name, int64_t out_features,
                                       int64_t in_features) override {
     auto it = linears_.find(std::string(name));
     if (it == linears_.end()) return base_->source->Linear(name, out_features, in_features);

@@ -44,40 +44,44 @@ absl::StatusOr<CalibrationSet> BuildCalibrationSet(
     const v1::CalibrationConfig& config, const std::string& data_root,
     const Tokenizer& tokenizer);
 
-// Indexes of kBlockLinearNames.
-enum BlockLinear { kQ, kK, kV, kO, kGate, kUp, kDown, kNumBlockLinears };
-
 // An owned fp32 copy of one decoder block that scales and clips are folded
-// into; View() runs it through LlamaModel::RunBlock.
+// into; View() runs it through LlamaModel::RunBlock. Roles the family lacks
+// stay empty.
 struct BlockWeights {
-  std::vector<float> input_norm;
-  std::vector<float> post_attention_norm;
-  std::array<std::vector<float>, kNumBlockLinears> linear;  // [rows, cols]
-  std::array<int64_t, kNumBlockLinears> rows{};
-  std::array<int64_t, kNumBlockLinears> cols{};
+  std::array<std::vector<float>, kNumNormRoles> norm;
+  std::array<std::vector<float>, kNumLinearRoles> linear;  // [rows, cols]
+  std::array<std::vector<float>, kNumLinearRoles> bias;    // [rows] or empty
+  std::array<int64_t, kNumLinearRoles> rows{};
+  std::array<int64_t, kNumLinearRoles> cols{};
 
   // The layer must hold dense weights.
-  static BlockWeights Copy(const LlamaLayerWeights& layer, int64_t hidden);
+  static BlockWeights Copy(const LlamaLayerWeights& layer, const LlamaConfig& config);
   LlamaLayerWeights View() const;
 };
 
 // Layers that share an input, and the op before them that can absorb 1/s
-// (llm-awq auto_scale.py / AutoAWQ awq/models/llama.py).
+// (llm-awq auto_scale.py / AutoAWQ awq/models/llama.py): a norm, or the
+// output rows [prev_first_row, prev_first_row + n) of a linear layer (v_proj;
+// up_proj; the v rows of a fused qkv_proj, the up half of gate_up_proj).
 struct ScalingGroup {
-  enum class Prev { kInputNorm, kPostAttentionNorm, kVProj, kUpProj };
+  enum class Prev { kNorm, kLinear };
   Prev prev;
-  std::vector<BlockLinear> layers;
+  NormRole prev_norm = kInputNorm;   // kNorm
+  LinearRole prev_linear = kV;       // kLinear
+  int64_t prev_first_row = 0;
+  std::vector<LinearRole> layers;
   BlockPoint input;    // where the layers' input is observed
   BlockPoint inspect;  // the output whose error AWQ minimises
 };
 
-// input_layernorm->q,k,v; v_proj->o_proj only when v and o are square and
+// input_layernorm->q,k,v (or qkv); v->o_proj only when v and o are square and
 // equal (with GQA a v channel feeds several o channels, so no exact fold);
-// post_attention_layernorm->gate,up; up_proj->down_proj.
+// post_attention_layernorm->gate,up (or gate_up); up->down_proj.
 std::vector<ScalingGroup> LlamaScalingGroups(const LlamaConfig& config);
 
-// Divides the previous op's output channels by s and multiplies the input
-// channels of the group's layers by s: the fp32 block function is unchanged.
+// Divides the previous op's output channels (and their biases) by s and
+// multiplies the input channels of the group's layers by s: the fp32 block
+// function is unchanged.
 void FoldScales(const ScalingGroup& group, absl::Span<const float> s,
                 BlockWeights* w);
 

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -78,29 +79,160 @@ absl::Status ReadPositiveFloat(const Json& root, const char* key, float* out) {
   return absl::OkStatus();
 }
 
-absl::Status CheckArchitecture(const Json& root) {
-  bool is_llama = false;
-  auto model_type = root.find("model_type");
-  if (model_type != root.end() && model_type->is_string() &&
-      model_type->get<std::string>() == "llama") {
-    is_llama = true;
-  }
+absl::StatusOr<Architecture> ReadArchitecture(const Json& root) {
   auto architectures = root.find("architectures");
   if (architectures != root.end() && architectures->is_array()) {
     for (const Json& name : *architectures) {
-      if (name.is_string() && name.get<std::string>() == "LlamaForCausalLM") {
-        is_llama = true;
+      for (const ArchitectureSpec& spec : kArchitectures) {
+        if (name.is_string() && name.get<std::string>() == spec.hf_class) return spec.id;
       }
     }
   }
-  if (!is_llama) {
-    std::string found =
-        model_type != root.end() ? model_type->dump() : "no model_type";
-    return absl::UnimplementedError(absl::StrCat(
-        "only Llama models are supported (model_type \"llama\" or "
-        "architectures containing \"LlamaForCausalLM\"); config has ",
-        found));
+  auto model_type = root.find("model_type");
+  if (model_type != root.end() && model_type->is_string()) {
+    for (const ArchitectureSpec& spec : kArchitectures) {
+      if (model_type->get<std::string>() == spec.model_type) return spec.id;
+    }
   }
+  std::vector<absl::string_view> supported;
+  for (const ArchitectureSpec& spec : kArchitectures) supported.push_back(spec.hf_class);
+  const std::string found =
+      architectures != root.end() ? architectures->dump()
+      : model_type != root.end()  ? model_type->dump()
+                                  : std::string("neither 'architectures' nor 'model_type'");
+  return absl::UnimplementedError(absl::StrCat("config has ", found,
+                                               "; supported architectures: ",
+                                               absl::StrJoin(supported, ", ")));
+}
+
+absl::Status ReadBool(const Json& root, const char* key, bool* out) {
+  auto it = root.find(key);
+  if (it == root.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_boolean()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config field '", key, "' must be true or false, got ", it->dump()));
+  }
+  *out = it->get<bool>();
+  return absl::OkStatus();
+}
+
+absl::Status ReadString(const Json& root, const char* key, std::string* out) {
+  auto it = root.find(key);
+  if (it == root.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_string()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config field '", key, "' must be a string, got ", it->dump()));
+  }
+  *out = it->get<std::string>();
+  return absl::OkStatus();
+}
+
+// rope_scaling (transformers 4.x) or rope_parameters (5.x, which also
+// carries rope_theta). "type" is the older spelling of "rope_type".
+absl::Status ReadRope(const Json& root, LlamaConfig* config) {
+  const char* key = "rope_scaling";
+  auto it = root.find(key);
+  auto params = root.find("rope_parameters");
+  if (params != root.end() && !params->is_null()) {
+    key = "rope_parameters";
+    it = params;
+  }
+  if (it == root.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config field '", key, "' must be an object, got ", it->dump()));
+  }
+  RETURN_IF_ERROR(ReadPositiveFloat(*it, "rope_theta", &config->rope_theta));
+  std::string type = "default";
+  RETURN_IF_ERROR(ReadString(*it, "type", &type));
+  RETURN_IF_ERROR(ReadString(*it, "rope_type", &type));
+  RopeScaling& r = config->rope_scaling;
+  if (type == "default") {
+    r.type = RopeScaling::Type::kNone;
+    return absl::OkStatus();
+  }
+  if (type == "linear") {
+    r.type = RopeScaling::Type::kLinear;
+  } else if (type == "dynamic") {
+    r.type = RopeScaling::Type::kDynamic;
+  } else if (type == "llama3") {
+    r.type = RopeScaling::Type::kLlama3;
+  } else {
+    return absl::UnimplementedError(absl::StrCat(
+        "config field '", key, "' has type \"", type,
+        "\", which wq does not implement (supported: linear, dynamic, llama3)"));
+  }
+  auto factor = it->find("factor");
+  if (factor == it->end() || factor->is_null()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config field '", key, "' of type ", type, " needs a 'factor'"));
+  }
+  RETURN_IF_ERROR(ReadPositiveFloat(*it, "factor", &r.factor));
+  RETURN_IF_ERROR(ReadPositiveFloat(*it, "low_freq_factor", &r.low_freq_factor));
+  RETURN_IF_ERROR(ReadPositiveFloat(*it, "high_freq_factor", &r.high_freq_factor));
+  r.original_max_position_embeddings = config->max_position_embeddings;
+  RETURN_IF_ERROR(ReadInt(*it, "original_max_position_embeddings", 1,
+                          &r.original_max_position_embeddings));
+  if (r.type == RopeScaling::Type::kLlama3 && !(r.high_freq_factor > r.low_freq_factor)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config field '", key, "': high_freq_factor must exceed low_freq_factor"));
+  }
+  return absl::OkStatus();
+}
+
+// sliding_window as the family's rule reads it; null or absent: none.
+absl::Status ReadSlidingWindow(const Json& root, LlamaConfig* config) {
+  const SlidingWindowRule rule = config->spec().sliding_window;
+  auto window = root.find("sliding_window");
+  const bool window_set = window != root.end() && !window->is_null();
+  bool enabled = window_set;
+  if (rule == SlidingWindowRule::kUseSlidingWindow) {
+    enabled = false;
+    RETURN_IF_ERROR(ReadBool(root, "use_sliding_window", &enabled));
+    if (enabled) {
+      // Qwen2's window applies only to layers from max_window_layers on.
+      return absl::UnimplementedError(absl::StrCat(
+          "config field 'use_sliding_window' is true; wq implements ", config->spec().hf_class,
+          " with full attention only"));
+    }
+    return absl::OkStatus();
+  }
+  if (!enabled) return absl::OkStatus();
+  if (rule == SlidingWindowRule::kNone) {
+    return absl::UnimplementedError(absl::StrCat("config field 'sliding_window' is set, but ",
+                                                 config->spec().hf_class,
+                                                 " has no sliding-window attention"));
+  }
+  return ReadInt(root, "sliding_window", 1, &config->sliding_window);
+}
+
+// A config field the family does not have may only hold its neutral value.
+absl::Status RefuseBias(const Json& root, const char* key, const ArchitectureSpec& spec) {
+  bool value = false;
+  RETURN_IF_ERROR(ReadBool(root, key, &value));
+  if (value) {
+    return absl::UnimplementedError(absl::StrCat("config field '", key, "' is true, but ",
+                                                 spec.hf_class, " has no such biases"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadEosTokenIds(const Json& root, LlamaConfig* config) {
+  auto eos = root.find("eos_token_id");
+  if (eos == root.end() || eos->is_null()) return absl::OkStatus();
+  std::vector<int> ids;
+  const Json list = eos->is_array() ? *eos : Json::array({*eos});
+  if (list.empty()) {
+    return absl::InvalidArgumentError(
+        "config field 'eos_token_id' is an empty list; give at least one id");
+  }
+  for (const Json& id : list) {
+    int value = 0;
+    RETURN_IF_ERROR(ReadInt(Json::object({{"eos_token_id", id}}), "eos_token_id", 0, &value));
+    ids.push_back(value);
+  }
+  config->eos_token_ids = ids;
+  config->eos_token_id = ids.front();
   return absl::OkStatus();
 }
 
@@ -127,16 +259,9 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json) {
     return absl::InvalidArgumentError(
         absl::StrCat("config must be a JSON object, got ", root.type_name()));
   }
-  RETURN_IF_ERROR(CheckArchitecture(root));
-
-  auto rope_scaling = root.find("rope_scaling");
-  if (rope_scaling != root.end() && !rope_scaling->is_null()) {
-    return absl::UnimplementedError(absl::StrCat(
-        "rope_scaling is not supported (config has ", rope_scaling->dump(),
-        "); only plain RoPE models can be served"));
-  }
-
   LlamaConfig config;
+  ASSIGN_OR_RETURN(config.architecture, ReadArchitecture(root));
+  const ArchitectureSpec& spec = config.spec();
   RETURN_IF_ERROR(RequireInt(root, "hidden_size", &config.hidden_size));
   RETURN_IF_ERROR(
       RequireInt(root, "intermediate_size", &config.intermediate_size));
@@ -154,39 +279,39 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json) {
   RETURN_IF_ERROR(ReadInt(root, "max_position_embeddings", 1,
                           &config.max_position_embeddings));
   RETURN_IF_ERROR(ReadInt(root, "bos_token_id", 0, &config.bos_token_id));
-  // Newer configs list several end tokens; the first is the primary one.
-  auto eos = root.find("eos_token_id");
-  if (eos != root.end() && eos->is_array()) {
-    if (eos->empty()) {
-      return absl::InvalidArgumentError(
-          "config field 'eos_token_id' is an empty list; give at least one id");
-    }
-    Json first = Json::object({{"eos_token_id", (*eos)[0]}});
-    RETURN_IF_ERROR(ReadInt(first, "eos_token_id", 0, &config.eos_token_id));
-  } else {
-    RETURN_IF_ERROR(ReadInt(root, "eos_token_id", 0, &config.eos_token_id));
-  }
+  RETURN_IF_ERROR(ReadEosTokenIds(root, &config));
   RETURN_IF_ERROR(
       ReadPositiveFloat(root, "rms_norm_eps", &config.rms_norm_eps));
   RETURN_IF_ERROR(ReadPositiveFloat(root, "rope_theta", &config.rope_theta));
+  RETURN_IF_ERROR(ReadRope(root, &config));
+  RETURN_IF_ERROR(ReadBool(root, "tie_word_embeddings", &config.tie_word_embeddings));
+  // transformers 5.x writes "dtype"; 4.x "torch_dtype".
+  RETURN_IF_ERROR(ReadString(root, "torch_dtype", &config.torch_dtype));
+  RETURN_IF_ERROR(ReadString(root, "dtype", &config.torch_dtype));
 
-  auto tie = root.find("tie_word_embeddings");
-  if (tie != root.end() && !tie->is_null()) {
-    if (!tie->is_boolean()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "config field 'tie_word_embeddings' must be true or false, got ",
-          tie->dump()));
-    }
-    config.tie_word_embeddings = tie->get<bool>();
+  std::string hidden_act = "silu";
+  RETURN_IF_ERROR(ReadString(root, "hidden_act", &hidden_act));
+  if (hidden_act != "silu") {
+    return absl::UnimplementedError(absl::StrCat(
+        "config field 'hidden_act' is \"", hidden_act, "\"; wq implements \"silu\" only"));
   }
-  auto torch_dtype = root.find("torch_dtype");
-  if (torch_dtype != root.end() && !torch_dtype->is_null()) {
-    if (!torch_dtype->is_string()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("config field 'torch_dtype' must be a string, got ",
-                       torch_dtype->dump()));
-    }
-    config.torch_dtype = torch_dtype->get<std::string>();
+  if (spec.attention_bias_field) {
+    RETURN_IF_ERROR(ReadBool(root, "attention_bias", &config.attention_bias));
+  } else {
+    RETURN_IF_ERROR(RefuseBias(root, "attention_bias", spec));
+  }
+  if (spec.mlp_bias_field) {
+    RETURN_IF_ERROR(ReadBool(root, "mlp_bias", &config.mlp_bias));
+  } else {
+    RETURN_IF_ERROR(RefuseBias(root, "mlp_bias", spec));
+  }
+  RETURN_IF_ERROR(ReadSlidingWindow(root, &config));
+  auto partial_rotary = root.find("partial_rotary_factor");
+  if (partial_rotary != root.end() && !partial_rotary->is_null() &&
+      !(partial_rotary->is_number() && partial_rotary->get<double>() == 1.0)) {
+    return absl::UnimplementedError(absl::StrCat("config field 'partial_rotary_factor' is ",
+                                                 partial_rotary->dump(),
+                                                 "; wq rotates whole heads only (1.0)"));
   }
 
   if (!head_dim_given) {
@@ -231,8 +356,9 @@ absl::StatusOr<LlamaConfig> LoadLlamaConfig(const std::string& path) {
 
 std::string LlamaConfigToJson(const LlamaConfig& config) {
   nlohmann::ordered_json json;
-  json["architectures"] = {"LlamaForCausalLM"};
-  json["model_type"] = "llama";
+  const ArchitectureSpec& spec = config.spec();
+  json["architectures"] = {std::string(spec.hf_class)};
+  json["model_type"] = std::string(spec.model_type);
   json["hidden_size"] = config.hidden_size;
   json["intermediate_size"] = config.intermediate_size;
   json["num_hidden_layers"] = config.num_hidden_layers;
@@ -243,11 +369,37 @@ std::string LlamaConfigToJson(const LlamaConfig& config) {
   json["max_position_embeddings"] = config.max_position_embeddings;
   json["rms_norm_eps"] = ShortestDecimal(config.rms_norm_eps);
   json["rope_theta"] = ShortestDecimal(config.rope_theta);
-  json["rope_scaling"] = nullptr;
+  const RopeScaling& rope = config.rope_scaling;
+  if (rope.type == RopeScaling::Type::kNone) {
+    json["rope_scaling"] = nullptr;
+  } else {
+    nlohmann::ordered_json& r = json["rope_scaling"];
+    r["rope_type"] = rope.type == RopeScaling::Type::kLinear    ? "linear"
+                     : rope.type == RopeScaling::Type::kDynamic ? "dynamic"
+                                                                : "llama3";
+    r["factor"] = ShortestDecimal(rope.factor);
+    if (rope.type == RopeScaling::Type::kLlama3) {
+      r["low_freq_factor"] = ShortestDecimal(rope.low_freq_factor);
+      r["high_freq_factor"] = ShortestDecimal(rope.high_freq_factor);
+    }
+    r["original_max_position_embeddings"] = rope.original_max_position_embeddings;
+  }
   json["hidden_act"] = "silu";
+  if (spec.attention_bias_field) json["attention_bias"] = config.attention_bias;
+  if (spec.mlp_bias_field) json["mlp_bias"] = config.mlp_bias;
+  if (spec.sliding_window == SlidingWindowRule::kUseSlidingWindow) {
+    json["use_sliding_window"] = false;
+  } else if (spec.sliding_window == SlidingWindowRule::kWindowField) {
+    json["sliding_window"] = config.sliding_window > 0 ? nlohmann::ordered_json(config.sliding_window)
+                                                       : nlohmann::ordered_json(nullptr);
+  }
   json["tie_word_embeddings"] = config.tie_word_embeddings;
   json["bos_token_id"] = config.bos_token_id;
-  json["eos_token_id"] = config.eos_token_id;
+  if (config.eos_token_ids.size() > 1) {
+    json["eos_token_id"] = config.eos_token_ids;
+  } else {
+    json["eos_token_id"] = config.eos_token_id;
+  }
   if (!config.torch_dtype.empty()) json["torch_dtype"] = config.torch_dtype;
   // Replace rather than throw on non-UTF-8 torch_dtype: this function cannot
   // fail, and a parsed config only ever holds valid UTF-8.

@@ -1,17 +1,33 @@
-// Hugging Face config.json for Llama-architecture models: parsing with HF's
-// defaults, validation of everything the inference engine relies on, and
-// serialisation back to HF-style JSON.
+// Hugging Face config.json of the decoder families in architecture.h: parsing
+// with HF's defaults (transformers 4.x and 5.x field layouts), validation of
+// everything the inference engine relies on, refusal of every field that
+// would change the numerics and is not implemented, and serialisation back to
+// HF-style JSON.
 #ifndef WQ_COMMON_HF_CONFIG_H_
 #define WQ_COMMON_HF_CONFIG_H_
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/architecture.h"
 
 namespace wq {
 
+// transformers' rope_scaling / rope_parameters types that wq implements.
+struct RopeScaling {
+  enum class Type { kNone, kLinear, kDynamic, kLlama3 };
+  Type type = Type::kNone;
+  float factor = 1.0f;
+  float low_freq_factor = 1.0f;   // llama3
+  float high_freq_factor = 4.0f;  // llama3
+  // llama3 and dynamic: the context the model was trained at.
+  int original_max_position_embeddings = 0;
+};
+
 struct LlamaConfig {
+  Architecture architecture = Architecture::kLlama;
   int hidden_size = 0;
   int intermediate_size = 0;
   int num_hidden_layers = 0;
@@ -25,7 +41,16 @@ struct LlamaConfig {
   bool tie_word_embeddings = false;
   int bos_token_id = 1;
   int eos_token_id = 2;
+  // Every end token config.json lists (Llama 3 lists several); the first is
+  // eos_token_id.
+  std::vector<int> eos_token_ids = {2};
   std::string torch_dtype;  // E.g. "float32"; empty when absent.
+  bool attention_bias = false;  // q/k/v/o_proj biases (where the family reads it)
+  bool mlp_bias = false;        // gate/up/down_proj biases
+  int sliding_window = 0;       // keys a query sees, itself included; 0: all
+  RopeScaling rope_scaling;
+
+  const ArchitectureSpec& spec() const { return SpecOf(architecture); }
 };
 
 // Every size must be below this; larger values are corrupt configs that would
@@ -33,12 +58,13 @@ struct LlamaConfig {
 inline constexpr int kMaxLlamaConfigDim = 1 << 20;
 
 // INVALID_ARGUMENT for malformed JSON, wrong field types or inconsistent
-// sizes; UNIMPLEMENTED for non-Llama architectures and rope_scaling.
+// sizes; UNIMPLEMENTED, naming the field, for architectures, activations,
+// rope_scaling types, sliding windows and biases wq does not implement.
 absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json);
 // Reads and parses a config.json; errors name the file.
 absl::StatusOr<LlamaConfig> LoadLlamaConfig(const std::string& path);
-// HF-style config.json text (architectures ["LlamaForCausalLM"], model_type
-// "llama"); ParseLlamaConfig reads it back to an equal config.
+// HF-style config.json text (transformers 4.x layout) of the config's
+// architecture; ParseLlamaConfig reads it back to an equal config.
 std::string LlamaConfigToJson(const LlamaConfig& config);
 
 }  // namespace wq

@@ -5,12 +5,16 @@
 #include <deque>
 #include <filesystem>
 #include <map>
+#include <set>
 
 #include "Eigen/Core"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/bf16.h"
+#include "common/file_util.h"
 #include "common/safetensors.h"
+#include "nlohmann/json.hpp"
 #include "common/status_macros.h"
 #include "tbb/parallel_for.h"
 
@@ -22,23 +26,16 @@ using ConstRowMatrix =
 using ConstVector = Eigen::Map<const Eigen::VectorXf>;
 using Vector = Eigen::Map<Eigen::VectorXf>;
 
-// Weights of an unquantized model directory: every *.safetensors file mapped,
-// fp32 tensors used in place, others converted once into owned storage.
+// Weights of an unquantized model directory: the safetensors files that
+// model.safetensors.index.json names (or every *.safetensors without one)
+// mapped, fp32 tensors used in place, others converted once into owned
+// storage. Remembers which tensors were used, so that a checkpoint holding
+// tensors the description does not consume is refused rather than served
+// without them.
 class ModelDirSource : public WeightSource {
  public:
   absl::Status Open(const std::string& dir) {
-    std::error_code ec;
-    std::vector<std::string> paths;
-    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-      if (entry.path().extension() == ".safetensors") {
-        paths.push_back(entry.path().string());
-      }
-    }
-    if (ec) return absl::NotFoundError(absl::StrCat("cannot list ", dir, ": ", ec.message()));
-    if (paths.empty()) {
-      return absl::NotFoundError(absl::StrCat("no *.safetensors file in ", dir));
-    }
-    std::sort(paths.begin(), paths.end());
+    ASSIGN_OR_RETURN(std::vector<std::string> paths, CheckpointFiles(dir));
     for (const std::string& path : paths) {
       ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
       for (const TensorInfo& t : file->tensors()) {
@@ -52,37 +49,92 @@ class ModelDirSource : public WeightSource {
     return absl::OkStatus();
   }
 
-  bool Has(std::string_view name) override {
-    return by_name_.count(absl::StrCat(std::string(name), ".weight")) > 0;
+  bool Has(absl::string_view module) override {
+    return by_name_.count(absl::StrCat(module, ".weight")) > 0;
   }
 
-  absl::StatusOr<const float*> F32(std::string_view name,
+  absl::StatusOr<const float*> F32(absl::string_view tensor,
                                    absl::Span<const int64_t> shape) override {
-    const std::string tensor = absl::StrCat(std::string(name), ".weight");
-    auto it = by_name_.find(tensor);
+    auto it = by_name_.find(std::string(tensor));
     if (it == by_name_.end()) {
       return absl::NotFoundError(absl::StrCat("model has no tensor ", tensor));
     }
-    ASSIGN_OR_RETURN(F32Tensor t, it->second->LoadF32(tensor));
+    ASSIGN_OR_RETURN(F32Tensor t, it->second->LoadF32(std::string(tensor)));
     if (t.shape != std::vector<int64_t>(shape.begin(), shape.end())) {
       return absl::InvalidArgumentError(absl::StrCat(
           "tensor ", tensor, " has shape [", absl::StrJoin(t.shape, ","),
           "], config.json implies [", absl::StrJoin(shape, ","), "]"));
     }
+    used_.insert(std::string(tensor));
     tensors_.push_back(std::move(t));
     return tensors_.back().data;
   }
 
-  absl::StatusOr<LinearWeight> Linear(std::string_view name, int64_t out_features,
+  absl::StatusOr<LinearWeight> Linear(absl::string_view module, int64_t out_features,
                                       int64_t in_features) override {
     const int64_t shape[] = {out_features, in_features};
-    ASSIGN_OR_RETURN(const float* w, F32(name, shape));
+    ASSIGN_OR_RETURN(const float* w, F32(absl::StrCat(module, ".weight"), shape));
     return LinearWeight::Dense(w, out_features, in_features);
   }
 
+  // UNIMPLEMENTED naming the first tensor nothing used: serving without it
+  // would give wrong text. RoPE tables some exporters store are derived, so
+  // they are allowed.
+  absl::Status CheckAllUsed() const {
+    for (const auto& [name, file] : by_name_) {
+      if (used_.count(name) == 0 && !absl::EndsWith(name, ".rotary_emb.inv_freq")) {
+        return absl::UnimplementedError(absl::StrCat(
+            "checkpoint tensor ", name,
+            " is not part of the architecture config.json describes; wq would ignore it"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
  private:
+  // The shards model.safetensors.index.json maps tensors to, else every
+  // *.safetensors file, sorted.
+  static absl::StatusOr<std::vector<std::string>> CheckpointFiles(const std::string& dir) {
+    std::vector<std::string> paths;
+    const std::string index_path = absl::StrCat(dir, "/model.safetensors.index.json");
+    std::error_code ec;
+    if (std::filesystem::exists(index_path, ec)) {
+      ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
+      const nlohmann::json index = nlohmann::json::parse(text, nullptr, false);
+      const auto map = index.is_object() ? index.find("weight_map") : index.end();
+      if (index.is_discarded() || map == index.end() || !map->is_object()) {
+        return absl::InvalidArgumentError(
+            "model.safetensors.index.json has no 'weight_map' object");
+      }
+      std::set<std::string> shards;
+      for (const auto& [tensor, shard] : map->items()) {
+        // A shard is a plain file name beside the index.
+        if (!shard.is_string() || shard.get<std::string>().empty() ||
+            shard.get<std::string>().find('/') != std::string::npos ||
+            shard.get<std::string>()[0] == '.') {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "model.safetensors.index.json maps ", tensor, " to ", shard.dump(),
+              "; expected a file name in the model directory"));
+        }
+        shards.insert(shard.get<std::string>());
+      }
+      for (const std::string& shard : shards) paths.push_back(absl::StrCat(dir, "/", shard));
+      return paths;
+    }
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+      if (entry.path().extension() == ".safetensors") paths.push_back(entry.path().string());
+    }
+    if (ec) return absl::NotFoundError(absl::StrCat("cannot list ", dir, ": ", ec.message()));
+    if (paths.empty()) {
+      return absl::NotFoundError(absl::StrCat("no *.safetensors file in ", dir));
+    }
+    std::sort(paths.begin(), paths.end());
+    return paths;
+  }
+
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, SafetensorsFile*, std::less<>> by_name_;
+  std::set<std::string> used_;
   std::deque<F32Tensor> tensors_;  // deque: stable addresses
 };
 
@@ -96,17 +148,16 @@ void RmsNorm(const float* x, const float* weight, int n, float eps, float* out) 
 
 }  // namespace
 
-std::string BlockModuleName(int layer, std::string_view name) {
-  return absl::StrCat("model.layers.", layer, ".", std::string(name));
-}
-
 int64_t LlamaWeights::StorageBytes() const {
   const int64_t hidden = config.hidden_size;
   int64_t bytes = (static_cast<int64_t>(config.vocab_size) * hidden + hidden) * 4;
+  const std::vector<BlockNormSpec> norms = BlockNorms(config);
+  const std::vector<BlockLinearSpec> linears = BlockLinears(config);
   for (const LlamaLayerWeights& l : layers) {
-    bytes += 2 * hidden * 4;
-    for (const LinearWeight* w : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
-      bytes += w->storage_bytes();
+    for (const BlockNormSpec& n : norms) bytes += n.size * 4;
+    for (const BlockLinearSpec& spec : linears) {
+      bytes += l.linear[spec.role].storage_bytes();
+      if (spec.bias) bytes += spec.out_features * 4;
     }
   }
   if (lm_head.dense() != embed) bytes += lm_head.storage_bytes();
@@ -118,38 +169,33 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
   auto w = std::make_shared<LlamaWeights>();
   w->config = config;
   const int64_t hidden = config.hidden_size;
-  const int64_t q_dim = static_cast<int64_t>(config.num_attention_heads) * config.head_dim;
-  const int64_t kv_dim = static_cast<int64_t>(config.num_key_value_heads) * config.head_dim;
-  const int64_t inter = config.intermediate_size;
   const int64_t vocab = config.vocab_size;
   const int64_t vector_shape[] = {hidden};
   const int64_t embed_shape[] = {vocab, hidden};
 
-  ASSIGN_OR_RETURN(w->embed, source->F32("model.embed_tokens", embed_shape));
+  ASSIGN_OR_RETURN(w->embed, source->F32(absl::StrCat(kEmbedName, ".weight"), embed_shape));
+  const std::vector<BlockNormSpec> norms = BlockNorms(config);
+  const std::vector<BlockLinearSpec> linears = BlockLinears(config);
   for (int i = 0; i < config.num_hidden_layers; ++i) {
     LlamaLayerWeights l;
-    ASSIGN_OR_RETURN(l.input_norm,
-                     source->F32(BlockModuleName(i, "input_layernorm"), vector_shape));
-    ASSIGN_OR_RETURN(l.post_attention_norm,
-                     source->F32(BlockModuleName(i, "post_attention_layernorm"), vector_shape));
-    struct {
-      LinearWeight* weight;
-      std::string_view name;
-      int64_t out, in;
-    } linears[] = {{&l.q, "self_attn.q_proj", q_dim, hidden},
-                   {&l.k, "self_attn.k_proj", kv_dim, hidden},
-                   {&l.v, "self_attn.v_proj", kv_dim, hidden},
-                   {&l.o, "self_attn.o_proj", hidden, q_dim},
-                   {&l.gate, "mlp.gate_proj", inter, hidden},
-                   {&l.up, "mlp.up_proj", inter, hidden},
-                   {&l.down, "mlp.down_proj", hidden, inter}};
-    for (const auto& lin : linears) {
-      ASSIGN_OR_RETURN(*lin.weight,
-                       source->Linear(BlockModuleName(i, lin.name), lin.out, lin.in));
+    for (const BlockNormSpec& n : norms) {
+      const int64_t shape[] = {n.size};
+      ASSIGN_OR_RETURN(l.norm[n.role],
+                       source->F32(absl::StrCat(BlockModuleName(i, n.name()), ".weight"), shape));
+    }
+    for (const BlockLinearSpec& spec : linears) {
+      const std::string module = BlockModuleName(i, spec.name());
+      ASSIGN_OR_RETURN(l.linear[spec.role],
+                       source->Linear(module, spec.out_features, spec.in_features));
+      if (spec.bias) {
+        const int64_t shape[] = {spec.out_features};
+        ASSIGN_OR_RETURN(l.bias[spec.role], source->F32(absl::StrCat(module, ".bias"), shape));
+      }
     }
     w->layers.push_back(l);
   }
-  ASSIGN_OR_RETURN(w->final_norm, source->F32("model.norm", vector_shape));
+  ASSIGN_OR_RETURN(w->final_norm,
+                   source->F32(absl::StrCat(kFinalNormName, ".weight"), vector_shape));
   if (source->Has(kLmHeadName)) {
     ASSIGN_OR_RETURN(w->lm_head, source->Linear(kLmHeadName, vocab, hidden));
   } else if (config.tie_word_embeddings) {
@@ -167,7 +213,10 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
   ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir + "/config.json"));
   auto source = std::make_shared<ModelDirSource>();
   RETURN_IF_ERROR(source->Open(dir));
-  return BuildLlamaWeights(config, std::move(source));
+  ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
+                   BuildLlamaWeights(config, source));
+  RETURN_IF_ERROR(source->CheckAllUsed());
+  return weights;
 }
 
 KVCache::KVCache(const LlamaConfig& config, int max_positions, KvCacheDtype dtype)
@@ -220,25 +269,94 @@ int64_t KVCache::bytes() const {
                               (keys_bf16_.size() + values_bf16_.size()) * sizeof(uint16_t));
 }
 
-RotaryEmbedding::RotaryEmbedding(const LlamaConfig& c, int positions)
-    : head_dim_(c.head_dim) {
+std::vector<double> RotaryEmbedding::InverseFrequencies(const LlamaConfig& c, int seq_len) {
   const int half = c.head_dim / 2;
+  const RopeScaling& r = c.rope_scaling;
+  double base = c.rope_theta;
+  if (r.type == RopeScaling::Type::kDynamic && seq_len > r.original_max_position_embeddings) {
+    // transformers _compute_dynamic_ntk_parameters
+    const double stretch =
+        r.factor * seq_len / r.original_max_position_embeddings - (r.factor - 1.0);
+    base *= std::pow(stretch, static_cast<double>(c.head_dim) / (c.head_dim - 2));
+  }
+  std::vector<double> inv_freq(half);
+  for (int i = 0; i < half; ++i) {
+    inv_freq[i] = std::pow(base, -2.0 * i / c.head_dim);
+    if (r.type == RopeScaling::Type::kLinear) inv_freq[i] /= r.factor;
+    if (r.type == RopeScaling::Type::kLlama3) {
+      // transformers _compute_llama3_parameters: long wavelengths slow down
+      // by `factor`, short ones stay, the band between blends the two.
+      const double wavelen = 2 * M_PI / inv_freq[i];
+      const double low_wavelen = r.original_max_position_embeddings / r.low_freq_factor;
+      const double high_wavelen = r.original_max_position_embeddings / r.high_freq_factor;
+      if (wavelen > low_wavelen) {
+        inv_freq[i] /= r.factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth = (r.original_max_position_embeddings / wavelen - r.low_freq_factor) /
+                              (r.high_freq_factor - r.low_freq_factor);
+        inv_freq[i] = (1 - smooth) * inv_freq[i] / r.factor + smooth * inv_freq[i];
+      }
+    }
+  }
+  return inv_freq;
+}
+
+BlockPoint InputPointOf(LinearRole role) {
+  switch (role) {
+    case kQ:
+    case kK:
+    case kV:
+    case kQkv:
+      return BlockPoint::kAttentionInput;
+    case kO:
+      return BlockPoint::kOProjInput;
+    case kGate:
+    case kUp:
+    case kGateUp:
+      return BlockPoint::kMlpInput;
+    case kDown:
+    case kNumLinearRoles:
+      break;
+  }
+  return BlockPoint::kDownInput;
+}
+
+int ContextLength(const LlamaConfig& c) {
+  if (c.rope_scaling.type != RopeScaling::Type::kDynamic) return c.max_position_embeddings;
+  const double stretched = static_cast<double>(c.max_position_embeddings) * c.rope_scaling.factor;
+  return static_cast<int>(std::min<double>(stretched, kMaxLlamaConfigDim));
+}
+
+RotaryEmbedding::RotaryEmbedding(const LlamaConfig& c, int positions)
+    : config_(c), head_dim_(c.head_dim) {
+  const int half = c.head_dim / 2;
+  const std::vector<double> inv_freq = InverseFrequencies(c, 0);
   cos_.resize(static_cast<size_t>(positions) * half);
   sin_.resize(cos_.size());
   for (int pos = 0; pos < positions; ++pos) {
     for (int i = 0; i < half; ++i) {
-      const double inv_freq = std::pow(static_cast<double>(c.rope_theta),
-                                       -2.0 * i / c.head_dim);
-      cos_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::cos(pos * inv_freq));
-      sin_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::sin(pos * inv_freq));
+      cos_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::cos(pos * inv_freq[i]));
+      sin_[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::sin(pos * inv_freq[i]));
     }
   }
 }
 
-void RotaryEmbedding::Apply(float* x, int heads, int pos, bool inverse) const {
+void RotaryEmbedding::Apply(float* x, int heads, int pos, bool inverse, int seq_len) const {
   const int half = head_dim_ / 2;
   const float* cos = cos_.data() + static_cast<size_t>(pos) * half;
   const float* sin = sin_.data() + static_cast<size_t>(pos) * half;
+  std::vector<float> stretched;  // dynamic-NTK past the trained context
+  if (config_.rope_scaling.type == RopeScaling::Type::kDynamic &&
+      seq_len > config_.rope_scaling.original_max_position_embeddings) {
+    const std::vector<double> inv_freq = InverseFrequencies(config_, seq_len);
+    stretched.resize(2 * half);
+    for (int i = 0; i < half; ++i) {
+      stretched[i] = static_cast<float>(std::cos(pos * inv_freq[i]));
+      stretched[half + i] = static_cast<float>(std::sin(pos * inv_freq[i]));
+    }
+    cos = stretched.data();
+    sin = stretched.data() + half;
+  }
   for (int h = 0; h < heads; ++h) {
     float* head = x + static_cast<size_t>(h) * head_dim_;
     for (int i = 0; i < half; ++i) {
@@ -253,7 +371,8 @@ void RotaryEmbedding::Apply(float* x, int heads, int pos, bool inverse) const {
 
 LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
     : weights_(std::move(weights)),
-      rope_(weights_->config, weights_->config.max_position_embeddings) {}
+      rope_(weights_->config,
+            std::min(ContextLength(weights_->config), weights_->config.max_position_embeddings)) {}
 
 void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
                            const float* q, const float* k, const float* v,
@@ -263,6 +382,7 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
   const int heads = c.num_attention_heads;
   const int kv_heads = c.num_key_value_heads;
   const int group = heads / kv_heads;
+  const int window = c.sliding_window;
   const int64_t q_dim = static_cast<int64_t>(heads) * head_dim;
   const int64_t kv_dim = static_cast<int64_t>(kv_heads) * head_dim;
 
@@ -326,11 +446,14 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
           scores.resize(rows, n);
           scores.noalias() = (queries * keys.transpose()) * scale;
           for (int r = 0; r < rows; ++r) {
+            // Keys [first, visible): causal, and within the sliding window.
             const int visible = pos0 + r / group + 1;
+            const int first = window > 0 ? std::max(0, visible - window) : 0;
             auto row_scores = scores.row(r);
-            auto seen = row_scores.head(visible).array();
+            auto seen = row_scores.segment(first, visible - first).array();
             seen = (seen - seen.maxCoeff()).exp();
             seen /= seen.sum();
+            row_scores.head(first).setZero();
             row_scores.tail(n - visible).setZero();
           }
           outputs.resize(rows, head_dim);
@@ -354,16 +477,88 @@ struct LlamaModel::Scratch {
         att(n * c.num_attention_heads * c.head_dim),
         proj(n * c.hidden_size),
         gate(n * c.intermediate_size),
-        up(n * c.intermediate_size) {}
+        up(n * c.intermediate_size) {
+    if (c.spec().fused_projections) {
+      fused.resize(n * std::max<int64_t>(q.size() / n + 2 * k.size() / n,
+                                         2 * int64_t{c.intermediate_size}));
+    }
+  }
   std::vector<float> xb, q, k, v, att, proj, gate, up;
+  std::vector<float> fused;  // a fused projection's output before its split
 };
+
+namespace {
+
+void AddBias(const float* bias, int64_t n, int64_t dim, float* y) {
+  if (bias == nullptr) return;
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t i = 0; i < dim; ++i) y[r * dim + i] += bias[i];
+  }
+}
+
+}  // namespace
+
+void LlamaModel::Project(const LlamaLayerWeights& l, LinearRole fused,
+                         absl::Span<const LinearRole> parts, const float* in, int64_t n,
+                         absl::Span<float* const> outs, std::vector<float>& fused_out) const {
+  const LinearWeight& whole = l.linear[fused];
+  if (whole.out_features() > 0) {
+    const int64_t width = whole.out_features();
+    whole.Forward(in, n, fused_out.data());
+    AddBias(l.bias[fused], n, width, fused_out.data());
+    const std::vector<RowRange> ranges = FusedParts(weights_->config, fused);
+    for (size_t p = 0; p < ranges.size(); ++p) {
+      for (int64_t r = 0; r < n; ++r) {
+        const float* src = fused_out.data() + r * width + ranges[p].first;
+        std::copy(src, src + ranges[p].rows, outs[p] + r * ranges[p].rows);
+      }
+    }
+    return;
+  }
+  std::vector<const LinearWeight*> layers;
+  for (LinearRole role : parts) layers.push_back(&l.linear[role]);
+  LinearWeight::ForwardShared(layers, in, n, outs);
+  for (size_t p = 0; p < parts.size(); ++p) {
+    AddBias(l.bias[parts[p]], n, l.linear[parts[p]].out_features(), outs[p]);
+  }
+}
+
+void LlamaModel::GatedHidden(const LlamaLayerWeights& l, const float* in, int64_t n, float* h,
+                             float* up, std::vector<float>& fused_out) const {
+  Project(l, kGateUp, {kGate, kUp}, in, n, {h, up}, fused_out);
+  const int64_t size = n * weights_->config.intermediate_size;
+  for (int64_t i = 0; i < size; ++i) h[i] = Silu(h[i]) * up[i];
+}
+
+void LlamaModel::Down(const LlamaLayerWeights& l, const float* in, int64_t n, float* out) const {
+  l.linear[kDown].Forward(in, n, out);
+  AddBias(l.bias[kDown], n, weights_->config.hidden_size, out);
+}
+
+void LlamaModel::MlpOutput(const LlamaLayerWeights& l, BlockPoint from, const float* in,
+                           int64_t n, float* out) const {
+  std::vector<float> h;
+  if (from == BlockPoint::kMlpInput) {
+    const int64_t inter = weights_->config.intermediate_size;
+    h.resize(n * inter);
+    std::vector<float> up(n * inter);
+    std::vector<float> fused(n * l.linear[kGateUp].out_features());
+    GatedHidden(l, in, n, h.data(), up.data(), fused);
+    in = h.data();
+  }
+  Down(l, in, n, out);
+}
 
 void LlamaModel::Block(const LlamaLayerWeights& l, int cache_layer,
                        absl::Span<const SequenceChunk> chunks, float* x, Scratch& s,
                        const BlockObserver& observer, BlockPoint stop_after) const {
   const LlamaConfig& c = weights_->config;
   int64_t n = 0;
-  for (const SequenceChunk& chunk : chunks) n += static_cast<int64_t>(chunk.tokens.size());
+  int seq_len = 0;  // the furthest position this pass reaches, for dynamic RoPE
+  for (const SequenceChunk& chunk : chunks) {
+    n += static_cast<int64_t>(chunk.tokens.size());
+    seq_len = std::max(seq_len, chunk.start_pos + static_cast<int>(chunk.tokens.size()));
+  }
   const int64_t hidden = c.hidden_size;
   const int64_t q_dim = static_cast<int64_t>(c.num_attention_heads) * c.head_dim;
   const int64_t kv_dim = static_cast<int64_t>(c.num_key_value_heads) * c.head_dim;
@@ -375,34 +570,45 @@ void LlamaModel::Block(const LlamaLayerWeights& l, int cache_layer,
   };
 
   for (int64_t r = 0; r < n; ++r) {
-    RmsNorm(x + r * hidden, l.input_norm, hidden, c.rms_norm_eps, s.xb.data() + r * hidden);
+    RmsNorm(x + r * hidden, l.norm[kInputNorm], hidden, c.rms_norm_eps,
+            s.xb.data() + r * hidden);
   }
   if (observe(BlockPoint::kAttentionInput, s.xb.data(), hidden)) return;
-  LinearWeight::ForwardShared({&l.q, &l.k, &l.v}, s.xb.data(), n,
-                              {s.q.data(), s.k.data(), s.v.data()});
+  Project(l, kQkv, {kQ, kK, kV}, s.xb.data(), n, {s.q.data(), s.k.data(), s.v.data()}, s.fused);
+  if (l.norm[kQNorm] != nullptr) {
+    // Qwen3: every head of q and k is RMS-normalized before RoPE.
+    for (int64_t h = 0; h < n * c.num_attention_heads; ++h) {
+      float* head = s.q.data() + h * c.head_dim;
+      RmsNorm(head, l.norm[kQNorm], c.head_dim, c.rms_norm_eps, head);
+    }
+    for (int64_t h = 0; h < n * c.num_key_value_heads; ++h) {
+      float* head = s.k.data() + h * c.head_dim;
+      RmsNorm(head, l.norm[kKNorm], c.head_dim, c.rms_norm_eps, head);
+    }
+  }
   int64_t row = 0;
   for (const SequenceChunk& chunk : chunks) {
     for (size_t t = 0; t < chunk.tokens.size(); ++t, ++row) {
       const int pos = chunk.start_pos + static_cast<int>(t);
-      rope_.Apply(s.q.data() + row * q_dim, c.num_attention_heads, pos);
-      rope_.Apply(s.k.data() + row * kv_dim, c.num_key_value_heads, pos);
+      rope_.Apply(s.q.data() + row * q_dim, c.num_attention_heads, pos, false, seq_len);
+      rope_.Apply(s.k.data() + row * kv_dim, c.num_key_value_heads, pos, false, seq_len);
     }
   }
   Attention(chunks, cache_layer, s.q.data(), s.k.data(), s.v.data(), s.att.data());
   if (observe(BlockPoint::kOProjInput, s.att.data(), q_dim)) return;
-  l.o.Forward(s.att.data(), n, s.proj.data());
+  l.linear[kO].Forward(s.att.data(), n, s.proj.data());
+  AddBias(l.bias[kO], n, hidden, s.proj.data());
   if (observe(BlockPoint::kAttentionOutput, s.proj.data(), hidden)) return;
   for (int64_t i = 0; i < n * hidden; ++i) x[i] += s.proj[i];
 
   for (int64_t r = 0; r < n; ++r) {
-    RmsNorm(x + r * hidden, l.post_attention_norm, hidden, c.rms_norm_eps,
+    RmsNorm(x + r * hidden, l.norm[kPostAttentionNorm], hidden, c.rms_norm_eps,
             s.xb.data() + r * hidden);
   }
   if (observe(BlockPoint::kMlpInput, s.xb.data(), hidden)) return;
-  LinearWeight::ForwardShared({&l.gate, &l.up}, s.xb.data(), n, {s.gate.data(), s.up.data()});
-  for (int64_t i = 0; i < n * inter; ++i) s.gate[i] = Silu(s.gate[i]) * s.up[i];
+  GatedHidden(l, s.xb.data(), n, s.gate.data(), s.up.data(), s.fused);
   if (observe(BlockPoint::kDownInput, s.gate.data(), inter)) return;
-  l.down.Forward(s.gate.data(), n, s.proj.data());
+  Down(l, s.gate.data(), n, s.proj.data());
   if (observe(BlockPoint::kMlpOutput, s.proj.data(), hidden)) return;
   for (int64_t i = 0; i < n * hidden; ++i) x[i] += s.proj[i];
   observe(BlockPoint::kOutput, x, hidden);
@@ -436,11 +642,10 @@ absl::Status LlamaModel::Forward(absl::Span<const SequenceChunk> chunks,
       return absl::InvalidArgumentError("every chunk needs a KV cache and at least one token");
     }
     const int64_t end = static_cast<int64_t>(chunk.start_pos) + chunk.tokens.size();
-    if (chunk.start_pos < 0 || end > chunk.cache->max_positions() ||
-        end > c.max_position_embeddings) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "positions ", chunk.start_pos, "..", end - 1, " exceed the context of ",
-          std::min(chunk.cache->max_positions(), c.max_position_embeddings), " tokens"));
+    const int context = std::min(chunk.cache->max_positions(), ContextLength(c));
+    if (chunk.start_pos < 0 || end > context) {
+      return absl::OutOfRangeError(absl::StrCat("positions ", chunk.start_pos, "..", end - 1,
+                                                " exceed the context of ", context, " tokens"));
     }
     for (int token : chunk.tokens) {
       if (token < 0 || token >= c.vocab_size) {

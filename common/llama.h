@@ -1,5 +1,8 @@
-// The Llama decoder (LlamaForCausalLM) forward pass in fp32: RMSNorm,
-// rotate_half RoPE, grouped-query attention over a KV cache, SwiGLU MLP.
+// The decoder forward pass of every family in architecture.h, in fp32:
+// RMSNorm, rotate_half RoPE (plain, linear, dynamic-NTK or Llama 3 scaled),
+// grouped-query attention over a KV cache (optionally windowed), optional
+// projection biases and per-head q/k norms, fused or split projections,
+// SwiGLU MLP.
 //
 // Forward() advances several sequences in one pass over the weights: each
 // SequenceChunk is a run of new tokens of one sequence (a whole prompt, a
@@ -19,41 +22,36 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "common/hf_config.h"
 #include "common/linear.h"
+#include "common/model_description.h"
 
 namespace wq {
 
-// Linear modules of decoder block i are "model.layers.<i>.<name>".
-inline constexpr std::array<std::string_view, 7> kBlockLinearNames = {
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-    "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-    "mlp.down_proj"};
-inline constexpr std::string_view kLmHeadName = "lm_head";
-
-std::string BlockModuleName(int layer, std::string_view name);
-
-// Where BuildLlamaWeights finds tensors: an fp32 model directory or a
-// quantized artifact. Names are Hugging Face module names without ".weight".
+// Where BuildLlamaWeights finds tensors: a model directory or a quantized
+// artifact.
 class WeightSource {
  public:
   virtual ~WeightSource() = default;
-  // fp32 vector or matrix with exactly this shape.
-  virtual absl::StatusOr<const float*> F32(std::string_view name,
+  // The fp32 tensor (full name, e.g. "model.norm.weight" or
+  // "model.layers.0.self_attn.q_proj.bias") with exactly this shape.
+  virtual absl::StatusOr<const float*> F32(absl::string_view tensor,
                                            absl::Span<const int64_t> shape) = 0;
-  // Whether a tensor with this module name exists.
-  virtual bool Has(std::string_view name) = 0;
-  // Linear weight [out_features, in_features], dense or quantized.
-  virtual absl::StatusOr<LinearWeight> Linear(std::string_view name,
+  // Whether a linear module of this name (without ".weight") exists.
+  virtual bool Has(absl::string_view module) = 0;
+  // Linear weight [out_features, in_features] of a module, dense or quantized.
+  virtual absl::StatusOr<LinearWeight> Linear(absl::string_view module,
                                               int64_t out_features,
                                               int64_t in_features) = 0;
 };
 
+// One decoder block; the roles its family lacks stay empty (null).
 struct LlamaLayerWeights {
-  const float* input_norm = nullptr;          // [hidden]
-  const float* post_attention_norm = nullptr; // [hidden]
-  LinearWeight q, k, v, o, gate, up, down;
+  std::array<const float*, kNumNormRoles> norm{};
+  std::array<LinearWeight, kNumLinearRoles> linear;
+  std::array<const float*, kNumLinearRoles> bias{};  // [out_features] or null
 };
 
 struct LlamaWeights {
@@ -126,6 +124,8 @@ enum class BlockPoint {
   kMlpOutput,        // down_proj output, before the residual add
   kOutput,           // the block's output (residual stream)
 };
+// Where a linear layer of this role reads its input.
+BlockPoint InputPointOf(LinearRole role);
 // Receives [rows, dim] activations at each point.
 using BlockObserver =
     std::function<void(BlockPoint point, const float* data, int64_t rows, int64_t dim)>;
@@ -138,20 +138,31 @@ struct SequenceChunk {
 };
 
 // Hugging Face rotate_half RoPE: dimension i of a head pairs with
-// i + head_dim/2 and turns by pos * theta^(-2i/head_dim); tables for
+// i + head_dim/2 and turns by pos * inv_freq[i], inv_freq[i] =
+// theta^(-2i/head_dim) as the config's rope_scaling rescales it; tables for
 // positions [0, positions).
 class RotaryEmbedding {
  public:
   RotaryEmbedding(const LlamaConfig& config, int positions);
   // Rotates `heads` consecutive heads of x for position `pos`; `inverse`
-  // turns them back (the transpose, for gradients).
-  void Apply(float* x, int heads, int pos, bool inverse = false) const;
+  // turns them back (the transpose, for gradients). `seq_len` is the length
+  // the forward pass has reached: dynamic-NTK scaling stretches the base once
+  // it exceeds the trained context, as transformers does per forward call.
+  void Apply(float* x, int heads, int pos, bool inverse = false, int seq_len = 0) const;
+
+  // inv_freq[head_dim/2] for a forward pass that has reached seq_len.
+  static std::vector<double> InverseFrequencies(const LlamaConfig& config, int seq_len);
 
  private:
+  const LlamaConfig config_;
   int head_dim_;
   std::vector<float> cos_;  // [positions, head_dim/2]
   std::vector<float> sin_;
 };
+
+// Positions a sequence may reach: max_position_embeddings, stretched by
+// dynamic-NTK scaling's factor.
+int ContextLength(const LlamaConfig& config);
 
 class LlamaModel {
  public:
@@ -176,6 +187,12 @@ class LlamaModel {
                 const BlockObserver& observer = nullptr,
                 BlockPoint stop_after = BlockPoint::kOutput) const;
 
+  // A block's MLP output (down_proj's, before the residual add) [n, hidden]
+  // from the activations at `from`: kMlpInput (post_attention_layernorm's
+  // output) or kDownInput.
+  void MlpOutput(const LlamaLayerWeights& weights, BlockPoint from, const float* in, int64_t n,
+                 float* out) const;
+
  private:
   struct Scratch;
   // One block over the tokens of `chunks`; their caches hold the keys and
@@ -183,6 +200,16 @@ class LlamaModel {
   void Block(const LlamaLayerWeights& l, int cache_layer,
              absl::Span<const SequenceChunk> chunks, float* x, Scratch& scratch,
              const BlockObserver& observer, BlockPoint stop_after) const;
+  // outs[i] = the output of parts[i]: from their one shared pass, or split
+  // out of the fused role's output where the family stores them fused.
+  void Project(const LlamaLayerWeights& l, LinearRole fused, absl::Span<const LinearRole> parts,
+               const float* in, int64_t n, absl::Span<float* const> outs,
+               std::vector<float>& fused_out) const;
+  // h = silu(gate(in)) * up(in), [n, intermediate]; `up` is scratch.
+  void GatedHidden(const LlamaLayerWeights& l, const float* in, int64_t n, float* h, float* up,
+                   std::vector<float>& fused_out) const;
+  // out = down_proj(in) (+ bias).
+  void Down(const LlamaLayerWeights& l, const float* in, int64_t n, float* out) const;
   void Attention(absl::Span<const SequenceChunk> chunks, int layer,
                  const float* q, const float* k, const float* v,
                  float* out) const;

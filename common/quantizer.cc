@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/calibrated_transform.h"
 #include "common/calibration.h"
@@ -186,12 +187,12 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   }
 
   // Every linear layer of every block, then lm_head.
+  const std::vector<BlockLinearSpec> block_linears = BlockLinears(mc);
   std::vector<ModuleResult> modules;
   for (int i = 0; i < mc.num_hidden_layers; ++i) {
-    const LlamaLayerWeights& l = weights->layers[i];
-    const LinearWeight* linears[] = {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down};
-    for (size_t j = 0; j < kBlockLinearNames.size(); ++j) {
-      modules.push_back({BlockModuleName(i, kBlockLinearNames[j]), linears[j], std::nullopt});
+    for (const BlockLinearSpec& spec : block_linears) {
+      modules.push_back({BlockModuleName(i, spec.name()),
+                         &weights->layers[i].linear[spec.role], std::nullopt});
     }
   }
   modules.push_back({std::string(kLmHeadName), &weights->lm_head, std::nullopt});
@@ -199,7 +200,7 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   // Blocks in parallel, rows in parallel inside QuantizeMatrix.
   const QuantSpec spec = QuantSpecOf(config);
   const int blocks = mc.num_hidden_layers + 1;  // lm_head counts as one
-  const int per_block = static_cast<int>(kBlockLinearNames.size());
+  const int per_block = static_cast<int>(block_linears.size());
   std::atomic<int> blocks_done{0};
   std::vector<absl::Status> statuses(blocks);
   const double quantize_start = 0.05 + calibration_share;
@@ -232,29 +233,39 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   SafetensorsWriter writer;
   writer.SetMetadata("format", kArtifactFormat);
   const int64_t hidden = mc.hidden_size;
-  auto add_f32 = [&](const std::string& module, const float* data,
+  // An fp32 tensor under its checkpoint name; the manifest lists it by its
+  // module (the name without ".weight") or, for a bias, by its full name.
+  auto add_f32 = [&](const std::string& tensor, const float* data,
                      std::vector<int64_t> shape) -> absl::Status {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
     v1::ManifestTensor* t = manifest.add_tensors();
-    t->set_module(module);
+    t->set_module(std::string(absl::StripSuffix(tensor, ".weight")));
     for (int64_t d : shape) t->add_shape(d);
     manifest.set_fp32_params(manifest.fp32_params() + n);
-    return writer.AddF32(module + ".weight", shape, absl::MakeConstSpan(data, n));
+    return writer.AddF32(tensor, shape, absl::MakeConstSpan(data, n));
   };
-  RETURN_IF_ERROR(add_f32("model.embed_tokens", weights->embed, {mc.vocab_size, hidden}));
+  RETURN_IF_ERROR(add_f32(absl::StrCat(kEmbedName, ".weight"), weights->embed,
+                          {mc.vocab_size, hidden}));
   for (int i = 0; i < mc.num_hidden_layers; ++i) {
-    RETURN_IF_ERROR(add_f32(BlockModuleName(i, "input_layernorm"),
-                            weights->layers[i].input_norm, {hidden}));
-    RETURN_IF_ERROR(add_f32(BlockModuleName(i, "post_attention_layernorm"),
-                            weights->layers[i].post_attention_norm, {hidden}));
+    const LlamaLayerWeights& l = weights->layers[i];
+    for (const BlockNormSpec& norm : BlockNorms(mc)) {
+      RETURN_IF_ERROR(add_f32(absl::StrCat(BlockModuleName(i, norm.name()), ".weight"),
+                              l.norm[norm.role], {norm.size}));
+    }
+    for (const BlockLinearSpec& spec : block_linears) {
+      if (!spec.bias) continue;
+      RETURN_IF_ERROR(add_f32(absl::StrCat(BlockModuleName(i, spec.name()), ".bias"),
+                              l.bias[spec.role], {spec.out_features}));
+    }
   }
-  RETURN_IF_ERROR(add_f32("model.norm", weights->final_norm, {hidden}));
+  RETURN_IF_ERROR(add_f32(absl::StrCat(kFinalNormName, ".weight"), weights->final_norm,
+                          {hidden}));
   double quantized_bits = 0;
   std::vector<std::string> clip_log;
   for (ModuleResult& r : modules) {
     if (!r.quantized.has_value()) {
-      RETURN_IF_ERROR(add_f32(r.module, r.source->dense(),
+      RETURN_IF_ERROR(add_f32(r.module + ".weight", r.source->dense(),
                               {r.source->out_features(), r.source->in_features()}));
       continue;
     }

@@ -59,12 +59,12 @@ void AddScaleGradient(const RowMatrix& v, const RowMatrix& q, const QuantSpec& s
 // Whether the group is trained on the MLP output (gate/up) rather than on
 // its layers' own outputs.
 bool TrainsOnMlpOutput(const ScalingGroup& group, const TeqOptions& options) {
-  return options.mlp_output_loss && group.prev == ScalingGroup::Prev::kPostAttentionNorm;
+  return options.mlp_output_loss && group.layers == std::vector<LinearRole>{kGate, kUp};
 }
 
 // Whether the group (q/k/v) is trained on the attention output (o_proj's).
 bool TrainsOnAttentionOutput(const ScalingGroup& group, const TeqOptions& options) {
-  return options.attention_output_loss && group.prev == ScalingGroup::Prev::kInputNorm;
+  return options.attention_output_loss && group.layers == std::vector<LinearRole>{kQ, kK, kV};
 }
 
 // The group's loss on token rows x [T, cols] for scales a and, when grad is
@@ -97,7 +97,7 @@ class GroupObjective {
     std::vector<absl::Status> statuses(n);
     const RowMatrix u = x * alpha.cwiseInverse().asDiagonal();
     tbb::parallel_for(size_t{0}, n, [&](size_t i) {
-      const BlockLinear l = group_.layers[i];
+      const LinearRole l = group_.layers[i];
       const ConstRowMap weight(w_.linear[l].data(), w_.rows[l], cols);
       scaled[i] = weight * alpha.asDiagonal();
       absl::StatusOr<std::vector<float>> qd = FakeQuantize(scaled[i].data(), w_.rows[l], cols,
@@ -155,7 +155,7 @@ class GroupObjective {
     if (grad != nullptr) {
       std::vector<Eigen::VectorXf> grads(n);
       tbb::parallel_for(size_t{0}, n, [&](size_t i) {
-        const BlockLinear l = group_.layers[i];
+        const LinearRole l = group_.layers[i];
         const ConstRowMap weight(w_.linear[l].data(), w_.rows[l], cols);
         RowMatrix dq = dy[i].transpose() * u;
         if (options_.scale_gradient) AddScaleGradient(scaled[i], q[i], options_.spec, &dq);
@@ -261,10 +261,6 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const fl
                                              int seqs, int len, const ScalingGroup& group,
                                              const BlockWeights& w, const TeqOptions& options) {
   const int64_t cols = w.cols[group.layers.front()];
-  if (TrainsOnAttentionOutput(group, options) &&
-      group.layers != std::vector<BlockLinear>{kQ, kK, kV}) {
-    return absl::InvalidArgumentError("the attention-output loss needs the group {q, k, v}");
-  }
   const int batch_seqs = std::max(1, options.tokens_per_step / len);
   const int batches = (seqs + batch_seqs - 1) / batch_seqs;
   auto batch = [&](int b) {
@@ -276,7 +272,7 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const fl
   std::vector<double> weights(group.layers.size(), 1.0);
   if (options.normalize_layer_loss && group.layers.size() > 1) {
     for (size_t i = 0; i < group.layers.size(); ++i) {
-      const BlockLinear l = group.layers[i];
+      const LinearRole l = group.layers[i];
       const ConstRowMap weight(w.linear[l].data(), w.rows[l], cols);
       double energy = 0;
       for (int b = 0; b < batches; ++b) {
@@ -392,10 +388,19 @@ absl::StatusOr<std::vector<TeqGroupReport>> TeqTransformBlock(const LlamaConfig&
                                                               BlockWeights* w) {
   const std::vector<ScalingGroup> groups = LlamaScalingGroups(config);
   if (options.on_stage) options.on_stage(CalibrationStage::kGridSearch);
+  // The output losses model a plain Llama block; other blocks (biases, q/k
+  // norms, windows, fused or scaled RoPE) train on each layer's own output.
+  TeqOptions block_options = options;
+  const ArchitectureSpec& spec = config.spec();
+  const bool plain_attention = !spec.qkv_bias && !config.attention_bias && !spec.qk_norm &&
+                               config.sliding_window == 0 &&
+                               config.rope_scaling.type == RopeScaling::Type::kNone;
+  block_options.attention_output_loss &= plain_attention;
+  block_options.mlp_output_loss &= !config.mlp_bias;
   std::vector<absl::StatusOr<TeqGroupReport>> results(groups.size());
   tbb::parallel_for(size_t{0}, groups.size(), [&](size_t g) {
     results[g] = TeqTrainGroup(config, acts.Get(groups[g].input), acts.seqs, acts.len,
-                               groups[g], *w, options);
+                               groups[g], *w, block_options);
   });
   std::vector<TeqGroupReport> reports;
   for (size_t g = 0; g < groups.size(); ++g) {

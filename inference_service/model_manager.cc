@@ -83,11 +83,10 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
       // What the kernels do, which for formats int8 cannot represent (asym
       // codebooks) is fp32 whatever was asked.
       ComputeDtype used = *options_.load.compute;
-      for (const LinearWeight* l : {&weights->layers[0].q, &weights->layers[0].k,
-                                    &weights->layers[0].v, &weights->layers[0].o,
-                                    &weights->layers[0].gate, &weights->layers[0].up,
-                                    &weights->layers[0].down, &weights->lm_head}) {
-        if (!l->quantized()) continue;
+      std::vector<const LinearWeight*> linears = {&weights->lm_head};
+      for (const LinearWeight& l : weights->layers[0].linear) linears.push_back(&l);
+      for (const LinearWeight* l : linears) {
+        if (l->out_features() == 0 || !l->quantized()) continue;
         used = EffectiveCompute(l->quantized_view(), l->compute_dtype());
         break;
       }

@@ -86,7 +86,7 @@ TEST(FoldScales, LeavesTheFp32BlockOutputUnchanged) {
   const LlamaModel model(Fp32Weights());
   const LlamaConfig& c = model.config();
   const BlockActivations acts = FirstBlockActivations(model, 2, 64);
-  BlockWeights w = BlockWeights::Copy(model.weights().layers[0], c.hidden_size);
+  BlockWeights w = BlockWeights::Copy(model.weights().layers[0], c);
   std::vector<float> reference = acts.input;
   model.RunBlock(w.View(), acts.seqs, acts.len, reference.data());
 
@@ -169,7 +169,7 @@ TEST(Awq, ScaleSearchDoesNotLoseToNoScaling) {
   const LlamaModel model(Fp32Weights());
   const BlockActivations acts = FirstBlockActivations(model, 4, 128);
   const BlockWeights w =
-      BlockWeights::Copy(model.weights().layers[0], model.config().hidden_size);
+      BlockWeights::Copy(model.weights().layers[0], model.config());
   AwqOptions options;
   for (const ScalingGroup& g : LlamaScalingGroups(model.config())) {
     auto search = AwqSearchScales(model, acts, g, w, options);
@@ -188,7 +188,7 @@ TEST(Teq, DeterministicAcrossRunsAndThreadCountsAndLowersTheLoss) {
   options.steps = 20;
   options.spec.type = QuantType::kInt3;
   auto run = [&](int threads) {
-    BlockWeights w = BlockWeights::Copy(model.weights().layers[0], model.config().hidden_size);
+    BlockWeights w = BlockWeights::Copy(model.weights().layers[0], model.config());
     tbb::task_arena arena(threads);
     std::vector<TeqGroupReport> reports;
     arena.execute([&] {
@@ -215,11 +215,11 @@ TEST(Teq, DeterministicAcrossRunsAndThreadCountsAndLowersTheLoss) {
 TEST(Teq, CausalAttentionMatchesTheEngine) {
   const LlamaModel model(Fp32Weights());
   const BlockActivations acts = FirstBlockActivations(model, 2, 64);
-  const BlockWeights w = BlockWeights::Copy(model.weights().layers[0], model.config().hidden_size);
+  const BlockWeights w = BlockWeights::Copy(model.weights().layers[0], model.config());
   using Matrix = CausalAttention::Matrix;
   const Eigen::Map<const Matrix> x(acts.Get(BlockPoint::kAttentionInput), acts.tokens(),
                                    w.cols[kQ]);
-  auto project = [&](BlockLinear l) -> Matrix {
+  auto project = [&](LinearRole l) -> Matrix {
     return x * Eigen::Map<const Matrix>(w.linear[l].data(), w.rows[l], w.cols[l]).transpose();
   };
   const CausalAttention attention(model.config(), acts.len);

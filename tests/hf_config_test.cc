@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -103,10 +104,11 @@ TEST(HfConfigTest, ExplicitHeadDimNeedNotDivideHidden) {
   EXPECT_EQ(parsed->head_dim, 32);
 }
 
-TEST(HfConfigTest, EosTokenListTakesFirst) {
+TEST(HfConfigTest, EosTokenListKeepsEveryId) {
   auto config = ParseWith("eos_token_id", {128001, 128009});
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->eos_token_id, 128001);
+  EXPECT_EQ(config->eos_token_ids, (std::vector<int>{128001, 128009}));
   ExpectError(ParseWith("eos_token_id", nlohmann::json::array()),
               absl::StatusCode::kInvalidArgument, "empty list");
 }
@@ -119,21 +121,96 @@ TEST(HfConfigTest, IntegralFloatsAccepted) {
               absl::StatusCode::kInvalidArgument, "must be an integer");
 }
 
-TEST(HfConfigTest, RejectsNonLlama) {
+TEST(HfConfigTest, RejectsUnknownArchitectureListingTheSupportedOnes) {
   nlohmann::json config = MinimalConfig();
-  config["architectures"] = {"MistralForCausalLM"};
-  config["model_type"] = "mistral";
+  config["architectures"] = {"GemmaForCausalLM"};
+  config["model_type"] = "gemma";
   ExpectError(ParseLlamaConfig(config.dump()), absl::StatusCode::kUnimplemented,
-              "only Llama models are supported");
+              "supported architectures: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
+              "Qwen3ForCausalLM, Phi3ForCausalLM");
   config.erase("architectures");
   config.erase("model_type");
   ExpectError(ParseLlamaConfig(config.dump()), absl::StatusCode::kUnimplemented,
-              "only Llama");
+              "neither 'architectures' nor 'model_type'");
 }
 
-TEST(HfConfigTest, RejectsRopeScaling) {
-  ExpectError(ParseWith("rope_scaling", {{"type", "linear"}, {"factor", 2.0}}),
-              absl::StatusCode::kUnimplemented, "rope_scaling");
+TEST(HfConfigTest, ModelTypeAloneIdentifiesEachFamily) {
+  for (const ArchitectureSpec& spec : kArchitectures) {
+    nlohmann::json config = MinimalConfig();
+    config.erase("architectures");
+    config["model_type"] = std::string(spec.model_type);
+    auto parsed = ParseLlamaConfig(config.dump());
+    ASSERT_TRUE(parsed.ok()) << spec.model_type << ": " << parsed.status();
+    EXPECT_EQ(parsed->architecture, spec.id);
+  }
+}
+
+TEST(HfConfigTest, ReadsRopeScalingVariants) {
+  auto linear = ParseWith("rope_scaling", {{"type", "linear"}, {"factor", 2.0}});
+  ASSERT_TRUE(linear.ok()) << linear.status();
+  EXPECT_EQ(linear->rope_scaling.type, RopeScaling::Type::kLinear);
+  EXPECT_EQ(linear->rope_scaling.factor, 2.0);
+  auto llama3 = ParseWith("rope_scaling", {{"rope_type", "llama3"},
+                                           {"factor", 32.0},
+                                           {"low_freq_factor", 1.0},
+                                           {"high_freq_factor", 4.0},
+                                           {"original_max_position_embeddings", 8192}});
+  ASSERT_TRUE(llama3.ok()) << llama3.status();
+  EXPECT_EQ(llama3->rope_scaling.type, RopeScaling::Type::kLlama3);
+  EXPECT_EQ(llama3->rope_scaling.original_max_position_embeddings, 8192);
+  auto dynamic = ParseWith("rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}});
+  ASSERT_TRUE(dynamic.ok()) << dynamic.status();
+  EXPECT_EQ(dynamic->rope_scaling.type, RopeScaling::Type::kDynamic);
+}
+
+TEST(HfConfigTest, RefusesWhatItDoesNotImplement) {
+  ExpectError(ParseWith("rope_scaling", {{"type", "yarn"}, {"factor", 4.0}}),
+              absl::StatusCode::kUnimplemented, "supported: linear, dynamic, llama3");
+  ExpectError(ParseWith("rope_scaling", {{"type", "linear"}}),
+              absl::StatusCode::kInvalidArgument, "needs a 'factor'");
+  ExpectError(ParseWith("hidden_act", "gelu"), absl::StatusCode::kUnimplemented, "silu");
+  ExpectError(ParseWith("partial_rotary_factor", 0.5), absl::StatusCode::kUnimplemented,
+              "whole heads");
+  ExpectError(ParseWith("sliding_window", 4096), absl::StatusCode::kUnimplemented,
+              "no sliding-window attention");
+  nlohmann::json mistral = MinimalConfig();
+  mistral["architectures"] = {"MistralForCausalLM"};
+  mistral["attention_bias"] = true;
+  ExpectError(ParseLlamaConfig(mistral.dump()), absl::StatusCode::kUnimplemented,
+              "MistralForCausalLM has no such biases");
+  nlohmann::json qwen2 = MinimalConfig();
+  qwen2["architectures"] = {"Qwen2ForCausalLM"};
+  qwen2["sliding_window"] = 4096;
+  qwen2["use_sliding_window"] = true;
+  ExpectError(ParseLlamaConfig(qwen2.dump()), absl::StatusCode::kUnimplemented,
+              "use_sliding_window");
+  qwen2["use_sliding_window"] = false;  // the window is then ignored, as transformers does
+  auto full = ParseLlamaConfig(qwen2.dump());
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->sliding_window, 0);
+}
+
+TEST(HfConfigTest, LlamaBiasFieldsAreRead) {
+  auto config = ParseWith("attention_bias", true);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->attention_bias);
+}
+
+TEST(HfConfigTest, EveryTinyCheckpointConfigRoundTrips) {
+  for (const char* name :
+       {"tiny-llama3", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3"}) {
+    auto original = LoadLlamaConfig(absl::StrCat("../shared/models/", name, "/config.json"));
+    ASSERT_TRUE(original.ok()) << name << ": " << original.status();
+    const std::string text = LlamaConfigToJson(*original);
+    auto parsed = ParseLlamaConfig(text);
+    ASSERT_TRUE(parsed.ok()) << name << ": " << parsed.status() << "\n" << text;
+    EXPECT_EQ(parsed->architecture, original->architecture) << name;
+    EXPECT_EQ(parsed->sliding_window, original->sliding_window) << name;
+    EXPECT_EQ(parsed->rope_scaling.type, original->rope_scaling.type) << name;
+    EXPECT_EQ(parsed->rope_scaling.factor, original->rope_scaling.factor) << name;
+    EXPECT_EQ(parsed->head_dim, original->head_dim) << name;
+    EXPECT_EQ(LlamaConfigToJson(*parsed), text) << name;
+  }
 }
 
 TEST(HfConfigTest, RejectsMalformedJson) {

@@ -148,7 +148,7 @@ TEST_F(ArtifactFormatTest, DoubleQuantTensors) {
   EXPECT_TRUE(f->Find(module + ".qzeros") != nullptr);
   auto weights = store_->LoadWeights(m.artifact_id());
   ASSERT_TRUE(weights.ok()) << weights.status();
-  EXPECT_EQ((*weights)->layers[0].down.quantized_view().spec.scale_encoding,
+  EXPECT_EQ((*weights)->layers[0].linear[kDown].quantized_view().spec.scale_encoding,
             ScaleEncoding::kDoubleQuant);
 }
 
@@ -293,7 +293,7 @@ void ArtifactFormatTest::ExpectInt8Tiles(v1::ScaleDtype scales, const std::strin
     ASSERT_TRUE(from_tiles.ok()) << from_tiles.status();
     ASSERT_TRUE(from_plain.ok()) << from_plain.status();
     ASSERT_TRUE(private_tiles.ok()) << private_tiles.status();
-    EXPECT_EQ((*from_tiles)->layers[0].down.compute_dtype(), compute);
+    EXPECT_EQ((*from_tiles)->layers[0].linear[kDown].compute_dtype(), compute);
     const std::vector<float> logits = Logits(*from_plain);
     EXPECT_EQ(Logits(*from_tiles), logits);
     EXPECT_EQ(Logits(*private_tiles), logits);

@@ -236,7 +236,7 @@ Outcome QuantizedModelTest::Run(const Case& c) {
   EXPECT_TRUE(weights.ok()) << weights.status();
   if (!weights.ok()) return out;
   LlamaModel model(*weights);
-  EXPECT_TRUE(model.weights().layers[0].down.quantized());
+  EXPECT_TRUE(model.weights().layers[0].linear[kDown].quantized());
   const std::string text = Greedy(model);
   EXPECT_FALSE(text.empty());
 

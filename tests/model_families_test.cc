@@ -1,0 +1,196 @@
+// Every family in architecture.h against the team's tiny random checkpoints
+// (../shared/models/tiny-*): logits from an independent float64
+// implementation of Hugging Face's modelling code at all 24 positions of two
+// sequences, and 16 greedy tokens. Also: bf16 weights split over an indexed
+// pair of shards load to the same model as their fp32 values in one file.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/bf16.h"
+#include "common/file_util.h"
+#include "common/llama.h"
+#include "common/safetensors.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace wq {
+namespace {
+
+std::string ModelDir(const std::string& name) { return "../shared/models/" + name; }
+
+nlohmann::json Golden(const std::string& name) {
+  auto text = ReadFile(ModelDir(name) + "/golden.json");
+  EXPECT_TRUE(text.ok()) << text.status();
+  return text.ok() ? nlohmann::json::parse(*text) : nlohmann::json();
+}
+
+class ModelFamilyTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto weights = LoadLlamaModelDir(ModelDir(GetParam()));
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    model_ = std::make_unique<LlamaModel>(*weights);
+    golden_ = Golden(GetParam());
+  }
+  std::unique_ptr<LlamaModel> model_;
+  nlohmann::json golden_;
+};
+
+TEST_P(ModelFamilyTest, ArchitectureIsTheOneTheCheckpointNames) {
+  EXPECT_EQ(model_->config().spec().hf_class, golden_["architecture"].get<std::string>());
+}
+
+// Both sequences in one batched pass, every position's logits.
+TEST_P(ModelFamilyTest, LogitsMatchFloat64ReferenceAtEveryPosition) {
+  const auto& sequences = golden_["sequences"];
+  ASSERT_EQ(sequences.size(), 2u);
+  std::vector<std::vector<int>> ids;
+  std::vector<KVCache> caches;
+  caches.reserve(sequences.size());
+  std::vector<SequenceChunk> chunks;
+  for (const auto& s : sequences) ids.push_back(s["ids"].get<std::vector<int>>());
+  for (const auto& seq : ids) {
+    caches.emplace_back(model_->config(), 64);
+    SequenceChunk chunk;
+    chunk.cache = &caches.back();
+    chunk.tokens = seq;
+    chunk.all_logits = true;
+    chunks.push_back(chunk);
+  }
+  std::vector<float> logits;
+  ASSERT_TRUE(model_->Forward(chunks, &logits).ok());
+  const int vocab = model_->config().vocab_size;
+  double worst = 0;
+  int64_t row = 0;
+  for (size_t s = 0; s < ids.size(); ++s) {
+    const auto& expected = sequences[s]["logits"];
+    ASSERT_EQ(expected.size(), ids[s].size());
+    for (size_t p = 0; p < ids[s].size(); ++p, ++row) {
+      ASSERT_EQ(expected[p].size(), static_cast<size_t>(vocab));
+      for (int i = 0; i < vocab; ++i) {
+        const double diff = std::abs(logits[row * vocab + i] - expected[p][i].get<double>());
+        worst = std::max(worst, diff);
+        ASSERT_LT(diff, 1e-4) << "sequence " << s << " position " << p << " token " << i;
+      }
+    }
+  }
+  std::printf("%s: max |logit - golden| over %lld positions: %.2e\n", GetParam().c_str(),
+              static_cast<long long>(row), worst);
+}
+
+// Prefill of the prompt, then one token per step through the KV cache.
+TEST_P(ModelFamilyTest, GreedyTokensMatchExactly) {
+  std::vector<int> seq = golden_["greedy_prompt_ids"].get<std::vector<int>>();
+  const std::vector<int> expected = golden_["greedy_ids"].get<std::vector<int>>();
+  const size_t prompt = seq.size();
+  KVCache cache(model_->config(), 64);
+  const int vocab = model_->config().vocab_size;
+  std::vector<float> logits;
+  int start = 0;
+  for (size_t step = 0; step < expected.size(); ++step) {
+    SequenceChunk chunk;
+    chunk.cache = &cache;
+    chunk.tokens = absl::MakeConstSpan(seq).subspan(start);
+    chunk.start_pos = start;
+    ASSERT_TRUE(model_->Forward({&chunk, 1}, &logits).ok());
+    start = static_cast<int>(seq.size());
+    seq.push_back(static_cast<int>(std::max_element(logits.begin(), logits.begin() + vocab) -
+                                   logits.begin()));
+  }
+  EXPECT_EQ(std::vector<int>(seq.begin() + prompt, seq.end()), expected);
+}
+
+INSTANTIATE_TEST_SUITE_P(TinyCheckpoints, ModelFamilyTest,
+                         ::testing::Values("tiny-llama3", "tiny-mistral", "tiny-qwen2",
+                                           "tiny-qwen3", "tiny-phi3"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
+
+// Writes `dir` holding config.json and the tiny model's tensors rounded to
+// bf16: as bf16 in two shards with an index when `sharded`, else as their
+// fp32 values in one model.safetensors.
+void WriteRoundedCopy(const std::string& name, const std::string& dir, bool sharded) {
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(ModelDir(name) + "/config.json", dir + "/config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  auto source = SafetensorsFile::Open(ModelDir(name) + "/model.safetensors");
+  ASSERT_TRUE(source.ok()) << source.status();
+  SafetensorsWriter shards[2];
+  nlohmann::json weight_map = nlohmann::json::object();
+  int index = 0;
+  for (const TensorInfo& t : (*source)->tensors()) {
+    auto values = (*source)->LoadF32(t.name);
+    ASSERT_TRUE(values.ok()) << values.status();
+    const int shard = sharded ? index++ % 2 : 0;
+    if (sharded) {
+      std::string bytes(values->numel() * 2, '\0');
+      for (int64_t i = 0; i < values->numel(); ++i) {
+        const uint16_t b = FloatToBf16(values->data[i]);
+        std::memcpy(bytes.data() + 2 * i, &b, 2);
+      }
+      ASSERT_TRUE(shards[shard].AddTensor(t.name, DType::kBF16, t.shape, bytes).ok());
+      weight_map[t.name] = absl::StrCat("model-0000", shard + 1, "-of-00002.safetensors");
+    } else {
+      std::vector<float> rounded(values->values().begin(), values->values().end());
+      for (float& v : rounded) v = Bf16ToFloat(FloatToBf16(v));
+      ASSERT_TRUE(shards[0].AddF32(t.name, t.shape, rounded).ok());
+    }
+  }
+  if (sharded) {
+    for (int s = 0; s < 2; ++s) {
+      ASSERT_TRUE(
+          shards[s].Write(absl::StrCat(dir, "/model-0000", s + 1, "-of-00002.safetensors")).ok());
+    }
+    nlohmann::json index_json = {{"metadata", nlohmann::json::object()},
+                                 {"weight_map", weight_map}};
+    ASSERT_TRUE(WriteFileDurably(dir + "/model.safetensors.index.json", index_json.dump()).ok());
+  } else {
+    ASSERT_TRUE(shards[0].Write(dir + "/model.safetensors").ok());
+  }
+}
+
+TEST(ShardedBf16Checkpoint, LoadsToTheSameModelAsItsFp32Values) {
+  const std::string root = ::testing::TempDir() + "/sharded_bf16";
+  WriteRoundedCopy("tiny-qwen2", root + "/sharded", /*sharded=*/true);
+  WriteRoundedCopy("tiny-qwen2", root + "/single", /*sharded=*/false);
+  auto sharded = LoadLlamaModelDir(root + "/sharded");
+  ASSERT_TRUE(sharded.ok()) << sharded.status();
+  auto single = LoadLlamaModelDir(root + "/single");
+  ASSERT_TRUE(single.ok()) << single.status();
+  const std::vector<int> ids = Golden("tiny-qwen2")["sequences"][0]["ids"].get<std::vector<int>>();
+  std::vector<float> logits[2];
+  for (int m = 0; m < 2; ++m) {
+    LlamaModel model(m == 0 ? *sharded : *single);
+    KVCache cache(model.config(), 64);
+    SequenceChunk chunk;
+    chunk.cache = &cache;
+    chunk.tokens = ids;
+    chunk.all_logits = true;
+    ASSERT_TRUE(model.Forward({&chunk, 1}, &logits[m]).ok());
+  }
+  ASSERT_EQ(logits[0].size(), logits[1].size());
+  for (size_t i = 0; i < logits[0].size(); ++i) ASSERT_EQ(logits[0][i], logits[1][i]) << i;
+}
+
+TEST(ShardedBf16Checkpoint, IndexNamingAMissingShardIsAnError) {
+  const std::string dir = ::testing::TempDir() + "/missing_shard";
+  WriteRoundedCopy("tiny-qwen2", dir, /*sharded=*/true);
+  std::filesystem::remove(dir + "/model-00002-of-00002.safetensors");
+  auto weights = LoadLlamaModelDir(dir);
+  ASSERT_FALSE(weights.ok());
+  EXPECT_NE(weights.status().message().find("model-00002-of-00002.safetensors"),
+            std::string::npos)
+      << weights.status();
+}
+
+}  // namespace
+}  // namespace wq
