@@ -485,7 +485,7 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> ArtifactStore::LoadWeights(
   std::future<absl::Status> verified =
       std::async(std::launch::async, [this, &artifact_id] { return Verify(artifact_id); });
   const std::string dir = ArtifactDir(artifact_id);
-  ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir + "/config.json"));
+  ASSIGN_OR_RETURN(LlamaConfig config, LoadModelDirConfig(dir));
   auto source = std::make_shared<ArtifactSource>();
   RETURN_IF_ERROR(source->Open(dir, manifest, options));
   absl::StatusOr<std::shared_ptr<const LlamaWeights>> weights =

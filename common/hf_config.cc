@@ -1,5 +1,8 @@
 #include "common/hf_config.h"
 
+#include <algorithm>
+#include <filesystem>
+
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -350,6 +353,41 @@ absl::StatusOr<LlamaConfig> LoadLlamaConfig(const std::string& path) {
   if (!config.ok()) {
     return absl::Status(config.status().code(),
                         absl::StrCat(path, ": ", config.status().message()));
+  }
+  return config;
+}
+
+absl::Status MergeGenerationConfig(std::string_view json, LlamaConfig* config) {
+  Json root = Json::parse(json.begin(), json.end(), nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) {
+    return absl::InvalidArgumentError("generation_config.json is not a JSON object");
+  }
+  LlamaConfig generation;
+  generation.eos_token_ids.clear();
+  RETURN_IF_ERROR(ReadEosTokenIds(root, &generation));
+  for (int id : generation.eos_token_ids) {
+    if (id >= config->vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("generation_config.json eos_token_id ", id,
+                                                     " is outside the vocabulary of ",
+                                                     config->vocab_size));
+    }
+    if (std::find(config->eos_token_ids.begin(), config->eos_token_ids.end(), id) ==
+        config->eos_token_ids.end()) {
+      config->eos_token_ids.push_back(id);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LlamaConfig> LoadModelDirConfig(const std::string& dir) {
+  ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir + "/config.json"));
+  const std::string generation_path = dir + "/generation_config.json";
+  std::error_code ec;
+  if (!std::filesystem::exists(generation_path, ec)) return config;
+  ASSIGN_OR_RETURN(std::string text, ReadFile(generation_path));
+  absl::Status merged = MergeGenerationConfig(text, &config);
+  if (!merged.ok()) {
+    return absl::Status(merged.code(), absl::StrCat(generation_path, ": ", merged.message()));
   }
   return config;
 }

@@ -210,7 +210,7 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
 
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
     const std::string& dir) {
-  ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir + "/config.json"));
+  ASSIGN_OR_RETURN(LlamaConfig config, LoadModelDirConfig(dir));
   auto source = std::make_shared<ModelDirSource>();
   RETURN_IF_ERROR(source->Open(dir));
   ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,

@@ -31,8 +31,10 @@ namespace {
 constexpr char kQuantizerName[] = "wq-quantizer/1";
 
 // Files of the source model that travel into the artifact unchanged.
-constexpr const char* kCopiedFiles[] = {"config.json", "tokenizer.model",
-                                        "tokenizer_config.json"};
+constexpr const char* kCopiedFiles[] = {"config.json",     "generation_config.json",
+                                        "tokenizer.model", "tokenizer.json",
+                                        "tokenizer_config.json", "vocab.json",
+                                        "merges.txt"};
 
 // Progress reporting, serialised across worker threads.
 class ProgressReporter {

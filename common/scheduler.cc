@@ -50,6 +50,11 @@ GenerationScheduler::GenerationScheduler(std::shared_ptr<const LlamaModel> model
 
 GenerationScheduler::~GenerationScheduler() { Shutdown(); }
 
+bool GenerationScheduler::IsEndOfText(int id) const {
+  const std::vector<int>& eos = model_->config().eos_token_ids;
+  return id == tokenizer_->eos_id() || std::find(eos.begin(), eos.end(), id) != eos.end();
+}
+
 void GenerationScheduler::Shutdown() {
   {
     absl::MutexLock lock(&mu_);
@@ -227,7 +232,7 @@ void GenerationScheduler::Step(std::vector<std::unique_ptr<Sequence>>& running) 
     std::optional<FinishReason> finish;
     if (text.stopped) {
       finish = FinishReason::kStopSequence;
-    } else if (event.id == tokenizer_->eos_id()) {
+    } else if (IsEndOfText(event.id)) {
       finish = FinishReason::kEos;
     } else if (generated >= seq.params.max_new_tokens ||
                static_cast<int>(seq.tokens.size()) >= seq.cache->max_positions()) {

@@ -104,6 +104,9 @@ class GenerationScheduler {
   void Finish(Sequence& seq, FinishReason reason, absl::Status status = absl::OkStatus());
 
   std::shared_ptr<const LlamaModel> model_;
+  // The tokenizer's EOS or any of the model's eos_token_ids (config.json and
+  // generation_config.json: an instruct model's end-of-turn ids).
+  bool IsEndOfText(int id) const;
   std::shared_ptr<const Tokenizer> tokenizer_;
   Options options_;
   int max_context_;

@@ -12,10 +12,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "common/bf16.h"
 #include "common/file_util.h"
 #include "common/llama.h"
 #include "common/safetensors.h"
+#include "common/scheduler.h"
+#include "common/tokenizer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -190,6 +193,66 @@ TEST(ShardedBf16Checkpoint, IndexNamingAMissingShardIsAnError) {
   EXPECT_NE(weights.status().message().find("model-00002-of-00002.safetensors"),
             std::string::npos)
       << weights.status();
+}
+
+// Greedy generation through the scheduler of a non-Llama-2 family, first
+// as golden.json has it, then with a generation_config.json that lists one
+// of those tokens as an end-of-turn id: generation stops there, as EOS.
+GenerationResult Generate(const std::string& dir, const std::vector<int>& prompt_ids,
+                          int max_new_tokens) {
+  GenerationResult result;
+  auto weights = LoadLlamaModelDir(dir);
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  auto tokenizer = Tokenizer::Load(dir + "/tokenizer.model");
+  EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
+  if (!weights.ok() || !tokenizer.ok()) return result;
+  std::shared_ptr<const Tokenizer> shared_tokenizer(std::move(*tokenizer));
+  const std::string prompt = shared_tokenizer->Decode(
+      absl::MakeConstSpan(prompt_ids).subspan(1));  // without BOS, which Submit adds
+  auto ids = shared_tokenizer->Encode(prompt, /*add_bos=*/true);
+  EXPECT_TRUE(ids.ok() && *ids == prompt_ids) << prompt;
+  GenerationScheduler scheduler(std::make_shared<const LlamaModel>(*weights), shared_tokenizer,
+                                {});
+  GenerationParams params;
+  params.max_new_tokens = max_new_tokens;
+  absl::Notification done;
+  auto handle = scheduler.Submit(prompt, params, {nullptr, [&](const GenerationResult& r) {
+                                                    result = r;
+                                                    done.Notify();
+                                                  }});
+  EXPECT_TRUE(handle.ok()) << handle.status();
+  if (handle.ok()) done.WaitForNotification();
+  return result;
+}
+
+TEST(GenerationConfig, EndOfTurnIdsStopGeneration) {
+  const nlohmann::json golden = Golden("tiny-qwen3");
+  const std::vector<int> prompt = golden["greedy_prompt_ids"].get<std::vector<int>>();
+  const std::vector<int> greedy = golden["greedy_ids"].get<std::vector<int>>();
+  const std::string dir = ::testing::TempDir() + "/generation_config";
+  std::filesystem::create_directories(dir);
+  for (const char* file : {"config.json", "model.safetensors", "tokenizer.model"}) {
+    std::filesystem::copy_file(ModelDir("tiny-qwen3") + "/" + file, dir + "/" + file,
+                               std::filesystem::copy_options::overwrite_existing);
+  }
+  const GenerationResult plain = Generate(dir, prompt, static_cast<int>(greedy.size()));
+  EXPECT_EQ(plain.token_ids, greedy);
+  EXPECT_EQ(plain.finish_reason, FinishReason::kLength);
+
+  const int end_of_turn = greedy[3];
+  ASSERT_EQ(std::find(greedy.begin(), greedy.begin() + 3, end_of_turn), greedy.begin() + 3);
+  ASSERT_TRUE(WriteFileDurably(dir + "/generation_config.json",
+                               absl::StrCat(R"({"eos_token_id": [2, )", end_of_turn, "]}"))
+                  .ok());
+  const GenerationResult stopped = Generate(dir, prompt, static_cast<int>(greedy.size()));
+  EXPECT_EQ(stopped.token_ids, std::vector<int>(greedy.begin(), greedy.begin() + 4));
+  EXPECT_EQ(stopped.finish_reason, FinishReason::kEos);
+
+  ASSERT_TRUE(WriteFileDurably(dir + "/generation_config.json", R"({"eos_token_id": 100000})").ok());
+  auto refused = LoadLlamaModelDir(dir);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("generation_config.json"), std::string::npos)
+      << refused.status();
 }
 
 }  // namespace
