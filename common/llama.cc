@@ -26,117 +26,46 @@ using ConstRowMatrix =
 using ConstVector = Eigen::Map<const Eigen::VectorXf>;
 using Vector = Eigen::Map<Eigen::VectorXf>;
 
-// Weights of an unquantized model directory: the safetensors files that
-// model.safetensors.index.json names (or every *.safetensors without one)
-// mapped, fp32 tensors used in place, others converted once into owned
-// storage. Remembers which tensors were used, so that a checkpoint holding
-// tensors the description does not consume is refused rather than served
-// without them.
-class ModelDirSource : public WeightSource {
- public:
-  absl::Status Open(const std::string& dir) {
-    ASSIGN_OR_RETURN(std::vector<std::string> paths, CheckpointFiles(dir));
-    for (const std::string& path : paths) {
-      ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
-      for (const TensorInfo& t : file->tensors()) {
-        if (!by_name_.emplace(t.name, file.get()).second) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("tensor ", t.name, " appears in two files of ", dir));
-        }
+// The shards model.safetensors.index.json maps tensors to, else every
+// *.safetensors file, sorted.
+absl::StatusOr<std::vector<std::string>> CheckpointFiles(const std::string& dir) {
+  std::vector<std::string> paths;
+  const std::string index_path = absl::StrCat(dir, "/model.safetensors.index.json");
+  std::error_code ec;
+  if (std::filesystem::exists(index_path, ec)) {
+    ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
+    const nlohmann::json index = nlohmann::json::parse(text, nullptr, false);
+    const auto map = index.is_object() ? index.find("weight_map") : index.end();
+    if (index.is_discarded() || map == index.end() || !map->is_object()) {
+      return absl::InvalidArgumentError(
+          "model.safetensors.index.json has no 'weight_map' object");
+    }
+    std::set<std::string> shards;
+    for (const auto& [tensor, shard] : map->items()) {
+      // A shard is a plain file name beside the index.
+      if (!shard.is_string() || shard.get<std::string>().empty() ||
+          shard.get<std::string>().find('/') != std::string::npos ||
+          shard.get<std::string>()[0] == '.') {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model.safetensors.index.json maps ", tensor, " to ", shard.dump(),
+            "; expected a file name in the model directory"));
       }
-      files_.push_back(std::move(file));
+      shards.insert(shard.get<std::string>());
     }
-    return absl::OkStatus();
-  }
-
-  bool Has(absl::string_view module) override {
-    return by_name_.count(absl::StrCat(module, ".weight")) > 0;
-  }
-
-  absl::StatusOr<const float*> F32(absl::string_view tensor,
-                                   absl::Span<const int64_t> shape) override {
-    auto it = by_name_.find(std::string(tensor));
-    if (it == by_name_.end()) {
-      return absl::NotFoundError(absl::StrCat("model has no tensor ", tensor));
-    }
-    ASSIGN_OR_RETURN(F32Tensor t, it->second->LoadF32(std::string(tensor)));
-    if (t.shape != std::vector<int64_t>(shape.begin(), shape.end())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", tensor, " has shape [", absl::StrJoin(t.shape, ","),
-          "], config.json implies [", absl::StrJoin(shape, ","), "]"));
-    }
-    used_.insert(std::string(tensor));
-    tensors_.push_back(std::move(t));
-    return tensors_.back().data;
-  }
-
-  absl::StatusOr<LinearWeight> Linear(absl::string_view module, int64_t out_features,
-                                      int64_t in_features) override {
-    const int64_t shape[] = {out_features, in_features};
-    ASSIGN_OR_RETURN(const float* w, F32(absl::StrCat(module, ".weight"), shape));
-    return LinearWeight::Dense(w, out_features, in_features);
-  }
-
-  // UNIMPLEMENTED naming the first tensor nothing used: serving without it
-  // would give wrong text. RoPE tables some exporters store are derived, so
-  // they are allowed.
-  absl::Status CheckAllUsed() const {
-    for (const auto& [name, file] : by_name_) {
-      if (used_.count(name) == 0 && !absl::EndsWith(name, ".rotary_emb.inv_freq")) {
-        return absl::UnimplementedError(absl::StrCat(
-            "checkpoint tensor ", name,
-            " is not part of the architecture config.json describes; wq would ignore it"));
-      }
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  // The shards model.safetensors.index.json maps tensors to, else every
-  // *.safetensors file, sorted.
-  static absl::StatusOr<std::vector<std::string>> CheckpointFiles(const std::string& dir) {
-    std::vector<std::string> paths;
-    const std::string index_path = absl::StrCat(dir, "/model.safetensors.index.json");
-    std::error_code ec;
-    if (std::filesystem::exists(index_path, ec)) {
-      ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
-      const nlohmann::json index = nlohmann::json::parse(text, nullptr, false);
-      const auto map = index.is_object() ? index.find("weight_map") : index.end();
-      if (index.is_discarded() || map == index.end() || !map->is_object()) {
-        return absl::InvalidArgumentError(
-            "model.safetensors.index.json has no 'weight_map' object");
-      }
-      std::set<std::string> shards;
-      for (const auto& [tensor, shard] : map->items()) {
-        // A shard is a plain file name beside the index.
-        if (!shard.is_string() || shard.get<std::string>().empty() ||
-            shard.get<std::string>().find('/') != std::string::npos ||
-            shard.get<std::string>()[0] == '.') {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "model.safetensors.index.json maps ", tensor, " to ", shard.dump(),
-              "; expected a file name in the model directory"));
-        }
-        shards.insert(shard.get<std::string>());
-      }
-      for (const std::string& shard : shards) paths.push_back(absl::StrCat(dir, "/", shard));
-      return paths;
-    }
-    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-      if (entry.path().extension() == ".safetensors") paths.push_back(entry.path().string());
-    }
-    if (ec) return absl::NotFoundError(absl::StrCat("cannot list ", dir, ": ", ec.message()));
-    if (paths.empty()) {
-      return absl::NotFoundError(absl::StrCat("no *.safetensors file in ", dir));
-    }
-    std::sort(paths.begin(), paths.end());
+    for (const std::string& shard : shards) paths.push_back(absl::StrCat(dir, "/", shard));
     return paths;
   }
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.path().extension() == ".safetensors") paths.push_back(entry.path().string());
+  }
+  if (ec) return absl::NotFoundError(absl::StrCat("cannot list ", dir, ": ", ec.message()));
+  if (paths.empty()) {
+    return absl::NotFoundError(absl::StrCat("no *.safetensors file in ", dir));
+  }
+  std::sort(paths.begin(), paths.end());
+  return paths;
+}
 
-  std::vector<std::unique_ptr<SafetensorsFile>> files_;
-  std::map<std::string, SafetensorsFile*, std::less<>> by_name_;
-  std::set<std::string> used_;
-  std::deque<F32Tensor> tensors_;  // deque: stable addresses
-};
 
 void RmsNorm(const float* x, const float* weight, int n, float eps, float* out) {
   double sum_squares = 0;
@@ -147,6 +76,65 @@ void RmsNorm(const float* x, const float* weight, int n, float eps, float* out) 
 
 
 }  // namespace
+
+absl::Status CheckpointSource::Open(const std::string& dir) {
+  ASSIGN_OR_RETURN(std::vector<std::string> paths, CheckpointFiles(dir));
+  for (const std::string& path : paths) {
+    ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
+    for (const TensorInfo& t : file->tensors()) {
+      if (!by_name_.emplace(t.name, file.get()).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor ", t.name, " appears in two files of ", dir));
+      }
+    }
+    files_.push_back(std::move(file));
+  }
+  return absl::OkStatus();
+}
+
+bool CheckpointSource::Has(absl::string_view module) {
+  return by_name_.count(absl::StrCat(module, ".weight")) > 0;
+}
+
+absl::StatusOr<const float*> CheckpointSource::F32(absl::string_view tensor,
+                                                   absl::Span<const int64_t> shape) {
+  auto it = by_name_.find(std::string(tensor));
+  if (it == by_name_.end()) {
+    return absl::NotFoundError(absl::StrCat("model has no tensor ", tensor));
+  }
+  ASSIGN_OR_RETURN(F32Tensor t, it->second->LoadF32(std::string(tensor)));
+  if (t.shape != std::vector<int64_t>(shape.begin(), shape.end())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor ", tensor, " has shape [", absl::StrJoin(t.shape, ","),
+        "], config.json implies [", absl::StrJoin(shape, ","), "]"));
+  }
+  used_.insert(std::string(tensor));
+  loaded_.push_back({it->second, it->second->Find(std::string(tensor)), std::move(t)});
+  return loaded_.back().tensor.data;
+}
+
+absl::StatusOr<LinearWeight> CheckpointSource::Linear(absl::string_view module,
+                                                      int64_t out_features, int64_t in_features) {
+  const int64_t shape[] = {out_features, in_features};
+  ASSIGN_OR_RETURN(const float* w, F32(absl::StrCat(module, ".weight"), shape));
+  return LinearWeight::Dense(w, out_features, in_features);
+}
+
+void CheckpointSource::ReleaseLoaded() {
+  for (const Loaded& l : loaded_) l.file->ReleasePages(*l.info);
+  loaded_.clear();
+}
+
+absl::Status CheckpointSource::CheckAllUsed() const {
+  for (const auto& [name, file] : by_name_) {
+    if (used_.count(name) == 0 && !absl::EndsWith(name, ".rotary_emb.inv_freq")) {
+      return absl::UnimplementedError(absl::StrCat(
+          "checkpoint tensor ", name,
+          " is not part of the architecture config.json describes; wq would ignore it"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 int64_t LlamaWeights::StorageBytes() const {
   const int64_t hidden = config.hidden_size;
@@ -164,46 +152,59 @@ int64_t LlamaWeights::StorageBytes() const {
   return bytes;
 }
 
+absl::StatusOr<const float*> LoadEmbedding(const LlamaConfig& config, WeightSource& source) {
+  const int64_t shape[] = {config.vocab_size, config.hidden_size};
+  return source.F32(absl::StrCat(kEmbedName, ".weight"), shape);
+}
+
+absl::StatusOr<const float*> LoadFinalNorm(const LlamaConfig& config, WeightSource& source) {
+  const int64_t shape[] = {config.hidden_size};
+  return source.F32(absl::StrCat(kFinalNormName, ".weight"), shape);
+}
+
+absl::StatusOr<LlamaLayerWeights> LoadLayer(const LlamaConfig& config, WeightSource& source,
+                                            int layer) {
+  LlamaLayerWeights l;
+  for (const BlockNormSpec& n : BlockNorms(config)) {
+    const int64_t shape[] = {n.size};
+    ASSIGN_OR_RETURN(l.norm[n.role],
+                     source.F32(absl::StrCat(BlockModuleName(layer, n.name()), ".weight"), shape));
+  }
+  for (const BlockLinearSpec& spec : BlockLinears(config)) {
+    const std::string module = BlockModuleName(layer, spec.name());
+    ASSIGN_OR_RETURN(l.linear[spec.role],
+                     source.Linear(module, spec.out_features, spec.in_features));
+    if (spec.bias) {
+      const int64_t shape[] = {spec.out_features};
+      ASSIGN_OR_RETURN(l.bias[spec.role], source.F32(absl::StrCat(module, ".bias"), shape));
+    }
+  }
+  return l;
+}
+
+absl::StatusOr<LinearWeight> LoadLmHead(const LlamaConfig& config, WeightSource& source,
+                                        const float* embed) {
+  if (source.Has(kLmHeadName)) {
+    return source.Linear(kLmHeadName, config.vocab_size, config.hidden_size);
+  }
+  if (!config.tie_word_embeddings) {
+    return absl::NotFoundError(
+        "model has no lm_head.weight and config.json does not tie word embeddings");
+  }
+  return LinearWeight::Dense(embed, config.vocab_size, config.hidden_size);
+}
+
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
     const LlamaConfig& config, std::shared_ptr<WeightSource> source) {
   auto w = std::make_shared<LlamaWeights>();
   w->config = config;
-  const int64_t hidden = config.hidden_size;
-  const int64_t vocab = config.vocab_size;
-  const int64_t vector_shape[] = {hidden};
-  const int64_t embed_shape[] = {vocab, hidden};
-
-  ASSIGN_OR_RETURN(w->embed, source->F32(absl::StrCat(kEmbedName, ".weight"), embed_shape));
-  const std::vector<BlockNormSpec> norms = BlockNorms(config);
-  const std::vector<BlockLinearSpec> linears = BlockLinears(config);
+  ASSIGN_OR_RETURN(w->embed, LoadEmbedding(config, *source));
   for (int i = 0; i < config.num_hidden_layers; ++i) {
-    LlamaLayerWeights l;
-    for (const BlockNormSpec& n : norms) {
-      const int64_t shape[] = {n.size};
-      ASSIGN_OR_RETURN(l.norm[n.role],
-                       source->F32(absl::StrCat(BlockModuleName(i, n.name()), ".weight"), shape));
-    }
-    for (const BlockLinearSpec& spec : linears) {
-      const std::string module = BlockModuleName(i, spec.name());
-      ASSIGN_OR_RETURN(l.linear[spec.role],
-                       source->Linear(module, spec.out_features, spec.in_features));
-      if (spec.bias) {
-        const int64_t shape[] = {spec.out_features};
-        ASSIGN_OR_RETURN(l.bias[spec.role], source->F32(absl::StrCat(module, ".bias"), shape));
-      }
-    }
-    w->layers.push_back(l);
+    ASSIGN_OR_RETURN(LlamaLayerWeights layer, LoadLayer(config, *source, i));
+    w->layers.push_back(layer);
   }
-  ASSIGN_OR_RETURN(w->final_norm,
-                   source->F32(absl::StrCat(kFinalNormName, ".weight"), vector_shape));
-  if (source->Has(kLmHeadName)) {
-    ASSIGN_OR_RETURN(w->lm_head, source->Linear(kLmHeadName, vocab, hidden));
-  } else if (config.tie_word_embeddings) {
-    w->lm_head = LinearWeight::Dense(w->embed, vocab, hidden);
-  } else {
-    return absl::NotFoundError(
-        "model has no lm_head.weight and config.json does not tie word embeddings");
-  }
+  ASSIGN_OR_RETURN(w->final_norm, LoadFinalNorm(config, *source));
+  ASSIGN_OR_RETURN(w->lm_head, LoadLmHead(config, *source, w->embed));
   w->source = std::move(source);
   return std::shared_ptr<const LlamaWeights>(std::move(w));
 }
@@ -211,7 +212,7 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
     const std::string& dir) {
   ASSIGN_OR_RETURN(LlamaConfig config, LoadModelDirConfig(dir));
-  auto source = std::make_shared<ModelDirSource>();
+  auto source = std::make_shared<CheckpointSource>();
   RETURN_IF_ERROR(source->Open(dir));
   ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
                    BuildLlamaWeights(config, source));

@@ -15,6 +15,9 @@
 #include <cmath>
 #include <functional>
 #include <cstdint>
+#include <deque>
+#include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -27,6 +30,7 @@
 #include "common/hf_config.h"
 #include "common/linear.h"
 #include "common/model_description.h"
+#include "common/safetensors.h"
 
 namespace wq {
 
@@ -45,6 +49,42 @@ class WeightSource {
   virtual absl::StatusOr<LinearWeight> Linear(absl::string_view module,
                                               int64_t out_features,
                                               int64_t in_features) = 0;
+};
+
+// The tensors of an unquantized Hugging Face checkpoint directory: the
+// safetensors files model.safetensors.index.json names (or every
+// *.safetensors without one), mapped; fp32 tensors are used in place, bf16 and
+// f16 ones converted into owned fp32 copies. Remembers which tensors were
+// used, so that a checkpoint holding tensors the description does not consume
+// is refused rather than served without them.
+class CheckpointSource : public WeightSource {
+ public:
+  absl::Status Open(const std::string& dir);
+  absl::StatusOr<const float*> F32(absl::string_view tensor,
+                                   absl::Span<const int64_t> shape) override;
+  bool Has(absl::string_view module) override;
+  absl::StatusOr<LinearWeight> Linear(absl::string_view module, int64_t out_features,
+                                      int64_t in_features) override;
+
+  // Frees the fp32 copies made so far and drops the mapped pages read so far:
+  // pointers F32/Linear returned are invalid afterwards. What lets a tool
+  // stream a checkpoint tensor by tensor in bounded memory.
+  void ReleaseLoaded();
+
+  // UNIMPLEMENTED naming the first tensor nothing used. RoPE tables some
+  // exporters store are derived, so they are allowed.
+  absl::Status CheckAllUsed() const;
+
+ private:
+  struct Loaded {
+    const SafetensorsFile* file;
+    const TensorInfo* info;
+    F32Tensor tensor;
+  };
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, SafetensorsFile*, std::less<>> by_name_;
+  std::set<std::string> used_;
+  std::deque<Loaded> loaded_;  // deque: stable addresses
 };
 
 // One decoder block; the roles its family lacks stay empty (null).
@@ -69,6 +109,16 @@ struct LlamaWeights {
 
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
     const LlamaConfig& config, std::shared_ptr<WeightSource> source);
+
+// The pieces BuildLlamaWeights assembles, for tools that go through a model
+// one part at a time. LoadLmHead ties to `embed` when the source has no
+// lm_head and the config ties word embeddings.
+absl::StatusOr<const float*> LoadEmbedding(const LlamaConfig& config, WeightSource& source);
+absl::StatusOr<LlamaLayerWeights> LoadLayer(const LlamaConfig& config, WeightSource& source,
+                                            int layer);
+absl::StatusOr<const float*> LoadFinalNorm(const LlamaConfig& config, WeightSource& source);
+absl::StatusOr<LinearWeight> LoadLmHead(const LlamaConfig& config, WeightSource& source,
+                                        const float* embed);
 
 // Loads an unquantized Hugging Face model directory (config.json and
 // *.safetensors); F32 tensors are used in place from the mapping.

@@ -57,13 +57,6 @@ class ProgressReporter {
   std::mutex mu_;
 };
 
-// One linear layer to write: quantized, or kept in fp32 from the source.
-struct ModuleResult {
-  std::string module;
-  const LinearWeight* source = nullptr;
-  std::optional<QuantizedMatrix> quantized;
-};
-
 std::string AsBytes(const void* data, size_t n) {
   return std::string(static_cast<const char*>(data), n);
 }
@@ -110,6 +103,182 @@ absl::Status AddScales(const std::string& module, const QuantizedMatrix& q,
     }
   }
   return absl::InternalError("unknown scale encoding");
+}
+
+// The artifact's tensors and their manifest entries, added as they are made;
+// tensor bytes spill to disk at once, so memory holds one block at a time.
+class ArtifactTensors {
+ public:
+  ArtifactTensors(const v1::WeightOnlyQuantConfig& config, std::string spill_path,
+                  v1::ArtifactManifest* manifest)
+      : config_(config), writer_(std::move(spill_path)), manifest_(manifest) {
+    writer_.SetMetadata("format", kArtifactFormat);
+  }
+
+  // An fp32 tensor under its checkpoint name; the manifest lists it by its
+  // module (the name without ".weight") or, for a bias, by its full name.
+  absl::Status AddF32(const std::string& tensor, const float* data, std::vector<int64_t> shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    v1::ManifestTensor* t = manifest_->add_tensors();
+    t->set_module(std::string(absl::StripSuffix(tensor, ".weight")));
+    for (int64_t d : shape) t->add_shape(d);
+    manifest_->set_fp32_params(manifest_->fp32_params() + n);
+    return writer_.AddF32(tensor, shape, absl::MakeConstSpan(data, n));
+  }
+
+  absl::Status AddQuantized(const std::string& module, const QuantizedMatrix& q) {
+    v1::ManifestTensor* t = manifest_->add_tensors();
+    t->set_module(module);
+    t->add_shape(q.rows);
+    t->add_shape(q.cols);
+    t->set_quantized(true);
+    // Served with int8 compute: stored in the int8 kernels' layout, which
+    // loading then maps instead of packing (fp32 or bf16 scales: the layout
+    // has no room for double-quantized ones).
+    const char* tile_layout = Int8TilesLayoutFor(q.spec.scale_encoding);
+    const bool tiled = config_.compute_dtype() == v1::COMPUTE_INT8 && tile_layout != nullptr &&
+                       Int8TilesBytes(q.view()) > 0;
+    t->set_layout(tiled ? tile_layout : kRowMajorPackedLayout);
+    t->set_weight_dtype(WeightDtypeOf(q.spec.type));
+    t->set_scheme(SchemeOf(q.spec.scheme));
+    t->set_group_size(q.group_size);
+    t->set_clip_ratio(q.spec.quantile);
+    t->set_scale_dtype(config_.scale_dtype());
+    t->set_double_quant(q.spec.scale_encoding == ScaleEncoding::kDoubleQuant);
+    if (config_.mse_range()) clip_log_.push_back(absl::StrFormat("%s %.3f", module, q.spec.quantile));
+    if (tiled) {
+      std::string tiles = Int8Tiles(q.view());
+      const int64_t bytes = static_cast<int64_t>(tiles.size());
+      RETURN_IF_ERROR(
+          writer_.AddTensor(module + ".qweight_tiles", DType::kU8, {bytes}, std::move(tiles)));
+    } else {
+      RETURN_IF_ERROR(writer_.AddTensor(module + ".qweight", DType::kU8, {q.rows, q.row_bytes},
+                                        AsBytes(q.codes.data(), q.codes.size())));
+      RETURN_IF_ERROR(AddScales(module, q, writer_));
+      if (!q.zeros.empty()) {
+        RETURN_IF_ERROR(writer_.AddTensor(module + ".qzeros", DType::kU8,
+                                          {q.rows, q.groups_per_row},
+                                          AsBytes(q.zeros.data(), q.zeros.size())));
+      }
+    }
+    const int64_t params = q.rows * q.cols;
+    manifest_->set_quantized_params(manifest_->quantized_params() + params);
+    quantized_bits_ += BitsPerWeight(q.view()) * static_cast<double>(params);
+    return absl::OkStatus();
+  }
+
+  // A linear layer: quantized, or kept in fp32 when skipped.
+  absl::Status AddLinear(const std::string& module, const LinearWeight& w, bool skip) {
+    if (skip) {
+      return AddF32(module + ".weight", w.dense(), {w.out_features(), w.in_features()});
+    }
+    ASSIGN_OR_RETURN(QuantizedMatrix q, QuantizeLinear(w, QuantSpecOf(config_), config_.mse_range()));
+    return AddQuantized(module, q);
+  }
+
+  absl::Status Write(const std::string& path) { return writer_.Write(path); }
+  double quantized_bits() const { return quantized_bits_; }
+  const std::vector<std::string>& clip_log() const { return clip_log_; }
+
+ private:
+  const v1::WeightOnlyQuantConfig& config_;
+  SafetensorsWriter writer_;
+  v1::ArtifactManifest* manifest_;
+  double quantized_bits_ = 0;
+  std::vector<std::string> clip_log_;
+};
+
+// Where the model's fp32 weights come from: the model AWQ / TEQ transformed
+// in memory, or (RTN) the checkpoint itself, read one block at a time and
+// released after it, so that memory holds one block whatever the model size.
+struct ModelParts {
+  const LlamaConfig& config;
+  const LlamaWeights* loaded = nullptr;
+  CheckpointSource* streamed = nullptr;
+
+  absl::StatusOr<const float*> Embedding() const {
+    return loaded ? loaded->embed : LoadEmbedding(config, *streamed);
+  }
+  absl::StatusOr<LlamaLayerWeights> Layer(int i) const {
+    return loaded ? loaded->layers[i] : LoadLayer(config, *streamed, i);
+  }
+  absl::StatusOr<const float*> FinalNorm() const {
+    return loaded ? loaded->final_norm : LoadFinalNorm(config, *streamed);
+  }
+  absl::StatusOr<LinearWeight> LmHead() const {
+    if (loaded) return loaded->lm_head;
+    ASSIGN_OR_RETURN(const float* embed, LoadEmbedding(config, *streamed));
+    return LoadLmHead(config, *streamed, embed);
+  }
+  void Release() const {
+    if (streamed) streamed->ReleaseLoaded();
+  }
+};
+
+// Every tensor of the model into `out`, in checkpoint order: the embedding,
+// each block (its linears quantized in parallel), the final norm, lm_head.
+absl::Status WriteModel(const ModelParts& model, const v1::WeightOnlyQuantConfig& config,
+                        const std::atomic<bool>* cancelled,
+                        const std::function<void(int done, int total)>& on_block,
+                        ArtifactTensors& out) {
+  const LlamaConfig& c = model.config;
+  const int blocks = c.num_hidden_layers + 1;  // lm_head counts as one
+  {
+    ASSIGN_OR_RETURN(const float* embed, model.Embedding());
+    RETURN_IF_ERROR(
+        out.AddF32(absl::StrCat(kEmbedName, ".weight"), embed, {c.vocab_size, c.hidden_size}));
+    model.Release();
+  }
+  const std::vector<BlockNormSpec> norms = BlockNorms(c);
+  const std::vector<BlockLinearSpec> linears = BlockLinears(c);
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    RETURN_IF_ERROR(CheckCancelled(cancelled));
+    ASSIGN_OR_RETURN(const LlamaLayerWeights layer, model.Layer(i));
+    for (const BlockNormSpec& norm : norms) {
+      RETURN_IF_ERROR(out.AddF32(absl::StrCat(BlockModuleName(i, norm.name()), ".weight"),
+                                 layer.norm[norm.role], {norm.size}));
+    }
+    std::vector<absl::StatusOr<QuantizedMatrix>> quantized(
+        linears.size(), absl::InternalError("not quantized"));
+    std::vector<std::string> modules(linears.size());
+    std::vector<bool> skipped(linears.size());
+    for (size_t j = 0; j < linears.size(); ++j) {
+      modules[j] = BlockModuleName(i, linears[j].name());
+      skipped[j] = IsSkippedModule(config, modules[j]);
+    }
+    tbb::parallel_for(size_t{0}, linears.size(), [&](size_t j) {
+      if (skipped[j]) return;
+      quantized[j] = QuantizeLinear(layer.linear[linears[j].role], QuantSpecOf(config),
+                                    config.mse_range());
+    });
+    for (size_t j = 0; j < linears.size(); ++j) {
+      const LinearWeight& w = layer.linear[linears[j].role];
+      if (skipped[j]) {
+        RETURN_IF_ERROR(out.AddLinear(modules[j], w, /*skip=*/true));
+      } else if (!quantized[j].ok()) {
+        return absl::Status(quantized[j].status().code(),
+                            absl::StrCat(modules[j], ": ", quantized[j].status().message()));
+      } else {
+        RETURN_IF_ERROR(out.AddQuantized(modules[j], *quantized[j]));
+      }
+      if (linears[j].bias) {
+        RETURN_IF_ERROR(out.AddF32(absl::StrCat(modules[j], ".bias"),
+                                   layer.bias[linears[j].role], {linears[j].out_features}));
+      }
+    }
+    model.Release();
+    on_block(i + 1, blocks);
+  }
+  ASSIGN_OR_RETURN(const float* final_norm, model.FinalNorm());
+  RETURN_IF_ERROR(out.AddF32(absl::StrCat(kFinalNormName, ".weight"), final_norm, {c.hidden_size}));
+  RETURN_IF_ERROR(CheckCancelled(cancelled));
+  ASSIGN_OR_RETURN(const LinearWeight lm_head, model.LmHead());
+  const std::string lm_head_name(kLmHeadName);
+  RETURN_IF_ERROR(out.AddLinear(lm_head_name, lm_head, IsSkippedModule(config, lm_head_name)));
+  model.Release();
+  on_block(blocks, blocks);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -162,15 +331,19 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
                     absl::StrCat("artifact ", artifact_id, " already exists; reusing it"));
     return store.ReadManifest(artifact_id);
   }
-  ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
-                   LoadLlamaModelDir(request.model_dir));
-  const LlamaConfig mc = weights->config;  // a copy: `weights` is replaced by AWQ / TEQ
-  RETURN_IF_ERROR(CheckCancelled(request.cancelled));
-
+  // RTN streams the checkpoint; AWQ / TEQ need the whole fp32 model to
+  // transform it block by block with its calibration activations.
+  ASSIGN_OR_RETURN(const LlamaConfig mc, LoadModelDirConfig(request.model_dir));
+  CheckpointSource checkpoint;
+  std::shared_ptr<const LlamaWeights> weights;
+  std::vector<std::string> transform_log;
   // AWQ / TEQ take most of a job's time: 70 % of the progress bar.
   const double calibration_share = config.algorithm() == v1::RTN ? 0.0 : 0.7;
-  std::vector<std::string> transform_log;
-  if (config.algorithm() != v1::RTN) {
+  if (config.algorithm() == v1::RTN) {
+    RETURN_IF_ERROR(checkpoint.Open(request.model_dir));
+  } else {
+    ASSIGN_OR_RETURN(weights, LoadLlamaModelDir(request.model_dir));
+    RETURN_IF_ERROR(CheckCancelled(request.cancelled));
     const auto on_stage = [&](CalibrationStage stage, int block, int total,
                               const std::string& message) {
       const QuantizePhase phase = stage == CalibrationStage::kCapture ? QuantizePhase::kCalibration
@@ -188,136 +361,27 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
     transform_log = std::move(transformed.log);
   }
 
-  // Every linear layer of every block, then lm_head.
-  const std::vector<BlockLinearSpec> block_linears = BlockLinears(mc);
-  std::vector<ModuleResult> modules;
-  for (int i = 0; i < mc.num_hidden_layers; ++i) {
-    for (const BlockLinearSpec& spec : block_linears) {
-      modules.push_back({BlockModuleName(i, spec.name()),
-                         &weights->layers[i].linear[spec.role], std::nullopt});
-    }
-  }
-  modules.push_back({std::string(kLmHeadName), &weights->lm_head, std::nullopt});
-
-  // Blocks in parallel, rows in parallel inside QuantizeMatrix.
-  const QuantSpec spec = QuantSpecOf(config);
-  const int blocks = mc.num_hidden_layers + 1;  // lm_head counts as one
-  const int per_block = static_cast<int>(block_linears.size());
-  std::atomic<int> blocks_done{0};
-  std::vector<absl::Status> statuses(blocks);
-  const double quantize_start = 0.05 + calibration_share;
-  progress.Report(QuantizePhase::kQuantizing, 0, blocks, quantize_start, "quantizing");
-  tbb::parallel_for(0, blocks, [&](int b) {
-    if (IsCancelled(request.cancelled)) return;
-    const size_t first = static_cast<size_t>(b) * per_block;
-    const size_t last = std::min(modules.size(), first + per_block);
-    for (size_t m = first; m < last; ++m) {
-      ModuleResult& r = modules[m];
-      if (IsSkippedModule(config, r.module)) continue;
-      absl::StatusOr<QuantizedMatrix> q = QuantizeLinear(*r.source, spec, config.mse_range());
-      if (!q.ok()) {
-        statuses[b] = absl::Status(q.status().code(),
-                                   absl::StrCat(r.module, ": ", q.status().message()));
-        return;
-      }
-      r.quantized = *std::move(q);
-    }
-    const int done = ++blocks_done;
-    progress.Report(QuantizePhase::kQuantizing, done, blocks,
-                    quantize_start + (0.85 - quantize_start) * done / blocks,
-                    absl::StrFormat("quantized block %d of %d", done, blocks));
-  });
-  RETURN_IF_ERROR(CheckCancelled(request.cancelled));
-  for (const absl::Status& s : statuses) RETURN_IF_ERROR(s);
-
-  progress.Report(QuantizePhase::kPacking, 0, 0, 0.86, "packing tensors");
+  ASSIGN_OR_RETURN(std::unique_ptr<ArtifactWriter> out, store.Create(artifact_id));
   v1::ArtifactManifest manifest;
-  SafetensorsWriter writer;
-  writer.SetMetadata("format", kArtifactFormat);
-  const int64_t hidden = mc.hidden_size;
-  // An fp32 tensor under its checkpoint name; the manifest lists it by its
-  // module (the name without ".weight") or, for a bias, by its full name.
-  auto add_f32 = [&](const std::string& tensor, const float* data,
-                     std::vector<int64_t> shape) -> absl::Status {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    v1::ManifestTensor* t = manifest.add_tensors();
-    t->set_module(std::string(absl::StripSuffix(tensor, ".weight")));
-    for (int64_t d : shape) t->add_shape(d);
-    manifest.set_fp32_params(manifest.fp32_params() + n);
-    return writer.AddF32(tensor, shape, absl::MakeConstSpan(data, n));
-  };
-  RETURN_IF_ERROR(add_f32(absl::StrCat(kEmbedName, ".weight"), weights->embed,
-                          {mc.vocab_size, hidden}));
-  for (int i = 0; i < mc.num_hidden_layers; ++i) {
-    const LlamaLayerWeights& l = weights->layers[i];
-    for (const BlockNormSpec& norm : BlockNorms(mc)) {
-      RETURN_IF_ERROR(add_f32(absl::StrCat(BlockModuleName(i, norm.name()), ".weight"),
-                              l.norm[norm.role], {norm.size}));
-    }
-    for (const BlockLinearSpec& spec : block_linears) {
-      if (!spec.bias) continue;
-      RETURN_IF_ERROR(add_f32(absl::StrCat(BlockModuleName(i, spec.name()), ".bias"),
-                              l.bias[spec.role], {spec.out_features}));
-    }
-  }
-  RETURN_IF_ERROR(add_f32(absl::StrCat(kFinalNormName, ".weight"), weights->final_norm,
-                          {hidden}));
-  double quantized_bits = 0;
-  std::vector<std::string> clip_log;
-  for (ModuleResult& r : modules) {
-    if (!r.quantized.has_value()) {
-      RETURN_IF_ERROR(add_f32(r.module + ".weight", r.source->dense(),
-                              {r.source->out_features(), r.source->in_features()}));
-      continue;
-    }
-    const QuantizedMatrix& q = *r.quantized;
-    v1::ManifestTensor* t = manifest.add_tensors();
-    t->set_module(r.module);
-    t->add_shape(q.rows);
-    t->add_shape(q.cols);
-    t->set_quantized(true);
-    // Served with int8 compute: stored in the int8 kernels' layout, which
-    // loading then maps instead of packing (fp32 or bf16 scales: the layout
-    // has no room for double-quantized ones).
-    const char* tile_layout = Int8TilesLayoutFor(q.spec.scale_encoding);
-    const bool tiled = config.compute_dtype() == v1::COMPUTE_INT8 && tile_layout != nullptr &&
-                       Int8TilesBytes(q.view()) > 0;
-    t->set_layout(tiled ? tile_layout : kRowMajorPackedLayout);
-    t->set_weight_dtype(WeightDtypeOf(q.spec.type));
-    t->set_scheme(SchemeOf(q.spec.scheme));
-    t->set_group_size(q.group_size);
-    t->set_clip_ratio(q.spec.quantile);
-    t->set_scale_dtype(config.scale_dtype());
-    t->set_double_quant(q.spec.scale_encoding == ScaleEncoding::kDoubleQuant);
-    if (config.mse_range()) {
-      clip_log.push_back(absl::StrFormat("%s %.3f", r.module, q.spec.quantile));
-    }
-    if (tiled) {
-      std::string tiles = Int8Tiles(q.view());
-      const int64_t bytes = static_cast<int64_t>(tiles.size());
-      RETURN_IF_ERROR(
-          writer.AddTensor(r.module + ".qweight_tiles", DType::kU8, {bytes}, std::move(tiles)));
-    } else {
-      RETURN_IF_ERROR(writer.AddTensor(r.module + ".qweight", DType::kU8, {q.rows, q.row_bytes},
-                                       AsBytes(q.codes.data(), q.codes.size())));
-      RETURN_IF_ERROR(AddScales(r.module, q, writer));
-    }
-    if (!tiled && !q.zeros.empty()) {
-      RETURN_IF_ERROR(writer.AddTensor(r.module + ".qzeros", DType::kU8,
-                                       {q.rows, q.groups_per_row},
-                                       AsBytes(q.zeros.data(), q.zeros.size())));
-    }
-    const int64_t params = q.rows * q.cols;
-    manifest.set_quantized_params(manifest.quantized_params() + params);
-    quantized_bits += BitsPerWeight(q.view()) * static_cast<double>(params);
-    r.quantized.reset();  // free as we go
-  }
+  ArtifactTensors tensors(config, absl::StrCat(out->dir(), "/", kWeightsFile, ".spill"),
+                          &manifest);
+  const double quantize_start = 0.05 + calibration_share;
+  progress.Report(QuantizePhase::kQuantizing, 0, mc.num_hidden_layers + 1, quantize_start,
+                  "quantizing");
+  const ModelParts parts{mc, weights.get(), weights ? nullptr : &checkpoint};
+  RETURN_IF_ERROR(WriteModel(parts, config, request.cancelled,
+                             [&](int done, int total) {
+                               progress.Report(QuantizePhase::kQuantizing, done, total,
+                                               quantize_start + (0.9 - quantize_start) * done / total,
+                                               absl::StrFormat("quantized block %d of %d", done,
+                                                               total));
+                             },
+                             tensors));
+  if (!weights) RETURN_IF_ERROR(checkpoint.CheckAllUsed());
   RETURN_IF_ERROR(CheckCancelled(request.cancelled));
 
   progress.Report(QuantizePhase::kWriting, 0, 0, 0.9, "writing the artifact");
-  ASSIGN_OR_RETURN(std::unique_ptr<ArtifactWriter> out, store.Create(artifact_id));
-  RETURN_IF_ERROR(writer.Write(absl::StrCat(out->dir(), "/", kWeightsFile)));
+  RETURN_IF_ERROR(tensors.Write(absl::StrCat(out->dir(), "/", kWeightsFile)));
   for (const char* name : kCopiedFiles) {
     const std::string from = absl::StrCat(request.model_dir, "/", name);
     std::error_code ec;
@@ -332,22 +396,23 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   *manifest.mutable_config() = config;
   manifest.set_quantizer(kQuantizerName);
   if (manifest.quantized_params() > 0) {
-    manifest.set_bits_per_weight(quantized_bits / manifest.quantized_params());
+    manifest.set_bits_per_weight(tensors.quantized_bits() / manifest.quantized_params());
   }
+  const int linear_layers = mc.num_hidden_layers * static_cast<int>(BlockLinears(mc).size()) + 1;
   manifest.add_log(absl::StrFormat("quantized %d of %d linear layers in %.2f s",
                                    static_cast<int>(std::count_if(
                                        manifest.tensors().begin(), manifest.tensors().end(),
                                        [](const auto& t) { return t.quantized(); })),
-                                   static_cast<int>(modules.size()),
-                                   absl::ToDoubleSeconds(now - start)));
+                                   linear_layers, absl::ToDoubleSeconds(now - start)));
   for (std::string& line : transform_log) manifest.add_log(std::move(line));
-  if (!clip_log.empty()) {
-    manifest.add_log(absl::StrCat("mse_range clip ratios: ", absl::StrJoin(clip_log, ", ")));
+  if (!tensors.clip_log().empty()) {
+    manifest.add_log(
+        absl::StrCat("mse_range clip ratios: ", absl::StrJoin(tensors.clip_log(), ", ")));
   }
   RETURN_IF_ERROR(CheckCancelled(request.cancelled));
   RETURN_IF_ERROR(out->Commit(manifest));
   ASSIGN_OR_RETURN(v1::ArtifactManifest committed, store.ReadManifest(artifact_id));
-  progress.Report(QuantizePhase::kDone, blocks, blocks, 1.0,
+  progress.Report(QuantizePhase::kDone, mc.num_hidden_layers + 1, mc.num_hidden_layers + 1, 1.0,
                   absl::StrCat("artifact ", artifact_id, " written"));
   return committed;
 }

@@ -481,6 +481,41 @@ absl::StatusOr<F32Tensor> SafetensorsFile::LoadF32(
   return tensor;
 }
 
+SafetensorsWriter::SafetensorsWriter(std::string spill_path)
+    : spill_path_(std::move(spill_path)) {}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  if (spill_fd_ >= 0) {
+    ::close(spill_fd_);
+    ::unlink(spill_path_.c_str());
+  }
+}
+
+absl::Status SafetensorsWriter::Spill(Entry& entry) {
+  if (spill_fd_ < 0) {
+    spill_fd_ = ::open(spill_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (spill_fd_ < 0) {
+      return absl::InternalError(absl::StrCat("cannot create ", spill_path_, ": ",
+                                              std::strerror(errno)));
+    }
+  }
+  entry.spill_offset = spill_size_;
+  uint64_t done = 0;
+  while (done < entry.size) {
+    const ssize_t n = ::pwrite(spill_fd_, entry.bytes.data() + done, entry.size - done,
+                               static_cast<off_t>(entry.spill_offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return absl::InternalError(absl::StrCat("cannot write ", spill_path_, ": ",
+                                              std::strerror(errno)));
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  spill_size_ += entry.size;
+  std::string().swap(entry.bytes);
+  return absl::OkStatus();
+}
+
 void SafetensorsWriter::SetMetadata(std::string key, std::string value) {
   metadata_[std::move(key)] = std::move(value);
 }
@@ -512,8 +547,9 @@ absl::Status SafetensorsWriter::AddTensor(std::string name, DType dtype,
         ShapeString(shape), " needs ", expected, " bytes, got ", bytes.size()));
   }
   names_.insert(name);
-  entries_.push_back(
-      Entry{std::move(name), dtype, std::move(shape), std::move(bytes)});
+  const uint64_t size = bytes.size();
+  entries_.push_back(Entry{std::move(name), dtype, std::move(shape), std::move(bytes), size});
+  if (!spill_path_.empty()) return Spill(entries_.back());
   return absl::OkStatus();
 }
 
@@ -526,7 +562,7 @@ absl::Status SafetensorsWriter::AddF32(std::string name,
                    std::move(bytes));
 }
 
-absl::Status SafetensorsWriter::Write(const std::string& path) const {
+absl::Status SafetensorsWriter::Write(const std::string& path) {
   std::vector<const Entry*> order;
   order.reserve(entries_.size());
   for (const Entry& entry : entries_) order.push_back(&entry);
@@ -546,9 +582,9 @@ absl::Status SafetensorsWriter::Write(const std::string& path) const {
     Json tensor = Json::object();
     tensor["dtype"] = std::string(DTypeName(entry->dtype));
     tensor["shape"] = entry->shape;
-    tensor["data_offsets"] = {offset, offset + entry->bytes.size()};
+    tensor["data_offsets"] = {offset, offset + entry->size};
     header[entry->name] = std::move(tensor);
-    offset += entry->bytes.size();
+    offset += entry->size;
   }
   std::string header_text;
   try {
@@ -572,8 +608,42 @@ absl::Status SafetensorsWriter::Write(const std::string& path) const {
   pieces.reserve(order.size() + 2);
   pieces.emplace_back(length_bytes, sizeof(length_bytes));
   pieces.emplace_back(header_text);
-  for (const Entry* entry : order) pieces.emplace_back(entry->bytes);
-  return WriteFileDurably(path, pieces);
+  if (spill_fd_ < 0) {
+    for (const Entry* entry : order) pieces.emplace_back(entry->bytes);
+    return WriteFileDurably(path, pieces);
+  }
+  RETURN_IF_ERROR(WriteFileDurably(path, pieces));
+  // copy_file_range refuses O_APPEND outputs: the data goes after the header.
+  const int out = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (out < 0) {
+    return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  }
+  absl::Status status = absl::OkStatus();
+  loff_t to = static_cast<loff_t>(sizeof(length_bytes) + header_text.size());
+  for (const Entry* entry : order) {
+    loff_t from = static_cast<loff_t>(entry->spill_offset);
+    uint64_t remaining = entry->size;
+    while (remaining > 0 && status.ok()) {
+      const ssize_t n = ::copy_file_range(spill_fd_, &from, out, &to, remaining, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        status = absl::InternalError(absl::StrCat("cannot copy ", spill_path_, " into ", path,
+                                                  ": ", std::strerror(errno)));
+      } else {
+        remaining -= static_cast<uint64_t>(n);
+      }
+    }
+  }
+  if (status.ok() && ::fsync(out) != 0) {
+    status = absl::InternalError(absl::StrCat("cannot fsync ", path, ": ", std::strerror(errno)));
+  }
+  if (::close(out) != 0 && status.ok()) {
+    status = absl::InternalError(absl::StrCat("cannot close ", path, ": ", std::strerror(errno)));
+  }
+  ::close(spill_fd_);
+  spill_fd_ = -1;
+  ::unlink(spill_path_.c_str());
+  return status;
 }
 
 }  // namespace wq

@@ -131,9 +131,19 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-// Builds a safetensors file in memory and writes it in one go.
+// Builds a safetensors file and writes it in one go: tensors in memory, or,
+// for files larger than memory should hold, spilled to a scratch file as they
+// are added.
 class SafetensorsWriter {
  public:
+  SafetensorsWriter() = default;
+  // Tensor bytes are appended to `spill_path` (created, truncated) as they
+  // are added and copied into place by Write(), which then removes it.
+  explicit SafetensorsWriter(std::string spill_path);
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
   // Stored under "__metadata__"; a repeated key overwrites.
   void SetMetadata(std::string key, std::string value);
   // INVALID_ARGUMENT if the name is empty, "__metadata__" or already added, a
@@ -146,17 +156,23 @@ class SafetensorsWriter {
   // starts at a multiple of 64 bytes; tensors are packed without holes, widest
   // element type first (stable), so each is naturally aligned. Not atomic:
   // write to a temporary name and rename to publish.
-  absl::Status Write(const std::string& path) const;
+  absl::Status Write(const std::string& path);
 
  private:
   struct Entry {
     std::string name;
     DType dtype;
     std::vector<int64_t> shape;
-    std::string bytes;
+    std::string bytes;        // in memory, or empty when spilled
+    uint64_t size = 0;
+    uint64_t spill_offset = 0;
   };
+  absl::Status Spill(Entry& entry);
   std::vector<Entry> entries_;
   std::set<std::string, std::less<>> names_;
+  std::string spill_path_;
+  int spill_fd_ = -1;
+  uint64_t spill_size_ = 0;
   std::map<std::string, std::string> metadata_;
 };
 

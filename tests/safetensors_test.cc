@@ -1,6 +1,7 @@
 #include "common/safetensors.h"
 
 #include <cmath>
+#include <filesystem>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -162,6 +163,33 @@ TEST(SafetensorsRoundTripTest, EmptyWriterWritesValidFile) {
   EXPECT_TRUE((*file)->tensors().empty());
   EXPECT_TRUE((*file)->metadata().empty());
   EXPECT_EQ((*file)->file_size(), 64u);
+}
+
+// Tensors spilled to a scratch file as they are added give the same file as
+// tensors kept in memory, and the scratch file is gone afterwards.
+TEST(SafetensorsWriterTest, SpilledWriterWritesTheSameBytes) {
+  const std::string spill = TempPath("spill.tmp");
+  SafetensorsWriter in_memory, spilled(spill);
+  for (SafetensorsWriter* writer : {&in_memory, &spilled}) {
+    writer->SetMetadata("format", "test");
+    ASSERT_TRUE(writer->AddTensor("codes", DType::kU8, {3}, std::string("\x01\x02\x03")).ok());
+    ASSERT_TRUE(writer->AddF32("scales", {2}, std::vector<float>{0.5f, -2.0f}).ok());
+    ASSERT_TRUE(writer->AddTensor("half", DType::kBF16, {1}, std::string("\x80\x3f")).ok());
+  }
+  EXPECT_TRUE(std::filesystem::exists(spill));
+  ASSERT_TRUE(in_memory.Write(TempPath("in_memory.safetensors")).ok());
+  const absl::Status written = spilled.Write(TempPath("spilled.safetensors"));
+  ASSERT_TRUE(written.ok()) << written;
+  EXPECT_FALSE(std::filesystem::exists(spill));
+  auto a = ReadFile(TempPath("in_memory.safetensors"));
+  auto b = ReadFile(TempPath("spilled.safetensors"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*a, *b);
+  auto file = SafetensorsFile::Open(TempPath("spilled.safetensors"));
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto scales = (*file)->LoadF32("scales");
+  ASSERT_TRUE(scales.ok()) << scales.status();
+  EXPECT_THAT(scales->values(), testing::ElementsAre(0.5f, -2.0f));
 }
 
 TEST(SafetensorsWriterTest, RejectsBadTensors) {
