@@ -1,8 +1,8 @@
 // Writes a Hugging Face format Llama directory with random weights in a real
 // model's shape (see synthetic_model.h), for bench/speed and by hand:
 //
-//   bazel-bin/bench/make_synthetic_model --shape=tinyllama-1.1b
-//       --out=/tmp/wq-synth/tinyllama-1.1b [--seed=1] [--tokenizer=PATH]
+//   bazel-bin/bench/make_synthetic_model --shape=llama-2-7b --dtype=bf16
+//       --shard_gb=5 --out=/tmp/wq-synth/llama-2-7b [--seed=1] [--tokenizer=PATH]
 #include <cstdio>
 #include <string>
 
@@ -11,7 +11,10 @@
 #include "absl/flags/usage.h"
 #include "bench/synthetic_model.h"
 
-ABSL_FLAG(std::string, shape, "llama-110m", "tinyllama-1.1b or llama-110m");
+ABSL_FLAG(std::string, shape, "llama-110m",
+          "llama-110m, tinyllama-1.1b, llama-3.2-1b, llama-2-7b, mistral-7b or qwen2.5-7b");
+ABSL_FLAG(std::string, dtype, "f32", "weight dtype: f32 or bf16");
+ABSL_FLAG(double, shard_gb, 0, "shard size in GB (1e9 bytes) with an index file; 0: one file");
 ABSL_FLAG(std::string, out, "", "output directory (outside the repository)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the random weights");
 ABSL_FLAG(std::string, tokenizer, "../shared/tokenizers/llama2/tokenizer.model",
@@ -30,8 +33,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", config.status().ToString().c_str());
     return 2;
   }
+  wq::bench::SyntheticOptions options;
+  options.seed = absl::GetFlag(FLAGS_seed);
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (dtype != "f32" && dtype != "bf16") {
+    std::fprintf(stderr, "--dtype must be f32 or bf16\n");
+    return 2;
+  }
+  options.dtype = dtype == "bf16" ? wq::DType::kBF16 : wq::DType::kF32;
+  options.shard_bytes = static_cast<int64_t>(absl::GetFlag(FLAGS_shard_gb) * 1e9);
   const absl::Status status = wq::bench::WriteSyntheticModel(
-      *config, absl::GetFlag(FLAGS_seed), absl::GetFlag(FLAGS_tokenizer), out);
+      *config, options, absl::GetFlag(FLAGS_tokenizer), out);
   if (!status.ok()) {
     std::fprintf(stderr, "%s\n", status.ToString().c_str());
     return 1;

@@ -243,7 +243,7 @@ absl::StatusOr<std::string> ModelDir(const std::string& shape) {
   ASSIGN_OR_RETURN(LlamaConfig config, SyntheticShape(shape));
   std::printf("writing synthetic %s to %s\n", shape.c_str(), dir.c_str());
   std::fflush(stdout);
-  RETURN_IF_ERROR(WriteSyntheticModel(config, 1, absl::GetFlag(FLAGS_tokenizer), dir));
+  RETURN_IF_ERROR(WriteSyntheticModel(config, {}, absl::GetFlag(FLAGS_tokenizer), dir));
   return dir;
 }
 

@@ -36,5 +36,6 @@ int64_t StatusBytes(std::string_view field) {
 
 int64_t ResidentBytes() { return StatusBytes("VmRSS"); }
 int64_t PeakResidentBytes() { return StatusBytes("VmHWM"); }
+int64_t AnonymousResidentBytes() { return StatusBytes("RssAnon"); }
 
 }  // namespace wq

@@ -11,6 +11,9 @@ namespace wq {
 int64_t ResidentBytes();
 // Peak resident set (VmHWM) in bytes; 0 if unknown.
 int64_t PeakResidentBytes();
+// Anonymous resident memory now (RssAnon): what the process allocated, not
+// the file pages it maps, which the kernel can drop. 0 if unknown.
+int64_t AnonymousResidentBytes();
 
 }  // namespace wq
 
