@@ -344,11 +344,14 @@ RotaryEmbedding::RotaryEmbedding(const LlamaConfig& c, int positions)
 
 void RotaryEmbedding::Apply(float* x, int heads, int pos, bool inverse, int seq_len) const {
   const int half = head_dim_ / 2;
-  const float* cos = cos_.data() + static_cast<size_t>(pos) * half;
-  const float* sin = sin_.data() + static_cast<size_t>(pos) * half;
+  const float* cos;
+  const float* sin;
   std::vector<float> stretched;  // dynamic-NTK past the trained context
-  if (config_.rope_scaling.type == RopeScaling::Type::kDynamic &&
-      seq_len > config_.rope_scaling.original_max_position_embeddings) {
+  if (config_.rope_scaling.type != RopeScaling::Type::kDynamic ||
+      seq_len <= config_.rope_scaling.original_max_position_embeddings) {
+    cos = cos_.data() + static_cast<size_t>(pos) * half;
+    sin = sin_.data() + static_cast<size_t>(pos) * half;
+  } else {
     const std::vector<double> inv_freq = InverseFrequencies(config_, seq_len);
     stretched.resize(2 * half);
     for (int i = 0; i < half; ++i) {
@@ -372,8 +375,9 @@ void RotaryEmbedding::Apply(float* x, int heads, int pos, bool inverse, int seq_
 
 LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
     : weights_(std::move(weights)),
-      rope_(weights_->config,
-            std::min(ContextLength(weights_->config), weights_->config.max_position_embeddings)) {}
+      // Dynamic-NTK positions past the trained context are computed per pass.
+      rope_(weights_->config, std::max(weights_->config.max_position_embeddings,
+                                       weights_->config.rope_scaling.original_max_position_embeddings)) {}
 
 void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
                            const float* q, const float* k, const float* v,

@@ -120,6 +120,28 @@ INSTANTIATE_TEST_SUITE_P(TinyCheckpoints, ModelFamilyTest,
                            return name;
                          });
 
+// The RoPE scalings without a golden checkpoint, against transformers'
+// formulas (modeling_rope_utils.py) evaluated here in double.
+TEST(RopeScaling, LinearAndDynamicFrequencies) {
+  LlamaConfig c;
+  c.head_dim = 8;
+  c.rope_theta = 10000;
+  c.max_position_embeddings = 128;
+  const std::vector<double> plain = RotaryEmbedding::InverseFrequencies(c, 0);
+  c.rope_scaling.type = RopeScaling::Type::kLinear;
+  c.rope_scaling.factor = 4;
+  const std::vector<double> linear = RotaryEmbedding::InverseFrequencies(c, 0);
+  for (int i = 0; i < 4; ++i) EXPECT_DOUBLE_EQ(linear[i], plain[i] / 4) << i;
+
+  c.rope_scaling.type = RopeScaling::Type::kDynamic;
+  c.rope_scaling.original_max_position_embeddings = 128;
+  EXPECT_EQ(RotaryEmbedding::InverseFrequencies(c, 128), plain);
+  const std::vector<double> stretched = RotaryEmbedding::InverseFrequencies(c, 256);
+  const double base = 10000 * std::pow(4.0 * 256 / 128 - 3, 8.0 / 6);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(stretched[i], std::pow(base, -2.0 * i / 8), 1e-12) << i;
+  EXPECT_EQ(ContextLength(c), 512);
+}
+
 // Writes `dir` holding config.json and the tiny model's tensors rounded to
 // bf16: as bf16 in two shards with an index when `sharded`, else as their
 // fp32 values in one model.safetensors.
