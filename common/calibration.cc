@@ -117,34 +117,24 @@ std::vector<ScalingGroup> LlamaScalingGroups(const LlamaConfig& config) {
   const bool fused = config.spec().fused_projections;
   const int64_t q_dim = static_cast<int64_t>(config.num_attention_heads) * config.head_dim;
   const int64_t kv_dim = static_cast<int64_t>(config.num_key_value_heads) * config.head_dim;
+  // Split or fused layers of one input, whichever the family stores.
+  auto roles = [fused](std::vector<LinearRole> split, LinearRole whole) {
+    return fused ? std::vector<LinearRole>{whole} : split;
+  };
   std::vector<ScalingGroup> groups;
-  ScalingGroup attention_input{Prev::kNorm, kInputNorm};
-  attention_input.layers = fused ? std::vector<LinearRole>{kQkv} : std::vector<LinearRole>{kQ, kK, kV};
-  attention_input.input = BlockPoint::kAttentionInput;
-  attention_input.inspect = BlockPoint::kAttentionOutput;
-  groups.push_back(attention_input);
+  groups.push_back({Prev::kNorm, kInputNorm, kV, 0, roles({kQ, kK, kV}, kQkv),
+                    BlockPoint::kAttentionInput, BlockPoint::kAttentionOutput});
   // AutoAWQ: `if module.self_attn.v_proj.weight.shape == o_proj.weight.shape`.
   if (kv_dim == q_dim && q_dim == config.hidden_size) {
-    ScalingGroup v_to_o{Prev::kLinear};
-    v_to_o.prev_linear = fused ? kQkv : kV;
-    v_to_o.prev_first_row = fused ? FusedParts(config, kQkv)[2].first : 0;
-    v_to_o.layers = {kO};
-    v_to_o.input = BlockPoint::kOProjInput;
-    v_to_o.inspect = BlockPoint::kAttentionOutput;
-    groups.push_back(v_to_o);
+    groups.push_back({Prev::kLinear, kInputNorm, fused ? kQkv : kV,
+                      fused ? FusedParts(config, kQkv)[2].first : 0, {kO},
+                      BlockPoint::kOProjInput, BlockPoint::kAttentionOutput});
   }
-  ScalingGroup mlp_input{Prev::kNorm, kPostAttentionNorm};
-  mlp_input.layers = fused ? std::vector<LinearRole>{kGateUp} : std::vector<LinearRole>{kGate, kUp};
-  mlp_input.input = BlockPoint::kMlpInput;
-  mlp_input.inspect = BlockPoint::kMlpOutput;
-  groups.push_back(mlp_input);
-  ScalingGroup up_to_down{Prev::kLinear};
-  up_to_down.prev_linear = fused ? kGateUp : kUp;
-  up_to_down.prev_first_row = fused ? FusedParts(config, kGateUp)[1].first : 0;
-  up_to_down.layers = {kDown};
-  up_to_down.input = BlockPoint::kDownInput;
-  up_to_down.inspect = BlockPoint::kMlpOutput;
-  groups.push_back(up_to_down);
+  groups.push_back({Prev::kNorm, kPostAttentionNorm, kV, 0, roles({kGate, kUp}, kGateUp),
+                    BlockPoint::kMlpInput, BlockPoint::kMlpOutput});
+  groups.push_back({Prev::kLinear, kInputNorm, fused ? kGateUp : kUp,
+                    fused ? FusedParts(config, kGateUp)[1].first : 0, {kDown},
+                    BlockPoint::kDownInput, BlockPoint::kMlpOutput});
   return groups;
 }
 
