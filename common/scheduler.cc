@@ -32,6 +32,7 @@ struct GenerationScheduler::Sequence {
   GenerationResult result;
   absl::Time submitted, admitted, first_token;
   bool done = false;
+  bool holds_place = true;  // counted in places_
 
   bool prefilling() const { return prefilled < prompt_tokens; }
 };
@@ -89,13 +90,29 @@ absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> GenerationScheduler
 
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the server is shutting down");
-  if (static_cast<int>(queue_.size()) >= options_.max_queued) {
+  const int places = options_.max_running + options_.max_queued;
+  if (places_ >= places) DropCancelledLocked();
+  if (places_ >= places) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "generation queue is full (", options_.max_queued, " waiting, ",
-        options_.max_running, " running); retry later"));
+        "generation queue is full (", options_.max_running, " running, ",
+        options_.max_queued, " waiting); retry later"));
   }
+  ++places_;
   queue_.push_back(std::move(seq));
   return handle;
+}
+
+void GenerationScheduler::DropCancelledLocked() {
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (!(*it)->handle->cancelled()) {
+      ++it;
+      continue;
+    }
+    (*it)->holds_place = false;
+    --places_;
+    dropped_.push_back(std::move(*it));
+    it = queue_.erase(it);
+  }
 }
 
 void GenerationScheduler::Finish(Sequence& seq, FinishReason reason, absl::Status status) {
@@ -117,18 +134,29 @@ void GenerationScheduler::Finish(Sequence& seq, FinishReason reason, absl::Statu
   }
   seq.done = true;
   seq.cache.reset();
+  // Before on_done, so that a caller told of the end may submit again.
+  if (seq.holds_place) {
+    absl::MutexLock lock(&mu_);
+    --places_;
+    seq.holds_place = false;
+  }
   if (seq.callbacks.on_done) seq.callbacks.on_done(r);
 }
 
 void GenerationScheduler::Loop() {
   std::vector<std::unique_ptr<Sequence>> running;
   while (true) {
+    std::vector<std::unique_ptr<Sequence>> dropped;
+    bool stopping;
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [this, &running]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || !queue_.empty() || !running.empty();
+        return stopping_ || !queue_.empty() || !running.empty() || !dropped_.empty();
       };
       mu_.Await(absl::Condition(&has_work));
+      DropCancelledLocked();
+      dropped.swap(dropped_);
+      stopping = stopping_;
       if (stopping_) {
         for (auto& seq : queue_) running.push_back(std::move(seq));
         queue_.clear();
@@ -149,11 +177,7 @@ void GenerationScheduler::Loop() {
         }
       }
     }
-    bool stopping;
-    {
-      absl::MutexLock lock(&mu_);
-      stopping = stopping_;
-    }
+    for (auto& seq : dropped) Finish(*seq, FinishReason::kCancelled);
     if (stopping) {
       for (auto& seq : running) Finish(*seq, FinishReason::kCancelled);
       running_count_.store(0);

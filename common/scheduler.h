@@ -3,7 +3,8 @@
 // running decodes never stall for long; each step runs the new tokens of all
 // running sequences through the model in one pass over the weights; finished
 // and cancelled sequences leave at once. Requests beyond max_running wait in
-// a bounded queue; beyond that, Submit fails with RESOURCE_EXHAUSTED.
+// a queue of max_queued; beyond that, Submit fails with RESOURCE_EXHAUSTED. A
+// waiting request that is cancelled gives its place back at once.
 #ifndef WQ_COMMON_SCHEDULER_H_
 #define WQ_COMMON_SCHEDULER_H_
 
@@ -62,14 +63,14 @@ class GenerationScheduler {
  public:
   struct Options {
     int max_running = 8;      // sequences decoded together
-    int max_queued = 64;      // waiting beyond max_running
+    int max_queued = 64;      // waiting beyond max_running; 0: none wait
     int prefill_chunk = 256;  // prompt tokens per step, over all sequences
     int max_context = 0;      // tokens per sequence; 0: the model's maximum
     KvCacheDtype kv_cache_dtype = KvCacheDtype::kF32;
   };
 
   // A submitted request; Cancel() makes it finish with kCancelled at the
-  // next step and frees its KV cache.
+  // next step and frees its KV cache. A waiting one frees its place at once.
   class Handle {
    public:
     void Cancel() { cancelled_.store(true); }
@@ -85,7 +86,8 @@ class GenerationScheduler {
   ~GenerationScheduler();
 
   // INVALID_ARGUMENT: bad sampling options or a prompt that leaves no room in
-  // the context; RESOURCE_EXHAUSTED: queue full; UNAVAILABLE: shutting down.
+  // the context; RESOURCE_EXHAUSTED: every running and waiting place taken;
+  // UNAVAILABLE: shutting down.
   absl::StatusOr<std::shared_ptr<Handle>> Submit(const std::string& prompt,
                                                  const GenerationParams& params,
                                                  GenerationCallbacks callbacks);
@@ -102,6 +104,8 @@ class GenerationScheduler {
   void Loop();
   void Step(std::vector<std::unique_ptr<Sequence>>& running);
   void Finish(Sequence& seq, FinishReason reason, absl::Status status = absl::OkStatus());
+  // Moves cancelled waiting requests to dropped_, freeing their places.
+  void DropCancelledLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::shared_ptr<const LlamaModel> model_;
   std::shared_ptr<const Tokenizer> tokenizer_;
@@ -110,6 +114,12 @@ class GenerationScheduler {
 
   mutable absl::Mutex mu_;
   std::deque<std::unique_ptr<Sequence>> queue_ ABSL_GUARDED_BY(mu_);
+  // Cancelled while waiting; the loop reports them (callbacks run there).
+  std::vector<std::unique_ptr<Sequence>> dropped_ ABSL_GUARDED_BY(mu_);
+  // Requests running or waiting, at most max_running + max_queued. Counted
+  // here rather than from the loop's view so a place is free the moment its
+  // request finishes or is cancelled while waiting.
+  int places_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<int> running_count_{0};
   std::thread loop_;
