@@ -51,9 +51,10 @@ GenerationScheduler::GenerationScheduler(std::shared_ptr<const LlamaModel> model
 
 GenerationScheduler::~GenerationScheduler() { Shutdown(); }
 
-void GenerationScheduler::Shutdown() {
+void GenerationScheduler::Shutdown(absl::Status reason) {
   {
     absl::MutexLock lock(&mu_);
+    if (!stopping_) stop_reason_ = std::move(reason);
     stopping_ = true;
   }
   if (loop_.joinable()) loop_.join();
@@ -89,7 +90,10 @@ absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> GenerationScheduler
   std::shared_ptr<Handle> handle = seq->handle;
 
   absl::MutexLock lock(&mu_);
-  if (stopping_) return absl::UnavailableError("the server is shutting down");
+  if (stopping_) {
+    if (!stop_reason_.ok()) return stop_reason_;
+    return absl::UnavailableError("the server is shutting down");
+  }
   const int places = options_.max_running + options_.max_queued;
   if (places_ >= places) DropCancelledLocked();
   if (places_ >= places) {
@@ -148,6 +152,7 @@ void GenerationScheduler::Loop() {
   while (true) {
     std::vector<std::unique_ptr<Sequence>> dropped;
     bool stopping;
+    absl::Status stop_reason;
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [this, &running]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -157,6 +162,7 @@ void GenerationScheduler::Loop() {
       DropCancelledLocked();
       dropped.swap(dropped_);
       stopping = stopping_;
+      stop_reason = stop_reason_;
       if (stopping_) {
         for (auto& seq : queue_) running.push_back(std::move(seq));
         queue_.clear();
@@ -179,7 +185,13 @@ void GenerationScheduler::Loop() {
     }
     for (auto& seq : dropped) Finish(*seq, FinishReason::kCancelled);
     if (stopping) {
-      for (auto& seq : running) Finish(*seq, FinishReason::kCancelled);
+      for (auto& seq : running) {
+        if (stop_reason.ok()) {
+          Finish(*seq, FinishReason::kCancelled);
+        } else {
+          Finish(*seq, FinishReason::kError, stop_reason);
+        }
+      }
       running_count_.store(0);
       return;
     }

@@ -87,12 +87,14 @@ class GenerationScheduler {
 
   // INVALID_ARGUMENT: bad sampling options or a prompt that leaves no room in
   // the context; RESOURCE_EXHAUSTED: every running and waiting place taken;
-  // UNAVAILABLE: shutting down.
+  // UNAVAILABLE (or the reason given to Shutdown): shutting down.
   absl::StatusOr<std::shared_ptr<Handle>> Submit(const std::string& prompt,
                                                  const GenerationParams& params,
                                                  GenerationCallbacks callbacks);
-  // Stops accepting work and cancels all requests; returns once the loop ended.
-  void Shutdown();
+  // Stops accepting work and ends all requests; returns once the loop ended.
+  // With OK they finish as kCancelled (server shutdown); otherwise they fail
+  // with kError and `reason`, which later Submits return too.
+  void Shutdown(absl::Status reason = absl::OkStatus());
 
   const Options& options() const { return options_; }
   int max_context() const { return max_context_; }
@@ -121,6 +123,7 @@ class GenerationScheduler {
   // request finishes or is cancelled while waiting.
   int places_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status stop_reason_ ABSL_GUARDED_BY(mu_);
   std::atomic<int> running_count_{0};
   std::thread loop_;
 };

@@ -3,6 +3,7 @@
 // request running for as long as a test needs.
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
@@ -120,6 +121,34 @@ TEST_F(SchedulerTest, NoWaitingLineAdmitsWhileASlotIsFree) {
   ASSERT_TRUE(second.Wait());
   ASSERT_TRUE(again.Wait());
   EXPECT_EQ(again.result.finish_reason, FinishReason::kLength);
+}
+
+TEST_F(SchedulerTest, ShutdownWithReasonFailsRunningAndWaitingRequests) {
+  auto scheduler = Make(/*max_running=*/1, /*max_queued=*/1);
+  Request running, waiting;
+  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
+  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_TRUE(Submit(*scheduler, waiting).ok());
+
+  const absl::Status reason = absl::UnavailableError("model \"m\" was unloaded");
+  std::thread stopper([&] { scheduler->Shutdown(reason); });
+  // Full until the shutdown begins; then Submit answers with its reason.
+  absl::Status status;
+  for (int i = 0; i < 10000; ++i) {
+    Request late;
+    status = Submit(*scheduler, late);
+    if (!absl::IsResourceExhausted(status)) break;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(status, reason);
+  running.Open();
+  stopper.join();
+
+  for (Request* r : {&running, &waiting}) {
+    ASSERT_TRUE(r->Wait());
+    EXPECT_EQ(r->result.finish_reason, FinishReason::kError);
+    EXPECT_EQ(r->result.status, reason);
+  }
 }
 
 TEST_F(SchedulerTest, PlainShutdownCancelsAndSaysSo) {
