@@ -65,9 +65,9 @@ int GenerationScheduler::queued() const {
   return static_cast<int>(queue_.size());
 }
 
-absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> GenerationScheduler::Submit(
+absl::StatusOr<std::unique_ptr<GenerationScheduler::Sequence>> GenerationScheduler::Prepare(
     const std::string& prompt, const GenerationParams& params,
-    GenerationCallbacks callbacks) {
+    GenerationCallbacks callbacks) const {
   if (absl::Status s = ValidateSamplingOptions(params.sampling); !s.ok()) return s;
   if (params.max_new_tokens < 1) {
     return absl::InvalidArgumentError(
@@ -87,8 +87,45 @@ absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> GenerationScheduler
   seq->tokens = std::move(*ids);
   seq->prompt_tokens = static_cast<int>(seq->tokens.size());
   seq->submitted = absl::Now();
-  std::shared_ptr<Handle> handle = seq->handle;
+  return seq;
+}
 
+absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> GenerationScheduler::Submit(
+    const std::string& prompt, const GenerationParams& params,
+    GenerationCallbacks callbacks) {
+  absl::StatusOr<std::unique_ptr<Sequence>> seq =
+      Prepare(prompt, params, std::move(callbacks));
+  if (!seq.ok()) return seq.status();
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  seqs.push_back(*std::move(seq));
+  absl::StatusOr<std::vector<std::shared_ptr<Handle>>> handles = Enqueue(std::move(seqs));
+  if (!handles.ok()) return handles.status();
+  return handles->front();
+}
+
+absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>>
+GenerationScheduler::SubmitBatch(const std::vector<std::string>& prompts,
+                                 const GenerationParams& params,
+                                 std::vector<GenerationCallbacks> callbacks) {
+  if (callbacks.size() != prompts.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        prompts.size(), " prompts but ", callbacks.size(), " callbacks"));
+  }
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    absl::StatusOr<std::unique_ptr<Sequence>> seq =
+        Prepare(prompts[i], params, std::move(callbacks[i]));
+    if (!seq.ok()) {
+      return absl::Status(seq.status().code(),
+                          absl::StrCat("prompt ", i, ": ", seq.status().message()));
+    }
+    seqs.push_back(*std::move(seq));
+  }
+  return Enqueue(std::move(seqs));
+}
+
+absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>>
+GenerationScheduler::Enqueue(std::vector<std::unique_ptr<Sequence>> seqs) {
   absl::MutexLock lock(&mu_);
   if (stopping_) {
     if (!stop_reason_.ok()) return stop_reason_;
@@ -101,9 +138,13 @@ absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> GenerationScheduler
         "generation queue is full (", options_.max_running, " running, ",
         options_.max_queued, " waiting); retry later"));
   }
-  ++places_;
-  queue_.push_back(std::move(seq));
-  return handle;
+  std::vector<std::shared_ptr<Handle>> handles;
+  for (auto& seq : seqs) {
+    handles.push_back(seq->handle);
+    queue_.push_back(std::move(seq));
+  }
+  places_ += static_cast<int>(handles.size());
+  return handles;
 }
 
 void GenerationScheduler::DropCancelledLocked() {

@@ -4,7 +4,8 @@
 // running sequences through the model in one pass over the weights; finished
 // and cancelled sequences leave at once. Requests beyond max_running wait in
 // a queue of max_queued; beyond that, Submit fails with RESOURCE_EXHAUSTED. A
-// waiting request that is cancelled gives its place back at once.
+// waiting request that is cancelled gives its place back at once. A batch
+// needs one free place; its other prompts may wait beyond max_queued.
 #ifndef WQ_COMMON_SCHEDULER_H_
 #define WQ_COMMON_SCHEDULER_H_
 
@@ -91,6 +92,14 @@ class GenerationScheduler {
   absl::StatusOr<std::shared_ptr<Handle>> Submit(const std::string& prompt,
                                                  const GenerationParams& params,
                                                  GenerationCallbacks callbacks);
+  // A unary batch, all or nothing, with callbacks[i] for prompts[i]. It needs
+  // a single free place rather than one per prompt, so that it is not refused
+  // for ever while streams come and go; its prompts then wait in line as
+  // requests would, each holding a place (refusing later requests) until it
+  // ends. Errors of one prompt begin "prompt i: ".
+  absl::StatusOr<std::vector<std::shared_ptr<Handle>>> SubmitBatch(
+      const std::vector<std::string>& prompts, const GenerationParams& params,
+      std::vector<GenerationCallbacks> callbacks);
   // Stops accepting work and ends all requests; returns once the loop ended.
   // With OK they finish as kCancelled (server shutdown); otherwise they fail
   // with kError and `reason`, which later Submits return too.
@@ -103,6 +112,12 @@ class GenerationScheduler {
 
  private:
   struct Sequence;
+  absl::StatusOr<std::unique_ptr<Sequence>> Prepare(const std::string& prompt,
+                                                    const GenerationParams& params,
+                                                    GenerationCallbacks callbacks) const;
+  // Queues all of `seqs` if a place is free, else none.
+  absl::StatusOr<std::vector<std::shared_ptr<Handle>>> Enqueue(
+      std::vector<std::unique_ptr<Sequence>> seqs);
   void Loop();
   void Step(std::vector<std::unique_ptr<Sequence>>& running);
   void Finish(Sequence& seq, FinishReason reason, absl::Status status = absl::OkStatus());

@@ -165,43 +165,29 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
   {
     absl::MutexLock lock(&state->mu);
     state->results.resize(n);
+    state->pending = n;
   }
-  std::vector<std::shared_ptr<GenerationScheduler::Handle>> handles;
-  absl::Status submit_error;
+  std::vector<GenerationCallbacks> callbacks(n);
   for (int i = 0; i < n; ++i) {
-    GenerationCallbacks callbacks;
-    callbacks.on_done = [state, i](const GenerationResult& result) {
+    callbacks[i].on_done = [state, i](const GenerationResult& result) {
       absl::MutexLock lock(&state->mu);
       state->results[i] = result;
       --state->pending;
     };
-    {
-      absl::MutexLock lock(&state->mu);
-      ++state->pending;
-    }
-    absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> handle =
-        (*model)->scheduler->Submit(request->prompts(i), *params, std::move(callbacks));
-    if (!handle.ok()) {
-      absl::MutexLock lock(&state->mu);
-      --state->pending;
-      submit_error = absl::Status(
-          handle.status().code(),
-          absl::StrCat("prompt ", i, ": ", handle.status().message()));
-      break;
-    }
-    handles.push_back(*std::move(handle));
   }
-  if (!submit_error.ok()) {
-    // All or nothing: a partial batch is of no use to the caller.
-    for (auto& handle : handles) handle->Cancel();
-    return ToGrpcStatus(submit_error);
-  }
+  // All or nothing (a partial batch is of no use to the caller), admitted
+  // once a single place is free.
+  absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>> handles =
+      (*model)->scheduler->SubmitBatch(
+          std::vector<std::string>(request->prompts().begin(), request->prompts().end()),
+          *params, std::move(callbacks));
+  if (!handles.ok()) return ToGrpcStatus(handles.status());
 
   {
     absl::MutexLock lock(&state->mu);
     while (state->pending > 0) {
       if (context->IsCancelled()) {
-        for (auto& handle : handles) handle->Cancel();
+        for (auto& handle : *handles) handle->Cancel();
         return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
       }
       state->mu.AwaitWithTimeout(

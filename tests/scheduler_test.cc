@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
@@ -121,6 +122,49 @@ TEST_F(SchedulerTest, NoWaitingLineAdmitsWhileASlotIsFree) {
   ASSERT_TRUE(second.Wait());
   ASSERT_TRUE(again.Wait());
   EXPECT_EQ(again.result.finish_reason, FinishReason::kLength);
+}
+
+TEST_F(SchedulerTest, BatchNeedsASinglePlace) {
+  auto scheduler = Make(/*max_running=*/2, /*max_queued=*/0);
+  Request first, refused, after;
+  ASSERT_TRUE(Submit(*scheduler, first, /*gated=*/true).ok());
+  ASSERT_TRUE(first.started.WaitForNotificationWithTimeout(kPrompt));
+
+  Request batch[3];
+  std::vector<GenerationCallbacks> callbacks;
+  for (Request& r : batch) callbacks.push_back(r.Callbacks());
+  auto handles = scheduler->SubmitBatch({"Once upon a time", "Lily", "The dog"}, Params(),
+                                        std::move(callbacks));
+  ASSERT_TRUE(handles.ok()) << handles.status();
+  EXPECT_EQ(handles->size(), 3u);
+  // Its prompts hold their places: later requests wait their turn.
+  EXPECT_EQ(Submit(*scheduler, refused).code(), absl::StatusCode::kResourceExhausted);
+
+  first.Open();
+  for (Request& r : batch) {
+    ASSERT_TRUE(r.Wait());
+    EXPECT_EQ(r.result.finish_reason, FinishReason::kLength);
+  }
+  ASSERT_TRUE(first.Wait());
+  EXPECT_EQ(batch[0].result.token_ids, first.result.token_ids);
+  EXPECT_TRUE(Submit(*scheduler, after).ok());
+  ASSERT_TRUE(after.Wait());
+}
+
+TEST_F(SchedulerTest, BatchIsAllOrNothing) {
+  auto scheduler = Make(/*max_running=*/2, /*max_queued=*/0);
+  Request batch[2];
+  std::vector<GenerationCallbacks> callbacks;
+  for (Request& r : batch) callbacks.push_back(r.Callbacks());
+  // Longer than the context: refused, and so is the prompt before it.
+  std::string too_long;
+  for (int i = 0; i < 300; ++i) too_long += "Once upon a time ";
+  auto handles = scheduler->SubmitBatch({"Once upon a time", too_long}, Params(),
+                                        std::move(callbacks));
+  EXPECT_EQ(handles.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(handles.status().message().substr(0, 10), "prompt 1: ");
+  EXPECT_EQ(scheduler->queued(), 0);
+  EXPECT_EQ(scheduler->running(), 0);
 }
 
 TEST_F(SchedulerTest, ShutdownWithReasonFailsRunningAndWaitingRequests) {
