@@ -35,6 +35,8 @@ struct GenerationScheduler::Sequence {
   bool holds_place = true;  // counted in places_
 
   bool prefilling() const { return prefilled < prompt_tokens; }
+  // Cancelled, or past its deadline.
+  bool Abandoned(absl::Time now) const;
 };
 
 GenerationScheduler::GenerationScheduler(std::shared_ptr<const LlamaModel> model,
@@ -132,7 +134,7 @@ GenerationScheduler::Enqueue(std::vector<std::unique_ptr<Sequence>> seqs) {
     return absl::UnavailableError("the server is shutting down");
   }
   const int places = options_.max_running + options_.max_queued;
-  if (places_ >= places) DropCancelledLocked();
+  if (places_ >= places) DropAbandonedLocked();
   if (places_ >= places) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "generation queue is full (", options_.max_running, " running, ",
@@ -147,9 +149,14 @@ GenerationScheduler::Enqueue(std::vector<std::unique_ptr<Sequence>> seqs) {
   return handles;
 }
 
-void GenerationScheduler::DropCancelledLocked() {
+bool GenerationScheduler::Sequence::Abandoned(absl::Time now) const {
+  return handle->cancelled() || now >= params.deadline;
+}
+
+void GenerationScheduler::DropAbandonedLocked() {
+  const absl::Time now = absl::Now();
   for (auto it = queue_.begin(); it != queue_.end();) {
-    if (!(*it)->handle->cancelled()) {
+    if (!(*it)->Abandoned(now)) {
       ++it;
       continue;
     }
@@ -200,7 +207,7 @@ void GenerationScheduler::Loop() {
         return stopping_ || !queue_.empty() || !running.empty() || !dropped_.empty();
       };
       mu_.Await(absl::Condition(&has_work));
-      DropCancelledLocked();
+      DropAbandonedLocked();
       dropped.swap(dropped_);
       stopping = stopping_;
       stop_reason = stop_reason_;
@@ -236,8 +243,9 @@ void GenerationScheduler::Loop() {
       running_count_.store(0);
       return;
     }
+    const absl::Time now = absl::Now();
     for (auto& seq : running) {
-      if (seq->handle->cancelled()) Finish(*seq, FinishReason::kCancelled);
+      if (seq->Abandoned(now)) Finish(*seq, FinishReason::kCancelled);
     }
     running.erase(std::remove_if(running.begin(), running.end(),
                                  [](const auto& s) { return s->done; }),

@@ -4,7 +4,8 @@
 // running sequences through the model in one pass over the weights; finished
 // and cancelled sequences leave at once. Requests beyond max_running wait in
 // a queue of max_queued; beyond that, Submit fails with RESOURCE_EXHAUSTED. A
-// waiting request that is cancelled gives its place back at once. A batch
+// waiting request that is cancelled or past its deadline gives its place
+// back at once. A batch
 // needs one free place; its other prompts may wait beyond max_queued.
 #ifndef WQ_COMMON_SCHEDULER_H_
 #define WQ_COMMON_SCHEDULER_H_
@@ -31,6 +32,9 @@ struct GenerationParams {
   SamplingOptions sampling;
   int max_new_tokens = 128;
   std::vector<std::string> stop_sequences;
+  // Past it the request ends as cancelled; waiting, it frees its place at
+  // once (the caller's RPC deadline, which may pass before it notices).
+  absl::Time deadline = absl::InfiniteFuture();
 };
 
 enum class FinishReason { kLength, kEos, kStopSequence, kCancelled, kError };
@@ -121,8 +125,9 @@ class GenerationScheduler {
   void Loop();
   void Step(std::vector<std::unique_ptr<Sequence>>& running);
   void Finish(Sequence& seq, FinishReason reason, absl::Status status = absl::OkStatus());
-  // Moves cancelled waiting requests to dropped_, freeing their places.
-  void DropCancelledLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves cancelled or expired waiting requests to dropped_, freeing their
+  // places.
+  void DropAbandonedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::shared_ptr<const LlamaModel> model_;
   std::shared_ptr<const Tokenizer> tokenizer_;

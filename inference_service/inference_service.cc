@@ -3,6 +3,7 @@
 #include "common/cpu_features.h"
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -50,6 +51,16 @@ uint64_t RandomSeed() {
   static absl::BitGen* gen = new absl::BitGen();
   absl::MutexLock lock(&mu);
   return absl::Uniform<uint64_t>(*gen);
+}
+
+// The RPC's deadline, so that a waiting request frees its place the moment it
+// passes rather than at the handler's next poll.
+absl::Time Deadline(const grpc::ServerContext& context) {
+  const std::chrono::system_clock::time_point deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
 }
 
 absl::Status ValidateModelName(const std::string& model) {
@@ -157,6 +168,7 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
   }
   absl::StatusOr<GenerationParams> params = ToGenerationParams(request->sampling(), limits_);
   if (!params.ok()) return ToGrpcStatus(params.status());
+  params->deadline = Deadline(*context);
   absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
   if (!model.ok()) return ToGrpcStatus(model.status());
 
@@ -220,6 +232,7 @@ grpc::Status InferenceServiceImpl::GenerateStream(
   }
   absl::StatusOr<GenerationParams> params = ToGenerationParams(request->sampling(), limits_);
   if (!params.ok()) return ToGrpcStatus(params.status());
+  params->deadline = Deadline(*context);
   absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
   if (!model.ok()) return ToGrpcStatus(model.status());
 

@@ -106,6 +106,27 @@ TEST_F(SchedulerTest, CancelledWaitingRequestGivesItsPlaceBackAtOnce) {
   EXPECT_EQ(next.result.token_ids, running.result.token_ids);
 }
 
+TEST_F(SchedulerTest, ExpiredWaitingRequestGivesItsPlaceBackAtOnce) {
+  auto scheduler = Make(/*max_running=*/1, /*max_queued=*/1);
+  Request running, waiting, refused, next;
+  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
+  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  GenerationParams params = Params();
+  params.deadline = absl::Now() + absl::Milliseconds(100);
+  ASSERT_TRUE(scheduler->Submit("Once upon a time", params, waiting.Callbacks()).ok());
+  EXPECT_EQ(Submit(*scheduler, refused).code(), absl::StatusCode::kResourceExhausted);
+
+  // Nobody cancels it: its deadline alone frees the place.
+  absl::SleepFor(params.deadline - absl::Now());
+  EXPECT_TRUE(Submit(*scheduler, next).ok());
+
+  running.Open();
+  ASSERT_TRUE(waiting.Wait());
+  EXPECT_EQ(waiting.result.finish_reason, FinishReason::kCancelled);
+  ASSERT_TRUE(next.Wait());
+  EXPECT_EQ(next.result.finish_reason, FinishReason::kLength);
+}
+
 TEST_F(SchedulerTest, NoWaitingLineAdmitsWhileASlotIsFree) {
   auto scheduler = Make(/*max_running=*/2, /*max_queued=*/0);
   Request first, second, refused, again;
