@@ -5,8 +5,8 @@
 // and cancelled sequences leave at once. Requests beyond max_running wait in
 // a queue of max_queued; beyond that, Submit fails with RESOURCE_EXHAUSTED. A
 // waiting request that is cancelled or past its deadline gives its place
-// back at once. A batch
-// needs one free place; its other prompts may wait beyond max_queued.
+// back at once. A batch needs one free place; its other prompts may wait
+// beyond max_queued.
 #ifndef WQ_COMMON_SCHEDULER_H_
 #define WQ_COMMON_SCHEDULER_H_
 
@@ -136,11 +136,12 @@ class GenerationScheduler {
 
   mutable absl::Mutex mu_;
   std::deque<std::unique_ptr<Sequence>> queue_ ABSL_GUARDED_BY(mu_);
-  // Cancelled while waiting; the loop reports them (callbacks run there).
+  // Cancelled or expired while waiting; the loop reports them (callbacks run
+  // there).
   std::vector<std::unique_ptr<Sequence>> dropped_ ABSL_GUARDED_BY(mu_);
   // Requests running or waiting, at most max_running + max_queued. Counted
   // here rather than from the loop's view so a place is free the moment its
-  // request finishes or is cancelled while waiting.
+  // request finishes or is abandoned while waiting.
   int places_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status stop_reason_ ABSL_GUARDED_BY(mu_);
