@@ -32,8 +32,11 @@ struct GenerationScheduler::Sequence {
   GenerationResult result;
   absl::Time submitted, admitted, first_token;
   bool done = false;
+  bool holds_place = true;  // counted in places_
 
   bool prefilling() const { return prefilled < prompt_tokens; }
+  // Cancelled, or past its deadline.
+  bool Abandoned(absl::Time now) const;
 };
 
 GenerationScheduler::GenerationScheduler(std::shared_ptr<const LlamaModel> model,
@@ -55,9 +58,10 @@ bool GenerationScheduler::IsEndOfText(int id) const {
   return id == tokenizer_->eos_id() || std::find(eos.begin(), eos.end(), id) != eos.end();
 }
 
-void GenerationScheduler::Shutdown() {
+void GenerationScheduler::Shutdown(absl::Status reason) {
   {
     absl::MutexLock lock(&mu_);
+    if (!stopping_) stop_reason_ = std::move(reason);
     stopping_ = true;
   }
   if (loop_.joinable()) loop_.join();
@@ -68,9 +72,9 @@ int GenerationScheduler::queued() const {
   return static_cast<int>(queue_.size());
 }
 
-absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> GenerationScheduler::Submit(
+absl::StatusOr<std::unique_ptr<GenerationScheduler::Sequence>> GenerationScheduler::Prepare(
     const std::string& prompt, const GenerationParams& params,
-    GenerationCallbacks callbacks) {
+    GenerationCallbacks callbacks) const {
   if (absl::Status s = ValidateSamplingOptions(params.sampling); !s.ok()) return s;
   if (params.max_new_tokens < 1) {
     return absl::InvalidArgumentError(
@@ -90,17 +94,82 @@ absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> GenerationScheduler
   seq->tokens = std::move(*ids);
   seq->prompt_tokens = static_cast<int>(seq->tokens.size());
   seq->submitted = absl::Now();
-  std::shared_ptr<Handle> handle = seq->handle;
+  return seq;
+}
 
-  absl::MutexLock lock(&mu_);
-  if (stopping_) return absl::UnavailableError("the server is shutting down");
-  if (static_cast<int>(queue_.size()) >= options_.max_queued) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "generation queue is full (", options_.max_queued, " waiting, ",
-        options_.max_running, " running); retry later"));
+absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> GenerationScheduler::Submit(
+    const std::string& prompt, const GenerationParams& params,
+    GenerationCallbacks callbacks) {
+  absl::StatusOr<std::unique_ptr<Sequence>> seq =
+      Prepare(prompt, params, std::move(callbacks));
+  if (!seq.ok()) return seq.status();
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  seqs.push_back(*std::move(seq));
+  absl::StatusOr<std::vector<std::shared_ptr<Handle>>> handles = Enqueue(std::move(seqs));
+  if (!handles.ok()) return handles.status();
+  return handles->front();
+}
+
+absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>>
+GenerationScheduler::SubmitBatch(const std::vector<std::string>& prompts,
+                                 const GenerationParams& params,
+                                 std::vector<GenerationCallbacks> callbacks) {
+  if (callbacks.size() != prompts.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        prompts.size(), " prompts but ", callbacks.size(), " callbacks"));
   }
-  queue_.push_back(std::move(seq));
-  return handle;
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    absl::StatusOr<std::unique_ptr<Sequence>> seq =
+        Prepare(prompts[i], params, std::move(callbacks[i]));
+    if (!seq.ok()) {
+      return absl::Status(seq.status().code(),
+                          absl::StrCat("prompt ", i, ": ", seq.status().message()));
+    }
+    seqs.push_back(*std::move(seq));
+  }
+  return Enqueue(std::move(seqs));
+}
+
+absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>>
+GenerationScheduler::Enqueue(std::vector<std::unique_ptr<Sequence>> seqs) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) {
+    if (!stop_reason_.ok()) return stop_reason_;
+    return absl::UnavailableError("the server is shutting down");
+  }
+  const int places = options_.max_running + options_.max_queued;
+  if (places_ >= places) DropAbandonedLocked();
+  if (places_ >= places) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "generation queue is full (", options_.max_running, " running, ",
+        options_.max_queued, " waiting); retry later"));
+  }
+  std::vector<std::shared_ptr<Handle>> handles;
+  for (auto& seq : seqs) {
+    handles.push_back(seq->handle);
+    queue_.push_back(std::move(seq));
+  }
+  places_ += static_cast<int>(handles.size());
+  return handles;
+}
+
+bool GenerationScheduler::Sequence::Abandoned(absl::Time now) const {
+  return handle->cancelled() || now >= params.deadline;
+}
+
+void GenerationScheduler::DropAbandonedLocked() {
+  const absl::Time now = absl::Now();
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (!(*it)->Abandoned(now)) {
+      ++it;
+      continue;
+    }
+    (*it)->holds_place = false;
+    --places_;
+    dropped_.push_back(std::move(*it));
+    it = queue_.erase(it);
+  }
 }
 
 void GenerationScheduler::Finish(Sequence& seq, FinishReason reason, absl::Status status) {
@@ -122,18 +191,31 @@ void GenerationScheduler::Finish(Sequence& seq, FinishReason reason, absl::Statu
   }
   seq.done = true;
   seq.cache.reset();
+  // Before on_done, so that a caller told of the end may submit again.
+  if (seq.holds_place) {
+    absl::MutexLock lock(&mu_);
+    --places_;
+    seq.holds_place = false;
+  }
   if (seq.callbacks.on_done) seq.callbacks.on_done(r);
 }
 
 void GenerationScheduler::Loop() {
   std::vector<std::unique_ptr<Sequence>> running;
   while (true) {
+    std::vector<std::unique_ptr<Sequence>> dropped;
+    bool stopping;
+    absl::Status stop_reason;
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [this, &running]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || !queue_.empty() || !running.empty();
+        return stopping_ || !queue_.empty() || !running.empty() || !dropped_.empty();
       };
       mu_.Await(absl::Condition(&has_work));
+      DropAbandonedLocked();
+      dropped.swap(dropped_);
+      stopping = stopping_;
+      stop_reason = stop_reason_;
       if (stopping_) {
         for (auto& seq : queue_) running.push_back(std::move(seq));
         queue_.clear();
@@ -154,18 +236,21 @@ void GenerationScheduler::Loop() {
         }
       }
     }
-    bool stopping;
-    {
-      absl::MutexLock lock(&mu_);
-      stopping = stopping_;
-    }
+    for (auto& seq : dropped) Finish(*seq, FinishReason::kCancelled);
     if (stopping) {
-      for (auto& seq : running) Finish(*seq, FinishReason::kCancelled);
+      for (auto& seq : running) {
+        if (stop_reason.ok()) {
+          Finish(*seq, FinishReason::kCancelled);
+        } else {
+          Finish(*seq, FinishReason::kError, stop_reason);
+        }
+      }
       running_count_.store(0);
       return;
     }
+    const absl::Time now = absl::Now();
     for (auto& seq : running) {
-      if (seq->handle->cancelled()) Finish(*seq, FinishReason::kCancelled);
+      if (seq->Abandoned(now)) Finish(*seq, FinishReason::kCancelled);
     }
     running.erase(std::remove_if(running.begin(), running.end(),
                                  [](const auto& s) { return s->done; }),

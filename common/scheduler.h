@@ -3,7 +3,10 @@
 // running decodes never stall for long; each step runs the new tokens of all
 // running sequences through the model in one pass over the weights; finished
 // and cancelled sequences leave at once. Requests beyond max_running wait in
-// a bounded queue; beyond that, Submit fails with RESOURCE_EXHAUSTED.
+// a queue of max_queued; beyond that, Submit fails with RESOURCE_EXHAUSTED. A
+// waiting request that is cancelled or past its deadline gives its place
+// back at once. A batch needs one free place; its other prompts may wait
+// beyond max_queued.
 #ifndef WQ_COMMON_SCHEDULER_H_
 #define WQ_COMMON_SCHEDULER_H_
 
@@ -29,6 +32,9 @@ struct GenerationParams {
   SamplingOptions sampling;
   int max_new_tokens = 128;
   std::vector<std::string> stop_sequences;
+  // Past it the request ends as cancelled; waiting, it frees its place at
+  // once (the caller's RPC deadline, which may pass before it notices).
+  absl::Time deadline = absl::InfiniteFuture();
 };
 
 enum class FinishReason { kLength, kEos, kStopSequence, kCancelled, kError };
@@ -62,14 +68,14 @@ class GenerationScheduler {
  public:
   struct Options {
     int max_running = 8;      // sequences decoded together
-    int max_queued = 64;      // waiting beyond max_running
+    int max_queued = 64;      // waiting beyond max_running; 0: none wait
     int prefill_chunk = 256;  // prompt tokens per step, over all sequences
     int max_context = 0;      // tokens per sequence; 0: the model's maximum
     KvCacheDtype kv_cache_dtype = KvCacheDtype::kF32;
   };
 
   // A submitted request; Cancel() makes it finish with kCancelled at the
-  // next step and frees its KV cache.
+  // next step and frees its KV cache. A waiting one frees its place at once.
   class Handle {
    public:
     void Cancel() { cancelled_.store(true); }
@@ -85,12 +91,23 @@ class GenerationScheduler {
   ~GenerationScheduler();
 
   // INVALID_ARGUMENT: bad sampling options or a prompt that leaves no room in
-  // the context; RESOURCE_EXHAUSTED: queue full; UNAVAILABLE: shutting down.
+  // the context; RESOURCE_EXHAUSTED: every running and waiting place taken;
+  // UNAVAILABLE (or the reason given to Shutdown): shutting down.
   absl::StatusOr<std::shared_ptr<Handle>> Submit(const std::string& prompt,
                                                  const GenerationParams& params,
                                                  GenerationCallbacks callbacks);
-  // Stops accepting work and cancels all requests; returns once the loop ended.
-  void Shutdown();
+  // A unary batch, all or nothing, with callbacks[i] for prompts[i]. It needs
+  // a single free place rather than one per prompt, so that it is not refused
+  // for ever while streams come and go; its prompts then wait in line as
+  // requests would, each holding a place (refusing later requests) until it
+  // ends. Errors of one prompt begin "prompt i: ".
+  absl::StatusOr<std::vector<std::shared_ptr<Handle>>> SubmitBatch(
+      const std::vector<std::string>& prompts, const GenerationParams& params,
+      std::vector<GenerationCallbacks> callbacks);
+  // Stops accepting work and ends all requests; returns once the loop ended.
+  // With OK they finish as kCancelled (server shutdown); otherwise they fail
+  // with kError and `reason`, which later Submits return too.
+  void Shutdown(absl::Status reason = absl::OkStatus());
 
   const Options& options() const { return options_; }
   int max_context() const { return max_context_; }
@@ -99,9 +116,18 @@ class GenerationScheduler {
 
  private:
   struct Sequence;
+  absl::StatusOr<std::unique_ptr<Sequence>> Prepare(const std::string& prompt,
+                                                    const GenerationParams& params,
+                                                    GenerationCallbacks callbacks) const;
+  // Queues all of `seqs` if a place is free, else none.
+  absl::StatusOr<std::vector<std::shared_ptr<Handle>>> Enqueue(
+      std::vector<std::unique_ptr<Sequence>> seqs);
   void Loop();
   void Step(std::vector<std::unique_ptr<Sequence>>& running);
   void Finish(Sequence& seq, FinishReason reason, absl::Status status = absl::OkStatus());
+  // Moves cancelled or expired waiting requests to dropped_, freeing their
+  // places.
+  void DropAbandonedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::shared_ptr<const LlamaModel> model_;
   // The tokenizer's EOS or any of the model's eos_token_ids (config.json and
@@ -113,7 +139,15 @@ class GenerationScheduler {
 
   mutable absl::Mutex mu_;
   std::deque<std::unique_ptr<Sequence>> queue_ ABSL_GUARDED_BY(mu_);
+  // Cancelled or expired while waiting; the loop reports them (callbacks run
+  // there).
+  std::vector<std::unique_ptr<Sequence>> dropped_ ABSL_GUARDED_BY(mu_);
+  // Requests running or waiting, at most max_running + max_queued. Counted
+  // here rather than from the loop's view so a place is free the moment its
+  // request finishes or is abandoned while waiting.
+  int places_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status stop_reason_ ABSL_GUARDED_BY(mu_);
   std::atomic<int> running_count_{0};
   std::thread loop_;
 };

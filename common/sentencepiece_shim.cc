@@ -74,10 +74,8 @@ long wq_spm_encode(const WqSpm* spm, const char* text, size_t len, int* out,
     if (!spm->processor.Encode(std::string_view(text, len), &ids).ok()) {
       return -1;
     }
-    if (capacity > 0) {
-      std::memcpy(out, ids.data(),
-                  std::min(ids.size(), capacity) * sizeof(int));
-    }
+    // Not memcpy: ids.data() is null when there are none (empty text).
+    std::copy_n(ids.begin(), std::min(ids.size(), capacity), out);
     return static_cast<long>(ids.size());
   } catch (const std::exception&) {
     return -1;

@@ -3,6 +3,7 @@
 #include "common/cpu_features.h"
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -50,6 +51,16 @@ uint64_t RandomSeed() {
   static absl::BitGen* gen = new absl::BitGen();
   absl::MutexLock lock(&mu);
   return absl::Uniform<uint64_t>(*gen);
+}
+
+// The RPC's deadline, so that a waiting request frees its place the moment it
+// passes rather than at the handler's next poll.
+absl::Time Deadline(const grpc::ServerContext& context) {
+  const std::chrono::system_clock::time_point deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
 }
 
 absl::Status ValidateModelName(const std::string& model) {
@@ -157,6 +168,7 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
   }
   absl::StatusOr<GenerationParams> params = ToGenerationParams(request->sampling(), limits_);
   if (!params.ok()) return ToGrpcStatus(params.status());
+  params->deadline = Deadline(*context);
   absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
   if (!model.ok()) return ToGrpcStatus(model.status());
 
@@ -165,43 +177,29 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
   {
     absl::MutexLock lock(&state->mu);
     state->results.resize(n);
+    state->pending = n;
   }
-  std::vector<std::shared_ptr<GenerationScheduler::Handle>> handles;
-  absl::Status submit_error;
+  std::vector<GenerationCallbacks> callbacks(n);
   for (int i = 0; i < n; ++i) {
-    GenerationCallbacks callbacks;
-    callbacks.on_done = [state, i](const GenerationResult& result) {
+    callbacks[i].on_done = [state, i](const GenerationResult& result) {
       absl::MutexLock lock(&state->mu);
       state->results[i] = result;
       --state->pending;
     };
-    {
-      absl::MutexLock lock(&state->mu);
-      ++state->pending;
-    }
-    absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> handle =
-        (*model)->scheduler->Submit(request->prompts(i), *params, std::move(callbacks));
-    if (!handle.ok()) {
-      absl::MutexLock lock(&state->mu);
-      --state->pending;
-      submit_error = absl::Status(
-          handle.status().code(),
-          absl::StrCat("prompt ", i, ": ", handle.status().message()));
-      break;
-    }
-    handles.push_back(*std::move(handle));
   }
-  if (!submit_error.ok()) {
-    // All or nothing: a partial batch is of no use to the caller.
-    for (auto& handle : handles) handle->Cancel();
-    return ToGrpcStatus(submit_error);
-  }
+  // All or nothing (a partial batch is of no use to the caller), admitted
+  // once a single place is free.
+  absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>> handles =
+      (*model)->scheduler->SubmitBatch(
+          std::vector<std::string>(request->prompts().begin(), request->prompts().end()),
+          *params, std::move(callbacks));
+  if (!handles.ok()) return ToGrpcStatus(handles.status());
 
   {
     absl::MutexLock lock(&state->mu);
     while (state->pending > 0) {
       if (context->IsCancelled()) {
-        for (auto& handle : handles) handle->Cancel();
+        for (auto& handle : *handles) handle->Cancel();
         return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
       }
       state->mu.AwaitWithTimeout(
@@ -234,6 +232,7 @@ grpc::Status InferenceServiceImpl::GenerateStream(
   }
   absl::StatusOr<GenerationParams> params = ToGenerationParams(request->sampling(), limits_);
   if (!params.ok()) return ToGrpcStatus(params.status());
+  params->deadline = Deadline(*context);
   absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
   if (!model.ok()) return ToGrpcStatus(model.status());
 

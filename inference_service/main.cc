@@ -23,7 +23,9 @@ ABSL_FLAG(std::string, model_root, "./models", "directory of unquantized models 
 ABSL_FLAG(std::string, artifact_root, "./artifacts", "directory of quantized artifacts");
 ABSL_FLAG(int, threads, 0, "oneTBB worker threads; 0 = all cores");
 ABSL_FLAG(int, max_running, 8, "sequences decoded together per model");
-ABSL_FLAG(int, max_queued, 64, "requests waiting per model beyond max_running");
+ABSL_FLAG(int, max_queued, 64,
+          "requests waiting per model while all max_running slots are busy; past it "
+          "RESOURCE_EXHAUSTED; 0 = none wait");
 ABSL_FLAG(int, max_new_tokens_cap, 2048, "largest max_new_tokens a request may ask for");
 ABSL_FLAG(int, default_max_new_tokens, 128, "max_new_tokens when a request leaves it unset");
 ABSL_FLAG(int, max_context, 0, "tokens per sequence; 0 = the model's maximum");

@@ -139,8 +139,10 @@ absl::Status ModelManager::Unload(const std::string& name) {
     model = std::move(it->second);
     loaded_.erase(it);
   }
-  // Requests still running end as cancelled; their handlers hold `model`.
-  model->scheduler->Shutdown();
+  // Requests still running or waiting fail with this, as do Submits of
+  // handlers that got `model` before it left loaded_ (they hold it).
+  model->scheduler->Shutdown(absl::UnavailableError(
+      absl::StrCat("model \"", name, "\" was unloaded")));
   LogInfo("model_unloaded", {{"model", name}});
   return absl::OkStatus();
 }

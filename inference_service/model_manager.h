@@ -46,7 +46,8 @@ class ModelManager {
   // Loads the model unless it is loaded already (then returns its info).
   // NOT_FOUND listing what is available; INVALID_ARGUMENT for malformed names.
   absl::StatusOr<v1::ModelInfo> Load(const std::string& name);
-  // Cancels the model's requests and frees it. NOT_FOUND if not loaded.
+  // Fails the model's running and waiting requests with UNAVAILABLE ("model
+  // ... was unloaded") and frees it. NOT_FOUND if not loaded.
   absl::Status Unload(const std::string& name);
   // A loaded model; shared so that in-flight requests keep it alive past an
   // Unload. FAILED_PRECONDITION for a known model that is not loaded,

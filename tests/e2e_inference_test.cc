@@ -265,6 +265,42 @@ TEST(E2eInferenceTest, ComputeDtypeFlagOverridesArtifacts) {
   EXPECT_EQ(int8_server.Stop(std::chrono::seconds(10)), 0) << int8_server.Log();
 }
 
+// --max_queued=0 is a server with no waiting line, not one that refuses all;
+// a batch longer than --max_running waits for nothing but a free slot.
+TEST(E2eInferenceTest, NoWaitingLineServesBatches) {
+  const Servers& servers = GetServers();
+  ServerProcess server("inference_no_queue", servers.inference_binary,
+                       {"--model_root=" + servers.model_root,
+                        "--artifact_root=" + servers.artifact_root, "--threads=2",
+                        "--max_running=1", "--max_queued=0"},
+                       servers.dir);
+  const int port = server.WaitForPort(std::chrono::seconds(30));
+  ASSERT_GT(port, 0);
+  auto stub = v1::InferenceService::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    v1::LoadModelRequest request;
+    request.set_model("stories260K");
+    v1::ModelInfo info;
+    grpc::Status status = stub->LoadModel(&context, request, &info);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::GenerateRequest request;
+  request.set_model("stories260K");
+  for (const char* prompt : {kOnce, "The cat", "One day"}) request.add_prompts(prompt);
+  *request.mutable_sampling() = Greedy(24);
+  v1::GenerateResponse response;
+  grpc::Status status = stub->Generate(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(response.results_size(), 3);
+  EXPECT_EQ(response.results(0).text().rfind(kGolden, 0), 0u) << response.results(0).text();
+  EXPECT_EQ(server.Stop(std::chrono::seconds(10)), 0) << server.Log();
+}
+
 TEST(E2eInferenceTest, ServerInfo) {
   grpc::ClientContext context;
   SetDeadline(&context);

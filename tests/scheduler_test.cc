@@ -1,0 +1,238 @@
+// GenerationScheduler's places and shutdown on stories260K. A request's
+// on_token can hold the loop (callbacks run on its thread), which keeps that
+// request running for as long as a test needs.
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "common/llama.h"
+#include "common/scheduler.h"
+#include "common/tokenizer.h"
+#include "gtest/gtest.h"
+
+namespace wq {
+namespace {
+
+constexpr char kModelDir[] = "testdata/models/stories260K";
+constexpr absl::Duration kPrompt = absl::Seconds(10);  // "at once", generously
+
+// One request's outcome; with a gate, its first token waits for Open().
+struct Request {
+  absl::Notification started, opened, done;
+  GenerationResult result;
+
+  GenerationCallbacks Callbacks(bool gated = false) {
+    GenerationCallbacks callbacks;
+    if (gated) {
+      callbacks.on_token = [this](const TokenEvent&) {
+        if (!started.HasBeenNotified()) started.Notify();
+        opened.WaitForNotification();
+      };
+    }
+    callbacks.on_done = [this](const GenerationResult& r) {
+      result = r;
+      done.Notify();
+    };
+    return callbacks;
+  }
+  void Open() { opened.Notify(); }
+  bool Wait() { return done.WaitForNotificationWithTimeout(kPrompt); }
+};
+
+class SchedulerTest : public testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto tokenizer = Tokenizer::Load(std::string(kModelDir) + "/tokenizer.model");
+    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+    tokenizer_ = new std::shared_ptr<const Tokenizer>(std::move(*tokenizer));
+    auto weights = LoadLlamaModelDir(kModelDir);
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    model_ = new std::shared_ptr<const LlamaModel>(std::make_shared<LlamaModel>(*weights));
+  }
+
+  static std::unique_ptr<GenerationScheduler> Make(int max_running, int max_queued) {
+    GenerationScheduler::Options options;
+    options.max_running = max_running;
+    options.max_queued = max_queued;
+    return std::make_unique<GenerationScheduler>(*model_, *tokenizer_, options);
+  }
+
+  static GenerationParams Params() {
+    GenerationParams params;
+    params.sampling.temperature = 0;
+    params.max_new_tokens = 8;
+    return params;
+  }
+
+  static absl::Status Submit(GenerationScheduler& scheduler, Request& request,
+                             bool gated = false) {
+    auto handle = scheduler.Submit("Once upon a time", Params(), request.Callbacks(gated));
+    return handle.status();
+  }
+
+  static std::shared_ptr<const Tokenizer>* tokenizer_;
+  static std::shared_ptr<const LlamaModel>* model_;
+};
+
+std::shared_ptr<const Tokenizer>* SchedulerTest::tokenizer_ = nullptr;
+std::shared_ptr<const LlamaModel>* SchedulerTest::model_ = nullptr;
+
+TEST_F(SchedulerTest, CancelledWaitingRequestGivesItsPlaceBackAtOnce) {
+  auto scheduler = Make(/*max_running=*/1, /*max_queued=*/1);
+  Request running, waiting, refused, next;
+  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
+  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  auto handle = scheduler->Submit("Once upon a time", Params(), waiting.Callbacks());
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  EXPECT_EQ(Submit(*scheduler, refused).code(), absl::StatusCode::kResourceExhausted);
+
+  // The loop is held inside `running`'s step: only Submit can free the place.
+  (*handle)->Cancel();
+  EXPECT_TRUE(Submit(*scheduler, next).ok());
+  EXPECT_EQ(scheduler->queued(), 1);
+
+  running.Open();
+  ASSERT_TRUE(waiting.Wait());
+  EXPECT_EQ(waiting.result.finish_reason, FinishReason::kCancelled);
+  EXPECT_TRUE(waiting.result.token_ids.empty());
+  ASSERT_TRUE(running.Wait());
+  ASSERT_TRUE(next.Wait());
+  EXPECT_EQ(running.result.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(next.result.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(next.result.token_ids, running.result.token_ids);
+}
+
+TEST_F(SchedulerTest, ExpiredWaitingRequestGivesItsPlaceBackAtOnce) {
+  auto scheduler = Make(/*max_running=*/1, /*max_queued=*/1);
+  Request running, waiting, refused, next;
+  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
+  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  GenerationParams params = Params();
+  params.deadline = absl::Now() + absl::Milliseconds(100);
+  ASSERT_TRUE(scheduler->Submit("Once upon a time", params, waiting.Callbacks()).ok());
+  EXPECT_EQ(Submit(*scheduler, refused).code(), absl::StatusCode::kResourceExhausted);
+
+  // Nobody cancels it: its deadline alone frees the place.
+  absl::SleepFor(params.deadline - absl::Now());
+  EXPECT_TRUE(Submit(*scheduler, next).ok());
+
+  running.Open();
+  ASSERT_TRUE(waiting.Wait());
+  EXPECT_EQ(waiting.result.finish_reason, FinishReason::kCancelled);
+  ASSERT_TRUE(next.Wait());
+  EXPECT_EQ(next.result.finish_reason, FinishReason::kLength);
+}
+
+TEST_F(SchedulerTest, NoWaitingLineAdmitsWhileASlotIsFree) {
+  auto scheduler = Make(/*max_running=*/2, /*max_queued=*/0);
+  Request first, second, refused, again;
+  ASSERT_TRUE(Submit(*scheduler, first, /*gated=*/true).ok());
+  ASSERT_TRUE(first.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_TRUE(Submit(*scheduler, second).ok());
+  absl::Status status = Submit(*scheduler, refused);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+
+  first.Open();
+  ASSERT_TRUE(first.Wait());
+  // Told it ended, a caller finds its place free.
+  EXPECT_TRUE(Submit(*scheduler, again).ok());
+  ASSERT_TRUE(second.Wait());
+  ASSERT_TRUE(again.Wait());
+  EXPECT_EQ(again.result.finish_reason, FinishReason::kLength);
+}
+
+TEST_F(SchedulerTest, BatchNeedsASinglePlace) {
+  auto scheduler = Make(/*max_running=*/2, /*max_queued=*/0);
+  Request first, refused, after;
+  ASSERT_TRUE(Submit(*scheduler, first, /*gated=*/true).ok());
+  ASSERT_TRUE(first.started.WaitForNotificationWithTimeout(kPrompt));
+
+  Request batch[3];
+  std::vector<GenerationCallbacks> callbacks;
+  for (Request& r : batch) callbacks.push_back(r.Callbacks());
+  auto handles = scheduler->SubmitBatch({"Once upon a time", "Lily", "The dog"}, Params(),
+                                        std::move(callbacks));
+  ASSERT_TRUE(handles.ok()) << handles.status();
+  EXPECT_EQ(handles->size(), 3u);
+  // Its prompts hold their places: later requests wait their turn.
+  EXPECT_EQ(Submit(*scheduler, refused).code(), absl::StatusCode::kResourceExhausted);
+
+  first.Open();
+  for (Request& r : batch) {
+    ASSERT_TRUE(r.Wait());
+    EXPECT_EQ(r.result.finish_reason, FinishReason::kLength);
+  }
+  ASSERT_TRUE(first.Wait());
+  EXPECT_EQ(batch[0].result.token_ids, first.result.token_ids);
+  EXPECT_TRUE(Submit(*scheduler, after).ok());
+  ASSERT_TRUE(after.Wait());
+}
+
+TEST_F(SchedulerTest, BatchIsAllOrNothing) {
+  auto scheduler = Make(/*max_running=*/2, /*max_queued=*/0);
+  Request batch[2];
+  std::vector<GenerationCallbacks> callbacks;
+  for (Request& r : batch) callbacks.push_back(r.Callbacks());
+  // Longer than the context: refused, and so is the prompt before it.
+  std::string too_long;
+  for (int i = 0; i < 300; ++i) too_long += "Once upon a time ";
+  auto handles = scheduler->SubmitBatch({"Once upon a time", too_long}, Params(),
+                                        std::move(callbacks));
+  EXPECT_EQ(handles.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(handles.status().message().substr(0, 10), "prompt 1: ");
+  EXPECT_EQ(scheduler->queued(), 0);
+  EXPECT_EQ(scheduler->running(), 0);
+}
+
+TEST_F(SchedulerTest, ShutdownWithReasonFailsRunningAndWaitingRequests) {
+  auto scheduler = Make(/*max_running=*/1, /*max_queued=*/1);
+  Request running, waiting;
+  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
+  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_TRUE(Submit(*scheduler, waiting).ok());
+
+  const absl::Status reason = absl::UnavailableError("model \"m\" was unloaded");
+  std::thread stopper([&] { scheduler->Shutdown(reason); });
+  // Full until the shutdown begins; then Submit answers with its reason.
+  absl::Status status;
+  for (int i = 0; i < 10000; ++i) {
+    Request late;
+    status = Submit(*scheduler, late);
+    if (!absl::IsResourceExhausted(status)) break;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(status, reason);
+  running.Open();
+  stopper.join();
+
+  for (Request* r : {&running, &waiting}) {
+    ASSERT_TRUE(r->Wait());
+    EXPECT_EQ(r->result.finish_reason, FinishReason::kError);
+    EXPECT_EQ(r->result.status, reason);
+  }
+}
+
+TEST_F(SchedulerTest, PlainShutdownCancelsAndSaysSo) {
+  auto scheduler = Make(/*max_running=*/1, /*max_queued=*/1);
+  Request running, waiting;
+  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
+  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_TRUE(Submit(*scheduler, waiting).ok());
+  running.Open();
+  scheduler->Shutdown();
+  for (Request* r : {&running, &waiting}) {
+    ASSERT_TRUE(r->Wait());
+    EXPECT_NE(r->result.finish_reason, FinishReason::kError);
+  }
+  Request late;
+  const absl::Status status = Submit(*scheduler, late);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(status.message(), "the server is shutting down");
+}
+
+}  // namespace
+}  // namespace wq
