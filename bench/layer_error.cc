@@ -139,8 +139,10 @@ absl::Status Run() {
                 "gain mse_range |\n|---|---|---|---|---|---|---|---|---|---|\n");
   }
   RETURN_IF_ERROR(ForEachCalibratedBlock(
-      model, calibration, nullptr, [&](int layer, const BlockActivations& acts) -> absl::Status {
-        const BlockWeights w = BlockWeights::Copy(weights->layers[layer], weights->config);
+      model, calibration, nullptr,
+      [&](int layer, const LlamaLayerWeights& layer_weights,
+          const BlockActivations& acts) -> absl::Status {
+        const BlockWeights w = BlockWeights::Copy(layer_weights, weights->config);
         for (size_t s = 0; s < specs.size(); ++s) {
           for (const BlockLinearSpec& linear : BlockLinears(weights->config)) {
             const LinearRole l = linear.role;

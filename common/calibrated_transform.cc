@@ -14,23 +14,24 @@
 
 namespace wq {
 
-absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
-    std::shared_ptr<const LlamaWeights> weights, const v1::WeightOnlyQuantConfig& resolved,
-    const std::string& model_dir, const std::string& data_root,
-    const std::atomic<bool>* cancelled, const CalibrationProgressFn& progress) {
+absl::StatusOr<std::vector<std::string>> RunCalibratedTransform(
+    const LlamaModel& model, const LayerWeightsFn& layers, const TransformedBlockFn& emit,
+    const v1::WeightOnlyQuantConfig& resolved, const std::string& model_dir,
+    const std::string& data_root, const std::atomic<bool>* cancelled,
+    const CalibrationProgressFn& progress) {
+  const LlamaConfig& config = model.config();
   const bool awq = resolved.algorithm() == v1::AWQ;
   if (!awq && resolved.algorithm() != v1::TEQ) {
     return absl::InvalidArgumentError("the calibrated transform is for AWQ and TEQ only");
   }
-  const int blocks = weights->config.num_hidden_layers;
+  const int blocks = config.num_hidden_layers;
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
                    Tokenizer::Load(absl::StrCat(model_dir, "/tokenizer.model")));
   ASSIGN_OR_RETURN(CalibrationSet calibration,
                    BuildCalibrationSet(resolved.calibration(), data_root, *tokenizer));
   // The first report of the phase: the job log keeps what was used.
   progress(CalibrationStage::kCapture, 0, blocks, calibration.message);
-  CalibratedTransformResult result;
-  result.log.push_back(calibration.message);
+  std::vector<std::string> log = {calibration.message};
 
   // The searches use fp32 scales, as mse_range does: double quant ties the
   // scales of a whole layer together, which the per-batch clip search cannot
@@ -41,15 +42,15 @@ absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
   // group) but not clipped.
   auto skipped = [&](int layer) {
     std::array<bool, kNumLinearRoles> skip{};
-    for (const BlockLinearSpec& spec : BlockLinears(weights->config)) {
+    for (const BlockLinearSpec& spec : BlockLinears(config)) {
       skip[spec.role] = IsSkippedModule(resolved, BlockModuleName(layer, spec.name()));
     }
     return skip;
   };
-  const LlamaModel model(weights);
-  std::vector<BlockWeights> transformed;
   RETURN_IF_ERROR(ForEachCalibratedBlock(
-      model, calibration, cancelled, [&](int layer, const BlockActivations& acts) -> absl::Status {
+      model, calibration, cancelled,
+      [&](int layer, const LlamaLayerWeights& weights,
+          const BlockActivations& acts) -> absl::Status {
         const CalibrationStageFn on_stage = [&](CalibrationStage stage) {
           progress(stage, layer, blocks,
                    absl::StrFormat("%s block %d of %d",
@@ -58,7 +59,7 @@ absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
                                                                                  : "training"),
                                    layer + 1, blocks));
         };
-        BlockWeights w = BlockWeights::Copy(weights->layers[layer], weights->config);
+        BlockWeights w = BlockWeights::Copy(weights, config);
         std::vector<std::string> groups;
         if (awq) {
           AwqOptions options;
@@ -77,7 +78,7 @@ absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
           options.cancelled = cancelled;
           options.on_stage = on_stage;
           ASSIGN_OR_RETURN(std::vector<TeqGroupReport> reports,
-                           TeqTransformBlock(weights->config, acts, options, &w));
+                           TeqTransformBlock(config, acts, options, &w));
           for (const TeqGroupReport& g : reports) {
             const auto [lo, hi] = std::minmax_element(g.alpha.begin(), g.alpha.end());
             const std::string init =
@@ -89,15 +90,14 @@ absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
                                              g.kept_init ? " (kept the start)" : "", *lo, *hi));
           }
         }
-        result.log.push_back(absl::StrCat(awq ? "awq" : "teq", " block ", layer, ": ",
-                                          absl::StrJoin(groups, "; ")));
-        transformed.push_back(std::move(w));
-        return absl::OkStatus();
-      }));
-  ASSIGN_OR_RETURN(result.weights, WithTransformedBlocks(weights, std::move(transformed)));
-  result.log.push_back(absl::StrFormat("calibration peak memory (VmHWM) %.1f MiB",
-                                       PeakResidentBytes() / 1048576.0));
-  return result;
+        log.push_back(absl::StrCat(awq ? "awq" : "teq", " block ", layer, ": ",
+                                   absl::StrJoin(groups, "; ")));
+        return emit(layer, w);
+      },
+      layers));
+  log.push_back(absl::StrFormat("calibration peak memory (VmHWM) %.1f MiB",
+                                PeakResidentBytes() / 1048576.0));
+  return log;
 }
 
 }  // namespace wq

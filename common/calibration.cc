@@ -171,7 +171,8 @@ absl::Status CheckCancelled(const std::atomic<bool>* cancelled) {
 absl::Status ForEachCalibratedBlock(const LlamaModel& model,
                                     const CalibrationSet& calibration,
                                     const std::atomic<bool>* cancelled,
-                                    const CalibratedBlockFn& fn) {
+                                    const CalibratedBlockFn& fn,
+                                    const LayerWeightsFn& layers) {
   const LlamaConfig& c = model.config();
   const int64_t hidden = c.hidden_size;
   if (calibration.seq_len > ContextLength(c)) {
@@ -201,76 +202,16 @@ absl::Status ForEachCalibratedBlock(const LlamaModel& model,
   };
   for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
     RETURN_IF_ERROR(CheckCancelled(cancelled));
+    ASSIGN_OR_RETURN(const LlamaLayerWeights weights,
+                     layers ? layers(layer)
+                            : absl::StatusOr<LlamaLayerWeights>(model.weights().layers[layer]));
     acts.input = x;
-    model.RunBlock(model.weights().layers[layer], acts.seqs, acts.len, x.data(), capture);
-    RETURN_IF_ERROR(fn(layer, acts));
+    model.RunBlock(weights, acts.seqs, acts.len, x.data(), capture);
+    RETURN_IF_ERROR(fn(layer, weights, acts));
   }
   return absl::OkStatus();
 }
 
-namespace {
-
-// Serves the transformed blocks by module name and everything else from the
-// base model's source.
-class TransformedSource : public WeightSource {
- public:
-  TransformedSource(std::shared_ptr<const LlamaWeights> base, std::vector<BlockWeights> blocks)
-      : base_(std::move(base)), blocks_(std::move(blocks)) {
-    for (size_t i = 0; i < blocks_.size(); ++i) {
-      const int layer = static_cast<int>(i);
-      BlockWeights& b = blocks_[i];
-      for (int n = 0; n < kNumNormRoles; ++n) {
-        if (b.norm[n].empty()) continue;
-        vectors_[absl::StrCat(BlockModuleName(layer, kNormRoleNames[n]), ".weight")] =
-            b.norm[n].data();
-      }
-      for (int j = 0; j < kNumLinearRoles; ++j) {
-        if (b.linear[j].empty()) continue;
-        const std::string module = BlockModuleName(layer, kLinearRoleNames[j]);
-        linears_[module] = LinearWeight::Dense(b.linear[j].data(), b.rows[j], b.cols[j]);
-        if (!b.bias[j].empty()) vectors_[absl::StrCat(module, ".bias")] = b.bias[j].data();
-      }
-    }
-  }
-  absl::StatusOr<const float*> F32(absl::string_view name,
-                                   absl::Span<const int64_t> shape) override {
-    auto it = vectors_.find(std::string(name));
-    if (it != vectors_.end()) return it->second;
-    return base_->source->F32(name, shape);
-  }
-  bool Has(absl::string_view name) override {
-    return vectors_.count(std::string(name)) > 0 || linears_.count(std::string(name)) > 0 ||
-           base_->source->Has(name);
-  }
-  absl::StatusOr<LinearWeight> Linear(absl::string_view name, int64_t out_features,
-                                      int64_t in_features) override {
-    auto it = linears_.find(std::string(name));
-    if (it == linears_.end()) return base_->source->Linear(name, out_features, in_features);
-    if (it->second.out_features() != out_features || it->second.in_features() != in_features) {
-      return absl::InvalidArgumentError(absl::StrCat("transformed ", std::string(name),
-                                                     " has another shape"));
-    }
-    return it->second;
-  }
-
- private:
-  std::shared_ptr<const LlamaWeights> base_;
-  std::vector<BlockWeights> blocks_;
-  std::map<std::string, const float*> vectors_;
-  std::map<std::string, LinearWeight> linears_;
-};
-
-}  // namespace
-
-absl::StatusOr<std::shared_ptr<const LlamaWeights>> WithTransformedBlocks(
-    std::shared_ptr<const LlamaWeights> base, std::vector<BlockWeights> blocks) {
-  if (static_cast<int>(blocks.size()) != base->config.num_hidden_layers) {
-    return absl::InvalidArgumentError("one transformed block per decoder layer expected");
-  }
-  const LlamaConfig config = base->config;
-  return BuildLlamaWeights(
-      config, std::make_shared<TransformedSource>(std::move(base), std::move(blocks)));
-}
 
 absl::StatusOr<std::vector<float>> FakeQuantize(const float* w, int64_t rows, int64_t cols,
                                                 const QuantSpec& spec) {

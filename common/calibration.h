@@ -101,17 +101,21 @@ struct BlockActivations {
 };
 
 // Runs every decoder block in order over the calibration set: captures its
-// activations with the fp32 weights, calls fn, then moves on with the fp32
-// block output as the next input (AutoAWQ _get_input_feat sets self.inps to
-// the block's output before the block is scaled or quantized). Only one
-// block's activations are alive at a time. Stops with fn's error, or
-// CANCELLED when *cancelled is set between blocks.
-using CalibratedBlockFn =
-    std::function<absl::Status(int layer, const BlockActivations& acts)>;
+// activations with the fp32 weights, calls fn with them, then moves on with
+// the fp32 block output as the next input (AutoAWQ _get_input_feat sets
+// self.inps to the block's output before the block is scaled or quantized).
+// Only one block's activations are alive at a time. The blocks' weights come
+// from `layers` (e.g. read from the checkpoint one at a time), or from the
+// model's own when it is null; the model supplies the config and embedding.
+// Stops with fn's error, or CANCELLED when *cancelled is set between blocks.
+using CalibratedBlockFn = std::function<absl::Status(
+    int layer, const LlamaLayerWeights& weights, const BlockActivations& acts)>;
+using LayerWeightsFn = std::function<absl::StatusOr<LlamaLayerWeights>(int layer)>;
 absl::Status ForEachCalibratedBlock(const LlamaModel& model,
                                     const CalibrationSet& calibration,
                                     const std::atomic<bool>* cancelled,
-                                    const CalibratedBlockFn& fn);
+                                    const CalibratedBlockFn& fn,
+                                    const LayerWeightsFn& layers = nullptr);
 
 // Whether *cancelled is set (cancelled may be nullptr: never), and the
 // same as OK or CANCELLED: the check the calibrated steps make between units
@@ -124,11 +128,6 @@ absl::Status CheckCancelled(const std::atomic<bool>* cancelled);
 // Progress inside one block, for the job's phases.
 enum class CalibrationStage { kCapture, kGridSearch, kClipSearch };
 using CalibrationStageFn = std::function<void(CalibrationStage stage)>;
-
-// The model with decoder block i replaced by blocks[i] (one per layer); the
-// result owns the blocks and shares everything else with `base`.
-absl::StatusOr<std::shared_ptr<const LlamaWeights>> WithTransformedBlocks(
-    std::shared_ptr<const LlamaWeights> base, std::vector<BlockWeights> blocks);
 
 // Q(w) dequantized again: w [rows, cols] quantized with `spec`.
 absl::StatusOr<std::vector<float>> FakeQuantize(const float* w, int64_t rows,

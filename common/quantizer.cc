@@ -177,6 +177,55 @@ class ArtifactTensors {
     return AddQuantized(module, q);
   }
 
+  // The model in checkpoint order: the embedding, each block (its linears
+  // quantized in parallel), then the final norm and lm_head.
+  absl::Status AddEmbedding(const LlamaConfig& c, const float* embed) {
+    return AddF32(absl::StrCat(kEmbedName, ".weight"), embed, {c.vocab_size, c.hidden_size});
+  }
+
+  absl::Status AddBlock(const LlamaConfig& c, int i, const LlamaLayerWeights& layer) {
+    for (const BlockNormSpec& norm : BlockNorms(c)) {
+      RETURN_IF_ERROR(AddF32(absl::StrCat(BlockModuleName(i, norm.name()), ".weight"),
+                             layer.norm[norm.role], {norm.size}));
+    }
+    const std::vector<BlockLinearSpec> linears = BlockLinears(c);
+    std::vector<std::string> modules(linears.size());
+    std::vector<bool> skipped(linears.size());
+    for (size_t j = 0; j < linears.size(); ++j) {
+      modules[j] = BlockModuleName(i, linears[j].name());
+      skipped[j] = IsSkippedModule(config_, modules[j]);
+    }
+    std::vector<absl::StatusOr<QuantizedMatrix>> quantized(
+        linears.size(), absl::InternalError("not quantized"));
+    tbb::parallel_for(size_t{0}, linears.size(), [&](size_t j) {
+      if (skipped[j]) return;
+      quantized[j] = QuantizeLinear(layer.linear[linears[j].role], QuantSpecOf(config_),
+                                    config_.mse_range());
+    });
+    for (size_t j = 0; j < linears.size(); ++j) {
+      const LinearWeight& w = layer.linear[linears[j].role];
+      if (skipped[j]) {
+        RETURN_IF_ERROR(AddLinear(modules[j], w, /*skip=*/true));
+      } else if (!quantized[j].ok()) {
+        return absl::Status(quantized[j].status().code(),
+                            absl::StrCat(modules[j], ": ", quantized[j].status().message()));
+      } else {
+        RETURN_IF_ERROR(AddQuantized(modules[j], *quantized[j]));
+      }
+      if (linears[j].bias) {
+        RETURN_IF_ERROR(AddF32(absl::StrCat(modules[j], ".bias"), layer.bias[linears[j].role],
+                               {linears[j].out_features}));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status AddHead(const LlamaConfig& c, const float* final_norm, const LinearWeight& lm_head) {
+    RETURN_IF_ERROR(AddF32(absl::StrCat(kFinalNormName, ".weight"), final_norm, {c.hidden_size}));
+    const std::string name(kLmHeadName);
+    return AddLinear(name, lm_head, IsSkippedModule(config_, name));
+  }
+
   absl::Status Write(const std::string& path) { return writer_.Write(path); }
   double quantized_bits() const { return quantized_bits_; }
   const std::vector<std::string>& clip_log() const { return clip_log_; }
@@ -188,98 +237,6 @@ class ArtifactTensors {
   double quantized_bits_ = 0;
   std::vector<std::string> clip_log_;
 };
-
-// Where the model's fp32 weights come from: the model AWQ / TEQ transformed
-// in memory, or (RTN) the checkpoint itself, read one block at a time and
-// released after it, so that memory holds one block whatever the model size.
-struct ModelParts {
-  const LlamaConfig& config;
-  const LlamaWeights* loaded = nullptr;
-  CheckpointSource* streamed = nullptr;
-
-  absl::StatusOr<const float*> Embedding() const {
-    return loaded ? loaded->embed : LoadEmbedding(config, *streamed);
-  }
-  absl::StatusOr<LlamaLayerWeights> Layer(int i) const {
-    return loaded ? loaded->layers[i] : LoadLayer(config, *streamed, i);
-  }
-  absl::StatusOr<const float*> FinalNorm() const {
-    return loaded ? loaded->final_norm : LoadFinalNorm(config, *streamed);
-  }
-  absl::StatusOr<LinearWeight> LmHead() const {
-    if (loaded) return loaded->lm_head;
-    ASSIGN_OR_RETURN(const float* embed, LoadEmbedding(config, *streamed));
-    return LoadLmHead(config, *streamed, embed);
-  }
-  void Release() const {
-    if (streamed) streamed->ReleaseLoaded();
-  }
-};
-
-// Every tensor of the model into `out`, in checkpoint order: the embedding,
-// each block (its linears quantized in parallel), the final norm, lm_head.
-absl::Status WriteModel(const ModelParts& model, const v1::WeightOnlyQuantConfig& config,
-                        const std::atomic<bool>* cancelled,
-                        const std::function<void(int done, int total)>& on_block,
-                        ArtifactTensors& out) {
-  const LlamaConfig& c = model.config;
-  const int blocks = c.num_hidden_layers + 1;  // lm_head counts as one
-  {
-    ASSIGN_OR_RETURN(const float* embed, model.Embedding());
-    RETURN_IF_ERROR(
-        out.AddF32(absl::StrCat(kEmbedName, ".weight"), embed, {c.vocab_size, c.hidden_size}));
-    model.Release();
-  }
-  const std::vector<BlockNormSpec> norms = BlockNorms(c);
-  const std::vector<BlockLinearSpec> linears = BlockLinears(c);
-  for (int i = 0; i < c.num_hidden_layers; ++i) {
-    RETURN_IF_ERROR(CheckCancelled(cancelled));
-    ASSIGN_OR_RETURN(const LlamaLayerWeights layer, model.Layer(i));
-    for (const BlockNormSpec& norm : norms) {
-      RETURN_IF_ERROR(out.AddF32(absl::StrCat(BlockModuleName(i, norm.name()), ".weight"),
-                                 layer.norm[norm.role], {norm.size}));
-    }
-    std::vector<absl::StatusOr<QuantizedMatrix>> quantized(
-        linears.size(), absl::InternalError("not quantized"));
-    std::vector<std::string> modules(linears.size());
-    std::vector<bool> skipped(linears.size());
-    for (size_t j = 0; j < linears.size(); ++j) {
-      modules[j] = BlockModuleName(i, linears[j].name());
-      skipped[j] = IsSkippedModule(config, modules[j]);
-    }
-    tbb::parallel_for(size_t{0}, linears.size(), [&](size_t j) {
-      if (skipped[j]) return;
-      quantized[j] = QuantizeLinear(layer.linear[linears[j].role], QuantSpecOf(config),
-                                    config.mse_range());
-    });
-    for (size_t j = 0; j < linears.size(); ++j) {
-      const LinearWeight& w = layer.linear[linears[j].role];
-      if (skipped[j]) {
-        RETURN_IF_ERROR(out.AddLinear(modules[j], w, /*skip=*/true));
-      } else if (!quantized[j].ok()) {
-        return absl::Status(quantized[j].status().code(),
-                            absl::StrCat(modules[j], ": ", quantized[j].status().message()));
-      } else {
-        RETURN_IF_ERROR(out.AddQuantized(modules[j], *quantized[j]));
-      }
-      if (linears[j].bias) {
-        RETURN_IF_ERROR(out.AddF32(absl::StrCat(modules[j], ".bias"),
-                                   layer.bias[linears[j].role], {linears[j].out_features}));
-      }
-    }
-    model.Release();
-    on_block(i + 1, blocks);
-  }
-  ASSIGN_OR_RETURN(const float* final_norm, model.FinalNorm());
-  RETURN_IF_ERROR(out.AddF32(absl::StrCat(kFinalNormName, ".weight"), final_norm, {c.hidden_size}));
-  RETURN_IF_ERROR(CheckCancelled(cancelled));
-  ASSIGN_OR_RETURN(const LinearWeight lm_head, model.LmHead());
-  const std::string lm_head_name(kLmHeadName);
-  RETURN_IF_ERROR(out.AddLinear(lm_head_name, lm_head, IsSkippedModule(config, lm_head_name)));
-  model.Release();
-  on_block(blocks, blocks);
-  return absl::OkStatus();
-}
 
 }  // namespace
 
@@ -331,19 +288,38 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
                     absl::StrCat("artifact ", artifact_id, " already exists; reusing it"));
     return store.ReadManifest(artifact_id);
   }
-  // RTN streams the checkpoint; AWQ / TEQ need the whole fp32 model to
-  // transform it block by block with its calibration activations.
+  // The checkpoint is read one decoder block at a time, which is quantized and
+  // written (AWQ / TEQ: transformed first, with that block's calibration
+  // activations) and released before the next: memory holds about one block.
   ASSIGN_OR_RETURN(const LlamaConfig mc, LoadModelDirConfig(request.model_dir));
   CheckpointSource checkpoint;
-  std::shared_ptr<const LlamaWeights> weights;
-  std::vector<std::string> transform_log;
+  RETURN_IF_ERROR(checkpoint.Open(request.model_dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<ArtifactWriter> out, store.Create(artifact_id));
+  v1::ArtifactManifest manifest;
+  ArtifactTensors tensors(config, absl::StrCat(out->dir(), "/", kWeightsFile, ".spill"),
+                          &manifest);
+  const int blocks = mc.num_hidden_layers + 1;  // lm_head counts as one
   // AWQ / TEQ take most of a job's time: 70 % of the progress bar.
-  const double calibration_share = config.algorithm() == v1::RTN ? 0.0 : 0.7;
-  if (config.algorithm() == v1::RTN) {
-    RETURN_IF_ERROR(checkpoint.Open(request.model_dir));
-  } else {
-    ASSIGN_OR_RETURN(weights, LoadLlamaModelDir(request.model_dir));
-    RETURN_IF_ERROR(CheckCancelled(request.cancelled));
+  const bool calibrated = config.algorithm() != v1::RTN;
+  const double calibration_share = calibrated ? 0.7 : 0.0;
+  const double quantize_start = 0.05 + calibration_share;
+  const auto quantized_block = [&](int done) {
+    progress.Report(QuantizePhase::kQuantizing, done, blocks,
+                    quantize_start + (0.9 - quantize_start) * done / blocks,
+                    absl::StrFormat("quantized block %d of %d", done, blocks));
+  };
+  // The embedding stays for calibration's inputs and a tied lm_head.
+  std::vector<float> embedding;
+  {
+    ASSIGN_OR_RETURN(const float* embed, LoadEmbedding(mc, checkpoint));
+    RETURN_IF_ERROR(tensors.AddEmbedding(mc, embed));
+    if (calibrated || !checkpoint.Has(kLmHeadName)) {
+      embedding.assign(embed, embed + int64_t{mc.vocab_size} * mc.hidden_size);
+    }
+    checkpoint.ReleaseLoaded();
+  }
+  std::vector<std::string> transform_log;
+  if (calibrated) {
     const auto on_stage = [&](CalibrationStage stage, int block, int total,
                               const std::string& message) {
       const QuantizePhase phase = stage == CalibrationStage::kCapture ? QuantizePhase::kCalibration
@@ -354,30 +330,40 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
       progress.Report(phase, block + 1, total,
                       0.05 + calibration_share * (block + within) / total, message);
     };
-    ASSIGN_OR_RETURN(CalibratedTransformResult transformed,
-                     RunCalibratedTransform(weights, config, request.model_dir,
-                                            request.data_root, request.cancelled, on_stage));
-    weights = std::move(transformed.weights);
-    transform_log = std::move(transformed.log);
+    // A model of the config and embedding alone: blocks come from `layers`.
+    auto skeleton = std::make_shared<LlamaWeights>();
+    skeleton->config = mc;
+    skeleton->embed = embedding.data();
+    const LlamaModel model(skeleton);
+    ASSIGN_OR_RETURN(
+        transform_log,
+        RunCalibratedTransform(
+            model, [&](int layer) { return LoadLayer(mc, checkpoint, layer); },
+            [&](int layer, BlockWeights& block) {
+              RETURN_IF_ERROR(tensors.AddBlock(mc, layer, block.View()));
+              checkpoint.ReleaseLoaded();
+              return absl::OkStatus();
+            },
+            config, request.model_dir, request.data_root, request.cancelled, on_stage));
+  } else {
+    progress.Report(QuantizePhase::kQuantizing, 0, blocks, quantize_start, "quantizing");
+    for (int i = 0; i < mc.num_hidden_layers; ++i) {
+      RETURN_IF_ERROR(CheckCancelled(request.cancelled));
+      ASSIGN_OR_RETURN(const LlamaLayerWeights layer, LoadLayer(mc, checkpoint, i));
+      RETURN_IF_ERROR(tensors.AddBlock(mc, i, layer));
+      checkpoint.ReleaseLoaded();
+      quantized_block(i + 1);
+    }
   }
-
-  ASSIGN_OR_RETURN(std::unique_ptr<ArtifactWriter> out, store.Create(artifact_id));
-  v1::ArtifactManifest manifest;
-  ArtifactTensors tensors(config, absl::StrCat(out->dir(), "/", kWeightsFile, ".spill"),
-                          &manifest);
-  const double quantize_start = 0.05 + calibration_share;
-  progress.Report(QuantizePhase::kQuantizing, 0, mc.num_hidden_layers + 1, quantize_start,
-                  "quantizing");
-  const ModelParts parts{mc, weights.get(), weights ? nullptr : &checkpoint};
-  RETURN_IF_ERROR(WriteModel(parts, config, request.cancelled,
-                             [&](int done, int total) {
-                               progress.Report(QuantizePhase::kQuantizing, done, total,
-                                               quantize_start + (0.9 - quantize_start) * done / total,
-                                               absl::StrFormat("quantized block %d of %d", done,
-                                                               total));
-                             },
-                             tensors));
-  if (!weights) RETURN_IF_ERROR(checkpoint.CheckAllUsed());
+  RETURN_IF_ERROR(CheckCancelled(request.cancelled));
+  {
+    ASSIGN_OR_RETURN(const float* final_norm, LoadFinalNorm(mc, checkpoint));
+    ASSIGN_OR_RETURN(const LinearWeight lm_head, LoadLmHead(mc, checkpoint, embedding.data()));
+    RETURN_IF_ERROR(tensors.AddHead(mc, final_norm, lm_head));
+    checkpoint.ReleaseLoaded();
+    quantized_block(blocks);
+  }
+  RETURN_IF_ERROR(checkpoint.CheckAllUsed());
   RETURN_IF_ERROR(CheckCancelled(request.cancelled));
 
   progress.Report(QuantizePhase::kWriting, 0, 0, 0.9, "writing the artifact");
@@ -412,7 +398,7 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   RETURN_IF_ERROR(CheckCancelled(request.cancelled));
   RETURN_IF_ERROR(out->Commit(manifest));
   ASSIGN_OR_RETURN(v1::ArtifactManifest committed, store.ReadManifest(artifact_id));
-  progress.Report(QuantizePhase::kDone, mc.num_hidden_layers + 1, mc.num_hidden_layers + 1, 1.0,
+  progress.Report(QuantizePhase::kDone, blocks, blocks, 1.0,
                   absl::StrCat("artifact ", artifact_id, " written"));
   return committed;
 }

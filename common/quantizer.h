@@ -53,11 +53,13 @@ absl::StatusOr<std::string> ArtifactIdFor(const QuantizeRequest& request,
 // sha256 over the source model's files (names and contents).
 absl::StatusOr<std::string> ModelChecksum(const std::string& model_dir);
 
-// Quantizes and commits the artifact; returns its manifest. AWQ and TEQ first
-// transform the fp32 model block by block on the calibration set
-// (RunCalibratedTransform), then RTN (with mse_range if set) quantizes the
-// transformed weights. If the artifact already exists, returns its manifest
-// without redoing the work.
+// Quantizes and commits the artifact; returns its manifest. The checkpoint is
+// streamed one decoder block at a time: RTN (with mse_range if set)
+// quantizes each block, after AWQ or TEQ transformed it on the calibration
+// set (RunCalibratedTransform), and writes it before the next is read, so
+// memory holds about one block (plus the embedding and, for AWQ / TEQ, the
+// calibration activations) whatever the model size. If the artifact already
+// exists, returns its manifest without redoing the work.
 absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& request,
                                                    ArtifactStore& store);
 
