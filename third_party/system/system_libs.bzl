@@ -27,6 +27,7 @@ _LIBS = {
     "gtest": ["gtest", "gmock"],
     "gtest_main": ["gtest_main"],
     "benchmark": ["benchmark"],
+    "pcre2": ["libpcre2-8"],
 }
 
 def _pkg_config_libs(ctx, modules):
