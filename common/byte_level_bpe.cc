@@ -343,6 +343,7 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromTokenizerJson(
   tok->clean_up_spaces_ =
       BoolField(config, "clean_up_tokenization_spaces", true);
   RETURN_IF_ERROR(tok->Build(vocab, merges, std::move(added)));
+  tok->eos_id_ = tok->TokenId(TokenString(config, "eos_token"));
   return tok;
 }
 
@@ -409,19 +410,16 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromVocabMerges(
   RETURN_IF_ERROR(tok->Build(vocab, merges, std::move(added)));
   if (BoolField(config, "add_bos_token", false)) {
     const std::string bos = TokenString(config, "bos_token");
-    for (const AddedToken& t : tok->added_) {
-      if (t.content == bos) tok->prefix_ids_ = {t.id};
-    }
-    auto it = tok->bpe_ids_.find(bos);
-    if (tok->prefix_ids_.empty() && it != tok->bpe_ids_.end()) {
-      tok->prefix_ids_ = {it->second};
-    }
-    if (tok->prefix_ids_.empty()) {
+    const int bos_id = tok->TokenId(bos);
+    if (bos_id < 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "tokenizer_config.json: add_bos_token but bos_token \"", bos,
           "\" is not a token"));
     }
+    tok->prefix_ids_ = {bos_id};
   }
+  std::string eos = TokenString(config, "eos_token");
+  tok->eos_id_ = tok->TokenId(eos.empty() && gpt2 ? "<|endoftext|>" : eos);
   return tok;
 }
 
@@ -664,6 +662,15 @@ std::string ByteLevelBpe::Decode(absl::Span<const int> ids) const {
     }
   }
   return text;
+}
+
+int ByteLevelBpe::TokenId(const std::string& content) const {
+  if (content.empty()) return -1;
+  for (const AddedToken& t : added_) {
+    if (t.content == content) return t.id;
+  }
+  auto it = bpe_ids_.find(content);
+  return it == bpe_ids_.end() ? -1 : it->second;
 }
 
 std::string_view ByteLevelBpe::TokenBytes(int id) const {

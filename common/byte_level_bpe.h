@@ -73,6 +73,12 @@ class ByteLevelBpe {
   int vocab_size() const { return static_cast<int>(token_bytes_.size()); }
   // Ids the post-processor puts before the text (BOS), possibly none.
   const std::vector<int>& prefix_ids() const { return prefix_ids_; }
+  // tokenizer_config.json's eos_token (GPT2Tokenizer: <|endoftext|>); -1
+  // when not known.
+  int eos_id() const { return eos_id_; }
+  // The id of an added token's content or of a vocabulary entry's raw
+  // bytes; -1 when there is none.
+  int TokenId(const std::string& content) const;
 
  private:
   struct Merge {
@@ -102,6 +108,7 @@ class ByteLevelBpe {
   bool clean_up_spaces_ = true;
   std::vector<int> prefix_ids_;
   std::vector<int> suffix_ids_;
+  int eos_id_ = -1;
 
   // Vocabulary.
   std::vector<std::string> token_bytes_;  // by id

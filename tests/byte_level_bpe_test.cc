@@ -211,6 +211,7 @@ TEST(ByteLevelBpeGoldenTest, Llama3TokenizerJson) {
   EXPECT_EQ(CheckGolden(**tok, "llama3", "tokenizer.json"),
             NumCases("llama3"));
   EXPECT_EQ((*tok)->prefix_ids(), std::vector<int>{128000});
+  EXPECT_EQ((*tok)->eos_id(), 128001);  // this config's <|end_of_text|>
 }
 
 TEST(ByteLevelBpeGoldenTest, Qwen2VocabMerges) {
@@ -218,6 +219,8 @@ TEST(ByteLevelBpeGoldenTest, Qwen2VocabMerges) {
   ASSERT_TRUE(tok.ok()) << tok.status();
   EXPECT_EQ(CheckGolden(**tok, "qwen2", "vocab.json+merges.txt"),
             NumCases("qwen2"));
+  EXPECT_EQ((*tok)->eos_id(), 151645);  // <|im_end|>
+  EXPECT_TRUE((*tok)->prefix_ids().empty());
 }
 
 TEST(ByteLevelBpeGoldenTest, Qwen2MergesWithoutVersionHeader) {
@@ -246,6 +249,7 @@ TEST(ByteLevelBpeTest, DecodeRepairsSplitCharactersAndFlagsSpecials) {
   ASSERT_GT(ids->size(), 1u);  // GPT-2 spells 日 in several byte tokens
   EXPECT_EQ((*tok)->Decode({ids->front()}), "\uFFFD");
   EXPECT_TRUE((*tok)->IsSpecial(50256));
+  EXPECT_EQ((*tok)->eos_id(), 50256);
   EXPECT_FALSE((*tok)->IsSpecial(15496));
   EXPECT_EQ((*tok)->TokenBytes(15496), "Hello");
   EXPECT_FALSE((*tok)->Encode("\xff", false).ok());
