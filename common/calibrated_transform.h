@@ -27,7 +27,7 @@ using CalibrationProgressFn =
     std::function<void(CalibrationStage stage, int block, int blocks, const std::string& message)>;
 
 // `resolved` must have algorithm AWQ or TEQ. The tokenizer is the model's
-// (model_dir/tokenizer.model); calibration data_file is read under
+// (Tokenizer::LoadModelDir(model_dir)); calibration data_file is read under
 // data_root. CANCELLED as soon as *cancelled is seen, also inside a block.
 absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
     std::shared_ptr<const LlamaWeights> weights, const v1::WeightOnlyQuantConfig& resolved,

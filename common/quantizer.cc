@@ -31,8 +31,10 @@ namespace {
 constexpr char kQuantizerName[] = "wq-quantizer/1";
 
 // Files of the source model that travel into the artifact unchanged.
-constexpr const char* kCopiedFiles[] = {"config.json", "tokenizer.model",
-                                        "tokenizer_config.json"};
+// Whichever tokenizer files the model has (Tokenizer::LoadModelDir).
+constexpr const char* kCopiedFiles[] = {
+    "config.json",      "tokenizer.model", "tokenizer.json",
+    "vocab.json",       "merges.txt",      "tokenizer_config.json"};
 
 // Progress reporting, serialised across worker threads.
 class ProgressReporter {
