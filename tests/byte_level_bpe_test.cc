@@ -187,6 +187,27 @@ int CheckGolden(const ByteLevelBpe& tok, const std::string& family,
   return passed;
 }
 
+// chat_golden.json: each rendered chat template, encoded without the
+// post-processor (the template writes BOS itself).
+int CheckChatGolden(const ByteLevelBpe& tok, const std::string& family) {
+  const Json golden = Json::parse(Read(family + "/chat_golden.json"));
+  int passed = 0;
+  for (const Json& c : golden.at("conversations")) {
+    auto ids = tok.Encode(c.at("rendered").get<std::string>(),
+                          /*add_special_tokens=*/false);
+    if (!ids.ok()) {
+      ADD_FAILURE() << family << ": " << ids.status();
+      continue;
+    }
+    const auto want = c.at("ids").get<std::vector<int>>();
+    EXPECT_EQ(Ids(*ids), Ids(want)) << family << ": " << c.at("rendered");
+    passed += *ids == want;
+  }
+  std::cout << family << ": " << passed << "/"
+            << golden.at("conversations").size() << " chat goldens pass\n";
+  return passed;
+}
+
 int NumCases(const std::string& family) {
   return Json::parse(Read(family + "/golden.json")).at("cases").size();
 }
@@ -212,6 +233,7 @@ TEST(ByteLevelBpeGoldenTest, Llama3TokenizerJson) {
             NumCases("llama3"));
   EXPECT_EQ((*tok)->prefix_ids(), std::vector<int>{128000});
   EXPECT_EQ((*tok)->eos_id(), 128001);  // this config's <|end_of_text|>
+  EXPECT_EQ(CheckChatGolden(**tok, "llama3"), 6);
 }
 
 TEST(ByteLevelBpeGoldenTest, Qwen2VocabMerges) {
@@ -220,6 +242,7 @@ TEST(ByteLevelBpeGoldenTest, Qwen2VocabMerges) {
   EXPECT_EQ(CheckGolden(**tok, "qwen2", "vocab.json+merges.txt"),
             NumCases("qwen2"));
   EXPECT_EQ((*tok)->eos_id(), 151645);  // <|im_end|>
+  EXPECT_EQ(CheckChatGolden(**tok, "qwen2"), 6);
   EXPECT_TRUE((*tok)->prefix_ids().empty());
 }
 
