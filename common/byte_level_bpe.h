@@ -54,7 +54,8 @@ class ByteLevelBpe {
   ByteLevelBpe& operator=(const ByteLevelBpe&) = delete;
 
   // Added tokens written in `text` are always matched (HF's default
-  // split_special_tokens=false); add_special_tokens applies the
+  // split_special_tokens=false), on the raw text even when marked
+  // "normalized" (the same for the NFC-stable contents families use); add_special_tokens applies the
   // post-processor (e.g. Llama 3's BOS). INVALID_ARGUMENT for text that is
   // not UTF-8. Thread-safe.
   absl::StatusOr<std::vector<int>> Encode(std::string_view text,
@@ -76,9 +77,6 @@ class ByteLevelBpe {
   // tokenizer_config.json's eos_token (GPT2Tokenizer: <|endoftext|>); -1
   // when not known.
   int eos_id() const { return eos_id_; }
-  // The id of an added token's content or of a vocabulary entry's raw
-  // bytes; -1 when there is none.
-  int TokenId(const std::string& content) const;
 
  private:
   struct Merge {
@@ -94,6 +92,10 @@ class ByteLevelBpe {
       const std::vector<std::pair<std::string, int>>& vocab,
       const std::vector<std::pair<std::string, std::string>>& merges,
       std::vector<AddedToken> added);
+
+  // The id of an added token's content or of a vocabulary entry's raw
+  // bytes; -1 when there is none.
+  int TokenId(const std::string& content) const;
 
   // Normalizes, pre-tokenizes and BPE-encodes text free of added tokens.
   absl::Status EncodeSegment(std::string_view segment,

@@ -67,9 +67,8 @@ const Alphabet& GetAlphabet() {
 
 }  // namespace
 
-PretokenizerRegex::PretokenizerRegex(PretokenizerPattern pattern,
-                                     const char* name, const char* regex)
-    : pattern_(pattern), name_(name), regex_(regex) {
+PretokenizerRegex::PretokenizerRegex(const char* name, const char* regex)
+    : name_(name), regex_(regex) {
   int error = 0;
   PCRE2_SIZE offset = 0;
   pcre2_code* code =
@@ -146,7 +145,7 @@ const PretokenizerRegex* const* PretokenizerRegex::All() {
     auto** regexes = new const PretokenizerRegex*[kNumPatterns];
     for (const PatternEntry& e : kPatterns) {
       regexes[static_cast<int>(e.pattern)] =
-          new PretokenizerRegex(e.pattern, e.name, e.regex);
+          new PretokenizerRegex(e.name, e.regex);
     }
     return regexes;
   }();
@@ -178,14 +177,6 @@ bool ByteLevelToBytes(std::string_view text, std::string* bytes) {
     bytes->push_back(static_cast<char>(alphabet.byte_of[cp]));
   }
   return true;
-}
-
-std::string BytesToByteLevel(std::string_view bytes) {
-  const auto& spelling = GetAlphabet().spelling;
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (char c : bytes) out += spelling[static_cast<unsigned char>(c)];
-  return out;
 }
 
 }  // namespace wq

@@ -24,8 +24,6 @@ class PretokenizerRegex {
   // pre-tokenizer writes it; nullptr when the table has none.
   static const PretokenizerRegex* Find(std::string_view regex);
 
-  PretokenizerPattern pattern() const { return pattern_; }
-  std::string_view name() const { return name_; }
   std::string_view regex() const { return regex_; }
 
   // Appends the pieces of `text`, in order, covering it exactly: each match
@@ -38,13 +36,11 @@ class PretokenizerRegex {
   PretokenizerRegex& operator=(const PretokenizerRegex&) = delete;
 
  private:
-  PretokenizerRegex(PretokenizerPattern pattern, const char* name,
-                    const char* regex);
+  PretokenizerRegex(const char* name, const char* regex);
   // Indexed by PretokenizerPattern.
   static const PretokenizerRegex* const* All();
 
-  PretokenizerPattern pattern_;
-  const char* name_;
+  const char* name_;  // for error messages
   const char* regex_;
   void* code_;  // pcre2_code_8; never freed (process lifetime)
 };
@@ -56,9 +52,6 @@ const std::array<std::string, 256>& ByteLevelAlphabet();
 // Byte-level spelling -> raw bytes; false when `text` has a character
 // outside the 256-character alphabet (then *bytes is unspecified).
 bool ByteLevelToBytes(std::string_view text, std::string* bytes);
-
-// Raw bytes -> byte-level spelling.
-std::string BytesToByteLevel(std::string_view bytes);
 
 }  // namespace wq
 
