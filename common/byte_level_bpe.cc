@@ -7,7 +7,6 @@
 #include <unicode/utf8.h>
 
 #include <algorithm>
-#include <climits>
 #include <utility>
 
 #include "absl/memory/memory.h"
@@ -270,6 +269,27 @@ constexpr std::pair<const char*, const char*> kCleanUps[] = {
     {" .", "."},   {" ?", "?"},     {" !", "!"},     {" ,", ","},
     {" ' ", "'"},  {" n't", "n't"}, {" 'm", "'m"},   {" 's", "'s"},
     {" 've", "'ve"}, {" 're", "'re"},
+};
+
+// A mergeable adjacent pair waiting in EncodePiece's heap.
+struct BpeCandidate {
+  int rank;
+  int pos;    // index of the left symbol
+  int left;   // ids the pair had when queued; a changed pair is stale
+  int right;
+  int merged;
+};
+
+// Heap order: lowest rank first, then leftmost.
+bool LaterCandidate(const BpeCandidate& a, const BpeCandidate& b) {
+  return a.rank != b.rank ? a.rank > b.rank : a.pos > b.pos;
+}
+
+struct BpeScratch {
+  std::vector<int> symbol;
+  std::vector<int> next;
+  std::vector<int> prev;
+  std::vector<BpeCandidate> heap;
 };
 
 uint64_t PairKey(int left, int right) {
@@ -614,33 +634,50 @@ void ByteLevelBpe::EncodePiece(std::string_view piece,
     }
   }
   // Lowest-rank adjacent pair first, leftmost on ties (HF's and tiktoken's
-  // order). merge[k] is the merge of parts[k] and parts[k + 1].
-  std::vector<int> parts(piece.size());
-  for (size_t k = 0; k < piece.size(); ++k) {
-    parts[k] = byte_ids_[static_cast<unsigned char>(piece[k])];
+  // order), with a heap over a linked list of symbols so that a long piece
+  // (a prompt of one repeated character) costs O(n log n), not O(n^2).
+  const int n = static_cast<int>(piece.size());
+  // Reused per thread: most pieces are a few bytes and allocating would
+  // dominate.
+  thread_local BpeScratch scratch;
+  std::vector<int>& symbol = scratch.symbol;  // token id; -1 once merged left
+  std::vector<int>& next = scratch.next;  // next live symbol, -1 at the end
+  std::vector<int>& prev = scratch.prev;  // previous live symbol, -1 first
+  std::vector<BpeCandidate>& heap = scratch.heap;
+  symbol.resize(n);
+  next.resize(n);
+  prev.resize(n);
+  heap.clear();
+  for (int k = 0; k < n; ++k) {
+    symbol[k] = byte_ids_[static_cast<unsigned char>(piece[k])];
+    prev[k] = k - 1;
+    next[k] = k + 1 < n ? k + 1 : -1;
   }
-  constexpr Merge kNone = {INT_MAX, -1};
-  auto merge_of = [this, &kNone](int left, int right) {
-    auto it = merges_.find(PairKey(left, right));
-    return it == merges_.end() ? kNone : it->second;
+  auto consider = [&](int pos) {
+    if (pos < 0 || next[pos] < 0) return;
+    auto it = merges_.find(PairKey(symbol[pos], symbol[next[pos]]));
+    if (it == merges_.end()) return;
+    heap.push_back({it->second.rank, pos, symbol[pos], symbol[next[pos]],
+                    it->second.id});
+    std::push_heap(heap.begin(), heap.end(), LaterCandidate);
   };
-  std::vector<Merge> merge(parts.size() - 1);
-  for (size_t k = 0; k + 1 < parts.size(); ++k) {
-    merge[k] = merge_of(parts[k], parts[k + 1]);
-  }
-  while (!merge.empty()) {
-    size_t best = 0;
-    for (size_t k = 1; k < merge.size(); ++k) {
-      if (merge[k].rank < merge[best].rank) best = k;
+  for (int k = 0; k + 1 < n; ++k) consider(k);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), LaterCandidate);
+    const BpeCandidate c = heap.back();
+    heap.pop_back();
+    const int right = next[c.pos];
+    if (symbol[c.pos] != c.left || right < 0 || symbol[right] != c.right) {
+      continue;
     }
-    if (merge[best].rank == INT_MAX) break;
-    parts[best] = merge[best].id;
-    parts.erase(parts.begin() + best + 1);
-    merge.erase(merge.begin() + best);
-    if (best > 0) merge[best - 1] = merge_of(parts[best - 1], parts[best]);
-    if (best < merge.size()) merge[best] = merge_of(parts[best], parts[best + 1]);
+    symbol[c.pos] = c.merged;
+    symbol[right] = -1;
+    next[c.pos] = next[right];
+    if (next[right] >= 0) prev[next[right]] = c.pos;
+    consider(prev[c.pos]);
+    consider(c.pos);
   }
-  ids->insert(ids->end(), parts.begin(), parts.end());
+  for (int k = 0; k >= 0; k = next[k]) ids->push_back(symbol[k]);
 }
 
 std::string ByteLevelBpe::Decode(absl::Span<const int> ids) const {

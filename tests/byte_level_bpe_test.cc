@@ -278,6 +278,23 @@ TEST(ByteLevelBpeTest, DecodeRepairsSplitCharactersAndFlagsSpecials) {
   EXPECT_FALSE((*tok)->Encode("\xff", false).ok());
 }
 
+// One huge pre-tokenizer piece each: BPE must stay O(n log n) and the
+// regexes must not run out of PCRE2 JIT stack.
+TEST(ByteLevelBpeTest, LongRepeatsRoundTrip) {
+  auto tok = ByteLevelBpe::Load(kDir + "qwen2");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  std::string cjk;
+  for (int i = 0; i < 100000; ++i) cjk += "日";
+  for (const std::string& text :
+       {std::string(500000, 'a'), std::string(500000, ' '),
+        std::string(500000, '\n') + "x", std::string(500000, '7'), cjk}) {
+    auto ids = (*tok)->Encode(text, /*add_special_tokens=*/false);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    EXPECT_LE(ids->size(), text.size());
+    EXPECT_TRUE((*tok)->Decode(*ids) == text) << text.substr(0, 8);
+  }
+}
+
 absl::Status LoadStatus(const Json& tokenizer_json) {
   return ByteLevelBpe::FromTokenizerJson(tokenizer_json.dump(), "").status();
 }
