@@ -536,16 +536,12 @@ absl::Status ByteLevelBpe::Build(const Vocab& vocab, const Merges& merges,
       return added_[a].content.size() > added_[b].content.size();
     });
   }
-  for (int id : prefix_ids_) {
-    if (id < 0 || id >= size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "post-processor token id ", id, " is not in the vocabulary"));
-    }
-  }
-  for (int id : suffix_ids_) {
-    if (id < 0 || id >= size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "post-processor token id ", id, " is not in the vocabulary"));
+  for (const std::vector<int>* template_ids : {&prefix_ids_, &suffix_ids_}) {
+    for (int id : *template_ids) {
+      if (id < 0 || id >= size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "post-processor token id ", id, " is not in the vocabulary"));
+      }
     }
   }
   return absl::OkStatus();
