@@ -112,7 +112,7 @@ absl::Status Run() {
   }
   const LlamaModel model(weights);
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
-                   Tokenizer::Load(model_dir + "/tokenizer.model"));
+                   Tokenizer::LoadModelDir(model_dir));
   v1::CalibrationConfig config;
   config.set_data_file(absl::GetFlag(FLAGS_calib_file));
   config.set_n_samples(absl::GetFlag(FLAGS_n_samples));

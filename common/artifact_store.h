@@ -1,7 +1,7 @@
 // Quantized models on disk: one directory per artifact under a root,
 //   <root>/<artifact_id>/manifest.json      (v1::ArtifactManifest as JSON)
 //                       /model.safetensors  (packed codes, scales, fp32 rest)
-//                       /config.json, tokenizer.model (copied from the source)
+//                       /config.json, tokenizer files (copied from the source)
 // An artifact is written under a hidden temporary name, fsync'ed and renamed
 // into place, so a crash never leaves a half-written artifact visible; stale
 // temporaries are removed when the store opens.

@@ -26,7 +26,7 @@ absl::StatusOr<std::vector<std::string>> RunCalibratedTransform(
   }
   const int blocks = config.num_hidden_layers;
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
-                   Tokenizer::Load(absl::StrCat(model_dir, "/tokenizer.model")));
+                   Tokenizer::LoadModelDir(model_dir));
   ASSIGN_OR_RETURN(CalibrationSet calibration,
                    BuildCalibrationSet(resolved.calibration(), data_root, *tokenizer));
   // The first report of the phase: the job log keeps what was used.

@@ -26,8 +26,8 @@ using TransformedBlockFn = std::function<absl::Status(int layer, BlockWeights& b
 
 // `resolved` must have algorithm AWQ or TEQ. `model` supplies the config and
 // embedding, `layers` each block's fp32 weights (see ForEachCalibratedBlock).
-// The tokenizer is the model's (model_dir/tokenizer.model); calibration
-// data_file is read under data_root. Returns the log: the calibration set,
+// The tokenizer is the model's (Tokenizer::LoadModelDir(model_dir));
+// calibration data_file is read under data_root. Returns the log: the calibration set,
 // per-block results, peak memory. CANCELLED as soon as *cancelled is seen,
 // also inside a block.
 absl::StatusOr<std::vector<std::string>> RunCalibratedTransform(

@@ -31,6 +31,8 @@ namespace {
 constexpr char kQuantizerName[] = "wq-quantizer/1";
 
 // Files of the source model that travel into the artifact unchanged.
+// Whichever tokenizer files the model has (Tokenizer::LoadModelDir), and its
+// generation config.
 constexpr const char* kCopiedFiles[] = {"config.json",     "generation_config.json",
                                         "tokenizer.model", "tokenizer.json",
                                         "tokenizer_config.json", "vocab.json",

@@ -5,11 +5,13 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "common/byte_level_bpe.h"
 #include "common/sentencepiece_shim.h"
 
 namespace wq {
@@ -160,6 +162,63 @@ bool ValidContinuation(unsigned char lead, int i, unsigned char b) {
   return b >= 0x80 && b <= 0xBF;
 }
 
+class SentencePieceTokenizer : public Tokenizer {
+ public:
+  SentencePieceTokenizer(const SpmShimApi* api, void* handle);
+  ~SentencePieceTokenizer() override;
+
+  absl::StatusOr<std::vector<int>> Encode(std::string_view text,
+                                          bool add_bos) const override;
+  std::string Decode(absl::Span<const int> ids) const override;
+  std::string_view Piece(int id) const override;
+  PieceKind Kind(int id) const override;
+  std::string_view Surface(int id) const override;
+
+ private:
+  const SpmShimApi* api_;
+  void* handle_;
+  std::vector<std::string_view> pieces_;
+  std::vector<PieceKind> kinds_;
+  std::vector<std::string> surfaces_;
+};
+
+// Every BPE token is raw bytes that may split a character (kByte), every
+// special token kControl, so StreamingDetokenizer needs no BPE case. Decode
+// is therefore transformers' decode(skip_special_tokens=True) without the
+// space clean-up; ByteLevelBpe::Decode is the faithful one.
+class ByteLevelBpeTokenizer : public Tokenizer {
+ public:
+  explicit ByteLevelBpeTokenizer(std::unique_ptr<ByteLevelBpe> bpe)
+      : bpe_(std::move(bpe)) {
+    vocab_size_ = bpe_->vocab_size();
+    if (bpe_->prefix_ids().size() == 1) bos_id_ = bpe_->prefix_ids()[0];
+    eos_id_ = bpe_->eos_id();
+  }
+
+  absl::StatusOr<std::vector<int>> Encode(std::string_view text,
+                                          bool add_bos) const override {
+    return bpe_->Encode(text, /*add_special_tokens=*/add_bos);
+  }
+  std::string Decode(absl::Span<const int> ids) const override {
+    StreamingDetokenizer detokenizer(*this, /*at_sequence_start=*/true);
+    std::string text;
+    for (int id : ids) text += detokenizer.Push(id);
+    return text + detokenizer.Flush();
+  }
+  std::string_view Piece(int id) const override { return bpe_->TokenBytes(id); }
+  PieceKind Kind(int id) const override {
+    if (id < 0 || id >= vocab_size_) return PieceKind::kUnknown;
+    return bpe_->IsSpecial(id) ? PieceKind::kControl : PieceKind::kByte;
+  }
+  std::string_view Surface(int id) const override {
+    return Kind(id) == PieceKind::kByte ? bpe_->TokenBytes(id)
+                                        : std::string_view();
+  }
+
+ private:
+  std::unique_ptr<ByteLevelBpe> bpe_;
+};
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
@@ -183,10 +242,31 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
     return absl::InvalidArgumentError(absl::StrCat(
         "not a sentencepiece model: ", model_path, ": ", message));
   }
-  return std::unique_ptr<Tokenizer>(new Tokenizer(&*shim, handle));
+  return std::make_unique<SentencePieceTokenizer>(&*shim, handle);
 }
 
-Tokenizer::Tokenizer(const SpmShimApi* api, void* handle)
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadModelDir(
+    const std::string& dir) {
+  absl::StatusOr<std::unique_ptr<ByteLevelBpe>> bpe = ByteLevelBpe::Load(dir);
+  if (bpe.ok()) return std::make_unique<ByteLevelBpeTokenizer>(*std::move(bpe));
+  const std::string spm_path = dir + "/tokenizer.model";
+  const bool has_spm = access(spm_path.c_str(), F_OK) == 0;
+  // Llama 2, Mistral, Phi-3 ship a SentencePiece-style tokenizer.json that
+  // ByteLevelBpe refuses next to the tokenizer.model it was converted from.
+  if (has_spm && (absl::IsNotFound(bpe.status()) ||
+                  absl::IsUnimplemented(bpe.status()))) {
+    return Load(spm_path);
+  }
+  if (absl::IsNotFound(bpe.status())) {
+    return absl::NotFoundError(absl::StrCat(
+        dir, " has no tokenizer.json, vocab.json + merges.txt or "
+             "tokenizer.model"));
+  }
+  return bpe.status();
+}
+
+SentencePieceTokenizer::SentencePieceTokenizer(const SpmShimApi* api,
+                                               void* handle)
     : api_(api), handle_(handle) {
   auto* spm = static_cast<WqSpm*>(handle_);
   vocab_size_ = api_->vocab_size(spm);
@@ -222,10 +302,12 @@ Tokenizer::Tokenizer(const SpmShimApi* api, void* handle)
   }
 }
 
-Tokenizer::~Tokenizer() { api_->free(static_cast<WqSpm*>(handle_)); }
+SentencePieceTokenizer::~SentencePieceTokenizer() {
+  api_->free(static_cast<WqSpm*>(handle_));
+}
 
-absl::StatusOr<std::vector<int>> Tokenizer::Encode(std::string_view text,
-                                                   bool add_bos) const {
+absl::StatusOr<std::vector<int>> SentencePieceTokenizer::Encode(
+    std::string_view text, bool add_bos) const {
   std::vector<int> ids;
   const size_t offset = add_bos ? 1 : 0;
   if (add_bos) {
@@ -253,7 +335,7 @@ absl::StatusOr<std::vector<int>> Tokenizer::Encode(std::string_view text,
   }
 }
 
-std::string Tokenizer::Decode(absl::Span<const int> ids) const {
+std::string SentencePieceTokenizer::Decode(absl::Span<const int> ids) const {
   std::vector<int> valid;
   valid.reserve(ids.size());
   for (int id : ids) {
@@ -278,17 +360,17 @@ std::string Tokenizer::Decode(absl::Span<const int> ids) const {
   }
 }
 
-std::string_view Tokenizer::Piece(int id) const {
+std::string_view SentencePieceTokenizer::Piece(int id) const {
   if (id < 0 || id >= vocab_size_) return {};
   return pieces_[id];
 }
 
-Tokenizer::PieceKind Tokenizer::Kind(int id) const {
+Tokenizer::PieceKind SentencePieceTokenizer::Kind(int id) const {
   if (id < 0 || id >= vocab_size_) return PieceKind::kUnknown;
   return kinds_[id];
 }
 
-std::string_view Tokenizer::Surface(int id) const {
+std::string_view SentencePieceTokenizer::Surface(int id) const {
   if (id < 0 || id >= vocab_size_) return kUnknownSurface;
   return surfaces_[id];
 }

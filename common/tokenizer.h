@@ -1,4 +1,7 @@
-// SentencePiece tokenizer, reached through libwq_spm_shim.so (see
+// Text <-> token ids for the models wq serves, from whichever tokenizer files
+// a Hugging Face model directory holds (LoadModelDir): tokenizer.json, else
+// vocab.json + merges.txt (byte-level BPE, common/byte_level_bpe.h), else a
+// SentencePiece tokenizer.model, reached through libwq_spm_shim.so (see
 // sentencepiece_shim.h for why it is dlopen'ed rather than linked).
 //
 // The shim is found at run time, in this order: $WQ_SPM_SHIM; next to the
@@ -18,55 +21,61 @@
 
 namespace wq {
 
-struct SpmShimApi;
-
 class Tokenizer {
  public:
-  // How a piece turns into text, precomputed per id.
+  // How a piece turns into text, precomputed per id. kByte: raw bytes that
+  // may begin or end inside a UTF-8 character (a SentencePiece <0xXX> piece,
+  // every byte-level BPE token). kControl: no text (SentencePiece BOS/EOS,
+  // BPE special tokens).
   enum class PieceKind { kNormal, kByte, kControl, kUnknown };
 
-  // NOT_FOUND when model_path does not exist, INVALID_ARGUMENT when it is not
-  // a sentencepiece model, FAILED_PRECONDITION when the shim is not found.
+  // A SentencePiece model file. NOT_FOUND when model_path does not exist,
+  // INVALID_ARGUMENT when it is not a sentencepiece model,
+  // FAILED_PRECONDITION when the shim is not found.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(
       const std::string& model_path);
 
+  // The tokenizer of a model directory: tokenizer.json, else vocab.json +
+  // merges.txt, else tokenizer.model (NOT_FOUND when none is there).
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadModelDir(
+      const std::string& dir);
+
   Tokenizer(const Tokenizer&) = delete;
   Tokenizer& operator=(const Tokenizer&) = delete;
-  ~Tokenizer();
+  virtual ~Tokenizer() = default;
 
-  // Thread-safe.
-  absl::StatusOr<std::vector<int>> Encode(std::string_view text,
-                                          bool add_bos) const;
-  // Skips control ids (BOS/EOS) like sentencepiece; ids outside [0, vocab)
-  // decode as the unknown piece.
-  std::string Decode(absl::Span<const int> ids) const;
+  // Thread-safe. add_bos: the tokenizer's own prefix (SentencePiece BOS, a
+  // BPE post-processor's template, which may add nothing).
+  virtual absl::StatusOr<std::vector<int>> Encode(std::string_view text,
+                                                  bool add_bos) const = 0;
+  // Skips control ids like sentencepiece; SentencePiece decodes ids outside
+  // [0, vocab) as the unknown piece, BPE skips them. Equals what a
+  // StreamingDetokenizer starting the sequence emits for the same ids.
+  virtual std::string Decode(absl::Span<const int> ids) const = 0;
 
+  // -1 when the tokenizer has none.
   int bos_id() const { return bos_id_; }
   int eos_id() const { return eos_id_; }
   int unk_id() const { return unk_id_; }
   int vocab_size() const { return vocab_size_; }
 
-  // Raw piece text, e.g. "▁Once" or "<0x0A>"; "" when id is out of range.
-  std::string_view Piece(int id) const;
+  // Raw piece text, e.g. "▁Once" or "<0x0A>" (BPE: the token's bytes); ""
+  // when id is out of range.
+  virtual std::string_view Piece(int id) const = 0;
   // kUnknown when id is out of range.
-  PieceKind Kind(int id) const;
+  virtual PieceKind Kind(int id) const = 0;
   // Bytes the piece stands for on its own: "▁" becomes a space, a byte piece
   // its raw byte, a control piece nothing, the unknown piece " ⁇ ". Out of
   // range ids give the unknown surface.
-  std::string_view Surface(int id) const;
+  virtual std::string_view Surface(int id) const = 0;
 
- private:
-  Tokenizer(const SpmShimApi* api, void* handle);
+ protected:
+  Tokenizer() = default;
 
-  const SpmShimApi* api_;
-  void* handle_;
-  int vocab_size_;
-  int bos_id_;
-  int eos_id_;
-  int unk_id_;
-  std::vector<std::string_view> pieces_;
-  std::vector<PieceKind> kinds_;
-  std::vector<std::string> surfaces_;
+  int vocab_size_ = 0;
+  int bos_id_ = -1;
+  int eos_id_ = -1;
+  int unk_id_ = -1;
 };
 
 // Turns generated ids into UTF-8 text one token at a time, never emitting a

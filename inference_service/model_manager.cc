@@ -72,7 +72,7 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
   v1::ModelInfo& info = loaded->info;
   info.set_model(name);
   std::shared_ptr<const LlamaWeights> weights;
-  std::string tokenizer_path;
+  std::string tokenizer_dir;
   if (store_->Exists(name)) {
     ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, store_->ReadManifest(name));
     ASSIGN_OR_RETURN(weights, store_->LoadWeights(name, options_.load));
@@ -93,7 +93,7 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
       info.mutable_config()->set_compute_dtype(ProtoComputeDtype(used));
     }
     info.set_bits_per_weight(manifest.bits_per_weight());
-    tokenizer_path = absl::StrCat(store_->ArtifactDir(name), "/tokenizer.model");
+    tokenizer_dir = store_->ArtifactDir(name);
   } else {
     absl::StatusOr<std::string> dir = registry_.Resolve(name);
     if (absl::IsNotFound(dir.status())) return UnknownModel(name);
@@ -102,12 +102,12 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
     info.set_quantized(false);
     info.set_source_model_id(name);
     info.set_bits_per_weight(32);
-    tokenizer_path = absl::StrCat(*dir, "/tokenizer.model");
+    tokenizer_dir = *dir;
   }
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(tokenizer_path);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::LoadModelDir(tokenizer_dir);
   if (!tokenizer.ok()) {
     return absl::Status(tokenizer.status().code(),
-                        absl::StrCat("model \"", name, "\" has no usable tokenizer.model: ",
+                        absl::StrCat("model \"", name, "\" has no usable tokenizer: ",
                                      tokenizer.status().message()));
   }
   loaded->tokenizer = std::shared_ptr<const Tokenizer>(std::move(*tokenizer));

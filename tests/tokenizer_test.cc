@@ -337,5 +337,66 @@ TEST(TokenizerLoadTest, WorksAlongsideProtobuf) {
   EXPECT_EQ((*tok)->Decode(*ids), "Once upon a time");
 }
 
+// Hugging Face model directories (the team's tokenizer fixtures), each file
+// kind picked by LoadModelDir.
+constexpr char kHfDir[] = "../shared/tokenizers/";
+
+TEST(TokenizerModelDirTest, PicksByteLevelBpeFromVocabAndMerges) {
+  auto tok = Tokenizer::LoadModelDir(std::string(kHfDir) + "qwen2");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto ids = (*tok)->Encode("Hello world", /*add_bos=*/true);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_THAT(*ids, ElementsAre(9707, 1879));  // Qwen2 adds no BOS
+  EXPECT_EQ((*tok)->bos_id(), -1);
+  EXPECT_EQ((*tok)->eos_id(), 151645);  // <|im_end|>
+  EXPECT_EQ((*tok)->Kind(151644), Tokenizer::PieceKind::kControl);
+  EXPECT_EQ((*tok)->Kind(9707), Tokenizer::PieceKind::kByte);
+  // Special tokens are control pieces: no text, as for SentencePiece.
+  ids = (*tok)->Encode("<|im_start|>user\nHi<|im_end|>", /*add_bos=*/false);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(ids->front(), 151644);
+  EXPECT_EQ((*tok)->Decode(*ids), "user\nHi");
+}
+
+TEST(TokenizerModelDirTest, BpeStreamWaitsForWholeCharacters) {
+  auto tok = Tokenizer::LoadModelDir(std::string(kHfDir) + "gpt2");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const std::string text = "日本 emoji 😀🎉 done";
+  auto ids = (*tok)->Encode(text, /*add_bos=*/false);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  StreamingDetokenizer detok(**tok, /*at_sequence_start=*/true);
+  std::string streamed;
+  int waiting = 0;  // tokens that ended inside a character
+  for (int id : *ids) {
+    const std::string piece = detok.Push(id);
+    waiting += piece.empty();
+    EXPECT_EQ(piece.find(kReplacement), std::string::npos) << id;
+    streamed += piece;
+  }
+  streamed += detok.Flush();
+  EXPECT_EQ(streamed, text);
+  EXPECT_EQ((*tok)->Decode(*ids), text);
+  EXPECT_GT(waiting, 0);  // GPT-2 spells these characters in byte tokens
+}
+
+TEST(TokenizerModelDirTest, FallsBackToSentencePiece) {
+  // Only a SentencePiece model there.
+  auto spm = Tokenizer::LoadModelDir(std::string(kHfDir) + "llama2");
+  ASSERT_TRUE(spm.ok()) << spm.status();
+  EXPECT_EQ((*spm)->vocab_size(), 32000);
+  EXPECT_EQ((*spm)->bos_id(), 1);
+}
+
+TEST(TokenizerModelDirTest, RefusedTokenizerJsonWithoutModelIsAnError) {
+  // Phi-3's SentencePiece-style tokenizer.json, and no tokenizer.model.
+  auto tok = Tokenizer::LoadModelDir(std::string(kHfDir) + "phi3-mini");
+  ASSERT_FALSE(tok.ok());
+  EXPECT_EQ(tok.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(tok.status().message(), HasSubstr("byte_fallback"));
+
+  tok = Tokenizer::LoadModelDir("testdata/no/such/dir");
+  EXPECT_EQ(tok.status().code(), absl::StatusCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace wq

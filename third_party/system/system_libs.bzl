@@ -27,6 +27,8 @@ _LIBS = {
     "gtest": ["gtest", "gmock"],
     "gtest_main": ["gtest_main"],
     "benchmark": ["benchmark"],
+    "pcre2": ["libpcre2-8"],
+    "icu": ["icu-uc"],
 }
 
 def _pkg_config_libs(ctx, modules):
