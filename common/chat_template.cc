@@ -140,7 +140,8 @@ using Dict = std::vector<std::pair<std::string, Value>>;
 
 struct Value {
   enum class Kind {
-    kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kNamespace
+    kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kNamespace,
+    kFunction  // a global function, named by s: "strftime_now is defined"
   };
   Kind kind = Kind::kUndefined;
   bool b = false;
@@ -228,6 +229,7 @@ std::string TypeName(const Value& v) {
     case Value::Kind::kList: return "list";
     case Value::Kind::kDict: return "dict";
     case Value::Kind::kNamespace: return "Namespace";
+    case Value::Kind::kFunction: return "builtin_function_or_method";
   }
   return "";
 }
@@ -242,7 +244,8 @@ bool Truthy(const Value& v) {
     case Value::Kind::kString: return !v.s.empty();
     case Value::Kind::kList: return !v.list->empty();
     case Value::Kind::kDict: return !v.dict->empty();
-    case Value::Kind::kNamespace: return true;
+    case Value::Kind::kNamespace:
+    case Value::Kind::kFunction: return true;
   }
   return false;
 }
@@ -316,6 +319,8 @@ std::string PyStr(const Value& v) {
       return out + "}";
     }
     case Value::Kind::kNamespace: return "<Namespace>";
+    case Value::Kind::kFunction:
+      return absl::StrCat("<built-in function ", v.s, ">");
   }
   return "";
 }
@@ -431,6 +436,7 @@ absl::Status AppendJson(const Value& v, int indent, int depth,
     }
     case Value::Kind::kUndefined:
     case Value::Kind::kNamespace:
+    case Value::Kind::kFunction:
       return absl::InvalidArgumentError(absl::StrCat(
           "tojson: object of type ", TypeName(v), " is not JSON serializable"));
   }
@@ -502,6 +508,7 @@ bool Equal(const Value& a, const Value& b) {
       }
       return true;
     case Value::Kind::kNamespace: return a.dict == b.dict;
+    case Value::Kind::kFunction: return a.s == b.s;
     default: return false;
   }
 }
@@ -916,17 +923,22 @@ class Lexer {
 
 const std::set<std::string, std::less<>>& KnownFilters() {
   static const auto* filters = new std::set<std::string, std::less<>>{
-      "abs",   "capitalize", "count", "d",      "default", "first", "float",
-      "int",   "items",      "join",  "last",   "length",  "list",  "lower",
-      "replace", "reverse",  "safe",  "string", "title",   "tojson", "trim",
-      "upper"};
+      "abs",     "capitalize", "count",   "d",          "default",
+      "first",   "float",      "int",     "items",      "join",
+      "last",    "length",     "list",    "lower",      "map",
+      "reject",  "rejectattr", "replace", "reverse",    "safe",
+      "select",  "selectattr", "string",  "title",      "tojson",
+      "trim",    "upper"};
   return *filters;
 }
 const std::set<std::string, std::less<>>& KnownTests() {
   static const auto* tests = new std::set<std::string, std::less<>>{
-      "boolean", "defined", "even",     "false", "float",  "integer",
-      "iterable", "lower",  "mapping",  "none",  "number", "odd",
-      "sequence", "string", "true",     "undefined", "upper"};
+      "boolean",  "defined", "divisibleby", "eq",       "equalto",
+      "even",     "false",   "float",       "ge",       "gt",
+      "in",       "integer", "iterable",    "le",       "lower",
+      "lt",       "mapping", "ne",          "none",     "number",
+      "odd",      "sameas",  "sequence",    "string",   "true",
+      "undefined", "upper"};
   return *tests;
 }
 const std::set<std::string, std::less<>>& KnownMethods() {
@@ -1340,6 +1352,7 @@ class Parser {
         if (SkipOp("(")) {
           RETURN_IF_ERROR(ParseArgs(filter.get()));
         }
+        RETURN_IF_ERROR(CheckFilterArgs(*filter));
         e = std::move(filter);
       } else if (IsName("is")) {
         const int line = Next().line;
@@ -1349,11 +1362,57 @@ class Parser {
         ExprPtr test = MakeExpr(Expr::Kind::kTest, line, name);
         test->negated = negated;
         test->args.push_back(std::move(e));
+        RETURN_IF_ERROR(ParseTestArgs(test.get()));
         e = std::move(test);
       } else {
         return e;
       }
     }
+  }
+
+  // As Jinja: "is test(args)", or one argument without parentheses
+  // ("is equalto 'x'", "is sameas false").
+  absl::Status ParseTestArgs(Expr* test) {
+    if (SkipOp("(")) return ParseArgs(test);
+    const Token& t = Peek();
+    const bool starts_primary =
+        t.kind == Token::Kind::kString || t.kind == Token::Kind::kInt ||
+        t.kind == Token::Kind::kFloat || IsOp("(") || IsOp("[") || IsOp("{") ||
+        (t.kind == Token::Kind::kName && t.text != "else" && t.text != "or" &&
+         t.text != "and");
+    if (!starts_primary) return absl::OkStatus();
+    if (IsName("is")) {
+      return SyntaxError(t.line, "tests cannot be chained with 'is'");
+    }
+    ASSIGN_OR_RETURN(ExprPtr arg, ParsePrimary());
+    ASSIGN_OR_RETURN(arg, ParsePostfix(std::move(arg)));
+    test->args.push_back(std::move(arg));
+    return absl::OkStatus();
+  }
+
+  // Filters that name a test take it as a string literal, checked here so
+  // an unknown test fails at parse as elsewhere; map only maps attributes.
+  absl::Status CheckFilterArgs(const Expr& filter) {
+    const std::string& f = filter.name;
+    const size_t test_arg = f == "select" || f == "reject" ? 1
+                            : f == "selectattr" || f == "rejectattr" ? 2
+                                                                     : 0;
+    if (test_arg > 0 && filter.args.size() > test_arg) {
+      const Expr& arg = *filter.args[test_arg];
+      if (arg.kind != Expr::Kind::kLiteral ||
+          arg.literal.kind != Value::Kind::kString) {
+        return SyntaxError(filter.line,
+                           absl::StrCat("filter '", f,
+                                        "' needs the test's name as a string"));
+      }
+      if (!KnownTests().count(arg.literal.s)) {
+        return Unsupported(filter.line, "test", arg.literal.s);
+      }
+    }
+    if (f == "map" && filter.args.size() > 1) {
+      return Unsupported(filter.line, "filter", "map of a filter");
+    }
+    return absl::OkStatus();
   }
 
   absl::StatusOr<ExprPtr> ParsePrimary() {
@@ -1756,6 +1815,12 @@ class Renderer {
       const auto found = it->find(name);
       if (found != it->end()) return found->second;
     }
+    if (KnownFunctions().count(name)) {
+      Value function;
+      function.kind = Value::Kind::kFunction;
+      function.s = name;
+      return function;
+    }
     return Undefined(name);
   }
 
@@ -1932,7 +1997,13 @@ class Renderer {
       case Expr::Kind::kFilter: return EvalFilter(e);
       case Expr::Kind::kTest: {
         ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
-        return Bool(ApplyTest(e.name, v) != e.negated);
+        List args;
+        for (size_t k = 1; k < e.args.size(); ++k) {
+          ASSIGN_OR_RETURN(Value arg, Eval(*e.args[k]));
+          args.push_back(std::move(arg));
+        }
+        ASSIGN_OR_RETURN(bool passed, ApplyTest(e.name, v, args, e.line));
+        return Bool(passed != e.negated);
       }
       case Expr::Kind::kNeg:
       case Expr::Kind::kPos: {
@@ -2248,6 +2319,21 @@ class Renderer {
     ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
     const std::string& f = e.name;
     const std::string what = absl::StrCat("filter '", f, "'");
+    if (f == "select" || f == "reject" || f == "selectattr" ||
+        f == "rejectattr") {
+      return FilterItems(e, v);
+    }
+    if (f == "map") {
+      ASSIGN_OR_RETURN(Bound a, BindArgs(e, 1, {"attribute", "default"}, what));
+      ASSIGN_OR_RETURN(std::string attribute, StringArg(a[0], what, e.line));
+      ASSIGN_OR_RETURN(List items, Iterate(v, e.line));
+      List out;
+      for (const Value& item : items) {
+        ASSIGN_OR_RETURN(Value mapped, GetPath(item, attribute, e.line));
+        out.push_back(mapped.is_undefined() && a[1] ? *a[1] : mapped);
+      }
+      return MakeList(std::move(out));
+    }
     if (f == "default" || f == "d") {
       ASSIGN_OR_RETURN(Bound a,
                        BindArgs(e, 1, {"default_value", "boolean"}, what));
@@ -2388,8 +2474,18 @@ class Renderer {
     return Int(static_cast<int64_t>(d));
   }
 
-  bool ApplyTest(const std::string& t, const Value& v) const {
+  absl::StatusOr<bool> ApplyTest(const std::string& t, const Value& v,
+                                 const List& args, int line) const {
     using K = Value::Kind;
+    static const std::set<std::string, std::less<>> kBinary = {
+        "divisibleby", "eq", "equalto", "ge", "gt", "in",
+        "le",          "lt", "ne",      "sameas"};
+    const size_t arity = kBinary.count(t) ? 1 : 0;
+    if (args.size() != arity) {
+      return Error(line, absl::StrCat("test '", t, "' takes ", arity,
+                                      " argument", arity == 1 ? "" : "s"));
+    }
+    if (arity == 1) return ApplyBinaryTest(t, v, args[0], line);
     if (t == "defined") return !v.is_undefined();
     if (t == "undefined") return v.is_undefined();
     if (t == "none") return v.kind == K::kNone;
@@ -2414,6 +2510,99 @@ class Renderer {
     }
     // lower, upper
     return v.kind == K::kString && AsciiCasedAll(v.s, t == "upper");
+  }
+
+  absl::StatusOr<bool> ApplyBinaryTest(const std::string& t, const Value& v,
+                                       const Value& arg, int line) const {
+    if (t == "eq" || t == "equalto") return Equal(v, arg);
+    if (t == "ne") return !Equal(v, arg);
+    if (t == "in") return Contains(arg, v, line);
+    if (t == "sameas") {
+      // Python's "is": only singletons compare reliably by identity.
+      return v.kind == arg.kind &&
+             (v.kind == Value::Kind::kNone ||
+              (v.kind == Value::Kind::kBool && v.b == arg.b));
+    }
+    if (t == "divisibleby") {
+      if (!v.is_number() || !arg.is_number() || arg.AsDouble() == 0) {
+        return Error(line, "divisibleby needs a number and a non-zero divisor");
+      }
+      if (v.kind == Value::Kind::kFloat || arg.kind == Value::Kind::kFloat) {
+        return std::fmod(v.AsDouble(), arg.AsDouble()) == 0;
+      }
+      return v.AsInt() % arg.AsInt() == 0;
+    }
+    const std::optional<int> c = Compare(v, arg);
+    if (!c) {
+      return Error(line, absl::StrCat("test '", t, "' cannot compare '",
+                                      TypeName(v), "' and '", TypeName(arg),
+                                      "'"));
+    }
+    return t == "lt" ? *c < 0 : t == "le" ? *c <= 0 : t == "gt" ? *c > 0
+                                                                  : *c >= 0;
+  }
+
+  // Jinja's attribute getter: "a.b.0" looks up a, then b, then item 0.
+  absl::StatusOr<Value> GetPath(const Value& object, const std::string& path,
+                                int line) const {
+    Value v = object;
+    size_t start = 0;
+    while (true) {
+      const size_t dot = path.find('.', start);
+      const std::string part = path.substr(start, dot - start);
+      const bool index = !part.empty() &&
+                         std::all_of(part.begin(), part.end(), [](char c) {
+                           return std::isdigit(static_cast<unsigned char>(c));
+                         });
+      if (index) {
+        ASSIGN_OR_RETURN(v, GetItem(v, Int(std::atoll(part.c_str())), line));
+      } else {
+        ASSIGN_OR_RETURN(v, GetAttr(v, part, line));
+      }
+      if (dot == std::string::npos) return v;
+      start = dot + 1;
+    }
+  }
+
+  // select, reject, selectattr, rejectattr: the items (or their attribute)
+  // that pass the test (truthiness without one), or fail it for reject.
+  absl::StatusOr<Value> FilterItems(const Expr& e, const Value& v) {
+    const bool by_attribute = e.name == "selectattr" || e.name == "rejectattr";
+    const bool keep_passing = e.name == "select" || e.name == "selectattr";
+    if (!e.kwargs.empty()) {
+      return Error(e.line, absl::StrCat("filter '", e.name,
+                                        "' takes no keyword arguments"));
+    }
+    List args;
+    for (size_t k = 1; k < e.args.size(); ++k) {
+      ASSIGN_OR_RETURN(Value arg, Eval(*e.args[k]));
+      args.push_back(std::move(arg));
+    }
+    std::string attribute;
+    if (by_attribute) {
+      if (args.empty() || args[0].kind != Value::Kind::kString) {
+        return Error(e.line, absl::StrCat("filter '", e.name,
+                                          "' needs an attribute name"));
+      }
+      attribute = args[0].s;
+      args.erase(args.begin());
+    }
+    const std::string test = args.empty() ? "" : args[0].s;
+    if (!args.empty()) args.erase(args.begin());
+    ASSIGN_OR_RETURN(List items, Iterate(v, e.line));
+    List out;
+    for (Value& item : items) {
+      Value subject = item;
+      if (by_attribute) {
+        ASSIGN_OR_RETURN(subject, GetPath(item, attribute, e.line));
+      }
+      bool passed = Truthy(subject);
+      if (!test.empty()) {
+        ASSIGN_OR_RETURN(passed, ApplyTest(test, subject, args, e.line));
+      }
+      if (passed == keep_passing) out.push_back(std::move(item));
+    }
+    return MakeList(std::move(out));
   }
 
   absl::StatusOr<Value> Binary(const Expr& e, const Value& a, const Value& b) {

@@ -196,7 +196,12 @@ bd)J"},
     {R"J({{ "dq \"x\" \u00e9\x41\t|" }}{{ 'a' 'b' }})J",
      R"J({})J",
      R"J(dq "x" éA	|ab)J"},
-
+    {R"J({{ tools | reject('equalto', 'code_interpreter') | join(', ') }}|{{ ms | selectattr('role', 'equalto', 'user') | map(attribute='content') | list }}|{{ ms | rejectattr('role', 'eq', 'user') | list | length }}|{{ ms | selectattr('tool_calls') | list | length }}|{{ [0, 1, '', 'x'] | select | list }}|{{ ms | map(attribute='missing', default='-') | join }})J",
+     R"J({"tools": ["code_interpreter", "brave_search", "wolfram"], "ms": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "tool_calls": [1]}, {"role": "user", "content": "c"}]})J",
+     R"J(brave_search, wolfram|['a', 'c']|1|1|[1, 'x']|---)J"},
+    {R"J({{ 6 is divisibleby 3 }}{{ x is sameas false }}{{ 'a' is in ['a'] }}{{ 2 is gt 1 }}{{ 'u' is equalto 'u' }}{{ strftime_now is defined }}{{ nothing is defined }})J",
+     R"J({"x": false})J",
+     R"J(TrueTrueTrueTrueTrueTrueFalse)J"},
 };
 
 TEST(ChatTemplateTest, MatchesReferenceJinja) {
@@ -292,7 +297,9 @@ TEST(ChatTemplateTest, UnsupportedConstructsFailAtParseWithNameAndLine) {
   } kCases[] = {
       {"{% macro f() %}x{% endmacro %}", {"tag 'macro'", "line 1"}},
       {"a\nb\n{{ x | wordcount }}", {"filter 'wordcount'", "line 3"}},
-      {"\n{% if x is divisibleby %}{% endif %}", {"test 'divisibleby'", "line 2"}},
+      {"\n{% if x is callable %}{% endif %}", {"test 'callable'", "line 2"}},
+      {"{{ xs | select('odd_looking') }}", {"test 'odd_looking'"}},
+      {"{{ xs | map('upper') }}", {"map of a filter"}},
       {"{{ 'a'.zfill(3) }}", {"method 'zfill'", "line 1"}},
       {"{{ cycler(1) }}", {"function 'cycler'", "line 1"}},
       {"{% for x in xs recursive %}{% endfor %}", {"'recursive'"}},
