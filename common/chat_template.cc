@@ -1136,7 +1136,19 @@ class Parser {
       node->targets.push_back(std::move(target));
     } while (SkipOp(","));
     if (!SkipName("in")) return Unexpected("'in'");
+    // As Jinja: no conditional expression ("if" starts the loop filter),
+    // and "a, b" is a tuple.
     ASSIGN_OR_RETURN(node->expr, ParseOr());
+    if (IsOp(",")) {
+      ExprPtr tuple = MakeExpr(Expr::Kind::kList, node->expr->line);
+      tuple->args.push_back(std::move(node->expr));
+      while (SkipOp(",") && Peek().kind != Token::Kind::kBlockEnd &&
+             !IsName("if")) {
+        ASSIGN_OR_RETURN(ExprPtr item, ParseOr());
+        tuple->args.push_back(std::move(item));
+      }
+      node->expr = std::move(tuple);
+    }
     if (SkipName("if")) {
       ASSIGN_OR_RETURN(node->loop_filter, ParseExpr());
     }
@@ -1162,7 +1174,8 @@ class Parser {
     node->line = line;
     std::string end = "elif";
     while (end == "elif") {
-      ASSIGN_OR_RETURN(ExprPtr cond, ParseExpr());
+      // Jinja parses conditions without "x if c else y".
+      ASSIGN_OR_RETURN(ExprPtr cond, ParseOr());
       RETURN_IF_ERROR(ExpectBlockEnd());
       Body branch;
       ASSIGN_OR_RETURN(end,

@@ -202,6 +202,9 @@ bd)J"},
     {R"J({{ 6 is divisibleby 3 }}{{ x is sameas false }}{{ 'a' is in ['a'] }}{{ 2 is gt 1 }}{{ 'u' is equalto 'u' }}{{ strftime_now is defined }}{{ nothing is defined }})J",
      R"J({"x": false})J",
      R"J(TrueTrueTrueTrueTrueTrueFalse)J"},
+    {R"J({% for x in 1, 2, 3 if x > 1 %}{{ x }}{% endfor %})J",
+     R"J({})J",
+     R"J(23)J"},
 };
 
 TEST(ChatTemplateTest, MatchesReferenceJinja) {
@@ -330,6 +333,8 @@ TEST(ChatTemplateTest, SyntaxErrorsFailAtParse) {
       {"{{ 1 + }}", {"expected an expression"}},
       {"{{ x ? y }}", {"unexpected character '?'"}},
       {"{% if %}{% endif %}", {"expected an expression"}},
+      // Jinja's conditions take no "x if c else y".
+      {"{% if a if b else c %}{% endif %}", {"expected '%}', got 'if'"}},
   };
   for (const auto& c : kCases) {
     ExpectError(ChatTemplate::Parse(c.source).status(),
