@@ -218,6 +218,24 @@ const Value* DictFind(const Dict& dict, absl::string_view key) {
   return nullptr;
 }
 
+// Bytes a value stands for, counting shared parts at each use, which is
+// what printing or comparing it costs; stops counting past `limit`.
+size_t Footprint(const Value& v, size_t limit) {
+  size_t total = sizeof(Value) + v.s.size();
+  if (v.kind == Value::Kind::kList) {
+    for (const Value& item : *v.list) {
+      if (total > limit) break;
+      total += Footprint(item, limit);
+    }
+  } else if (v.kind == Value::Kind::kDict) {
+    for (const auto& [key, item] : *v.dict) {
+      if (total > limit) break;
+      total += key.size() + Footprint(item, limit);
+    }
+  }
+  return total;
+}
+
 std::string TypeName(const Value& v) {
   switch (v.kind) {
     case Value::Kind::kUndefined: return "Undefined";
@@ -1810,6 +1828,27 @@ class Renderer {
     }
     return absl::OkStatus();
   }
+  // Every list, dict and namespace the template builds is checked here:
+  // bounded in size, and holding no namespace, so that no value can
+  // contain itself.
+  absl::StatusOr<Value> Built(Value v, int line) const {
+    size_t total = 0;
+    auto check = [&](const Value& item) -> absl::Status {
+      if (item.kind == Value::Kind::kNamespace) {
+        return Error(line, "a namespace cannot be stored in a list, dict or "
+                           "namespace");
+      }
+      total += Footprint(item, max_bytes_);
+      return CheckSize(total, line);
+    };
+    if (v.kind == Value::Kind::kList) {
+      for (const Value& item : *v.list) RETURN_IF_ERROR(check(item));
+    } else {
+      for (const auto& [key, item] : *v.dict) RETURN_IF_ERROR(check(item));
+    }
+    return v;
+  }
+
   absl::Status Emit(const std::string& text, int line) {
     RETURN_IF_ERROR(CheckSize(out_.size() + text.size(), line));
     out_ += text;
@@ -1864,6 +1903,10 @@ class Renderer {
                        absl::StrCat("cannot assign attribute on '",
                                     node.targets[0], "', which is not a "
                                     "namespace"));
+        }
+        if (v.kind == Value::Kind::kNamespace) {
+          return Error(node.line, "a namespace cannot be stored in a list, "
+                                  "dict or namespace");
         }
         for (auto& [key, item] : *ns.dict) {
           if (key == node.targets[1]) {
@@ -1975,7 +2018,7 @@ class Renderer {
           ASSIGN_OR_RETURN(Value v, Eval(*item));
           list.push_back(std::move(v));
         }
-        return MakeList(std::move(list));
+        return Built(MakeList(std::move(list)), e.line);
       }
       case Expr::Kind::kDict: {
         Dict dict;
@@ -1993,7 +2036,7 @@ class Renderer {
             dict.emplace_back(std::move(key.s), std::move(value));
           }
         }
-        return MakeDict(std::move(dict));
+        return Built(MakeDict(std::move(dict)), e.line);
       }
       case Expr::Kind::kAttr: {
         ASSIGN_OR_RETURN(Value object, Eval(*e.args[0]));
@@ -2177,7 +2220,8 @@ class Renderer {
         ASSIGN_OR_RETURN(Value v, Eval(*arg));
         attributes.emplace_back(name, std::move(v));
       }
-      return MakeDict(std::move(attributes), /*is_namespace=*/true);
+      return Built(MakeDict(std::move(attributes), /*is_namespace=*/true),
+                   e.line);
     }
     if (e.name == "raise_exception") {
       ASSIGN_OR_RETURN(Bound a, BindArgs(e, 0, {"message"}, e.name));
@@ -2314,17 +2358,20 @@ class Renderer {
     if (a[2] && a[2]->kind != Value::Kind::kNone) {
       ASSIGN_OR_RETURN(count, IntArg(a[2], what, line));
     }
-    // Bounded before building: the result can grow by a factor of
-    // replacement size over the input's.
-    const size_t worst =
-        s.size() + (s.size() + 1) * replacement.size();
-    if (worst > max_bytes_) {
-      std::string out = PyReplace(s, old, "", count);
-      RETURN_IF_ERROR(CheckSize(
-          out.size() + (s.size() - out.size()) / std::max<size_t>(old.size(), 1) *
-                           replacement.size(),
-          line));
+    // Sized before building, as the result can be far larger than `s`.
+    size_t matches = 0;
+    if (old.empty()) {
+      matches = Decode(s).size() + 1;
+    } else {
+      for (size_t at = s.find(old); at != std::string::npos;
+           at = s.find(old, at + old.size())) {
+        ++matches;
+      }
     }
+    if (count >= 0) matches = std::min(matches, static_cast<size_t>(count));
+    RETURN_IF_ERROR(CheckSize(s.size() - matches * old.size() +
+                                  matches * replacement.size(),
+                              line));
     return Str(PyReplace(s, old, replacement, count));
   }
 
@@ -2649,10 +2696,9 @@ class Renderer {
         RETURN_IF_ERROR(CheckSize(a.s.size() + b.s.size(), e.line));
         return Str(a.s + b.s);
       }
-      RETURN_IF_ERROR(CheckSize(a.list->size() + b.list->size(), e.line));
       List out = *a.list;
       out.insert(out.end(), b.list->begin(), b.list->end());
-      return MakeList(std::move(out));
+      return Built(MakeList(std::move(out)), e.line);
     }
     if (op == "*" && (a.kind == Value::Kind::kString) != (b.kind == Value::Kind::kString)) {
       const Value& text = a.kind == Value::Kind::kString ? a : b;

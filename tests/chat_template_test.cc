@@ -405,6 +405,31 @@ TEST(ChatTemplateTest, BoundsNestingOutputAndWork) {
                          "{}")
                   .status(),
               absl::StatusCode::kResourceExhausted, {"bytes"});
+  ExpectError(RenderWith("{% set ns = namespace(l=['x' * 1000]) %}"
+                         "{% for i in range(100) %}{% set ns.l = ns.l + ns.l %}"
+                         "{% endfor %}",
+                         "{}")
+                  .status(),
+              absl::StatusCode::kResourceExhausted, {"bytes"});
+  // Shared parts count at each use: printing this would cost 16 copies.
+  ExpectError(RenderWith("{% set l = ['x' * 1000] %}{% set l = [l, l] %}"
+                         "{% set l = [l, l] %}{% set l = [l, l] %}"
+                         "{% set l = [l, l] %}",
+                         "{}", 10000)
+                  .status(),
+              absl::StatusCode::kResourceExhausted, {"bytes"});
+  ExpectError(RenderWith("{{ ('x' * 1000).replace('', 'yyyy') }}", "{}", 4000)
+                  .status(),
+              absl::StatusCode::kResourceExhausted, {"bytes"});
+  // A namespace holding itself would recurse forever when printed.
+  for (const char* cycle :
+       {"{% set ns = namespace() %}{% set ns.me = ns %}{{ ns.me }}",
+        "{% set ns = namespace() %}{% set ns.l = [ns] %}{{ ns.l }}",
+        "{% set ns = namespace() %}{% set d = {'n': ns} %}"}) {
+    ExpectError(RenderWith(cycle, "{}").status(),
+                absl::StatusCode::kInvalidArgument,
+                {"namespace cannot be stored"});
+  }
   ExpectError(RenderWith("{% for i in range(100000) %}"
                          "{% for j in range(100000) %}{% endfor %}{% endfor %}",
                          "{}")
