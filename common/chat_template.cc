@@ -1,6 +1,8 @@
 #include "common/chat_template.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -8,6 +10,7 @@
 #include <ctime>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -147,7 +150,8 @@ struct Value {
   bool b = false;
   int64_t i = 0;
   double f = 0;
-  // The string, or for an undefined value what was looked up (for errors).
+  // The string; for an undefined value what was looked up (for errors), for
+  // a function its name.
   std::string s;
   std::shared_ptr<const List> list;
   // Dicts are never changed once built (transformers' sandbox is

@@ -31,8 +31,9 @@ struct ChatRenderInput {
   std::optional<std::string> bos_token;
   std::optional<std::string> eos_token;
   // Further variables (tools, enable_thinking, ...), set after the ones
-  // above, so they may override them. Ordered so that tojson writes objects
-  // in the caller's key order, as Python's json.dumps does.
+  // above, so they may override them: a "messages" list here carries
+  // messages with tool calls or content parts. Ordered so that tojson writes
+  // objects in the caller's key order, as Python's json.dumps does.
   nlohmann::ordered_json extra_variables = nlohmann::ordered_json::object();
   // Rendering fails with RESOURCE_EXHAUSTED past this many bytes of output
   // or of any single string or list it builds.
@@ -64,8 +65,9 @@ class ChatTemplate {
 };
 
 // The config's chat_template: a string, or a list of {name, template}
-// objects from which `name` is taken ("default" when empty). NOT_FOUND when
-// the config has no template or none of that name.
+// objects from which `name` is taken ("default" when empty; transformers
+// picks "tool_use" itself when tools are given, callers here name it). NOT_FOUND
+// when the config has no template or none of that name.
 absl::StatusOr<ChatTemplate> ChatTemplateFromTokenizerConfig(
     const nlohmann::json& config, std::string_view name);
 

@@ -374,6 +374,15 @@ TEST(ChatTemplateTest, TypeErrorsFailTheRender) {
               absl::StatusCode::kInvalidArgument, {"not a namespace"});
 }
 
+// transformers' {% generation %} only marks assistant text for masks.
+TEST(ChatTemplateTest, GenerationBlockPrintsItsBody) {
+  auto rendered = RenderWith(
+      "{% for m in ms %}{% generation %}{{ m }}{% endgeneration %}{% endfor %}",
+      R"({"ms": ["a", "b"]})");
+  ASSERT_TRUE(rendered.ok()) << rendered.status();
+  EXPECT_EQ(*rendered, "ab");
+}
+
 TEST(ChatTemplateTest, StrftimeNowFormatsTheCurrentDate) {
   auto rendered = RenderWith("{{ strftime_now('%Y') | length }}", "{}");
   ASSERT_TRUE(rendered.ok()) << rendered.status();
