@@ -59,10 +59,15 @@ std::u32string Decode(absl::string_view s) {
   size_t i = 0;
   while (i < s.size()) {
     const unsigned char c = s[i];
-    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3
-              : (c >> 3) == 30 ? 4 : 0;
-    char32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F)
-                                                                  : (c & 0x07);
+    int len = c < 0x80         ? 1
+              : (c >> 5) == 6  ? 2
+              : (c >> 4) == 14 ? 3
+              : (c >> 3) == 30 ? 4
+                               : 0;
+    char32_t cp = len == 1   ? c
+                  : len == 2 ? (c & 0x1F)
+                  : len == 3 ? (c & 0x0F)
+                             : (c & 0x07);
     bool ok = len > 0 && i + len <= s.size();
     for (int k = 1; ok && k < len; ++k) {
       const unsigned char cc = s[i + k];
@@ -121,8 +126,8 @@ bool IsPySpace(char32_t c) {
 }
 
 // Python's str.strip / lstrip / rstrip; `chars` unset strips whitespace.
-std::string PyStrip(absl::string_view s, const std::u32string* chars,
-                    bool left, bool right) {
+std::string PyStrip(absl::string_view s, const std::u32string* chars, bool left,
+                    bool right) {
   const std::u32string u = Decode(s);
   auto strip = [&](char32_t c) {
     return chars == nullptr ? IsPySpace(c)
@@ -143,7 +148,15 @@ using Dict = std::vector<std::pair<std::string, Value>>;
 
 struct Value {
   enum class Kind {
-    kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kNamespace,
+    kUndefined,
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kString,
+    kList,
+    kDict,
+    kNamespace,
     kFunction  // a global function, named by s: "strftime_now is defined"
   };
   Kind kind = Kind::kUndefined;
@@ -242,16 +255,26 @@ size_t Footprint(const Value& v, size_t limit) {
 
 std::string TypeName(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::kUndefined: return "Undefined";
-    case Value::Kind::kNone: return "NoneType";
-    case Value::Kind::kBool: return "bool";
-    case Value::Kind::kInt: return "int";
-    case Value::Kind::kFloat: return "float";
-    case Value::Kind::kString: return "str";
-    case Value::Kind::kList: return "list";
-    case Value::Kind::kDict: return "dict";
-    case Value::Kind::kNamespace: return "Namespace";
-    case Value::Kind::kFunction: return "builtin_function_or_method";
+    case Value::Kind::kUndefined:
+      return "Undefined";
+    case Value::Kind::kNone:
+      return "NoneType";
+    case Value::Kind::kBool:
+      return "bool";
+    case Value::Kind::kInt:
+      return "int";
+    case Value::Kind::kFloat:
+      return "float";
+    case Value::Kind::kString:
+      return "str";
+    case Value::Kind::kList:
+      return "list";
+    case Value::Kind::kDict:
+      return "dict";
+    case Value::Kind::kNamespace:
+      return "Namespace";
+    case Value::Kind::kFunction:
+      return "builtin_function_or_method";
   }
   return "";
 }
@@ -259,15 +282,23 @@ std::string TypeName(const Value& v) {
 bool Truthy(const Value& v) {
   switch (v.kind) {
     case Value::Kind::kUndefined:
-    case Value::Kind::kNone: return false;
-    case Value::Kind::kBool: return v.b;
-    case Value::Kind::kInt: return v.i != 0;
-    case Value::Kind::kFloat: return v.f != 0;
-    case Value::Kind::kString: return !v.s.empty();
-    case Value::Kind::kList: return !v.list->empty();
-    case Value::Kind::kDict: return !v.dict->empty();
+    case Value::Kind::kNone:
+      return false;
+    case Value::Kind::kBool:
+      return v.b;
+    case Value::Kind::kInt:
+      return v.i != 0;
+    case Value::Kind::kFloat:
+      return v.f != 0;
+    case Value::Kind::kString:
+      return !v.s.empty();
+    case Value::Kind::kList:
+      return !v.list->empty();
+    case Value::Kind::kDict:
+      return !v.dict->empty();
     case Value::Kind::kNamespace:
-    case Value::Kind::kFunction: return true;
+    case Value::Kind::kFunction:
+      return true;
   }
   return false;
 }
@@ -317,12 +348,18 @@ std::string PyRepr(const Value& v);
 // Python's str() of a value, as {{ }} prints it.
 std::string PyStr(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::kUndefined: return "";
-    case Value::Kind::kNone: return "None";
-    case Value::Kind::kBool: return v.b ? "True" : "False";
-    case Value::Kind::kInt: return absl::StrCat(v.i);
-    case Value::Kind::kFloat: return PyFloat(v.f);
-    case Value::Kind::kString: return v.s;
+    case Value::Kind::kUndefined:
+      return "";
+    case Value::Kind::kNone:
+      return "None";
+    case Value::Kind::kBool:
+      return v.b ? "True" : "False";
+    case Value::Kind::kInt:
+      return absl::StrCat(v.i);
+    case Value::Kind::kFloat:
+      return PyFloat(v.f);
+    case Value::Kind::kString:
+      return v.s;
     case Value::Kind::kList: {
       std::string out = "[";
       for (size_t k = 0; k < v.list->size(); ++k) {
@@ -340,7 +377,8 @@ std::string PyStr(const Value& v) {
       }
       return out + "}";
     }
-    case Value::Kind::kNamespace: return "<Namespace>";
+    case Value::Kind::kNamespace:
+      return "<Namespace>";
     case Value::Kind::kFunction:
       return absl::StrCat("<built-in function ", v.s, ">");
   }
@@ -379,13 +417,27 @@ void AppendJsonString(const std::string& s, std::string* out) {
   out->push_back('"');
   for (char c : s) {
     switch (c) {
-      case '"': *out += "\\\""; break;
-      case '\\': *out += "\\\\"; break;
-      case '\n': *out += "\\n"; break;
-      case '\r': *out += "\\r"; break;
-      case '\t': *out += "\\t"; break;
-      case '\b': *out += "\\b"; break;
-      case '\f': *out += "\\f"; break;
+      case '"':
+        *out += "\\\"";
+        break;
+      case '\\':
+        *out += "\\\\";
+        break;
+      case '\n':
+        *out += "\\n";
+        break;
+      case '\r':
+        *out += "\\r";
+        break;
+      case '\t':
+        *out += "\\t";
+        break;
+      case '\b':
+        *out += "\\b";
+        break;
+      case '\f':
+        *out += "\\f";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           char buf[8];
@@ -414,15 +466,23 @@ absl::Status AppendJson(const Value& v, int indent, int depth,
   };
   const char* item_sep = indent >= 0 ? "," : ", ";
   switch (v.kind) {
-    case Value::Kind::kNone: *out += "null"; break;
-    case Value::Kind::kBool: *out += v.b ? "true" : "false"; break;
-    case Value::Kind::kInt: absl::StrAppend(out, v.i); break;
+    case Value::Kind::kNone:
+      *out += "null";
+      break;
+    case Value::Kind::kBool:
+      *out += v.b ? "true" : "false";
+      break;
+    case Value::Kind::kInt:
+      absl::StrAppend(out, v.i);
+      break;
     case Value::Kind::kFloat:
       *out += std::isnan(v.f)   ? "NaN"
               : std::isinf(v.f) ? (v.f > 0 ? "Infinity" : "-Infinity")
                                 : PyFloat(v.f);
       break;
-    case Value::Kind::kString: AppendJsonString(v.s, out); break;
+    case Value::Kind::kString:
+      AppendJsonString(v.s, out);
+      break;
     case Value::Kind::kList:
       if (v.list->empty()) {
         *out += "[]";
@@ -471,8 +531,10 @@ absl::StatusOr<Value> FromJson(const nlohmann::ordered_json& j, int depth) {
         "chat template variable nested too deeply");
   }
   switch (j.type()) {
-    case nlohmann::ordered_json::value_t::null: return None();
-    case nlohmann::ordered_json::value_t::boolean: return Bool(j.get<bool>());
+    case nlohmann::ordered_json::value_t::null:
+      return None();
+    case nlohmann::ordered_json::value_t::boolean:
+      return Bool(j.get<bool>());
     case nlohmann::ordered_json::value_t::number_integer:
       return Int(j.get<int64_t>());
     case nlohmann::ordered_json::value_t::number_unsigned:
@@ -517,8 +579,10 @@ bool Equal(const Value& a, const Value& b) {
   if (a.kind != b.kind) return false;
   switch (a.kind) {
     case Value::Kind::kUndefined:
-    case Value::Kind::kNone: return true;
-    case Value::Kind::kString: return a.s == b.s;
+    case Value::Kind::kNone:
+      return true;
+    case Value::Kind::kString:
+      return a.s == b.s;
     case Value::Kind::kList:
       return std::equal(a.list->begin(), a.list->end(), b.list->begin(),
                         b.list->end(), Equal);
@@ -529,9 +593,12 @@ bool Equal(const Value& a, const Value& b) {
         if (other == nullptr || !Equal(item, *other)) return false;
       }
       return true;
-    case Value::Kind::kNamespace: return a.dict == b.dict;
-    case Value::Kind::kFunction: return a.s == b.s;
-    default: return false;
+    case Value::Kind::kNamespace:
+      return a.dict == b.dict;
+    case Value::Kind::kFunction:
+      return a.s == b.s;
+    default:
+      return false;
   }
 }
 
@@ -568,24 +635,24 @@ using ExprPtr = std::unique_ptr<Expr>;
 
 struct Expr {
   enum class Kind {
-    kLiteral,   // literal
-    kName,      // name
-    kList,      // args: items (tuples too)
-    kDict,      // args: key, value, key, value, ...
-    kAttr,      // args[0].name
-    kItem,      // args[0][args[1]]
-    kSlice,     // args[0][args[1]:args[2]:args[3]], absent parts null
-    kCall,      // name(args, kwargs): a global function
-    kMethod,    // args[0].name(args[1:], kwargs)
-    kFilter,    // args[0] | name(args[1:], kwargs)
-    kTest,      // args[0] is [not] name
-    kNeg,       // -args[0]
-    kPos,       // +args[0]
-    kNot,       // not args[0]
-    kAnd,       // args[0] and args[1]
-    kOr,        // args[0] or args[1]
-    kBinary,    // args[0] name args[1]: + - * / // % ** ~ == != < <= > >= in
-    kCond,      // args[1] if args[0] else args[2] (null: undefined)
+    kLiteral,  // literal
+    kName,     // name
+    kList,     // args: items (tuples too)
+    kDict,     // args: key, value, key, value, ...
+    kAttr,     // args[0].name
+    kItem,     // args[0][args[1]]
+    kSlice,    // args[0][args[1]:args[2]:args[3]], absent parts null
+    kCall,     // name(args, kwargs): a global function
+    kMethod,   // args[0].name(args[1:], kwargs)
+    kFilter,   // args[0] | name(args[1:], kwargs)
+    kTest,     // args[0] is [not] name
+    kNeg,      // -args[0]
+    kPos,      // +args[0]
+    kNot,      // not args[0]
+    kAnd,      // args[0] and args[1]
+    kOr,       // args[0] or args[1]
+    kBinary,   // args[0] name args[1]: + - * / // % ** ~ == != < <= > >= in
+    kCond,     // args[1] if args[0] else args[2] (null: undefined)
   };
   Kind kind;
   int line = 0;
@@ -608,10 +675,10 @@ struct Node {
   // for: loop variables; set: the variable, or namespace and attribute.
   std::vector<std::string> targets;
   bool set_attribute = false;
-  ExprPtr loop_filter;  // for ... if filter
+  ExprPtr loop_filter;                             // for ... if filter
   std::vector<std::pair<ExprPtr, Body>> branches;  // if / elif
-  Body body;       // for body
-  Body else_body;  // else of if and of for
+  Body body;                                       // for body
+  Body else_body;                                  // else of if and of for
 };
 
 }  // namespace
@@ -626,8 +693,17 @@ namespace {
 
 struct Token {
   enum class Kind {
-    kText, kBlockBegin, kBlockEnd, kVarBegin, kVarEnd, kName, kString, kInt,
-    kFloat, kOp, kEof
+    kText,
+    kBlockBegin,
+    kBlockEnd,
+    kVarBegin,
+    kVarEnd,
+    kName,
+    kString,
+    kInt,
+    kFloat,
+    kOp,
+    kEof
   };
   Kind kind;
   int line;
@@ -674,17 +750,38 @@ absl::StatusOr<std::string> Unescape(absl::string_view body, int line) {
       return cp;
     };
     switch (c) {
-      case 'n': out.push_back('\n'); break;
-      case 't': out.push_back('\t'); break;
-      case 'r': out.push_back('\r'); break;
-      case 'a': out.push_back('\a'); break;
-      case 'b': out.push_back('\b'); break;
-      case 'f': out.push_back('\f'); break;
-      case 'v': out.push_back('\v'); break;
-      case '\\': out.push_back('\\'); break;
-      case '\'': out.push_back('\''); break;
-      case '"': out.push_back('"'); break;
-      case '\n': break;  // a backslash-newline continues the line
+      case 'n':
+        out.push_back('\n');
+        break;
+      case 't':
+        out.push_back('\t');
+        break;
+      case 'r':
+        out.push_back('\r');
+        break;
+      case 'a':
+        out.push_back('\a');
+        break;
+      case 'b':
+        out.push_back('\b');
+        break;
+      case 'f':
+        out.push_back('\f');
+        break;
+      case 'v':
+        out.push_back('\v');
+        break;
+      case '\\':
+        out.push_back('\\');
+        break;
+      case '\'':
+        out.push_back('\'');
+        break;
+      case '"':
+        out.push_back('"');
+        break;
+      case '\n':
+        break;  // a backslash-newline continues the line
       case 'x':
       case 'u':
       case 'U': {
@@ -779,8 +876,8 @@ class Lexer {
   }
   // Moves to `to`, counting lines.
   void Advance(size_t to) {
-    line_ += static_cast<int>(std::count(src_.begin() + pos_,
-                                         src_.begin() + to, '\n'));
+    line_ += static_cast<int>(
+        std::count(src_.begin() + pos_, src_.begin() + to, '\n'));
     pos_ = to;
   }
   void SkipWhitespace() {
@@ -825,13 +922,15 @@ class Lexer {
       const absl::string_view rest = src.substr(pos_);
       if (brackets.empty()) {
         const absl::string_view close = block ? "%}" : "}}";
-        const bool minus = rest.size() > 2 && (rest[0] == '-' || rest[0] == '+') &&
-                           rest.substr(1, 2) == close;
-        if (minus || rest.substr(0, 2) == close) {
-          const char mod = minus ? rest[0] : '\0';
+        // "-" strips whitespace after the tag; "+%}" keeps its newline.
+        const bool modified = rest.size() > 2 &&
+                              (rest[0] == '-' || (block && rest[0] == '+')) &&
+                              rest.substr(1, 2) == close;
+        if (modified || rest.substr(0, 2) == close) {
+          const char mod = modified ? rest[0] : '\0';
           Push(block ? Token::Kind::kBlockEnd : Token::Kind::kVarEnd, line_,
                "");
-          Advance(pos_ + (minus ? 3 : 2));
+          Advance(pos_ + (modified ? 3 : 2));
           if (block) {
             AfterBlockEnd(mod);
           } else if (mod == '-') {
@@ -859,8 +958,8 @@ class Lexer {
         Push(Token::Kind::kString, line_, std::move(value));
         Advance(pos_ + k + 1);
       } else {
-        static constexpr absl::string_view kTwo[] = {"**", "//", "==",
-                                                    "!=", "<=", ">="};
+        static constexpr absl::string_view kTwo[] = {
+            "**", "//", "==", "!=", "<=", ">="};
         size_t len = 0;
         for (absl::string_view op : kTwo) {
           if (rest.substr(0, 2) == op) len = 2;
@@ -870,16 +969,15 @@ class Lexer {
           len = 1;
         }
         if (len == 0) {
-          return SyntaxError(line_,
-                             absl::StrCat("unexpected character '",
-                                          std::string(1, c), "'"));
+          return SyntaxError(line_, absl::StrCat("unexpected character '",
+                                                 std::string(1, c), "'"));
         }
         if (c == '(' || c == '[' || c == '{') {
           brackets.push_back(c == '(' ? ')' : c == '[' ? ']' : '}');
         } else if (c == ')' || c == ']' || c == '}') {
           if (brackets.empty() || brackets.back() != c) {
-            return SyntaxError(line_, absl::StrCat("unbalanced '",
-                                                   std::string(1, c), "'"));
+            return SyntaxError(
+                line_, absl::StrCat("unbalanced '", std::string(1, c), "'"));
           }
           brackets.pop_back();
         }
@@ -909,7 +1007,8 @@ class Lexer {
     if (len < rest.size() && (rest[len] == 'e' || rest[len] == 'E')) {
       size_t k = len + 1;
       if (k < rest.size() && (rest[k] == '+' || rest[k] == '-')) ++k;
-      if (k < rest.size() && std::isdigit(static_cast<unsigned char>(rest[k]))) {
+      if (k < rest.size() &&
+          std::isdigit(static_cast<unsigned char>(rest[k]))) {
         is_float = true;
         len = k;
         digits();
@@ -945,29 +1044,27 @@ class Lexer {
 
 const std::set<std::string, std::less<>>& KnownFilters() {
   static const auto* filters = new std::set<std::string, std::less<>>{
-      "abs",     "capitalize", "count",   "d",          "default",
-      "first",   "float",      "int",     "items",      "join",
-      "last",    "length",     "list",    "lower",      "map",
-      "reject",  "rejectattr", "replace", "reverse",    "safe",
-      "select",  "selectattr", "string",  "title",      "tojson",
-      "trim",    "upper"};
+      "abs",     "capitalize", "count",  "d",          "default",    "first",
+      "float",   "int",        "items",  "join",       "last",       "length",
+      "list",    "lower",      "map",    "reject",     "rejectattr", "replace",
+      "reverse", "safe",       "select", "selectattr", "string",     "title",
+      "tojson",  "trim",       "upper"};
   return *filters;
 }
 const std::set<std::string, std::less<>>& KnownTests() {
   static const auto* tests = new std::set<std::string, std::less<>>{
-      "boolean",  "defined", "divisibleby", "eq",       "equalto",
-      "even",     "false",   "float",       "ge",       "gt",
-      "in",       "integer", "iterable",    "le",       "lower",
-      "lt",       "mapping", "ne",          "none",     "number",
-      "odd",      "sameas",  "sequence",    "string",   "true",
-      "undefined", "upper"};
+      "boolean",  "defined",   "divisibleby", "eq",     "equalto",  "even",
+      "false",    "float",     "ge",          "gt",     "in",       "integer",
+      "iterable", "le",        "lower",       "lt",     "mapping",  "ne",
+      "none",     "number",    "odd",         "sameas", "sequence", "string",
+      "true",     "undefined", "upper"};
   return *tests;
 }
 const std::set<std::string, std::less<>>& KnownMethods() {
   static const auto* methods = new std::set<std::string, std::less<>>{
-      "capitalize", "endswith", "get",   "items", "keys",  "lower",
-      "lstrip",     "replace",  "rstrip", "split", "startswith", "strip",
-      "title",      "upper",    "values"};
+      "capitalize", "endswith", "get",     "items",  "keys",
+      "lower",      "lstrip",   "replace", "rstrip", "split",
+      "startswith", "strip",    "title",   "upper",  "values"};
   return *methods;
 }
 const std::set<std::string, std::less<>>& KnownFunctions() {
@@ -982,7 +1079,7 @@ class Parser {
 
   absl::StatusOr<Body> ParseTemplate() {
     Body body;
-    ASSIGN_OR_RETURN(std::string end, ParseBody(&body, {}, "", 0));
+    RETURN_IF_ERROR(ParseBody(&body, {}, "", 0).status());
     return body;
   }
 
@@ -1013,11 +1110,16 @@ class Parser {
   }
   std::string Describe(const Token& t) const {
     switch (t.kind) {
-      case Token::Kind::kBlockEnd: return "end of tag '%}'";
-      case Token::Kind::kVarEnd: return "end of print '}}'";
-      case Token::Kind::kEof: return "end of template";
-      case Token::Kind::kString: return "string literal";
-      default: return absl::StrCat("'", t.text, "'");
+      case Token::Kind::kBlockEnd:
+        return "end of tag '%}'";
+      case Token::Kind::kVarEnd:
+        return "end of print '}}'";
+      case Token::Kind::kEof:
+        return "end of template";
+      case Token::Kind::kString:
+        return "string literal";
+      default:
+        return absl::StrCat("'", t.text, "'");
     }
   }
   absl::Status Unexpected(absl::string_view expected) const {
@@ -1139,8 +1241,8 @@ class Parser {
       // transformers' AssistantTracker tag: it only marks assistant text,
       // which plain rendering prints as is.
       RETURN_IF_ERROR(ExpectBlockEnd());
-      ASSIGN_OR_RETURN(std::string end,
-                       ParseBody(body, {"endgeneration"}, "generation", line));
+      RETURN_IF_ERROR(
+          ParseBody(body, {"endgeneration"}, "generation", line).status());
       return ExpectBlockEnd();
     }
     if (IsStrayTag(tag)) {
@@ -1182,8 +1284,8 @@ class Parser {
     RETURN_IF_ERROR(end.status());
     if (*end == "else") {
       RETURN_IF_ERROR(ExpectBlockEnd());
-      ASSIGN_OR_RETURN(*end,
-                       ParseBody(&node->else_body, {"endfor"}, "for", line));
+      RETURN_IF_ERROR(
+          ParseBody(&node->else_body, {"endfor"}, "for", line).status());
     }
     RETURN_IF_ERROR(ExpectBlockEnd());
     body->push_back(std::move(node));
@@ -1200,13 +1302,14 @@ class Parser {
       ASSIGN_OR_RETURN(ExprPtr cond, ParseOr());
       RETURN_IF_ERROR(ExpectBlockEnd());
       Body branch;
-      ASSIGN_OR_RETURN(end,
-                       ParseBody(&branch, {"elif", "else", "endif"}, "if", line));
+      ASSIGN_OR_RETURN(
+          end, ParseBody(&branch, {"elif", "else", "endif"}, "if", line));
       node->branches.emplace_back(std::move(cond), std::move(branch));
     }
     if (end == "else") {
       RETURN_IF_ERROR(ExpectBlockEnd());
-      ASSIGN_OR_RETURN(end, ParseBody(&node->else_body, {"endif"}, "if", line));
+      RETURN_IF_ERROR(
+          ParseBody(&node->else_body, {"endif"}, "if", line).status());
     }
     RETURN_IF_ERROR(ExpectBlockEnd());
     body->push_back(std::move(node));
@@ -1336,8 +1439,8 @@ class Parser {
       absl::StatusOr<ExprPtr> (Parser::*next)()) {
     ASSIGN_OR_RETURN(ExprPtr e, (this->*next)());
     while (true) {
-      const auto op = std::find_if(ops.begin(), ops.end(),
-                                   [&](absl::string_view o) { return IsOp(o); });
+      const auto op = std::find_if(
+          ops.begin(), ops.end(), [&](absl::string_view o) { return IsOp(o); });
       if (op == ops.end()) return e;
       const int line = Next().line;
       ASSIGN_OR_RETURN(ExprPtr rhs, (this->*next)());
@@ -1429,16 +1532,16 @@ class Parser {
   // an unknown test fails at parse as elsewhere; map only maps attributes.
   absl::Status CheckFilterArgs(const Expr& filter) {
     const std::string& f = filter.name;
-    const size_t test_arg = f == "select" || f == "reject" ? 1
+    const size_t test_arg = f == "select" || f == "reject"           ? 1
                             : f == "selectattr" || f == "rejectattr" ? 2
                                                                      : 0;
     if (test_arg > 0 && filter.args.size() > test_arg) {
       const Expr& arg = *filter.args[test_arg];
       if (arg.kind != Expr::Kind::kLiteral ||
           arg.literal.kind != Value::Kind::kString) {
-        return SyntaxError(filter.line,
-                           absl::StrCat("filter '", f,
-                                        "' needs the test's name as a string"));
+        return SyntaxError(
+            filter.line,
+            absl::StrCat("filter '", f, "' needs the test's name as a string"));
       }
       if (!KnownTests().count(arg.literal.s)) {
         return Unsupported(filter.line, "test", arg.literal.s);
@@ -1480,8 +1583,8 @@ class Parser {
       case Token::Kind::kFloat: {
         const Token& number = Next();
         ExprPtr e = MakeExpr(Expr::Kind::kLiteral, line);
-        e->literal = number.kind == Token::Kind::kInt ? Int(number.i)
-                                                      : Float(number.f);
+        e->literal =
+            number.kind == Token::Kind::kInt ? Int(number.i) : Float(number.f);
         return e;
       }
       case Token::Kind::kOp:
@@ -1630,7 +1733,6 @@ class Parser {
   int loop_depth_ = 0;
 };
 
-
 // -------------------------------------------------------------- Renderer ---
 
 std::string AsciiCase(std::string s, bool upper) {
@@ -1655,8 +1757,8 @@ std::string AsciiTitle(const std::string& s, bool (*separates)(char)) {
 }
 // Jinja's title filter splits words at whitespace and "-({[<".
 bool JinjaTitleSeparator(char c) {
-  return IsAsciiSpace(c) || absl::string_view("-({[<").find(c) !=
-                                absl::string_view::npos;
+  return IsAsciiSpace(c) ||
+         absl::string_view("-({[<").find(c) != absl::string_view::npos;
 }
 // Python's str.title() starts a word after anything but a letter.
 bool PyTitleSeparator(char c) {
@@ -1820,15 +1922,15 @@ class Renderer {
   }
   absl::Status TypeError(int line, absl::string_view what, const Value& a,
                          const Value& b) const {
-    return Error(line, absl::StrCat("unsupported operand types for ", what,
-                                    ": '", TypeName(a), "' and '",
-                                    TypeName(b), "'"));
+    return Error(line,
+                 absl::StrCat("unsupported operand types for ", what, ": '",
+                              TypeName(a), "' and '", TypeName(b), "'"));
   }
   absl::Status CheckSize(size_t bytes, int line) const {
     if (bytes > max_bytes_) {
-      return LineError(absl::StatusCode::kResourceExhausted, line,
-                       absl::StrCat("rendering exceeds ", max_bytes_,
-                                    " bytes"));
+      return LineError(
+          absl::StatusCode::kResourceExhausted, line,
+          absl::StrCat("rendering exceeds ", max_bytes_, " bytes"));
     }
     return absl::OkStatus();
   }
@@ -1839,8 +1941,9 @@ class Renderer {
     size_t total = 0;
     auto check = [&](const Value& item) -> absl::Status {
       if (item.kind == Value::Kind::kNamespace) {
-        return Error(line, "a namespace cannot be stored in a list, dict or "
-                           "namespace");
+        return Error(line,
+                     "a namespace cannot be stored in a list, dict or "
+                     "namespace");
       }
       total += Footprint(item, max_bytes_);
       return CheckSize(total, line);
@@ -1883,7 +1986,8 @@ class Renderer {
   absl::Status ExecNode(const Node& node) {
     RETURN_IF_ERROR(Step(node.line));
     switch (node.kind) {
-      case Node::Kind::kText: return Emit(node.text, node.line);
+      case Node::Kind::kText:
+        return Emit(node.text, node.line);
       case Node::Kind::kOutput: {
         ASSIGN_OR_RETURN(Value v, Eval(*node.expr));
         return Emit(PyStr(v), node.line);
@@ -1894,7 +1998,8 @@ class Renderer {
           if (Truthy(c)) return Exec(branch);
         }
         return Exec(node.else_body);
-      case Node::Kind::kFor: return ExecFor(node);
+      case Node::Kind::kFor:
+        return ExecFor(node);
       case Node::Kind::kSet: {
         ASSIGN_OR_RETURN(Value v, Eval(*node.expr));
         if (!node.set_attribute) {
@@ -1903,14 +2008,15 @@ class Renderer {
         }
         const Value ns = Lookup(node.targets[0]);
         if (ns.kind != Value::Kind::kNamespace) {
-          return Error(node.line,
-                       absl::StrCat("cannot assign attribute on '",
-                                    node.targets[0], "', which is not a "
-                                    "namespace"));
+          return Error(node.line, absl::StrCat("cannot assign attribute on '",
+                                               node.targets[0],
+                                               "', which is not a "
+                                               "namespace"));
         }
         if (v.kind == Value::Kind::kNamespace) {
-          return Error(node.line, "a namespace cannot be stored in a list, "
-                                  "dict or namespace");
+          return Error(node.line,
+                       "a namespace cannot be stored in a list, "
+                       "dict or namespace");
         }
         for (auto& [key, item] : *ns.dict) {
           if (key == node.targets[1]) {
@@ -1921,7 +2027,9 @@ class Renderer {
         ns.dict->emplace_back(node.targets[1], std::move(v));
         return absl::OkStatus();
       }
-      case Node::Kind::kBreak: flow_ = Flow::kBreak; return absl::OkStatus();
+      case Node::Kind::kBreak:
+        flow_ = Flow::kBreak;
+        return absl::OkStatus();
       case Node::Kind::kContinue:
         flow_ = Flow::kContinue;
         return absl::OkStatus();
@@ -1937,9 +2045,9 @@ class Renderer {
     }
     if (item.kind != Value::Kind::kList ||
         item.list->size() != node.targets.size()) {
-      return Error(node.line, absl::StrCat("cannot unpack ", TypeName(item),
-                                           " into ", node.targets.size(),
-                                           " loop variables"));
+      return Error(node.line,
+                   absl::StrCat("cannot unpack ", TypeName(item), " into ",
+                                node.targets.size(), " loop variables"));
     }
     for (size_t k = 0; k < node.targets.size(); ++k) {
       scope[node.targets[k]] = (*item.list)[k];
@@ -1970,9 +2078,12 @@ class Renderer {
       scopes_.emplace_back();
       RETURN_IF_ERROR(Bind(node, items[k]));
       Dict loop = {
-          {"index", Int(k + 1)},         {"index0", Int(k)},
-          {"revindex", Int(n - k)},      {"revindex0", Int(n - k - 1)},
-          {"first", Bool(k == 0)},       {"last", Bool(k == n - 1)},
+          {"index", Int(k + 1)},
+          {"index0", Int(k)},
+          {"revindex", Int(n - k)},
+          {"revindex0", Int(n - k - 1)},
+          {"first", Bool(k == 0)},
+          {"last", Bool(k == n - 1)},
           {"length", Int(n)},
           {"previtem", k > 0 ? items[k - 1] : Undefined("loop.previtem")},
           {"nextitem", k + 1 < n ? items[k + 1] : Undefined("loop.nextitem")},
@@ -1990,8 +2101,10 @@ class Renderer {
 
   absl::StatusOr<List> Iterate(const Value& v, int line) const {
     switch (v.kind) {
-      case Value::Kind::kUndefined: return List();
-      case Value::Kind::kList: return *v.list;
+      case Value::Kind::kUndefined:
+        return List();
+      case Value::Kind::kList:
+        return *v.list;
       case Value::Kind::kDict: {
         List keys;
         for (const auto& [key, item] : *v.dict) keys.push_back(Str(key));
@@ -2007,15 +2120,17 @@ class Renderer {
         return chars;
       }
       default:
-        return Error(line,
-                     absl::StrCat("'", TypeName(v), "' object is not iterable"));
+        return Error(
+            line, absl::StrCat("'", TypeName(v), "' object is not iterable"));
     }
   }
 
   absl::StatusOr<Value> Eval(const Expr& e) {
     switch (e.kind) {
-      case Expr::Kind::kLiteral: return e.literal;
-      case Expr::Kind::kName: return Lookup(e.name);
+      case Expr::Kind::kLiteral:
+        return e.literal;
+      case Expr::Kind::kName:
+        return Lookup(e.name);
       case Expr::Kind::kList: {
         List list;
         for (const auto& item : e.args) {
@@ -2032,8 +2147,9 @@ class Renderer {
           if (key.kind != Value::Kind::kString) {
             return Error(e.line, "dict keys must be strings");
           }
-          auto it = std::find_if(dict.begin(), dict.end(),
-                                 [&](const auto& p) { return p.first == key.s; });
+          auto it = std::find_if(dict.begin(), dict.end(), [&](const auto& p) {
+            return p.first == key.s;
+          });
           if (it != dict.end()) {
             it->second = std::move(value);
           } else {
@@ -2051,10 +2167,14 @@ class Renderer {
         ASSIGN_OR_RETURN(Value key, Eval(*e.args[1]));
         return GetItem(object, key, e.line);
       }
-      case Expr::Kind::kSlice: return EvalSlice(e);
-      case Expr::Kind::kCall: return EvalCall(e);
-      case Expr::Kind::kMethod: return EvalMethod(e);
-      case Expr::Kind::kFilter: return EvalFilter(e);
+      case Expr::Kind::kSlice:
+        return EvalSlice(e);
+      case Expr::Kind::kCall:
+        return EvalCall(e);
+      case Expr::Kind::kMethod:
+        return EvalMethod(e);
+      case Expr::Kind::kFilter:
+        return EvalFilter(e);
       case Expr::Kind::kTest: {
         ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
         List args;
@@ -2070,10 +2190,10 @@ class Renderer {
         ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
         if (v.is_undefined()) return UndefinedError(e.line, v);
         if (!v.is_number()) {
-          return Error(e.line, absl::StrCat("bad operand type for unary ",
-                                            e.kind == Expr::Kind::kNeg ? "-"
-                                                                       : "+",
-                                            ": '", TypeName(v), "'"));
+          return Error(e.line,
+                       absl::StrCat("bad operand type for unary ",
+                                    e.kind == Expr::Kind::kNeg ? "-" : "+",
+                                    ": '", TypeName(v), "'"));
         }
         if (e.kind == Expr::Kind::kPos) {
           return v.kind == Value::Kind::kFloat ? v : Int(v.AsInt());
@@ -2176,9 +2296,9 @@ class Renderer {
 
   // Evaluates a call's arguments and binds them to `params` by position or
   // name, as Python does.
-  absl::StatusOr<Bound> BindArgs(const Expr& e, size_t first_arg,
-                                 std::initializer_list<absl::string_view> params,
-                                 absl::string_view what) {
+  absl::StatusOr<Bound> BindArgs(
+      const Expr& e, size_t first_arg,
+      std::initializer_list<absl::string_view> params, absl::string_view what) {
     Bound bound(params.size());
     if (e.args.size() - first_arg > params.size()) {
       return Error(e.line, absl::StrCat(what, " takes at most ", params.size(),
@@ -2190,8 +2310,10 @@ class Renderer {
     for (const auto& [name, arg] : e.kwargs) {
       const auto it = std::find(params.begin(), params.end(), name);
       if (it == params.end()) {
-        return Error(e.line, absl::StrCat(what, " got an unexpected keyword "
-                                          "argument '", name, "'"));
+        return Error(e.line, absl::StrCat(what,
+                                          " got an unexpected keyword "
+                                          "argument '",
+                                          name, "'"));
       }
       ASSIGN_OR_RETURN(bound[it - params.begin()], Eval(*arg));
     }
@@ -2199,7 +2321,8 @@ class Renderer {
   }
 
   absl::StatusOr<std::string> StringArg(const std::optional<Value>& v,
-                                        absl::string_view what, int line) const {
+                                        absl::string_view what,
+                                        int line) const {
     if (!v.has_value() || v->kind != Value::Kind::kString) {
       return Error(line, absl::StrCat(what, " expects a string argument"));
     }
@@ -2318,10 +2441,9 @@ class Renderer {
         ASSIGN_OR_RETURN(std::string affix, StringArg(c, what, e.line));
         const bool hit =
             affix.size() <= s.size() &&
-            (m == "startswith"
-                 ? s.compare(0, affix.size(), affix) == 0
-                 : s.compare(s.size() - affix.size(), affix.size(), affix) ==
-                       0);
+            (m == "startswith" ? s.compare(0, affix.size(), affix) == 0
+                               : s.compare(s.size() - affix.size(),
+                                           affix.size(), affix) == 0);
         if (hit) return Bool(true);
       }
       return Bool(false);
@@ -2373,9 +2495,8 @@ class Renderer {
       }
     }
     if (count >= 0) matches = std::min(matches, static_cast<size_t>(count));
-    RETURN_IF_ERROR(CheckSize(s.size() - matches * old.size() +
-                                  matches * replacement.size(),
-                              line));
+    RETURN_IF_ERROR(CheckSize(
+        s.size() - matches * old.size() + matches * replacement.size(), line));
     return Str(PyReplace(s, old, replacement, count));
   }
 
@@ -2455,7 +2576,8 @@ class Renderer {
     ASSIGN_OR_RETURN(Bound a, BindArgs(e, 1, {}, what));
     if (f == "length" || f == "count") {
       switch (v.kind) {
-        case Value::Kind::kUndefined: return Int(0);
+        case Value::Kind::kUndefined:
+          return Int(0);
         case Value::Kind::kString:
           return Int(static_cast<int64_t>(Decode(v.s).size()));
         case Value::Kind::kList:
@@ -2518,7 +2640,9 @@ class Renderer {
       case Value::Kind::kBool:
       case Value::Kind::kInt:
         return to_int ? Int(v.AsInt()) : Float(v.AsDouble());
-      case Value::Kind::kFloat: d = v.f; break;
+      case Value::Kind::kFloat:
+        d = v.f;
+        break;
       case Value::Kind::kString: {
         const std::string text = PyStrip(v.s, nullptr, true, true);
         char* end = nullptr;
@@ -2531,7 +2655,8 @@ class Renderer {
         if (text.empty() || *end != '\0') return otherwise;
         break;
       }
-      default: return otherwise;
+      default:
+        return otherwise;
     }
     if (!to_int) return Float(d);
     if (!std::isfinite(d) || std::fabs(d) >= 9.2e18) return otherwise;
@@ -2542,8 +2667,8 @@ class Renderer {
                                  const List& args, int line) const {
     using K = Value::Kind;
     static const std::set<std::string, std::less<>> kBinary = {
-        "divisibleby", "eq", "equalto", "ge", "gt", "in",
-        "le",          "lt", "ne",      "sameas"};
+        "divisibleby", "eq", "equalto", "ge", "gt",
+        "in",          "le", "lt",      "ne", "sameas"};
     const size_t arity = kBinary.count(t) ? 1 : 0;
     if (args.size() != arity) {
       return Error(line, absl::StrCat("test '", t, "' takes ", arity,
@@ -2562,8 +2687,8 @@ class Renderer {
     if (t == "false") return v.kind == K::kBool && !v.b;
     if (t == "mapping") return v.kind == K::kDict;
     if (t == "iterable") {
-      return v.kind == K::kString || v.kind == K::kList ||
-             v.kind == K::kDict || v.is_undefined();
+      return v.kind == K::kString || v.kind == K::kList || v.kind == K::kDict ||
+             v.is_undefined();
     }
     if (t == "sequence") {
       return v.kind == K::kString || v.kind == K::kList || v.kind == K::kDict;
@@ -2598,12 +2723,14 @@ class Renderer {
     }
     const std::optional<int> c = Compare(v, arg);
     if (!c) {
-      return Error(line, absl::StrCat("test '", t, "' cannot compare '",
-                                      TypeName(v), "' and '", TypeName(arg),
-                                      "'"));
+      return Error(line,
+                   absl::StrCat("test '", t, "' cannot compare '", TypeName(v),
+                                "' and '", TypeName(arg), "'"));
     }
-    return t == "lt" ? *c < 0 : t == "le" ? *c <= 0 : t == "gt" ? *c > 0
-                                                                  : *c >= 0;
+    return t == "lt"   ? *c < 0
+           : t == "le" ? *c <= 0
+           : t == "gt" ? *c > 0
+                       : *c >= 0;
   }
 
   // Jinja's attribute getter: "a.b.0" looks up a, then b, then item 0.
@@ -2614,10 +2741,10 @@ class Renderer {
     while (true) {
       const size_t dot = path.find('.', start);
       const std::string part = path.substr(start, dot - start);
-      const bool index = !part.empty() &&
-                         std::all_of(part.begin(), part.end(), [](char c) {
-                           return std::isdigit(static_cast<unsigned char>(c));
-                         });
+      const bool index =
+          !part.empty() && std::all_of(part.begin(), part.end(), [](char c) {
+            return std::isdigit(static_cast<unsigned char>(c));
+          });
       if (index) {
         ASSIGN_OR_RETURN(v, GetItem(v, Int(std::atoll(part.c_str())), line));
       } else {
@@ -2687,12 +2814,14 @@ class Renderer {
     if (op == "<" || op == "<=" || op == ">" || op == ">=") {
       const std::optional<int> c = Compare(a, b);
       if (!c) {
-        return Error(e.line, absl::StrCat("'", op, "' not supported between '",
-                                          TypeName(a), "' and '", TypeName(b),
-                                          "'"));
+        return Error(e.line,
+                     absl::StrCat("'", op, "' not supported between '",
+                                  TypeName(a), "' and '", TypeName(b), "'"));
       }
-      return Bool(op == "<" ? *c < 0 : op == "<=" ? *c <= 0
-                  : op == ">" ? *c > 0 : *c >= 0);
+      return Bool(op == "<"    ? *c < 0
+                  : op == "<=" ? *c <= 0
+                  : op == ">"  ? *c > 0
+                               : *c >= 0);
     }
     if (op == "+" && a.kind == b.kind &&
         (a.kind == Value::Kind::kString || a.kind == Value::Kind::kList)) {
@@ -2704,17 +2833,18 @@ class Renderer {
       out.insert(out.end(), b.list->begin(), b.list->end());
       return Built(MakeList(std::move(out)), e.line);
     }
-    if (op == "*" && (a.kind == Value::Kind::kString) != (b.kind == Value::Kind::kString)) {
+    if (op == "*" &&
+        (a.kind == Value::Kind::kString) != (b.kind == Value::Kind::kString)) {
       const Value& text = a.kind == Value::Kind::kString ? a : b;
       const Value& times = a.kind == Value::Kind::kString ? b : a;
       if (times.kind == Value::Kind::kInt || times.kind == Value::Kind::kBool) {
         const int64_t n = std::max<int64_t>(times.AsInt(), 0);
         if (n > 0 && text.s.size() > 0) {
-          RETURN_IF_ERROR(CheckSize(
-              n > static_cast<int64_t>(max_bytes_ / text.s.size())
-                  ? max_bytes_ + 1
-                  : n * text.s.size(),
-              e.line));
+          RETURN_IF_ERROR(
+              CheckSize(n > static_cast<int64_t>(max_bytes_ / text.s.size())
+                            ? max_bytes_ + 1
+                            : n * text.s.size(),
+                        e.line));
         }
         std::string out;
         for (int64_t k = 0; k < n; ++k) out += text.s;
@@ -2783,7 +2913,8 @@ class Renderer {
   absl::StatusOr<bool> Contains(const Value& container, const Value& item,
                                 int line) const {
     switch (container.kind) {
-      case Value::Kind::kUndefined: return false;
+      case Value::Kind::kUndefined:
+        return false;
       case Value::Kind::kString:
         if (item.kind != Value::Kind::kString) {
           return Error(line, "'in <string>' requires a string on the left");
@@ -2796,9 +2927,9 @@ class Renderer {
         return item.kind == Value::Kind::kString &&
                DictFind(*container.dict, item.s) != nullptr;
       default:
-        return Error(line, absl::StrCat("argument of type '",
-                                        TypeName(container),
-                                        "' is not iterable"));
+        return Error(line,
+                     absl::StrCat("argument of type '", TypeName(container),
+                                  "' is not iterable"));
     }
   }
 
@@ -2823,8 +2954,9 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Parse(std::string_view source) {
         absl::StrCat("chat template larger than ",
                      chat_template_internal::kMaxSourceBytes, " bytes"));
   }
-  ASSIGN_OR_RETURN(auto tokens,
-                   Lexer(absl::string_view(source.data(), source.size())).Run());
+  ASSIGN_OR_RETURN(
+      auto tokens,
+      Lexer(absl::string_view(source.data(), source.size())).Run());
   auto program = std::make_shared<Program>();
   ASSIGN_OR_RETURN(program->body, Parser(std::move(tokens)).ParseTemplate());
   return ChatTemplate(std::move(program));
@@ -2895,15 +3027,14 @@ absl::StatusOr<ChatTemplate> ChatTemplateFromTokenizerConfig(
       auto parsed = ChatTemplate::Parse(entry["template"].get<std::string>());
       if (!parsed.ok()) {
         return absl::Status(parsed.status().code(),
-                            absl::StrCat("chat template '", wanted, "': ",
-                                         parsed.status().message()));
+                            absl::StrCat("chat template '", wanted,
+                                         "': ", parsed.status().message()));
       }
       return parsed;
     }
   }
-  return absl::NotFoundError(
-      absl::StrCat("tokenizer_config.json has no chat template named '",
-                   wanted, "'"));
+  return absl::NotFoundError(absl::StrCat(
+      "tokenizer_config.json has no chat template named '", wanted, "'"));
 }
 
 }  // namespace wq

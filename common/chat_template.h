@@ -66,8 +66,8 @@ class ChatTemplate {
 
 // The config's chat_template: a string, or a list of {name, template}
 // objects from which `name` is taken ("default" when empty; transformers
-// picks "tool_use" itself when tools are given, callers here name it). NOT_FOUND
-// when the config has no template or none of that name.
+// picks "tool_use" itself when tools are given, callers here name it).
+// NOT_FOUND when the config has no template or none of that name.
 absl::StatusOr<ChatTemplate> ChatTemplateFromTokenizerConfig(
     const nlohmann::json& config, std::string_view name);
 
