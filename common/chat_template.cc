@@ -2412,7 +2412,9 @@ class Renderer {
         return MakeList(std::move(out));
       }
     }
-    if (object.kind != Value::Kind::kString) {
+    static const std::set<std::string, std::less<>> kDictOnly = {
+        "get", "items", "keys", "values"};
+    if (object.kind != Value::Kind::kString || kDictOnly.count(m)) {
       return Error(e.line, absl::StrCat("'", TypeName(object),
                                         "' object has no attribute '", m, "'"));
     }
@@ -2473,7 +2475,7 @@ class Renderer {
     ASSIGN_OR_RETURN(Bound a, BindArgs(e, 1, {}, what));
     if (m == "upper" || m == "lower") return Str(AsciiCase(s, m == "upper"));
     if (m == "title") return Str(AsciiTitle(s, PyTitleSeparator));
-    return Str(AsciiCapitalize(s));  // capitalize, the last known method
+    return Str(AsciiCapitalize(s));  // capitalize: the dict-only ones are out
   }
 
   absl::StatusOr<Value> Replace(const std::string& s, const Bound& a,
@@ -2694,11 +2696,19 @@ class Renderer {
       return v.kind == K::kString || v.kind == K::kList || v.kind == K::kDict;
     }
     if (t == "even" || t == "odd") {
-      return (v.kind == K::kInt || v.kind == K::kBool) &&
-             (v.AsInt() % 2 == 0) == (t == "even");
+      if (v.kind == K::kFloat) {
+        double r = std::fmod(v.f, 2);  // Python's %: the divisor's sign
+        if (r < 0) r += 2;
+        return r == (t == "even" ? 0 : 1);
+      }
+      if (v.kind != K::kInt && v.kind != K::kBool) {
+        return Error(line, absl::StrCat("test '", t, "' needs a number, not '",
+                                        TypeName(v), "'"));
+      }
+      return (v.AsInt() % 2 == 0) == (t == "even");
     }
-    // lower, upper
-    return v.kind == K::kString && AsciiCasedAll(v.s, t == "upper");
+    // lower, upper: Jinja tests the value's str().
+    return AsciiCasedAll(PyStr(v), t == "upper");
   }
 
   absl::StatusOr<bool> ApplyBinaryTest(const std::string& t, const Value& v,
@@ -2849,6 +2859,24 @@ class Renderer {
         std::string out;
         for (int64_t k = 0; k < n; ++k) out += text.s;
         return Str(std::move(out));
+      }
+    }
+    if (op == "*" &&
+        (a.kind == Value::Kind::kList) != (b.kind == Value::Kind::kList)) {
+      const Value& list = a.kind == Value::Kind::kList ? a : b;
+      const Value& times = a.kind == Value::Kind::kList ? b : a;
+      if (times.kind == Value::Kind::kInt || times.kind == Value::Kind::kBool) {
+        const int64_t n = std::max<int64_t>(times.AsInt(), 0);
+        const size_t item_bytes = Footprint(list, max_bytes_);
+        RETURN_IF_ERROR(CheckSize(
+            n > static_cast<int64_t>(max_bytes_ / item_bytes) ? max_bytes_ + 1
+                                                              : n * item_bytes,
+            e.line));
+        List out;
+        for (int64_t k = 0; k < n; ++k) {
+          out.insert(out.end(), list.list->begin(), list.list->end());
+        }
+        return MakeList(std::move(out));
       }
     }
     if (!a.is_number() || !b.is_number()) {

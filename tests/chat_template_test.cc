@@ -93,70 +93,75 @@ struct Case {
 // Expected renderings from Jinja2 3.1 with transformers' environment
 // (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks, loopcontrols,
 // its tojson).
-constexpr Case kReferenceCases[] = {
-    {R"J(a  
+constexpr Case
+    kReferenceCases
+        [] =
+            {
+                {R"J(a  
   {% if true %}
   x
   {% endif %}  
 b)J",
-     R"J({})J",
-     R"J(a  
+                 R"J({})J",
+                 R"J(a  
   x
   
 b)J"},
-    {R"J(  {%- if true -%}  
+                {R"J(  {%- if true -%}  
  x 
   {%- endif %}
 
 y)J",
-     R"J({})J",
-     R"J(x
+                 R"J({})J",
+                 R"J(x
 y)J"},
-    {R"J(<{{- ' a ' -}}>
+                {R"J(<{{- ' a ' -}}>
 <{{ 'b' }}>
 )J",
-     R"J({})J",
-     R"J(< a >
+                 R"J({})J",
+                 R"J(< a >
 <b>)J"},
-    {R"J(  {%+ if true %}
+                {R"J(  {%+ if true %}
 x{% endif +%}
 y)J",
-     R"J({})J",
-     R"J(  x
+                 R"J({})J",
+                 R"J(  x
 y)J"},
-    {R"J(a
+                {R"J(a
   {# note #}
 b {#- c -#} d)J",
-     R"J({})J",
-     R"J(a
+                 R"J({})J",
+                 R"J(a
 bd)J"},
-    {R"J({% for x in xs %}{{ loop.index }}{{ loop.index0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.revindex }},{% endfor %})J",
-     R"J({"xs": ["a", "b", "c"]})J",
-     R"J(10TrueFalse33,21FalseFalse32,32FalseTrue31,)J"},
-    {R"J({% for x in xs if x != 'b' %}{{ x }}{{ loop.index }}{% else %}none{% endfor %}|{% for x in [] %}x{% else %}empty{% endfor %})J",
-     R"J({"xs": ["a", "b", "c"]})J", R"J(a1c2|empty)J"},
-    {R"J({% for x in xs %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 4 %}{% break %}{% endif %}{{ x }}{% endfor %})J",
-     R"J({"xs": [1, 2, 3, 4, 5]})J", R"J(13)J"},
-    {R"J({% set x = 0 %}{% for i in range(3) %}{% if i == 1 %}{% set x = 5 %}{% endif %}{{ x }}{% endfor %}{{ x }})J",
-     R"J({})J", R"J(0500)J"},
-    {R"J({% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}{% for k in d %}{{ k }}{% endfor %})J",
-     R"J({"d": {"b": 1, "a": [1, "x"]}})J", R"J(b=1;a=[1, 'x'];ba)J"},
-    {R"J({% set ns = namespace(n=0, s='') %}{% for m in ms %}{% set ns.n = ns.n + m %}{% set ns.s = ns.s ~ m %}{% endfor %}{{ ns.n }} {{ ns.s }})J",
-     R"J({"ms": [1, 2, 3]})J", R"J(6 123)J"},
-    {R"J({{ xs[1:] }} {{ xs[::-1] }} {{ xs[-2:] }} {{ xs[:1] }} {{ s[1:3] }} {{ s[::-1] }} {{ s[-1] }} {{ xs[5] }}|{{ xs[0] }})J",
-     R"J({"xs": [1, 2, 3], "s": "héllo"})J",
-     R"J([2, 3] [3, 2, 1] [2, 3] [1] él olléh o |1)J"},
-    {R"J([{{ s.strip() }}][{{ s.lstrip() }}][{{ s.rstrip() }}][{{ 'xxhixx'.strip('x') }}]{{ s.split() }}{{ 'a,b,,c'.split(',') }}{{ 'a b c'.split(' ', 1) }})J",
-     R"J({"s": "  hi there\n"})J",
-     R"J([hi there][hi there
+                {R"J({% for x in xs %}{{ loop.index }}{{ loop.index0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.revindex }},{% endfor %})J",
+                 R"J({"xs": ["a", "b", "c"]})J",
+                 R"J(10TrueFalse33,21FalseFalse32,32FalseTrue31,)J"},
+                {R"J({% for x in xs if x != 'b' %}{{ x }}{{ loop.index }}{% else %}none{% endfor %}|{% for x in [] %}x{% else %}empty{% endfor %})J",
+                 R"J({"xs": ["a", "b", "c"]})J", R"J(a1c2|empty)J"},
+                {R"J({% for x in xs %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 4 %}{% break %}{% endif %}{{ x }}{% endfor %})J",
+                 R"J({"xs": [1, 2, 3, 4, 5]})J", R"J(13)J"},
+                {R"J({% set x = 0 %}{% for i in range(3) %}{% if i == 1 %}{% set x = 5 %}{% endif %}{{ x }}{% endfor %}{{ x }})J",
+                 R"J({})J", R"J(0500)J"},
+                {R"J({% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}{% for k in d %}{{ k }}{% endfor %})J",
+                 R"J({"d": {"b": 1, "a": [1, "x"]}})J",
+                 R"J(b=1;a=[1, 'x'];ba)J"},
+                {R"J({% set ns = namespace(n=0, s='') %}{% for m in ms %}{% set ns.n = ns.n + m %}{% set ns.s = ns.s ~ m %}{% endfor %}{{ ns.n }} {{ ns.s }})J",
+                 R"J({"ms": [1, 2, 3]})J", R"J(6 123)J"},
+                {R"J({{ xs[1:] }} {{ xs[::-1] }} {{ xs[-2:] }} {{ xs[:1] }} {{ s[1:3] }} {{ s[::-1] }} {{ s[-1] }} {{ xs[5] }}|{{ xs[0] }})J",
+                 R"J({"xs": [1, 2, 3], "s": "héllo"})J",
+                 R"J([2, 3] [3, 2, 1] [2, 3] [1] él olléh o |1)J"},
+                {R"J([{{ s.strip() }}][{{ s.lstrip() }}][{{ s.rstrip() }}][{{ 'xxhixx'.strip('x') }}]{{ s.split() }}{{ 'a,b,,c'.split(',') }}{{ 'a b c'.split(' ', 1) }})J",
+                 R"J({"s": "  hi there\n"})J",
+                 R"J([hi there][hi there
 ][  hi there][hi]['hi', 'there']['a', 'b', '', 'c']['a', 'b c'])J"},
-    {R"J({{ 'abc'.startswith('ab') }}{{ 'abc'.endswith('bc') }}{{ 'abc'.startswith(('x', 'a')) }}{{ 'aXbX'.replace('X', '-') }}{{ 'Hello World'.upper() }}{{ 'Hello'.lower() }}{{ 'hello world'.title() }}{{ 'hELLO'.capitalize() }})J",
-     R"J({})J", R"J(TrueTrueTruea-b-HELLO WORLDhelloHello WorldHello)J"},
-    {R"J({% set c = '<think>\nreason\n</think>\n\nanswer' %}{{ c.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') }}|{{ c.split('</think>')[-1].lstrip('\n') }})J",
-     R"J({})J", R"J(reason|answer)J"},
-    {R"J({{ d | tojson }}|{{ d | tojson(indent=2) }}|{{ [] | tojson }}|{{ 'é"\n' | tojson }})J",
-     R"J({"d": {"name": "f", "args": {"x": 1.5, "y": [true, null, "ü"]}, "e": {}}})J",
-     R"J({"name": "f", "args": {"x": 1.5, "y": [true, null, "ü"]}, "e": {}}|{
+                {R"J({{ 'abc'.startswith('ab') }}{{ 'abc'.endswith('bc') }}{{ 'abc'.startswith(('x', 'a')) }}{{ 'aXbX'.replace('X', '-') }}{{ 'Hello World'.upper() }}{{ 'Hello'.lower() }}{{ 'hello world'.title() }}{{ 'hELLO'.capitalize() }})J",
+                 R"J({})J",
+                 R"J(TrueTrueTruea-b-HELLO WORLDhelloHello WorldHello)J"},
+                {R"J({% set c = '<think>\nreason\n</think>\n\nanswer' %}{{ c.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') }}|{{ c.split('</think>')[-1].lstrip('\n') }})J",
+                 R"J({})J", R"J(reason|answer)J"},
+                {R"J({{ d | tojson }}|{{ d | tojson(indent=2) }}|{{ [] | tojson }}|{{ 'é"\n' | tojson }})J",
+                 R"J({"d": {"name": "f", "args": {"x": 1.5, "y": [true, null, "ü"]}, "e": {}}})J",
+                 R"J({"name": "f", "args": {"x": 1.5, "y": [true, null, "ü"]}, "e": {}}|{
   "name": "f",
   "args": {
     "x": 1.5,
@@ -168,31 +173,34 @@ bd)J"},
   },
   "e": {}
 }|[]|"é\"\n")J"},
-    {R"J({{ xs | length }}{{ 'héllo' | length }}{{ missing | length }}{{ missing | default('dflt') }}{{ '' | default('e', true) }}{{ none | default('n') }}|{{ '  t  ' | trim }}|{{ 'ab' | upper }}{{ 'AB' | lower }}{{ 3 | string }}{{ xs | join(', ') }}{{ xs | first }}{{ xs | last }}{{ '42' | int + 1 }})J",
-     R"J({"xs": [1, 2, 3]})J", R"J(350dflteNone|t|ABab31, 2, 31343)J"},
-    {R"J({{ x is defined }}{{ y is defined }}{{ y is undefined }}{{ n is none }}{{ x is string }}{{ 1 is string }}{{ n is not none }}{{ f is false }}{{ t is true }}{{ 1 is number }}{{ d is mapping }}{{ xs is iterable }})J",
-     R"J({"x": "s", "n": null, "f": false, "t": true, "d": {}, "xs": []})J",
-     R"J(TrueFalseTrueTrueTrueFalseFalseTrueTrueTrueTrueTrue)J"},
-    {R"J({{ 'a' in 'cat' }}{{ 'z' not in 'cat' }}{{ 2 in xs }}{{ 'k' in d }}{{ 1 + 2 * 3 }}{{ 7 // 2 }}{{ -7 // 2 }}{{ -7 % 3 }}{{ 10 / 4 }}{{ 2 ** 8 }}{{ 'a' ~ 1 ~ none }}{{ 'x' * 3 }}{{ 1 < 2 }}{{ 'a' >= 'b' }}{{ (1 if false else 2) }}{{ 0 or 'alt' }}{{ 'v' and 'w' }}{{ not xs }})J",
-     R"J({"xs": [1, 2], "d": {"k": 1}})J",
-     R"J(TrueTrueTrueTrue73-422.5256a1NonexxxTrueFalse2altwFalse)J"},
-    {R"J({{ none }}|{{ 1.0 }}|{{ 0.1 + 0.2 }}|{{ 1e20 }}|{{ 1e-5 }}|{{ [1, 'a', none, true, 2.5] }}|{{ {'a': 'it\'s'} }}|{{ missing }}|{{ -3 | abs }})J",
-     R"J({})J",
-     R"J(None|1.0|0.30000000000000004|1e+20|1e-05|[1, 'a', None, True, 2.5]|{'a': "it's"}||3)J"},
-    {R"J({% if a %}A{% elif b %}B{% elif c %}C{% else %}D{% endif %}{% if not a and not b %}-{% endif %})J",
-     R"J({"c": 1})J", R"J(C-)J"},
-    {R"J({{ messages[0]['role'] }}:{{ messages[0].content | trim }}{% for m in messages %}{{ m.role | upper }}{% endfor %})J",
-     R"J({"messages": [{"role": "user", "content": " hi "}]})J",
-     R"J(user:hiUSER)J"},
-    {R"J({{ "dq \"x\" \u00e9\x41\t|" }}{{ 'a' 'b' }})J", R"J({})J",
-     R"J(dq "x" éA	|ab)J"},
-    {R"J({{ tools | reject('equalto', 'code_interpreter') | join(', ') }}|{{ ms | selectattr('role', 'equalto', 'user') | map(attribute='content') | list }}|{{ ms | rejectattr('role', 'eq', 'user') | list | length }}|{{ ms | selectattr('tool_calls') | list | length }}|{{ [0, 1, '', 'x'] | select | list }}|{{ ms | map(attribute='missing', default='-') | join }})J",
-     R"J({"tools": ["code_interpreter", "brave_search", "wolfram"], "ms": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "tool_calls": [1]}, {"role": "user", "content": "c"}]})J",
-     R"J(brave_search, wolfram|['a', 'c']|1|1|[1, 'x']|---)J"},
-    {R"J({{ 6 is divisibleby 3 }}{{ x is sameas false }}{{ 'a' is in ['a'] }}{{ 2 is gt 1 }}{{ 'u' is equalto 'u' }}{{ strftime_now is defined }}{{ nothing is defined }})J",
-     R"J({"x": false})J", R"J(TrueTrueTrueTrueTrueTrueFalse)J"},
-    {R"J({% for x in 1, 2, 3 if x > 1 %}{{ x }}{% endfor %})J", R"J({})J",
-     R"J(23)J"},
+                {R"J({{ xs | length }}{{ 'héllo' | length }}{{ missing | length }}{{ missing | default('dflt') }}{{ '' | default('e', true) }}{{ none | default('n') }}|{{ '  t  ' | trim }}|{{ 'ab' | upper }}{{ 'AB' | lower }}{{ 3 | string }}{{ xs | join(', ') }}{{ xs | first }}{{ xs | last }}{{ '42' | int + 1 }})J",
+                 R"J({"xs": [1, 2, 3]})J",
+                 R"J(350dflteNone|t|ABab31, 2, 31343)J"},
+                {R"J({{ x is defined }}{{ y is defined }}{{ y is undefined }}{{ n is none }}{{ x is string }}{{ 1 is string }}{{ n is not none }}{{ f is false }}{{ t is true }}{{ 1 is number }}{{ d is mapping }}{{ xs is iterable }})J",
+                 R"J({"x": "s", "n": null, "f": false, "t": true, "d": {}, "xs": []})J",
+                 R"J(TrueFalseTrueTrueTrueFalseFalseTrueTrueTrueTrueTrue)J"},
+                {R"J({{ 'a' in 'cat' }}{{ 'z' not in 'cat' }}{{ 2 in xs }}{{ 'k' in d }}{{ 1 + 2 * 3 }}{{ 7 // 2 }}{{ -7 // 2 }}{{ -7 % 3 }}{{ 10 / 4 }}{{ 2 ** 8 }}{{ 'a' ~ 1 ~ none }}{{ 'x' * 3 }}{{ 1 < 2 }}{{ 'a' >= 'b' }}{{ (1 if false else 2) }}{{ 0 or 'alt' }}{{ 'v' and 'w' }}{{ not xs }})J",
+                 R"J({"xs": [1, 2], "d": {"k": 1}})J",
+                 R"J(TrueTrueTrueTrue73-422.5256a1NonexxxTrueFalse2altwFalse)J"},
+                {R"J({{ none }}|{{ 1.0 }}|{{ 0.1 + 0.2 }}|{{ 1e20 }}|{{ 1e-5 }}|{{ [1, 'a', none, true, 2.5] }}|{{ {'a': 'it\'s'} }}|{{ missing }}|{{ -3 | abs }})J",
+                 R"J({})J",
+                 R"J(None|1.0|0.30000000000000004|1e+20|1e-05|[1, 'a', None, True, 2.5]|{'a': "it's"}||3)J"},
+                {R"J({% if a %}A{% elif b %}B{% elif c %}C{% else %}D{% endif %}{% if not a and not b %}-{% endif %})J",
+                 R"J({"c": 1})J", R"J(C-)J"},
+                {R"J({{ messages[0]['role'] }}:{{ messages[0].content | trim }}{% for m in messages %}{{ m.role | upper }}{% endfor %})J",
+                 R"J({"messages": [{"role": "user", "content": " hi "}]})J",
+                 R"J(user:hiUSER)J"},
+                {R"J({{ "dq \"x\" \u00e9\x41\t|" }}{{ 'a' 'b' }})J", R"J({})J",
+                 R"J(dq "x" éA	|ab)J"},
+                {R"J({{ tools | reject('equalto', 'code_interpreter') | join(', ') }}|{{ ms | selectattr('role', 'equalto', 'user') | map(attribute='content') | list }}|{{ ms | rejectattr('role', 'eq', 'user') | list | length }}|{{ ms | selectattr('tool_calls') | list | length }}|{{ [0, 1, '', 'x'] | select | list }}|{{ ms | map(attribute='missing', default='-') | join }})J", R"J({"tools": ["code_interpreter", "brave_search", "wolfram"], "ms": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "tool_calls": [1]}, {"role": "user", "content": "c"}]})J",
+                 R"J(brave_search, wolfram|['a', 'c']|1|1|[1, 'x']|---)J"},
+                {R"J({{ 6 is divisibleby 3 }}{{ x is sameas false }}{{ 'a' is in ['a'] }}{{ 2 is gt 1 }}{{ 'u' is equalto 'u' }}{{ strftime_now is defined }}{{ nothing is defined }})J",
+                 R"J({"x": false})J", R"J(TrueTrueTrueTrueTrueTrueFalse)J"},
+                {R"J({% for x in 1, 2, 3 if x > 1 %}{{ x }}{% endfor %})J",
+                 R"J({})J", R"J(23)J"},
+                {R"J({{ 2.5 is odd }}{{ 3.0 is odd }}{{ -3.0 is odd }}{{ 4 is even }}{{ d is lower }}{{ xs * 2 }}{{ 2 * ['a'] }}{{ 'ab' * 2 }})J",
+                 R"J({"d": {"k": "v"}, "xs": [1, 2]})J",
+                 R"J(FalseTrueTrueTrueTrue[1, 2, 1, 2]['a', 'a']abab)J"},
 };
 
 TEST(ChatTemplateTest, MatchesReferenceJinja) {
@@ -357,6 +365,12 @@ TEST(ChatTemplateTest, TypeErrorsFailTheRender) {
   ExpectError(RenderWith("\n{{ 'a' + 1 }}", "{}").status(),
               absl::StatusCode::kInvalidArgument,
               {"unsupported operand types for +: 'str' and 'int'", "line 2"});
+  ExpectError(RenderWith("{{ 'ab'.keys() }}", "{}").status(),
+              absl::StatusCode::kInvalidArgument,
+              {"'str' object has no attribute 'keys'"});
+  ExpectError(RenderWith("{{ 'ab' is even }}", "{}").status(),
+              absl::StatusCode::kInvalidArgument,
+              {"test 'even' needs a number"});
   ExpectError(RenderWith("{{ 1 // 0 }}", "{}").status(),
               absl::StatusCode::kInvalidArgument, {"division by zero"});
   ExpectError(RenderWith("{% set x.y = 1 %}", R"({"x": {}})").status(),
