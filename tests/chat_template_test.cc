@@ -430,6 +430,8 @@ TEST(ChatTemplateTest, BoundsNestingOutputAndWork) {
                          "{}", 10000)
                   .status(),
               absl::StatusCode::kResourceExhausted, {"bytes"});
+  ExpectError(RenderWith("{% set x = [1] * 1000000000000 %}", "{}").status(),
+              absl::StatusCode::kResourceExhausted, {"bytes"});
   ExpectError(
       RenderWith("{{ ('x' * 1000).replace('', 'yyyy') }}", "{}", 4000).status(),
       absl::StatusCode::kResourceExhausted, {"bytes"});
