@@ -6,6 +6,8 @@
 #include <utility>
 
 #include "absl/random/random.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -52,6 +54,20 @@ std::string NewJobId() {
   static absl::BitGen* gen = new absl::BitGen();
   absl::MutexLock lock(&mu);
   return absl::StrFormat("job-%016x", absl::Uniform<uint64_t>(*gen));
+}
+
+// Identifies what a job will produce without the model checksum (which
+// costs a read of every weight): ArtifactIdFor hashes the same model id and
+// resolved config, so equal keys mean equal artifacts while the model's
+// files stay put.
+std::string RequestKey(const std::string& model_id, const v1::WeightOnlyQuantConfig& resolved) {
+  std::string key = absl::StrCat(model_id, "\n");
+  google::protobuf::io::StringOutputStream out(&key);
+  google::protobuf::io::CodedOutputStream coded(&out);
+  coded.SetSerializationDeterministic(true);
+  resolved.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return key;
 }
 
 }  // namespace
@@ -121,6 +137,16 @@ absl::StatusOr<JobManager::JobEntry*> JobManager::Find(
   return it->second.get();
 }
 
+JobManager::JobEntry* JobManager::FindActive(const std::string& request_key) const {
+  for (const auto& [id, entry] : jobs_) {
+    if (entry->request_key == request_key && !IsTerminal(entry->job.state()) &&
+        !entry->cancelled.load()) {
+      return entry.get();
+    }
+  }
+  return nullptr;
+}
+
 absl::Status JobManager::ValidateCalibration(
     const v1::WeightOnlyQuantConfig& config) const {
   if (!config.has_calibration() || !config.calibration().has_data_file()) {
@@ -147,8 +173,10 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::SubmitJobRequest& reques
                    ResolveQuantConfig(request.config()));
   RETURN_IF_ERROR(ValidateCalibration(request.config()));
 
+  const std::string request_key = RequestKey(request.model_id(), resolved);
   auto entry = std::make_unique<JobEntry>();
   entry->model_dir = *model_dir;
+  entry->request_key = request_key;
   v1::Job& job = entry->job;
   job.set_job_id(NewJobId());
   job.set_model_id(request.model_id());
@@ -169,6 +197,14 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::SubmitJobRequest& reques
   absl::MutexLock lock(&mu_);
   if (stopping_) {
     return absl::UnavailableError("server is shutting down; retry elsewhere");
+  }
+  // Identical jobs would race to publish the same artifact; the newcomer
+  // follows the queued or running one instead.
+  if (JobEntry* same = FindActive(request_key)) {
+    AppendLog(&same->job, "joined by an identical submission");
+    Touch(same);
+    LogInfo("job_joined", {{"job_id", same->job.job_id()}});
+    return same->job;
   }
   v1::Job snapshot = job;
   JobEntry* raw = entry.get();
@@ -310,6 +346,12 @@ void JobManager::RunJob(JobEntry* entry) {
   };
 
   absl::StatusOr<v1::ArtifactManifest> manifest = QuantizeModel(request, *store_);
+  if (absl::IsAlreadyExists(manifest.status())) {
+    // A job whose request differed (e.g. submitted before the model files
+    // were put back) published the same artifact first; equal ids mean equal
+    // contents, so this run reuses it rather than failing.
+    manifest = QuantizeModel(request, *store_);
+  }
 
   absl::MutexLock lock(&mu_);
   v1::Job& job = entry->job;

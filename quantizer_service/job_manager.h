@@ -39,7 +39,10 @@ class JobManager {
   ~JobManager();
 
   // Validates model id and config at once (NOT_FOUND / INVALID_ARGUMENT /
-  // UNIMPLEMENTED saying what to change) and returns the QUEUED job.
+  // UNIMPLEMENTED saying what to change) and returns the QUEUED job. A
+  // request equal to a queued or running job's (same model id and resolved
+  // config, hence the same artifact) returns that job instead: its
+  // submitters share it, cancellation included.
   absl::StatusOr<v1::Job> SubmitJob(const v1::SubmitJobRequest& request);
   absl::StatusOr<v1::Job> GetJob(const std::string& job_id) const;
   // Oldest first.
@@ -67,6 +70,7 @@ class JobManager {
   struct JobEntry {
     v1::Job job;
     std::string model_dir;
+    std::string request_key;  // equal keys produce equal artifacts
     std::atomic<bool> cancelled{false};
     absl::Time started;
     int64_t version = 0;  // bumped on every change; watchers wait on it
@@ -78,6 +82,9 @@ class JobManager {
   // Records a change to `entry` and wakes watchers.
   void Touch(JobEntry* entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<JobEntry*> Find(const std::string& job_id) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The queued or running, not cancelled, job with this key, or null.
+  JobEntry* FindActive(const std::string& request_key) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status ValidateCalibration(const v1::WeightOnlyQuantConfig& config) const;
   absl::StatusOr<v1::Artifact> ArtifactOf(const v1::ArtifactManifest& manifest) const;

@@ -109,6 +109,43 @@ TEST_F(JobManagerTest, RunsToSuccessAndListsArtifact) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+TEST_F(JobManagerTest, IdenticalSubmissionsJoinTheActiveJob) {
+  // Enough workers to run all three at once: separate jobs would race to
+  // publish the same artifact.
+  options_.workers = 3;
+  auto jobs = Make();
+  ASSERT_NE(jobs, nullptr);
+  absl::StatusOr<v1::Job> first = jobs->SubmitJob(Request());
+  ASSERT_TRUE(first.ok()) << first.status();
+  // Defaults spelled out resolve to the same config, hence the same artifact.
+  v1::SubmitJobRequest explicit_defaults = Request();
+  explicit_defaults.mutable_config()->set_algorithm(v1::RTN);
+  for (const v1::SubmitJobRequest& request : {Request(), explicit_defaults}) {
+    absl::StatusOr<v1::Job> same = jobs->SubmitJob(request);
+    ASSERT_TRUE(same.ok()) << same.status();
+    EXPECT_EQ(same->job_id(), first->job_id());
+  }
+  v1::Job done = WaitForEnd(*jobs, first->job_id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error_message();
+  EXPECT_EQ(jobs->ListJobs().size(), 1u);
+
+  // Once it has ended, the same request is a new job reusing the artifact.
+  absl::StatusOr<v1::Job> again = jobs->SubmitJob(Request());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_NE(again->job_id(), first->job_id());
+  v1::Job again_done = WaitForEnd(*jobs, again->job_id());
+  EXPECT_EQ(again_done.state(), v1::JOB_STATE_SUCCEEDED) << again_done.error_message();
+  EXPECT_EQ(again_done.artifact_id(), done.artifact_id());
+
+  // A different config is a different job, even while one runs.
+  absl::StatusOr<v1::Job> int8 = jobs->SubmitJob(Request(v1::INT8));
+  absl::StatusOr<v1::Job> nf4 = jobs->SubmitJob(Request(v1::NF4));
+  ASSERT_TRUE(int8.ok() && nf4.ok());
+  EXPECT_NE(int8->job_id(), nf4->job_id());
+  EXPECT_EQ(WaitForEnd(*jobs, int8->job_id()).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(WaitForEnd(*jobs, nf4->job_id()).state(), v1::JOB_STATE_SUCCEEDED);
+}
+
 TEST_F(JobManagerTest, AwqJobReportsCalibrationAndSearchPhases) {
   auto jobs = Make();
   ASSERT_NE(jobs, nullptr);
