@@ -3,11 +3,15 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <tuple>
 #include <utility>
 
 #include "absl/random/random.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/util/json_util.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -19,6 +23,11 @@
 
 namespace wq {
 namespace {
+
+namespace fs = std::filesystem;
+
+constexpr char kJobsDir[] = ".jobs";  // dot-entries are not artifacts
+constexpr char kRecordSuffix[] = ".json";
 
 // Job.log grows with notable events only, but a pathological job must not
 // grow it without bound.
@@ -83,6 +92,12 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) 
   }
   ASSIGN_OR_RETURN(std::unique_ptr<ArtifactStore> store,
                    ArtifactStore::Open(options.artifact_root));
+  std::error_code ec;
+  fs::create_directories(absl::StrCat(options.artifact_root, "/", kJobsDir), ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("cannot create ", options.artifact_root, "/",
+                                            kJobsDir, ": ", ec.message()));
+  }
   return std::unique_ptr<JobManager>(
       new JobManager(std::move(options), std::move(store)));
 }
@@ -90,13 +105,94 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) 
 JobManager::JobManager(Options options, std::unique_ptr<ArtifactStore> store)
     : options_(std::move(options)),
       store_(std::move(store)),
+      jobs_dir_(absl::StrCat(options_.artifact_root, "/", kJobsDir)),
       registry_(options_.model_root) {
+  {
+    absl::MutexLock lock(&mu_);
+    LoadRecords();
+  }
   for (int i = 0; i < options_.workers; ++i) {
     workers_.emplace_back([this] { WorkerLoop(); });
   }
 }
 
 JobManager::~JobManager() { Shutdown(); }
+
+void JobManager::LoadRecords() {
+  std::vector<std::unique_ptr<JobEntry>> loaded;
+  std::error_code ec;
+  for (const auto& file : fs::directory_iterator(jobs_dir_, ec)) {
+    const std::string path = file.path().string();
+    const std::string name = file.path().filename().string();
+    if (!absl::EndsWith(name, kRecordSuffix)) {
+      // Only a crash mid-write leaves a temporary behind.
+      fs::remove(file.path(), ec);
+      continue;
+    }
+    absl::StatusOr<std::string> json = ReadFile(path);
+    auto entry = std::make_unique<JobEntry>();
+    google::protobuf::util::JsonParseOptions options;
+    options.ignore_unknown_fields = true;  // records of a newer server
+    absl::Status status = json.status();
+    if (status.ok() &&
+        !google::protobuf::util::JsonStringToMessage(*json, &entry->job, options).ok()) {
+      status = absl::DataLossError("not a Job in JSON");
+    }
+    if (status.ok() && absl::StrCat(entry->job.job_id(), kRecordSuffix) != name) {
+      status = absl::DataLossError("job_id does not match the file name");
+    }
+    if (!status.ok()) {
+      LogWarning("job_record_skipped", {{"path", path}, {"error", status.ToString()}});
+      continue;
+    }
+    loaded.push_back(std::move(entry));
+  }
+  if (ec) {
+    LogWarning("job_records_unreadable", {{"path", jobs_dir_}, {"error", ec.message()}});
+  }
+  std::sort(loaded.begin(), loaded.end(), [](const auto& a, const auto& b) {
+    const auto& x = a->job.create_time();
+    const auto& y = b->job.create_time();
+    return std::make_tuple(x.seconds(), x.nanos(), a->job.job_id()) <
+           std::make_tuple(y.seconds(), y.nanos(), b->job.job_id());
+  });
+  for (std::unique_ptr<JobEntry>& entry : loaded) {
+    v1::Job& job = entry->job;
+    if (!IsTerminal(job.state())) {
+      job.set_state(v1::JOB_STATE_FAILED);
+      job.set_error_code(static_cast<int>(absl::StatusCode::kUnavailable));
+      job.set_error_message("interrupted by restart");
+      job.mutable_progress()->set_eta_seconds(-1);
+      SetTimestamp(absl::Now(), job.mutable_end_time());
+      AppendLog(&job, "failed: interrupted by restart");
+      Persist(job);
+    }
+    order_.push_back(job.job_id());
+    jobs_.emplace(job.job_id(), std::move(entry));
+  }
+  LogInfo("job_records_loaded", {{"jobs", order_.size()}});
+}
+
+void JobManager::Persist(const v1::Job& job) const {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions print;
+  print.preserve_proto_field_names = true;
+  absl::Status status;
+  if (!google::protobuf::util::MessageToJsonString(job, &json, print).ok()) {
+    status = absl::InternalError("cannot serialise the job");
+  }
+  const std::string path = absl::StrCat(jobs_dir_, "/", job.job_id(), kRecordSuffix);
+  const std::string tmp = absl::StrCat(path, ".tmp");
+  // Temporary, then rename: a crash leaves the old record or the new one.
+  if (status.ok()) status = WriteFileDurably(tmp, json);
+  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    status = absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", strerror(errno)));
+  }
+  if (status.ok()) status = FsyncDirectory(jobs_dir_);
+  if (!status.ok()) {
+    LogError("job_persist_failed", {{"job_id", job.job_id()}, {"error", status.ToString()}});
+  }
+}
 
 void JobManager::Shutdown() {
   {
@@ -122,7 +218,8 @@ void JobManager::Shutdown() {
   }
 }
 
-void JobManager::Touch(JobEntry* entry) {
+void JobManager::Touch(JobEntry* entry, bool persist) {
+  if (persist) Persist(entry->job);
   ++entry->version;
   changed_.SignalAll();
 }
@@ -336,7 +433,8 @@ void JobManager::RunJob(JobEntry* entry) {
     if (phase_changed) {
       AppendLog(&entry->job, absl::StrCat(v1::JobPhase_Name(phase), ": ", p.message));
     }
-    Touch(entry);
+    // Progress ticks are too frequent to fsync; phases are few.
+    Touch(entry, /*persist=*/phase_changed);
     LogInfo("job_progress", {{"job_id", job_id},
                              {"phase", v1::JobPhase_Name(phase)},
                              {"step", p.step},

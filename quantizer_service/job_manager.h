@@ -1,6 +1,11 @@
 // Quantization jobs: validated at submission, queued, run by a fixed pool of
 // worker threads over QuantizeModel, observable while they run. No gRPC
 // here (only the proto messages), so it is testable on its own.
+//
+// Jobs are durable: each one's record (the Job message as JSON) is replaced
+// atomically under <artifact_root>/.jobs/<job_id>.json on every state or
+// phase change, so a restarted server lists finished jobs as they ended and
+// interrupted ones as FAILED "interrupted by restart".
 #ifndef WQ_QUANTIZER_SERVICE_JOB_MANAGER_H_
 #define WQ_QUANTIZER_SERVICE_JOB_MANAGER_H_
 
@@ -33,7 +38,9 @@ class JobManager {
     int workers = 1;        // jobs run concurrently
   };
 
-  // Opens the artifact store (creating the root) and starts the workers.
+  // Opens the artifact store (creating the root), loads the job records left
+  // by earlier runs (skipping, with a log line, any it cannot read) and
+  // starts the workers.
   static absl::StatusOr<std::unique_ptr<JobManager>> Create(Options options);
   // Shutdown().
   ~JobManager();
@@ -77,10 +84,15 @@ class JobManager {
   };
 
   explicit JobManager(Options options, std::unique_ptr<ArtifactStore> store);
+  // Reads the records under jobs_dir_; interrupted jobs end FAILED.
+  void LoadRecords() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Replaces the job's record; a failure is logged, the job goes on.
+  void Persist(const v1::Job& job) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WorkerLoop();
   void RunJob(JobEntry* entry);
-  // Records a change to `entry` and wakes watchers.
-  void Touch(JobEntry* entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records a change to `entry`, persisting it if asked, and wakes watchers.
+  // Persisting under mu_ keeps a job's records in the order of its changes.
+  void Touch(JobEntry* entry, bool persist = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<JobEntry*> Find(const std::string& job_id) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // The queued or running, not cancelled, job with this key, or null.
@@ -91,6 +103,7 @@ class JobManager {
 
   const Options options_;
   const std::unique_ptr<ArtifactStore> store_;
+  const std::string jobs_dir_;  // job records
   const ModelRegistry registry_;
 
   mutable absl::Mutex mu_;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <string>
 
@@ -244,6 +245,54 @@ TEST_F(JobManagerTest, ShutdownCancelsQueuedJobsAndRefusesNewOnes) {
   }
   EXPECT_EQ(jobs->GetJob(ids.back())->state(), v1::JOB_STATE_CANCELLED);
   EXPECT_EQ(jobs->SubmitJob(Request()).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(JobManagerTest, JobsSurviveRestart) {
+  v1::Job done;
+  {
+    auto jobs = Make();
+    ASSERT_NE(jobs, nullptr);
+    absl::StatusOr<v1::Job> job = jobs->SubmitJob(Request());
+    ASSERT_TRUE(job.ok()) << job.status();
+    done = WaitForEnd(*jobs, job->job_id());
+    ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error_message();
+  }
+  const std::string dir = options_.artifact_root + "/.jobs/";
+  // A job the previous server was running when it died, records it cannot
+  // read, and a temporary a crash left mid-write.
+  auto write = [&](const std::string& name, const std::string& contents) {
+    std::ofstream(dir + name) << contents;
+  };
+  write("job-running.json",
+        R"({"job_id":"job-running","model_id":"stories260K","state":"JOB_STATE_RUNNING",)"
+        R"("create_time":"2030-01-01T00:00:00Z","progress":{"phase":"PHASE_QUANTIZING"}})");
+  write("job-garbage.json", "{not json");
+  write("job-other.json", R"({"job_id":"job-elsewhere","state":"JOB_STATE_SUCCEEDED"})");
+  write("job-x.json.tmp", "{");
+
+  auto jobs = Make();
+  ASSERT_NE(jobs, nullptr);
+  absl::StatusOr<v1::Job> reloaded = jobs->GetJob(done.job_id());
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+  EXPECT_EQ(reloaded->DebugString(), done.DebugString());
+  absl::StatusOr<v1::Job> interrupted = jobs->GetJob("job-running");
+  ASSERT_TRUE(interrupted.ok()) << interrupted.status();
+  EXPECT_EQ(interrupted->state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(interrupted->error_message(), "interrupted by restart");
+  EXPECT_EQ(interrupted->progress().phase(), v1::PHASE_QUANTIZING);
+  EXPECT_EQ(jobs->GetJob("job-elsewhere").status().code(), absl::StatusCode::kNotFound);
+  std::vector<v1::Job> listed = jobs->ListJobs();
+  ASSERT_EQ(listed.size(), 2u);  // oldest first
+  EXPECT_EQ(listed[0].job_id(), done.job_id());
+  EXPECT_EQ(listed[1].job_id(), "job-running");
+  EXPECT_FALSE(std::filesystem::exists(dir + "job-x.json.tmp"));
+  EXPECT_EQ(jobs->ListArtifacts().size(), 1u) << "job records are not artifacts";
+
+  // The interrupted job's new state is itself durable.
+  jobs.reset();
+  jobs = Make();
+  ASSERT_NE(jobs, nullptr);
+  EXPECT_EQ(jobs->GetJob("job-running")->end_time().seconds(), interrupted->end_time().seconds());
 }
 
 TEST_F(JobManagerTest, WatchGivesUpWhenStopped) {
