@@ -4,7 +4,6 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <tuple>
 #include <utility>
 
 #include "absl/random/random.h"
@@ -12,6 +11,7 @@
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/json_util.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -29,9 +29,19 @@ namespace fs = std::filesystem;
 constexpr char kJobsDir[] = ".jobs";  // dot-entries are not artifacts
 constexpr char kRecordSuffix[] = ".json";
 
+// ListJobs pages: small by default, and never near gRPC's 4 MiB default
+// message limit (a job's log alone may hold kMaxLogLines lines).
+constexpr int kDefaultPageSize = 100;
+constexpr int kMaxPageSize = 1000;
+constexpr size_t kMaxPageBytes = 3 << 20;
+
 // Job.log grows with notable events only, but a pathological job must not
 // grow it without bound.
 constexpr int kMaxLogLines = 200;
+
+int64_t UnixNanos(const google::protobuf::Timestamp& ts) {
+  return ts.seconds() * 1000000000 + ts.nanos();
+}
 
 void SetTimestamp(absl::Time t, google::protobuf::Timestamp* ts) {
   const int64_t nanos = absl::ToUnixNanos(t);
@@ -90,6 +100,11 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) 
     return absl::InvalidArgumentError(
         absl::StrCat("workers must be >= 1, got ", options.workers));
   }
+  // At least one: a job that just ended stays watchable.
+  if (options.job_retention < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job_retention must be >= 1, got ", options.job_retention));
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<ArtifactStore> store,
                    ArtifactStore::Open(options.artifact_root));
   std::error_code ec;
@@ -119,7 +134,6 @@ JobManager::JobManager(Options options, std::unique_ptr<ArtifactStore> store)
 JobManager::~JobManager() { Shutdown(); }
 
 void JobManager::LoadRecords() {
-  std::vector<std::unique_ptr<JobEntry>> loaded;
   std::error_code ec;
   for (const auto& file : fs::directory_iterator(jobs_dir_, ec)) {
     const std::string path = file.path().string();
@@ -145,18 +159,6 @@ void JobManager::LoadRecords() {
       LogWarning("job_record_skipped", {{"path", path}, {"error", status.ToString()}});
       continue;
     }
-    loaded.push_back(std::move(entry));
-  }
-  if (ec) {
-    LogWarning("job_records_unreadable", {{"path", jobs_dir_}, {"error", ec.message()}});
-  }
-  std::sort(loaded.begin(), loaded.end(), [](const auto& a, const auto& b) {
-    const auto& x = a->job.create_time();
-    const auto& y = b->job.create_time();
-    return std::make_tuple(x.seconds(), x.nanos(), a->job.job_id()) <
-           std::make_tuple(y.seconds(), y.nanos(), b->job.job_id());
-  });
-  for (std::unique_ptr<JobEntry>& entry : loaded) {
     v1::Job& job = entry->job;
     if (!IsTerminal(job.state())) {
       job.set_state(v1::JOB_STATE_FAILED);
@@ -167,10 +169,39 @@ void JobManager::LoadRecords() {
       AppendLog(&job, "failed: interrupted by restart");
       Persist(job);
     }
-    order_.push_back(job.job_id());
+    order_.emplace(OrderKey{UnixNanos(job.create_time()), job.job_id()}, job.job_id());
     jobs_.emplace(job.job_id(), std::move(entry));
   }
+  if (ec) {
+    LogWarning("job_records_unreadable", {{"path", jobs_dir_}, {"error", ec.message()}});
+  }
   LogInfo("job_records_loaded", {{"jobs", order_.size()}});
+  EvictFinished();
+}
+
+void JobManager::EvictFinished() {
+  std::vector<const JobEntry*> finished;
+  for (const auto& [id, entry] : jobs_) {
+    if (IsTerminal(entry->job.state())) finished.push_back(entry.get());
+  }
+  if (finished.size() <= static_cast<size_t>(options_.job_retention)) return;
+  const size_t evict = finished.size() - options_.job_retention;
+  // Oldest finished first.
+  std::partial_sort(finished.begin(), finished.begin() + evict, finished.end(),
+                    [](const JobEntry* a, const JobEntry* b) {
+                      return std::make_pair(UnixNanos(a->job.end_time()), a->job.job_id()) <
+                             std::make_pair(UnixNanos(b->job.end_time()), b->job.job_id());
+                    });
+  for (size_t i = 0; i < evict; ++i) {
+    const v1::Job& job = finished[i]->job;
+    const std::string id = job.job_id();
+    std::error_code ec;
+    fs::remove(absl::StrCat(jobs_dir_, "/", id, kRecordSuffix), ec);
+    if (ec) LogWarning("job_record_not_removed", {{"job_id", id}, {"error", ec.message()}});
+    order_.erase(OrderKey{UnixNanos(job.create_time()), id});
+    jobs_.erase(id);
+    LogInfo("job_evicted", {{"job_id", id}});
+  }
 }
 
 void JobManager::Persist(const v1::Job& job) const {
@@ -207,6 +238,7 @@ void JobManager::Shutdown() {
         Touch(entry);
       }
       queue_.clear();
+      EvictFinished();
       for (auto& [id, entry] : jobs_) {
         if (entry->job.state() == v1::JOB_STATE_RUNNING) entry->cancelled.store(true);
       }
@@ -305,7 +337,7 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::SubmitJobRequest& reques
   }
   v1::Job snapshot = job;
   JobEntry* raw = entry.get();
-  order_.push_back(job.job_id());
+  order_.emplace(OrderKey{UnixNanos(job.create_time()), job.job_id()}, job.job_id());
   jobs_.emplace(job.job_id(), std::move(entry));
   queue_.push_back(raw);
   Touch(raw);
@@ -321,12 +353,45 @@ absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& job_id) const {
   return entry->job;
 }
 
-std::vector<v1::Job> JobManager::ListJobs() const {
+absl::StatusOr<v1::ListJobsResponse> JobManager::ListJobs(
+    const v1::ListJobsRequest& request) const {
+  if (request.page_size() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size must be >= 0 (0 = ", kDefaultPageSize, "), got ",
+                     request.page_size()));
+  }
+  const int page_size = request.page_size() == 0 ? kDefaultPageSize
+                                                 : std::min(request.page_size(), kMaxPageSize);
+  // The token names the last job returned (create time and id), so pages
+  // stay consistent while jobs are added or evicted, and across restarts.
+  OrderKey after;
+  const bool resume = !request.page_token().empty();
+  if (resume) {
+    const std::string& token = request.page_token();
+    const size_t dot = token.find('.');
+    if (dot == std::string::npos ||
+        !absl::SimpleAtoi(absl::string_view(token).substr(0, dot), &after.first)) {
+      return absl::InvalidArgumentError(
+          "page_token is not one a ListJobs response returned; omit it to start over");
+    }
+    after.second = token.substr(dot + 1);
+  }
   absl::MutexLock lock(&mu_);
-  std::vector<v1::Job> jobs;
-  jobs.reserve(order_.size());
-  for (const std::string& id : order_) jobs.push_back(jobs_.at(id)->job);
-  return jobs;
+  v1::ListJobsResponse response;
+  size_t bytes = 0;
+  for (auto it = resume ? order_.upper_bound(after) : order_.begin(); it != order_.end(); ++it) {
+    const v1::Job& job = jobs_.at(it->second)->job;
+    const size_t size = job.ByteSizeLong();
+    if (response.jobs_size() == page_size ||
+        (response.jobs_size() > 0 && bytes + size > kMaxPageBytes)) {
+      const OrderKey& last = std::prev(it)->first;
+      response.set_next_page_token(absl::StrCat(last.first, ".", last.second));
+      break;
+    }
+    bytes += size;
+    *response.add_jobs() = job;
+  }
+  return response;
 }
 
 absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& job_id) {
@@ -349,14 +414,15 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& job_id) {
     job.set_state(v1::JOB_STATE_CANCELLED);
     SetTimestamp(absl::Now(), job.mutable_end_time());
     AppendLog(&job, "cancelled while queued");
-    Touch(entry);
   } else {
     // The worker notices the flag between units of work and ends the job.
     AppendLog(&job, "cancellation requested");
-    Touch(entry);
   }
+  Touch(entry);
   LogInfo("job_cancel", {{"job_id", job_id}});
-  return job;
+  v1::Job snapshot = job;
+  EvictFinished();  // may drop `entry`
+  return snapshot;
 }
 
 absl::Status JobManager::WatchJob(const std::string& job_id,
@@ -482,6 +548,7 @@ void JobManager::RunJob(JobEntry* entry) {
            {"error", job.error_message()},
            {"seconds", absl::ToDoubleSeconds(absl::Now() - entry->started)},
            {"peak_memory_bytes", job.peak_memory_bytes()}});
+  EvictFinished();  // may drop `entry`
 }
 
 absl::StatusOr<v1::Artifact> JobManager::ArtifactOf(

@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -36,6 +37,9 @@ class JobManager {
     std::string artifact_root;
     std::string data_root;  // calibration files are resolved under it
     int workers = 1;        // jobs run concurrently
+    // Finished jobs kept (>= 1); beyond it the oldest finished are forgotten,
+    // records included.
+    int job_retention = 1000;
   };
 
   // Opens the artifact store (creating the root), loads the job records left
@@ -52,8 +56,11 @@ class JobManager {
   // submitters share it, cancellation included.
   absl::StatusOr<v1::Job> SubmitJob(const v1::SubmitJobRequest& request);
   absl::StatusOr<v1::Job> GetJob(const std::string& job_id) const;
-  // Oldest first.
-  std::vector<v1::Job> ListJobs() const;
+  // Oldest first, a page at a time: page_size 0 means 100, more than 1000
+  // means 1000, and a page stops short of 3 MiB. next_page_token is set
+  // while jobs remain. INVALID_ARGUMENT for a negative size or a token no
+  // response gave.
+  absl::StatusOr<v1::ListJobsResponse> ListJobs(const v1::ListJobsRequest& request) const;
   // A queued job ends CANCELLED at once; a running one at its next check,
   // leaving no artifact. FAILED_PRECONDITION when it has already ended.
   absl::StatusOr<v1::Job> CancelJob(const std::string& job_id);
@@ -84,6 +91,8 @@ class JobManager {
   };
 
   explicit JobManager(Options options, std::unique_ptr<ArtifactStore> store);
+  // Forgets the oldest finished jobs beyond options_.job_retention.
+  void EvictFinished() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Reads the records under jobs_dir_; interrupted jobs end FAILED.
   void LoadRecords() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Replaces the job's record; a failure is logged, the job goes on.
@@ -109,7 +118,9 @@ class JobManager {
   mutable absl::Mutex mu_;
   mutable absl::CondVar changed_;  // any job changed, or the queue grew
   std::map<std::string, std::unique_ptr<JobEntry>> jobs_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::string> order_ ABSL_GUARDED_BY(mu_);  // submission order
+  // Create time (Unix nanoseconds) and id; ListJobs' order and page tokens.
+  using OrderKey = std::pair<int64_t, std::string>;
+  std::map<OrderKey, std::string> order_ ABSL_GUARDED_BY(mu_);  // to job id
   std::deque<JobEntry*> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> workers_;

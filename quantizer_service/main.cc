@@ -20,6 +20,8 @@ ABSL_FLAG(std::string, model_root, "./models", "directory of source models (mode
 ABSL_FLAG(std::string, artifact_root, "./artifacts", "directory of quantized artifacts");
 ABSL_FLAG(std::string, data_root, "./data", "directory of calibration files");
 ABSL_FLAG(int, workers, 1, "jobs run concurrently");
+ABSL_FLAG(int, job_retention, 1000,
+          "finished jobs kept (records included); the oldest finished are forgotten first");
 ABSL_FLAG(int, threads, 0, "oneTBB worker threads; 0 = all cores");
 
 int main(int argc, char** argv) {
@@ -45,6 +47,7 @@ int main(int argc, char** argv) {
   options.artifact_root = absl::GetFlag(FLAGS_artifact_root);
   options.data_root = absl::GetFlag(FLAGS_data_root);
   options.workers = absl::GetFlag(FLAGS_workers);
+  options.job_retention = absl::GetFlag(FLAGS_job_retention);
   absl::StatusOr<std::unique_ptr<wq::JobManager>> jobs = wq::JobManager::Create(options);
   if (!jobs.ok()) {
     wq::LogError("startup_failed", {{"error", jobs.status().ToString()}});
@@ -62,5 +65,6 @@ int main(int argc, char** argv) {
   return wq::ServeUntilShutdown(server, {{"model_root", options.model_root},
                                          {"artifact_root", options.artifact_root},
                                          {"workers", options.workers},
+                                         {"job_retention", options.job_retention},
                                          {"threads", threads}});
 }

@@ -56,6 +56,21 @@ class JobManagerTest : public ::testing::Test {
     return last;
   }
 
+  // Every job, following pages of `page_size`.
+  static std::vector<v1::Job> AllJobs(const JobManager& jobs, int page_size = 0) {
+    std::vector<v1::Job> all;
+    v1::ListJobsRequest request;
+    request.set_page_size(page_size);
+    do {
+      absl::StatusOr<v1::ListJobsResponse> page = jobs.ListJobs(request);
+      EXPECT_TRUE(page.ok()) << page.status();
+      if (!page.ok()) break;
+      all.insert(all.end(), page->jobs().begin(), page->jobs().end());
+      request.set_page_token(page->next_page_token());
+    } while (!request.page_token().empty());
+    return all;
+  }
+
   JobManager::Options options_;
 };
 
@@ -81,7 +96,7 @@ TEST_F(JobManagerTest, SubmitValidatesAtOnce) {
   EXPECT_EQ(jobs->SubmitJob(request).status().code(), absl::StatusCode::kInvalidArgument);
   request.mutable_config()->mutable_calibration()->set_data_file("missing.txt");
   EXPECT_EQ(jobs->SubmitJob(request).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_TRUE(jobs->ListJobs().empty());
+  EXPECT_TRUE(AllJobs(*jobs).empty());
 }
 
 TEST_F(JobManagerTest, RunsToSuccessAndListsArtifact) {
@@ -128,7 +143,7 @@ TEST_F(JobManagerTest, IdenticalSubmissionsJoinTheActiveJob) {
   }
   v1::Job done = WaitForEnd(*jobs, first->job_id());
   ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error_message();
-  EXPECT_EQ(jobs->ListJobs().size(), 1u);
+  EXPECT_EQ(AllJobs(*jobs).size(), 1u);
 
   // Once it has ended, the same request is a new job reusing the artifact.
   absl::StatusOr<v1::Job> again = jobs->SubmitJob(Request());
@@ -281,7 +296,7 @@ TEST_F(JobManagerTest, JobsSurviveRestart) {
   EXPECT_EQ(interrupted->error_message(), "interrupted by restart");
   EXPECT_EQ(interrupted->progress().phase(), v1::PHASE_QUANTIZING);
   EXPECT_EQ(jobs->GetJob("job-elsewhere").status().code(), absl::StatusCode::kNotFound);
-  std::vector<v1::Job> listed = jobs->ListJobs();
+  std::vector<v1::Job> listed = AllJobs(*jobs);
   ASSERT_EQ(listed.size(), 2u);  // oldest first
   EXPECT_EQ(listed[0].job_id(), done.job_id());
   EXPECT_EQ(listed[1].job_id(), "job-running");
@@ -293,6 +308,67 @@ TEST_F(JobManagerTest, JobsSurviveRestart) {
   jobs = Make();
   ASSERT_NE(jobs, nullptr);
   EXPECT_EQ(jobs->GetJob("job-running")->end_time().seconds(), interrupted->end_time().seconds());
+}
+
+TEST_F(JobManagerTest, ListJobsPages) {
+  auto jobs = Make();
+  ASSERT_NE(jobs, nullptr);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    // Different group sizes: distinct jobs, none joining another.
+    v1::SubmitJobRequest request = Request();
+    request.mutable_config()->set_group_size(32 << (i % 2));
+    request.mutable_config()->set_weight_dtype(i < 2 ? v1::INT4_CLIP : i < 4 ? v1::INT8 : v1::NF4);
+    absl::StatusOr<v1::Job> job = jobs->SubmitJob(request);
+    ASSERT_TRUE(job.ok()) << job.status();
+    ids.push_back(job->job_id());
+  }
+  v1::ListJobsRequest request;
+  request.set_page_size(2);
+  absl::StatusOr<v1::ListJobsResponse> page = jobs->ListJobs(request);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->jobs_size(), 2);
+  EXPECT_FALSE(page->next_page_token().empty());
+  std::vector<std::string> listed;
+  for (const v1::Job& job : AllJobs(*jobs, 2)) listed.push_back(job.job_id());
+  EXPECT_EQ(listed, ids);
+  listed.clear();
+  for (const v1::Job& job : AllJobs(*jobs)) listed.push_back(job.job_id());
+  EXPECT_EQ(listed, ids);
+
+  request.set_page_size(-1);
+  EXPECT_EQ(jobs->ListJobs(request).status().code(), absl::StatusCode::kInvalidArgument);
+  request.set_page_size(0);
+  request.set_page_token("garbage");
+  EXPECT_EQ(jobs->ListJobs(request).status().code(), absl::StatusCode::kInvalidArgument);
+  for (const std::string& id : ids) WaitForEnd(*jobs, id);
+}
+
+TEST_F(JobManagerTest, FinishedJobsBeyondRetentionAreEvicted) {
+  options_.job_retention = 2;
+  std::vector<std::string> ids;
+  {
+    auto jobs = Make();
+    ASSERT_NE(jobs, nullptr);
+    for (v1::WeightDtype dtype : {v1::INT8, v1::NF4, v1::FP4_E2M1, v1::INT4_CLIP}) {
+      absl::StatusOr<v1::Job> job = jobs->SubmitJob(Request(dtype));
+      ASSERT_TRUE(job.ok()) << job.status();
+      ids.push_back(job->job_id());
+      // One at a time: end order is submission order.
+      EXPECT_EQ(WaitForEnd(*jobs, job->job_id()).state(), v1::JOB_STATE_SUCCEEDED);
+    }
+    std::vector<v1::Job> listed = AllJobs(*jobs);
+    ASSERT_EQ(listed.size(), 2u);
+    EXPECT_EQ(listed[0].job_id(), ids[2]);
+    EXPECT_EQ(listed[1].job_id(), ids[3]);
+    EXPECT_EQ(jobs->GetJob(ids[0]).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(jobs->ListArtifacts().size(), 4u) << "artifacts outlive their jobs";
+  }
+  // Evicted records are gone from disk too.
+  options_.job_retention = 1000;
+  auto jobs = Make();
+  ASSERT_NE(jobs, nullptr);
+  EXPECT_EQ(AllJobs(*jobs).size(), 2u);
 }
 
 TEST_F(JobManagerTest, WatchGivesUpWhenStopped) {
