@@ -225,7 +225,8 @@ void JobManager::Persist(const v1::Job& job) const {
   }
 }
 
-void JobManager::Shutdown() {
+bool JobManager::Shutdown(absl::Duration grace) {
+  const absl::Time deadline = absl::Now() + grace;
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
@@ -244,10 +245,19 @@ void JobManager::Shutdown() {
       }
       changed_.SignalAll();
     }
+    while (running_ > 0 && absl::Now() < deadline) changed_.WaitWithDeadline(&mu_, deadline);
+    if (running_ > 0) {
+      // A job blocked where no cancellation check reaches (a hung read):
+      // joining would wait for it without bound.
+      LogError("shutdown_grace_expired", {{"running_jobs", running_},
+                                          {"grace_seconds", absl::ToDoubleSeconds(grace)}});
+      return false;
+    }
   }
   for (std::thread& worker : workers_) {
     if (worker.joinable()) worker.join();
   }
+  return true;
 }
 
 void JobManager::Touch(JobEntry* entry, bool persist) {
@@ -459,6 +469,7 @@ void JobManager::WorkerLoop() {
       if (queue_.empty()) return;  // stopping
       entry = queue_.front();
       queue_.pop_front();
+      ++running_;
       entry->job.set_state(v1::JOB_STATE_RUNNING);
       entry->job.mutable_progress()->set_phase(v1::PHASE_LOADING);
       entry->started = absl::Now();
@@ -466,6 +477,9 @@ void JobManager::WorkerLoop() {
       Touch(entry);
     }
     RunJob(entry);
+    absl::MutexLock lock(&mu_);
+    --running_;
+    changed_.SignalAll();
   }
 }
 

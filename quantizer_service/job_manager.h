@@ -77,8 +77,11 @@ class JobManager {
   absl::StatusOr<v1::Artifact> GetArtifact(const std::string& artifact_id) const;
 
   // Cancels queued and running jobs and joins the workers. Later submissions
-  // fail with UNAVAILABLE. Idempotent.
-  void Shutdown();
+  // fail with UNAVAILABLE. Idempotent. False, leaving the workers running,
+  // when a job has not stopped within `grace`: the caller may then exit
+  // the process (the job's record then says it was interrupted), or call
+  // again to wait longer; destroying the manager waits without bound.
+  bool Shutdown(absl::Duration grace = absl::InfiniteDuration());
 
  private:
   struct JobEntry {
@@ -123,6 +126,7 @@ class JobManager {
   std::map<OrderKey, std::string> order_ ABSL_GUARDED_BY(mu_);  // to job id
   std::deque<JobEntry*> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int running_ ABSL_GUARDED_BY(mu_) = 0;  // jobs a worker has taken
   std::vector<std::thread> workers_;
 };
 
