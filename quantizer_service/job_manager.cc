@@ -140,7 +140,8 @@ void JobManager::LoadRecords() {
     const std::string name = file.path().filename().string();
     if (!absl::EndsWith(name, kRecordSuffix)) {
       // Only a crash mid-write leaves a temporary behind.
-      fs::remove(file.path(), ec);
+      std::error_code ignored;
+      fs::remove(file.path(), ignored);
       continue;
     }
     absl::StatusOr<std::string> json = ReadFile(path);
@@ -525,9 +526,10 @@ void JobManager::RunJob(JobEntry* entry) {
 
   absl::StatusOr<v1::ArtifactManifest> manifest = QuantizeModel(request, *store_);
   if (absl::IsAlreadyExists(manifest.status())) {
-    // A job whose request differed (e.g. submitted before the model files
-    // were put back) published the same artifact first; equal ids mean equal
-    // contents, so this run reuses it rather than failing.
+    // A job with another request key published the same artifact first
+    // (model ids "a/b" and "a_b" of identical files, or the model's files
+    // restored while one was queued); equal ids mean equal contents, so this
+    // run reuses it rather than failing.
     manifest = QuantizeModel(request, *store_);
   }
 
