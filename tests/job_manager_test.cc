@@ -164,6 +164,34 @@ TEST_F(JobManagerTest, IdenticalSubmissionsJoinTheActiveJob) {
   EXPECT_EQ(WaitForEnd(*jobs, nf4->job_id()).state(), v1::JOB_STATE_SUCCEEDED);
 }
 
+TEST_F(JobManagerTest, JobsOfDifferentRequestsForOneArtifactBothSucceed) {
+  // "team/m" and "team_m" hold the same files: different requests (no
+  // joining), the same artifact id, run side by side.
+  const std::string source = options_.model_root + "/stories260K";
+  options_.model_root = options_.artifact_root + "-models";
+  for (const char* dir : {"/team/m", "/team_m"}) {
+    ASSERT_TRUE(std::filesystem::create_directories(options_.model_root + dir));
+    std::filesystem::copy(source, options_.model_root + dir);
+  }
+  options_.workers = 2;
+  auto jobs = Make();
+  ASSERT_NE(jobs, nullptr);
+  std::vector<std::string> ids;
+  for (const char* model : {"team/m", "team_m"}) {
+    v1::SubmitJobRequest request = Request();
+    request.set_model_id(model);
+    absl::StatusOr<v1::Job> job = jobs->SubmitJob(request);
+    ASSERT_TRUE(job.ok()) << job.status();
+    ids.push_back(job->job_id());
+  }
+  ASSERT_NE(ids[0], ids[1]);
+  v1::Job first = WaitForEnd(*jobs, ids[0]);
+  v1::Job second = WaitForEnd(*jobs, ids[1]);
+  EXPECT_EQ(first.state(), v1::JOB_STATE_SUCCEEDED) << first.error_message();
+  EXPECT_EQ(second.state(), v1::JOB_STATE_SUCCEEDED) << second.error_message();
+  EXPECT_EQ(first.artifact_id(), second.artifact_id());
+}
+
 TEST_F(JobManagerTest, AwqJobReportsCalibrationAndSearchPhases) {
   auto jobs = Make();
   ASSERT_NE(jobs, nullptr);
