@@ -11,7 +11,9 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "google/protobuf/util/json_util.h"
 
 #include "gtest/gtest.h"
 
@@ -372,6 +374,41 @@ TEST_F(JobManagerTest, ListJobsPages) {
   request.set_page_token("garbage");
   EXPECT_EQ(jobs->ListJobs(request).status().code(), absl::StatusCode::kInvalidArgument);
   for (const std::string& id : ids) WaitForEnd(*jobs, id);
+}
+
+TEST_F(JobManagerTest, ListJobsPagesStayUnderTheMessageLimit) {
+  // 30 records of about 200 KiB each (the most log a job keeps), left by an
+  // earlier server: 6 MiB in all, over gRPC's 4 MiB default.
+  const std::string dir = options_.artifact_root + "/.jobs/";
+  ASSERT_TRUE(std::filesystem::create_directories(dir));
+  const std::string line(1024, 'x');
+  for (int i = 0; i < 30; ++i) {
+    v1::Job job;
+    job.set_job_id(absl::StrCat("job-", 100 + i));
+    job.set_state(v1::JOB_STATE_SUCCEEDED);
+    job.mutable_create_time()->set_seconds(1000 + i);
+    for (int j = 0; j < 200; ++j) job.add_log(line);
+    std::string json;
+    ASSERT_TRUE(google::protobuf::util::MessageToJsonString(job, &json).ok());
+    std::ofstream(dir + job.job_id() + ".json") << json;
+  }
+  auto jobs = Make();
+  ASSERT_NE(jobs, nullptr);
+  v1::ListJobsRequest request;
+  request.set_page_size(1000);
+  int pages = 0;
+  int listed = 0;
+  do {
+    absl::StatusOr<v1::ListJobsResponse> page = jobs->ListJobs(request);
+    ASSERT_TRUE(page.ok()) << page.status();
+    EXPECT_LE(page->ByteSizeLong(), 3u << 20);
+    EXPECT_GT(page->jobs_size(), 0);
+    ++pages;
+    listed += page->jobs_size();
+    request.set_page_token(page->next_page_token());
+  } while (!request.page_token().empty());
+  EXPECT_EQ(listed, 30);
+  EXPECT_GE(pages, 2);
 }
 
 TEST_F(JobManagerTest, FinishedJobsBeyondRetentionAreEvicted) {
