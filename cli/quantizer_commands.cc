@@ -175,14 +175,19 @@ void PrintJob(const v1::Job& job) {
 
 int Jobs() {
   auto stub = v1::QuantizerService::NewStub(Connect(false));
-  grpc::ClientContext context;
-  SetDeadline(&context);
-  v1::ListJobsResponse response;
-  grpc::Status status = stub->ListJobs(&context, v1::ListJobsRequest(), &response);
-  if (!status.ok()) return RpcError("ListJobs", status);
   std::cout << absl::StrFormat("%-22s %-10s %-24s %6s %s\n", "JOB", "STATE", "MODEL",
                                "DONE", "ARTIFACT/ERROR");
-  for (const v1::Job& job : response.jobs()) PrintJob(job);
+  // The server answers a page at a time.
+  v1::ListJobsRequest request;
+  do {
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    v1::ListJobsResponse response;
+    grpc::Status status = stub->ListJobs(&context, request, &response);
+    if (!status.ok()) return RpcError("ListJobs", status);
+    for (const v1::Job& job : response.jobs()) PrintJob(job);
+    request.set_page_token(response.next_page_token());
+  } while (!request.page_token().empty());
   return kOk;
 }
 

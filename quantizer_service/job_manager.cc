@@ -3,9 +3,15 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <utility>
 
 #include "absl/random/random.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/util/json_util.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -18,9 +24,24 @@
 namespace wq {
 namespace {
 
+namespace fs = std::filesystem;
+
+constexpr char kJobsDir[] = ".jobs";  // dot-entries are not artifacts
+constexpr char kRecordSuffix[] = ".json";
+
+// ListJobs pages: small by default, and never near gRPC's 4 MiB default
+// message limit (a job's log alone may hold kMaxLogLines lines).
+constexpr int kDefaultPageSize = 100;
+constexpr int kMaxPageSize = 1000;
+constexpr size_t kMaxPageBytes = 3 << 20;
+
 // Job.log grows with notable events only, but a pathological job must not
 // grow it without bound.
 constexpr int kMaxLogLines = 200;
+
+int64_t UnixNanos(const google::protobuf::Timestamp& ts) {
+  return ts.seconds() * 1000000000 + ts.nanos();
+}
 
 void SetTimestamp(absl::Time t, google::protobuf::Timestamp* ts) {
   const int64_t nanos = absl::ToUnixNanos(t);
@@ -54,6 +75,20 @@ std::string NewJobId() {
   return absl::StrFormat("job-%016x", absl::Uniform<uint64_t>(*gen));
 }
 
+// Identifies what a job will produce without the model checksum (which
+// costs a read of every weight): ArtifactIdFor hashes the same model id and
+// resolved config, so equal keys mean equal artifacts while the model's
+// files stay put.
+std::string RequestKey(const std::string& model_id, const v1::WeightOnlyQuantConfig& resolved) {
+  std::string key = absl::StrCat(model_id, "\n");
+  google::protobuf::io::StringOutputStream out(&key);
+  google::protobuf::io::CodedOutputStream coded(&out);
+  coded.SetSerializationDeterministic(true);
+  resolved.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return key;
+}
+
 }  // namespace
 
 bool IsTerminal(v1::JobState state) {
@@ -65,8 +100,19 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) 
     return absl::InvalidArgumentError(
         absl::StrCat("workers must be >= 1, got ", options.workers));
   }
+  // At least one: a job that just ended stays watchable.
+  if (options.job_retention < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job_retention must be >= 1, got ", options.job_retention));
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<ArtifactStore> store,
                    ArtifactStore::Open(options.artifact_root));
+  std::error_code ec;
+  fs::create_directories(absl::StrCat(options.artifact_root, "/", kJobsDir), ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("cannot create ", options.artifact_root, "/",
+                                            kJobsDir, ": ", ec.message()));
+  }
   return std::unique_ptr<JobManager>(
       new JobManager(std::move(options), std::move(store)));
 }
@@ -74,7 +120,12 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) 
 JobManager::JobManager(Options options, std::unique_ptr<ArtifactStore> store)
     : options_(std::move(options)),
       store_(std::move(store)),
+      jobs_dir_(absl::StrCat(options_.artifact_root, "/", kJobsDir)),
       registry_(options_.model_root) {
+  {
+    absl::MutexLock lock(&mu_);
+    LoadRecords();
+  }
   for (int i = 0; i < options_.workers; ++i) {
     workers_.emplace_back([this] { WorkerLoop(); });
   }
@@ -82,7 +133,101 @@ JobManager::JobManager(Options options, std::unique_ptr<ArtifactStore> store)
 
 JobManager::~JobManager() { Shutdown(); }
 
-void JobManager::Shutdown() {
+void JobManager::LoadRecords() {
+  std::error_code ec;
+  for (const auto& file : fs::directory_iterator(jobs_dir_, ec)) {
+    const std::string path = file.path().string();
+    const std::string name = file.path().filename().string();
+    if (!absl::EndsWith(name, kRecordSuffix)) {
+      // Only a crash mid-write leaves a temporary behind.
+      std::error_code ignored;
+      fs::remove(file.path(), ignored);
+      continue;
+    }
+    absl::StatusOr<std::string> json = ReadFile(path);
+    auto entry = std::make_unique<JobEntry>();
+    google::protobuf::util::JsonParseOptions options;
+    options.ignore_unknown_fields = true;  // records of a newer server
+    absl::Status status = json.status();
+    if (status.ok() &&
+        !google::protobuf::util::JsonStringToMessage(*json, &entry->job, options).ok()) {
+      status = absl::DataLossError("not a Job in JSON");
+    }
+    if (status.ok() && absl::StrCat(entry->job.job_id(), kRecordSuffix) != name) {
+      status = absl::DataLossError("job_id does not match the file name");
+    }
+    if (!status.ok()) {
+      LogWarning("job_record_skipped", {{"path", path}, {"error", status.ToString()}});
+      continue;
+    }
+    v1::Job& job = entry->job;
+    if (!IsTerminal(job.state())) {
+      job.set_state(v1::JOB_STATE_FAILED);
+      job.set_error_code(static_cast<int>(absl::StatusCode::kUnavailable));
+      job.set_error_message("interrupted by restart");
+      job.mutable_progress()->set_eta_seconds(-1);
+      SetTimestamp(absl::Now(), job.mutable_end_time());
+      AppendLog(&job, "failed: interrupted by restart");
+      Persist(job);
+    }
+    order_.emplace(OrderKey{UnixNanos(job.create_time()), job.job_id()}, job.job_id());
+    jobs_.emplace(job.job_id(), std::move(entry));
+  }
+  if (ec) {
+    LogWarning("job_records_unreadable", {{"path", jobs_dir_}, {"error", ec.message()}});
+  }
+  LogInfo("job_records_loaded", {{"jobs", order_.size()}});
+  EvictFinished();
+}
+
+void JobManager::EvictFinished() {
+  std::vector<const JobEntry*> finished;
+  for (const auto& [id, entry] : jobs_) {
+    if (IsTerminal(entry->job.state())) finished.push_back(entry.get());
+  }
+  if (finished.size() <= static_cast<size_t>(options_.job_retention)) return;
+  const size_t evict = finished.size() - options_.job_retention;
+  // Oldest finished first.
+  std::partial_sort(finished.begin(), finished.begin() + evict, finished.end(),
+                    [](const JobEntry* a, const JobEntry* b) {
+                      return std::make_pair(UnixNanos(a->job.end_time()), a->job.job_id()) <
+                             std::make_pair(UnixNanos(b->job.end_time()), b->job.job_id());
+                    });
+  for (size_t i = 0; i < evict; ++i) {
+    const v1::Job& job = finished[i]->job;
+    const std::string id = job.job_id();
+    std::error_code ec;
+    fs::remove(absl::StrCat(jobs_dir_, "/", id, kRecordSuffix), ec);
+    if (ec) LogWarning("job_record_not_removed", {{"job_id", id}, {"error", ec.message()}});
+    order_.erase(OrderKey{UnixNanos(job.create_time()), id});
+    jobs_.erase(id);
+    LogInfo("job_evicted", {{"job_id", id}});
+  }
+}
+
+void JobManager::Persist(const v1::Job& job) const {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions print;
+  print.preserve_proto_field_names = true;
+  absl::Status status;
+  if (!google::protobuf::util::MessageToJsonString(job, &json, print).ok()) {
+    status = absl::InternalError("cannot serialise the job");
+  }
+  const std::string path = absl::StrCat(jobs_dir_, "/", job.job_id(), kRecordSuffix);
+  const std::string tmp = absl::StrCat(path, ".tmp");
+  // Temporary, then rename: a crash leaves the old record or the new one.
+  if (status.ok()) status = WriteFileDurably(tmp, json);
+  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    status = absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", strerror(errno)));
+  }
+  if (status.ok()) status = FsyncDirectory(jobs_dir_);
+  if (!status.ok()) {
+    LogError("job_persist_failed", {{"job_id", job.job_id()}, {"error", status.ToString()}});
+  }
+}
+
+bool JobManager::Shutdown(absl::Duration grace) {
+  const absl::Time deadline = absl::Now() + grace;
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
@@ -95,18 +240,29 @@ void JobManager::Shutdown() {
         Touch(entry);
       }
       queue_.clear();
+      EvictFinished();
       for (auto& [id, entry] : jobs_) {
         if (entry->job.state() == v1::JOB_STATE_RUNNING) entry->cancelled.store(true);
       }
       changed_.SignalAll();
     }
+    while (running_ > 0 && absl::Now() < deadline) changed_.WaitWithDeadline(&mu_, deadline);
+    if (running_ > 0) {
+      // A job blocked where no cancellation check reaches (a hung read):
+      // joining would wait for it without bound.
+      LogError("shutdown_grace_expired", {{"running_jobs", running_},
+                                          {"grace_seconds", absl::ToDoubleSeconds(grace)}});
+      return false;
+    }
   }
   for (std::thread& worker : workers_) {
     if (worker.joinable()) worker.join();
   }
+  return true;
 }
 
-void JobManager::Touch(JobEntry* entry) {
+void JobManager::Touch(JobEntry* entry, bool persist) {
+  if (persist) Persist(entry->job);
   ++entry->version;
   changed_.SignalAll();
 }
@@ -119,6 +275,16 @@ absl::StatusOr<JobManager::JobEntry*> JobManager::Find(
         absl::StrCat("no job with id \"", job_id, "\"; see ListJobs"));
   }
   return it->second.get();
+}
+
+JobManager::JobEntry* JobManager::FindActive(const std::string& request_key) const {
+  for (const auto& [id, entry] : jobs_) {
+    if (entry->request_key == request_key && !IsTerminal(entry->job.state()) &&
+        !entry->cancelled.load()) {
+      return entry.get();
+    }
+  }
+  return nullptr;
 }
 
 absl::Status JobManager::ValidateCalibration(
@@ -147,8 +313,10 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::SubmitJobRequest& reques
                    ResolveQuantConfig(request.config()));
   RETURN_IF_ERROR(ValidateCalibration(request.config()));
 
+  const std::string request_key = RequestKey(request.model_id(), resolved);
   auto entry = std::make_unique<JobEntry>();
   entry->model_dir = *model_dir;
+  entry->request_key = request_key;
   v1::Job& job = entry->job;
   job.set_job_id(NewJobId());
   job.set_model_id(request.model_id());
@@ -170,9 +338,17 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::SubmitJobRequest& reques
   if (stopping_) {
     return absl::UnavailableError("server is shutting down; retry elsewhere");
   }
+  // Identical jobs would race to publish the same artifact; the newcomer
+  // follows the queued or running one instead.
+  if (JobEntry* same = FindActive(request_key)) {
+    AppendLog(&same->job, "joined by an identical submission");
+    Touch(same);
+    LogInfo("job_joined", {{"job_id", same->job.job_id()}});
+    return same->job;
+  }
   v1::Job snapshot = job;
   JobEntry* raw = entry.get();
-  order_.push_back(job.job_id());
+  order_.emplace(OrderKey{UnixNanos(job.create_time()), job.job_id()}, job.job_id());
   jobs_.emplace(job.job_id(), std::move(entry));
   queue_.push_back(raw);
   Touch(raw);
@@ -188,12 +364,45 @@ absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& job_id) const {
   return entry->job;
 }
 
-std::vector<v1::Job> JobManager::ListJobs() const {
+absl::StatusOr<v1::ListJobsResponse> JobManager::ListJobs(
+    const v1::ListJobsRequest& request) const {
+  if (request.page_size() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size must be >= 0 (0 = ", kDefaultPageSize, "), got ",
+                     request.page_size()));
+  }
+  const int page_size = request.page_size() == 0 ? kDefaultPageSize
+                                                 : std::min(request.page_size(), kMaxPageSize);
+  // The token names the last job returned (create time and id), so pages
+  // stay consistent while jobs are added or evicted, and across restarts.
+  OrderKey after;
+  const bool resume = !request.page_token().empty();
+  if (resume) {
+    const std::string& token = request.page_token();
+    const size_t dot = token.find('.');
+    if (dot == std::string::npos ||
+        !absl::SimpleAtoi(absl::string_view(token).substr(0, dot), &after.first)) {
+      return absl::InvalidArgumentError(
+          "page_token is not one a ListJobs response returned; omit it to start over");
+    }
+    after.second = token.substr(dot + 1);
+  }
   absl::MutexLock lock(&mu_);
-  std::vector<v1::Job> jobs;
-  jobs.reserve(order_.size());
-  for (const std::string& id : order_) jobs.push_back(jobs_.at(id)->job);
-  return jobs;
+  v1::ListJobsResponse response;
+  size_t bytes = 0;
+  for (auto it = resume ? order_.upper_bound(after) : order_.begin(); it != order_.end(); ++it) {
+    const v1::Job& job = jobs_.at(it->second)->job;
+    const size_t size = job.ByteSizeLong();
+    if (response.jobs_size() == page_size ||
+        (response.jobs_size() > 0 && bytes + size > kMaxPageBytes)) {
+      const OrderKey& last = std::prev(it)->first;
+      response.set_next_page_token(absl::StrCat(last.first, ".", last.second));
+      break;
+    }
+    bytes += size;
+    *response.add_jobs() = job;
+  }
+  return response;
 }
 
 absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& job_id) {
@@ -216,14 +425,15 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& job_id) {
     job.set_state(v1::JOB_STATE_CANCELLED);
     SetTimestamp(absl::Now(), job.mutable_end_time());
     AppendLog(&job, "cancelled while queued");
-    Touch(entry);
   } else {
     // The worker notices the flag between units of work and ends the job.
     AppendLog(&job, "cancellation requested");
-    Touch(entry);
   }
+  Touch(entry);
   LogInfo("job_cancel", {{"job_id", job_id}});
-  return job;
+  v1::Job snapshot = job;
+  EvictFinished();  // may drop `entry`
+  return snapshot;
 }
 
 absl::Status JobManager::WatchJob(const std::string& job_id,
@@ -260,6 +470,7 @@ void JobManager::WorkerLoop() {
       if (queue_.empty()) return;  // stopping
       entry = queue_.front();
       queue_.pop_front();
+      ++running_;
       entry->job.set_state(v1::JOB_STATE_RUNNING);
       entry->job.mutable_progress()->set_phase(v1::PHASE_LOADING);
       entry->started = absl::Now();
@@ -267,6 +478,9 @@ void JobManager::WorkerLoop() {
       Touch(entry);
     }
     RunJob(entry);
+    absl::MutexLock lock(&mu_);
+    --running_;
+    changed_.SignalAll();
   }
 }
 
@@ -300,7 +514,8 @@ void JobManager::RunJob(JobEntry* entry) {
     if (phase_changed) {
       AppendLog(&entry->job, absl::StrCat(v1::JobPhase_Name(phase), ": ", p.message));
     }
-    Touch(entry);
+    // Progress ticks are too frequent to fsync; phases are few.
+    Touch(entry, /*persist=*/phase_changed);
     LogInfo("job_progress", {{"job_id", job_id},
                              {"phase", v1::JobPhase_Name(phase)},
                              {"step", p.step},
@@ -310,6 +525,13 @@ void JobManager::RunJob(JobEntry* entry) {
   };
 
   absl::StatusOr<v1::ArtifactManifest> manifest = QuantizeModel(request, *store_);
+  if (absl::IsAlreadyExists(manifest.status())) {
+    // A job with another request key published the same artifact first
+    // (model ids "a/b" and "a_b" of identical files, or the model's files
+    // restored while one was queued); equal ids mean equal contents, so this
+    // run reuses it rather than failing.
+    manifest = QuantizeModel(request, *store_);
+  }
 
   absl::MutexLock lock(&mu_);
   v1::Job& job = entry->job;
@@ -342,6 +564,7 @@ void JobManager::RunJob(JobEntry* entry) {
            {"error", job.error_message()},
            {"seconds", absl::ToDoubleSeconds(absl::Now() - entry->started)},
            {"peak_memory_bytes", job.peak_memory_bytes()}});
+  EvictFinished();  // may drop `entry`
 }
 
 absl::StatusOr<v1::Artifact> JobManager::ArtifactOf(

@@ -1,5 +1,6 @@
 // quantizer_service: runs weight-only quantization jobs over gRPC.
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -9,6 +10,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/time/time.h"
 #include "common/logging.h"
 #include "quantizer_service/job_manager.h"
 #include "quantizer_service/quantizer_service.h"
@@ -20,6 +22,10 @@ ABSL_FLAG(std::string, model_root, "./models", "directory of source models (mode
 ABSL_FLAG(std::string, artifact_root, "./artifacts", "directory of quantized artifacts");
 ABSL_FLAG(std::string, data_root, "./data", "directory of calibration files");
 ABSL_FLAG(int, workers, 1, "jobs run concurrently");
+ABSL_FLAG(int, job_retention, 1000,
+          "finished jobs kept (records included); the oldest finished are forgotten first");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(20),
+          "on SIGTERM, how long running jobs get to stop before the process exits anyway");
 ABSL_FLAG(int, threads, 0, "oneTBB worker threads; 0 = all cores");
 
 int main(int argc, char** argv) {
@@ -45,6 +51,7 @@ int main(int argc, char** argv) {
   options.artifact_root = absl::GetFlag(FLAGS_artifact_root);
   options.data_root = absl::GetFlag(FLAGS_data_root);
   options.workers = absl::GetFlag(FLAGS_workers);
+  options.job_retention = absl::GetFlag(FLAGS_job_retention);
   absl::StatusOr<std::unique_ptr<wq::JobManager>> jobs = wq::JobManager::Create(options);
   if (!jobs.ok()) {
     wq::LogError("startup_failed", {{"error", jobs.status().ToString()}});
@@ -58,9 +65,18 @@ int main(int argc, char** argv) {
   server.services = {&service};
   server.health_service_names = {wq::v1::QuantizerService::service_full_name()};
   // Cancelled jobs end their WatchJob streams, so Shutdown finds no call left.
-  server.on_shutdown = [&jobs] { (*jobs)->Shutdown(); };
+  const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
+  server.on_shutdown = [&jobs, grace] {
+    if (!(*jobs)->Shutdown(grace)) {
+      // A stuck job would hold the process (and its pod) forever; its record
+      // says RUNNING, so the next start lists it as interrupted.
+      wq::LogError("shutdown_forced", {{"exit_code", 1}});
+      std::_Exit(1);
+    }
+  };
   return wq::ServeUntilShutdown(server, {{"model_root", options.model_root},
                                          {"artifact_root", options.artifact_root},
                                          {"workers", options.workers},
+                                         {"job_retention", options.job_retention},
                                          {"threads", threads}});
 }

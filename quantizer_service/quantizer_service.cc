@@ -43,10 +43,9 @@ grpc::Status QuantizerServiceImpl::CancelJob(grpc::ServerContext*,
 }
 
 grpc::Status QuantizerServiceImpl::ListJobs(grpc::ServerContext*,
-                                            const v1::ListJobsRequest*,
+                                            const v1::ListJobsRequest* request,
                                             v1::ListJobsResponse* response) {
-  for (v1::Job& job : jobs_->ListJobs()) *response->add_jobs() = std::move(job);
-  return grpc::Status::OK;
+  return Reply(jobs_->ListJobs(*request), response);
 }
 
 grpc::Status QuantizerServiceImpl::ListArtifacts(grpc::ServerContext*,
