@@ -84,11 +84,16 @@ absl::Status Run() {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   });
+  const auto start = std::chrono::steady_clock::now();
   // Block times of the calibrated phases (AWQ / TEQ: per decoder block).
   std::vector<double> block_seconds;
   auto block_start = std::chrono::steady_clock::now();
   int last_block = 0;
   request.on_progress = [&](const QuantizeProgress& p) {
+    // A line per report: a run too long to finish still shows its pace.
+    std::fprintf(stderr, "[%7.1f s] %5.1f%% RssAnon %.2f GB  %s\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+                 100 * p.fraction, AnonymousResidentBytes() / 1e9, p.message.c_str());
     if (p.phase != QuantizePhase::kGridSearch || p.step == last_block) return;
     const auto now = std::chrono::steady_clock::now();
     if (last_block > 0) {
@@ -97,7 +102,6 @@ absl::Status Run() {
     block_start = now;
     last_block = p.step;
   };
-  const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<v1::ArtifactManifest> manifest = QuantizeModel(request, *store);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
