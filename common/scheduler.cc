@@ -8,17 +8,6 @@
 
 namespace wq {
 
-std::string_view FinishReasonName(FinishReason reason) {
-  switch (reason) {
-    case FinishReason::kLength: return "length";
-    case FinishReason::kEos: return "eos";
-    case FinishReason::kStopSequence: return "stop_sequence";
-    case FinishReason::kCancelled: return "cancelled";
-    case FinishReason::kError: return "error";
-  }
-  return "unknown";
-}
-
 struct GenerationScheduler::Sequence {
   std::shared_ptr<Handle> handle;
   GenerationParams params;

@@ -38,7 +38,6 @@ struct GenerationParams {
 };
 
 enum class FinishReason { kLength, kEos, kStopSequence, kCancelled, kError };
-std::string_view FinishReasonName(FinishReason reason);
 
 struct TokenEvent {
   int id = 0;
