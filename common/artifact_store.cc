@@ -16,6 +16,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/file_util.h"
 #include "common/hf_config.h"
 #include "common/matmul.h"
@@ -48,6 +50,7 @@ bool IsInt8TilesLayout(const std::string& layout) {
 }
 
 constexpr char kTempPrefix[] = ".tmp-";
+constexpr char kQuarantinePrefix[] = ".corrupt-";
 
 absl::Status ValidateArtifactId(const std::string& id) {
   return ValidateResourceId(id, "artifact id", /*max_components=*/1);
@@ -461,6 +464,18 @@ std::vector<v1::ArtifactManifest> ArtifactStore::List() const {
   std::sort(manifests.begin(), manifests.end(),
             [](const auto& a, const auto& b) { return a.artifact_id() < b.artifact_id(); });
   return manifests;
+}
+
+absl::StatusOr<std::string> ArtifactStore::Quarantine(const std::string& artifact_id) {
+  RETURN_IF_ERROR(ValidateArtifactId(artifact_id));
+  const std::string aside =
+      absl::StrCat(kQuarantinePrefix, artifact_id, "-", absl::ToUnixSeconds(absl::Now()));
+  if (::rename(ArtifactDir(artifact_id).c_str(), absl::StrCat(root_, "/", aside).c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot move artifact ", artifact_id, " aside to ",
+                                            aside, ": ", strerror(errno)));
+  }
+  RETURN_IF_ERROR(FsyncDirectory(root_));
+  return aside;
 }
 
 absl::StatusOr<int64_t> ArtifactStore::SizeBytes(const std::string& artifact_id) const {

@@ -93,6 +93,10 @@ class ArtifactStore {
   absl::Status Verify(const std::string& artifact_id) const;
   // Manifests of all artifacts, sorted by id; unreadable ones are skipped.
   std::vector<v1::ArtifactManifest> List() const;
+  // Renames a corrupt artifact aside to the hidden ".corrupt-<id>-<unix
+  // seconds>" in the root, where ids and listings no longer reach it but an
+  // operator can still inspect it; returns that name.
+  absl::StatusOr<std::string> Quarantine(const std::string& artifact_id);
   // Total bytes of the artifact's files.
   absl::StatusOr<int64_t> SizeBytes(const std::string& artifact_id) const;
 

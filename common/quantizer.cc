@@ -14,6 +14,7 @@
 #include "common/calibration.h"
 #include "common/file_util.h"
 #include "common/llama.h"
+#include "common/logging.h"
 #include "common/matmul.h"
 #include "common/quant_config.h"
 #include "common/quant_format.h"
@@ -156,9 +157,20 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   ASSIGN_OR_RETURN(std::string checksum, ModelChecksum(request.model_dir));
   ASSIGN_OR_RETURN(std::string artifact_id, ArtifactIdFor(request, checksum));
   if (store.Exists(artifact_id)) {
-    progress.Report(QuantizePhase::kDone, 0, 0, 1.0,
-                    absl::StrCat("artifact ", artifact_id, " already exists; reusing it"));
-    return store.ReadManifest(artifact_id);
+    // A corrupt artifact would otherwise be handed out again on every
+    // request: one that fails its checksums is moved aside and rebuilt.
+    // Other failures (a newer format) are not this server's to discard.
+    const absl::Status verified = store.Verify(artifact_id);
+    if (verified.ok()) {
+      progress.Report(QuantizePhase::kDone, 0, 0, 1.0,
+                      absl::StrCat("artifact ", artifact_id, " already exists; reusing it"));
+      return store.ReadManifest(artifact_id);
+    }
+    if (!absl::IsDataLoss(verified)) return verified;
+    ASSIGN_OR_RETURN(std::string aside, store.Quarantine(artifact_id));
+    LogWarning("artifact_quarantined", {{"artifact_id", artifact_id},
+                                        {"moved_to", aside},
+                                        {"reason", std::string(verified.message())}});
   }
   ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
                    LoadLlamaModelDir(request.model_dir));

@@ -1,6 +1,7 @@
 // Config validation of the int3/int2 dtypes and the RTN options (mse_range,
 // double quant, bf16 scales), and how their artifacts are stored, versioned
 // and read back.
+#include <filesystem>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -298,6 +299,37 @@ void ArtifactFormatTest::ExpectInt8Tiles(v1::ScaleDtype scales, const std::strin
     EXPECT_EQ(Logits(*from_tiles), logits);
     EXPECT_EQ(Logits(*private_tiles), logits);
   }
+}
+
+// Reuse checks the checksums: a corrupt artifact is moved aside to a hidden
+// .corrupt-<id>-<time> directory and rebuilt, not handed out again.
+TEST_F(ArtifactFormatTest, CorruptArtifactIsQuarantinedAndRebuilt) {
+  v1::WeightOnlyQuantConfig c = Config(v1::INT4_CLIP);
+  c.set_group_size(16);  // an artifact of its own (the store reuses equal configs)
+  const v1::ArtifactManifest first = Quantize(c);
+  const std::string id = first.artifact_id();
+  const std::string weights = store_->ArtifactDir(id) + "/" + kWeightsFile;
+  std::string bytes = *ReadFile(weights);
+  bytes[bytes.size() / 2] ^= 0x5a;
+  ASSERT_TRUE(WriteFileDurably(weights, bytes).ok());
+  ASSERT_EQ(store_->Verify(id).code(), absl::StatusCode::kDataLoss);
+
+  const v1::ArtifactManifest second = Quantize(c);
+  EXPECT_EQ(second.artifact_id(), id);
+  EXPECT_TRUE(store_->Verify(id).ok());
+  int quarantined = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(root_)) {
+    const std::string name = entry.path().filename().string();
+    if (absl::StartsWith(name, ".corrupt-" + id + "-")) {
+      ++quarantined;
+      EXPECT_EQ(*ReadFile(entry.path().string() + "/" + kWeightsFile), bytes);
+    }
+  }
+  EXPECT_EQ(quarantined, 1);
+  // Listings skip the quarantined copy.
+  int listed = 0;
+  for (const v1::ArtifactManifest& m : store_->List()) listed += m.artifact_id() == id;
+  EXPECT_EQ(listed, 1);
 }
 
 }  // namespace
