@@ -57,12 +57,15 @@ absl::Status ValidateArtifactId(const std::string& id) {
 }
 
 // Weights of a committed artifact: fp32 tensors and packed codes used in
-// place from the mapped model.safetensors.
+// place from model.safetensors, copied into memory at load so that a file
+// truncated or rewritten under a running server cannot fault (SIGBUS) the
+// weights it serves.
 class ArtifactSource : public WeightSource {
  public:
   absl::Status Open(const std::string& dir, const v1::ArtifactManifest& manifest,
                     const LoadOptions& options) {
-    ASSIGN_OR_RETURN(file_, SafetensorsFile::Open(absl::StrCat(dir, "/", kWeightsFile)));
+    ASSIGN_OR_RETURN(file_, SafetensorsFile::Open(absl::StrCat(dir, "/", kWeightsFile),
+                                                   FileBacking::kCopied));
     for (const v1::ManifestTensor& t : manifest.tensors()) modules_[t.module()] = t;
     compute_ = options.compute.value_or(ComputeDtypeOf(manifest.config().compute_dtype()));
     private_weights_ = options.private_weights;
@@ -135,9 +138,8 @@ class ArtifactSource : public WeightSource {
     RETURN_IF_ERROR(ValidateQuantizedMatrixView(view, codes->nbytes, scales_count, zeros_count));
     // The arithmetic the artifact was quantized for (its compute_dtype) or the caller's.
     LinearWeight linear = LinearWeight::Quantized(view, compute_);
-    // Packed kernels read their own copy: the mapped codes need not stay
-    // resident (what still reads them faults them back in).
-    if (linear.packed()) file_->ReleasePages(*codes);
+    // The codes stay even when packed: the kernels read columns past their
+    // packed groups from them, and the copied file cannot fault them back.
     return linear;
   }
 
@@ -158,7 +160,7 @@ class ArtifactSource : public WeightSource {
     const int64_t shape[] = {bytes};
     ASSIGN_OR_RETURN(const TensorInfo* t, file_->Get(module + ".qweight_tiles", DType::kU8, shape));
     const uint8_t* tiles = file_->data(*t);
-    // Read in place. Memory-safe whatever the bytes (the kernels index
+    // Read in place from the copy. Memory-safe whatever the bytes (the kernels index
     // nothing by a code beyond its 16- or 256-entry table), and the load
     // fails unless the checksums, verified meanwhile, match the manifest.
     // Codes outside the format's level table are not looked for here (the

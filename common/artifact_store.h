@@ -33,8 +33,8 @@ inline constexpr int64_t kVerifyChunkBytes = int64_t{64} << 20;
 inline constexpr char kWeightsFile[] = "model.safetensors";
 inline constexpr char kRowMajorPackedLayout[] = "rowmajor-packed-v1";
 // The int8 kernels' own layout (kernels.h PackedInt8Weights) in
-// <module>.qweight_tiles: loading with int8 compute maps it in place (no
-// packing; replicas share the page cache), other compute dtypes convert it
+// <module>.qweight_tiles: loading with int8 compute uses it in place (no
+// packing), other compute dtypes convert it
 // back to rowmajor-packed-v1 once. With fp32 scales; the -bf16 variant
 // stores bf16 scales in half the bytes (kernels.h scale_bytes), so that an
 // older server refuses it as an unknown layout instead of misreading it.
@@ -48,11 +48,10 @@ const char* Int8TilesLayoutFor(ScaleEncoding scales);
 struct LoadOptions {
   // Arithmetic of the quantized linears; unset: the artifact's compute_dtype.
   std::optional<ComputeDtype> compute;
-  // kInt8TilesLayout tensors are read in place from the mapped artifact:
-  // loading costs the checksum only and every process on the node shares
-  // them through the page cache. true copies them into this process's own
-  // memory instead, which decoded faster on the benchmark VM
-  // (bench/results/speed.md) at the price of load time and sharing.
+  // kInt8TilesLayout tensors are read in place from the artifact's copy in
+  // memory. true copies them once more into the kernels' own allocation
+  // (the artifact's copy of them is freed), which decoded faster on the
+  // benchmark VM when the weights were mapped (bench/results/speed.md).
   bool private_weights = false;
 };
 
@@ -100,8 +99,9 @@ class ArtifactStore {
   // Total bytes of the artifact's files.
   absl::StatusOr<int64_t> SizeBytes(const std::string& artifact_id) const;
 
-  // Verifies and maps the artifact; quantized linears are used in place
-  // from the mapping, or packed for their kernels (int8 compute from a
+  // Verifies the artifact and copies model.safetensors into memory (never
+  // mapped: truncating the file would SIGBUS a mapping's reader); quantized
+  // linears are used in place from the copy, or packed for their kernels (int8 compute from a
   // row-major artifact), or converted back to row-major once (int8 tiles
   // with another compute dtype). See LoadOptions.
   absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadWeights(

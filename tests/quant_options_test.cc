@@ -1,6 +1,8 @@
 // Config validation of the int3/int2 dtypes and the RTN options (mse_range,
 // double quant, bf16 scales), and how their artifacts are stored, versioned
 // and read back.
+#include <unistd.h>
+
 #include <filesystem>
 #include <string>
 
@@ -298,6 +300,26 @@ void ArtifactFormatTest::ExpectInt8Tiles(v1::ScaleDtype scales, const std::strin
     const std::vector<float> logits = Logits(*from_plain);
     EXPECT_EQ(Logits(*from_tiles), logits);
     EXPECT_EQ(Logits(*private_tiles), logits);
+  }
+}
+
+// A loaded artifact holds its own copy of the weights: truncating the file
+// under it (which killed a mapping's reader with SIGBUS) changes no logits.
+TEST_F(ArtifactFormatTest, LoadedWeightsSurviveTruncatedFile) {
+  v1::WeightOnlyQuantConfig row_major = Config(v1::INT4_CLIP, v1::ASYM);
+  row_major.set_group_size(16);
+  v1::WeightOnlyQuantConfig tiles = Config(v1::INT4_CLIP);
+  tiles.set_group_size(16);
+  tiles.set_compute_dtype(v1::COMPUTE_INT8);
+  for (const v1::WeightOnlyQuantConfig& c : {row_major, tiles}) {
+    const v1::ArtifactManifest m = Quantize(c);
+    SCOPED_TRACE(m.artifact_id());
+    auto weights = store_->LoadWeights(m.artifact_id());
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    const std::vector<float> before = Logits(*weights);
+    const std::string path = store_->ArtifactDir(m.artifact_id()) + "/" + kWeightsFile;
+    ASSERT_EQ(::truncate(path.c_str(), 0), 0);
+    EXPECT_EQ(Logits(*weights), before);
   }
 }
 
