@@ -62,10 +62,9 @@ absl::Status ValidateArtifactId(const std::string& id) {
 // weights it serves.
 class ArtifactSource : public WeightSource {
  public:
-  absl::Status Open(const std::string& dir, const v1::ArtifactManifest& manifest,
+  absl::Status Open(const RootedPath& dir, const v1::ArtifactManifest& manifest,
                     const LoadOptions& options) {
-    ASSIGN_OR_RETURN(file_, SafetensorsFile::Open(absl::StrCat(dir, "/", kWeightsFile),
-                                                   FileBacking::kCopied));
+    ASSIGN_OR_RETURN(file_, SafetensorsFile::Open(dir.Child(kWeightsFile), FileBacking::kCopied));
     for (const v1::ManifestTensor& t : manifest.tensors()) modules_[t.module()] = t;
     compute_ = options.compute.value_or(ComputeDtypeOf(manifest.config().compute_dtype()));
     private_weights_ = options.private_weights;
@@ -336,10 +335,13 @@ std::string ArtifactStore::ArtifactDir(const std::string& artifact_id) const {
   return absl::StrCat(root_, "/", artifact_id);
 }
 
+RootedPath ArtifactStore::ArtifactPath(const std::string& artifact_id) const {
+  return RootedPath(root_, artifact_id);
+}
+
 bool ArtifactStore::Exists(const std::string& artifact_id) const {
-  std::error_code ec;
   return ValidateArtifactId(artifact_id).ok() &&
-         fs::is_regular_file(absl::StrCat(ArtifactDir(artifact_id), "/", kManifestFile), ec);
+         OpenForRead(ArtifactPath(artifact_id).Child(kManifestFile)).ok();
 }
 
 absl::StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::Create(
@@ -360,15 +362,18 @@ absl::StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::Create(
 absl::StatusOr<v1::ArtifactManifest> ArtifactStore::ReadManifest(
     const std::string& artifact_id) const {
   RETURN_IF_ERROR(ValidateArtifactId(artifact_id));
-  if (!Exists(artifact_id)) {
-    return absl::NotFoundError(absl::StrCat("no artifact ", artifact_id, " in ", root_));
+  absl::StatusOr<std::string> json = ReadFile(ArtifactPath(artifact_id).Child(kManifestFile));
+  if (absl::IsNotFound(json.status())) {
+    return absl::NotFoundError(absl::StrCat("no artifact ", artifact_id));
   }
-  ASSIGN_OR_RETURN(std::string json,
-                   ReadFile(absl::StrCat(ArtifactDir(artifact_id), "/", kManifestFile)));
+  if (!json.ok()) {
+    return absl::Status(json.status().code(),
+                        absl::StrCat("artifact ", artifact_id, ": ", json.status().message()));
+  }
   v1::ArtifactManifest manifest;
   google::protobuf::util::JsonParseOptions options;
   options.ignore_unknown_fields = true;  // a newer writer's fields; the version decides
-  if (!google::protobuf::util::JsonStringToMessage(json, &manifest, options).ok()) {
+  if (!google::protobuf::util::JsonStringToMessage(*json, &manifest, options).ok()) {
     return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": manifest.json is not a valid manifest"));
   }
   if (manifest.format() != kArtifactFormat) {
@@ -394,7 +399,7 @@ namespace {
 
 // One file against its manifest entry: by chunks, in parallel, when the
 // manifest has them, else the whole file's sha256.
-absl::Status VerifyFile(const std::string& artifact_id, const std::string& path,
+absl::Status VerifyFile(const std::string& artifact_id, const RootedPath& path,
                         const v1::ManifestFile& f) {
   auto corrupt = [&](const std::string& what) {
     return absl::DataLossError(
@@ -412,9 +417,9 @@ absl::Status VerifyFile(const std::string& artifact_id, const std::string& path,
     }
     return absl::OkStatus();
   }
-  std::error_code ec;
-  const auto size = static_cast<int64_t>(fs::file_size(path, ec));
-  if (ec) return unreadable(absl::InternalError(ec.message()));
+  const absl::StatusOr<int64_t> file_size = FileSize(path);
+  if (!file_size.ok()) return unreadable(file_size.status());
+  const int64_t size = *file_size;
   if (size != f.size_bytes()) {
     return corrupt(absl::StrCat(size, " bytes, manifest says ", f.size_bytes()));
   }
@@ -445,8 +450,7 @@ absl::Status ArtifactStore::Verify(const std::string& artifact_id) const {
   for (const v1::ManifestFile& f : manifest.files()) {
     RETURN_IF_ERROR(ValidateResourceId(f.name(), "artifact file name", 1));
     has_weights |= f.name() == kWeightsFile;
-    const std::string path = absl::StrCat(ArtifactDir(artifact_id), "/", f.name());
-    RETURN_IF_ERROR(VerifyFile(artifact_id, path, f));
+    RETURN_IF_ERROR(VerifyFile(artifact_id, ArtifactPath(artifact_id).Child(f.name()), f));
   }
   if (!has_weights) {
     return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": manifest lists no ", kWeightsFile));
@@ -481,11 +485,15 @@ absl::StatusOr<std::string> ArtifactStore::Quarantine(const std::string& artifac
 }
 
 absl::StatusOr<int64_t> ArtifactStore::SizeBytes(const std::string& artifact_id) const {
-  RETURN_IF_ERROR(ValidateArtifactId(artifact_id));
+  // Exists refuses a directory that a symlink leads out of the root; links
+  // inside it are not the artifact's files either.
+  if (!Exists(artifact_id)) return absl::NotFoundError(absl::StrCat("no artifact ", artifact_id));
   int64_t total = 0;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(ArtifactDir(artifact_id), ec)) {
-    if (entry.is_regular_file()) total += static_cast<int64_t>(entry.file_size(ec));
+    if (entry.symlink_status(ec).type() == fs::file_type::regular) {
+      total += static_cast<int64_t>(entry.file_size(ec));
+    }
   }
   if (ec) return absl::NotFoundError(absl::StrCat("no artifact ", artifact_id));
   return total;
@@ -501,8 +509,8 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> ArtifactStore::LoadWeights(
   // future waits for its task when an early return destroys it.
   std::future<absl::Status> verified =
       std::async(std::launch::async, [this, &artifact_id] { return Verify(artifact_id); });
-  const std::string dir = ArtifactDir(artifact_id);
-  ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir + "/config.json"));
+  const RootedPath dir = ArtifactPath(artifact_id);
+  ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir.Child("config.json")));
   auto source = std::make_shared<ArtifactSource>();
   RETURN_IF_ERROR(source->Open(dir, manifest, options));
   absl::StatusOr<std::shared_ptr<const LlamaWeights>> weights =

@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/file_util.h"
 #include "common/llama.h"
 #include "proto/wq/v1/artifact.pb.h"
 
@@ -107,6 +108,9 @@ class ArtifactStore {
   absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadWeights(
       const std::string& artifact_id, const LoadOptions& options = {}) const;
   std::string ArtifactDir(const std::string& artifact_id) const;
+  // The artifact's directory beneath the root, for OpenForRead: no symlink
+  // may lead out of the root.
+  RootedPath ArtifactPath(const std::string& artifact_id) const;
 
  private:
   explicit ArtifactStore(std::string root) : root_(std::move(root)) {}

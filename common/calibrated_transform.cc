@@ -16,7 +16,7 @@ namespace wq {
 
 absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
     std::shared_ptr<const LlamaWeights> weights, const v1::WeightOnlyQuantConfig& resolved,
-    const std::string& model_dir, const std::string& data_root,
+    const RootedPath& model_dir, const std::string& data_root,
     const std::atomic<bool>* cancelled, const CalibrationProgressFn& progress) {
   const bool awq = resolved.algorithm() == v1::AWQ;
   if (!awq && resolved.algorithm() != v1::TEQ) {
@@ -24,7 +24,7 @@ absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
   }
   const int blocks = weights->config.num_hidden_layers;
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
-                   Tokenizer::Load(absl::StrCat(model_dir, "/tokenizer.model")));
+                   Tokenizer::Load(model_dir.Child("tokenizer.model")));
   ASSIGN_OR_RETURN(CalibrationSet calibration,
                    BuildCalibrationSet(resolved.calibration(), data_root, *tokenizer));
   // The first report of the phase: the job log keeps what was used.

@@ -31,7 +31,7 @@ using CalibrationProgressFn =
 // data_root. CANCELLED as soon as *cancelled is seen, also inside a block.
 absl::StatusOr<CalibratedTransformResult> RunCalibratedTransform(
     std::shared_ptr<const LlamaWeights> weights, const v1::WeightOnlyQuantConfig& resolved,
-    const std::string& model_dir, const std::string& data_root,
+    const RootedPath& model_dir, const std::string& data_root,
     const std::atomic<bool>* cancelled, const CalibrationProgressFn& progress);
 
 }  // namespace wq

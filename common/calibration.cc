@@ -31,7 +31,9 @@ absl::StatusOr<CalibrationSet> BuildCalibrationSet(
     ASSIGN_OR_RETURN(std::string path,
                      ResolveUnderRoot(data_root, config.data_file(),
                                       "calibration data_file", 8));
-    ASSIGN_OR_RETURN(std::string contents, ReadFile(path));
+    // Opened beneath the root too: ResolveUnderRoot checked a path that a
+    // symlink swapped in meanwhile could change.
+    ASSIGN_OR_RETURN(std::string contents, ReadFile(RootedPath(data_root, config.data_file())));
     for (absl::string_view line : absl::StrSplit(contents, '\n')) {
       texts.emplace_back(line);
     }

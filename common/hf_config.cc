@@ -344,12 +344,12 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json) {
   return config;
 }
 
-absl::StatusOr<LlamaConfig> LoadLlamaConfig(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+absl::StatusOr<LlamaConfig> LoadLlamaConfig(const RootedPath& file) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(file));
   absl::StatusOr<LlamaConfig> config = ParseLlamaConfig(text);
   if (!config.ok()) {
     return absl::Status(config.status().code(),
-                        absl::StrCat(path, ": ", config.status().message()));
+                        absl::StrCat(file.path, ": ", config.status().message()));
   }
   return config;
 }

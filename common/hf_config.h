@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/architecture.h"
+#include "common/file_util.h"
 
 namespace wq {
 
@@ -61,8 +62,8 @@ inline constexpr int kMaxLlamaConfigDim = 1 << 20;
 // sizes; UNIMPLEMENTED, naming the field, for architectures, activations,
 // rope_scaling types, sliding windows and biases wq does not implement.
 absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json);
-// Reads and parses a config.json; errors name the file.
-absl::StatusOr<LlamaConfig> LoadLlamaConfig(const std::string& path);
+// Reads (OpenForRead's rules) and parses a config.json; errors name the file.
+absl::StatusOr<LlamaConfig> LoadLlamaConfig(const RootedPath& file);
 // HF-style config.json text (transformers 4.x layout) of the config's
 // architecture; ParseLlamaConfig reads it back to an equal config.
 std::string LlamaConfigToJson(const LlamaConfig& config);

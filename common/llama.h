@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "common/file_util.h"
 #include "common/hf_config.h"
 #include "common/linear.h"
 #include "common/model_description.h"
@@ -71,9 +72,10 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
     const LlamaConfig& config, std::shared_ptr<WeightSource> source);
 
 // Loads an unquantized Hugging Face model directory (config.json and
-// *.safetensors); F32 tensors are used in place from the mapping.
+// *.safetensors, each opened by OpenForRead under the directory's root);
+// F32 tensors are used in place from the mapping.
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
-    const std::string& dir);
+    const RootedPath& dir);
 
 // Element type of the KV cache: bf16 halves its memory (and the bytes
 // attention reads) at ~3 significant digits per stored key and value.

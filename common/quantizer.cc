@@ -113,17 +113,19 @@ absl::Status AddScales(const std::string& module, const QuantizedMatrix& q,
 
 }  // namespace
 
-absl::StatusOr<std::string> ModelChecksum(const std::string& model_dir) {
+absl::StatusOr<std::string> ModelChecksum(const RootedPath& model_dir) {
   std::vector<std::string> names;
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(model_dir, ec)) {
+  for (const auto& entry : fs::directory_iterator(model_dir.Full(), ec)) {
     if (entry.is_regular_file()) names.push_back(entry.path().filename().string());
   }
-  if (ec) return absl::NotFoundError(absl::StrCat("cannot list ", model_dir, ": ", ec.message()));
+  if (ec) {
+    return absl::NotFoundError(absl::StrCat("cannot list ", model_dir.path, ": ", ec.message()));
+  }
   std::sort(names.begin(), names.end());
   std::string listing;
   for (const std::string& name : names) {
-    ASSIGN_OR_RETURN(std::string sha, Sha256File(absl::StrCat(model_dir, "/", name)));
+    ASSIGN_OR_RETURN(std::string sha, Sha256File(model_dir.Child(name)));
     absl::StrAppend(&listing, name, " ", sha, "\n");
   }
   return Sha256Hex(listing);
@@ -329,11 +331,10 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   ASSIGN_OR_RETURN(std::unique_ptr<ArtifactWriter> out, store.Create(artifact_id));
   RETURN_IF_ERROR(writer.Write(absl::StrCat(out->dir(), "/", kWeightsFile)));
   for (const char* name : kCopiedFiles) {
-    const std::string from = absl::StrCat(request.model_dir, "/", name);
-    std::error_code ec;
-    if (!fs::exists(from, ec)) continue;
-    ASSIGN_OR_RETURN(std::string contents, ReadFile(from));
-    RETURN_IF_ERROR(WriteFileDurably(absl::StrCat(out->dir(), "/", name), contents));
+    absl::StatusOr<std::string> contents = ReadFile(request.model_dir.Child(name));
+    if (absl::IsNotFound(contents.status())) continue;
+    if (!contents.ok()) return contents.status();
+    RETURN_IF_ERROR(WriteFileDurably(absl::StrCat(out->dir(), "/", name), *contents));
   }
   const absl::Time now = absl::Now();
   manifest.mutable_create_time()->set_seconds(absl::ToUnixSeconds(now));

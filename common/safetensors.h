@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/file_util.h"
 
 namespace wq {
 
@@ -93,11 +94,11 @@ enum class FileBacking {
 // One safetensors file, read-only in memory.
 class SafetensorsFile {
  public:
-  // Maps or copies (`backing`) and validates `path`. INVALID_ARGUMENT /
-  // DATA_LOSS name the file and the offending tensor; NOT_FOUND if the file
-  // does not exist.
+  // Maps or copies (`backing`) and validates the file, opened by OpenForRead
+  // (whose errors it returns). INVALID_ARGUMENT / DATA_LOSS name the file
+  // and the offending tensor.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(
-      const std::string& path, FileBacking backing = FileBacking::kMapped);
+      const RootedPath& file, FileBacking backing = FileBacking::kMapped);
 
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "common/sentencepiece_shim.h"
+#include "common/status_macros.h"
 
 namespace wq {
 
@@ -162,17 +163,17 @@ bool ValidContinuation(unsigned char lead, int i, unsigned char b) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
-    const std::string& model_path) {
-  if (access(model_path.c_str(), F_OK) != 0) {
-    return absl::NotFoundError(
-        absl::StrCat("tokenizer model not found: ", model_path));
-  }
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const RootedPath& model) {
+  const std::string& model_path = model.path;
+  ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(model));
   const absl::StatusOr<SpmShimApi>& shim = Shim();
   if (!shim.ok()) return shim.status();
   int code = 0;
   char* error = nullptr;
-  void* handle = shim->load(model_path.c_str(), &code, &error);
+  // sentencepiece opens by name: the name of the descriptor checked above,
+  // so that it reads that file and no other.
+  const std::string fd_path = absl::StrCat("/proc/self/fd/", fd.get());
+  void* handle = shim->load(fd_path.c_str(), &code, &error);
   if (handle == nullptr) {
     const std::string message = error ? error : "unknown error";
     shim->free_string(error);

@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/file_util.h"
 
 namespace wq {
 
@@ -25,10 +26,10 @@ class Tokenizer {
   // How a piece turns into text, precomputed per id.
   enum class PieceKind { kNormal, kByte, kControl, kUnknown };
 
-  // NOT_FOUND when model_path does not exist, INVALID_ARGUMENT when it is not
-  // a sentencepiece model, FAILED_PRECONDITION when the shim is not found.
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(
-      const std::string& model_path);
+  // The model is opened by OpenForRead (its rules and errors);
+  // INVALID_ARGUMENT when it is not a sentencepiece model,
+  // FAILED_PRECONDITION when the shim is not found.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const RootedPath& model);
 
   Tokenizer(const Tokenizer&) = delete;
   Tokenizer& operator=(const Tokenizer&) = delete;

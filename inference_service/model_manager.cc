@@ -72,7 +72,7 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
   v1::ModelInfo& info = loaded->info;
   info.set_model(name);
   std::shared_ptr<const LlamaWeights> weights;
-  std::string tokenizer_path;
+  RootedPath tokenizer_path;
   if (store_->Exists(name)) {
     ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, store_->ReadManifest(name));
     ASSIGN_OR_RETURN(weights, store_->LoadWeights(name, options_.load));
@@ -93,16 +93,18 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
       info.mutable_config()->set_compute_dtype(ProtoComputeDtype(used));
     }
     info.set_bits_per_weight(manifest.bits_per_weight());
-    tokenizer_path = absl::StrCat(store_->ArtifactDir(name), "/tokenizer.model");
+    tokenizer_path = store_->ArtifactPath(name).Child("tokenizer.model");
   } else {
-    absl::StatusOr<std::string> dir = registry_.Resolve(name);
-    if (absl::IsNotFound(dir.status())) return UnknownModel(name);
-    if (!dir.ok()) return dir.status();
-    ASSIGN_OR_RETURN(weights, LoadLlamaModelDir(*dir));
+    absl::StatusOr<std::string> resolved = registry_.Resolve(name);
+    if (absl::IsNotFound(resolved.status())) return UnknownModel(name);
+    if (!resolved.ok()) return resolved.status();
+    // Files are opened beneath the model root, not through the real path.
+    const RootedPath dir(registry_.root(), name);
+    ASSIGN_OR_RETURN(weights, LoadLlamaModelDir(dir));
     info.set_quantized(false);
     info.set_source_model_id(name);
     info.set_bits_per_weight(32);
-    tokenizer_path = absl::StrCat(*dir, "/tokenizer.model");
+    tokenizer_path = dir.Child("tokenizer.model");
   }
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(tokenizer_path);
   if (!tokenizer.ok()) {

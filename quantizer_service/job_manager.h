@@ -66,7 +66,7 @@ class JobManager {
  private:
   struct JobEntry {
     v1::Job job;
-    std::string model_dir;
+    RootedPath model_dir;
     std::atomic<bool> cancelled{false};
     absl::Time started;
     int64_t version = 0;  // bumped on every change; watchers wait on it

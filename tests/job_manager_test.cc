@@ -21,9 +21,9 @@ class JobManagerTest : public ::testing::Test {
     const char* tmp = std::getenv("TEST_TMPDIR");
     std::string dir = std::string(tmp != nullptr ? tmp : "/tmp") + "/jobs.XXXXXX";
     ASSERT_NE(mkdtemp(dir.data()), nullptr);
-    char cwd[4096];
-    ASSERT_NE(getcwd(cwd, sizeof(cwd)), nullptr);
-    options_.model_root = std::string(cwd) + "/testdata/models";
+    // Where the runfiles' symlinks lead, as for the data root below.
+    options_.model_root =
+        std::filesystem::canonical("testdata/models/stories260K/config.json").parent_path().parent_path();
     options_.artifact_root = dir + "/artifacts";
     // Where the runfiles' symlinks lead: calibration files must resolve
     // inside the data root.
