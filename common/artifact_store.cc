@@ -13,6 +13,7 @@
 #include <map>
 #include <random>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -264,7 +265,8 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(tmp_dir_, ec)) {
-    if (entry.is_regular_file() && entry.path().filename() != kManifestFile) {
+    if (entry.is_regular_file() && entry.path().filename() != kManifestFile &&
+        entry.path().filename() != kManifestChecksumFile) {
       names.push_back(entry.path().filename().string());
     }
   }
@@ -304,6 +306,8 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
     return absl::InternalError("cannot serialise the artifact manifest");
   }
   RETURN_IF_ERROR(WriteFileDurably(absl::StrCat(tmp_dir_, "/", kManifestFile), json));
+  RETURN_IF_ERROR(
+      WriteFileDurably(absl::StrCat(tmp_dir_, "/", kManifestChecksumFile), Sha256Hex(json) + "\n"));
   RETURN_IF_ERROR(FsyncDirectory(tmp_dir_));
   const std::string final_dir = absl::StrCat(root_, "/", id_);
   // rename() of a directory fails if the target exists and is not empty.
@@ -369,6 +373,19 @@ absl::StatusOr<v1::ArtifactManifest> ArtifactStore::ReadManifest(
   if (!json.ok()) {
     return absl::Status(json.status().code(),
                         absl::StrCat("artifact ", artifact_id, ": ", json.status().message()));
+  }
+  absl::StatusOr<std::string> checksum =
+      ReadFile(ArtifactPath(artifact_id).Child(kManifestChecksumFile));
+  if (checksum.ok()) {
+    if (absl::StripAsciiWhitespace(*checksum) != Sha256Hex(*json)) {
+      return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": ", kManifestFile,
+                                              " does not match ", kManifestChecksumFile,
+                                              "; it was edited or is corrupt"));
+    }
+  } else if (!absl::IsNotFound(checksum.status())) {
+    return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": cannot read ",
+                                            kManifestChecksumFile, ": ",
+                                            checksum.status().message()));
   }
   v1::ArtifactManifest manifest;
   google::protobuf::util::JsonParseOptions options;

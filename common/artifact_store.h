@@ -28,6 +28,10 @@ namespace wq {
 inline constexpr int kArtifactFormatVersion = 3;
 inline constexpr char kArtifactFormat[] = "wq.artifact";
 inline constexpr char kManifestFile[] = "manifest.json";
+// sha256 of manifest.json as lowercase hex: the manifest's checksums cover
+// every other file, this one covers the manifest (its config and tensor
+// entries). Artifacts written before it have none and are read as before.
+inline constexpr char kManifestChecksumFile[] = "manifest.sha256";
 // Files larger than this also get per-chunk checksums (ManifestFile), which
 // loading verifies in parallel.
 inline constexpr int64_t kVerifyChunkBytes = int64_t{64} << 20;
@@ -63,7 +67,8 @@ class ArtifactWriter {
   // Directory to write the artifact's files into.
   const std::string& dir() const { return tmp_dir_; }
   // Records every file's size and sha256 in the manifest, writes
-  // manifest.json, fsyncs and publishes the directory atomically.
+  // manifest.json and its manifest.sha256, fsyncs and publishes the
+  // directory atomically.
   // ALREADY_EXISTS if an artifact of that id appeared meanwhile.
   absl::Status Commit(v1::ArtifactManifest manifest);
 
@@ -83,8 +88,9 @@ class ArtifactStore {
   bool Exists(const std::string& artifact_id) const;
   absl::StatusOr<std::unique_ptr<ArtifactWriter>> Create(const std::string& artifact_id);
 
-  // The manifest, after checking format and version (FAILED_PRECONDITION for
-  // a newer format). NOT_FOUND for an unknown id, INVALID_ARGUMENT for a
+  // The manifest, after checking it against manifest.sha256 where there is
+  // one (DATA_LOSS) and its format and version (FAILED_PRECONDITION for a
+  // newer format). NOT_FOUND for an unknown id, INVALID_ARGUMENT for a
   // malformed one.
   absl::StatusOr<v1::ArtifactManifest> ReadManifest(const std::string& artifact_id) const;
   // Every file's sha256 against the manifest, by chunks in parallel (size

@@ -127,7 +127,14 @@ class ArtifactFormatTest : public testing::Test {
     ASSERT_TRUE(absl::StrContains(json, from));
     json.replace(json.find(from), from.size(),
                  "\"format_version\": " + std::to_string(version));
-    ASSERT_TRUE(WriteFileDurably(path, json).ok());
+    WriteManifest(m.artifact_id(), json);
+  }
+
+  // Replaces the manifest as a writer of it would, its checksum included.
+  void WriteManifest(const std::string& id, const std::string& json) {
+    const std::string dir = store_->ArtifactDir(id);
+    ASSERT_TRUE(WriteFileDurably(dir + "/" + kManifestFile, json).ok());
+    ASSERT_TRUE(WriteFileDurably(dir + "/" + kManifestChecksumFile, Sha256Hex(json)).ok());
   }
 
   std::string root_;
@@ -194,7 +201,7 @@ TEST_F(ArtifactFormatTest, ChunkChecksums) {
   auto write_manifest = [&](const v1::ArtifactManifest& manifest) {
     std::string json;
     ASSERT_TRUE(google::protobuf::util::MessageToJsonString(manifest, &json).ok());
-    ASSERT_TRUE(WriteFileDurably(dir + "/" + kManifestFile, json).ok());
+    WriteManifest(m.artifact_id(), json);
   };
   v1::ArtifactManifest chunked = m;
   for (v1::ManifestFile& f : *chunked.mutable_files()) {
@@ -352,6 +359,28 @@ TEST_F(ArtifactFormatTest, CorruptArtifactIsQuarantinedAndRebuilt) {
   int listed = 0;
   for (const v1::ArtifactManifest& m : store_->List()) listed += m.artifact_id() == id;
   EXPECT_EQ(listed, 1);
+}
+
+// manifest.sha256 covers the manifest itself: an edited config is DATA_LOSS
+// for reading, listing and verifying, and quantizing again rebuilds it.
+TEST_F(ArtifactFormatTest, EditedManifestIsDataLoss) {
+  v1::WeightOnlyQuantConfig c = Config(v1::INT4_CLIP, v1::ASYM);
+  c.set_group_size(32);
+  const v1::ArtifactManifest m = Quantize(c);
+  const std::string path = store_->ArtifactDir(m.artifact_id()) + "/" + kManifestFile;
+  std::string json = *ReadFile(path);
+  const std::string from = "\"group_size\": 32";
+  ASSERT_TRUE(absl::StrContains(json, from)) << json;
+  json.replace(json.find(from), from.size(), "\"group_size\": 64");
+  ASSERT_TRUE(WriteFileDurably(path, json).ok());
+
+  EXPECT_EQ(store_->ReadManifest(m.artifact_id()).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(store_->Verify(m.artifact_id()).code(), absl::StatusCode::kDataLoss);
+  for (const v1::ArtifactManifest& listed : store_->List()) {
+    EXPECT_NE(listed.artifact_id(), m.artifact_id());
+  }
+  EXPECT_EQ(Quantize(c).config().group_size(), 32);
+  EXPECT_TRUE(store_->Verify(m.artifact_id()).ok());
 }
 
 }  // namespace
