@@ -1,6 +1,7 @@
 #include "common/artifact_store.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -52,6 +53,21 @@ bool IsInt8TilesLayout(const std::string& layout) {
 
 constexpr char kTempPrefix[] = ".tmp-";
 constexpr char kQuarantinePrefix[] = ".corrupt-";
+constexpr char kLockSuffix[] = ".lock";
+
+// An exclusive flock on `path` (created when `create`), taken without
+// waiting: UNAVAILABLE while another open file holds it, the lock held as
+// long as the descriptor stays open.
+absl::StatusOr<ScopedFd> TryLock(const std::string& path, bool create) {
+  const int raw = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0),
+                         0644);
+  if (raw < 0) return absl::InternalError(absl::StrCat("cannot open ", path, ": ", strerror(errno)));
+  ScopedFd fd(raw);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    return absl::UnavailableError(absl::StrCat(path, " is locked: ", strerror(errno)));
+  }
+  return fd;
+}
 
 absl::Status ValidateArtifactId(const std::string& id) {
   return ValidateResourceId(id, "artifact id", /*max_components=*/1);
@@ -254,11 +270,19 @@ class ArtifactSource : public WeightSource {
 
 }  // namespace
 
-ArtifactWriter::ArtifactWriter(std::string root, std::string id, std::string tmp_dir)
-    : root_(std::move(root)), id_(std::move(id)), tmp_dir_(std::move(tmp_dir)) {}
+ArtifactWriter::ArtifactWriter(std::string root, std::string id, std::string tmp_dir,
+                               ScopedFd lock)
+    : root_(std::move(root)),
+      id_(std::move(id)),
+      tmp_dir_(std::move(tmp_dir)),
+      lock_(std::move(lock)) {}
 
 ArtifactWriter::~ArtifactWriter() {
-  if (!committed_) RemoveTree(tmp_dir_).IgnoreError();
+  if (committed_) return;
+  RemoveTree(tmp_dir_).IgnoreError();
+  // Unlinked while still held (lock_ closes after), so no cleaner can take
+  // it for a directory that is still here.
+  ::unlink(absl::StrCat(tmp_dir_, kLockSuffix).c_str());
 }
 
 absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
@@ -318,6 +342,7 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
     return absl::InternalError(absl::StrCat("cannot publish ", final_dir, ": ", strerror(errno)));
   }
   committed_ = true;
+  ::unlink(absl::StrCat(tmp_dir_, kLockSuffix).c_str());
   return FsyncDirectory(root_);
 }
 
@@ -325,13 +350,25 @@ absl::StatusOr<std::unique_ptr<ArtifactStore>> ArtifactStore::Open(const std::st
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create artifact root ", root, ": ", ec.message()));
-  // Temporaries are only ever left by a crash mid-write.
+  std::vector<std::string> temporaries;
   for (const auto& entry : fs::directory_iterator(root, ec)) {
     if (absl::StartsWith(entry.path().filename().string(), kTempPrefix)) {
-      RemoveTree(entry.path().string()).IgnoreError();
+      temporaries.push_back(entry.path().string());
     }
   }
   if (ec) return absl::InternalError(absl::StrCat("cannot list artifact root ", root, ": ", ec.message()));
+  // A temporary whose lock this process can take has no writer: a crash
+  // left it (a lock file left alone means its directory is gone already).
+  for (const std::string& path : temporaries) {
+    const bool is_lock = absl::EndsWith(path, kLockSuffix);
+    const std::string dir = is_lock ? path.substr(0, path.size() - strlen(kLockSuffix)) : path;
+    if (is_lock && fs::exists(dir, ec)) continue;  // handled with its directory
+    const std::string lock_path = absl::StrCat(dir, kLockSuffix);
+    absl::StatusOr<ScopedFd> lock = TryLock(lock_path, /*create=*/!is_lock);
+    if (!lock.ok()) continue;  // a writer is at work
+    if (!is_lock) RemoveTree(dir).IgnoreError();
+    ::unlink(lock_path.c_str());
+  }
   return std::unique_ptr<ArtifactStore>(new ArtifactStore(fs::absolute(root).string()));
 }
 
@@ -356,11 +393,18 @@ absl::StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::Create(
   }
   std::random_device random;
   const std::string tmp = absl::StrCat(root_, "/", kTempPrefix, artifact_id, "-", random());
+  // The lock first: a directory is never seen without its owner's lock.
+  absl::StatusOr<ScopedFd> lock = TryLock(absl::StrCat(tmp, kLockSuffix), /*create=*/true);
+  if (!lock.ok()) {
+    return absl::InternalError(absl::StrCat("cannot lock ", tmp, ": ", lock.status().message()));
+  }
   std::error_code ec;
   if (!fs::create_directory(tmp, ec)) {
+    ::unlink(absl::StrCat(tmp, kLockSuffix).c_str());
     return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", ec.message()));
   }
-  return std::unique_ptr<ArtifactWriter>(new ArtifactWriter(root_, artifact_id, tmp));
+  return std::unique_ptr<ArtifactWriter>(
+      new ArtifactWriter(root_, artifact_id, tmp, *std::move(lock)));
 }
 
 absl::StatusOr<v1::ArtifactManifest> ArtifactStore::ReadManifest(

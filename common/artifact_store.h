@@ -3,8 +3,10 @@
 //                       /model.safetensors  (packed codes, scales, fp32 rest)
 //                       /config.json, tokenizer.model (copied from the source)
 // An artifact is written under a hidden temporary name, fsync'ed and renamed
-// into place, so a crash never leaves a half-written artifact visible; stale
-// temporaries are removed when the store opens.
+// into place, so a crash never leaves a half-written artifact visible. The
+// writer holds a flock on "<temporary>.lock" beside it; temporaries whose
+// lock nobody holds were left by a crash and are removed when a store opens,
+// while another process's writes in progress are left alone.
 #ifndef WQ_COMMON_ARTIFACT_STORE_H_
 #define WQ_COMMON_ARTIFACT_STORE_H_
 
@@ -74,8 +76,9 @@ class ArtifactWriter {
 
  private:
   friend class ArtifactStore;
-  ArtifactWriter(std::string root, std::string id, std::string tmp_dir);
+  ArtifactWriter(std::string root, std::string id, std::string tmp_dir, ScopedFd lock);
   std::string root_, id_, tmp_dir_;
+  ScopedFd lock_;  // flock on tmp_dir_ + ".lock" while writing
   bool committed_ = false;
 };
 

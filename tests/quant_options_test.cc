@@ -383,5 +383,30 @@ TEST_F(ArtifactFormatTest, EditedManifestIsDataLoss) {
   EXPECT_TRUE(store_->Verify(m.artifact_id()).ok());
 }
 
+// Opening a store removes the temporaries crashed writers left (a directory
+// whose lock nobody holds, or a lone lock file) but not one a live writer
+// holds the lock of, which still commits.
+TEST_F(ArtifactFormatTest, OpeningTheStoreKeepsLiveWritersTemporaries) {
+  auto writer = store_->Create("in-progress");
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE(WriteFileDurably((*writer)->dir() + "/part", "bytes").ok());
+  const std::string stale = root_ + "/.tmp-crashed-";
+  std::filesystem::create_directory(stale + "1");
+  std::filesystem::create_directory(stale + "2");
+  ASSERT_TRUE(WriteFileDurably(stale + "2.lock", "").ok());
+  ASSERT_TRUE(WriteFileDurably(stale + "3.lock", "").ok());
+
+  ASSERT_TRUE(ArtifactStore::Open(root_).ok());
+  EXPECT_TRUE(std::filesystem::exists((*writer)->dir() + "/part"));
+  for (const char* left : {"1", "2", "2.lock", "3.lock"}) {
+    EXPECT_FALSE(std::filesystem::exists(stale + left)) << left;
+  }
+  const std::string lock = (*writer)->dir() + ".lock";
+  EXPECT_TRUE(std::filesystem::exists(lock));
+  ASSERT_TRUE((*writer)->Commit(v1::ArtifactManifest()).ok());
+  EXPECT_TRUE(store_->Exists("in-progress"));
+  EXPECT_FALSE(std::filesystem::exists(lock));
+}
+
 }  // namespace
 }  // namespace wq
