@@ -10,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "common/artifact_store.h"
+#include "common/calibration.h"
 #include "common/file_util.h"
 #include "common/llama.h"
 #include "common/quantizer.h"
@@ -112,6 +113,21 @@ TEST_F(RootBoundaryTest, SymlinkedArtifactDirectoryLeavingTheRootIsInvisible) {
   EXPECT_EQ((*served)->Verify(id).code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ((*served)->LoadWeights(id).status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ((*served)->SizeBytes(id).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(RootBoundaryTest, CalibrationFifoFailsAtOnce) {
+  const std::string data = base_ + "/data";
+  fs::create_directories(data);
+  ASSERT_EQ(::mkfifo((data + "/calibration.txt").c_str(), 0644), 0);
+  auto tokenizer = Tokenizer::Load(RootedPath(models_, "m/tokenizer.model"));
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  v1::CalibrationConfig config;
+  config.set_data_file("calibration.txt");
+  config.set_n_samples(1);
+  config.set_seq_len(16);
+  const absl::Status status = BuildCalibrationSet(config, data, **tokenizer).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_FALSE(absl::StrContains(status.message(), base_)) << status;
 }
 
 }  // namespace
