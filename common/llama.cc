@@ -34,10 +34,10 @@ using Vector = Eigen::Map<Eigen::VectorXf>;
 // without them.
 class ModelDirSource : public WeightSource {
  public:
-  absl::Status Open(const RootedPath& dir) {
+  absl::Status Open(const RootedPath& dir, FileBacking backing) {
     ASSIGN_OR_RETURN(std::vector<RootedPath> paths, CheckpointFiles(dir));
     for (const RootedPath& path : paths) {
-      ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
+      ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path, backing));
       for (const TensorInfo& t : file->tensors()) {
         if (!by_name_.emplace(t.name, file.get()).second) {
           return absl::InvalidArgumentError(
@@ -211,10 +211,10 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
 }
 
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
-    const RootedPath& dir) {
+    const RootedPath& dir, FileBacking backing) {
   ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir.Child("config.json")));
   auto source = std::make_shared<ModelDirSource>();
-  RETURN_IF_ERROR(source->Open(dir));
+  RETURN_IF_ERROR(source->Open(dir, backing));
   ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
                    BuildLlamaWeights(config, source));
   RETURN_IF_ERROR(source->CheckAllUsed());

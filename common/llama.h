@@ -28,6 +28,7 @@
 #include "common/hf_config.h"
 #include "common/linear.h"
 #include "common/model_description.h"
+#include "common/safetensors.h"
 
 namespace wq {
 
@@ -73,9 +74,10 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
 
 // Loads an unquantized Hugging Face model directory (config.json and
 // *.safetensors, each opened by OpenForRead under the directory's root);
-// F32 tensors are used in place from the mapping.
+// F32 tensors are used in place from the files as `backing` holds them
+// (other dtypes are converted into memory the weights own).
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
-    const RootedPath& dir);
+    const RootedPath& dir, FileBacking backing = FileBacking::kMapped);
 
 // Element type of the KV cache: bf16 halves its memory (and the bytes
 // attention reads) at ~3 significant digits per stored key and value.

@@ -98,9 +98,10 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
     absl::StatusOr<std::string> resolved = registry_.Resolve(name);
     if (absl::IsNotFound(resolved.status())) return UnknownModel(name);
     if (!resolved.ok()) return resolved.status();
-    // Files are opened beneath the model root, not through the real path.
+    // Files are opened beneath the model root, not through the real path;
+    // copied, as artifacts are, so that a truncated file cannot SIGBUS us.
     const RootedPath dir(registry_.root(), name);
-    ASSIGN_OR_RETURN(weights, LoadLlamaModelDir(dir));
+    ASSIGN_OR_RETURN(weights, LoadLlamaModelDir(dir, FileBacking::kCopied));
     info.set_quantized(false);
     info.set_source_model_id(name);
     info.set_bits_per_weight(32);

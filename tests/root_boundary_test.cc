@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "common/artifact_store.h"
@@ -128,6 +129,27 @@ TEST_F(RootBoundaryTest, CalibrationFifoFailsAtOnce) {
   const absl::Status status = BuildCalibrationSet(config, data, **tokenizer).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   EXPECT_FALSE(absl::StrContains(status.message(), base_)) << status;
+}
+
+// As the inference server loads a model directory: copied, so truncating
+// its file afterwards (SIGBUS for a mapping) changes no logits.
+TEST_F(RootBoundaryTest, CopiedModelSurvivesTruncatedFile) {
+  auto weights = LoadLlamaModelDir(RootedPath(models_, "m"), FileBacking::kCopied);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  auto logits = [&] {
+    const LlamaModel model(*weights);
+    KVCache cache((*weights)->config, 8);
+    SequenceChunk chunk;
+    chunk.cache = &cache;
+    const std::vector<int> tokens = {1, 403, 407, 261};
+    chunk.tokens = tokens;
+    std::vector<float> out;
+    EXPECT_TRUE(model.Forward({&chunk, 1}, &out).ok());
+    return out;
+  };
+  const std::vector<float> before = logits();
+  ASSERT_EQ(::truncate((models_ + "/m/model.safetensors").c_str(), 0), 0);
+  EXPECT_EQ(logits(), before);
 }
 
 }  // namespace
