@@ -1,6 +1,7 @@
 #include "common/artifact_store.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,9 +14,12 @@
 #include <map>
 #include <random>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/file_util.h"
 #include "common/hf_config.h"
 #include "common/matmul.h"
@@ -48,18 +52,36 @@ bool IsInt8TilesLayout(const std::string& layout) {
 }
 
 constexpr char kTempPrefix[] = ".tmp-";
+constexpr char kQuarantinePrefix[] = ".corrupt-";
+constexpr char kLockSuffix[] = ".lock";
+
+// An exclusive flock on `path` (created when `create`), taken without
+// waiting: UNAVAILABLE while another open file holds it, the lock held as
+// long as the descriptor stays open.
+absl::StatusOr<ScopedFd> TryLock(const std::string& path, bool create) {
+  const int raw = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0),
+                         0644);
+  if (raw < 0) return absl::InternalError(absl::StrCat("cannot open ", path, ": ", strerror(errno)));
+  ScopedFd fd(raw);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    return absl::UnavailableError(absl::StrCat(path, " is locked: ", strerror(errno)));
+  }
+  return fd;
+}
 
 absl::Status ValidateArtifactId(const std::string& id) {
   return ValidateResourceId(id, "artifact id", /*max_components=*/1);
 }
 
 // Weights of a committed artifact: fp32 tensors and packed codes used in
-// place from the mapped model.safetensors.
+// place from model.safetensors, copied into memory at load so that a file
+// truncated or rewritten under a running server cannot fault (SIGBUS) the
+// weights it serves.
 class ArtifactSource : public WeightSource {
  public:
-  absl::Status Open(const std::string& dir, const v1::ArtifactManifest& manifest,
+  absl::Status Open(const RootedPath& dir, const v1::ArtifactManifest& manifest,
                     const LoadOptions& options) {
-    ASSIGN_OR_RETURN(file_, SafetensorsFile::Open(absl::StrCat(dir, "/", kWeightsFile)));
+    ASSIGN_OR_RETURN(file_, SafetensorsFile::Open(dir.Child(kWeightsFile), FileBacking::kCopied));
     for (const v1::ManifestTensor& t : manifest.tensors()) modules_[t.module()] = t;
     compute_ = options.compute.value_or(ComputeDtypeOf(manifest.config().compute_dtype()));
     private_weights_ = options.private_weights;
@@ -132,9 +154,8 @@ class ArtifactSource : public WeightSource {
     RETURN_IF_ERROR(ValidateQuantizedMatrixView(view, codes->nbytes, scales_count, zeros_count));
     // The arithmetic the artifact was quantized for (its compute_dtype) or the caller's.
     LinearWeight linear = LinearWeight::Quantized(view, compute_);
-    // Packed kernels read their own copy: the mapped codes need not stay
-    // resident (what still reads them faults them back in).
-    if (linear.packed()) file_->ReleasePages(*codes);
+    // The codes stay even when packed: the kernels read columns past their
+    // packed groups from them, and the copied file cannot fault them back.
     return linear;
   }
 
@@ -155,7 +176,7 @@ class ArtifactSource : public WeightSource {
     const int64_t shape[] = {bytes};
     ASSIGN_OR_RETURN(const TensorInfo* t, file_->Get(module + ".qweight_tiles", DType::kU8, shape));
     const uint8_t* tiles = file_->data(*t);
-    // Read in place. Memory-safe whatever the bytes (the kernels index
+    // Read in place from the copy. Memory-safe whatever the bytes (the kernels index
     // nothing by a code beyond its 16- or 256-entry table), and the load
     // fails unless the checksums, verified meanwhile, match the manifest.
     // Codes outside the format's level table are not looked for here (the
@@ -249,18 +270,27 @@ class ArtifactSource : public WeightSource {
 
 }  // namespace
 
-ArtifactWriter::ArtifactWriter(std::string root, std::string id, std::string tmp_dir)
-    : root_(std::move(root)), id_(std::move(id)), tmp_dir_(std::move(tmp_dir)) {}
+ArtifactWriter::ArtifactWriter(std::string root, std::string id, std::string tmp_dir,
+                               ScopedFd lock)
+    : root_(std::move(root)),
+      id_(std::move(id)),
+      tmp_dir_(std::move(tmp_dir)),
+      lock_(std::move(lock)) {}
 
 ArtifactWriter::~ArtifactWriter() {
-  if (!committed_) RemoveTree(tmp_dir_).IgnoreError();
+  if (committed_) return;
+  RemoveTree(tmp_dir_).IgnoreError();
+  // Unlinked while still held (lock_ closes after), so no cleaner can take
+  // it for a directory that is still here.
+  ::unlink(absl::StrCat(tmp_dir_, kLockSuffix).c_str());
 }
 
 absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(tmp_dir_, ec)) {
-    if (entry.is_regular_file() && entry.path().filename() != kManifestFile) {
+    if (entry.is_regular_file() && entry.path().filename() != kManifestFile &&
+        entry.path().filename() != kManifestChecksumFile) {
       names.push_back(entry.path().filename().string());
     }
   }
@@ -300,6 +330,8 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
     return absl::InternalError("cannot serialise the artifact manifest");
   }
   RETURN_IF_ERROR(WriteFileDurably(absl::StrCat(tmp_dir_, "/", kManifestFile), json));
+  RETURN_IF_ERROR(
+      WriteFileDurably(absl::StrCat(tmp_dir_, "/", kManifestChecksumFile), Sha256Hex(json) + "\n"));
   RETURN_IF_ERROR(FsyncDirectory(tmp_dir_));
   const std::string final_dir = absl::StrCat(root_, "/", id_);
   // rename() of a directory fails if the target exists and is not empty.
@@ -310,6 +342,7 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
     return absl::InternalError(absl::StrCat("cannot publish ", final_dir, ": ", strerror(errno)));
   }
   committed_ = true;
+  ::unlink(absl::StrCat(tmp_dir_, kLockSuffix).c_str());
   return FsyncDirectory(root_);
 }
 
@@ -317,13 +350,25 @@ absl::StatusOr<std::unique_ptr<ArtifactStore>> ArtifactStore::Open(const std::st
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create artifact root ", root, ": ", ec.message()));
-  // Temporaries are only ever left by a crash mid-write.
+  std::vector<std::string> temporaries;
   for (const auto& entry : fs::directory_iterator(root, ec)) {
     if (absl::StartsWith(entry.path().filename().string(), kTempPrefix)) {
-      RemoveTree(entry.path().string()).IgnoreError();
+      temporaries.push_back(entry.path().string());
     }
   }
   if (ec) return absl::InternalError(absl::StrCat("cannot list artifact root ", root, ": ", ec.message()));
+  // A temporary whose lock this process can take has no writer: a crash
+  // left it (a lock file left alone means its directory is gone already).
+  for (const std::string& path : temporaries) {
+    const bool is_lock = absl::EndsWith(path, kLockSuffix);
+    const std::string dir = is_lock ? path.substr(0, path.size() - strlen(kLockSuffix)) : path;
+    if (is_lock && fs::exists(dir, ec)) continue;  // handled with its directory
+    const std::string lock_path = absl::StrCat(dir, kLockSuffix);
+    absl::StatusOr<ScopedFd> lock = TryLock(lock_path, /*create=*/!is_lock);
+    if (!lock.ok()) continue;  // a writer is at work
+    if (!is_lock) RemoveTree(dir).IgnoreError();
+    ::unlink(lock_path.c_str());
+  }
   return std::unique_ptr<ArtifactStore>(new ArtifactStore(fs::absolute(root).string()));
 }
 
@@ -331,10 +376,13 @@ std::string ArtifactStore::ArtifactDir(const std::string& artifact_id) const {
   return absl::StrCat(root_, "/", artifact_id);
 }
 
+RootedPath ArtifactStore::ArtifactPath(const std::string& artifact_id) const {
+  return RootedPath(root_, artifact_id);
+}
+
 bool ArtifactStore::Exists(const std::string& artifact_id) const {
-  std::error_code ec;
   return ValidateArtifactId(artifact_id).ok() &&
-         fs::is_regular_file(absl::StrCat(ArtifactDir(artifact_id), "/", kManifestFile), ec);
+         OpenForRead(ArtifactPath(artifact_id).Child(kManifestFile)).ok();
 }
 
 absl::StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::Create(
@@ -345,25 +393,48 @@ absl::StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::Create(
   }
   std::random_device random;
   const std::string tmp = absl::StrCat(root_, "/", kTempPrefix, artifact_id, "-", random());
+  // The lock first: a directory is never seen without its owner's lock.
+  absl::StatusOr<ScopedFd> lock = TryLock(absl::StrCat(tmp, kLockSuffix), /*create=*/true);
+  if (!lock.ok()) {
+    return absl::InternalError(absl::StrCat("cannot lock ", tmp, ": ", lock.status().message()));
+  }
   std::error_code ec;
   if (!fs::create_directory(tmp, ec)) {
+    ::unlink(absl::StrCat(tmp, kLockSuffix).c_str());
     return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", ec.message()));
   }
-  return std::unique_ptr<ArtifactWriter>(new ArtifactWriter(root_, artifact_id, tmp));
+  return std::unique_ptr<ArtifactWriter>(
+      new ArtifactWriter(root_, artifact_id, tmp, *std::move(lock)));
 }
 
 absl::StatusOr<v1::ArtifactManifest> ArtifactStore::ReadManifest(
     const std::string& artifact_id) const {
   RETURN_IF_ERROR(ValidateArtifactId(artifact_id));
-  if (!Exists(artifact_id)) {
-    return absl::NotFoundError(absl::StrCat("no artifact ", artifact_id, " in ", root_));
+  absl::StatusOr<std::string> json = ReadFile(ArtifactPath(artifact_id).Child(kManifestFile));
+  if (absl::IsNotFound(json.status())) {
+    return absl::NotFoundError(absl::StrCat("no artifact ", artifact_id));
   }
-  ASSIGN_OR_RETURN(std::string json,
-                   ReadFile(absl::StrCat(ArtifactDir(artifact_id), "/", kManifestFile)));
+  if (!json.ok()) {
+    return absl::Status(json.status().code(),
+                        absl::StrCat("artifact ", artifact_id, ": ", json.status().message()));
+  }
+  absl::StatusOr<std::string> checksum =
+      ReadFile(ArtifactPath(artifact_id).Child(kManifestChecksumFile));
+  if (checksum.ok()) {
+    if (absl::StripAsciiWhitespace(*checksum) != Sha256Hex(*json)) {
+      return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": ", kManifestFile,
+                                              " does not match ", kManifestChecksumFile,
+                                              "; it was edited or is corrupt"));
+    }
+  } else if (!absl::IsNotFound(checksum.status())) {
+    return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": cannot read ",
+                                            kManifestChecksumFile, ": ",
+                                            checksum.status().message()));
+  }
   v1::ArtifactManifest manifest;
   google::protobuf::util::JsonParseOptions options;
   options.ignore_unknown_fields = true;  // a newer writer's fields; the version decides
-  if (!google::protobuf::util::JsonStringToMessage(json, &manifest, options).ok()) {
+  if (!google::protobuf::util::JsonStringToMessage(*json, &manifest, options).ok()) {
     return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": manifest.json is not a valid manifest"));
   }
   if (manifest.format() != kArtifactFormat) {
@@ -389,7 +460,7 @@ namespace {
 
 // One file against its manifest entry: by chunks, in parallel, when the
 // manifest has them, else the whole file's sha256.
-absl::Status VerifyFile(const std::string& artifact_id, const std::string& path,
+absl::Status VerifyFile(const std::string& artifact_id, const RootedPath& path,
                         const v1::ManifestFile& f) {
   auto corrupt = [&](const std::string& what) {
     return absl::DataLossError(
@@ -407,9 +478,9 @@ absl::Status VerifyFile(const std::string& artifact_id, const std::string& path,
     }
     return absl::OkStatus();
   }
-  std::error_code ec;
-  const auto size = static_cast<int64_t>(fs::file_size(path, ec));
-  if (ec) return unreadable(absl::InternalError(ec.message()));
+  const absl::StatusOr<int64_t> file_size = FileSize(path);
+  if (!file_size.ok()) return unreadable(file_size.status());
+  const int64_t size = *file_size;
   if (size != f.size_bytes()) {
     return corrupt(absl::StrCat(size, " bytes, manifest says ", f.size_bytes()));
   }
@@ -440,8 +511,7 @@ absl::Status ArtifactStore::Verify(const std::string& artifact_id) const {
   for (const v1::ManifestFile& f : manifest.files()) {
     RETURN_IF_ERROR(ValidateResourceId(f.name(), "artifact file name", 1));
     has_weights |= f.name() == kWeightsFile;
-    const std::string path = absl::StrCat(ArtifactDir(artifact_id), "/", f.name());
-    RETURN_IF_ERROR(VerifyFile(artifact_id, path, f));
+    RETURN_IF_ERROR(VerifyFile(artifact_id, ArtifactPath(artifact_id).Child(f.name()), f));
   }
   if (!has_weights) {
     return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": manifest lists no ", kWeightsFile));
@@ -463,12 +533,28 @@ std::vector<v1::ArtifactManifest> ArtifactStore::List() const {
   return manifests;
 }
 
-absl::StatusOr<int64_t> ArtifactStore::SizeBytes(const std::string& artifact_id) const {
+absl::StatusOr<std::string> ArtifactStore::Quarantine(const std::string& artifact_id) {
   RETURN_IF_ERROR(ValidateArtifactId(artifact_id));
+  const std::string aside =
+      absl::StrCat(kQuarantinePrefix, artifact_id, "-", absl::ToUnixSeconds(absl::Now()));
+  if (::rename(ArtifactDir(artifact_id).c_str(), absl::StrCat(root_, "/", aside).c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot move artifact ", artifact_id, " aside to ",
+                                            aside, ": ", strerror(errno)));
+  }
+  RETURN_IF_ERROR(FsyncDirectory(root_));
+  return aside;
+}
+
+absl::StatusOr<int64_t> ArtifactStore::SizeBytes(const std::string& artifact_id) const {
+  // Exists refuses a directory that a symlink leads out of the root; links
+  // inside it are not the artifact's files either.
+  if (!Exists(artifact_id)) return absl::NotFoundError(absl::StrCat("no artifact ", artifact_id));
   int64_t total = 0;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(ArtifactDir(artifact_id), ec)) {
-    if (entry.is_regular_file()) total += static_cast<int64_t>(entry.file_size(ec));
+    if (entry.symlink_status(ec).type() == fs::file_type::regular) {
+      total += static_cast<int64_t>(entry.file_size(ec));
+    }
   }
   if (ec) return absl::NotFoundError(absl::StrCat("no artifact ", artifact_id));
   return total;
@@ -484,7 +570,7 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> ArtifactStore::LoadWeights(
   // future waits for its task when an early return destroys it.
   std::future<absl::Status> verified =
       std::async(std::launch::async, [this, &artifact_id] { return Verify(artifact_id); });
-  const std::string dir = ArtifactDir(artifact_id);
+  const RootedPath dir = ArtifactPath(artifact_id);
   ASSIGN_OR_RETURN(LlamaConfig config, LoadModelDirConfig(dir));
   auto source = std::make_shared<ArtifactSource>();
   RETURN_IF_ERROR(source->Open(dir, manifest, options));

@@ -3,8 +3,10 @@
 //                       /model.safetensors  (packed codes, scales, fp32 rest)
 //                       /config.json, tokenizer files (copied from the source)
 // An artifact is written under a hidden temporary name, fsync'ed and renamed
-// into place, so a crash never leaves a half-written artifact visible; stale
-// temporaries are removed when the store opens.
+// into place, so a crash never leaves a half-written artifact visible. The
+// writer holds a flock on "<temporary>.lock" beside it; temporaries whose
+// lock nobody holds were left by a crash and are removed when a store opens,
+// while another process's writes in progress are left alone.
 #ifndef WQ_COMMON_ARTIFACT_STORE_H_
 #define WQ_COMMON_ARTIFACT_STORE_H_
 
@@ -15,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/file_util.h"
 #include "common/llama.h"
 #include "proto/wq/v1/artifact.pb.h"
 
@@ -27,14 +30,18 @@ namespace wq {
 inline constexpr int kArtifactFormatVersion = 3;
 inline constexpr char kArtifactFormat[] = "wq.artifact";
 inline constexpr char kManifestFile[] = "manifest.json";
+// sha256 of manifest.json as lowercase hex: the manifest's checksums cover
+// every other file, this one covers the manifest (its config and tensor
+// entries). Artifacts written before it have none and are read as before.
+inline constexpr char kManifestChecksumFile[] = "manifest.sha256";
 // Files larger than this also get per-chunk checksums (ManifestFile), which
 // loading verifies in parallel.
 inline constexpr int64_t kVerifyChunkBytes = int64_t{64} << 20;
 inline constexpr char kWeightsFile[] = "model.safetensors";
 inline constexpr char kRowMajorPackedLayout[] = "rowmajor-packed-v1";
 // The int8 kernels' own layout (kernels.h PackedInt8Weights) in
-// <module>.qweight_tiles: loading with int8 compute maps it in place (no
-// packing; replicas share the page cache), other compute dtypes convert it
+// <module>.qweight_tiles: loading with int8 compute uses it in place (no
+// packing), other compute dtypes convert it
 // back to rowmajor-packed-v1 once. With fp32 scales; the -bf16 variant
 // stores bf16 scales in half the bytes (kernels.h scale_bytes), so that an
 // older server refuses it as an unknown layout instead of misreading it.
@@ -48,11 +55,10 @@ const char* Int8TilesLayoutFor(ScaleEncoding scales);
 struct LoadOptions {
   // Arithmetic of the quantized linears; unset: the artifact's compute_dtype.
   std::optional<ComputeDtype> compute;
-  // kInt8TilesLayout tensors are read in place from the mapped artifact:
-  // loading costs the checksum only and every process on the node shares
-  // them through the page cache. true copies them into this process's own
-  // memory instead, which decoded faster on the benchmark VM
-  // (bench/results/speed.md) at the price of load time and sharing.
+  // kInt8TilesLayout tensors are read in place from the artifact's copy in
+  // memory. true copies them once more into the kernels' own allocation
+  // (the artifact's copy of them is freed), which decoded faster on the
+  // benchmark VM when the weights were mapped (bench/results/speed.md).
   bool private_weights = false;
 };
 
@@ -63,14 +69,16 @@ class ArtifactWriter {
   // Directory to write the artifact's files into.
   const std::string& dir() const { return tmp_dir_; }
   // Records every file's size and sha256 in the manifest, writes
-  // manifest.json, fsyncs and publishes the directory atomically.
+  // manifest.json and its manifest.sha256, fsyncs and publishes the
+  // directory atomically.
   // ALREADY_EXISTS if an artifact of that id appeared meanwhile.
   absl::Status Commit(v1::ArtifactManifest manifest);
 
  private:
   friend class ArtifactStore;
-  ArtifactWriter(std::string root, std::string id, std::string tmp_dir);
+  ArtifactWriter(std::string root, std::string id, std::string tmp_dir, ScopedFd lock);
   std::string root_, id_, tmp_dir_;
+  ScopedFd lock_;  // flock on tmp_dir_ + ".lock" while writing
   bool committed_ = false;
 };
 
@@ -83,8 +91,9 @@ class ArtifactStore {
   bool Exists(const std::string& artifact_id) const;
   absl::StatusOr<std::unique_ptr<ArtifactWriter>> Create(const std::string& artifact_id);
 
-  // The manifest, after checking format and version (FAILED_PRECONDITION for
-  // a newer format). NOT_FOUND for an unknown id, INVALID_ARGUMENT for a
+  // The manifest, after checking it against manifest.sha256 where there is
+  // one (DATA_LOSS) and its format and version (FAILED_PRECONDITION for a
+  // newer format). NOT_FOUND for an unknown id, INVALID_ARGUMENT for a
   // malformed one.
   absl::StatusOr<v1::ArtifactManifest> ReadManifest(const std::string& artifact_id) const;
   // Every file's sha256 against the manifest, by chunks in parallel (size
@@ -93,16 +102,24 @@ class ArtifactStore {
   absl::Status Verify(const std::string& artifact_id) const;
   // Manifests of all artifacts, sorted by id; unreadable ones are skipped.
   std::vector<v1::ArtifactManifest> List() const;
+  // Renames a corrupt artifact aside to the hidden ".corrupt-<id>-<unix
+  // seconds>" in the root, where ids and listings no longer reach it but an
+  // operator can still inspect it; returns that name.
+  absl::StatusOr<std::string> Quarantine(const std::string& artifact_id);
   // Total bytes of the artifact's files.
   absl::StatusOr<int64_t> SizeBytes(const std::string& artifact_id) const;
 
-  // Verifies and maps the artifact; quantized linears are used in place
-  // from the mapping, or packed for their kernels (int8 compute from a
+  // Verifies the artifact and copies model.safetensors into memory (never
+  // mapped: truncating the file would SIGBUS a mapping's reader); quantized
+  // linears are used in place from the copy, or packed for their kernels (int8 compute from a
   // row-major artifact), or converted back to row-major once (int8 tiles
   // with another compute dtype). See LoadOptions.
   absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadWeights(
       const std::string& artifact_id, const LoadOptions& options = {}) const;
   std::string ArtifactDir(const std::string& artifact_id) const;
+  // The artifact's directory beneath the root, for OpenForRead: no symlink
+  // may lead out of the root.
+  RootedPath ArtifactPath(const std::string& artifact_id) const;
 
  private:
   explicit ArtifactStore(std::string root) : root_(std::move(root)) {}

@@ -444,22 +444,22 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromVocabMerges(
 }
 
 absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::Load(
-    const std::string& dir) {
+    const RootedPath& dir) {
   std::string config;
-  auto config_or = ReadFile(dir + "/tokenizer_config.json");
+  auto config_or = ReadFile(dir.Child("tokenizer_config.json"));
   if (config_or.ok()) {
     config = *std::move(config_or);
   } else if (!absl::IsNotFound(config_or.status())) {
     return config_or.status();
   }
-  auto json = ReadFile(dir + "/tokenizer.json");
+  auto json = ReadFile(dir.Child("tokenizer.json"));
   if (json.ok()) return FromTokenizerJson(*json, config);
   if (!absl::IsNotFound(json.status())) return json.status();
-  auto vocab = ReadFile(dir + "/vocab.json");
-  auto merges = ReadFile(dir + "/merges.txt");
+  auto vocab = ReadFile(dir.Child("vocab.json"));
+  auto merges = ReadFile(dir.Child("merges.txt"));
   if (absl::IsNotFound(vocab.status()) || absl::IsNotFound(merges.status())) {
     return absl::NotFoundError(absl::StrCat(
-        dir, ": no tokenizer.json, nor vocab.json with merges.txt"));
+        dir.path, ": no tokenizer.json, nor vocab.json with merges.txt"));
   }
   RETURN_IF_ERROR(vocab.status());
   RETURN_IF_ERROR(merges.status());

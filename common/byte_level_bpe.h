@@ -16,6 +16,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/file_util.h"
 #include "common/pretokenizer_regex.h"
 
 namespace wq {
@@ -38,7 +39,7 @@ class ByteLevelBpe {
   // `dir`/tokenizer.json, else `dir`/vocab.json + merges.txt; NOT_FOUND when
   // neither is there. Reads `dir`/tokenizer_config.json when present.
   static absl::StatusOr<std::unique_ptr<ByteLevelBpe>> Load(
-      const std::string& dir);
+      const RootedPath& dir);
 
   // An added_tokens entry (tokenizer.json) or added_tokens_decoder entry
   // (tokenizer_config.json).

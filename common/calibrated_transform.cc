@@ -16,7 +16,7 @@ namespace wq {
 
 absl::StatusOr<std::vector<std::string>> RunCalibratedTransform(
     const LlamaModel& model, const LayerWeightsFn& layers, const TransformedBlockFn& emit,
-    const v1::WeightOnlyQuantConfig& resolved, const std::string& model_dir,
+    const v1::WeightOnlyQuantConfig& resolved, const RootedPath& model_dir,
     const std::string& data_root, const std::atomic<bool>* cancelled,
     const CalibrationProgressFn& progress) {
   const LlamaConfig& config = model.config();

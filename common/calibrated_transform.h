@@ -32,7 +32,7 @@ using TransformedBlockFn = std::function<absl::Status(int layer, BlockWeights& b
 // also inside a block.
 absl::StatusOr<std::vector<std::string>> RunCalibratedTransform(
     const LlamaModel& model, const LayerWeightsFn& layers, const TransformedBlockFn& emit,
-    const v1::WeightOnlyQuantConfig& resolved, const std::string& model_dir,
+    const v1::WeightOnlyQuantConfig& resolved, const RootedPath& model_dir,
     const std::string& data_root, const std::atomic<bool>* cancelled,
     const CalibrationProgressFn& progress);
 

@@ -28,10 +28,12 @@ absl::StatusOr<CalibrationSet> BuildCalibrationSet(
     source = absl::StrCat(texts.size(), " inline texts");
   } else if (config.has_data_file()) {
     // Calibration files are many levels deep at most; 8 as the service allows.
-    ASSIGN_OR_RETURN(std::string path,
-                     ResolveUnderRoot(data_root, config.data_file(),
-                                      "calibration data_file", 8));
-    ASSIGN_OR_RETURN(std::string contents, ReadFile(path));
+    // ResolveUnderRoot checks the id and the root (an empty root would
+    // read as a trusted path); the open is confined as well, so that a
+    // symlink swapped in after that check cannot lead out of the root.
+    RETURN_IF_ERROR(ResolveUnderRoot(data_root, config.data_file(), "calibration data_file", 8)
+                        .status());
+    ASSIGN_OR_RETURN(std::string contents, ReadFile(RootedPath(data_root, config.data_file())));
     for (absl::string_view line : absl::StrSplit(contents, '\n')) {
       texts.emplace_back(line);
     }

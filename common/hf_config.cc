@@ -347,12 +347,12 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json) {
   return config;
 }
 
-absl::StatusOr<LlamaConfig> LoadLlamaConfig(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+absl::StatusOr<LlamaConfig> LoadLlamaConfig(const RootedPath& file) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(file));
   absl::StatusOr<LlamaConfig> config = ParseLlamaConfig(text);
   if (!config.ok()) {
     return absl::Status(config.status().code(),
-                        absl::StrCat(path, ": ", config.status().message()));
+                        absl::StrCat(file.path, ": ", config.status().message()));
   }
   return config;
 }
@@ -379,15 +379,15 @@ absl::Status MergeGenerationConfig(std::string_view json, LlamaConfig* config) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<LlamaConfig> LoadModelDirConfig(const std::string& dir) {
-  ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir + "/config.json"));
-  const std::string generation_path = dir + "/generation_config.json";
-  std::error_code ec;
-  if (!std::filesystem::exists(generation_path, ec)) return config;
-  ASSIGN_OR_RETURN(std::string text, ReadFile(generation_path));
-  absl::Status merged = MergeGenerationConfig(text, &config);
+absl::StatusOr<LlamaConfig> LoadModelDirConfig(const RootedPath& dir) {
+  ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(dir.Child("config.json")));
+  absl::StatusOr<std::string> text = ReadFile(dir.Child("generation_config.json"));
+  if (absl::IsNotFound(text.status())) return config;
+  RETURN_IF_ERROR(text.status());
+  absl::Status merged = MergeGenerationConfig(*text, &config);
   if (!merged.ok()) {
-    return absl::Status(merged.code(), absl::StrCat(generation_path, ": ", merged.message()));
+    return absl::Status(merged.code(), absl::StrCat(dir.path, "/generation_config.json: ",
+                                                    merged.message()));
   }
   return config;
 }

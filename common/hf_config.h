@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/architecture.h"
+#include "common/file_util.h"
 
 namespace wq {
 
@@ -61,15 +62,15 @@ inline constexpr int kMaxLlamaConfigDim = 1 << 20;
 // sizes; UNIMPLEMENTED, naming the field, for architectures, activations,
 // rope_scaling types, sliding windows and biases wq does not implement.
 absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json);
-// Reads and parses a config.json; errors name the file.
-absl::StatusOr<LlamaConfig> LoadLlamaConfig(const std::string& path);
+// Reads (OpenForRead's rules) and parses a config.json; errors name the file.
+absl::StatusOr<LlamaConfig> LoadLlamaConfig(const RootedPath& file);
 // Adds the eos_token_id (an id or a list) of a generation_config.json to
 // config->eos_token_ids: instruct models list their end-of-turn ids there
 // (Llama 3: <|eot_id|>), and generation stops on any of them.
 absl::Status MergeGenerationConfig(std::string_view json, LlamaConfig* config);
 // config.json of a model or artifact directory, with its
 // generation_config.json merged in when present.
-absl::StatusOr<LlamaConfig> LoadModelDirConfig(const std::string& dir);
+absl::StatusOr<LlamaConfig> LoadModelDirConfig(const RootedPath& dir);
 // HF-style config.json text (transformers 4.x layout) of the config's
 // architecture; ParseLlamaConfig reads it back to an equal config.
 std::string LlamaConfigToJson(const LlamaConfig& config);

@@ -28,13 +28,11 @@ using Vector = Eigen::Map<Eigen::VectorXf>;
 
 // The shards model.safetensors.index.json maps tensors to, else every
 // *.safetensors file, sorted.
-absl::StatusOr<std::vector<std::string>> CheckpointFiles(const std::string& dir) {
-  std::vector<std::string> paths;
-  const std::string index_path = absl::StrCat(dir, "/model.safetensors.index.json");
-  std::error_code ec;
-  if (std::filesystem::exists(index_path, ec)) {
-    ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
-    const nlohmann::json index = nlohmann::json::parse(text, nullptr, false);
+absl::StatusOr<std::vector<RootedPath>> CheckpointFiles(const RootedPath& dir) {
+  std::vector<RootedPath> paths;
+  absl::StatusOr<std::string> text = ReadFile(dir.Child("model.safetensors.index.json"));
+  if (text.ok()) {
+    const nlohmann::json index = nlohmann::json::parse(*text, nullptr, false);
     const auto map = index.is_object() ? index.find("weight_map") : index.end();
     if (index.is_discarded() || map == index.end() || !map->is_object()) {
       return absl::InvalidArgumentError(
@@ -52,17 +50,21 @@ absl::StatusOr<std::vector<std::string>> CheckpointFiles(const std::string& dir)
       }
       shards.insert(shard.get<std::string>());
     }
-    for (const std::string& shard : shards) paths.push_back(absl::StrCat(dir, "/", shard));
+    for (const std::string& shard : shards) paths.push_back(dir.Child(shard));
     return paths;
   }
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    if (entry.path().extension() == ".safetensors") paths.push_back(entry.path().string());
+  if (!absl::IsNotFound(text.status())) return text.status();
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.Full(), ec)) {
+    if (entry.path().extension() == ".safetensors") names.push_back(entry.path().filename());
   }
-  if (ec) return absl::NotFoundError(absl::StrCat("cannot list ", dir, ": ", ec.message()));
-  if (paths.empty()) {
-    return absl::NotFoundError(absl::StrCat("no *.safetensors file in ", dir));
+  if (ec) return absl::NotFoundError(absl::StrCat("cannot list ", dir.path, ": ", ec.message()));
+  if (names.empty()) {
+    return absl::NotFoundError(absl::StrCat("no *.safetensors file in ", dir.path));
   }
-  std::sort(paths.begin(), paths.end());
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) paths.push_back(dir.Child(name));
   return paths;
 }
 
@@ -77,14 +79,14 @@ void RmsNorm(const float* x, const float* weight, int n, float eps, float* out) 
 
 }  // namespace
 
-absl::Status CheckpointSource::Open(const std::string& dir) {
-  ASSIGN_OR_RETURN(std::vector<std::string> paths, CheckpointFiles(dir));
-  for (const std::string& path : paths) {
-    ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
+absl::Status CheckpointSource::Open(const RootedPath& dir, FileBacking backing) {
+  ASSIGN_OR_RETURN(std::vector<RootedPath> paths, CheckpointFiles(dir));
+  for (const RootedPath& path : paths) {
+    ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path, backing));
     for (const TensorInfo& t : file->tensors()) {
       if (!by_name_.emplace(t.name, file.get()).second) {
         return absl::InvalidArgumentError(
-            absl::StrCat("tensor ", t.name, " appears in two files of ", dir));
+            absl::StrCat("tensor ", t.name, " appears in two files of ", dir.path));
       }
     }
     files_.push_back(std::move(file));
@@ -210,10 +212,10 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
 }
 
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
-    const std::string& dir) {
+    const RootedPath& dir, FileBacking backing) {
   ASSIGN_OR_RETURN(LlamaConfig config, LoadModelDirConfig(dir));
   auto source = std::make_shared<CheckpointSource>();
-  RETURN_IF_ERROR(source->Open(dir));
+  RETURN_IF_ERROR(source->Open(dir, backing));
   ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
                    BuildLlamaWeights(config, source));
   RETURN_IF_ERROR(source->CheckAllUsed());

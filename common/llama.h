@@ -27,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "common/file_util.h"
 #include "common/hf_config.h"
 #include "common/linear.h"
 #include "common/model_description.h"
@@ -59,7 +60,10 @@ class WeightSource {
 // is refused rather than served without them.
 class CheckpointSource : public WeightSource {
  public:
-  absl::Status Open(const std::string& dir);
+  // Files are opened beneath dir's root (OpenForRead); `backing` kMapped
+  // keeps memory bounded for a tool streaming the checkpoint, kCopied makes a
+  // server immune to the files changing under it.
+  absl::Status Open(const RootedPath& dir, FileBacking backing);
   absl::StatusOr<const float*> F32(absl::string_view tensor,
                                    absl::Span<const int64_t> shape) override;
   bool Has(absl::string_view module) override;
@@ -121,9 +125,11 @@ absl::StatusOr<LinearWeight> LoadLmHead(const LlamaConfig& config, WeightSource&
                                         const float* embed);
 
 // Loads an unquantized Hugging Face model directory (config.json and
-// *.safetensors); F32 tensors are used in place from the mapping.
+// *.safetensors, each opened by OpenForRead under the directory's root);
+// F32 tensors are used in place from the files as `backing` holds them
+// (other dtypes are converted into memory the weights own).
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
-    const std::string& dir);
+    const RootedPath& dir, FileBacking backing = FileBacking::kMapped);
 
 // Element type of the KV cache: bf16 halves its memory (and the bytes
 // attention reads) at ~3 significant digits per stored key and value.

@@ -155,9 +155,9 @@ absl::StatusOr<std::string> ResolveUnderRoot(const std::string& root,
       *real_root == "/" ? *real_root : absl::StrCat(*real_root, "/");
   if (real_path->size() <= prefix.size() ||
       real_path->compare(0, prefix.size(), prefix) != 0) {
-    return absl::PermissionDeniedError(
-        absl::StrCat(what, " '", id, "' resolves to '", *real_path,
-                     "', outside the ", what, " root '", *real_root, "'"));
+    // The real paths are the server's business, not the client's.
+    return absl::PermissionDeniedError(absl::StrCat(
+        what, " '", id, "' leads outside the ", what, " root (through a symlink)"));
   }
   return real_path;
 }

@@ -14,6 +14,7 @@
 #include "common/calibration.h"
 #include "common/file_util.h"
 #include "common/llama.h"
+#include "common/logging.h"
 #include "common/matmul.h"
 #include "common/quant_config.h"
 #include "common/quant_format.h"
@@ -242,17 +243,19 @@ class ArtifactTensors {
 
 }  // namespace
 
-absl::StatusOr<std::string> ModelChecksum(const std::string& model_dir) {
+absl::StatusOr<std::string> ModelChecksum(const RootedPath& model_dir) {
   std::vector<std::string> names;
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(model_dir, ec)) {
+  for (const auto& entry : fs::directory_iterator(model_dir.Full(), ec)) {
     if (entry.is_regular_file()) names.push_back(entry.path().filename().string());
   }
-  if (ec) return absl::NotFoundError(absl::StrCat("cannot list ", model_dir, ": ", ec.message()));
+  if (ec) {
+    return absl::NotFoundError(absl::StrCat("cannot list ", model_dir.path, ": ", ec.message()));
+  }
   std::sort(names.begin(), names.end());
   std::string listing;
   for (const std::string& name : names) {
-    ASSIGN_OR_RETURN(std::string sha, Sha256File(absl::StrCat(model_dir, "/", name)));
+    ASSIGN_OR_RETURN(std::string sha, Sha256File(model_dir.Child(name)));
     absl::StrAppend(&listing, name, " ", sha, "\n");
   }
   return Sha256Hex(listing);
@@ -286,16 +289,27 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   ASSIGN_OR_RETURN(std::string checksum, ModelChecksum(request.model_dir));
   ASSIGN_OR_RETURN(std::string artifact_id, ArtifactIdFor(request, checksum));
   if (store.Exists(artifact_id)) {
-    progress.Report(QuantizePhase::kDone, 0, 0, 1.0,
-                    absl::StrCat("artifact ", artifact_id, " already exists; reusing it"));
-    return store.ReadManifest(artifact_id);
+    // A corrupt artifact would otherwise be handed out again on every
+    // request: one that fails its checksums is moved aside and rebuilt.
+    // Other failures (a newer format) are not this server's to discard.
+    const absl::Status verified = store.Verify(artifact_id);
+    if (verified.ok()) {
+      progress.Report(QuantizePhase::kDone, 0, 0, 1.0,
+                      absl::StrCat("artifact ", artifact_id, " already exists; reusing it"));
+      return store.ReadManifest(artifact_id);
+    }
+    if (!absl::IsDataLoss(verified)) return verified;
+    ASSIGN_OR_RETURN(std::string aside, store.Quarantine(artifact_id));
+    LogWarning("artifact_quarantined", {{"artifact_id", artifact_id},
+                                        {"moved_to", aside},
+                                        {"reason", std::string(verified.message())}});
   }
   // The checkpoint is read one decoder block at a time, which is quantized and
   // written (AWQ / TEQ: transformed first, with that block's calibration
   // activations) and released before the next: memory holds about one block.
   ASSIGN_OR_RETURN(const LlamaConfig mc, LoadModelDirConfig(request.model_dir));
   CheckpointSource checkpoint;
-  RETURN_IF_ERROR(checkpoint.Open(request.model_dir));
+  RETURN_IF_ERROR(checkpoint.Open(request.model_dir, FileBacking::kMapped));
   ASSIGN_OR_RETURN(std::unique_ptr<ArtifactWriter> out, store.Create(artifact_id));
   v1::ArtifactManifest manifest;
   ArtifactTensors tensors(config, absl::StrCat(out->dir(), "/", kWeightsFile, ".spill"),
@@ -371,11 +385,10 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   progress.Report(QuantizePhase::kWriting, 0, 0, 0.9, "writing the artifact");
   RETURN_IF_ERROR(tensors.Write(absl::StrCat(out->dir(), "/", kWeightsFile)));
   for (const char* name : kCopiedFiles) {
-    const std::string from = absl::StrCat(request.model_dir, "/", name);
-    std::error_code ec;
-    if (!fs::exists(from, ec)) continue;
-    ASSIGN_OR_RETURN(std::string contents, ReadFile(from));
-    RETURN_IF_ERROR(WriteFileDurably(absl::StrCat(out->dir(), "/", name), contents));
+    absl::StatusOr<std::string> contents = ReadFile(request.model_dir.Child(name));
+    if (absl::IsNotFound(contents.status())) continue;
+    if (!contents.ok()) return contents.status();
+    RETURN_IF_ERROR(WriteFileDurably(absl::StrCat(out->dir(), "/", name), *contents));
   }
   const absl::Time now = absl::Now();
   manifest.mutable_create_time()->set_seconds(absl::ToUnixSeconds(now));

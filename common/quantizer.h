@@ -35,7 +35,7 @@ struct QuantizeProgress {
 
 struct QuantizeRequest {
   std::string model_id;   // recorded in the manifest
-  std::string model_dir;  // resolved source directory
+  RootedPath model_dir;   // source directory, beneath the model root
   std::string data_root;  // calibration data_file is resolved under it
   v1::WeightOnlyQuantConfig config;  // as the user sent it
   // Called from worker threads, serialised; must be cheap.
@@ -51,7 +51,7 @@ absl::StatusOr<std::string> ArtifactIdFor(const QuantizeRequest& request,
                                           const std::string& source_checksum);
 
 // sha256 over the source model's files (names and contents).
-absl::StatusOr<std::string> ModelChecksum(const std::string& model_dir);
+absl::StatusOr<std::string> ModelChecksum(const RootedPath& model_dir);
 
 // Quantizes and commits the artifact; returns its manifest. The checkpoint is
 // streamed one decoder block at a time: RTN (with mse_range if set)

@@ -190,35 +190,43 @@ int64_t TensorInfo::numel() const { return CheckedNumel(shape); }
 int64_t F32Tensor::numel() const { return CheckedNumel(shape); }
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
-    const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return OpenError(errno, path, "open");
+    const RootedPath& file_path, FileBacking backing) {
+  const std::string& path = file_path.path;
+  ASSIGN_OR_RETURN(ScopedFd owned_fd, OpenForRead(file_path));
+  const int fd = owned_fd.get();  // the mapping stays valid after it closes
   struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    int err = errno;
-    ::close(fd);
-    return OpenError(err, path, "stat");
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat("safetensors file '", path, "' is not a regular file"));
-  }
+  if (::fstat(fd, &st) != 0) return OpenError(errno, path, "stat");
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < 8) {
-    ::close(fd);
     return absl::InvalidArgumentError(absl::StrCat(
         "safetensors file '", path, "' is ", file_size,
         " bytes, shorter than the 8-byte header length; it is truncated or "
         "not a safetensors file"));
   }
-  void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const bool mapped = backing == FileBacking::kMapped;
+  // A copy lives in anonymous pages, so that the destructor unmaps both alike.
+  void* mapping = ::mmap(nullptr, file_size, mapped ? PROT_READ : PROT_READ | PROT_WRITE,
+                         mapped ? MAP_PRIVATE : MAP_PRIVATE | MAP_ANONYMOUS, mapped ? fd : -1, 0);
   int mmap_errno = errno;
-  // The mapping stays valid after close.
-  ::close(fd);
   if (mapping == MAP_FAILED) return OpenError(mmap_errno, path, "mmap");
+  // From here the mapping is freed with `file` on every return.
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile(
-      path, static_cast<const uint8_t*>(mapping), file_size));
+      path, static_cast<const uint8_t*>(mapping), file_size, backing));
+  if (!mapped) {
+    uint8_t* out = static_cast<uint8_t*>(mapping);
+    uint64_t done = 0;
+    while (done < file_size) {
+      const ssize_t n = ::pread(fd, out + done, file_size - done, static_cast<off_t>(done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return OpenError(errno, path, "read");
+      if (n == 0) {
+        return absl::DataLossError(absl::StrCat("safetensors file '", path,
+                                                "' shrank while it was read"));
+      }
+      done += static_cast<uint64_t>(n);
+    }
+    ::mprotect(mapping, file_size, PROT_READ);  // best effort: a stray write is a bug
+  }
 
   uint64_t header_size;
   std::memcpy(&header_size, file->base_, sizeof(header_size));

@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/file_util.h"
 
 namespace wq {
 
@@ -79,13 +80,25 @@ struct F32Tensor {
   }
 };
 
-// A read-only memory mapping of one safetensors file.
+// How an open SafetensorsFile holds the file's bytes.
+enum class FileBacking {
+  // A read-only mmap of the file: nothing is read before it is used and
+  // processes share the page cache, but truncating the file under the
+  // mapping kills the process with SIGBUS at its next read.
+  kMapped,
+  // Read once into memory the SafetensorsFile owns: private to the process,
+  // but nothing later done to the file can reach it.
+  kCopied,
+};
+
+// One safetensors file, read-only in memory.
 class SafetensorsFile {
  public:
-  // Maps and validates `path`. INVALID_ARGUMENT / DATA_LOSS name the file and
-  // the offending tensor; NOT_FOUND if the file does not exist.
+  // Maps or copies (`backing`) and validates the file, opened by OpenForRead
+  // (whose errors it returns). INVALID_ARGUMENT / DATA_LOSS name the file
+  // and the offending tensor.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(
-      const std::string& path);
+      const RootedPath& file, FileBacking backing = FileBacking::kMapped);
 
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
@@ -105,6 +118,8 @@ class SafetensorsFile {
   // Drops this process's mapping of the whole pages inside the tensor (they
   // stay in the page cache and fault back in if read again): for tensors
   // that were copied into another layout, so they stop counting as resident.
+  // A kCopied file frees them instead and they read back as zeros: release
+  // only tensors that nothing reads again.
   void ReleasePages(const TensorInfo& info) const;
   const std::map<std::string, std::string>& metadata() const {
     return metadata_;
@@ -118,14 +133,16 @@ class SafetensorsFile {
   const std::string& path() const { return path_; }
 
  private:
-  SafetensorsFile(std::string path, const uint8_t* base, uint64_t file_size)
-      : path_(std::move(path)), base_(base), file_size_(file_size) {}
+  SafetensorsFile(std::string path, const uint8_t* base, uint64_t file_size,
+                  FileBacking backing)
+      : path_(std::move(path)), base_(base), file_size_(file_size), backing_(backing) {}
 
   absl::Status ParseHeader(std::string_view header, uint64_t data_start);
 
   std::string path_;
   const uint8_t* base_;
   uint64_t file_size_;
+  FileBacking backing_;  // base_ is an mmap of file_size_ bytes either way
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t, std::less<>> index_;  // name -> tensors_ slot
   std::map<std::string, std::string> metadata_;

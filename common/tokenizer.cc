@@ -13,6 +13,7 @@
 #include "absl/strings/str_replace.h"
 #include "common/byte_level_bpe.h"
 #include "common/sentencepiece_shim.h"
+#include "common/status_macros.h"
 
 namespace wq {
 
@@ -221,17 +222,17 @@ class ByteLevelBpeTokenizer : public Tokenizer {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
-    const std::string& model_path) {
-  if (access(model_path.c_str(), F_OK) != 0) {
-    return absl::NotFoundError(
-        absl::StrCat("tokenizer model not found: ", model_path));
-  }
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const RootedPath& model) {
+  const std::string& model_path = model.path;
+  ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(model));
   const absl::StatusOr<SpmShimApi>& shim = Shim();
   if (!shim.ok()) return shim.status();
   int code = 0;
   char* error = nullptr;
-  void* handle = shim->load(model_path.c_str(), &code, &error);
+  // sentencepiece opens by name: the name of the descriptor checked above,
+  // so that it reads that file and no other.
+  const std::string fd_path = absl::StrCat("/proc/self/fd/", fd.get());
+  void* handle = shim->load(fd_path.c_str(), &code, &error);
   if (handle == nullptr) {
     const std::string message = error ? error : "unknown error";
     shim->free_string(error);
@@ -246,11 +247,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadModelDir(
-    const std::string& dir) {
+    const RootedPath& dir) {
   absl::StatusOr<std::unique_ptr<ByteLevelBpe>> bpe = ByteLevelBpe::Load(dir);
   if (bpe.ok()) return std::make_unique<ByteLevelBpeTokenizer>(*std::move(bpe));
-  const std::string spm_path = dir + "/tokenizer.model";
-  const bool has_spm = access(spm_path.c_str(), F_OK) == 0;
+  const RootedPath spm_path = dir.Child("tokenizer.model");
+  const bool has_spm = access(spm_path.Full().c_str(), F_OK) == 0;
   // Llama 2, Mistral, Phi-3 ship a SentencePiece-style tokenizer.json that
   // ByteLevelBpe refuses next to the tokenizer.model it was converted from.
   if (has_spm && (absl::IsNotFound(bpe.status()) ||
@@ -259,7 +260,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadModelDir(
   }
   if (absl::IsNotFound(bpe.status())) {
     return absl::NotFoundError(absl::StrCat(
-        dir, " has no tokenizer.json, vocab.json + merges.txt or "
+        dir.path, " has no tokenizer.json, vocab.json + merges.txt or "
              "tokenizer.model"));
   }
   return bpe.status();

@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/file_util.h"
 
 namespace wq {
 
@@ -29,16 +30,15 @@ class Tokenizer {
   // BPE special tokens).
   enum class PieceKind { kNormal, kByte, kControl, kUnknown };
 
-  // A SentencePiece model file. NOT_FOUND when model_path does not exist,
+  // The model is opened by OpenForRead (its rules and errors);
   // INVALID_ARGUMENT when it is not a sentencepiece model,
   // FAILED_PRECONDITION when the shim is not found.
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(
-      const std::string& model_path);
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const RootedPath& model);
 
   // The tokenizer of a model directory: tokenizer.json, else vocab.json +
   // merges.txt, else tokenizer.model (NOT_FOUND when none is there).
   static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadModelDir(
-      const std::string& dir);
+      const RootedPath& dir);
 
   Tokenizer(const Tokenizer&) = delete;
   Tokenizer& operator=(const Tokenizer&) = delete;

@@ -72,7 +72,7 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
   v1::ModelInfo& info = loaded->info;
   info.set_model(name);
   std::shared_ptr<const LlamaWeights> weights;
-  std::string tokenizer_dir;
+  RootedPath tokenizer_dir;
   if (store_->Exists(name)) {
     ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, store_->ReadManifest(name));
     ASSIGN_OR_RETURN(weights, store_->LoadWeights(name, options_.load));
@@ -93,16 +93,19 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
       info.mutable_config()->set_compute_dtype(ProtoComputeDtype(used));
     }
     info.set_bits_per_weight(manifest.bits_per_weight());
-    tokenizer_dir = store_->ArtifactDir(name);
+    tokenizer_dir = store_->ArtifactPath(name);
   } else {
-    absl::StatusOr<std::string> dir = registry_.Resolve(name);
-    if (absl::IsNotFound(dir.status())) return UnknownModel(name);
-    if (!dir.ok()) return dir.status();
-    ASSIGN_OR_RETURN(weights, LoadLlamaModelDir(*dir));
+    absl::StatusOr<std::string> resolved = registry_.Resolve(name);
+    if (absl::IsNotFound(resolved.status())) return UnknownModel(name);
+    if (!resolved.ok()) return resolved.status();
+    // Files are opened beneath the model root, not through the real path;
+    // copied, as artifacts are, so that a truncated file cannot SIGBUS us.
+    const RootedPath dir(registry_.root(), name);
+    ASSIGN_OR_RETURN(weights, LoadLlamaModelDir(dir, FileBacking::kCopied));
     info.set_quantized(false);
     info.set_source_model_id(name);
     info.set_bits_per_weight(32);
-    tokenizer_dir = *dir;
+    tokenizer_dir = dir;
   }
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::LoadModelDir(tokenizer_dir);
   if (!tokenizer.ok()) {

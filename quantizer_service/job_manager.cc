@@ -315,7 +315,9 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::SubmitJobRequest& reques
 
   const std::string request_key = RequestKey(request.model_id(), resolved);
   auto entry = std::make_unique<JobEntry>();
-  entry->model_dir = *model_dir;
+  // Files are opened beneath the model root (the resolved real path is only
+  // the check that the model exists).
+  entry->model_dir = RootedPath(registry_.root(), request.model_id());
   entry->request_key = request_key;
   v1::Job& job = entry->job;
   job.set_job_id(NewJobId());
@@ -581,8 +583,7 @@ absl::StatusOr<v1::Artifact> JobManager::ArtifactOf(
   artifact.set_quantized_params(manifest.quantized_params());
   artifact.set_fp32_params(manifest.fp32_params());
   ASSIGN_OR_RETURN(std::string sha,
-                   Sha256File(absl::StrCat(store_->ArtifactDir(manifest.artifact_id()),
-                                           "/", kManifestFile)));
+                   Sha256File(store_->ArtifactPath(manifest.artifact_id()).Child(kManifestFile)));
   artifact.set_manifest_sha256(sha);
   *artifact.mutable_create_time() = manifest.create_time();
   return artifact;

@@ -86,7 +86,7 @@ class JobManager {
  private:
   struct JobEntry {
     v1::Job job;
-    std::string model_dir;
+    RootedPath model_dir;
     std::string request_key;  // equal keys produce equal artifacts
     std::atomic<bool> cancelled{false};
     absl::Time started;

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstring>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -126,11 +127,12 @@ class ServersEnvironment : public ::testing::Environment {
     if (tmp.empty()) tmp = "/tmp";
     std::string dir = tmp + "/e2e.XXXXXX";
     ASSERT_NE(mkdtemp(dir.data()), nullptr);
-    char cwd[4096];
-    ASSERT_NE(getcwd(cwd, sizeof(cwd)), nullptr);
 
     auto servers = std::make_unique<Servers>();
-    servers->model_root = std::string(cwd) + "/testdata/models";
+    // Where the runfiles' symlinks lead: the servers refuse links that
+    // leave the model root.
+    servers->model_root =
+        std::filesystem::canonical("testdata/models/stories260K/config.json").parent_path().parent_path();
     servers->artifact_root = dir + "/artifacts";
     servers->inference_binary = runfiles + "/inference_service/inference_service";
     servers->dir = dir;

@@ -137,5 +137,58 @@ TEST(RemoveTreeTest, SingleFileAndMissingPath) {
   EXPECT_TRUE(RemoveTree(file).ok());
 }
 
+// A fresh directory under the test's temp dir.
+std::string FreshDir(const std::string& name) {
+  const std::string dir = TempPath(name);
+  EXPECT_TRUE(RemoveTree(dir).ok());
+  EXPECT_EQ(::mkdir(dir.c_str(), 0755), 0);
+  return dir;
+}
+
+TEST(OpenForReadTest, BeneathRootFollowsOnlyLinksThatStayInside) {
+  const std::string base = FreshDir("rooted");
+  const std::string root = base + "/root";
+  ASSERT_EQ(::mkdir(root.c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir((root + "/m").c_str(), 0755), 0);
+  ASSERT_TRUE(WriteFileDurably(root + "/m/inside", "in").ok());
+  ASSERT_TRUE(WriteFileDurably(base + "/outside", "secret").ok());
+  ASSERT_EQ(::symlink("inside", (root + "/m/relative").c_str()), 0);
+  ASSERT_EQ(::symlink("../../outside", (root + "/m/escape").c_str()), 0);
+  ASSERT_EQ(::symlink((base + "/outside").c_str(), (root + "/m/absolute").c_str()), 0);
+  ASSERT_EQ(::symlink(base.c_str(), (root + "/up").c_str()), 0);
+
+  EXPECT_EQ(*ReadFile(RootedPath(root, "m/inside")), "in");
+  EXPECT_EQ(*ReadFile(RootedPath(root, "m/relative")), "in");
+  for (const char* path : {"m/escape", "m/absolute", "up/outside", "m/../../outside"}) {
+    SCOPED_TRACE(path);
+    const absl::Status status = ReadFile(RootedPath(root, path)).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kPermissionDenied) << status;
+    EXPECT_NE(status.message().find(path), absl::string_view::npos) << status;
+    EXPECT_EQ(status.message().find(base), absl::string_view::npos) << status;
+  }
+  EXPECT_EQ(ReadFile(RootedPath(root, base + "/outside")).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReadFile(RootedPath(root, "m/missing")).status().code(), absl::StatusCode::kNotFound);
+  // Trusted paths (empty root) still follow links.
+  EXPECT_EQ(*ReadFile(root + "/m/escape"), "secret");
+}
+
+TEST(OpenForReadTest, FifosAndDirectoriesFailAtOnce) {
+  const std::string root = FreshDir("special");
+  ASSERT_EQ(::mkfifo((root + "/fifo").c_str(), 0644), 0);  // no writer: a blocking open hangs
+  ASSERT_EQ(::mkdir((root + "/dir").c_str(), 0755), 0);
+  for (const char* name : {"fifo", "dir"}) {
+    SCOPED_TRACE(name);
+    for (const RootedPath& path : {RootedPath(root, name), RootedPath(root + "/" + name)}) {
+      const absl::Status status = ReadFile(path).status();
+      EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+      EXPECT_EQ(Sha256File(path).status().code(), absl::StatusCode::kFailedPrecondition);
+    }
+  }
+  EXPECT_EQ(ReadFile(RootedPath(root, "/dev/null")).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReadFile("/dev/null").status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 }  // namespace
 }  // namespace wq

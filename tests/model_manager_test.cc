@@ -34,7 +34,9 @@ TEST(ModelManagerTest, UnloadFailsEveryRequestOfTheModel) {
   const std::string artifacts = testing::TempDir() + "/model_manager_artifacts";
   std::filesystem::remove_all(artifacts);
   ModelManager::Options options;
-  options.model_root = "testdata/models";
+  // Runfiles are absolute links, which roots refuse: the root is where they lead.
+  options.model_root =
+      std::filesystem::canonical("testdata/models/stories260K/config.json").parent_path().parent_path();
   options.artifact_root = artifacts;
   options.scheduler.max_running = 1;
   options.scheduler.max_queued = 4;

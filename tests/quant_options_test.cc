@@ -1,6 +1,9 @@
 // Config validation of the int3/int2 dtypes and the RTN options (mse_range,
 // double quant, bf16 scales), and how their artifacts are stored, versioned
 // and read back.
+#include <unistd.h>
+
+#include <filesystem>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -124,7 +127,14 @@ class ArtifactFormatTest : public testing::Test {
     ASSERT_TRUE(absl::StrContains(json, from));
     json.replace(json.find(from), from.size(),
                  "\"format_version\": " + std::to_string(version));
-    ASSERT_TRUE(WriteFileDurably(path, json).ok());
+    WriteManifest(m.artifact_id(), json);
+  }
+
+  // Replaces the manifest as a writer of it would, its checksum included.
+  void WriteManifest(const std::string& id, const std::string& json) {
+    const std::string dir = store_->ArtifactDir(id);
+    ASSERT_TRUE(WriteFileDurably(dir + "/" + kManifestFile, json).ok());
+    ASSERT_TRUE(WriteFileDurably(dir + "/" + kManifestChecksumFile, Sha256Hex(json)).ok());
   }
 
   std::string root_;
@@ -191,7 +201,7 @@ TEST_F(ArtifactFormatTest, ChunkChecksums) {
   auto write_manifest = [&](const v1::ArtifactManifest& manifest) {
     std::string json;
     ASSERT_TRUE(google::protobuf::util::MessageToJsonString(manifest, &json).ok());
-    ASSERT_TRUE(WriteFileDurably(dir + "/" + kManifestFile, json).ok());
+    WriteManifest(m.artifact_id(), json);
   };
   v1::ArtifactManifest chunked = m;
   for (v1::ManifestFile& f : *chunked.mutable_files()) {
@@ -298,6 +308,104 @@ void ArtifactFormatTest::ExpectInt8Tiles(v1::ScaleDtype scales, const std::strin
     EXPECT_EQ(Logits(*from_tiles), logits);
     EXPECT_EQ(Logits(*private_tiles), logits);
   }
+}
+
+// A loaded artifact holds its own copy of the weights: truncating the file
+// under it (which killed a mapping's reader with SIGBUS) changes no logits.
+TEST_F(ArtifactFormatTest, LoadedWeightsSurviveTruncatedFile) {
+  v1::WeightOnlyQuantConfig row_major = Config(v1::INT4_CLIP, v1::ASYM);
+  row_major.set_group_size(16);
+  v1::WeightOnlyQuantConfig tiles = Config(v1::INT4_CLIP);
+  tiles.set_group_size(16);
+  tiles.set_compute_dtype(v1::COMPUTE_INT8);
+  for (const v1::WeightOnlyQuantConfig& c : {row_major, tiles}) {
+    const v1::ArtifactManifest m = Quantize(c);
+    SCOPED_TRACE(m.artifact_id());
+    auto weights = store_->LoadWeights(m.artifact_id());
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    const std::vector<float> before = Logits(*weights);
+    const std::string path = store_->ArtifactDir(m.artifact_id()) + "/" + kWeightsFile;
+    ASSERT_EQ(::truncate(path.c_str(), 0), 0);
+    EXPECT_EQ(Logits(*weights), before);
+  }
+}
+
+// Reuse checks the checksums: a corrupt artifact is moved aside to a hidden
+// .corrupt-<id>-<time> directory and rebuilt, not handed out again.
+TEST_F(ArtifactFormatTest, CorruptArtifactIsQuarantinedAndRebuilt) {
+  v1::WeightOnlyQuantConfig c = Config(v1::INT4_CLIP);
+  c.set_group_size(16);  // an artifact of its own (the store reuses equal configs)
+  const v1::ArtifactManifest first = Quantize(c);
+  const std::string id = first.artifact_id();
+  const std::string weights = store_->ArtifactDir(id) + "/" + kWeightsFile;
+  std::string bytes = *ReadFile(weights);
+  bytes[bytes.size() / 2] ^= 0x5a;
+  ASSERT_TRUE(WriteFileDurably(weights, bytes).ok());
+  ASSERT_EQ(store_->Verify(id).code(), absl::StatusCode::kDataLoss);
+
+  const v1::ArtifactManifest second = Quantize(c);
+  EXPECT_EQ(second.artifact_id(), id);
+  EXPECT_TRUE(store_->Verify(id).ok());
+  int quarantined = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(root_)) {
+    const std::string name = entry.path().filename().string();
+    if (absl::StartsWith(name, ".corrupt-" + id + "-")) {
+      ++quarantined;
+      EXPECT_EQ(*ReadFile(entry.path().string() + "/" + kWeightsFile), bytes);
+    }
+  }
+  EXPECT_EQ(quarantined, 1);
+  // Listings skip the quarantined copy.
+  int listed = 0;
+  for (const v1::ArtifactManifest& m : store_->List()) listed += m.artifact_id() == id;
+  EXPECT_EQ(listed, 1);
+}
+
+// manifest.sha256 covers the manifest itself: an edited config is DATA_LOSS
+// for reading, listing and verifying, and quantizing again rebuilds it.
+TEST_F(ArtifactFormatTest, EditedManifestIsDataLoss) {
+  v1::WeightOnlyQuantConfig c = Config(v1::INT4_CLIP, v1::ASYM);
+  c.set_group_size(32);
+  const v1::ArtifactManifest m = Quantize(c);
+  const std::string path = store_->ArtifactDir(m.artifact_id()) + "/" + kManifestFile;
+  std::string json = *ReadFile(path);
+  const std::string from = "\"group_size\": 32";
+  ASSERT_TRUE(absl::StrContains(json, from)) << json;
+  json.replace(json.find(from), from.size(), "\"group_size\": 64");
+  ASSERT_TRUE(WriteFileDurably(path, json).ok());
+
+  EXPECT_EQ(store_->ReadManifest(m.artifact_id()).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(store_->Verify(m.artifact_id()).code(), absl::StatusCode::kDataLoss);
+  for (const v1::ArtifactManifest& listed : store_->List()) {
+    EXPECT_NE(listed.artifact_id(), m.artifact_id());
+  }
+  EXPECT_EQ(Quantize(c).config().group_size(), 32);
+  EXPECT_TRUE(store_->Verify(m.artifact_id()).ok());
+}
+
+// Opening a store removes the temporaries crashed writers left (a directory
+// whose lock nobody holds, or a lone lock file) but not one a live writer
+// holds the lock of, which still commits.
+TEST_F(ArtifactFormatTest, OpeningTheStoreKeepsLiveWritersTemporaries) {
+  auto writer = store_->Create("in-progress");
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE(WriteFileDurably((*writer)->dir() + "/part", "bytes").ok());
+  const std::string stale = root_ + "/.tmp-crashed-";
+  std::filesystem::create_directory(stale + "1");
+  std::filesystem::create_directory(stale + "2");
+  ASSERT_TRUE(WriteFileDurably(stale + "2.lock", "").ok());
+  ASSERT_TRUE(WriteFileDurably(stale + "3.lock", "").ok());
+
+  ASSERT_TRUE(ArtifactStore::Open(root_).ok());
+  EXPECT_TRUE(std::filesystem::exists((*writer)->dir() + "/part"));
+  for (const char* left : {"1", "2", "2.lock", "3.lock"}) {
+    EXPECT_FALSE(std::filesystem::exists(stale + left)) << left;
+  }
+  const std::string lock = (*writer)->dir() + ".lock";
+  EXPECT_TRUE(std::filesystem::exists(lock));
+  ASSERT_TRUE((*writer)->Commit(v1::ArtifactManifest()).ok());
+  EXPECT_TRUE(store_->Exists("in-progress"));
+  EXPECT_FALSE(std::filesystem::exists(lock));
 }
 
 }  // namespace
