@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstring>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -130,7 +131,15 @@ class ServersEnvironment : public ::testing::Environment {
     ASSERT_NE(getcwd(cwd, sizeof(cwd)), nullptr);
 
     auto servers = std::make_unique<Servers>();
-    servers->model_root = std::string(cwd) + "/testdata/models";
+    // A writable copy, so that tests can add model directories of their own.
+    servers->model_root = dir + "/models";
+    std::error_code error;
+    std::filesystem::create_directories(servers->model_root, error);
+    ASSERT_FALSE(error) << error.message();
+    std::filesystem::copy(std::string(cwd) + "/testdata/models/stories260K",
+                          servers->model_root + "/stories260K",
+                          std::filesystem::copy_options::recursive, error);
+    ASSERT_FALSE(error) << error.message();
     servers->artifact_root = dir + "/artifacts";
     servers->inference_binary = runfiles + "/inference_service/inference_service";
     servers->dir = dir;
