@@ -420,12 +420,14 @@ grpc::Status InferenceServiceImpl::Detokenize(grpc::ServerContext*,
   absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
   if (!model.ok()) return ToGrpcStatus(model.status());
   const Tokenizer& tok = *(*model)->tokenizer;
+  // The model's vocabulary may be padded past the tokenizer's, and generated
+  // ids come from the model's; Decode treats those as it documents.
+  const int vocab = std::max(tok.vocab_size(), (*model)->info.vocab_size());
   for (int i = 0; i < request->ids_size(); ++i) {
-    if (request->ids(i) < 0 || request->ids(i) >= tok.vocab_size()) {
+    if (request->ids(i) < 0 || request->ids(i) >= vocab) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           absl::StrCat("ids[", i, "] = ", request->ids(i),
-                                       " is outside the vocabulary [0, ", tok.vocab_size(),
-                                       ")"));
+                                       " is outside the vocabulary [0, ", vocab, ")"));
     }
   }
   if (!request->has_skip_special_tokens() || request->skip_special_tokens()) {
