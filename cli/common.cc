@@ -11,7 +11,7 @@ ABSL_FLAG(std::string, quantizer, "127.0.0.1:50051", "quantizer service address"
 ABSL_FLAG(std::string, inference, "127.0.0.1:50052", "inference service address");
 ABSL_FLAG(int, timeout_s, 120, "deadline of unary calls in seconds");
 
-ABSL_FLAG(std::string, model, "", "model id (quantize) or model / artifact id (load, generate)");
+ABSL_FLAG(std::string, model, "", "model id (quantize) or model / artifact id (load, generate, chat, tokenize)");
 
 namespace wq {
 

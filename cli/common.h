@@ -41,6 +41,8 @@ int Load();
 int Models();
 int Info();
 int Generate();
+int Chat();
+int Tokenize();
 
 }  // namespace wq
 

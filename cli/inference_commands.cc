@@ -5,7 +5,9 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "cli/common.h"
 #include "proto/wq/v1/inference.grpc.pb.h"
 
@@ -18,6 +20,13 @@ ABSL_FLAG(double, top_p, 1, "nucleus mass in (0, 1]");
 ABSL_FLAG(double, repetition_penalty, 1, "> 0; 1 = off");
 ABSL_FLAG(int64_t, seed, -1, "-1 = random");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "stop sequences, comma-separated");
+// chat (with --prompt as the user's message)
+ABSL_FLAG(std::string, system, "", "system message; empty: none");
+// tokenize
+ABSL_FLAG(std::vector<std::string>, ids, {},
+          "token ids, comma-separated, to turn into text instead of --prompt into ids");
+ABSL_FLAG(bool, add_special_tokens, true, "tokenize --prompt with the tokenizer's BOS");
+ABSL_FLAG(bool, skip_special_tokens, true, "leave control tokens out of --ids' text");
 
 namespace wq {
 
@@ -54,28 +63,28 @@ int Models() {
   return kOk;
 }
 
-int Generate() {
-  v1::GenerateStreamRequest request;
-  request.set_model(absl::GetFlag(FLAGS_model));
-  if (request.model().empty()) return UsageError("generate needs --model=ID");
-  request.set_prompt(absl::GetFlag(FLAGS_prompt));
-  v1::SamplingParams* s = request.mutable_sampling();
-  s->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
-  s->set_top_k(absl::GetFlag(FLAGS_top_k));
-  s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
-  s->set_repetition_penalty(static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty)));
-  if (absl::GetFlag(FLAGS_seed) >= 0) s->set_seed(absl::GetFlag(FLAGS_seed));
-  if (absl::GetFlag(FLAGS_max_new_tokens) != 0) {
-    s->set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
-  }
-  for (const std::string& stop : absl::GetFlag(FLAGS_stop)) s->add_stop_sequences(stop);
+namespace {
 
-  auto stub = v1::InferenceService::NewStub(Connect(true));
-  grpc::ClientContext context;
-  auto reader = stub->GenerateStream(&context, request);
+v1::SamplingParams SamplingFromFlags() {
+  v1::SamplingParams s;
+  s.set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+  s.set_top_k(absl::GetFlag(FLAGS_top_k));
+  s.set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+  s.set_repetition_penalty(static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty)));
+  if (absl::GetFlag(FLAGS_seed) >= 0) s.set_seed(absl::GetFlag(FLAGS_seed));
+  if (absl::GetFlag(FLAGS_max_new_tokens) != 0) {
+    s.set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
+  }
+  for (const std::string& stop : absl::GetFlag(FLAGS_stop)) s.add_stop_sequences(stop);
+  return s;
+}
+
+// Prints the tokens as they come, then the summary on stderr.
+int PrintStream(const char* rpc,
+                grpc::ClientReaderInterface<v1::GenerateStreamResponse>& reader) {
   v1::GenerateStreamResponse event;
   std::optional<v1::StreamEnd> end;
-  while (reader->Read(&event)) {
+  while (reader.Read(&event)) {
     if (event.has_token()) {
       std::cout << event.token().text() << std::flush;
     } else if (event.has_end()) {
@@ -83,8 +92,8 @@ int Generate() {
     }
   }
   std::cout << "\n";
-  grpc::Status status = reader->Finish();
-  if (!status.ok()) return RpcError("GenerateStream", status);
+  grpc::Status status = reader.Finish();
+  if (!status.ok()) return RpcError(rpc, status);
   if (!end.has_value()) {
     std::cerr << "wqctl: stream ended without a summary\n";
     return kFailed;
@@ -95,6 +104,76 @@ int Generate() {
       end->usage().completion_tokens(), end->timings().time_to_first_token_ms(),
       end->timings().total_ms(), end->timings().decode_tokens_per_second());
   return end->finish_reason() == v1::CANCELLED ? kFailed : kOk;
+}
+
+}  // namespace
+
+int Generate() {
+  v1::GenerateStreamRequest request;
+  request.set_model(absl::GetFlag(FLAGS_model));
+  if (request.model().empty()) return UsageError("generate needs --model=ID");
+  request.set_prompt(absl::GetFlag(FLAGS_prompt));
+  *request.mutable_sampling() = SamplingFromFlags();
+  auto stub = v1::InferenceService::NewStub(Connect(true));
+  grpc::ClientContext context;
+  auto reader = stub->GenerateStream(&context, request);
+  return PrintStream("GenerateStream", *reader);
+}
+
+int Chat() {
+  v1::ChatStreamRequest request;
+  request.set_model(absl::GetFlag(FLAGS_model));
+  if (request.model().empty()) return UsageError("chat needs --model=ID");
+  if (absl::GetFlag(FLAGS_prompt).empty()) {
+    return UsageError("chat needs --prompt=TEXT (the user's message)");
+  }
+  if (!absl::GetFlag(FLAGS_system).empty()) {
+    v1::ChatMessage* system = request.add_messages();
+    system->set_role("system");
+    system->set_content(absl::GetFlag(FLAGS_system));
+  }
+  v1::ChatMessage* user = request.add_messages();
+  user->set_role("user");
+  user->set_content(absl::GetFlag(FLAGS_prompt));
+  *request.mutable_sampling() = SamplingFromFlags();
+  auto stub = v1::InferenceService::NewStub(Connect(true));
+  grpc::ClientContext context;
+  auto reader = stub->ChatStream(&context, request);
+  return PrintStream("ChatStream", *reader);
+}
+
+int Tokenize() {
+  const std::string model = absl::GetFlag(FLAGS_model);
+  if (model.empty()) return UsageError("tokenize needs --model=ID");
+  auto stub = v1::InferenceService::NewStub(Connect(true));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  if (!absl::GetFlag(FLAGS_ids).empty()) {
+    v1::DetokenizeRequest request;
+    request.set_model(model);
+    for (const std::string& id : absl::GetFlag(FLAGS_ids)) {
+      int value = 0;
+      if (!absl::SimpleAtoi(id, &value)) {
+        return UsageError("--ids must be comma-separated integers, got \"" + id + "\"");
+      }
+      request.add_ids(value);
+    }
+    request.set_skip_special_tokens(absl::GetFlag(FLAGS_skip_special_tokens));
+    v1::DetokenizeResponse response;
+    grpc::Status status = stub->Detokenize(&context, request, &response);
+    if (!status.ok()) return RpcError("Detokenize", status);
+    std::cout << response.text() << "\n";
+    return kOk;
+  }
+  v1::TokenizeRequest request;
+  request.set_model(model);
+  request.set_text(absl::GetFlag(FLAGS_prompt));
+  request.set_add_special_tokens(absl::GetFlag(FLAGS_add_special_tokens));
+  v1::TokenizeResponse response;
+  grpc::Status status = stub->Tokenize(&context, request, &response);
+  if (!status.ok()) return RpcError("Tokenize", status);
+  std::cout << absl::StrJoin(response.ids(), ",") << "\n";
+  return kOk;
 }
 
 int Info() {

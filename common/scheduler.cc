@@ -69,7 +69,7 @@ absl::StatusOr<std::unique_ptr<GenerationScheduler::Sequence>> GenerationSchedul
     return absl::InvalidArgumentError(
         absl::StrCat("max_new_tokens must be >= 1, got ", params.max_new_tokens));
   }
-  absl::StatusOr<std::vector<int>> ids = tokenizer_->Encode(prompt, /*add_bos=*/true);
+  absl::StatusOr<std::vector<int>> ids = tokenizer_->Encode(prompt, params.add_bos);
   if (!ids.ok()) return ids.status();
   if (static_cast<int>(ids->size()) >= max_context_) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -32,6 +32,9 @@ struct GenerationParams {
   SamplingOptions sampling;
   int max_new_tokens = 128;
   std::vector<std::string> stop_sequences;
+  // The tokenizer's own prefix (BOS) before the prompt; false when the prompt
+  // already carries one (a chat template's).
+  bool add_bos = true;
   // Past it the request ends as cancelled; waiting, it frees its place at
   // once (the caller's RPC deadline, which may pass before it notices).
   absl::Time deadline = absl::InfiniteFuture();

@@ -17,6 +17,7 @@
 #include "common/cpu_features.h"
 #include "common/logging.h"
 #include "common/sampler.h"
+#include "common/tokenizer.h"
 #include "server/server.h"
 
 namespace wq {
@@ -86,6 +87,136 @@ struct StreamState {
   std::deque<TokenEvent> tokens ABSL_GUARDED_BY(mu);
   std::optional<GenerationResult> done ABSL_GUARDED_BY(mu);
 };
+
+absl::StatusOr<ChatPrompt> RenderConversation(
+    const LoadedModel& model, const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages,
+    bool add_generation_prompt) {
+  if (messages.empty()) {
+    return absl::InvalidArgumentError("messages is empty; pass at least one message");
+  }
+  std::vector<ChatMessage> chat;
+  for (int i = 0; i < messages.size(); ++i) {
+    const std::string& role = messages[i].role();
+    if (role != "system" && role != "user" && role != "assistant") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("messages[", i, "].role is \"", role,
+                       "\"; use \"system\", \"user\" or \"assistant\""));
+    }
+    chat.push_back({role, messages[i].content()});
+  }
+  return RenderChat(model, std::move(chat), add_generation_prompt);
+}
+
+// Generate's and Chat's path: submits the prompts as one batch and waits for
+// all of them.
+grpc::Status RunBatch(grpc::ServerContext* context, const LoadedModel& model,
+                      std::vector<std::string> prompts, const GenerationParams& params,
+                      google::protobuf::RepeatedPtrField<v1::GenerationResult>* results) {
+  const int n = static_cast<int>(prompts.size());
+  auto state = std::make_shared<BatchState>();
+  {
+    absl::MutexLock lock(&state->mu);
+    state->results.resize(n);
+    state->pending = n;
+  }
+  std::vector<GenerationCallbacks> callbacks(n);
+  for (int i = 0; i < n; ++i) {
+    callbacks[i].on_done = [state, i](const GenerationResult& result) {
+      absl::MutexLock lock(&state->mu);
+      state->results[i] = result;
+      --state->pending;
+    };
+  }
+  // All or nothing (a partial batch is of no use to the caller), admitted
+  // once a single place is free.
+  absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>> handles =
+      model.scheduler->SubmitBatch(prompts, params, std::move(callbacks));
+  if (!handles.ok()) return ToGrpcStatus(handles.status());
+
+  absl::MutexLock lock(&state->mu);
+  while (state->pending > 0) {
+    if (context->IsCancelled()) {
+      for (auto& handle : *handles) handle->Cancel();
+      return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
+    }
+    state->mu.AwaitWithTimeout(
+        absl::Condition(
+            +[](int* pending) { return *pending == 0; }, &state->pending),
+        kCancelPoll);
+  }
+  for (int i = 0; i < n; ++i) {
+    const GenerationResult& r = *state->results[i];
+    if (r.finish_reason == FinishReason::kError) {
+      return ToGrpcStatus(absl::Status(
+          r.status.code(), absl::StrCat("prompt ", i, ": ", r.status.message())));
+    }
+    v1::GenerationResult* out = results->Add();
+    out->set_text(r.text);
+    out->mutable_token_ids()->Add(r.token_ids.begin(), r.token_ids.end());
+    out->set_finish_reason(ToProto(r.finish_reason));
+    FillUsageAndTimings(r, out->mutable_usage(), out->mutable_timings());
+  }
+  return grpc::Status::OK;
+}
+
+// GenerateStream's and ChatStream's path: Token messages as they come, then
+// End.
+grpc::Status RunStream(grpc::ServerContext* context, const LoadedModel& model,
+                       const std::string& prompt, const GenerationParams& params,
+                       grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+  auto state = std::make_shared<StreamState>();
+  GenerationCallbacks callbacks;
+  callbacks.on_token = [state](const TokenEvent& event) {
+    absl::MutexLock lock(&state->mu);
+    state->tokens.push_back(event);
+  };
+  callbacks.on_done = [state](const GenerationResult& result) {
+    absl::MutexLock lock(&state->mu);
+    state->done = result;
+  };
+  absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> handle =
+      model.scheduler->Submit(prompt, params, std::move(callbacks));
+  if (!handle.ok()) return ToGrpcStatus(handle.status());
+
+  auto cancelled = [&](const char* why) {
+    // The scheduler drops the sequence at its next step.
+    (*handle)->Cancel();
+    return grpc::Status(grpc::StatusCode::CANCELLED, why);
+  };
+  while (true) {
+    std::deque<TokenEvent> tokens;
+    std::optional<GenerationResult> done;
+    {
+      absl::MutexLock lock(&state->mu);
+      state->mu.AwaitWithTimeout(
+          absl::Condition(+[](StreamState* s) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return !s->tokens.empty() || s->done.has_value();
+          }, state.get()),
+          kCancelPoll);
+      tokens.swap(state->tokens);
+      done = state->done;
+    }
+    if (context->IsCancelled()) return cancelled("client cancelled");
+    for (const TokenEvent& event : tokens) {
+      v1::GenerateStreamResponse message;
+      v1::Token* token = message.mutable_token();
+      token->set_id(event.id);
+      token->set_text(event.text);
+      token->set_logprob(event.logprob);
+      if (!writer->Write(message)) return cancelled("client went away");
+    }
+    if (!done.has_value()) continue;
+    // on_done comes after the last on_token, and both were drained above.
+    if (done->finish_reason == FinishReason::kError) return ToGrpcStatus(done->status);
+    v1::GenerateStreamResponse message;
+    v1::StreamEnd* end = message.mutable_end();
+    end->set_finish_reason(ToProto(done->finish_reason));
+    FillUsageAndTimings(*done, end->mutable_usage(), end->mutable_timings());
+    end->set_text(done->text);
+    if (!writer->Write(message)) return cancelled("client went away");
+    return grpc::Status::OK;
+  }
+}
 
 }  // namespace
 
@@ -171,57 +302,14 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
   params->deadline = Deadline(*context);
   absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
   if (!model.ok()) return ToGrpcStatus(model.status());
-
-  const int n = request->prompts_size();
-  auto state = std::make_shared<BatchState>();
-  {
-    absl::MutexLock lock(&state->mu);
-    state->results.resize(n);
-    state->pending = n;
+  grpc::Status status = RunBatch(
+      context, **model,
+      std::vector<std::string>(request->prompts().begin(), request->prompts().end()),
+      *params, response->mutable_results());
+  if (status.ok()) {
+    LogInfo("generate", {{"model", request->model()}, {"prompts", request->prompts_size()}});
   }
-  std::vector<GenerationCallbacks> callbacks(n);
-  for (int i = 0; i < n; ++i) {
-    callbacks[i].on_done = [state, i](const GenerationResult& result) {
-      absl::MutexLock lock(&state->mu);
-      state->results[i] = result;
-      --state->pending;
-    };
-  }
-  // All or nothing (a partial batch is of no use to the caller), admitted
-  // once a single place is free.
-  absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>> handles =
-      (*model)->scheduler->SubmitBatch(
-          std::vector<std::string>(request->prompts().begin(), request->prompts().end()),
-          *params, std::move(callbacks));
-  if (!handles.ok()) return ToGrpcStatus(handles.status());
-
-  {
-    absl::MutexLock lock(&state->mu);
-    while (state->pending > 0) {
-      if (context->IsCancelled()) {
-        for (auto& handle : *handles) handle->Cancel();
-        return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
-      }
-      state->mu.AwaitWithTimeout(
-          absl::Condition(
-              +[](int* pending) { return *pending == 0; }, &state->pending),
-          kCancelPoll);
-    }
-    for (int i = 0; i < n; ++i) {
-      const GenerationResult& r = *state->results[i];
-      if (r.finish_reason == FinishReason::kError) {
-        return ToGrpcStatus(absl::Status(
-            r.status.code(), absl::StrCat("prompt ", i, ": ", r.status.message())));
-      }
-      v1::GenerationResult* out = response->add_results();
-      out->set_text(r.text);
-      out->mutable_token_ids()->Add(r.token_ids.begin(), r.token_ids.end());
-      out->set_finish_reason(ToProto(r.finish_reason));
-      FillUsageAndTimings(r, out->mutable_usage(), out->mutable_timings());
-    }
-  }
-  LogInfo("generate", {{"model", request->model()}, {"prompts", n}});
-  return grpc::Status::OK;
+  return status;
 }
 
 grpc::Status InferenceServiceImpl::GenerateStream(
@@ -235,59 +323,126 @@ grpc::Status InferenceServiceImpl::GenerateStream(
   params->deadline = Deadline(*context);
   absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
   if (!model.ok()) return ToGrpcStatus(model.status());
+  return RunStream(context, **model, request->prompt(), *params, writer);
+}
 
-  auto state = std::make_shared<StreamState>();
-  GenerationCallbacks callbacks;
-  callbacks.on_token = [state](const TokenEvent& event) {
-    absl::MutexLock lock(&state->mu);
-    state->tokens.push_back(event);
-  };
-  callbacks.on_done = [state](const GenerationResult& result) {
-    absl::MutexLock lock(&state->mu);
-    state->done = result;
-  };
-  absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> handle =
-      (*model)->scheduler->Submit(request->prompt(), *params, std::move(callbacks));
-  if (!handle.ok()) return ToGrpcStatus(handle.status());
+grpc::Status InferenceServiceImpl::Chat(grpc::ServerContext* context,
+                                        const v1::ChatRequest* request,
+                                        v1::ChatResponse* response) {
+  if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  if (request->conversations().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "conversations is empty; pass at least one conversation");
+  }
+  if (request->conversations_size() > limits_.max_prompts) {
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        absl::StrCat("at most ", limits_.max_prompts, " conversations per request, got ",
+                     request->conversations_size()));
+  }
+  absl::StatusOr<GenerationParams> params = ToGenerationParams(request->sampling(), limits_);
+  if (!params.ok()) return ToGrpcStatus(params.status());
+  params->deadline = Deadline(*context);
+  absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  std::vector<std::string> prompts;
+  for (int i = 0; i < request->conversations_size(); ++i) {
+    absl::StatusOr<ChatPrompt> prompt =
+        RenderConversation(**model, request->conversations(i).messages(),
+                           !request->has_add_generation_prompt() ||
+                               request->add_generation_prompt());
+    if (!prompt.ok()) {
+      return ToGrpcStatus(absl::Status(
+          prompt.status().code(),
+          absl::StrCat("conversation ", i, ": ", prompt.status().message())));
+    }
+    // One GenerationParams serves the whole batch.
+    if (i > 0 && prompt->add_bos != params->add_bos) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("conversation ", i,
+                                       " renders with a different BOS than conversation 0; "
+                                       "send them in separate requests"));
+    }
+    params->add_bos = prompt->add_bos;
+    prompts.push_back(std::move(prompt->text));
+  }
+  grpc::Status status =
+      RunBatch(context, **model, std::move(prompts), *params, response->mutable_results());
+  if (status.ok()) {
+    LogInfo("chat", {{"model", request->model()},
+                     {"conversations", request->conversations_size()}});
+  }
+  return status;
+}
 
-  auto cancelled = [&](const char* why) {
-    // The scheduler drops the sequence at its next step.
-    (*handle)->Cancel();
-    return grpc::Status(grpc::StatusCode::CANCELLED, why);
-  };
-  while (true) {
-    std::deque<TokenEvent> tokens;
-    std::optional<GenerationResult> done;
-    {
-      absl::MutexLock lock(&state->mu);
-      state->mu.AwaitWithTimeout(
-          absl::Condition(+[](StreamState* s) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            return !s->tokens.empty() || s->done.has_value();
-          }, state.get()),
-          kCancelPoll);
-      tokens.swap(state->tokens);
-      done = state->done;
+grpc::Status InferenceServiceImpl::ChatStream(
+    grpc::ServerContext* context, const v1::ChatStreamRequest* request,
+    grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+  if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  absl::StatusOr<GenerationParams> params = ToGenerationParams(request->sampling(), limits_);
+  if (!params.ok()) return ToGrpcStatus(params.status());
+  params->deadline = Deadline(*context);
+  absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  absl::StatusOr<ChatPrompt> prompt = RenderConversation(
+      **model, request->messages(),
+      !request->has_add_generation_prompt() || request->add_generation_prompt());
+  if (!prompt.ok()) return ToGrpcStatus(prompt.status());
+  params->add_bos = prompt->add_bos;
+  return RunStream(context, **model, prompt->text, *params, writer);
+}
+
+grpc::Status InferenceServiceImpl::Tokenize(grpc::ServerContext*,
+                                            const v1::TokenizeRequest* request,
+                                            v1::TokenizeResponse* response) {
+  if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  absl::StatusOr<std::vector<int>> ids = (*model)->tokenizer->Encode(
+      request->text(), !request->has_add_special_tokens() || request->add_special_tokens());
+  if (!ids.ok()) return ToGrpcStatus(ids.status());
+  response->mutable_ids()->Add(ids->begin(), ids->end());
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceServiceImpl::Detokenize(grpc::ServerContext*,
+                                              const v1::DetokenizeRequest* request,
+                                              v1::DetokenizeResponse* response) {
+  if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  const Tokenizer& tok = *(*model)->tokenizer;
+  // The model's vocabulary may be padded past the tokenizer's, and generated
+  // ids come from the model's; Decode treats those as it documents.
+  const int vocab = std::max(tok.vocab_size(), (*model)->info.vocab_size());
+  for (int i = 0; i < request->ids_size(); ++i) {
+    if (request->ids(i) < 0 || request->ids(i) >= vocab) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("ids[", i, "] = ", request->ids(i),
+                                       " is outside the vocabulary [0, ", vocab, ")"));
     }
-    if (context->IsCancelled()) return cancelled("client cancelled");
-    for (const TokenEvent& event : tokens) {
-      v1::GenerateStreamResponse message;
-      v1::Token* token = message.mutable_token();
-      token->set_id(event.id);
-      token->set_text(event.text);
-      token->set_logprob(event.logprob);
-      if (!writer->Write(message)) return cancelled("client went away");
-    }
-    if (!done.has_value()) continue;
-    // on_done comes after the last on_token, and both were drained above.
-    if (done->finish_reason == FinishReason::kError) return ToGrpcStatus(done->status);
-    v1::GenerateStreamResponse message;
-    v1::StreamEnd* end = message.mutable_end();
-    end->set_finish_reason(ToProto(done->finish_reason));
-    FillUsageAndTimings(*done, end->mutable_usage(), end->mutable_timings());
-    end->set_text(done->text);
-    if (!writer->Write(message)) return cancelled("client went away");
+  }
+  if (!request->has_skip_special_tokens() || request->skip_special_tokens()) {
+    response->set_text(tok.Decode(request->ids()));
     return grpc::Status::OK;
   }
+  // Decode drops control pieces; spelled out here between decoded runs.
+  StreamingDetokenizer detokenizer(tok, /*at_sequence_start=*/true);
+  std::string text;
+  for (int id : request->ids()) {
+    text += detokenizer.Push(id);
+    if (tok.Kind(id) == Tokenizer::PieceKind::kControl) text += tok.Piece(id);
+  }
+  response->set_text(text + detokenizer.Flush());
+  return grpc::Status::OK;
 }
 
 grpc::Status InferenceServiceImpl::ListModels(grpc::ServerContext*,

@@ -37,6 +37,14 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
   grpc::Status GenerateStream(
       grpc::ServerContext* context, const v1::GenerateStreamRequest* request,
       grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override;
+  grpc::Status Chat(grpc::ServerContext* context, const v1::ChatRequest* request,
+                    v1::ChatResponse* response) override;
+  grpc::Status ChatStream(grpc::ServerContext* context, const v1::ChatStreamRequest* request,
+                          grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override;
+  grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
+                        v1::TokenizeResponse* response) override;
+  grpc::Status Detokenize(grpc::ServerContext* context, const v1::DetokenizeRequest* request,
+                          v1::DetokenizeResponse* response) override;
   grpc::Status ListModels(grpc::ServerContext* context,
                           const v1::ListModelsRequest* request,
                           v1::ListModelsResponse* response) override;

@@ -1,15 +1,86 @@
 #include "inference_service/model_manager.h"
 
+#include <unistd.h>
+
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_util.h"
 #include "common/logging.h"
 #include "common/matmul.h"
 #include "common/quant_config.h"
 #include "common/status_macros.h"
 
 namespace wq {
+namespace {
+
+// A special token of tokenizer_config.json: a string or an AddedToken object.
+std::optional<std::string> TokenString(const nlohmann::json& config, const char* key) {
+  auto it = config.find(key);
+  if (it == config.end()) return std::nullopt;
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) {
+    return (*it)["content"].get<std::string>();
+  }
+  return std::nullopt;
+}
+
+// Reads dir/tokenizer_config.json, when there is one, into `loaded`.
+absl::Status LoadChatTemplate(const std::string& name, const RootedPath& dir,
+                              LoadedModel& loaded) {
+  const RootedPath file = dir.Child("tokenizer_config.json");
+  const std::string path = file.path;
+  absl::StatusOr<std::string> read = ReadFile(file);
+  if (absl::IsNotFound(read.status())) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::string text, std::move(read));
+  nlohmann::json config = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!config.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model \"", name, "\": ", path, " is not a JSON object; fix or remove it"));
+  }
+  loaded.bos_token = TokenString(config, "bos_token");
+  loaded.eos_token = TokenString(config, "eos_token");
+  absl::StatusOr<ChatTemplate> chat_template = ChatTemplateFromTokenizerConfig(config, "");
+  if (absl::IsNotFound(chat_template.status())) return absl::OkStatus();
+  if (!chat_template.ok()) {
+    return absl::Status(chat_template.status().code(),
+                        absl::StrCat("model \"", name, "\": chat_template of ", path, ": ",
+                                     chat_template.status().message()));
+  }
+  loaded.chat_template = *std::move(chat_template);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ChatPrompt> RenderChat(const LoadedModel& model,
+                                      std::vector<ChatMessage> messages,
+                                      bool add_generation_prompt) {
+  if (!model.chat_template.has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model ", model.info.model(),
+        " has no chat template (no chat_template in its tokenizer_config.json); "
+        "use Generate with a formatted prompt"));
+  }
+  ChatRenderInput input;
+  input.messages = std::move(messages);
+  input.add_generation_prompt = add_generation_prompt;
+  input.bos_token = model.bos_token;
+  input.eos_token = model.eos_token;
+  ChatPrompt prompt;
+  ASSIGN_OR_RETURN(prompt.text, model.chat_template->Render(input));
+  const std::string& bos = model.bos_token.value_or("");
+  if (bos.empty() || !absl::StartsWith(prompt.text, bos)) return prompt;
+  const Tokenizer& tok = *model.tokenizer;
+  if (tok.bos_id() >= 0 && tok.Piece(tok.bos_id()) == std::string_view(bos)) {
+    prompt.text.erase(0, bos.size());
+  } else {
+    prompt.add_bos = false;
+  }
+  return prompt;
+}
 
 absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(Options options) {
   ASSIGN_OR_RETURN(std::unique_ptr<ArtifactStore> store,
@@ -114,6 +185,7 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
                                      tokenizer.status().message()));
   }
   loaded->tokenizer = std::shared_ptr<const Tokenizer>(std::move(*tokenizer));
+  RETURN_IF_ERROR(LoadChatTemplate(name, tokenizer_dir, *loaded));
   loaded->model = std::make_shared<const LlamaModel>(weights);
   loaded->scheduler = std::make_unique<GenerationScheduler>(
       loaded->model, loaded->tokenizer, options_.scheduler);
@@ -127,7 +199,8 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
   LogInfo("model_loaded", {{"model", name},
                            {"quantized", info.quantized()},
                            {"weight_bytes", info.weight_bytes()},
-                           {"max_context", info.max_context()}});
+                           {"max_context", info.max_context()},
+                           {"chat_template", loaded->chat_template.has_value()}});
   return info;
 }
 

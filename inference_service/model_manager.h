@@ -7,6 +7,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/artifact_store.h"
+#include "common/chat_template.h"
 #include "common/llama.h"
 #include "common/model_registry.h"
 #include "common/scheduler.h"
@@ -27,7 +29,29 @@ struct LoadedModel {
   std::shared_ptr<const LlamaModel> model;
   std::shared_ptr<const Tokenizer> tokenizer;
   std::unique_ptr<GenerationScheduler> scheduler;
+  // From tokenizer_config.json beside the weights; parsed at load so that a
+  // template wq cannot render fails LoadModel, not the first Chat.
+  std::optional<ChatTemplate> chat_template;
+  std::optional<std::string> bos_token;
+  std::optional<std::string> eos_token;
 };
+
+// A conversation rendered with the model's chat template, ready to Submit.
+struct ChatPrompt {
+  std::string text;
+  // False when the template emitted a BOS the tokenizer would not add as its
+  // own id (GenerationParams::add_bos).
+  bool add_bos = true;
+};
+
+// FAILED_PRECONDITION "model X has no chat template" without one; the
+// template's INVALID_ARGUMENT for conversations it rejects. A BOS the template
+// emits is generated once: stripped and added as the tokenizer's id when it is
+// the tokenizer's own (SentencePiece reads "<s>" in text as plain characters),
+// else kept as text with no prefix added.
+absl::StatusOr<ChatPrompt> RenderChat(const LoadedModel& model,
+                                      std::vector<ChatMessage> messages,
+                                      bool add_generation_prompt);
 
 class ModelManager {
  public:

@@ -129,10 +129,15 @@ class ServersEnvironment : public ::testing::Environment {
     ASSERT_NE(mkdtemp(dir.data()), nullptr);
 
     auto servers = std::make_unique<Servers>();
-    // Where the runfiles' symlinks lead: the servers refuse links that
-    // leave the model root.
-    servers->model_root =
-        std::filesystem::canonical("testdata/models/stories260K/config.json").parent_path().parent_path();
+    // A writable copy, so that tests can add model directories of their own.
+    servers->model_root = dir + "/models";
+    std::error_code error;
+    std::filesystem::create_directories(servers->model_root, error);
+    ASSERT_FALSE(error) << error.message();
+    std::filesystem::copy(runfiles + "/testdata/models/stories260K",
+                          servers->model_root + "/stories260K",
+                          std::filesystem::copy_options::recursive, error);
+    ASSERT_FALSE(error) << error.message();
     servers->artifact_root = dir + "/artifacts";
     servers->inference_binary = runfiles + "/inference_service/inference_service";
     servers->dir = dir;

@@ -1,5 +1,7 @@
-// ModelManager without gRPC: unloading a model that is serving requests.
+// ModelManager without gRPC: unloading a model that is serving requests; the
+// chat template read at load and the BOS of rendered conversations.
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -10,6 +12,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "inference_service/model_manager.h"
+#include "nlohmann/json.hpp"
 
 namespace wq {
 namespace {
@@ -91,6 +94,85 @@ TEST(ModelManagerTest, UnloadFailsEveryRequestOfTheModel) {
   }
   EXPECT_EQ((*manager)->Get("stories260K").status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// A model root holding stories260K (SentencePiece, BOS "<s>") with
+// `tokenizer_config` in place of its own, and a manager over it.
+std::unique_ptr<ModelManager> ManagerWithConfig(const std::string& name,
+                                                const std::string& tokenizer_config) {
+  const std::string root = testing::TempDir() + "/" + name;
+  std::filesystem::remove_all(root);
+  std::filesystem::create_directories(root);
+  std::filesystem::copy("testdata/models/stories260K", root + "/stories260K",
+                        std::filesystem::copy_options::recursive);
+  const std::string config = root + "/stories260K/tokenizer_config.json";
+  std::filesystem::remove(config);
+  std::ofstream(config) << tokenizer_config;
+  ModelManager::Options options;
+  options.model_root = root;
+  options.artifact_root = root + "_artifacts";
+  auto manager = ModelManager::Create(options);
+  EXPECT_TRUE(manager.ok()) << manager.status();
+  return manager.ok() ? *std::move(manager) : nullptr;
+}
+
+absl::StatusOr<ChatPrompt> Render(const std::string& name, const nlohmann::json& config) {
+  std::unique_ptr<ModelManager> manager = ManagerWithConfig(name, config.dump());
+  if (manager == nullptr) return absl::InternalError("no manager");
+  if (absl::StatusOr<v1::ModelInfo> info = manager->Load("stories260K"); !info.ok()) {
+    return info.status();
+  }
+  absl::StatusOr<std::shared_ptr<LoadedModel>> model = manager->Get("stories260K");
+  if (!model.ok()) return model.status();
+  return RenderChat(**model, {{"user", "hi"}}, /*add_generation_prompt=*/true);
+}
+
+constexpr char kTemplate[] =
+    "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+    "{% if add_generation_prompt %}[assistant]{% endif %}";
+
+TEST(ModelManagerTest, TemplateWithoutBosGetsTheTokenizers) {
+  absl::StatusOr<ChatPrompt> prompt =
+      Render("chat_plain", {{"bos_token", "<s>"}, {"chat_template", kTemplate}});
+  ASSERT_TRUE(prompt.ok()) << prompt.status();
+  EXPECT_EQ(prompt->text, "[user]hi[assistant]");
+  EXPECT_TRUE(prompt->add_bos);
+}
+
+// SentencePiece would read "<s>" in text as characters: it becomes the id.
+TEST(ModelManagerTest, TemplateBosOfTheTokenizerBecomesItsId) {
+  absl::StatusOr<ChatPrompt> prompt = Render(
+      "chat_bos", {{"bos_token", {{"content", "<s>"}, {"special", true}}},
+                   {"chat_template", std::string("{{ bos_token }}") + kTemplate}});
+  ASSERT_TRUE(prompt.ok()) << prompt.status();
+  EXPECT_EQ(prompt->text, "[user]hi[assistant]");
+  EXPECT_TRUE(prompt->add_bos);
+}
+
+// A BOS the tokenizer does not add as its own stays text, with no prefix.
+TEST(ModelManagerTest, TemplateBosForeignToTheTokenizerStaysText) {
+  absl::StatusOr<ChatPrompt> prompt =
+      Render("chat_foreign_bos", {{"bos_token", "[BOS]"},
+                                  {"chat_template", std::string("{{ bos_token }}") + kTemplate}});
+  ASSERT_TRUE(prompt.ok()) << prompt.status();
+  EXPECT_EQ(prompt->text, "[BOS][user]hi[assistant]");
+  EXPECT_FALSE(prompt->add_bos);
+}
+
+TEST(ModelManagerTest, NoChatTemplateIsFailedPrecondition) {
+  absl::StatusOr<ChatPrompt> prompt = Render("chat_none", {{"bos_token", "<s>"}});
+  EXPECT_EQ(prompt.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(prompt.status().message().rfind("model stories260K has no chat template", 0), 0u)
+      << prompt.status();
+}
+
+TEST(ModelManagerTest, MalformedTokenizerConfigFailsLoad) {
+  std::unique_ptr<ModelManager> manager = ManagerWithConfig("chat_malformed", "{\"chat");
+  ASSERT_NE(manager, nullptr);
+  absl::StatusOr<v1::ModelInfo> info = manager->Load("stories260K");
+  EXPECT_EQ(info.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(info.status().message().find("tokenizer_config.json"), std::string::npos)
+      << info.status();
 }
 
 }  // namespace
