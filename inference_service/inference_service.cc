@@ -1,6 +1,7 @@
 #include "inference_service/inference_service.h"
 
 #include "common/cpu_features.h"
+#include "common/status_macros.h"
 
 #include <algorithm>
 #include <chrono>
@@ -282,6 +283,16 @@ absl::StatusOr<GenerationParams> ToGenerationParams(const v1::SamplingParams& s,
   return params;
 }
 
+absl::StatusOr<InferenceServiceImpl::GenerationRequest> InferenceServiceImpl::Prepare(
+    const grpc::ServerContext& context, const std::string& model,
+    const v1::SamplingParams& sampling) const {
+  GenerationRequest request;
+  ASSIGN_OR_RETURN(request.params, ToGenerationParams(sampling, limits_));
+  request.params.deadline = Deadline(context);
+  ASSIGN_OR_RETURN(request.model, models_->Get(model));
+  return request;
+}
+
 grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
                                             const v1::GenerateRequest* request,
                                             v1::GenerateResponse* response) {
@@ -297,15 +308,13 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
                         absl::StrCat("at most ", limits_.max_prompts,
                                      " prompts per request, got ", request->prompts_size()));
   }
-  absl::StatusOr<GenerationParams> params = ToGenerationParams(request->sampling(), limits_);
-  if (!params.ok()) return ToGrpcStatus(params.status());
-  params->deadline = Deadline(*context);
-  absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
-  if (!model.ok()) return ToGrpcStatus(model.status());
+  absl::StatusOr<GenerationRequest> prepared =
+      Prepare(*context, request->model(), request->sampling());
+  if (!prepared.ok()) return ToGrpcStatus(prepared.status());
   grpc::Status status = RunBatch(
-      context, **model,
+      context, *prepared->model,
       std::vector<std::string>(request->prompts().begin(), request->prompts().end()),
-      *params, response->mutable_results());
+      prepared->params, response->mutable_results());
   if (status.ok()) {
     LogInfo("generate", {{"model", request->model()}, {"prompts", request->prompts_size()}});
   }
@@ -318,12 +327,10 @@ grpc::Status InferenceServiceImpl::GenerateStream(
   if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
     return ToGrpcStatus(s);
   }
-  absl::StatusOr<GenerationParams> params = ToGenerationParams(request->sampling(), limits_);
-  if (!params.ok()) return ToGrpcStatus(params.status());
-  params->deadline = Deadline(*context);
-  absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
-  if (!model.ok()) return ToGrpcStatus(model.status());
-  return RunStream(context, **model, request->prompt(), *params, writer);
+  absl::StatusOr<GenerationRequest> prepared =
+      Prepare(*context, request->model(), request->sampling());
+  if (!prepared.ok()) return ToGrpcStatus(prepared.status());
+  return RunStream(context, *prepared->model, request->prompt(), prepared->params, writer);
 }
 
 grpc::Status InferenceServiceImpl::Chat(grpc::ServerContext* context,
@@ -342,15 +349,13 @@ grpc::Status InferenceServiceImpl::Chat(grpc::ServerContext* context,
         absl::StrCat("at most ", limits_.max_prompts, " conversations per request, got ",
                      request->conversations_size()));
   }
-  absl::StatusOr<GenerationParams> params = ToGenerationParams(request->sampling(), limits_);
-  if (!params.ok()) return ToGrpcStatus(params.status());
-  params->deadline = Deadline(*context);
-  absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
-  if (!model.ok()) return ToGrpcStatus(model.status());
+  absl::StatusOr<GenerationRequest> prepared =
+      Prepare(*context, request->model(), request->sampling());
+  if (!prepared.ok()) return ToGrpcStatus(prepared.status());
   std::vector<std::string> prompts;
   for (int i = 0; i < request->conversations_size(); ++i) {
     absl::StatusOr<ChatPrompt> prompt =
-        RenderConversation(**model, request->conversations(i).messages(),
+        RenderConversation(*prepared->model, request->conversations(i).messages(),
                            !request->has_add_generation_prompt() ||
                                request->add_generation_prompt());
     if (!prompt.ok()) {
@@ -359,17 +364,18 @@ grpc::Status InferenceServiceImpl::Chat(grpc::ServerContext* context,
           absl::StrCat("conversation ", i, ": ", prompt.status().message())));
     }
     // One GenerationParams serves the whole batch.
-    if (i > 0 && prompt->add_bos != params->add_bos) {
+    if (i > 0 && prompt->add_bos != prepared->params.add_bos) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           absl::StrCat("conversation ", i,
                                        " renders with a different BOS than conversation 0; "
                                        "send them in separate requests"));
     }
-    params->add_bos = prompt->add_bos;
+    prepared->params.add_bos = prompt->add_bos;
     prompts.push_back(std::move(prompt->text));
   }
   grpc::Status status =
-      RunBatch(context, **model, std::move(prompts), *params, response->mutable_results());
+      RunBatch(context, *prepared->model, std::move(prompts), prepared->params,
+               response->mutable_results());
   if (status.ok()) {
     LogInfo("chat", {{"model", request->model()},
                      {"conversations", request->conversations_size()}});
@@ -383,17 +389,15 @@ grpc::Status InferenceServiceImpl::ChatStream(
   if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
     return ToGrpcStatus(s);
   }
-  absl::StatusOr<GenerationParams> params = ToGenerationParams(request->sampling(), limits_);
-  if (!params.ok()) return ToGrpcStatus(params.status());
-  params->deadline = Deadline(*context);
-  absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
-  if (!model.ok()) return ToGrpcStatus(model.status());
+  absl::StatusOr<GenerationRequest> prepared =
+      Prepare(*context, request->model(), request->sampling());
+  if (!prepared.ok()) return ToGrpcStatus(prepared.status());
   absl::StatusOr<ChatPrompt> prompt = RenderConversation(
-      **model, request->messages(),
+      *prepared->model, request->messages(),
       !request->has_add_generation_prompt() || request->add_generation_prompt());
   if (!prompt.ok()) return ToGrpcStatus(prompt.status());
-  params->add_bos = prompt->add_bos;
-  return RunStream(context, **model, prompt->text, *params, writer);
+  prepared->params.add_bos = prompt->add_bos;
+  return RunStream(context, *prepared->model, prompt->text, prepared->params, writer);
 }
 
 grpc::Status InferenceServiceImpl::Tokenize(grpc::ServerContext*,

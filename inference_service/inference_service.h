@@ -58,6 +58,16 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
                              v1::ServerInfo* response) override;
 
  private:
+  // A generation request's sampling parameters (with the RPC's deadline) and
+  // loaded model, checked.
+  struct GenerationRequest {
+    std::shared_ptr<LoadedModel> model;
+    GenerationParams params;
+  };
+  absl::StatusOr<GenerationRequest> Prepare(const grpc::ServerContext& context,
+                                            const std::string& model,
+                                            const v1::SamplingParams& sampling) const;
+
   ModelManager* models_;  // not owned
   const InferenceLimits limits_;
 };
