@@ -486,8 +486,8 @@ struct LlamaModel::Scratch {
         gate(n * c.intermediate_size),
         up(n * c.intermediate_size) {
     if (c.spec().fused_projections) {
-      fused.resize(n * std::max<int64_t>(q.size() / n + 2 * k.size() / n,
-                                         2 * int64_t{c.intermediate_size}));
+      const int64_t qkv = int64_t{c.num_attention_heads + 2 * c.num_key_value_heads} * c.head_dim;
+      fused.resize(n * std::max<int64_t>(qkv, 2 * int64_t{c.intermediate_size}));
     }
   }
   std::vector<float> xb, q, k, v, att, proj, gate, up;

@@ -20,7 +20,6 @@ enum class QuantizePhase {
   kGridSearch,   // AWQ scale search / TEQ training of block `step`
   kClipSearch,   // AWQ clip search of block `step`
   kQuantizing,
-  kPacking,
   kWriting,
   kDone,
 };

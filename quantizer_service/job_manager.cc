@@ -56,7 +56,6 @@ v1::JobPhase PhaseOf(QuantizePhase phase) {
     case QuantizePhase::kGridSearch: return v1::PHASE_GRID_SEARCH;
     case QuantizePhase::kClipSearch: return v1::PHASE_CLIP_SEARCH;
     case QuantizePhase::kQuantizing: return v1::PHASE_QUANTIZING;
-    case QuantizePhase::kPacking: return v1::PHASE_PACKING;
     case QuantizePhase::kWriting: return v1::PHASE_WRITING;
     case QuantizePhase::kDone: return v1::PHASE_DONE;
   }
