@@ -55,7 +55,7 @@
 #include "common/status_macros.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
-#include "proto/wq/v1/inference.grpc.pb.h"
+#include "wq/v1/inference.grpc.pb.h"
 #include "tbb/global_control.h"
 
 ABSL_FLAG(std::string, models, "llama-110m,tinyllama-1.1b", "synthetic model shapes");

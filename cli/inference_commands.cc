@@ -9,7 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "cli/common.h"
-#include "proto/wq/v1/inference.grpc.pb.h"
+#include "wq/v1/inference.grpc.pb.h"
 
 // generate
 ABSL_FLAG(std::string, prompt, "", "prompt text");

@@ -9,7 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "cli/common.h"
-#include "proto/wq/v1/quantizer.grpc.pb.h"
+#include "wq/v1/quantizer.grpc.pb.h"
 
 // quantize
 ABSL_FLAG(std::string, weight_dtype, "",

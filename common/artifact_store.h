@@ -19,7 +19,7 @@
 #include "absl/status/statusor.h"
 #include "common/file_util.h"
 #include "common/llama.h"
-#include "proto/wq/v1/artifact.pb.h"
+#include "wq/v1/artifact.pb.h"
 
 namespace wq {
 

@@ -13,7 +13,7 @@
 #include "absl/status/statusor.h"
 #include "common/calibration.h"
 #include "common/llama.h"
-#include "proto/wq/v1/quant_config.pb.h"
+#include "wq/v1/quant_config.pb.h"
 
 namespace wq {
 

@@ -19,7 +19,7 @@
 #include "common/llama.h"
 #include "common/quant_format.h"
 #include "common/tokenizer.h"
-#include "proto/wq/v1/quant_config.pb.h"
+#include "wq/v1/quant_config.pb.h"
 
 namespace wq {
 

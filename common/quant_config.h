@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "common/compute_dtype.h"
 #include "common/quant_format.h"
-#include "proto/wq/v1/quant_config.pb.h"
+#include "wq/v1/quant_config.pb.h"
 
 namespace wq {
 

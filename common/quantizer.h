@@ -9,8 +9,8 @@
 
 #include "absl/status/statusor.h"
 #include "common/artifact_store.h"
-#include "proto/wq/v1/artifact.pb.h"
-#include "proto/wq/v1/quant_config.pb.h"
+#include "wq/v1/artifact.pb.h"
+#include "wq/v1/quant_config.pb.h"
 
 namespace wq {
 

@@ -8,7 +8,7 @@
 #include "absl/status/statusor.h"
 #include "common/scheduler.h"
 #include "inference_service/model_manager.h"
-#include "proto/wq/v1/inference.grpc.pb.h"
+#include "wq/v1/inference.grpc.pb.h"
 
 namespace wq {
 

@@ -20,7 +20,7 @@
 #include "common/model_registry.h"
 #include "common/scheduler.h"
 #include "common/tokenizer.h"
-#include "proto/wq/v1/inference.pb.h"
+#include "wq/v1/inference.pb.h"
 
 namespace wq {
 

@@ -26,7 +26,7 @@
 #include "common/artifact_store.h"
 #include "common/model_registry.h"
 #include "common/quantizer.h"
-#include "proto/wq/v1/quantizer.pb.h"
+#include "wq/v1/quantizer.pb.h"
 
 namespace wq {
 

@@ -2,7 +2,7 @@
 #ifndef WQ_QUANTIZER_SERVICE_QUANTIZER_SERVICE_H_
 #define WQ_QUANTIZER_SERVICE_QUANTIZER_SERVICE_H_
 
-#include "proto/wq/v1/quantizer.grpc.pb.h"
+#include "wq/v1/quantizer.grpc.pb.h"
 #include "quantizer_service/job_manager.h"
 
 namespace wq {

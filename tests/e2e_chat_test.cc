@@ -13,7 +13,7 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "proto/wq/v1/inference.grpc.pb.h"
+#include "wq/v1/inference.grpc.pb.h"
 #include "tests/e2e_support.h"
 
 namespace wq::e2e {

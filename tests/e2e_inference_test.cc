@@ -8,7 +8,7 @@
 
 #include "common/cpu_features.h"
 #include "gtest/gtest.h"
-#include "proto/wq/v1/inference.grpc.pb.h"
+#include "wq/v1/inference.grpc.pb.h"
 #include "tests/e2e_support.h"
 
 namespace wq::e2e {

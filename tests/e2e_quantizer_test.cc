@@ -11,7 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
-#include "proto/wq/v1/quantizer.grpc.pb.h"
+#include "wq/v1/quantizer.grpc.pb.h"
 #include "tests/e2e_support.h"
 
 namespace wq::e2e {
