@@ -19,6 +19,9 @@
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50052", "host:port to serve on; port 0 picks a free one");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once serving");
+ABSL_FLAG(std::string, http_listen, "",
+          "host:port of the HTTP listener (/health, /metrics, the OpenAI API); empty = none");
+ABSL_FLAG(std::string, http_port_file, "", "write the bound HTTP port here once serving");
 ABSL_FLAG(std::string, model_root, "./models", "directory of unquantized models (served in fp32)");
 ABSL_FLAG(std::string, artifact_root, "./artifacts", "directory of quantized artifacts");
 ABSL_FLAG(int, threads, 0, "oneTBB worker threads; 0 = all cores");
@@ -116,6 +119,8 @@ int main(int argc, char** argv) {
   wq::ServerOptions server;
   server.listen = absl::GetFlag(FLAGS_listen);
   server.port_file = absl::GetFlag(FLAGS_port_file);
+  server.http_listen = absl::GetFlag(FLAGS_http_listen);
+  server.http_port_file = absl::GetFlag(FLAGS_http_port_file);
   server.services = {&service};
   server.health_service_names = {wq::v1::InferenceService::service_full_name()};
   // Schedulers end in-flight requests as cancelled; their handlers return.

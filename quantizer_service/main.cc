@@ -18,6 +18,9 @@
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "host:port to serve on; port 0 picks a free one");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once serving");
+ABSL_FLAG(std::string, http_listen, "",
+          "host:port of the HTTP listener (/health, /metrics); empty = none");
+ABSL_FLAG(std::string, http_port_file, "", "write the bound HTTP port here once serving");
 ABSL_FLAG(std::string, model_root, "./models", "directory of source models (model ids are paths under it)");
 ABSL_FLAG(std::string, artifact_root, "./artifacts", "directory of quantized artifacts");
 ABSL_FLAG(std::string, data_root, "./data", "directory of calibration files");
@@ -62,6 +65,8 @@ int main(int argc, char** argv) {
   wq::ServerOptions server;
   server.listen = absl::GetFlag(FLAGS_listen);
   server.port_file = absl::GetFlag(FLAGS_port_file);
+  server.http_listen = absl::GetFlag(FLAGS_http_listen);
+  server.http_port_file = absl::GetFlag(FLAGS_http_port_file);
   server.services = {&service};
   server.health_service_names = {wq::v1::QuantizerService::service_full_name()};
   // Cancelled jobs end their WatchJob streams, so Shutdown finds no call left.

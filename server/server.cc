@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -16,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "server/http_listener.h"
 
 namespace wq {
 namespace {
@@ -31,26 +33,6 @@ void OnSignal(int signo) {
   const char byte = 1;
   [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &byte, 1);
   errno = saved_errno;
-}
-
-absl::Status WritePortFile(const std::string& path, int port) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (f == nullptr) {
-    return absl::InternalError(absl::StrCat("cannot write --port_file ", tmp,
-                                            ": ", std::strerror(errno)));
-  }
-  std::fprintf(f, "%d\n", port);
-  const bool ok = std::fflush(f) == 0 && fsync(fileno(f)) == 0;
-  std::fclose(f);
-  // rename() makes the complete file appear at once: readers never see a
-  // partial port number.
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return absl::InternalError(absl::StrCat("cannot write --port_file ", path,
-                                            ": ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -111,6 +93,32 @@ absl::Status RunServer(const ServerOptions& options) {
       health->SetServingStatus(name, true);
     }
   }
+  // /health answers 200 while the gRPC health service says SERVING (so, for
+  // the inference service, once the --preload models are loaded) and 503 from
+  // the first moment of shutdown.
+  std::atomic<bool> serving{true};
+  std::unique_ptr<HttpListener> http;
+  if (!options.http_listen.empty()) {
+    HttpListenerOptions http_options;
+    http_options.listen = options.http_listen;
+    http_options.port_file = options.http_port_file;
+    http_options.add_routes = [&](httplib::Server& routes) {
+      routes.Get("/health", [&serving](const httplib::Request&, httplib::Response& response) {
+        const bool up = serving.load();
+        response.status = up ? 200 : 503;
+        response.set_content(up ? R"({"status":"ok"})" : R"({"status":"shutting down"})",
+                             "application/json");
+      });
+      if (options.http_routes) options.http_routes(routes);
+    };
+    absl::StatusOr<std::unique_ptr<HttpListener>> started =
+        HttpListener::Start(std::move(http_options));
+    if (!started.ok()) {
+      server->Shutdown();
+      return started.status();
+    }
+    http = *std::move(started);
+  }
   if (!options.port_file.empty()) {
     absl::Status written = WritePortFile(options.port_file, port);
     if (!written.ok()) {
@@ -118,7 +126,9 @@ absl::Status RunServer(const ServerOptions& options) {
       return written;
     }
   }
-  LogInfo("server_ready", {{"listen", options.listen}, {"port", port}});
+  LogInfo("server_ready", {{"listen", options.listen},
+                           {"port", port},
+                           {"http_port", http != nullptr ? http->port() : 0}});
 
   char byte;
   while (read(g_signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
@@ -129,12 +139,17 @@ absl::Status RunServer(const ServerOptions& options) {
   // accepting calls at once but waits for in-flight ones, which the hook
   // makes finish, so both run side by side.
   if (health != nullptr) health->Shutdown();
+  serving = false;
   std::thread stopper([&] {
     server->Shutdown(std::chrono::system_clock::now() +
                      absl::ToChronoMilliseconds(options.shutdown_deadline));
   });
+  std::thread http_stopper([&] {
+    if (http != nullptr) http->Stop();
+  });
   if (options.on_shutdown) options.on_shutdown();
   stopper.join();
+  http_stopper.join();
   server->Wait();
   LogInfo("shutdown_done");
   return absl::OkStatus();

@@ -1,5 +1,6 @@
 // gRPC server plumbing shared by quantizer_service and inference_service:
-// binding, health checking, reflection, port file, signal-driven graceful
+// binding, health checking (gRPC and HTTP /health), reflection, port file,
+// the optional HTTP listener, signal-driven graceful
 // shutdown and the absl::Status -> grpc::Status mapping.
 #ifndef WQ_SERVER_SERVER_H_
 #define WQ_SERVER_SERVER_H_
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <httplib.h>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -22,6 +24,11 @@ struct ServerOptions {
   // When non-empty, the bound port is written here (atomically, by rename)
   // once the server accepts calls: tests and scripts wait for this file.
   std::string port_file;
+  // "host:port" of the HTTP listener (GET /health plus http_routes); empty:
+  // none. http_port_file as port_file.
+  std::string http_listen;
+  std::string http_port_file;
+  std::function<void(httplib::Server&)> http_routes;
   // Not owned; must outlive RunServer.
   std::vector<grpc::Service*> services;
   // Full names ("wq.v1.QuantizerService") reported SERVING by the health

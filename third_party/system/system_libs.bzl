@@ -29,6 +29,9 @@ _LIBS = {
     "benchmark": ["benchmark"],
     "pcre2": ["libpcre2-8"],
     "icu": ["icu-uc"],
+    # Debian builds it as a library with OpenSSL, zlib and brotli on; the
+    # -D flags from its .pc must match or the classes' layouts differ.
+    "httplib": ["cpp-httplib"],
 }
 
 def _pkg_config_libs(ctx, modules):
@@ -41,12 +44,22 @@ def _pkg_config_libs(ctx, modules):
         flags = result.stdout.strip().split(" ") + flags
     return [f for f in flags if f]
 
+def _pkg_config_defines(ctx, modules):
+    pkgs = [m for m in modules if not m.startswith("-l")]
+    if not pkgs:
+        return []
+    result = ctx.execute(["pkg-config", "--cflags"] + pkgs)
+    if result.return_code != 0:
+        fail("pkg-config failed for %s: %s (run scripts/setup)" % (pkgs, result.stderr))
+    return [f[2:] for f in result.stdout.strip().split(" ") if f.startswith("-D")]
+
 def _system_libs_impl(ctx):
     lines = ['package(default_visibility = ["//visibility:public"])', ""]
     for name, modules in _LIBS.items():
         lines.append("cc_library(")
         lines.append('    name = "%s",' % name)
         lines.append("    linkopts = %s," % repr(_pkg_config_libs(ctx, modules)))
+        lines.append("    defines = %s," % repr(_pkg_config_defines(ctx, modules)))
         lines.append(")")
         lines.append("")
     ctx.file("WORKSPACE", 'workspace(name = "%s")\n' % ctx.name)
