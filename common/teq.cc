@@ -158,7 +158,7 @@ class GroupObjective {
         const LinearRole l = group_.layers[i];
         const ConstRowMap weight(w_.linear[l].data(), w_.rows[l], cols);
         RowMatrix dq = dy[i].transpose() * u;
-        if (options_.scale_gradient) AddScaleGradient(scaled[i], q[i], options_.spec, &dq);
+        AddScaleGradient(scaled[i], q[i], options_.spec, &dq);
         const RowMatrix through_w = dq.cwiseProduct(weight);
         const RowMatrix through_x = (dy[i] * q[i]).cwiseProduct(x);
         grads[i] = through_w.colwise().sum().transpose() -
@@ -270,7 +270,7 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const fl
   };
   // Per-layer weights of the local loss: 1 / (fp32 output energy per token).
   std::vector<double> weights(group.layers.size(), 1.0);
-  if (options.normalize_layer_loss && group.layers.size() > 1) {
+  if (group.layers.size() > 1) {
     for (size_t i = 0; i < group.layers.size(); ++i) {
       const LinearRole l = group.layers[i];
       const ConstRowMap weight(w.linear[l].data(), w.rows[l], cols);
@@ -340,12 +340,8 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const fl
   }
   const Eigen::VectorXf init_alpha = alpha;
 
-  // a = exp(theta) when log_scale, else a = theta.
-  Eigen::VectorXf theta = options.log_scale ? Eigen::VectorXf(alpha.array().log().matrix())
-                                            : alpha;
-  auto alpha_of = [&](const Eigen::VectorXf& t) -> Eigen::VectorXf {
-    return options.log_scale ? Eigen::VectorXf(t.array().exp().matrix()) : t;
-  };
+  // a = exp(theta): Adam's steps are multiplicative and a stays positive.
+  Eigen::VectorXf theta = alpha.array().log().matrix();
   Eigen::VectorXf m = Eigen::VectorXf::Zero(cols);
   Eigen::VectorXf v = Eigen::VectorXf::Zero(cols);
   Eigen::VectorXf grad(cols);
@@ -354,7 +350,7 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const fl
     RETURN_IF_ERROR(CheckCancelled(options.cancelled));
     ASSIGN_OR_RETURN(double loss, objective.Loss(batch(step % batches), alpha, &grad));
     report.step_losses.push_back(loss);
-    if (options.log_scale) grad = grad.cwiseProduct(alpha);  // dL/dtheta
+    grad = grad.cwiseProduct(alpha);  // dL/dtheta
     // transformers' get_linear_schedule_with_warmup, read at the step's start.
     const float lr =
         options.lr * (step < warmup ? static_cast<float>(step) / std::max(1, warmup)
@@ -366,8 +362,7 @@ absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const fl
     const float c1 = 1 - std::pow(options.beta1, static_cast<float>(step + 1));
     const float c2 = 1 - std::pow(options.beta2, static_cast<float>(step + 1));
     theta -= (lr / c1) * m.cwiseQuotient(((v / c2).cwiseSqrt().array() + options.eps).matrix());
-    if (!options.log_scale) theta = theta.cwiseMax(1e-5f);
-    alpha = alpha_of(theta);
+    alpha = theta.array().exp().matrix();
   }
   ASSIGN_OR_RETURN(report.final_loss, full_loss(alpha));
   // Training sees one batch per step and the STE gradient; should the result

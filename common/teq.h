@@ -5,35 +5,16 @@
 // Adam and clipped at >= 1e-5, then 1/a is folded into the previous op and a
 // into the weights, which the caller quantizes with RTN.
 //
-// Differences from INC, which trains the whole model on the causal-LM loss:
-// * Loss, block by block on the fp32 block input, at the points AWQ
-//   inspects: q/k/v on the attention output (o_proj's output, through RoPE,
-//   causal softmax attention and GQA, with the fp32 o_proj; CausalAttention
-//   below); gate/up on the MLP output down(silu(gate)·up), through SwiGLU and
-//   the fp32 down_proj; up->down on the down_proj output (also the MLP
-//   output); v->o (no GQA) on o_proj's output. Each is ||out - out_fp32||^2
-//   per token. Gradients are analytic (Eigen).
-// * q/k/v used to be trained on their own outputs ||Q(W·diag(a))·(x/a) -
-//   W·x||^2. That lowered the local loss by ~40 % yet made the attention
-//   output worse: on stories260K int3 sym g32 (64 x 256 calibration) the
-//   q/k/v scales alone took RTN's +200 % PPL change to +221 %, and TEQ
-//   stayed at RTN's level (+199 %). On the attention output TEQ gets +139 %.
-// * The STE keeps the quantization group's scale differentiable (LSQ-style,
-//   see AddScaleGradient in teq.cc). With the plain STE the gradient mostly
-//   pushed every a up uniformly (a no-op for Q), the scales ended in
-//   [1.04, 1.05] and the result equalled RTN (int3 sym: +204 %).
-// * a = exp(theta), so Adam's steps are multiplicative, with lr 5e-2 for 100
-//   steps (INC: lr 1e-3 on a directly, 1000 steps). On stories260K int4_clip
-//   sym g32 (32 x 256 calibration) the PPL change went +14.5 % (RTN) ->
-//   +12.6 % (lr 1e-3) -> +12.0 % (3e-2) -> +9.8 % (5e-2) -> +10.8 % (1e-1);
-//   int3 sym (64 x 256): +150 % (2e-2), +139 % (5e-2), +144 % (1e-1), +143 %
-//   (200 steps).
-// * Initialisation (INC: a = 1): the best of a = 1 and AWQ's 20
-//   activation-statistics scales x_mean^r / (w_mean^(1-r) + 1e-4) on the
-//   same loss over the first 8,192 calibration tokens. On int4 asym g32
-//   (64 x 256, grid over all tokens) training from a = 1 gave +7.90 % (RTN +7.94 %), the best
-//   grid scale alone +6.41 %, trained from there +6.88 %; on int3 sym
-//   +139 % from a = 1, +149 % grid alone, +145 % trained from the grid.
+// Differences from INC, which trains the whole model on the causal-LM loss
+// (the measurements behind each are in bench/results/teq_design.md):
+// * The loss is local, block by block on the fp32 block input, at the points
+//   AWQ inspects: the attention output for q/k/v (through RoPE, causal
+//   attention, GQA and the fp32 o_proj), the MLP output for gate/up and
+//   up->down, o_proj's output for v->o. Gradients are analytic (Eigen).
+// * The straight-through estimator keeps the quantization group's scale
+//   differentiable (LSQ-style, AddScaleGradient in teq.cc).
+// * a = exp(theta): Adam's steps are multiplicative (lr 5e-2, 100 steps).
+// * a starts at the best of a = 1 and AWQ's activation-statistics scales.
 // * If training does not lower the loss over the whole calibration set, a
 //   stays at its starting point.
 #ifndef WQ_COMMON_TEQ_H_
@@ -52,19 +33,15 @@ namespace wq {
 struct TeqOptions {
   QuantSpec spec;
   // INC trains 1000 steps over the whole model; per block, 100 steps of
-  // 1,024 tokens suffice (200 gave +9.6 % instead of +9.8 % above).
+  // 1,024 tokens suffice.
   int steps = 100;
   // On theta = log a (INC: Adam lr 1e-3 on a, betas (0.9, 0.9), weight
-  // decay 0); see the comment at the top for the sweep.
+  // decay 0).
   float lr = 5e-2f;
   float beta1 = 0.9f;
   float beta2 = 0.9f;
   float eps = 1e-8f;
   float warmup_fraction = 0.05f;  // INC: linear schedule, 5 % warmup
-  // Train a = exp(theta) (theta init 0): multiplicative Adam steps.
-  bool log_scale = true;
-  // Differentiate through the quantization group's scale (see teq.cc).
-  bool scale_gradient = true;
   // gate/up: train on the MLP output through SwiGLU and the fp32 down_proj.
   bool mlp_output_loss = true;
   // q/k/v: train on the attention output (o_proj's, fp32 o_proj) through
@@ -77,10 +54,6 @@ struct TeqOptions {
   // compared on; the chosen scale replaces a = 1 only if it is also better
   // on all tokens.
   int init_tokens = 8192;
-  // Local loss of a group of several layers (q, k, v when
-  // attention_output_loss is off): weight each layer by 1 / its fp32 output
-  // energy per token.
-  bool normalize_layer_loss = true;
   // Token rows per step: consecutive calibration sequences, taken in order
   // and wrapping around (whole sequences, at least one).
   int tokens_per_step = 1024;
