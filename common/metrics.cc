@@ -273,9 +273,16 @@ ScrapedGaugeFamily& MetricsRegistry::AddScrapedGauge(const std::string& name,
 }
 
 std::string MetricsRegistry::Render() const {
+  // Families are never removed, so they are rendered outside mu_: a
+  // collector may take its owner's lock, under which that owner may add a
+  // family.
+  std::vector<const MetricFamilyBase*> families;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, family] : families_) families.push_back(family.get());
+  }
   std::string out;
-  absl::MutexLock lock(&mu_);
-  for (const auto& [name, family] : families_) family->Render(out);
+  for (const MetricFamilyBase* family : families) family->Render(out);
   return out;
 }
 

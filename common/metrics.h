@@ -153,8 +153,9 @@ class ScrapedGaugeFamily : public MetricFamilyBase {
 
   using MetricFamilyBase::MetricFamilyBase;
 
-  // Registers `collect` until the returned handle is destroyed; it must not
-  // call back into the registry. Several may be registered (one per owner).
+  // Registers `collect` until the returned handle is destroyed. It runs
+  // under this family's lock and may take its owner's; it must not record
+  // into or add to the registry. Several may be registered (one per owner).
   [[nodiscard]] std::shared_ptr<void> AddCollector(Collect collect);
 
  protected:
