@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "common/logging.h"
 #include "common/metrics.h"
+#include "google/protobuf/descriptor.h"
 
 namespace wq {
 namespace {
@@ -51,8 +52,11 @@ absl::flat_hash_map<const grpc::ServerContextBase*, RequestLogInterceptor*>& Cal
 
 class RequestLogInterceptor : public grpc::experimental::Interceptor {
  public:
-  explicit RequestLogInterceptor(grpc::experimental::ServerRpcInfo* info)
-      : context_(info->server_context()), method_(info->method()), start_(absl::Now()) {
+  RequestLogInterceptor(grpc::experimental::ServerRpcInfo* info, bool known_method)
+      : context_(info->server_context()),
+        method_(info->method()),
+        method_label_(known_method ? method_ : "(unknown)"),
+        start_(absl::Now()) {
     absl::MutexLock lock(&g_calls_mu);
     Calls()[context_] = this;
   }
@@ -115,13 +119,13 @@ class RequestLogInterceptor : public grpc::experimental::Interceptor {
       line.update(fields_);
     }
     const grpc::StatusCode c = status.error_code();
-    RecordRequest(std::move(line), method_, code,
+    RecordRequest(std::move(line), method_label_, code,
                   c == grpc::StatusCode::INTERNAL || c == grpc::StatusCode::UNKNOWN ||
                       c == grpc::StatusCode::DATA_LOSS);
   }
 
   grpc::ServerContextBase* const context_;
-  const std::string method_;
+  const std::string method_, method_label_;
   const absl::Time start_;
   std::string peer_;
   std::string request_id_ ABSL_GUARDED_BY(g_calls_mu);
@@ -132,10 +136,16 @@ class RequestLogInterceptor : public grpc::experimental::Interceptor {
 class RequestLogInterceptorFactory
     : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
+  explicit RequestLogInterceptorFactory(absl::flat_hash_set<std::string> known_methods)
+      : known_methods_(std::move(known_methods)) {}
+
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
-    return new RequestLogInterceptor(info);
+    return new RequestLogInterceptor(info, known_methods_.contains(info->method()));
   }
+
+ private:
+  const absl::flat_hash_set<std::string> known_methods_;
 };
 
 // The HTTP request a pool thread serves: httplib runs pre-routing, the
@@ -172,9 +182,25 @@ std::string RequestIdOrNew(std::string_view client_value) {
                          absl::Uniform<uint64_t>(bits));
 }
 
+absl::flat_hash_set<std::string> KnownGrpcMethods(const std::vector<std::string>& services) {
+  // Served by gRPC itself, from descriptors outside protobuf's pool.
+  absl::flat_hash_set<std::string> methods = {
+      "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
+      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"};
+  for (const std::string& name : services) {
+    const google::protobuf::ServiceDescriptor* service =
+        google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(name);
+    if (service == nullptr) continue;
+    for (int i = 0; i < service->method_count(); ++i) {
+      methods.insert(absl::StrCat("/", name, "/", service->method(i)->name()));
+    }
+  }
+  return methods;
+}
+
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
-NewRequestLogInterceptorFactory() {
-  return std::make_unique<RequestLogInterceptorFactory>();
+NewRequestLogInterceptorFactory(absl::flat_hash_set<std::string> known_methods) {
+  return std::make_unique<RequestLogInterceptorFactory>(std::move(known_methods));
 }
 
 std::string RequestId(const grpc::ServerContextBase& context) {

@@ -19,11 +19,13 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/server_interceptor.h>
 #include <httplib.h>
 
+#include "absl/container/flat_hash_set.h"
 #include "nlohmann/json.hpp"
 
 namespace wq {
@@ -33,9 +35,17 @@ inline constexpr char kRequestIdHeader[] = "x-request-id";
 // `client_value` if it is a usable id, else a new random one (32 hex digits).
 std::string RequestIdOrNew(std::string_view client_value);
 
+// The full names ("/wq.v1.InferenceService/Generate") of the methods of
+// these services (full names, "wq.v1.InferenceService"), as protobuf's
+// generated pool describes them, plus gRPC's health and reflection methods.
+absl::flat_hash_set<std::string> KnownGrpcMethods(const std::vector<std::string>& services);
+
 // Creates the interceptor that gives each gRPC call its id, log line and count.
+// wq:requests_total labels a method outside `known_methods` (a client may
+// call any name; gRPC answers UNIMPLEMENTED) "(unknown)", so that clients
+// cannot grow the label set; the log line keeps the name.
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
-NewRequestLogInterceptorFactory();
+NewRequestLogInterceptorFactory(absl::flat_hash_set<std::string> known_methods);
 
 // The id of a call in flight on a server built with that interceptor; empty
 // otherwise.

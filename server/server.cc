@@ -85,7 +85,8 @@ absl::Status RunServer(const ServerOptions& options) {
   }
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
-  interceptors.push_back(NewRequestLogInterceptorFactory());
+  interceptors.push_back(
+      NewRequestLogInterceptorFactory(KnownGrpcMethods(options.health_service_names)));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {

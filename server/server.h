@@ -33,7 +33,7 @@ struct ServerOptions {
   // Not owned; must outlive RunServer.
   std::vector<grpc::Service*> services;
   // Full names ("wq.v1.QuantizerService") reported SERVING by the health
-  // service once ready, alongside "".
+  // service once ready, alongside ""; their methods label wq:requests_total.
   std::vector<std::string> health_service_names;
   // Runs on SIGTERM/SIGINT after the server stopped accepting calls and
   // before it waits for the in-flight ones: cancels or finishes work that

@@ -2,11 +2,13 @@
 // real server with stories260K: counters and histograms move by exactly what
 // the calls did, as prometheus_client reads them.
 #include <chrono>
+#include <future>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
 
@@ -130,6 +132,20 @@ TEST(E2eMetricsTest, InferenceCountsRequestsTokensAndLatencies) {
     EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
     EXPECT_EQ(ReturnedRequestId(context), "rejected-1");
   }
+  // A method the server does not have: gRPC answers UNIMPLEMENTED itself.
+  {
+    grpc::GenericStub generic(server.Channel());
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    context.AddMetadata("x-request-id", "unimplemented-1");
+    grpc::Slice empty("");
+    grpc::ByteBuffer request(&empty, 1), response;
+    std::promise<grpc::Status> done;
+    generic.UnaryCall(&context, "/wq.v1.InferenceService/NoSuchMethod", grpc::StubOptions(),
+                      &request, &response, [&](grpc::Status status) { done.set_value(status); });
+    EXPECT_EQ(done.get_future().get().error_code(), grpc::StatusCode::UNIMPLEMENTED);
+    EXPECT_EQ(ReturnedRequestId(context), "unimplemented-1");
+  }
   {
     httplib::Result unmatched = http.Get("/no/such/route");
     ASSERT_TRUE(unmatched);
@@ -172,12 +188,15 @@ TEST(E2eMetricsTest, InferenceCountsRequestsTokensAndLatencies) {
   EXPECT_EQ(requests(kGenerate, "OK"), 3);
   EXPECT_EQ(requests(kGenerate, "NOT_FOUND"), 1);
   EXPECT_EQ(requests(kGenerateStream, "OK"), 1);
+  // Labelled so that clients cannot grow the label set; logged by name.
+  EXPECT_EQ(requests("(unknown)", "UNIMPLEMENTED"), 1);
+  EXPECT_EQ(after.text.find("NoSuchMethod"), std::string::npos);
   EXPECT_EQ(requests("GET /metrics", "200"), 1);  // the first scrape
   EXPECT_EQ(requests("GET (unmatched)", "404"), 1);
 
   // One log line per RPC, with its id, code and token counts.
   const std::vector<nlohmann::json> lines = RequestLogLines(*server.process);
-  EXPECT_EQ(RequestLogLines(*server.process, "grpc").size(), 6u) << server.process->Log();
+  EXPECT_EQ(RequestLogLines(*server.process, "grpc").size(), 7u) << server.process->Log();
   const std::vector<nlohmann::json> unary = LinesWithId(lines, "gen-unary-1");
   ASSERT_EQ(unary.size(), 1u);
   EXPECT_EQ(unary[0]["level"], "info");
@@ -198,6 +217,10 @@ TEST(E2eMetricsTest, InferenceCountsRequestsTokensAndLatencies) {
   EXPECT_EQ(rejected[0]["code"], "NOT_FOUND");
   EXPECT_NE(rejected[0]["error"].get<std::string>().find("nope"), std::string::npos);
   EXPECT_EQ(LinesWithId(lines, "load-1").size(), 1u);
+  const std::vector<nlohmann::json> unimplemented = LinesWithId(lines, "unimplemented-1");
+  ASSERT_EQ(unimplemented.size(), 1u);
+  EXPECT_EQ(unimplemented[0]["method"], "/wq.v1.InferenceService/NoSuchMethod");
+  EXPECT_EQ(unimplemented[0]["code"], "UNIMPLEMENTED");
   EXPECT_EQ(LinesWithId(lines, generated_id).size(), 1u);
   // HTTP: the scrapes by their ids, the unmatched path with a made-up one.
   const std::vector<nlohmann::json> scraped = LinesWithId(lines, "scrape-before");
