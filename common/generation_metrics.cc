@@ -90,6 +90,9 @@ GenerationMetrics::GenerationMetrics(std::string model_name, std::function<int()
                                   "From submission to admission into the running batch.",
                                   kModelLabel, kRequestLatencyBuckets)
                     .WithLabels(labels);
+  finished_ = &Registry().AddCounter("wq:request_finished_total",
+                                     "Generations ended, by finish reason.",
+                                     {"model_name", "finished_reason"});
   kv_cache_used_ = KvCacheUsed().WithLabels(labels);
   kv_cache_capacity_ = KvCacheCapacity().WithLabels(labels);
   waiting_collector_ = Collect("wq:num_requests_waiting",
@@ -116,11 +119,7 @@ void GenerationMetrics::OnNextToken(absl::Duration since_previous) {
 
 void GenerationMetrics::OnFinish(FinishReason reason, absl::Duration queued,
                                  absl::Duration total) {
-  Registry()
-      .AddCounter("wq:request_finished_total", "Generations ended, by finish reason.",
-                  {"model_name", "finished_reason"})
-      .WithLabels({model_name_, FinishReasonLabel(reason)})
-      ->Inc();
+  finished_->WithLabels({model_name_, FinishReasonLabel(reason)})->Inc();
   queue_time_->Observe(absl::ToDoubleSeconds(queued));
   e2e_latency_->Observe(absl::ToDoubleSeconds(total));
 }

@@ -40,6 +40,7 @@ class GenerationMetrics {
   std::shared_ptr<Histogram> time_to_first_token_, time_per_output_token_, e2e_latency_,
       queue_time_;
   std::shared_ptr<Gauge> kv_cache_used_, kv_cache_capacity_;
+  MetricFamily<Counter>* finished_;  // by model_name and finished_reason
   std::shared_ptr<void> waiting_collector_, running_collector_;
 };
 
