@@ -2,6 +2,7 @@
 // server: a job that succeeds, one that fails at run time (truncated weights)
 // and a submission rejected up front.
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,9 +19,11 @@ namespace {
 constexpr char kSubmitJob[] = "/wq.v1.QuantizerService/SubmitJob";
 constexpr char kWatchJob[] = "/wq.v1.QuantizerService/WatchJob";
 
-// Submits with `request_id` and watches the job to its end; its final state.
+// Submits with `request_id` and watches the job to its end, calling
+// `on_running` with each snapshot that says RUNNING; its final state.
 v1::JobState SubmitAndWatch(v1::QuantizerService::Stub& stub, const std::string& model_id,
-                            const std::string& request_id) {
+                            const std::string& request_id,
+                            const std::function<void(const v1::Job&)>& on_running = nullptr) {
   v1::SubmitJobRequest request;
   request.set_model_id(model_id);
   request.mutable_config()->set_weight_dtype(v1::INT4_CLIP);
@@ -42,9 +45,32 @@ v1::JobState SubmitAndWatch(v1::QuantizerService::Stub& stub, const std::string&
   watch.set_job_id(job.job_id());
   auto reader = stub.WatchJob(&context, watch);
   v1::Job snapshot;
-  while (reader->Read(&snapshot)) job = snapshot;
+  while (reader->Read(&snapshot)) {
+    job = snapshot;
+    if (on_running && job.state() == v1::JOB_STATE_RUNNING) on_running(job);
+  }
   EXPECT_TRUE(reader->Finish().ok());
   return job.state();
+}
+
+// Scrapes; checks that the running job is the only one with a phase sample
+// (1, a JobPhase name); how many it had.
+int PhaseSamples(httplib::Client& http, const v1::Job& job) {
+  const Scrape scrape = ScrapeMetrics(http, "scrape-running");
+  int samples = 0;
+  for (const nlohmann::json& family : scrape.parsed["families"]) {
+    if (family["name"] != "wq:quantize_job_phase") continue;
+    for (const nlohmann::json& sample : family["samples"]) {
+      EXPECT_EQ(sample["labels"]["job_id"], job.job_id());
+      EXPECT_EQ(sample["labels"]["model_id"], "stories260K");
+      v1::JobPhase phase;
+      EXPECT_TRUE(v1::JobPhase_Parse(sample["labels"]["phase"].get<std::string>(), &phase))
+          << sample;
+      EXPECT_EQ(sample["value"], 1.0);
+      ++samples;
+    }
+  }
+  return samples;
 }
 
 TEST(E2eMetricsTest, QuantizerCountsJobsByStateAndLogsFailuresAsErrors) {
@@ -61,7 +87,13 @@ TEST(E2eMetricsTest, QuantizerCountsJobsByStateAndLogsFailuresAsErrors) {
   auto stub = v1::QuantizerService::NewStub(server.Channel());
   httplib::Client http("127.0.0.1", server.http_port);
 
-  EXPECT_EQ(SubmitAndWatch(*stub, "stories260K", "submit-ok"), v1::JOB_STATE_SUCCEEDED);
+  // While the job runs (each phase takes milliseconds, a scrape less), a
+  // scrape after a RUNNING snapshot finds it with its phase.
+  int phase_samples = 0;
+  EXPECT_EQ(SubmitAndWatch(*stub, "stories260K", "submit-ok",
+                           [&](const v1::Job& job) { phase_samples += PhaseSamples(http, job); }),
+            v1::JOB_STATE_SUCCEEDED);
+  EXPECT_GE(phase_samples, 1);
   EXPECT_EQ(SubmitAndWatch(*stub, "truncated", "submit-truncated"), v1::JOB_STATE_FAILED);
   {
     grpc::ClientContext context;
