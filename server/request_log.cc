@@ -241,8 +241,11 @@ void InstallHttpRequestLog(httplib::Server& server) {
         {"path", request.path},
         {"route", route},
         {"status", response.status},
-        {"duration_ms", in_flight.routed ? MillisecondsSince(in_flight.start) : 0.0},
-        {"peer", absl::StrCat(request.remote_addr, ":", request.remote_port)}};
+        {"duration_ms", in_flight.routed ? MillisecondsSince(in_flight.start) : 0.0}};
+    // Unset on a request rejected before its connection details were filled.
+    if (!request.remote_addr.empty()) {
+      line["peer"] = absl::StrCat(request.remote_addr, ":", request.remote_port);
+    }
     RecordRequest(std::move(line), route, std::to_string(response.status),
                   response.status >= 500);
   });

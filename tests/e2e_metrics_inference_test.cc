@@ -1,6 +1,11 @@
 // The inference service's /metrics, request ids and request log lines, over a
 // real server with stories260K: counters and histograms move by exactly what
 // the calls did, as prometheus_client reads them.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <future>
 #include <set>
@@ -31,6 +36,24 @@ v1::GenerateRequest GenerateRequest(const std::string& model, int max_new_tokens
   request.mutable_sampling()->set_temperature(0);
   request.mutable_sampling()->set_max_new_tokens(max_new_tokens);
   return request;
+}
+
+// Sends `request` as is on a new connection; the response's status line.
+std::string RawHttp(int port, const std::string& request) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address = {};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+      write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+    char buffer[256];
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (n > 0) response.assign(buffer, n);
+  }
+  close(fd);
+  return response.substr(0, response.find("\r\n"));
 }
 
 TEST(E2eMetricsTest, InferenceCountsRequestsTokensAndLatencies) {
@@ -252,7 +275,20 @@ TEST(E2eMetricsTest, InferenceCountsRequestsTokensAndLatencies) {
   // Present (a series per loaded model), not merely absent.
   EXPECT_TRUE(SampleValue(idle.parsed, "wq:num_requests_running", model).has_value());
 
+  // httplib refuses a malformed request before routing; it is logged and
+  // counted all the same (read once the server has stopped, as it is logged
+  // after its response is written, and on another connection).
+  EXPECT_EQ(RawHttp(server.http_port, "BOGUS / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            "HTTP/1.1 400 Bad Request");
   EXPECT_EQ(server.process->Stop(std::chrono::seconds(10)), 0);
+  bool rejected_logged = false;
+  for (const auto& line : RequestLogLines(*server.process, "http")) {
+    if (line["route"] == "(rejected before routing)" && line["status"] == 400) {
+      EXPECT_EQ(line["request_id"].get<std::string>().size(), 32u);
+      rejected_logged = true;
+    }
+  }
+  EXPECT_TRUE(rejected_logged) << server.process->Log();
 }
 
 }  // namespace
