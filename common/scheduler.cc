@@ -19,7 +19,7 @@ struct GenerationScheduler::Sequence {
   std::unique_ptr<Sampler> sampler;
   std::unique_ptr<TextStream> text;
   GenerationResult result;
-  absl::Time submitted, admitted, first_token;
+  absl::Time submitted, admitted, first_token, last_token;
   bool done = false;
   bool holds_place = true;  // counted in places_
 
@@ -37,6 +37,8 @@ GenerationScheduler::GenerationScheduler(std::shared_ptr<const LlamaModel> model
                                           : model_max;
   options_.max_running = std::max(1, options_.max_running);
   options_.prefill_chunk = std::max(1, options_.prefill_chunk);
+  metrics_ = std::make_unique<GenerationMetrics>(
+      options_.model_name, [this] { return queued(); }, [this] { return running(); });
   loop_ = std::thread([this] { Loop(); });
 }
 
@@ -54,6 +56,8 @@ void GenerationScheduler::Shutdown(absl::Status reason) {
     stopping_ = true;
   }
   if (loop_.joinable()) loop_.join();
+  // The loop, the only recorder, ended: stop exporting this model's gauges.
+  metrics_.reset();
 }
 
 int GenerationScheduler::queued() const {
@@ -178,6 +182,7 @@ void GenerationScheduler::Finish(Sequence& seq, FinishReason reason, absl::Statu
     const double seconds = absl::ToDoubleSeconds(now - seq.first_token);
     if (seconds > 0) r.decode_tokens_per_second = (generated - 1) / seconds;
   }
+  metrics_->OnFinish(reason, absl::Milliseconds(r.queue_ms), now - seq.submitted);
   seq.done = true;
   seq.cache.reset();
   // Before on_done, so that a caller told of the end may submit again.
@@ -250,6 +255,13 @@ void GenerationScheduler::Loop() {
                                  [](const auto& s) { return s->done; }),
                   running.end());
     running_count_.store(static_cast<int>(running.size()));
+    int kv_used = 0, kv_capacity = 0;
+    for (const auto& seq : running) {
+      // The newest sampled token enters the cache at the next step.
+      kv_used += seq->prefilling() ? seq->prefilled : static_cast<int>(seq->tokens.size()) - 1;
+      kv_capacity += seq->cache->max_positions();
+    }
+    metrics_->SetKvCache(kv_used, kv_capacity);
   }
 }
 
@@ -289,6 +301,7 @@ void GenerationScheduler::Step(std::vector<std::unique_ptr<Sequence>>& running) 
     Sequence& seq = *owners[i];
     if (seq.prefilling()) {
       seq.prefilled += static_cast<int>(chunks[i].tokens.size());
+      metrics_->OnPromptTokens(static_cast<int>(chunks[i].tokens.size()));
       if (seq.prefilling()) continue;  // logits of a mid-prompt slice are unused
     }
     TokenEvent event;
@@ -296,11 +309,16 @@ void GenerationScheduler::Step(std::vector<std::unique_ptr<Sequence>>& running) 
                                    seq.tokens, &event.logprob);
     seq.tokens.push_back(event.id);
     const int generated = static_cast<int>(seq.tokens.size()) - seq.prompt_tokens;
+    const absl::Time sampled = absl::Now();
     if (generated == 1) {
-      seq.first_token = absl::Now();
+      seq.first_token = sampled;
       seq.result.time_to_first_token_ms =
           absl::ToDoubleMilliseconds(seq.first_token - seq.submitted);
+      metrics_->OnFirstToken(sampled - seq.submitted);
+    } else {
+      metrics_->OnNextToken(sampled - seq.last_token);
     }
+    seq.last_token = sampled;
     const TextStream::Step text = seq.text->Append(event.id);
     event.text = text.text;
     std::optional<FinishReason> finish;

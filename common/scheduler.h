@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/generation_metrics.h"
 #include "common/llama.h"
 #include "common/sampler.h"
 #include "common/tokenizer.h"
@@ -74,6 +75,7 @@ class GenerationScheduler {
     int prefill_chunk = 256;  // prompt tokens per step, over all sequences
     int max_context = 0;      // tokens per sequence; 0: the model's maximum
     KvCacheDtype kv_cache_dtype = KvCacheDtype::kF32;
+    std::string model_name;  // the model_name label of its metrics
   };
 
   // A submitted request; Cancel() makes it finish with kCancelled at the
@@ -151,6 +153,8 @@ class GenerationScheduler {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status stop_reason_ ABSL_GUARDED_BY(mu_);
   std::atomic<int> running_count_{0};
+  // Last: its scrape-time gauges read the members above. Reset by Shutdown.
+  std::unique_ptr<GenerationMetrics> metrics_;
   std::thread loop_;
 };
 

@@ -19,6 +19,7 @@
 #include "common/logging.h"
 #include "common/sampler.h"
 #include "common/tokenizer.h"
+#include "server/request_log.h"
 #include "server/server.h"
 
 namespace wq {
@@ -36,6 +37,14 @@ v1::FinishReason ToProto(FinishReason reason) {
     case FinishReason::kError: return v1::FINISH_REASON_UNSPECIFIED;
   }
   return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+// Token counts of a finished generation on the RPC's "request" log line.
+void LogTokenCounts(const grpc::ServerContext& context, const LoadedModel& model,
+                    int prompt_tokens, int generated_tokens) {
+  AddRequestLogFields(context, {{"model", model.info.model()},
+                                {"prompt_tokens", prompt_tokens},
+                                {"generated_tokens", generated_tokens}});
 }
 
 void FillUsageAndTimings(const GenerationResult& r, v1::Usage* usage,
@@ -145,8 +154,11 @@ grpc::Status RunBatch(grpc::ServerContext* context, const LoadedModel& model,
             +[](int* pending) { return *pending == 0; }, &state->pending),
         kCancelPoll);
   }
+  int prompt_tokens = 0, generated_tokens = 0;
   for (int i = 0; i < n; ++i) {
     const GenerationResult& r = *state->results[i];
+    prompt_tokens += r.prompt_tokens;
+    generated_tokens += static_cast<int>(r.token_ids.size());
     if (r.finish_reason == FinishReason::kError) {
       return ToGrpcStatus(absl::Status(
           r.status.code(), absl::StrCat("prompt ", i, ": ", r.status.message())));
@@ -157,6 +169,7 @@ grpc::Status RunBatch(grpc::ServerContext* context, const LoadedModel& model,
     out->set_finish_reason(ToProto(r.finish_reason));
     FillUsageAndTimings(r, out->mutable_usage(), out->mutable_timings());
   }
+  LogTokenCounts(*context, model, prompt_tokens, generated_tokens);
   return grpc::Status::OK;
 }
 
@@ -207,6 +220,8 @@ grpc::Status RunStream(grpc::ServerContext* context, const LoadedModel& model,
       if (!writer->Write(message)) return cancelled("client went away");
     }
     if (!done.has_value()) continue;
+    LogTokenCounts(*context, model, done->prompt_tokens,
+                   static_cast<int>(done->token_ids.size()));
     // on_done comes after the last on_token, and both were drained above.
     if (done->finish_reason == FinishReason::kError) return ToGrpcStatus(done->status);
     v1::GenerateStreamResponse message;

@@ -10,6 +10,7 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/matmul.h"
+#include "common/metrics.h"
 #include "common/quant_config.h"
 #include "common/status_macros.h"
 
@@ -92,7 +93,15 @@ absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(Options optio
 ModelManager::ModelManager(Options options, std::unique_ptr<ArtifactStore> store)
     : options_(std::move(options)),
       store_(std::move(store)),
-      registry_(options_.model_root) {}
+      registry_(options_.model_root) {
+  loaded_collector_ =
+      MetricsRegistry::Default()
+          .AddScrapedGauge("wq:models_loaded", "Models loaded for generation.")
+          .AddCollector([this](const ScrapedGaugeFamily::Emit& emit) {
+            absl::MutexLock lock(&mu_);
+            emit({}, static_cast<double>(loaded_.size()));
+          });
+}
 
 ModelManager::~ModelManager() { Shutdown(); }
 
@@ -187,8 +196,10 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
   loaded->tokenizer = std::shared_ptr<const Tokenizer>(std::move(*tokenizer));
   RETURN_IF_ERROR(LoadChatTemplate(name, tokenizer_dir, *loaded));
   loaded->model = std::make_shared<const LlamaModel>(weights);
+  GenerationScheduler::Options scheduler_options = options_.scheduler;
+  scheduler_options.model_name = name;
   loaded->scheduler = std::make_unique<GenerationScheduler>(
-      loaded->model, loaded->tokenizer, options_.scheduler);
+      loaded->model, loaded->tokenizer, scheduler_options);
   info.set_weight_bytes(weights->StorageBytes());
   info.set_vocab_size(weights->config.vocab_size);
   info.set_max_context(loaded->scheduler->max_context());

@@ -99,6 +99,8 @@ class ModelManager {
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<LoadedModel>> loaded_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // wq:models_loaded, read at scrape time; last, as it reads loaded_.
+  std::shared_ptr<void> loaded_collector_;
 };
 
 }  // namespace wq

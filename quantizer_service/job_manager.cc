@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/metrics.h"
 #include "common/process_memory.h"
 #include "common/quant_config.h"
 #include "common/status_macros.h"
@@ -125,6 +126,38 @@ JobManager::JobManager(Options options, std::unique_ptr<ArtifactStore> store)
     absl::MutexLock lock(&mu_);
     LoadRecords();
   }
+  MetricsRegistry& metrics = MetricsRegistry::Default();
+  jobs_collector_ =
+      metrics
+          .AddScrapedGauge("wq:quantize_jobs",
+                           "Jobs held by the quantizer (finished ones up to --job_retention), "
+                           "by state.",
+                           {"state"})
+          .AddCollector([this](const ScrapedGaugeFamily::Emit& emit) {
+            std::map<v1::JobState, int> counts = {{v1::JOB_STATE_QUEUED, 0},
+                                                  {v1::JOB_STATE_RUNNING, 0},
+                                                  {v1::JOB_STATE_SUCCEEDED, 0},
+                                                  {v1::JOB_STATE_FAILED, 0},
+                                                  {v1::JOB_STATE_CANCELLED, 0}};
+            {
+              absl::MutexLock lock(&mu_);
+              for (const auto& [id, entry] : jobs_) ++counts[entry->job.state()];
+            }
+            for (const auto& [state, count] : counts) emit({v1::JobState_Name(state)}, count);
+          });
+  phase_collector_ =
+      metrics
+          .AddScrapedGauge("wq:quantize_job_phase",
+                           "1 for each running job, labelled with its current phase.",
+                           {"job_id", "model_id", "phase"})
+          .AddCollector([this](const ScrapedGaugeFamily::Emit& emit) {
+            absl::MutexLock lock(&mu_);
+            for (const auto& [id, entry] : jobs_) {
+              if (entry->job.state() != v1::JOB_STATE_RUNNING) continue;
+              emit({id, entry->job.model_id(), v1::JobPhase_Name(entry->job.progress().phase())},
+                   1);
+            }
+          });
   for (int i = 0; i < options_.workers; ++i) {
     workers_.emplace_back([this] { WorkerLoop(); });
   }
@@ -168,6 +201,9 @@ void JobManager::LoadRecords() {
       SetTimestamp(absl::Now(), job.mutable_end_time());
       AppendLog(&job, "failed: interrupted by restart");
       Persist(job);
+      LogError("job_finished", {{"job_id", job.job_id()},
+                                {"state", v1::JobState_Name(job.state())},
+                                {"error", job.error_message()}});
     }
     order_.emplace(OrderKey{UnixNanos(job.create_time()), job.job_id()}, job.job_id());
     jobs_.emplace(job.job_id(), std::move(entry));
@@ -558,13 +594,20 @@ void JobManager::RunJob(JobEntry* entry) {
     AppendLog(&job, absl::StrCat("failed: ", manifest.status().ToString()));
   }
   Touch(entry);
-  LogInfo("job_finished",
-          {{"job_id", job_id},
-           {"state", v1::JobState_Name(job.state())},
-           {"artifact_id", job.artifact_id()},
-           {"error", job.error_message()},
-           {"seconds", absl::ToDoubleSeconds(absl::Now() - entry->started)},
-           {"peak_memory_bytes", job.peak_memory_bytes()}});
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - entry->started);
+  MetricsRegistry::Default()
+      .AddHistogram("wq:quantize_job_duration_seconds",
+                    "Run time of jobs a worker ran, by final state.", {"state"},
+                    {0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400})
+      .WithLabels({v1::JobState_Name(job.state())})
+      ->Observe(seconds);
+  Log(job.state() == v1::JOB_STATE_FAILED ? LogLevel::kError : LogLevel::kInfo, "job_finished",
+      {{"job_id", job_id},
+       {"state", v1::JobState_Name(job.state())},
+       {"artifact_id", job.artifact_id()},
+       {"error", job.error_message()},
+       {"seconds", seconds},
+       {"peak_memory_bytes", job.peak_memory_bytes()}});
   EvictFinished();  // may drop `entry`
 }
 

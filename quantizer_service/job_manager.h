@@ -128,6 +128,9 @@ class JobManager {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int running_ ABSL_GUARDED_BY(mu_) = 0;  // jobs a worker has taken
   std::vector<std::thread> workers_;
+  // wq:quantize_jobs and wq:quantize_job_phase, read at scrape time; last,
+  // as they read jobs_.
+  std::shared_ptr<void> jobs_collector_, phase_collector_;
 };
 
 bool IsTerminal(v1::JobState state);

@@ -11,13 +11,16 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/metrics.h"
 #include "server/http_listener.h"
+#include "server/request_log.h"
 
 namespace wq {
 namespace {
@@ -80,6 +83,11 @@ absl::Status RunServer(const ServerOptions& options) {
   for (grpc::Service* service : options.services) {
     builder.RegisterService(service);
   }
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(
+      NewRequestLogInterceptorFactory(KnownGrpcMethods(options.health_service_names)));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat(
@@ -103,11 +111,15 @@ absl::Status RunServer(const ServerOptions& options) {
     http_options.listen = options.http_listen;
     http_options.port_file = options.http_port_file;
     http_options.add_routes = [&](httplib::Server& routes) {
+      InstallHttpRequestLog(routes);
       routes.Get("/health", [&serving](const httplib::Request&, httplib::Response& response) {
         const bool up = serving.load();
         response.status = up ? 200 : 503;
         response.set_content(up ? R"({"status":"ok"})" : R"({"status":"shutting down"})",
                              "application/json");
+      });
+      routes.Get("/metrics", [](const httplib::Request&, httplib::Response& response) {
+        response.set_content(MetricsRegistry::Default().Render(), kPrometheusContentType);
       });
       if (options.http_routes) options.http_routes(routes);
     };

@@ -1,5 +1,6 @@
 // gRPC server plumbing shared by quantizer_service and inference_service:
-// binding, health checking (gRPC and HTTP /health), reflection, port file,
+// binding, health checking (gRPC and HTTP /health), GET /metrics, request ids
+// and one log line per request (server/request_log.h), reflection, port file,
 // the optional HTTP listener, signal-driven graceful
 // shutdown and the absl::Status -> grpc::Status mapping.
 #ifndef WQ_SERVER_SERVER_H_
@@ -32,7 +33,7 @@ struct ServerOptions {
   // Not owned; must outlive RunServer.
   std::vector<grpc::Service*> services;
   // Full names ("wq.v1.QuantizerService") reported SERVING by the health
-  // service once ready, alongside "".
+  // service once ready, alongside ""; their methods label wq:requests_total.
   std::vector<std::string> health_service_names;
   // Runs on SIGTERM/SIGINT after the server stopped accepting calls and
   // before it waits for the in-flight ones: cancels or finishes work that
