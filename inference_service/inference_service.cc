@@ -131,7 +131,7 @@ grpc::Status RunBatch(grpc::ServerContext* context, const LoadedModel& model,
   // All or nothing (a partial batch is of no use to the caller), admitted
   // once a single place is free.
   absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>> handles =
-      model.scheduler->SubmitBatch(prompts, params, std::move(callbacks));
+      model.scheduler->SubmitBatch(prompts, {params}, std::move(callbacks));
   if (!handles.ok()) return ToGrpcStatus(handles.status());
 
   absl::MutexLock lock(&state->mu);
