@@ -15,6 +15,7 @@
 #include "common/quant_config.h"
 #include "inference_service/inference_service.h"
 #include "inference_service/model_manager.h"
+#include "inference_service/openai_api.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50052", "host:port to serve on; port 0 picks a free one");
@@ -115,12 +116,14 @@ int main(int argc, char** argv) {
   limits.threads = threads;
   limits.max_running = options.scheduler.max_running;
   wq::InferenceServiceImpl service(models->get(), limits);
+  wq::OpenAiApi openai(models->get(), limits);
 
   wq::ServerOptions server;
   server.listen = absl::GetFlag(FLAGS_listen);
   server.port_file = absl::GetFlag(FLAGS_port_file);
   server.http_listen = absl::GetFlag(FLAGS_http_listen);
   server.http_port_file = absl::GetFlag(FLAGS_http_port_file);
+  server.http_routes = [&openai](httplib::Server& routes) { openai.Register(routes); };
   server.services = {&service};
   server.health_service_names = {wq::v1::InferenceService::service_full_name()};
   // Schedulers end in-flight requests as cancelled; their handlers return.
