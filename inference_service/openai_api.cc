@@ -416,6 +416,12 @@ class Generation {
         self->updates_.push_back({i, event, std::nullopt});
       };
       callbacks[i].on_done = [self, i](const GenerationResult& result) {
+        if (result.finish_reason == FinishReason::kCancelled) {
+          LogInfo("openai_cancelled",
+                  {{"id", self->shape_.id},
+                   {"choice", i},
+                   {"completion_tokens", result.token_ids.size()}});
+        }
         absl::MutexLock lock(&self->mu_);
         self->updates_.push_back({i, std::nullopt, result});
       };
