@@ -35,6 +35,10 @@ constexpr absl::Duration kPoll = absl::Milliseconds(50);
 // second one at the latest), which is how a client that left is noticed.
 constexpr absl::Duration kHeartbeat = absl::Milliseconds(500);
 
+// 64 prompts of a long context each, with room to spare; larger bodies get
+// 413 before they are read.
+constexpr size_t kMaxBodyBytes = 16 << 20;
+
 // The request field an error is about, carried as a payload of the status
 // (OpenAI's "param").
 constexpr char kParamPayload[] = "wq.openai.param";
@@ -652,6 +656,8 @@ class Generation {
 }  // namespace
 
 void OpenAiApi::Register(httplib::Server& server) const {
+  // Bodies are read whole before routing; httplib's default has no bound.
+  server.set_payload_max_length(kMaxBodyBytes);
   server.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
     Generate(Endpoint::kCompletions, req, res);
   });

@@ -478,6 +478,8 @@ TEST_F(E2eOpenAiTest, TokenizeAndDetokenizeRoundTrip) {
 TEST_F(E2eOpenAiTest, BadRequestsGetOpenAiErrors) {
   ExpectError(Post("/v1/completions", std::string("{not json")), 400, "");
   ExpectError(Post("/v1/completions", std::string("[1, 2]")), 400, "");
+  // Bodies past 16 MiB are not read.
+  EXPECT_EQ(Post("/v1/completions", std::string(17 << 20, ' ')).status, 413);
   auto completion = [](json fields) {
     json body = {{"model", kModel}, {"prompt", kOnce}};
     body.update(fields);
