@@ -420,12 +420,6 @@ class Generation {
         self->updates_.push_back({i, event, std::nullopt});
       };
       callbacks[i].on_done = [self, i](const GenerationResult& result) {
-        if (result.finish_reason == FinishReason::kCancelled) {
-          LogInfo("openai_cancelled",
-                  {{"id", self->shape_.id},
-                   {"choice", i},
-                   {"completion_tokens", result.token_ids.size()}});
-        }
         absl::MutexLock lock(&self->mu_);
         self->updates_.push_back({i, std::nullopt, result});
       };
@@ -449,7 +443,7 @@ class Generation {
     if (shape_.stream && shape_.chat) {
       for (int i = 0; i < static_cast<int>(choices_.size()); ++i) {
         json delta = {{"role", "assistant"}, {"content", ""}};
-        if (!Write(sink, Event(Chunk(i, std::move(delta), json(nullptr), nullptr)))) return false;
+        if (!Write(sink, Event(Chunk(i, std::move(delta), json(nullptr), nullptr)))) return ClientGone();
       }
     }
     absl::Time last_write = absl::Now();
@@ -462,13 +456,13 @@ class Generation {
                              kPoll);
         updates.swap(updates_);
       }
-      if (!sink.is_writable()) return false;
+      if (!sink.is_writable()) return ClientGone();
       for (Update& update : updates) {
         Choice& choice = choices_[update.choice];
         if (update.token.has_value()) {
           choice.tokens.push_back(*update.token);
           if (shape_.stream) {
-            if (!Write(sink, Event(TokenChunk(update.choice, *update.token)))) return false;
+            if (!Write(sink, Event(TokenChunk(update.choice, *update.token)))) return ClientGone();
             last_write = absl::Now();
           }
           continue;
@@ -478,15 +472,13 @@ class Generation {
         if (choice.result->finish_reason != FinishReason::kLength &&
             choice.result->finish_reason != FinishReason::kEos &&
             choice.result->finish_reason != FinishReason::kStopSequence) {
-          const json error = ErrorJson(FailureOf(*choice.result));
-          Write(sink, shape_.stream ? Event(error) : Dump(error));
-          return false;
+          return Failed(sink, FailureOf(*choice.result));
         }
         if (shape_.stream) {
           json empty = shape_.chat ? json::object() : json("");
           if (!Write(sink, Event(Chunk(update.choice, std::move(empty), json(nullptr),
                                        FinishReasonName(choice.result->finish_reason))))) {
-            return false;
+            return ClientGone();
           }
           last_write = absl::Now();
         }
@@ -494,7 +486,7 @@ class Generation {
       if (pending_ == 0) break;
       if (absl::Now() - last_write >= kHeartbeat) {
         // An SSE comment; whitespace before a JSON body.
-        if (!Write(sink, shape_.stream ? ":\n\n" : " ")) return false;
+        if (!Write(sink, shape_.stream ? ":\n\n" : " ")) return ClientGone();
         last_write = absl::Now();
       }
     }
@@ -503,17 +495,37 @@ class Generation {
         json chunk = ChunkHeader();
         chunk["choices"] = json::array();
         chunk["usage"] = Usage();
-        if (!Write(sink, Event(chunk))) return false;
+        if (!Write(sink, Event(chunk))) return ClientGone();
       }
-      if (!Write(sink, "data: [DONE]\n\n")) return false;
+      if (!Write(sink, "data: [DONE]\n\n")) return ClientGone();
     } else if (!Write(sink, Dump(Body()))) {
-      return false;
+      return ClientGone();
     }
     sink.done();
     return true;
   }
 
  private:
+  // Logged with the tokens generated so far, the work the hang-up saved.
+  bool ClientGone() const {
+    size_t generated = 0;
+    for (const Choice& choice : choices_) generated += choice.tokens.size();
+    LogInfo("openai_cancelled", {{"id", shape_.id},
+                                 {"reason", "client went away"},
+                                 {"completion_tokens", generated}});
+    return false;
+  }
+
+  // The 200 went out already: the error follows as an event or as the body,
+  // and the connection is cut before the response completes, so that no
+  // client takes it for a success.
+  bool Failed(httplib::DataSink& sink, const absl::Status& status) const {
+    LogWarning("openai_failed", {{"id", shape_.id}, {"error", status.ToString()}});
+    const json error = ErrorJson(status);
+    Write(sink, shape_.stream ? Event(error) : Dump(error));
+    return false;
+  }
+
   struct Update {
     int choice;
     std::optional<TokenEvent> token;
