@@ -671,5 +671,28 @@ TEST_F(E2eOpenAiTest, UnloadMidStreamEndsWithA503Event) {
               404, "model");
 }
 
+TEST_F(E2eOpenAiTest, ShutdownEndsStreamsWithA503EventAndExitsCleanly) {
+  Service doomed = Start("openai-doomed", {std::string("--preload=") + kModel,
+                                           "--max_running=1", "--max_queued=0"});
+  const json body = {{"model", kModel}, {"prompt", kOnce}, {"max_tokens", 500}, {"n", 64},
+                     {"stop", "zzz"}, {"stream", true}};
+  const int fd = SendRaw(doomed.http_port, "/v1/completions", body.dump());
+  ASSERT_GE(fd, 0);
+  std::string reply = ReceiveRaw(fd, "data: ");
+  ASSERT_NE(reply.find("data: "), std::string::npos);
+  int exit_status = -1;
+  std::thread stopper([&] { exit_status = doomed.process->Stop(std::chrono::seconds(10)); });
+  reply += ReceiveRaw(fd, "");
+  close(fd);
+  stopper.join();
+  EXPECT_EQ(exit_status, 0) << doomed.process->Log();
+  const std::vector<std::string> events = Events(reply);
+  ASSERT_FALSE(events.empty());
+  const json last = json::parse(events.back(), nullptr, false);
+  ASSERT_TRUE(last.contains("error")) << events.back();
+  EXPECT_EQ(last["error"]["type"], "server_error");
+  EXPECT_EQ(last["error"]["message"], "the server is shutting down");
+}
+
 }  // namespace
 }  // namespace wq::e2e
