@@ -23,6 +23,9 @@ ABSL_FLAG(std::string, port_file, "", "write the bound port here once serving");
 ABSL_FLAG(std::string, http_listen, "",
           "host:port of the HTTP listener (/health, /metrics, the OpenAI API); empty = none");
 ABSL_FLAG(std::string, http_port_file, "", "write the bound HTTP port here once serving");
+ABSL_FLAG(int, http_threads, 128,
+          "HTTP connections served at once; each in-flight OpenAI request (a stream for its "
+          "whole length) holds one, more wait to be accepted");
 ABSL_FLAG(std::string, model_root, "./models", "directory of unquantized models (served in fp32)");
 ABSL_FLAG(std::string, artifact_root, "./artifacts", "directory of quantized artifacts");
 ABSL_FLAG(int, threads, 0, "oneTBB worker threads; 0 = all cores");
@@ -51,6 +54,7 @@ std::string CheckFlags() {
   if (absl::GetFlag(FLAGS_threads) < 0) return "--threads must be >= 0 (0 = all cores)";
   if (absl::GetFlag(FLAGS_max_running) < 1) return "--max_running must be >= 1";
   if (absl::GetFlag(FLAGS_max_queued) < 0) return "--max_queued must be >= 0";
+  if (absl::GetFlag(FLAGS_http_threads) < 1) return "--http_threads must be >= 1";
   if (absl::GetFlag(FLAGS_max_new_tokens_cap) < 1) return "--max_new_tokens_cap must be >= 1";
   if (absl::GetFlag(FLAGS_default_max_new_tokens) < 1) {
     return "--default_max_new_tokens must be >= 1";
@@ -123,6 +127,7 @@ int main(int argc, char** argv) {
   server.port_file = absl::GetFlag(FLAGS_port_file);
   server.http_listen = absl::GetFlag(FLAGS_http_listen);
   server.http_port_file = absl::GetFlag(FLAGS_http_port_file);
+  server.http_threads = absl::GetFlag(FLAGS_http_threads);
   server.http_routes = [&openai](httplib::Server& routes) { openai.Register(routes); };
   server.services = {&service};
   server.health_service_names = {wq::v1::InferenceService::service_full_name()};

@@ -694,5 +694,26 @@ TEST_F(E2eOpenAiTest, ShutdownEndsStreamsWithA503EventAndExitsCleanly) {
   EXPECT_EQ(last["error"]["message"], "the server is shutting down");
 }
 
+TEST_F(E2eOpenAiTest, HttpThreadsBoundTheConnectionsServedAtOnce) {
+  Service single = Start("openai-single", {std::string("--preload=") + kModel,
+                                           "--http_threads=1"});
+  const json body = {{"model", kModel}, {"prompt", kOnce}, {"max_tokens", 500}, {"n", 64},
+                     {"stop", "zzz"}, {"stream", true}};
+  const int fd = SendRaw(single.http_port, "/v1/completions", body.dump());
+  ASSERT_GE(fd, 0);
+  ASSERT_NE(ReceiveRaw(fd, "data: ").find("data: "), std::string::npos);
+  // The stream holds the only thread: another request waits to be accepted.
+  httplib::Client client("127.0.0.1", single.http_port);
+  client.set_read_timeout(0, 300 * 1000);
+  EXPECT_FALSE(client.Get("/v1/models"));
+  close(fd);
+  httplib::Client after("127.0.0.1", single.http_port);
+  after.set_read_timeout(10, 0);
+  httplib::Result served = after.Get("/v1/models");
+  ASSERT_TRUE(served);
+  EXPECT_EQ(served->status, 200);
+  EXPECT_EQ(single.process->Stop(std::chrono::seconds(10)), 0);
+}
+
 }  // namespace
 }  // namespace wq::e2e
