@@ -76,6 +76,7 @@ void MakeChatModel() {
 struct Reply {
   int status = 0;
   std::string body;
+  std::string request_id;  // the x-request-id response header, if any
   json Json() const { return json::parse(body, nullptr, false); }
 };
 
@@ -121,7 +122,7 @@ class E2eOpenAiTest : public testing::Test {
       ADD_FAILURE() << path << ": " << httplib::to_string(result.error());
       return {};
     }
-    return {result->status, result->body};
+    return {result->status, result->body, result->get_header_value("x-request-id")};
   }
   static Reply Post(const std::string& path, const json& body,
                     const Service& service = *service_) {
@@ -132,7 +133,10 @@ class E2eOpenAiTest : public testing::Test {
     body["model"] = body.value("model", kModel);
     const Reply reply = Post("/v1/completions", body, service);
     EXPECT_EQ(reply.status, 200) << reply.body;
-    return reply.Json();
+    json parsed = reply.Json();
+    // The listener's request id, when it sets one, names the completion.
+    if (!reply.request_id.empty()) EXPECT_EQ(parsed["id"], "cmpl-" + reply.request_id);
+    return parsed;
   }
   static json ChatCompletion(json body) {
     body["model"] = kChatModel;
