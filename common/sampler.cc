@@ -25,14 +25,25 @@ absl::Status ValidateSamplingOptions(const SamplingOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "repetition_penalty must be > 0 (1 = off), got ", o.repetition_penalty));
   }
+  if (!(o.presence_penalty >= -2.0f && o.presence_penalty <= 2.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("presence_penalty must be in [-2, 2], got ", o.presence_penalty));
+  }
+  if (!(o.frequency_penalty >= -2.0f && o.frequency_penalty <= 2.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("frequency_penalty must be in [-2, 2], got ", o.frequency_penalty));
+  }
+  if (o.top_logprobs < 0 || o.top_logprobs > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ", o.top_logprobs));
+  }
   return absl::OkStatus();
 }
 
 Sampler::Sampler(const SamplingOptions& options)
     : options_(options), rng_(options.seed) {}
 
-int Sampler::Sample(absl::Span<const float> logits, absl::Span<const int> history,
-                    float* logprob) {
+SampledToken Sampler::Sample(absl::Span<const float> logits, absl::Span<const int> history) {
   const int vocab = static_cast<int>(logits.size());
   adjusted_.assign(logits.begin(), logits.end());
   if (options_.repetition_penalty != 1.0f) {
@@ -42,6 +53,13 @@ int Sampler::Sample(absl::Span<const float> logits, absl::Span<const int> histor
       const float raw = logits[id];
       adjusted_[id] = raw > 0 ? raw / options_.repetition_penalty
                               : raw * options_.repetition_penalty;
+    }
+  }
+  if (options_.presence_penalty != 0.0f || options_.frequency_penalty != 0.0f) {
+    for (int id = 0; id < static_cast<int>(generated_counts_.size()) && id < vocab; ++id) {
+      const int count = generated_counts_[id];
+      if (count == 0) continue;
+      adjusted_[id] -= options_.presence_penalty + options_.frequency_penalty * count;
     }
   }
 
@@ -89,13 +107,30 @@ int Sampler::Sample(absl::Span<const float> logits, absl::Span<const int> histor
     }
   }
 
-  if (logprob != nullptr) {
-    const float max_logit = *std::max_element(logits.begin(), logits.end());
-    double sum = 0;
-    for (float l : logits) sum += std::exp(static_cast<double>(l) - max_logit);
-    *logprob = static_cast<float>(logits[chosen] - max_logit - std::log(sum));
+  if (static_cast<int>(generated_counts_.size()) <= chosen) {
+    generated_counts_.resize(chosen + 1, 0);
   }
-  return chosen;
+  ++generated_counts_[chosen];
+
+  SampledToken token;
+  token.id = chosen;
+  const float max_logit = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float l : logits) sum += std::exp(static_cast<double>(l) - max_logit);
+  const float log_normalizer = static_cast<float>(max_logit + std::log(sum));
+  token.logprob = logits[chosen] - log_normalizer;
+  const int top = std::min(options_.top_logprobs, vocab);
+  if (top > 0) {
+    order_.resize(vocab);
+    std::iota(order_.begin(), order_.end(), 0);
+    std::partial_sort(order_.begin(), order_.begin() + top, order_.end(), [&](int a, int b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    for (int i = 0; i < top; ++i) {
+      token.top.push_back({order_[i], logits[order_[i]] - log_normalizer});
+    }
+  }
+  return token;
 }
 
 }  // namespace wq

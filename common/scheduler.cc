@@ -105,16 +105,19 @@ absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> GenerationScheduler
 
 absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>>
 GenerationScheduler::SubmitBatch(const std::vector<std::string>& prompts,
-                                 const GenerationParams& params,
+                                 const std::vector<GenerationParams>& params,
                                  std::vector<GenerationCallbacks> callbacks) {
-  if (callbacks.size() != prompts.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        prompts.size(), " prompts but ", callbacks.size(), " callbacks"));
+  if (callbacks.size() != prompts.size() ||
+      (params.size() != 1 && params.size() != prompts.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(prompts.size(), " prompts but ",
+                                                   params.size(), " params and ",
+                                                   callbacks.size(), " callbacks"));
   }
   std::vector<std::unique_ptr<Sequence>> seqs;
   for (size_t i = 0; i < prompts.size(); ++i) {
     absl::StatusOr<std::unique_ptr<Sequence>> seq =
-        Prepare(prompts[i], params, std::move(callbacks[i]));
+        Prepare(prompts[i], params.size() == 1 ? params[0] : params[i],
+                std::move(callbacks[i]));
     if (!seq.ok()) {
       return absl::Status(seq.status().code(),
                           absl::StrCat("prompt ", i, ": ", seq.status().message()));
@@ -304,21 +307,24 @@ void GenerationScheduler::Step(std::vector<std::unique_ptr<Sequence>>& running) 
       metrics_->OnPromptTokens(static_cast<int>(chunks[i].tokens.size()));
       if (seq.prefilling()) continue;  // logits of a mid-prompt slice are unused
     }
+    SampledToken sampled =
+        seq.sampler->Sample(absl::MakeConstSpan(logits).subspan(i * vocab, vocab), seq.tokens);
     TokenEvent event;
-    event.id = seq.sampler->Sample(absl::MakeConstSpan(logits).subspan(i * vocab, vocab),
-                                   seq.tokens, &event.logprob);
+    event.id = sampled.id;
+    event.logprob = sampled.logprob;
+    event.top_logprobs = std::move(sampled.top);
     seq.tokens.push_back(event.id);
     const int generated = static_cast<int>(seq.tokens.size()) - seq.prompt_tokens;
-    const absl::Time sampled = absl::Now();
+    const absl::Time sampled_at = absl::Now();
     if (generated == 1) {
-      seq.first_token = sampled;
+      seq.first_token = sampled_at;
       seq.result.time_to_first_token_ms =
           absl::ToDoubleMilliseconds(seq.first_token - seq.submitted);
-      metrics_->OnFirstToken(sampled - seq.submitted);
+      metrics_->OnFirstToken(sampled_at - seq.submitted);
     } else {
-      metrics_->OnNextToken(sampled - seq.last_token);
+      metrics_->OnNextToken(sampled_at - seq.last_token);
     }
-    seq.last_token = sampled;
+    seq.last_token = sampled_at;
     const TextStream::Step text = seq.text->Append(event.id);
     event.text = text.text;
     std::optional<FinishReason> finish;

@@ -46,7 +46,8 @@ enum class FinishReason { kLength, kEos, kStopSequence, kCancelled, kError };
 struct TokenEvent {
   int id = 0;
   std::string text;  // newly visible text (see TextStream)
-  float logprob = 0;
+  float logprob = 0;  // see SampledToken
+  std::vector<TokenLogprob> top_logprobs;  // sampling.top_logprobs of them
 };
 
 struct GenerationResult {
@@ -100,13 +101,14 @@ class GenerationScheduler {
   absl::StatusOr<std::shared_ptr<Handle>> Submit(const std::string& prompt,
                                                  const GenerationParams& params,
                                                  GenerationCallbacks callbacks);
-  // A unary batch, all or nothing, with callbacks[i] for prompts[i]. It needs
+  // A unary batch, all or nothing, with params[i] and callbacks[i] for
+  // prompts[i] (params of one entry serve all prompts). It needs
   // a single free place rather than one per prompt, so that it is not refused
   // for ever while streams come and go; its prompts then wait in line as
   // requests would, each holding a place (refusing later requests) until it
   // ends. Errors of one prompt begin "prompt i: ".
   absl::StatusOr<std::vector<std::shared_ptr<Handle>>> SubmitBatch(
-      const std::vector<std::string>& prompts, const GenerationParams& params,
+      const std::vector<std::string>& prompts, const std::vector<GenerationParams>& params,
       std::vector<GenerationCallbacks> callbacks);
   // Stops accepting work and ends all requests; returns once the loop ended.
   // With OK they finish as kCancelled (server shutdown); otherwise they fail

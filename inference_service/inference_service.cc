@@ -98,25 +98,6 @@ struct StreamState {
   std::optional<GenerationResult> done ABSL_GUARDED_BY(mu);
 };
 
-absl::StatusOr<ChatPrompt> RenderConversation(
-    const LoadedModel& model, const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages,
-    bool add_generation_prompt) {
-  if (messages.empty()) {
-    return absl::InvalidArgumentError("messages is empty; pass at least one message");
-  }
-  std::vector<ChatMessage> chat;
-  for (int i = 0; i < messages.size(); ++i) {
-    const std::string& role = messages[i].role();
-    if (role != "system" && role != "user" && role != "assistant") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("messages[", i, "].role is \"", role,
-                       "\"; use \"system\", \"user\" or \"assistant\""));
-    }
-    chat.push_back({role, messages[i].content()});
-  }
-  return RenderChat(model, std::move(chat), add_generation_prompt);
-}
-
 // Generate's and Chat's path: submits the prompts as one batch and waits for
 // all of them.
 grpc::Status RunBatch(grpc::ServerContext* context, const LoadedModel& model,
@@ -140,7 +121,7 @@ grpc::Status RunBatch(grpc::ServerContext* context, const LoadedModel& model,
   // All or nothing (a partial batch is of no use to the caller), admitted
   // once a single place is free.
   absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>> handles =
-      model.scheduler->SubmitBatch(prompts, params, std::move(callbacks));
+      model.scheduler->SubmitBatch(prompts, {params}, std::move(callbacks));
   if (!handles.ok()) return ToGrpcStatus(handles.status());
 
   absl::MutexLock lock(&state->mu);
@@ -217,6 +198,11 @@ grpc::Status RunStream(grpc::ServerContext* context, const LoadedModel& model,
       token->set_id(event.id);
       token->set_text(event.text);
       token->set_logprob(event.logprob);
+      for (const TokenLogprob& top : event.top_logprobs) {
+        v1::TokenLogprob* alternative = token->add_top_logprobs();
+        alternative->set_id(top.id);
+        alternative->set_logprob(top.logprob);
+      }
       if (!writer->Write(message)) return cancelled("client went away");
     }
     if (!done.has_value()) continue;
@@ -264,6 +250,9 @@ absl::StatusOr<GenerationParams> ToGenerationParams(const v1::SamplingParams& s,
     }
     params.sampling.repetition_penalty = s.repetition_penalty();
   }
+  params.sampling.presence_penalty = s.presence_penalty();
+  params.sampling.frequency_penalty = s.frequency_penalty();
+  params.sampling.top_logprobs = s.top_logprobs();
   params.sampling.seed = s.has_seed() ? s.seed() : RandomSeed();
   if (s.has_max_new_tokens()) {
     if (s.max_new_tokens() <= 0) {
@@ -298,14 +287,65 @@ absl::StatusOr<GenerationParams> ToGenerationParams(const v1::SamplingParams& s,
   return params;
 }
 
-absl::StatusOr<InferenceServiceImpl::GenerationRequest> InferenceServiceImpl::Prepare(
+absl::StatusOr<ChatPrompt> RenderConversation(
+    const LoadedModel& model, const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages,
+    bool add_generation_prompt) {
+  if (messages.empty()) {
+    return absl::InvalidArgumentError("messages is empty; pass at least one message");
+  }
+  std::vector<ChatMessage> chat;
+  for (int i = 0; i < messages.size(); ++i) {
+    const std::string& role = messages[i].role();
+    if (role != "system" && role != "user" && role != "assistant") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("messages[", i, "].role is \"", role,
+                       "\"; use \"system\", \"user\" or \"assistant\""));
+    }
+    chat.push_back({role, messages[i].content()});
+  }
+  return RenderChat(model, std::move(chat), add_generation_prompt);
+}
+
+absl::StatusOr<PreparedGeneration> PrepareGeneration(const ModelManager& models,
+                                                     const InferenceLimits& limits,
+                                                     const std::string& model,
+                                                     const v1::SamplingParams& sampling,
+                                                     absl::Time deadline) {
+  RETURN_IF_ERROR(ValidateModelName(model));
+  PreparedGeneration prepared;
+  ASSIGN_OR_RETURN(prepared.params, ToGenerationParams(sampling, limits));
+  prepared.params.deadline = deadline;
+  ASSIGN_OR_RETURN(prepared.model, models.Get(model));
+  return prepared;
+}
+
+absl::StatusOr<std::string> DetokenizeIds(const LoadedModel& model, absl::Span<const int> ids,
+                                          bool skip_special_tokens) {
+  const Tokenizer& tok = *model.tokenizer;
+  // The model's vocabulary may be padded past the tokenizer's, and generated
+  // ids come from the model's; Decode treats those as it documents.
+  const int vocab = std::max(tok.vocab_size(), model.info.vocab_size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ids[", i, "] = ", ids[i], " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  if (skip_special_tokens) return tok.Decode(ids);
+  // Decode drops control pieces; spelled out here between decoded runs.
+  StreamingDetokenizer detokenizer(tok, /*at_sequence_start=*/true);
+  std::string text;
+  for (int id : ids) {
+    text += detokenizer.Push(id);
+    if (tok.Kind(id) == Tokenizer::PieceKind::kControl) text += tok.Piece(id);
+  }
+  return text + detokenizer.Flush();
+}
+
+absl::StatusOr<PreparedGeneration> InferenceServiceImpl::Prepare(
     const grpc::ServerContext& context, const std::string& model,
     const v1::SamplingParams& sampling) const {
-  GenerationRequest request;
-  ASSIGN_OR_RETURN(request.params, ToGenerationParams(sampling, limits_));
-  request.params.deadline = Deadline(context);
-  ASSIGN_OR_RETURN(request.model, models_->Get(model));
-  return request;
+  return PrepareGeneration(*models_, limits_, model, sampling, Deadline(context));
 }
 
 grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
@@ -323,7 +363,7 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
                         absl::StrCat("at most ", limits_.max_prompts,
                                      " prompts per request, got ", request->prompts_size()));
   }
-  absl::StatusOr<GenerationRequest> prepared =
+  absl::StatusOr<PreparedGeneration> prepared =
       Prepare(*context, request->model(), request->sampling());
   if (!prepared.ok()) return ToGrpcStatus(prepared.status());
   grpc::Status status = RunBatch(
@@ -339,10 +379,7 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
 grpc::Status InferenceServiceImpl::GenerateStream(
     grpc::ServerContext* context, const v1::GenerateStreamRequest* request,
     grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
-  if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
-    return ToGrpcStatus(s);
-  }
-  absl::StatusOr<GenerationRequest> prepared =
+  absl::StatusOr<PreparedGeneration> prepared =
       Prepare(*context, request->model(), request->sampling());
   if (!prepared.ok()) return ToGrpcStatus(prepared.status());
   return RunStream(context, *prepared->model, request->prompt(), prepared->params, writer);
@@ -364,7 +401,7 @@ grpc::Status InferenceServiceImpl::Chat(grpc::ServerContext* context,
         absl::StrCat("at most ", limits_.max_prompts, " conversations per request, got ",
                      request->conversations_size()));
   }
-  absl::StatusOr<GenerationRequest> prepared =
+  absl::StatusOr<PreparedGeneration> prepared =
       Prepare(*context, request->model(), request->sampling());
   if (!prepared.ok()) return ToGrpcStatus(prepared.status());
   std::vector<std::string> prompts;
@@ -401,10 +438,7 @@ grpc::Status InferenceServiceImpl::Chat(grpc::ServerContext* context,
 grpc::Status InferenceServiceImpl::ChatStream(
     grpc::ServerContext* context, const v1::ChatStreamRequest* request,
     grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
-  if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
-    return ToGrpcStatus(s);
-  }
-  absl::StatusOr<GenerationRequest> prepared =
+  absl::StatusOr<PreparedGeneration> prepared =
       Prepare(*context, request->model(), request->sampling());
   if (!prepared.ok()) return ToGrpcStatus(prepared.status());
   absl::StatusOr<ChatPrompt> prompt = RenderConversation(
@@ -438,29 +472,11 @@ grpc::Status InferenceServiceImpl::Detokenize(grpc::ServerContext*,
   }
   absl::StatusOr<std::shared_ptr<LoadedModel>> model = models_->Get(request->model());
   if (!model.ok()) return ToGrpcStatus(model.status());
-  const Tokenizer& tok = *(*model)->tokenizer;
-  // The model's vocabulary may be padded past the tokenizer's, and generated
-  // ids come from the model's; Decode treats those as it documents.
-  const int vocab = std::max(tok.vocab_size(), (*model)->info.vocab_size());
-  for (int i = 0; i < request->ids_size(); ++i) {
-    if (request->ids(i) < 0 || request->ids(i) >= vocab) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("ids[", i, "] = ", request->ids(i),
-                                       " is outside the vocabulary [0, ", vocab, ")"));
-    }
-  }
-  if (!request->has_skip_special_tokens() || request->skip_special_tokens()) {
-    response->set_text(tok.Decode(request->ids()));
-    return grpc::Status::OK;
-  }
-  // Decode drops control pieces; spelled out here between decoded runs.
-  StreamingDetokenizer detokenizer(tok, /*at_sequence_start=*/true);
-  std::string text;
-  for (int id : request->ids()) {
-    text += detokenizer.Push(id);
-    if (tok.Kind(id) == Tokenizer::PieceKind::kControl) text += tok.Piece(id);
-  }
-  response->set_text(text + detokenizer.Flush());
+  absl::StatusOr<std::string> text =
+      DetokenizeIds(**model, request->ids(),
+                    !request->has_skip_special_tokens() || request->skip_special_tokens());
+  if (!text.ok()) return ToGrpcStatus(text.status());
+  response->set_text(*std::move(text));
   return grpc::Status::OK;
 }
 

@@ -6,6 +6,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "common/scheduler.h"
 #include "inference_service/model_manager.h"
 #include "wq/v1/inference.grpc.pb.h"
@@ -26,6 +28,34 @@ struct InferenceLimits {
 // naming the field otherwise.
 absl::StatusOr<GenerationParams> ToGenerationParams(const v1::SamplingParams& sampling,
                                                     const InferenceLimits& limits);
+
+// A generation request's loaded model and checked parameters: what the gRPC
+// handlers and the OpenAI HTTP API (openai_api.h) both prepare, the same way.
+struct PreparedGeneration {
+  std::shared_ptr<LoadedModel> model;
+  GenerationParams params;
+};
+// INVALID_ARGUMENT for an empty model name or bad sampling parameters; the
+// ModelManager's NOT_FOUND / FAILED_PRECONDITION for a model not loaded.
+absl::StatusOr<PreparedGeneration> PrepareGeneration(const ModelManager& models,
+                                                     const InferenceLimits& limits,
+                                                     const std::string& model,
+                                                     const v1::SamplingParams& sampling,
+                                                     absl::Time deadline);
+
+// The conversation rendered with the model's chat template; INVALID_ARGUMENT
+// for no messages or a role other than system, user or assistant.
+absl::StatusOr<ChatPrompt> RenderConversation(
+    const LoadedModel& model,
+    const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages,
+    bool add_generation_prompt);
+
+// Token ids back to text; INVALID_ARGUMENT for an id outside the vocabulary.
+// skip_special_tokens leaves out control tokens as generated text does;
+// false spells them out.
+absl::StatusOr<std::string> DetokenizeIds(const LoadedModel& model,
+                                          absl::Span<const int> ids,
+                                          bool skip_special_tokens);
 
 class InferenceServiceImpl final : public v1::InferenceService::Service {
  public:
@@ -58,15 +88,10 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
                              v1::ServerInfo* response) override;
 
  private:
-  // A generation request's sampling parameters (with the RPC's deadline) and
-  // loaded model, checked.
-  struct GenerationRequest {
-    std::shared_ptr<LoadedModel> model;
-    GenerationParams params;
-  };
-  absl::StatusOr<GenerationRequest> Prepare(const grpc::ServerContext& context,
-                                            const std::string& model,
-                                            const v1::SamplingParams& sampling) const;
+  // PrepareGeneration with the RPC's deadline.
+  absl::StatusOr<PreparedGeneration> Prepare(const grpc::ServerContext& context,
+                                             const std::string& model,
+                                             const v1::SamplingParams& sampling) const;
 
   ModelManager* models_;  // not owned
   const InferenceLimits limits_;

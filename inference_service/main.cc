@@ -15,6 +15,7 @@
 #include "common/quant_config.h"
 #include "inference_service/inference_service.h"
 #include "inference_service/model_manager.h"
+#include "inference_service/openai_api.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50052", "host:port to serve on; port 0 picks a free one");
@@ -22,6 +23,9 @@ ABSL_FLAG(std::string, port_file, "", "write the bound port here once serving");
 ABSL_FLAG(std::string, http_listen, "",
           "host:port of the HTTP listener (/health, /metrics, the OpenAI API); empty = none");
 ABSL_FLAG(std::string, http_port_file, "", "write the bound HTTP port here once serving");
+ABSL_FLAG(int, http_threads, 128,
+          "HTTP connections served at once; each in-flight OpenAI request (a stream for its "
+          "whole length) holds one, more wait to be accepted");
 ABSL_FLAG(std::string, model_root, "./models", "directory of unquantized models (served in fp32)");
 ABSL_FLAG(std::string, artifact_root, "./artifacts", "directory of quantized artifacts");
 ABSL_FLAG(int, threads, 0, "oneTBB worker threads; 0 = all cores");
@@ -50,6 +54,7 @@ std::string CheckFlags() {
   if (absl::GetFlag(FLAGS_threads) < 0) return "--threads must be >= 0 (0 = all cores)";
   if (absl::GetFlag(FLAGS_max_running) < 1) return "--max_running must be >= 1";
   if (absl::GetFlag(FLAGS_max_queued) < 0) return "--max_queued must be >= 0";
+  if (absl::GetFlag(FLAGS_http_threads) < 1) return "--http_threads must be >= 1";
   if (absl::GetFlag(FLAGS_max_new_tokens_cap) < 1) return "--max_new_tokens_cap must be >= 1";
   if (absl::GetFlag(FLAGS_default_max_new_tokens) < 1) {
     return "--default_max_new_tokens must be >= 1";
@@ -115,12 +120,15 @@ int main(int argc, char** argv) {
   limits.threads = threads;
   limits.max_running = options.scheduler.max_running;
   wq::InferenceServiceImpl service(models->get(), limits);
+  wq::OpenAiApi openai(models->get(), limits);
 
   wq::ServerOptions server;
   server.listen = absl::GetFlag(FLAGS_listen);
   server.port_file = absl::GetFlag(FLAGS_port_file);
   server.http_listen = absl::GetFlag(FLAGS_http_listen);
   server.http_port_file = absl::GetFlag(FLAGS_http_port_file);
+  server.http_threads = absl::GetFlag(FLAGS_http_threads);
+  server.http_routes = [&openai](httplib::Server& routes) { openai.Register(routes); };
   server.services = {&service};
   server.health_service_names = {wq::v1::InferenceService::service_full_name()};
   // Schedulers end in-flight requests as cancelled; their handlers return.

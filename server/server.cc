@@ -110,6 +110,7 @@ absl::Status RunServer(const ServerOptions& options) {
     HttpListenerOptions http_options;
     http_options.listen = options.http_listen;
     http_options.port_file = options.http_port_file;
+    http_options.threads = options.http_threads;
     http_options.add_routes = [&](httplib::Server& routes) {
       InstallHttpRequestLog(routes);
       routes.Get("/health", [&serving](const httplib::Request&, httplib::Response& response) {

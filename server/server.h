@@ -29,6 +29,9 @@ struct ServerOptions {
   // none. http_port_file as port_file.
   std::string http_listen;
   std::string http_port_file;
+  // Connections the HTTP listener serves at once (a streamed response holds
+  // one for its whole length); more wait in the kernel's accept queue.
+  int http_threads = 128;
   std::function<void(httplib::Server&)> http_routes;
   // Not owned; must outlive RunServer.
   std::vector<grpc::Service*> services;

@@ -154,7 +154,7 @@ TEST_F(SchedulerTest, BatchNeedsASinglePlace) {
   Request batch[3];
   std::vector<GenerationCallbacks> callbacks;
   for (Request& r : batch) callbacks.push_back(r.Callbacks());
-  auto handles = scheduler->SubmitBatch({"Once upon a time", "Lily", "The dog"}, Params(),
+  auto handles = scheduler->SubmitBatch({"Once upon a time", "Lily", "The dog"}, {Params()},
                                         std::move(callbacks));
   ASSERT_TRUE(handles.ok()) << handles.status();
   EXPECT_EQ(handles->size(), 3u);
@@ -180,7 +180,7 @@ TEST_F(SchedulerTest, BatchIsAllOrNothing) {
   // Longer than the context: refused, and so is the prompt before it.
   std::string too_long;
   for (int i = 0; i < 300; ++i) too_long += "Once upon a time ";
-  auto handles = scheduler->SubmitBatch({"Once upon a time", too_long}, Params(),
+  auto handles = scheduler->SubmitBatch({"Once upon a time", too_long}, {Params()},
                                         std::move(callbacks));
   EXPECT_EQ(handles.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(handles.status().message().substr(0, 10), "prompt 1: ");
@@ -232,6 +232,46 @@ TEST_F(SchedulerTest, PlainShutdownCancelsAndSaysSo) {
   const absl::Status status = Submit(*scheduler, late);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(status.message(), "the server is shutting down");
+}
+
+TEST_F(SchedulerTest, BatchEntriesSampleWithTheirOwnParamsAndReportTopLogprobs) {
+  auto scheduler = Make(/*max_running=*/4, /*max_queued=*/0);
+  std::vector<GenerationParams> params(3, Params());
+  for (GenerationParams& p : params) {
+    p.sampling.temperature = 1.0f;
+    p.sampling.top_logprobs = 3;
+    p.max_new_tokens = 16;
+  }
+  params[0].sampling.seed = 1;
+  params[1].sampling.seed = 1;
+  params[2].sampling.seed = 2;
+  Request batch[3];
+  std::vector<std::vector<TokenEvent>> events(3);
+  std::vector<GenerationCallbacks> callbacks;
+  for (int i = 0; i < 3; ++i) {
+    callbacks.push_back(batch[i].Callbacks());
+    callbacks.back().on_token = [&events, i](const TokenEvent& e) { events[i].push_back(e); };
+  }
+  auto handles = scheduler->SubmitBatch({"Once upon a time", "Once upon a time",
+                                         "Once upon a time"},
+                                        params, std::move(callbacks));
+  ASSERT_TRUE(handles.ok()) << handles.status();
+  for (Request& r : batch) ASSERT_TRUE(r.Wait());
+  EXPECT_EQ(batch[0].result.token_ids, batch[1].result.token_ids);
+  EXPECT_NE(batch[0].result.token_ids, batch[2].result.token_ids);
+  for (const TokenEvent& e : events[0]) {
+    ASSERT_EQ(e.top_logprobs.size(), 3u);
+    EXPECT_GE(e.top_logprobs[0].logprob, e.top_logprobs[1].logprob);
+    EXPECT_GE(e.top_logprobs[1].logprob, e.top_logprobs[2].logprob);
+    // The most likely token is at least as likely as the sampled one.
+    EXPECT_GE(e.top_logprobs[0].logprob, e.logprob);
+    EXPECT_LE(e.logprob, 0);
+  }
+  EXPECT_EQ(scheduler->SubmitBatch({"a", "b"}, {Params(), Params(), Params()},
+                                   std::vector<GenerationCallbacks>(2))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
