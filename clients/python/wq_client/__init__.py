@@ -124,6 +124,12 @@ class TokenStream:
     def close(self):
         self._call.cancel()
 
+    def code(self):
+        """The call's final grpc.StatusCode once iterated to the end or closed
+        (CANCELLED, unless the generation had already ended). Before that it
+        waits, and gRPC delivers the status only after the last token is read."""
+        return self._call.code()
+
     def __enter__(self):
         return self
 
@@ -239,10 +245,10 @@ class QuantizerClient:
             raise JobError(job)
         return job
 
-    def get(self, job_id):
+    def get_job(self, job_id):
         return self.stub.GetJob(quantizer_pb2.GetJobRequest(job_id=job_id), timeout=self.timeout)
 
-    def cancel(self, job_id):
+    def cancel_job(self, job_id):
         return self.stub.CancelJob(quantizer_pb2.CancelJobRequest(job_id=job_id),
                                    timeout=self.timeout)
 
