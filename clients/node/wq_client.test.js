@@ -72,7 +72,9 @@ describe('wq_client', () => {
     );
     assert.equal(job.state, 'JOB_STATE_SUCCEEDED');
     assert.ok(job.artifact_id);
-    assert.ok(snapshots.length >= 2, `${snapshots.length} snapshots`);
+    // A job this small may be done before the watch starts: then its one
+    // snapshot is the terminal one.
+    assert.ok(snapshots.length >= 1);
     assert.equal(snapshots.at(-1), job);
     const percents = snapshots.map((s) => s.progress.percent);
     assert.deepEqual(percents, [...percents].sort((a, b) => a - b));

@@ -60,7 +60,9 @@ class ClientTest(unittest.TestCase):
                                       weight_dtype="INT4_CLIP", group_size=128, timeout=120)
         self.assertEqual(job.state, quantizer_pb2.JOB_STATE_SUCCEEDED)
         self.assertTrue(job.artifact_id)
-        self.assertGreaterEqual(len(snapshots), 2)
+        # A job this small may be done before the watch starts: then its one
+        # snapshot is the terminal one.
+        self.assertGreaterEqual(len(snapshots), 1)
         self.assertEqual(snapshots[-1], job)
         percents = [s.progress.percent for s in snapshots]
         self.assertEqual(percents, sorted(percents))
