@@ -143,26 +143,46 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(ids[1:], plain)
         self.assertEqual(self.inference.detokenize("stories260K", ids), ONCE)
 
+    def cancel_after_three_tokens(self, client, leave):
+        """Streams up to 256 tokens, reads three, then `leave(stream, tokens)`
+        must cancel; returns the stream. stories260K writes its 256 tokens in
+        some 25 ms, so the server may finish before the cancel reaches it:
+        such a try shows nothing, and is made again."""
+        for _ in range(5):
+            stream = client.stream("stories260K", ONCE, max_new_tokens=256)
+            tokens = iter(stream)
+            for _ in range(3):
+                next(tokens)
+            leave(stream, tokens)
+            if stream.code() == grpc.StatusCode.CANCELLED:
+                break
+        self.assertEqual(stream.code(), grpc.StatusCode.CANCELLED)
+        self.assertIsNone(stream.end)
+        return stream
+
+    def test_closing_a_stream_cancels_it(self):
+        self.inference.load_model("stories260K")
+
+        def leave_with_block(stream, tokens):
+            with stream:
+                pass
+
+        def leave_loop(stream, tokens):
+            for _ in stream:  # one more token, then out of the loop
+                break
+
+        for leave in (leave_with_block, leave_loop):
+            self.cancel_after_three_tokens(self.inference, leave)
+        stream = self.cancel_after_three_tokens(self.inference, lambda stream, _: stream.close())
+        with self.assertRaises(grpc.RpcError) as raised:
+            list(stream)
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.CANCELLED)
+
     def test_cancelled_stream_frees_the_only_slot(self):
         one_slot = wq_client.InferenceClient(
             wq_client.connect(os.environ["WQ_INFERENCE_ONE_SLOT"]))
         one_slot.load_model("stories260K")
-        # stories260K writes its 256 tokens in some 25 ms: the server may
-        # finish before the cancel reaches it. Such a try shows nothing; try again.
-        for _ in range(5):
-            with one_slot.stream("stories260K", ONCE, max_new_tokens=256) as stream:
-                tokens = iter(stream)
-                for _ in range(3):
-                    next(tokens)
-            # Left the with block: cancelled.
-            if stream.code() == grpc.StatusCode.CANCELLED:
-                break
-        self.assertEqual(stream.code(), grpc.StatusCode.CANCELLED)
-        with self.assertRaises(grpc.RpcError) as raised:
-            for _ in tokens:
-                pass
-        self.assertEqual(raised.exception.code(), grpc.StatusCode.CANCELLED)
-        self.assertIsNone(stream.end)
+        self.cancel_after_three_tokens(one_slot, lambda stream, _: stream.close())
         # The server notices within its 50 ms cancel poll; until then the only
         # slot may still be taken (RESOURCE_EXHAUSTED, no waiting line).
         deadline = time.monotonic() + 5

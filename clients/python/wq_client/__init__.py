@@ -101,9 +101,10 @@ class TokenStream:
     """The tokens of one streamed generation (GenerateStream or ChatStream).
 
     Iterating yields wq.v1.Token messages; once it is done, `end` holds the
-    StreamEnd (finish reason, usage, timings, whole text). close(), or leaving
-    a `with` block, cancels the call: the server stops generating and frees
-    the request's slot; iterating afterwards raises grpc.RpcError CANCELLED.
+    StreamEnd (finish reason, usage, timings, whole text). Leaving a `for`
+    loop over it early, close(), or leaving a `with` block cancels the call:
+    the server stops generating and frees the request's slot; iterating
+    afterwards raises grpc.RpcError CANCELLED.
     """
 
     def __init__(self, call):
@@ -111,11 +112,17 @@ class TokenStream:
         self.end = None
 
     def __iter__(self):
-        for event in self._call:
-            if event.HasField("token"):
-                yield event.token
-            elif event.HasField("end"):
-                self.end = event.end
+        complete = False
+        try:
+            for event in self._call:
+                if event.HasField("token"):
+                    yield event.token
+                elif event.HasField("end"):
+                    self.end = event.end
+            complete = True
+        finally:
+            if not complete:  # the loop was left early: stop the generation
+                self.close()
 
     def text(self):
         """Consumes the stream; the tokens' text joined."""
