@@ -19,9 +19,9 @@ const protoLoader = require('@grpc/proto-loader');
 const PROTO_ROOT = path.join(__dirname, '..', '..', 'proto');
 const DEFAULT_TIMEOUT_MS = 60_000;
 
-function loadServices(protoRoot = PROTO_ROOT) {
+function loadServices() {
   const definition = protoLoader.loadSync(['wq/v1/quantizer.proto', 'wq/v1/inference.proto'], {
-    includeDirs: [protoRoot],
+    includeDirs: [PROTO_ROOT],
     keepCase: true,
     enums: String,
     longs: String,
@@ -112,6 +112,10 @@ class TokenStream {
   constructor(call) {
     this.call = call;
     this.end = null;
+    this.error = null;
+    call.on('error', (error) => {
+      this.error = error;
+    });
     this.status = new Promise((resolve) => call.on('status', resolve));
   }
 
@@ -120,6 +124,9 @@ class TokenStream {
       if (event.event === 'token') yield event.token;
       else if (event.event === 'end') this.end = event.end;
     }
+    // The call does not replay an error it emitted before this loop began
+    // (after cancel(), or an earlier loop): report it here.
+    if (this.error) throw this.error;
   }
 
   // Consumes the stream; the tokens' text joined.
@@ -286,11 +293,9 @@ class QuantizerClient extends BaseClient {
 
 module.exports = {
   connect,
-  loadServices,
   InferenceClient,
   QuantizerClient,
   TokenStream,
   JobError,
   status: grpc.status,
-  PROTO_ROOT,
 };

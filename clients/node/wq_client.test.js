@@ -174,24 +174,39 @@ describe('wq_client', () => {
     assert.equal(await inference.detokenize('stories260K', ids), ONCE);
   });
 
-  test('a cancelled stream frees the only slot', async () => {
-    const oneSlot = open(wq.InferenceClient, process.env.WQ_INFERENCE_ONE_SLOT);
-    await oneSlot.loadModel('stories260K');
-    // stories260K writes its 256 tokens in some 25 ms: the server may finish
-    // before the cancel reaches it. Such a try shows nothing; try again.
+  // Streams up to 256 tokens, reads three, then leave(stream, tokens) must
+  // cancel; returns the stream. stories260K writes its 256 tokens in some
+  // 25 ms, so the server may finish before the cancel reaches it: such a try
+  // shows nothing, and is made again.
+  async function cancelAfterThreeTokens(client, leave) {
     let stream;
     for (let attempt = 0; attempt < 5; ++attempt) {
-      stream = oneSlot.stream('stories260K', ONCE, { max_new_tokens: 256 });
-      let read = 0;
-      for await (const token of stream) {
-        assert.equal(typeof token.text, 'string');
-        if (++read === 3) break; // leaving the loop cancels the call
-      }
-      assert.equal(read, 3);
+      stream = client.stream('stories260K', ONCE, { max_new_tokens: 256 });
+      const tokens = stream[Symbol.asyncIterator]();
+      for (let i = 0; i < 3; ++i) assert.equal((await tokens.next()).done, false);
+      await leave(stream, tokens);
       if ((await stream.status).code === wq.status.CANCELLED) break;
     }
     assert.equal((await stream.status).code, wq.status.CANCELLED);
     assert.equal(stream.end, null);
+    return stream;
+  }
+
+  test('leaving the loop or cancel() cancels a stream', async () => {
+    await inference.loadModel('stories260K');
+    await cancelAfterThreeTokens(inference, async (stream) => {
+      for await (const token of stream) break; // one more token, then out of the loop
+    });
+    const stream = await cancelAfterThreeTokens(inference, (stream) => stream.cancel());
+    await rejectsWith(collect(stream), wq.status.CANCELLED);
+  });
+
+  test('a cancelled stream frees the only slot', async () => {
+    const oneSlot = open(wq.InferenceClient, process.env.WQ_INFERENCE_ONE_SLOT);
+    await oneSlot.loadModel('stories260K');
+    await cancelAfterThreeTokens(oneSlot, async (stream, tokens) => {
+      await tokens.return(); // what leaving a for await loop does
+    });
     // The server notices within its 50 ms cancel poll; until then the only
     // slot may still be taken (RESOURCE_EXHAUSTED, no waiting line).
     const deadline = Date.now() + 5000;
