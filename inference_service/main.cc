@@ -15,9 +15,12 @@
 #include "common/quant_config.h"
 #include "inference_service/inference_service.h"
 #include "inference_service/model_manager.h"
+#include "server/security_flags.h"
 #include "server/server.h"
 
-ABSL_FLAG(std::string, listen, "0.0.0.0:50052", "host:port to serve on; port 0 picks a free one");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50052",
+          "host:port to serve on (loopback by default; see README \"Security\"); port 0 picks "
+          "a free one");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once serving");
 ABSL_FLAG(std::string, http_listen, "",
           "host:port of the HTTP listener (/health, /metrics, the OpenAI API); empty = none");
@@ -121,6 +124,7 @@ int main(int argc, char** argv) {
   server.port_file = absl::GetFlag(FLAGS_port_file);
   server.http_listen = absl::GetFlag(FLAGS_http_listen);
   server.http_port_file = absl::GetFlag(FLAGS_http_port_file);
+  server.security = wq::SecurityOptionsFromFlags();
   server.services = {&service};
   server.health_service_names = {wq::v1::InferenceService::service_full_name()};
   // Schedulers end in-flight requests as cancelled; their handlers return.

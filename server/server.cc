@@ -70,13 +70,15 @@ int ServeUntilShutdown(const ServerOptions& options, nlohmann::json start_fields
 
 absl::Status RunServer(const ServerOptions& options) {
   InstallShutdownSignalHandlers();
+  absl::StatusOr<ServerSecurity> security =
+      PrepareServerSecurity(options.security, options.listen, options.http_listen);
+  if (!security.ok()) return security.status();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
-                           &port);
+  builder.AddListeningPort(options.listen, security->credentials, &port);
   for (grpc::Service* service : options.services) {
     builder.RegisterService(service);
   }
@@ -102,7 +104,15 @@ absl::Status RunServer(const ServerOptions& options) {
     HttpListenerOptions http_options;
     http_options.listen = options.http_listen;
     http_options.port_file = options.http_port_file;
+    http_options.tls_cert = options.security.tls_cert;
+    http_options.tls_key = options.security.tls_key;
+    http_options.tls_client_ca = options.security.tls_client_ca;
     http_options.add_routes = [&](httplib::Server& routes) {
+      routes.set_pre_routing_handler(
+          [tokens = security->tokens](const httplib::Request& request,
+                                      httplib::Response& response) {
+            return CheckHttpAuthorization(tokens.get(), request, response);
+          });
       routes.Get("/health", [&serving](const httplib::Request&, httplib::Response& response) {
         const bool up = serving.load();
         response.status = up ? 200 : 503;

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "server/security.h"
 
 namespace wq {
 
@@ -29,6 +30,8 @@ struct ServerOptions {
   std::string http_listen;
   std::string http_port_file;
   std::function<void(httplib::Server&)> http_routes;
+  // TLS (gRPC and HTTP), bearer tokens and the non-loopback check.
+  SecurityOptions security;
   // Not owned; must outlive RunServer.
   std::vector<grpc::Service*> services;
   // Full names ("wq.v1.QuantizerService") reported SERVING by the health
@@ -50,7 +53,9 @@ void InstallShutdownSignalHandlers();
 // Builds and starts the server, then blocks until SIGTERM or SIGINT and
 // shuts down gracefully (health NOT_SERVING, on_shutdown, Shutdown with the
 // deadline). OK after a clean shutdown; UNAVAILABLE when the address cannot
-// be bound; INTERNAL when the port file cannot be written.
+// be bound; INTERNAL when the port file cannot be written; the errors of
+// PrepareServerSecurity (e.g. FAILED_PRECONDITION for an unprotected
+// non-loopback address).
 absl::Status RunServer(const ServerOptions& options);
 
 // The tail of a service's main(): logs "starting" with `start_fields` (a JSON

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <cstdlib>
@@ -54,7 +55,10 @@ ServerProcess::ServerProcess(std::string name, std::string binary, std::vector<s
   port_file_ = dir_ + "/" + name_ + ".port";
   log_file_ = dir_ + "/" + name_ + ".log";
   args.insert(args.begin(), binary);
-  args.push_back("--listen=127.0.0.1:0");
+  if (std::none_of(args.begin(), args.end(),
+                   [](const std::string& a) { return a.rfind("--listen=", 0) == 0; })) {
+    args.push_back("--listen=127.0.0.1:0");
+  }
   args.push_back("--port_file=" + port_file_);
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
@@ -139,13 +143,14 @@ class ServersEnvironment : public ::testing::Environment {
                           std::filesystem::copy_options::recursive, error);
     ASSERT_FALSE(error) << error.message();
     servers->artifact_root = dir + "/artifacts";
+    servers->quantizer_binary = runfiles + "/quantizer_service/quantizer_service";
     servers->inference_binary = runfiles + "/inference_service/inference_service";
     servers->dir = dir;
     const std::vector<std::string> roots = {"--model_root=" + servers->model_root,
                                             "--artifact_root=" + servers->artifact_root,
                                             "--threads=2"};
     quantizer_ = std::make_unique<ServerProcess>(
-        "quantizer", runfiles + "/quantizer_service/quantizer_service", roots, dir);
+        "quantizer", servers->quantizer_binary, roots, dir);
     std::vector<std::string> inference_args = roots;
     inference_args.push_back("--max_new_tokens_cap=256");
     inference_ = std::make_unique<ServerProcess>("inference", servers->inference_binary,
