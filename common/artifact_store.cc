@@ -61,10 +61,12 @@ constexpr char kLockSuffix[] = ".lock";
 absl::StatusOr<ScopedFd> TryLock(const std::string& path, bool create) {
   const int raw = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0),
                          0644);
-  if (raw < 0) return absl::InternalError(absl::StrCat("cannot open ", path, ": ", strerror(errno)));
+  // Messages name the file within the artifact root, never the root.
+  const std::string name = fs::path(path).filename().string();
+  if (raw < 0) return absl::InternalError(absl::StrCat("cannot open ", name, ": ", strerror(errno)));
   ScopedFd fd(raw);
   if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
-    return absl::UnavailableError(absl::StrCat(path, " is locked: ", strerror(errno)));
+    return absl::UnavailableError(absl::StrCat(name, " is locked: ", strerror(errno)));
   }
   return fd;
 }
@@ -294,7 +296,10 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
       names.push_back(entry.path().filename().string());
     }
   }
-  if (ec) return absl::InternalError(absl::StrCat("cannot list ", tmp_dir_, ": ", ec.message()));
+  if (ec) {
+    return absl::InternalError(absl::StrCat("cannot list the temporary directory of artifact ",
+                                            id_, ": ", ec.message()));
+  }
   std::sort(names.begin(), names.end());
   manifest.clear_files();
   for (const std::string& name : names) {
@@ -339,7 +344,7 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
     if (errno == EEXIST || errno == ENOTEMPTY) {
       return absl::AlreadyExistsError(absl::StrCat("artifact ", id_, " already exists"));
     }
-    return absl::InternalError(absl::StrCat("cannot publish ", final_dir, ": ", strerror(errno)));
+    return absl::InternalError(absl::StrCat("cannot publish artifact ", id_, ": ", strerror(errno)));
   }
   committed_ = true;
   ::unlink(absl::StrCat(tmp_dir_, kLockSuffix).c_str());
@@ -396,12 +401,14 @@ absl::StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::Create(
   // The lock first: a directory is never seen without its owner's lock.
   absl::StatusOr<ScopedFd> lock = TryLock(absl::StrCat(tmp, kLockSuffix), /*create=*/true);
   if (!lock.ok()) {
-    return absl::InternalError(absl::StrCat("cannot lock ", tmp, ": ", lock.status().message()));
+    return absl::InternalError(absl::StrCat("cannot lock the temporary directory of artifact ",
+                                            artifact_id, ": ", lock.status().message()));
   }
   std::error_code ec;
   if (!fs::create_directory(tmp, ec)) {
     ::unlink(absl::StrCat(tmp, kLockSuffix).c_str());
-    return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", ec.message()));
+    return absl::InternalError(absl::StrCat("cannot create the temporary directory of artifact ",
+                                            artifact_id, ": ", ec.message()));
   }
   return std::unique_ptr<ArtifactWriter>(
       new ArtifactWriter(root_, artifact_id, tmp, *std::move(lock)));

@@ -125,8 +125,7 @@ int main(int argc, char** argv) {
   server.http_listen = absl::GetFlag(FLAGS_http_listen);
   server.http_port_file = absl::GetFlag(FLAGS_http_port_file);
   server.security = wq::SecurityOptionsFromFlags();
-  server.services = {&service};
-  server.health_service_names = {wq::v1::InferenceService::service_full_name()};
+  server.services = {{&service, wq::v1::InferenceService::service_full_name()}};
   // Schedulers end in-flight requests as cancelled; their handlers return.
   server.on_shutdown = [&models] { (*models)->Shutdown(); };
   return wq::ServeUntilShutdown(server, {{"model_root", options.model_root},

@@ -71,8 +71,7 @@ int main(int argc, char** argv) {
   server.http_listen = absl::GetFlag(FLAGS_http_listen);
   server.http_port_file = absl::GetFlag(FLAGS_http_port_file);
   server.security = wq::SecurityOptionsFromFlags();
-  server.services = {&service};
-  server.health_service_names = {wq::v1::QuantizerService::service_full_name()};
+  server.services = {{&service, wq::v1::QuantizerService::service_full_name()}};
   // Cancelled jobs end their WatchJob streams, so Shutdown finds no call left.
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
   server.on_shutdown = [&jobs, grace] {

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "server/http_listener.h"
+#include "server/request_validation.h"
 
 namespace wq {
 namespace {
@@ -55,8 +56,15 @@ void InstallShutdownSignalHandlers() {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  // The message travels in a trailer: past a client's metadata limit (8 KiB
+  // by default) the client would see RESOURCE_EXHAUSTED instead of it.
+  constexpr size_t kMaxMessageBytes = 1024;
+  std::string message(status.message());
+  if (message.size() > kMaxMessageBytes) {
+    message.resize(kMaxMessageBytes);
+    message += "...";
+  }
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::move(message));
 }
 
 int ServeUntilShutdown(const ServerOptions& options, nlohmann::json start_fields) {
@@ -79,8 +87,17 @@ absl::Status RunServer(const ServerOptions& options) {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options.listen, security->credentials, &port);
-  for (grpc::Service* service : options.services) {
-    builder.RegisterService(service);
+  builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kMaxMetadataBytes);
+  std::vector<std::unique_ptr<grpc::Service>> validated;
+  for (const ServerOptions::Service& served : options.services) {
+    const google::protobuf::ServiceDescriptor* descriptor =
+        google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(served.name);
+    if (descriptor == nullptr) {
+      return absl::InternalError(absl::StrCat("no proto service named ", served.name));
+    }
+    validated.push_back(WithRequestValidation(served.service, *descriptor));
+    builder.RegisterService(validated.back().get());
   }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
@@ -91,8 +108,8 @@ absl::Status RunServer(const ServerOptions& options) {
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   if (health != nullptr) {
     health->SetServingStatus(true);
-    for (const std::string& name : options.health_service_names) {
-      health->SetServingStatus(name, true);
+    for (const ServerOptions::Service& served : options.services) {
+      health->SetServingStatus(served.name, true);
     }
   }
   // /health answers 200 while the gRPC health service says SERVING (so, for

@@ -32,11 +32,14 @@ struct ServerOptions {
   std::function<void(httplib::Server&)> http_routes;
   // TLS (gRPC and HTTP), bearer tokens and the non-loopback check.
   SecurityOptions security;
-  // Not owned; must outlive RunServer.
-  std::vector<grpc::Service*> services;
-  // Full names ("wq.v1.QuantizerService") reported SERVING by the health
-  // service once ready, alongside "".
-  std::vector<std::string> health_service_names;
+  struct Service {
+    grpc::Service* service;  // not owned; must outlive RunServer
+    // Its full proto name ("wq.v1.QuantizerService"): reported SERVING by the
+    // health service once ready (alongside ""); its descriptor validates
+    // every request (server/request_validation.h).
+    std::string name;
+  };
+  std::vector<Service> services;
   // Runs on SIGTERM/SIGINT after the server stopped accepting calls and
   // before it waits for the in-flight ones: cancels or finishes work that
   // handlers wait on, so that they return.
@@ -63,7 +66,7 @@ absl::Status RunServer(const ServerOptions& options);
 // code (0 after a clean shutdown, 1 with a "server_failed" log line).
 int ServeUntilShutdown(const ServerOptions& options, nlohmann::json start_fields);
 
-// Codes map 1:1 (both follow google.rpc.Code).
+// Codes map 1:1 (both follow google.rpc.Code); messages past 1 KiB are cut.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 }  // namespace wq

@@ -56,5 +56,23 @@ TEST(E2eSecurityTest, QuantizerRoles) {
   EXPECT_EQ(process.Stop(std::chrono::seconds(10)), 0);
 }
 
+TEST(E2eValidationTest, QuantizerRequestsAreValidated) {
+  auto stub = v1::QuantizerService::NewStub(
+      grpc::CreateChannel(GetServers().quantizer, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext submit_context;
+  v1::SubmitJobRequest submit;
+  submit.set_model_id("stories\xff");
+  v1::Job job;
+  grpc::Status status = stub->SubmitJob(&submit_context, submit, &job);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "model_id is not valid UTF-8");
+  grpc::ClientContext get_context;
+  v1::GetJobRequest get;
+  get.set_job_id(std::string(300, 'j'));
+  status = stub->GetJob(&get_context, get, &job);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "job_id is 300 bytes; at most 256 are accepted");
+}
+
 }  // namespace
 }  // namespace wq::e2e
