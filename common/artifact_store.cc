@@ -510,13 +510,30 @@ absl::Status VerifyFile(const std::string& artifact_id, const RootedPath& path,
   return absl::OkStatus();
 }
 
+// An artifact's files were checked when written, so whatever its parsers
+// refuse (a header, an offset, a dtype, a name) is damage: DATA_LOSS, as
+// the README promises. Other codes (a newer format, a CPU without the
+// artifact's instructions) keep theirs.
+absl::Status AsArtifactDataLoss(const std::string& artifact_id, const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kNotFound:
+      return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": ", status.message()));
+    default:
+      return status;
+  }
+}
+
 }  // namespace
 
 absl::Status ArtifactStore::Verify(const std::string& artifact_id) const {
   ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, ReadManifest(artifact_id));
   bool has_weights = false;
   for (const v1::ManifestFile& f : manifest.files()) {
-    RETURN_IF_ERROR(ValidateResourceId(f.name(), "artifact file name", 1));
+    if (absl::Status name = ValidateResourceId(f.name(), "artifact file name", 1); !name.ok()) {
+      return AsArtifactDataLoss(artifact_id, name);
+    }
     has_weights |= f.name() == kWeightsFile;
     RETURN_IF_ERROR(VerifyFile(artifact_id, ArtifactPath(artifact_id).Child(f.name()), f));
   }
@@ -577,14 +594,17 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> ArtifactStore::LoadWeights(
   // future waits for its task when an early return destroys it.
   std::future<absl::Status> verified =
       std::async(std::launch::async, [this, &artifact_id] { return Verify(artifact_id); });
-  const RootedPath dir = ArtifactPath(artifact_id);
-  ASSIGN_OR_RETURN(LlamaConfig config, LoadModelDirConfig(dir));
-  auto source = std::make_shared<ArtifactSource>();
-  RETURN_IF_ERROR(source->Open(dir, manifest, options));
-  absl::StatusOr<std::shared_ptr<const LlamaWeights>> weights =
-      BuildLlamaWeights(config, std::move(source));
-  // Corruption explains a failed build better than the build's own error.
+  auto load = [&]() -> absl::StatusOr<std::shared_ptr<const LlamaWeights>> {
+    const RootedPath dir = ArtifactPath(artifact_id);
+    ASSIGN_OR_RETURN(LlamaConfig config, LoadModelDirConfig(dir));
+    auto source = std::make_shared<ArtifactSource>();
+    RETURN_IF_ERROR(source->Open(dir, manifest, options));
+    return BuildLlamaWeights(config, std::move(source));
+  };
+  absl::StatusOr<std::shared_ptr<const LlamaWeights>> weights = load();
+  // Corruption explains a failed load better than the loader's own error.
   RETURN_IF_ERROR(verified.get());
+  if (!weights.ok()) return AsArtifactDataLoss(artifact_id, weights.status());
   return weights;
 }
 
