@@ -181,6 +181,8 @@ httplib::Server::HandlerResponse CheckHttpAuthorization(const TokenAuthenticator
 }
 
 bool IsLoopbackAddress(absl::string_view listen) {
+  // A Unix domain socket is reachable from this machine only.
+  if (absl::StartsWith(listen, "unix:")) return true;
   absl::string_view host = listen.substr(0, listen.rfind(':'));
   if (absl::ConsumePrefix(&host, "[")) absl::ConsumeSuffix(&host, "]");
   return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
@@ -226,8 +228,8 @@ absl::StatusOr<ServerSecurity> PrepareServerSecurity(const SecurityOptions& opti
                                            security.tokens != nullptr);
       !exposed.ok()) {
     if (!options.insecure) return exposed;
-    LogWarning("insecure", {{"message", std::string(exposed.message())},
-                            {"reason", "--insecure given"}});
+    LogWarning("insecure", {{"message", "serving unprotected because --insecure was given"},
+                            {"overridden", std::string(exposed.message())}});
   }
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       MakeServerCredentials(options, security.tokens);

@@ -81,7 +81,8 @@ httplib::Server::HandlerResponse CheckHttpAuthorization(const TokenAuthenticator
                                                         const httplib::Request& request,
                                                         httplib::Response& response);
 
-// Whether `listen` ("host:port") names a loopback host only.
+// Whether `listen` ("host:port") names a loopback host only (127.0.0.0/8,
+// ::1, localhost) or a Unix domain socket ("unix:PATH").
 bool IsLoopbackAddress(absl::string_view listen);
 
 // FAILED_PRECONDITION when an address (gRPC or HTTP; empty: none) is not
