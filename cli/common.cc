@@ -1,15 +1,22 @@
 #include "cli/common.h"
 
 #include <chrono>
+#include <cstdlib>
 #include <iostream>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
+#include "server/client_channel.h"
 
 ABSL_FLAG(std::string, server, "", "address of the service the command talks to (overrides --quantizer / --inference)");
 ABSL_FLAG(std::string, quantizer, "127.0.0.1:50051", "quantizer service address");
 ABSL_FLAG(std::string, inference, "127.0.0.1:50052", "inference service address");
 ABSL_FLAG(int, timeout_s, 120, "deadline of unary calls in seconds");
+ABSL_FLAG(std::string, token, "",
+          "bearer token for servers started with tokens (default: $WQ_TOKEN)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server's certificate; turns TLS on");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for servers that require one");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 
 ABSL_FLAG(std::string, model, "", "model id (quantize) or model / artifact id (load, generate, chat, tokenize)");
 
@@ -32,7 +39,17 @@ std::shared_ptr<grpc::Channel> Connect(bool inference) {
   if (address.empty()) {
     address = inference ? absl::GetFlag(FLAGS_inference) : absl::GetFlag(FLAGS_quantizer);
   }
-  return grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  ClientSecurity security;
+  security.token = absl::GetFlag(FLAGS_token);
+  if (const char* env = std::getenv("WQ_TOKEN"); security.token.empty() && env != nullptr) {
+    security.token = env;
+  }
+  security.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+  security.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  security.tls_key = absl::GetFlag(FLAGS_tls_key);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeClientChannel(address, security);
+  if (!channel.ok()) std::exit(UsageError(std::string(channel.status().message())));
+  return *std::move(channel);
 }
 
 void SetDeadline(grpc::ClientContext* context) {

@@ -61,10 +61,12 @@ constexpr char kLockSuffix[] = ".lock";
 absl::StatusOr<ScopedFd> TryLock(const std::string& path, bool create) {
   const int raw = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0),
                          0644);
-  if (raw < 0) return absl::InternalError(absl::StrCat("cannot open ", path, ": ", strerror(errno)));
+  // Messages name the file within the artifact root, never the root.
+  const std::string name = fs::path(path).filename().string();
+  if (raw < 0) return absl::InternalError(absl::StrCat("cannot open ", name, ": ", strerror(errno)));
   ScopedFd fd(raw);
   if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
-    return absl::UnavailableError(absl::StrCat(path, " is locked: ", strerror(errno)));
+    return absl::UnavailableError(absl::StrCat(name, " is locked: ", strerror(errno)));
   }
   return fd;
 }
@@ -294,7 +296,10 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
       names.push_back(entry.path().filename().string());
     }
   }
-  if (ec) return absl::InternalError(absl::StrCat("cannot list ", tmp_dir_, ": ", ec.message()));
+  if (ec) {
+    return absl::InternalError(absl::StrCat("cannot list the temporary directory of artifact ",
+                                            id_, ": ", ec.message()));
+  }
   std::sort(names.begin(), names.end());
   manifest.clear_files();
   for (const std::string& name : names) {
@@ -339,7 +344,7 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
     if (errno == EEXIST || errno == ENOTEMPTY) {
       return absl::AlreadyExistsError(absl::StrCat("artifact ", id_, " already exists"));
     }
-    return absl::InternalError(absl::StrCat("cannot publish ", final_dir, ": ", strerror(errno)));
+    return absl::InternalError(absl::StrCat("cannot publish artifact ", id_, ": ", strerror(errno)));
   }
   committed_ = true;
   ::unlink(absl::StrCat(tmp_dir_, kLockSuffix).c_str());
@@ -396,12 +401,14 @@ absl::StatusOr<std::unique_ptr<ArtifactWriter>> ArtifactStore::Create(
   // The lock first: a directory is never seen without its owner's lock.
   absl::StatusOr<ScopedFd> lock = TryLock(absl::StrCat(tmp, kLockSuffix), /*create=*/true);
   if (!lock.ok()) {
-    return absl::InternalError(absl::StrCat("cannot lock ", tmp, ": ", lock.status().message()));
+    return absl::InternalError(absl::StrCat("cannot lock the temporary directory of artifact ",
+                                            artifact_id, ": ", lock.status().message()));
   }
   std::error_code ec;
   if (!fs::create_directory(tmp, ec)) {
     ::unlink(absl::StrCat(tmp, kLockSuffix).c_str());
-    return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", ec.message()));
+    return absl::InternalError(absl::StrCat("cannot create the temporary directory of artifact ",
+                                            artifact_id, ": ", ec.message()));
   }
   return std::unique_ptr<ArtifactWriter>(
       new ArtifactWriter(root_, artifact_id, tmp, *std::move(lock)));
@@ -503,13 +510,30 @@ absl::Status VerifyFile(const std::string& artifact_id, const RootedPath& path,
   return absl::OkStatus();
 }
 
+// An artifact's files were checked when written, so whatever its parsers
+// refuse (a header, an offset, a dtype, a name) is damage: DATA_LOSS, as
+// the README promises. Other codes (a newer format, a CPU without the
+// artifact's instructions) keep theirs.
+absl::Status AsArtifactDataLoss(const std::string& artifact_id, const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kNotFound:
+      return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": ", status.message()));
+    default:
+      return status;
+  }
+}
+
 }  // namespace
 
 absl::Status ArtifactStore::Verify(const std::string& artifact_id) const {
   ASSIGN_OR_RETURN(v1::ArtifactManifest manifest, ReadManifest(artifact_id));
   bool has_weights = false;
   for (const v1::ManifestFile& f : manifest.files()) {
-    RETURN_IF_ERROR(ValidateResourceId(f.name(), "artifact file name", 1));
+    if (absl::Status name = ValidateResourceId(f.name(), "artifact file name", 1); !name.ok()) {
+      return AsArtifactDataLoss(artifact_id, name);
+    }
     has_weights |= f.name() == kWeightsFile;
     RETURN_IF_ERROR(VerifyFile(artifact_id, ArtifactPath(artifact_id).Child(f.name()), f));
   }
@@ -570,14 +594,17 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> ArtifactStore::LoadWeights(
   // future waits for its task when an early return destroys it.
   std::future<absl::Status> verified =
       std::async(std::launch::async, [this, &artifact_id] { return Verify(artifact_id); });
-  const RootedPath dir = ArtifactPath(artifact_id);
-  ASSIGN_OR_RETURN(LlamaConfig config, LoadModelDirConfig(dir));
-  auto source = std::make_shared<ArtifactSource>();
-  RETURN_IF_ERROR(source->Open(dir, manifest, options));
-  absl::StatusOr<std::shared_ptr<const LlamaWeights>> weights =
-      BuildLlamaWeights(config, std::move(source));
-  // Corruption explains a failed build better than the build's own error.
+  auto load = [&]() -> absl::StatusOr<std::shared_ptr<const LlamaWeights>> {
+    const RootedPath dir = ArtifactPath(artifact_id);
+    ASSIGN_OR_RETURN(LlamaConfig config, LoadModelDirConfig(dir));
+    auto source = std::make_shared<ArtifactSource>();
+    RETURN_IF_ERROR(source->Open(dir, manifest, options));
+    return BuildLlamaWeights(config, std::move(source));
+  };
+  absl::StatusOr<std::shared_ptr<const LlamaWeights>> weights = load();
+  // Corruption explains a failed load better than the loader's own error.
   RETURN_IF_ERROR(verified.get());
+  if (!weights.ok()) return AsArtifactDataLoss(artifact_id, weights.status());
   return weights;
 }
 

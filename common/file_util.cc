@@ -24,7 +24,7 @@ namespace {
 
 absl::Status ErrnoStatus(int err, const char* what, const std::string& path) {
   std::string message =
-      absl::StrCat(what, " '", path, "' failed: ", std::strerror(err));
+      absl::StrCat(what, " '", PathForMessage(path), "' failed: ", std::strerror(err));
   switch (err) {
     case ENOENT:
     case ENOTDIR:
@@ -84,6 +84,13 @@ int RemoveEntry(const char* path, const struct stat*, int, struct FTW*) {
 
 RootedPath RootedPath::Child(std::string_view name) const {
   return RootedPath(root, absl::StrCat(path, "/", absl::string_view(name.data(), name.size())));
+}
+
+std::string PathForMessage(std::string_view path) {
+  if (path.empty() || path.front() != '/') return std::string(path);
+  const size_t last = path.rfind('/');
+  const size_t before = last == 0 ? std::string_view::npos : path.rfind('/', last - 1);
+  return std::string(path.substr(before == std::string_view::npos ? 1 : before + 1));
 }
 
 std::string RootedPath::Full() const { return root.empty() ? path : absl::StrCat(root, "/", path); }
@@ -257,7 +264,9 @@ absl::StatusOr<std::string> Sha256Range(int fd, const std::string& path, int64_t
       return ErrnoStatus(errno, "read", path);
     }
     if (n == 0) {
-      if (length > 0) return absl::DataLossError(absl::StrCat(path, " is shorter than expected"));
+      if (length > 0) {
+        return absl::DataLossError(absl::StrCat(PathForMessage(path), " is shorter than expected"));
+      }
       break;
     }
     if (EVP_DigestUpdate(ctx->get(), buffer.get(), static_cast<size_t>(n)) != 1) {

@@ -68,6 +68,12 @@ absl::StatusOr<int64_t> FileSize(const RootedPath& file);
 
 // Creates or truncates `path`, writes `contents`, fsyncs and closes it. Not
 // atomic: write to a temporary name and rename if readers may see it.
+// How error messages name a file: a path relative to its root as it is; an
+// absolute (trusted, server-side) path by its last two components, which for
+// an artifact's files is their path inside the artifact root. Clients read
+// these messages: the server's directories are none of their business.
+std::string PathForMessage(std::string_view path);
+
 absl::Status WriteFileDurably(const std::string& path,
                               std::string_view contents);
 

@@ -27,13 +27,14 @@ bool IsAllowedIdChar(char c) {
          c == '_' || c == '-' || c == '/';
 }
 
-// realpath(3) as a StatusOr; errno is kept for the caller to classify.
+// realpath(3) as a StatusOr; errno is kept for the caller to classify. The
+// message names no path: callers say which id or root it was, relative to
+// nothing the client does not know.
 absl::StatusOr<std::string> RealPath(const std::string& path, int* err) {
   char buffer[PATH_MAX];
   if (::realpath(path.c_str(), buffer) == nullptr) {
     *err = errno;
-    return absl::InternalError(
-        absl::StrCat("realpath('", path, "') failed: ", std::strerror(errno)));
+    return absl::InternalError(absl::StrCat("cannot resolve: ", std::strerror(errno)));
   }
   return std::string(buffer);
 }
@@ -137,17 +138,19 @@ absl::StatusOr<std::string> ResolveUnderRoot(const std::string& root,
   absl::StatusOr<std::string> real_root = RealPath(root, &err);
   if (!real_root.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        what, " root '", root, "' is not accessible: ", std::strerror(err),
-        "; check the configured root"));
+        what, " root is not accessible: ", std::strerror(err), "; check the configured root"));
   }
   absl::StatusOr<std::string> real_path =
       RealPath(absl::StrCat(root, "/", id), &err);
   if (!real_path.ok()) {
     if (err == ENOENT || err == ENOTDIR) {
-      return absl::NotFoundError(
-          absl::StrCat(what, " '", id, "' not found under '", root, "'"));
+      return absl::NotFoundError(absl::StrCat(what, " '", id, "' not found"));
     }
-    return real_path.status();
+    if (err == ENAMETOOLONG) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " '", id, "' has a component longer than the file system allows"));
+    }
+    return absl::InternalError(absl::StrCat(what, " '", id, "': ", real_path.status().message()));
   }
   // Symlinks are fine as long as they stay inside the root; the root itself
   // is not a resource.
@@ -169,7 +172,7 @@ absl::StatusOr<std::string> ModelRegistry::RealRoot() const {
   absl::StatusOr<std::string> real_root = RealPath(root_, &err);
   if (!real_root.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "model root '", root_, "' is not accessible: ", std::strerror(err),
+        "model root is not accessible: ", std::strerror(err),
         "; check the configured model root"));
   }
   return real_root;
@@ -183,17 +186,15 @@ absl::StatusOr<std::string> ModelRegistry::Resolve(
   absl::StatusOr<std::string> real_dir =
       ResolveUnderRoot(root_, model_id_view, "model", 2);
   if (absl::IsNotFound(real_dir.status())) {
-    return absl::NotFoundError(absl::StrCat(
-        "model '", model_id, "' not found under model root '", root_, "'"));
+    return absl::NotFoundError(
+        absl::StrCat("model '", model_id, "' not found under the model root"));
   }
   if (!real_dir.ok()) return real_dir.status();
   if (!IsDirectory(*real_dir)) {
-    return absl::NotFoundError(absl::StrCat("model '", model_id, "' under '",
-                                            root_, "' is not a directory"));
+    return absl::NotFoundError(absl::StrCat("model '", model_id, "' is not a directory"));
   }
   if (!IsRegularFile(absl::StrCat(*real_dir, "/", kConfigFile))) {
-    return absl::NotFoundError(absl::StrCat("model '", model_id, "' under '",
-                                            root_, "' has no ", kConfigFile));
+    return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no ", kConfigFile));
   }
   return real_dir;
 }

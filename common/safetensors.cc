@@ -503,7 +503,7 @@ absl::Status SafetensorsWriter::Spill(Entry& entry) {
   if (spill_fd_ < 0) {
     spill_fd_ = ::open(spill_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (spill_fd_ < 0) {
-      return absl::InternalError(absl::StrCat("cannot create ", spill_path_, ": ",
+      return absl::InternalError(absl::StrCat("cannot create ", PathForMessage(spill_path_), ": ",
                                               std::strerror(errno)));
     }
   }
@@ -514,7 +514,7 @@ absl::Status SafetensorsWriter::Spill(Entry& entry) {
                                static_cast<off_t>(entry.spill_offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      return absl::InternalError(absl::StrCat("cannot write ", spill_path_, ": ",
+      return absl::InternalError(absl::StrCat("cannot write ", PathForMessage(spill_path_), ": ",
                                               std::strerror(errno)));
     }
     done += static_cast<uint64_t>(n);
@@ -624,7 +624,7 @@ absl::Status SafetensorsWriter::Write(const std::string& path) {
   // copy_file_range refuses O_APPEND outputs: the data goes after the header.
   const int out = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
   if (out < 0) {
-    return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+    return absl::InternalError(absl::StrCat("cannot open ", PathForMessage(path), ": ", std::strerror(errno)));
   }
   absl::Status status = absl::OkStatus();
   loff_t to = static_cast<loff_t>(sizeof(length_bytes) + header_text.size());
@@ -635,7 +635,7 @@ absl::Status SafetensorsWriter::Write(const std::string& path) {
       const ssize_t n = ::copy_file_range(spill_fd_, &from, out, &to, remaining, 0);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
-        status = absl::InternalError(absl::StrCat("cannot copy ", spill_path_, " into ", path,
+        status = absl::InternalError(absl::StrCat("cannot copy ", PathForMessage(spill_path_), " into ", PathForMessage(path),
                                                   ": ", std::strerror(errno)));
       } else {
         remaining -= static_cast<uint64_t>(n);
@@ -643,10 +643,10 @@ absl::Status SafetensorsWriter::Write(const std::string& path) {
     }
   }
   if (status.ok() && ::fsync(out) != 0) {
-    status = absl::InternalError(absl::StrCat("cannot fsync ", path, ": ", std::strerror(errno)));
+    status = absl::InternalError(absl::StrCat("cannot fsync ", PathForMessage(path), ": ", std::strerror(errno)));
   }
   if (::close(out) != 0 && status.ok()) {
-    status = absl::InternalError(absl::StrCat("cannot close ", path, ": ", std::strerror(errno)));
+    status = absl::InternalError(absl::StrCat("cannot close ", PathForMessage(path), ": ", std::strerror(errno)));
   }
   ::close(spill_fd_);
   spill_fd_ = -1;

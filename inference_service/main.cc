@@ -16,9 +16,12 @@
 #include "inference_service/inference_service.h"
 #include "inference_service/model_manager.h"
 #include "inference_service/openai_api.h"
+#include "server/security_flags.h"
 #include "server/server.h"
 
-ABSL_FLAG(std::string, listen, "0.0.0.0:50052", "host:port to serve on; port 0 picks a free one");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50052",
+          "host:port to serve on (loopback by default; see README \"Security\"); port 0 picks "
+          "a free one");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once serving");
 ABSL_FLAG(std::string, http_listen, "",
           "host:port of the HTTP listener (/health, /metrics, the OpenAI API); empty = none");
@@ -129,8 +132,8 @@ int main(int argc, char** argv) {
   server.http_port_file = absl::GetFlag(FLAGS_http_port_file);
   server.http_threads = absl::GetFlag(FLAGS_http_threads);
   server.http_routes = [&openai](httplib::Server& routes) { openai.Register(routes); };
-  server.services = {&service};
-  server.health_service_names = {wq::v1::InferenceService::service_full_name()};
+  server.security = wq::SecurityOptionsFromFlags();
+  server.services = {{&service, wq::v1::InferenceService::service_full_name()}};
   // Schedulers end in-flight requests as cancelled; their handlers return.
   server.on_shutdown = [&models] { (*models)->Shutdown(); };
   return wq::ServeUntilShutdown(server, {{"model_root", options.model_root},

@@ -14,9 +14,12 @@
 #include "common/logging.h"
 #include "quantizer_service/job_manager.h"
 #include "quantizer_service/quantizer_service.h"
+#include "server/security_flags.h"
 #include "server/server.h"
 
-ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "host:port to serve on; port 0 picks a free one");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "host:port to serve on (loopback by default; see README \"Security\"); port 0 picks "
+          "a free one");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once serving");
 ABSL_FLAG(std::string, http_listen, "",
           "host:port of the HTTP listener (/health, /metrics); empty = none");
@@ -67,8 +70,8 @@ int main(int argc, char** argv) {
   server.port_file = absl::GetFlag(FLAGS_port_file);
   server.http_listen = absl::GetFlag(FLAGS_http_listen);
   server.http_port_file = absl::GetFlag(FLAGS_http_port_file);
-  server.services = {&service};
-  server.health_service_names = {wq::v1::QuantizerService::service_full_name()};
+  server.security = wq::SecurityOptionsFromFlags();
+  server.services = {{&service, wq::v1::QuantizerService::service_full_name()}};
   // Cancelled jobs end their WatchJob streams, so Shutdown finds no call left.
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
   server.on_shutdown = [&jobs, grace] {

@@ -49,14 +49,26 @@ absl::StatusOr<std::unique_ptr<HttpListener>> HttpListener::Start(HttpListenerOp
   }
 
   std::unique_ptr<HttpListener> listener(new HttpListener());
+  if (options.tls_cert.empty()) {
+    listener->server_ = std::make_unique<httplib::Server>();
+  } else {
+    auto https = std::make_unique<httplib::SSLServer>(
+        options.tls_cert.c_str(), options.tls_key.c_str(),
+        options.tls_client_ca.empty() ? nullptr : options.tls_client_ca.c_str());
+    if (!https->is_valid()) {
+      return absl::InvalidArgumentError(
+          "the HTTP listener cannot use --tls_cert/--tls_key/--tls_client_ca");
+    }
+    listener->server_ = std::move(https);
+  }
+  httplib::Server& server = *listener->server_;
   const int threads = options.threads;
-  listener->server_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  if (options.add_routes) options.add_routes(listener->server_);
+  server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  if (options.add_routes) options.add_routes(server);
 
   listener->port_ = requested_port == 0
-                        ? listener->server_.bind_to_any_port(host)
-                        : (listener->server_.bind_to_port(host, requested_port) ? requested_port
-                                                                                 : -1);
+                        ? server.bind_to_any_port(host)
+                        : (server.bind_to_port(host, requested_port) ? requested_port : -1);
   if (listener->port_ <= 0) {
     return absl::UnavailableError(absl::StrCat(
         "cannot listen on --http_listen=", options.listen, " (is the port free?)"));
@@ -68,13 +80,13 @@ absl::StatusOr<std::unique_ptr<HttpListener>> HttpListener::Start(HttpListenerOp
     }
   }
   HttpListener* raw = listener.get();
-  listener->thread_ = std::thread([raw] { raw->server_.listen_after_bind(); });
+  listener->thread_ = std::thread([raw] { raw->server_->listen_after_bind(); });
   return listener;
 }
 
 void HttpListener::Stop() {
   if (!thread_.joinable()) return;
-  server_.stop();
+  server_->stop();
   thread_.join();
 }
 

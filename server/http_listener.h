@@ -27,6 +27,11 @@ struct HttpListenerOptions {
   std::string port_file;
   // Connections served at once; more wait in the kernel's accept queue.
   int threads = 128;
+  // PEM files: with a certificate and key the listener speaks HTTPS; with a
+  // client CA too it requires client certificates signed by it.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
   // Registers the routes; runs before the socket is bound.
   std::function<void(httplib::Server&)> add_routes;
 };
@@ -51,7 +56,7 @@ class HttpListener {
  private:
   HttpListener() = default;
 
-  httplib::Server server_;
+  std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;
 };

@@ -221,12 +221,13 @@ void AddRequestLogFields(const grpc::ServerContextBase& context, const nlohmann:
   if (it != Calls().end()) it->second->AddFields(fields);
 }
 
-void InstallHttpRequestLog(httplib::Server& server) {
-  server.set_pre_routing_handler([](const httplib::Request& request, httplib::Response& response) {
+void InstallHttpRequestLog(httplib::Server& server, httplib::Server::HandlerWithResponse then) {
+  server.set_pre_routing_handler([then = std::move(then)](const httplib::Request& request,
+                                                          httplib::Response& response) {
     t_http_request = {true, absl::Now()};
     response.set_header(kRequestIdHeader,
                         RequestIdOrNew(request.get_header_value(kRequestIdHeader)));
-    return httplib::Server::HandlerResponse::Unhandled;
+    return then ? then(request, response) : httplib::Server::HandlerResponse::Unhandled;
   });
   server.set_logger([](const httplib::Request& request, const httplib::Response& response) {
     const HttpRequestInFlight in_flight = std::exchange(t_http_request, {});

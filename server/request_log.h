@@ -57,8 +57,10 @@ void AddRequestLogFields(const grpc::ServerContextBase& context, const nlohmann:
 
 // Sets x-request-id on every response before routing, and logs and counts
 // each request once its response is written. Takes the server's pre-routing
-// handler and logger.
-void InstallHttpRequestLog(httplib::Server& server);
+// handler (httplib has one) and logger; `then`, when set, runs next in the
+// pre-routing step (e.g. the token check) and may answer the request itself.
+void InstallHttpRequestLog(httplib::Server& server,
+                           httplib::Server::HandlerWithResponse then = nullptr);
 
 }  // namespace wq
 

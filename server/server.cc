@@ -21,6 +21,7 @@
 #include "common/metrics.h"
 #include "server/http_listener.h"
 #include "server/request_log.h"
+#include "server/request_validation.h"
 
 namespace wq {
 namespace {
@@ -58,8 +59,15 @@ void InstallShutdownSignalHandlers() {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  // The message travels in a trailer: past a client's metadata limit (8 KiB
+  // by default) the client would see RESOURCE_EXHAUSTED instead of it.
+  constexpr size_t kMaxMessageBytes = 1024;
+  std::string message(status.message());
+  if (message.size() > kMaxMessageBytes) {
+    message.resize(kMaxMessageBytes);
+    message += "...";
+  }
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::move(message));
 }
 
 int ServeUntilShutdown(const ServerOptions& options, nlohmann::json start_fields) {
@@ -73,20 +81,33 @@ int ServeUntilShutdown(const ServerOptions& options, nlohmann::json start_fields
 
 absl::Status RunServer(const ServerOptions& options) {
   InstallShutdownSignalHandlers();
+  absl::StatusOr<ServerSecurity> security =
+      PrepareServerSecurity(options.security, options.listen, options.http_listen);
+  if (!security.ok()) return security.status();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
-                           &port);
-  for (grpc::Service* service : options.services) {
-    builder.RegisterService(service);
+  builder.AddListeningPort(options.listen, security->credentials, &port);
+  builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kMaxMetadataBytes);
+  std::vector<std::unique_ptr<grpc::Service>> validated;
+  std::vector<std::string> service_names;
+  for (const ServerOptions::Service& served : options.services) {
+    const google::protobuf::ServiceDescriptor* descriptor =
+        google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(served.name);
+    if (descriptor == nullptr) {
+      return absl::InternalError(absl::StrCat("no proto service named ", served.name));
+    }
+    validated.push_back(WithRequestValidation(served.service, *descriptor));
+    service_names.push_back(served.name);
+    builder.RegisterService(validated.back().get());
   }
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
   interceptors.push_back(
-      NewRequestLogInterceptorFactory(KnownGrpcMethods(options.health_service_names)));
+      NewRequestLogInterceptorFactory(KnownGrpcMethods(service_names)));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
@@ -97,8 +118,8 @@ absl::Status RunServer(const ServerOptions& options) {
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   if (health != nullptr) {
     health->SetServingStatus(true);
-    for (const std::string& name : options.health_service_names) {
-      health->SetServingStatus(name, true);
+    for (const ServerOptions::Service& served : options.services) {
+      health->SetServingStatus(served.name, true);
     }
   }
   // /health answers 200 while the gRPC health service says SERVING (so, for
@@ -111,8 +132,14 @@ absl::Status RunServer(const ServerOptions& options) {
     http_options.listen = options.http_listen;
     http_options.port_file = options.http_port_file;
     http_options.threads = options.http_threads;
+    http_options.tls_cert = options.security.tls_cert;
+    http_options.tls_key = options.security.tls_key;
+    http_options.tls_client_ca = options.security.tls_client_ca;
     http_options.add_routes = [&](httplib::Server& routes) {
-      InstallHttpRequestLog(routes);
+      InstallHttpRequestLog(routes, [tokens = security->tokens](const httplib::Request& request,
+                                                                 httplib::Response& response) {
+        return CheckHttpAuthorization(tokens.get(), request, response);
+      });
       routes.Get("/health", [&serving](const httplib::Request&, httplib::Response& response) {
         const bool up = serving.load();
         response.status = up ? 200 : 503;

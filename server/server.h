@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "server/security.h"
 
 namespace wq {
 
@@ -33,11 +34,16 @@ struct ServerOptions {
   // one for its whole length); more wait in the kernel's accept queue.
   int http_threads = 128;
   std::function<void(httplib::Server&)> http_routes;
-  // Not owned; must outlive RunServer.
-  std::vector<grpc::Service*> services;
-  // Full names ("wq.v1.QuantizerService") reported SERVING by the health
-  // service once ready, alongside ""; their methods label wq:requests_total.
-  std::vector<std::string> health_service_names;
+  // TLS (gRPC and HTTP), bearer tokens and the non-loopback check.
+  SecurityOptions security;
+  struct Service {
+    grpc::Service* service;  // not owned; must outlive RunServer
+    // Its full proto name ("wq.v1.QuantizerService"): reported SERVING by the
+    // health service once ready (alongside ""); its descriptor validates
+    // every request (server/request_validation.h).
+    std::string name;
+  };
+  std::vector<Service> services;
   // Runs on SIGTERM/SIGINT after the server stopped accepting calls and
   // before it waits for the in-flight ones: cancels or finishes work that
   // handlers wait on, so that they return.
@@ -54,7 +60,9 @@ void InstallShutdownSignalHandlers();
 // Builds and starts the server, then blocks until SIGTERM or SIGINT and
 // shuts down gracefully (health NOT_SERVING, on_shutdown, Shutdown with the
 // deadline). OK after a clean shutdown; UNAVAILABLE when the address cannot
-// be bound; INTERNAL when the port file cannot be written.
+// be bound; INTERNAL when the port file cannot be written; the errors of
+// PrepareServerSecurity (e.g. FAILED_PRECONDITION for an unprotected
+// non-loopback address).
 absl::Status RunServer(const ServerOptions& options);
 
 // The tail of a service's main(): logs "starting" with `start_fields` (a JSON
@@ -62,7 +70,7 @@ absl::Status RunServer(const ServerOptions& options);
 // code (0 after a clean shutdown, 1 with a "server_failed" log line).
 int ServeUntilShutdown(const ServerOptions& options, nlohmann::json start_fields);
 
-// Codes map 1:1 (both follow google.rpc.Code).
+// Codes map 1:1 (both follow google.rpc.Code); messages past 1 KiB are cut.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 }  // namespace wq

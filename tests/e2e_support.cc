@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -36,7 +37,10 @@ ServerProcess::ServerProcess(std::string name, std::string binary, std::vector<s
   port_file_ = dir_ + "/" + name_ + ".port";
   log_file_ = dir_ + "/" + name_ + ".log";
   args.insert(args.begin(), binary);
-  args.push_back("--listen=127.0.0.1:0");
+  if (std::none_of(args.begin(), args.end(),
+                   [](const std::string& a) { return a.rfind("--listen=", 0) == 0; })) {
+    args.push_back("--listen=127.0.0.1:0");
+  }
   args.push_back("--port_file=" + port_file_);
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());

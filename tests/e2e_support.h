@@ -16,12 +16,13 @@ struct Servers {
   std::string inference;
   std::string model_root;
   std::string artifact_root;
+  std::string quantizer_binary;
   std::string inference_binary;
   std::string dir;  // scratch: port files and logs
 };
 
-// One server binary running as a child process on 127.0.0.1 with port 0,
-// stderr to a log file in `dir`; killed on destruction if still running.
+// One server binary running as a child process on 127.0.0.1 with port 0
+// (unless `args` has a --listen of its own), stderr to a log file in `dir`; killed on destruction if still running.
 class ServerProcess {
  public:
   ServerProcess(std::string name, std::string binary, std::vector<std::string> args,

@@ -50,13 +50,14 @@ class ServersEnvironment : public ::testing::Environment {
                           std::filesystem::copy_options::recursive, error);
     ASSERT_FALSE(error) << error.message();
     servers->artifact_root = dir + "/artifacts";
+    servers->quantizer_binary = runfiles + "/quantizer_service/quantizer_service";
     servers->inference_binary = runfiles + "/inference_service/inference_service";
     servers->dir = dir;
     const std::vector<std::string> roots = {"--model_root=" + servers->model_root,
                                             "--artifact_root=" + servers->artifact_root,
                                             "--threads=2"};
     quantizer_ = std::make_unique<ServerProcess>(
-        "quantizer", runfiles + "/quantizer_service/quantizer_service", roots, dir);
+        "quantizer", servers->quantizer_binary, roots, dir);
     std::vector<std::string> inference_args = roots;
     inference_args.push_back("--max_new_tokens_cap=256");
     inference_ = std::make_unique<ServerProcess>("inference", servers->inference_binary,

@@ -192,3 +192,21 @@ TEST(OpenForReadTest, FifosAndDirectoriesFailAtOnce) {
 
 }  // namespace
 }  // namespace wq
+
+namespace wq {
+namespace {
+
+TEST(PathForMessageTest, NamesNoServerDirectories) {
+  EXPECT_EQ(PathForMessage("org/model/config.json"), "org/model/config.json");
+  EXPECT_EQ(PathForMessage("/srv/wq/artifacts/some-artifact/model.safetensors"),
+            "some-artifact/model.safetensors");
+  EXPECT_EQ(PathForMessage("/file"), "file");
+  EXPECT_EQ(PathForMessage("/a/b"), "a/b");
+  const absl::Status status = WriteFileDurably("/no-such-dir-wq/private/a/b.txt", "x");
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(std::string(status.message()).find("'a/b.txt'"), std::string::npos) << status;
+  EXPECT_EQ(std::string(status.message()).find("no-such-dir-wq"), std::string::npos) << status;
+}
+
+}  // namespace
+}  // namespace wq

@@ -4,7 +4,10 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "common/artifact_store.h"
@@ -406,6 +409,213 @@ TEST_F(ArtifactFormatTest, OpeningTheStoreKeepsLiveWritersTemporaries) {
   ASSERT_TRUE((*writer)->Commit(v1::ArtifactManifest()).ok());
   EXPECT_TRUE(store_->Exists("in-progress"));
   EXPECT_FALSE(std::filesystem::exists(lock));
+}
+
+}  // namespace
+}  // namespace wq
+
+namespace wq {
+namespace {
+
+// Recomputes the manifest's file checksums and the manifest's own, as if the
+// damage had happened before the artifact was sealed: the loader's parsers,
+// not the checksums, must then find it.
+void Reseal(ArtifactStore& store, const std::string& id) {
+  const std::string dir = store.ArtifactDir(id);
+  std::string json = *ReadFile(dir + "/" + kManifestFile);
+  v1::ArtifactManifest manifest;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json, &manifest).ok());
+  for (v1::ManifestFile& f : *manifest.mutable_files()) {
+    const std::string path = dir + "/" + f.name();
+    if (!std::filesystem::exists(path)) continue;
+    f.set_size_bytes(static_cast<int64_t>(std::filesystem::file_size(path)));
+    f.set_sha256(*Sha256File(path));
+    if (f.chunk_bytes() > 0) {
+      f.clear_chunk_sha256();
+      for (const std::string& c : *Sha256FileChunks(path, f.chunk_bytes())) f.add_chunk_sha256(c);
+    }
+  }
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  json.clear();
+  ASSERT_TRUE(google::protobuf::util::MessageToJsonString(manifest, &json, options).ok());
+  ASSERT_TRUE(WriteFileDurably(dir + "/" + kManifestFile, json).ok());
+  ASSERT_TRUE(WriteFileDurably(dir + "/" + kManifestChecksumFile, Sha256Hex(json) + "\n").ok());
+}
+
+// Rewrites `file` of the artifact in `dir` through `edit`.
+void Edit(const std::string& dir, const std::string& file,
+          const std::function<void(std::string&)>& edit) {
+  std::string bytes = *ReadFile(dir + "/" + file);
+  edit(bytes);
+  ASSERT_TRUE(WriteFileDurably(dir + "/" + file, bytes).ok());
+}
+
+// Replaces the first `from` (which must be there) by `to` of the same length,
+// so that the safetensors header keeps its declared size.
+void ReplaceSameLength(std::string& bytes, const std::string& from, const std::string& to) {
+  ASSERT_EQ(from.size(), to.size());
+  const size_t at = bytes.find(from);
+  ASSERT_NE(at, std::string::npos) << from;
+  bytes.replace(at, from.size(), to);
+}
+
+TEST_F(ArtifactFormatTest, PlainCorruptionsAreDataLoss) {
+  const v1::ArtifactManifest m = Quantize(Config(v1::INT4_CLIP));
+  const std::string id = m.artifact_id();
+  const std::string dir = store_->ArtifactDir(id);
+  const std::string pristine = root_ + "/pristine-copy";
+  std::filesystem::remove_all(pristine);
+  std::filesystem::copy(dir, pristine, std::filesystem::copy_options::recursive);
+
+  struct Corruption {
+    const char* name;
+    std::function<void()> apply;
+    // Also with the checksums recomputed afterwards (not for the manifest
+    // and its checksum, which resealing rewrites).
+    bool resealable = true;
+  };
+  const std::string weights = kWeightsFile;
+  const std::vector<Corruption> corruptions = {
+      {"weights truncated to half",
+       [&] { Edit(dir, weights, [](std::string& b) { b.resize(b.size() / 2); }); }},
+      {"weights truncated inside the header length",
+       [&] { Edit(dir, weights, [](std::string& b) { b.resize(4); }); }},
+      {"weights emptied", [&] { Edit(dir, weights, [](std::string& b) { b.clear(); }); }},
+      {"header length past the file",
+       [&] { Edit(dir, weights, [](std::string& b) { b[6] = '\x7f'; }); }},
+      {"header length zero",
+       [&] { Edit(dir, weights, [](std::string& b) { std::fill_n(b.begin(), 8, '\0'); }); }},
+      {"header bytes flipped",
+       [&] { Edit(dir, weights, [](std::string& b) { b[8] ^= 0x55; b[9] ^= 0x55; }); }},
+      {"header not JSON",
+       [&] { Edit(dir, weights, [](std::string& b) { std::fill_n(b.begin() + 8, 16, '#'); }); }},
+      {"wrong dtype string",
+       [&] {
+         Edit(dir, weights, [](std::string& b) { ReplaceSameLength(b, "\"F32\"", "\"Q32\""); });
+       }},
+      {"dtype of another width",
+       [&] {
+         Edit(dir, weights, [](std::string& b) { ReplaceSameLength(b, "\"F32\"", "\"F64\""); });
+       }},
+      {"data offsets past the end",
+       [&] {
+         Edit(dir, weights, [](std::string& b) {
+           const size_t at = b.find("\"data_offsets\":[");
+           ASSERT_NE(at, std::string::npos);
+           size_t digit = b.find_first_of("0123456789", at);
+           const size_t end = b.find(']', digit);
+           for (size_t i = digit; i < end; ++i) {
+             if (b[i] >= '0' && b[i] <= '9') b[i] = '9';
+           }
+         });
+       }},
+      {"data offsets reversed",
+       [&] {
+         Edit(dir, weights, [](std::string& b) {
+           const size_t at = b.find("\"data_offsets\":[");
+           ASSERT_NE(at, std::string::npos);
+           const size_t open = at + 16, comma = b.find(',', open), close = b.find(']', comma);
+           const std::string first = b.substr(open, comma - open);
+           const std::string second = b.substr(comma + 1, close - comma - 1);
+           if (first.size() == second.size()) {
+             b.replace(open, first.size(), second);
+             b.replace(comma + 1, second.size(), first);
+           } else {
+             b[comma + 1] = '9';  // different widths: the end past the data instead
+           }
+         });
+       }},
+      {"tensor renamed in the header",
+       [&] { Edit(dir, weights, [](std::string& b) { ReplaceSameLength(b, "model.", "modeX."); }); }},
+      {"weights deleted", [&] { std::filesystem::remove(dir + "/" + weights); }},
+      {"config.json not JSON",
+       [&] { Edit(dir, "config.json", [](std::string& b) { b = "{not json"; }); }},
+      {"config.json with a wrong hidden size",
+       [&] {
+         Edit(dir, "config.json", [](std::string& b) {
+           const size_t at = b.find("\"hidden_size\"");
+           ASSERT_NE(at, std::string::npos);
+           const size_t digit = b.find_first_of("0123456789", at);
+           b.insert(digit, "1");
+         });
+       }},
+      {"manifest not JSON", [&] { Edit(dir, kManifestFile, [](std::string& b) { b = "]"; }); },
+       false},
+      {"manifest checksum garbage",
+       [&] { Edit(dir, kManifestChecksumFile, [](std::string& b) { b = "0000\n"; }); }, false},
+  };
+  // Edits of the manifest itself, with its checksum recomputed (Reseal would
+  // undo a file-list edit, so these are sealed by WriteManifest).
+  const auto FirstQuantized = [](v1::ArtifactManifest& a) {
+    for (v1::ManifestTensor& t : *a.mutable_tensors()) {
+      if (t.quantized()) return &t;
+    }
+    ADD_FAILURE() << "no quantized tensor";
+    return a.mutable_tensors(0);
+  };
+  const std::vector<std::pair<const char*, std::function<void(v1::ArtifactManifest&)>>>
+      manifest_edits = {
+          {"file name outside the directory",
+           [](v1::ArtifactManifest& a) { a.mutable_files(0)->set_name("../x"); }},
+          {"weights missing from the file list",
+           [](v1::ArtifactManifest& a) { a.clear_files(); }},
+          {"quantized tensor missing from the manifest",
+           [&](v1::ArtifactManifest& a) {
+             const v1::ManifestTensor* quantized = FirstQuantized(a);
+             for (int i = 0; i < a.tensors_size(); ++i) {
+               if (&a.tensors(i) == quantized) a.mutable_tensors()->DeleteSubrange(i, 1);
+             }
+           }},
+          {"group size zero", [&](v1::ArtifactManifest& a) { FirstQuantized(a)->set_group_size(0); }},
+          {"weight dtype unknown",
+           [&](v1::ArtifactManifest& a) {
+             FirstQuantized(a)->set_weight_dtype(static_cast<v1::WeightDtype>(999));
+           }},
+          {"weight dtype unset",
+           [&](v1::ArtifactManifest& a) {
+             FirstQuantized(a)->set_weight_dtype(v1::WEIGHT_DTYPE_UNSPECIFIED);
+           }},
+          {"artifact id of another",
+           [](v1::ArtifactManifest& a) { a.set_artifact_id("someone-else"); }},
+          {"format of another", [](v1::ArtifactManifest& a) { a.set_format("zip"); }},
+      };
+
+  auto restore = [&] {
+    std::filesystem::remove_all(dir);
+    std::filesystem::copy(pristine, dir, std::filesystem::copy_options::recursive);
+  };
+  auto expect_data_loss = [&](const std::string& what) {
+    const absl::StatusOr<std::shared_ptr<const LlamaWeights>> loaded = store_->LoadWeights(id);
+    EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss) << what << ": "
+                                                                   << loaded.status();
+  };
+  int cases = 0;
+  for (const Corruption& c : corruptions) {
+    for (const bool resealed : {false, true}) {
+      if (resealed && !c.resealable) continue;
+      restore();
+      c.apply();
+      if (resealed) Reseal(*store_, id);
+      expect_data_loss(absl::StrCat(c.name, resealed ? " (resealed)" : ""));
+      ++cases;
+    }
+  }
+  for (const auto& [name, edit] : manifest_edits) {
+    restore();
+    v1::ArtifactManifest edited = m;
+    edit(edited);
+    std::string json;
+    google::protobuf::util::JsonPrintOptions options;
+    options.preserve_proto_field_names = true;
+    ASSERT_TRUE(google::protobuf::util::MessageToJsonString(edited, &json, options).ok());
+    WriteManifest(id, json);
+    expect_data_loss(name);
+    ++cases;
+  }
+  restore();
+  EXPECT_TRUE(store_->LoadWeights(id).ok());
+  EXPECT_EQ(cases, 40);
 }
 
 }  // namespace

@@ -1,0 +1,156 @@
+#include "server/request_validation.h"
+
+#include <deque>
+#include <map>
+#include <string>
+
+#include <google/protobuf/stubs/common.h>
+#include <google/protobuf/unknown_field_set.h>
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/slice.h>
+#include <grpcpp/impl/rpc_service_method.h>
+#include <grpcpp/impl/service_type.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace wq {
+namespace {
+
+using google::protobuf::Descriptor;
+using google::protobuf::FieldDescriptor;
+using google::protobuf::UnknownField;
+using google::protobuf::UnknownFieldSet;
+
+constexpr int kMaxNesting = 32;
+
+bool IsIdField(const FieldDescriptor& field) {
+  const std::string& name = field.name();
+  return name == "model" || name == "model_id" || name == "artifact_id" || name == "job_id";
+}
+
+// Walks the wire format with the schema beside it rather than parsing into the
+// generated class, whose parser refuses invalid UTF-8 without saying where.
+absl::Status ValidateFields(absl::string_view bytes, const Descriptor& type,
+                            const std::string& prefix, int depth) {
+  if (depth > kMaxNesting) {
+    return absl::InvalidArgumentError(absl::StrCat(prefix, " nests too deeply"));
+  }
+  UnknownFieldSet fields;
+  if (!fields.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(prefix.empty() ? "the request" : prefix, " is not a valid ",
+                     type.full_name(), " message"));
+  }
+  std::map<int, int> seen;  // field number -> entries so far (repeated fields)
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const UnknownField& wire = fields.field(i);
+    const FieldDescriptor* field = type.FindFieldByNumber(wire.number());
+    if (field == nullptr || wire.type() != UnknownField::TYPE_LENGTH_DELIMITED) continue;
+    std::string name = absl::StrCat(prefix, prefix.empty() ? "" : ".", field->name());
+    if (field->is_repeated()) absl::StrAppend(&name, "[", seen[wire.number()]++, "]");
+    const std::string& value = wire.length_delimited();
+    if (field->type() == FieldDescriptor::TYPE_STRING) {
+      const size_t limit = IsIdField(*field) ? kMaxIdBytes : kMaxTextBytes;
+      if (value.size() > limit) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            name, " is ", value.size(), " bytes; at most ", limit, " are accepted"));
+      }
+      if (!google::protobuf::internal::IsStructurallyValidUTF8(value.data(),
+                                                               static_cast<int>(value.size()))) {
+        return absl::InvalidArgumentError(absl::StrCat(name, " is not valid UTF-8"));
+      }
+    } else if (field->type() == FieldDescriptor::TYPE_MESSAGE) {
+      if (absl::Status nested = ValidateFields(value, *field->message_type(), name, depth + 1);
+          !nested.ok()) {
+        return nested;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+class ValidatingHandler : public grpc::internal::MethodHandler {
+ public:
+  ValidatingHandler(grpc::internal::MethodHandler* inner, const Descriptor* request_type)
+      : inner_(inner), request_type_(request_type) {}
+
+  void RunHandler(const HandlerParameter& param) override { inner_->RunHandler(param); }
+
+  // Owns `request` like every handler's Deserialize: frees it when refusing.
+  void* Deserialize(grpc_call* call, grpc_byte_buffer* request, grpc::Status* status,
+                    void** handler_data) override {
+    if (request != nullptr) {
+      absl::Status valid = absl::OkStatus();
+      grpc_byte_buffer_reader reader;
+      if (grpc_byte_buffer_reader_init(&reader, request)) {
+        grpc_slice bytes = grpc_byte_buffer_reader_readall(&reader);
+        grpc_byte_buffer_reader_destroy(&reader);
+        valid = ValidateRequestBytes(
+            absl::string_view(reinterpret_cast<const char*>(GRPC_SLICE_START_PTR(bytes)),
+                              GRPC_SLICE_LENGTH(bytes)),
+            *request_type_);
+        grpc_slice_unref(bytes);
+      }
+      if (!valid.ok()) {
+        grpc_byte_buffer_destroy(request);
+        *status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(valid.message()));
+        return nullptr;
+      }
+    }
+    return inner_->Deserialize(call, request, status, handler_data);
+  }
+
+ private:
+  grpc::internal::MethodHandler* inner_;  // owned by the inner service
+  const Descriptor* request_type_;
+};
+
+// The inner service's handlers, through the protected accessor that generated
+// code uses (a pointer to member named through a derived class is legal).
+struct HandlerAccess : grpc::Service {
+  static grpc::internal::MethodHandler* Handler(grpc::Service* service, int index) {
+    return (service->*(&HandlerAccess::GetHandler))(index);
+  }
+};
+
+class ValidatingService : public grpc::Service {
+ public:
+  ValidatingService(grpc::Service* inner,
+                    const google::protobuf::ServiceDescriptor& descriptor) {
+    // Generated services add their methods in the order of the proto.
+    for (int i = 0; i < descriptor.method_count(); ++i) {
+      const google::protobuf::MethodDescriptor& method = *descriptor.method(i);
+      const grpc::internal::RpcMethod::RpcType type =
+          method.client_streaming()
+              ? (method.server_streaming() ? grpc::internal::RpcMethod::BIDI_STREAMING
+                                           : grpc::internal::RpcMethod::CLIENT_STREAMING)
+              : (method.server_streaming() ? grpc::internal::RpcMethod::SERVER_STREAMING
+                                           : grpc::internal::RpcMethod::NORMAL_RPC);
+      grpc::internal::MethodHandler* handler = HandlerAccess::Handler(inner, i);
+      const std::string& path =
+          paths_.emplace_back(absl::StrCat("/", descriptor.full_name(), "/", method.name()));
+      AddMethod(new grpc::internal::RpcServiceMethod(
+          path.c_str(), type,
+          // A streamed request (none in wq's services) is read by the handler itself,
+          // after Deserialize(nullptr): such methods pass through unchecked.
+          new ValidatingHandler(handler, method.input_type())));
+    }
+  }
+
+ private:
+  std::deque<std::string> paths_;  // RpcMethod keeps the name's pointer
+};
+
+}  // namespace
+
+absl::Status ValidateRequestBytes(absl::string_view bytes, const Descriptor& type) {
+  return ValidateFields(bytes, type, "", 0);
+}
+
+std::unique_ptr<grpc::Service> WithRequestValidation(
+    grpc::Service* inner, const google::protobuf::ServiceDescriptor& descriptor) {
+  return std::make_unique<ValidatingService>(inner, descriptor);
+}
+
+}  // namespace wq
