@@ -32,6 +32,7 @@ struct Unmapper {
 
 // W re-laid out for the int8-compute kernels ("int8-tiles-v1"), built once
 // per weight (PackInt8Weights) or mapped from an artifact that stores it.
+// The fp32 and bf16 kernels for a few x rows (decode) read it too.
 // Rows go in tiles of kTileRows (the last one padded with zero codes and
 // scales), and each tile stores, group after group:
 //   codes: per 32-block, 4-bit: 4 chunks of 32 bytes; in chunk c the 4 bytes
@@ -99,7 +100,9 @@ struct QuantArgs {
   const int8_t* xq = nullptr;  // [n, cols] int8 activations.
   const float* xd = nullptr;   // [n, blocks_per_row] int8 block scales.
   const int32_t* xsa = nullptr;  // [n, blocks_per_row] sums of xq per block.
-  const float* xs = nullptr;   // [n, groups]: sum over blocks of xd * xsa.
+  // [n, groups]: the group's sum of activations as the compute dtype sees
+  // them: int8, sum over blocks of xd * xsa; fp32 / bf16, of xf.
+  const float* xs = nullptr;
   // Set for tile kernels only (PrepareCall's `tiles`), else null:
   // xd and xs again per chunk of kXChunkRows x rows, transposed
   // ([chunk][block or group][kXChunkRows], zero past n), so that a tile
@@ -110,7 +113,9 @@ struct QuantArgs {
   const float* xd_chunks = nullptr;
   const float* xs_chunks = nullptr;
   const int8_t* xq_tiles = nullptr;
-  const PackedInt8Weights* packed = nullptr;  // Set for the int8 kernels.
+  // W's tiles: always for the int8 kernels, for fp32 / bf16 when the weight
+  // has them (their few-x-row kernels read them).
+  const PackedInt8Weights* packed = nullptr;
 };
 
 // Storage behind the activation pointers of a QuantArgs.
@@ -170,7 +175,8 @@ void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
 struct KernelTable {
   // y rows [r0, r1) of a quantized matmul (r0 a multiple of 2 * kTileRows,
   // matmul.cc's row blocks); nullptr entries fall back to the scalar
-  // reference. The kInt8 entry reads a.packed.
+  // reference. The kInt8 entry reads a.packed, the others when it is set
+  // and a.n is small.
   void (*quant_rows[kNumComputeDtypes])(const QuantArgs& a, int64_t r0,
                                         int64_t r1);
   // From this many x rows the kInt8 entry runs tile kernels, which read

@@ -155,10 +155,12 @@ void PrepareActivations(QuantizeBlocksFn quantize, bool tiles, QuantArgs* a,
     }
   } else {
     p->xf.resize(n * cols);
+    p->xs.resize(n * groups);
     if (a->compute == ComputeDtype::kBf16) p->xb16.resize(n * cols);
     for (int64_t i = 0; i < n; ++i) {
       const float* x = a->x + i * cols;
       for (int64_t g = 0; g < groups; ++g) {
+        float sum = 0.0f;
         ForEachBlock(*a, g, [&](int64_t, int64_t bs, int64_t be) {
           const int64_t len = be - bs;
           for (int64_t j = 0; j < len; ++j) {
@@ -166,8 +168,10 @@ void PrepareActivations(QuantizeBlocksFn quantize, bool tiles, QuantArgs* a,
             const float v = bf16 ? RoundBf16(x[bs + j]) : x[bs + j];
             p->xf[i * cols + bs + BlockPos(j, len, a->bits)] = v;
             if (bf16) p->xb16[i * cols + bs + j] = Bf16Bits(v);
+            sum += v;
           }
         });
+        p->xs[i * groups + g] = sum;
       }
     }
   }

@@ -100,9 +100,17 @@ QuantRowsFn QuantKernel(const KernelTable* table, const QuantArgs& a) {
                                              : nullptr;
 }
 
-// Whether that kernel reads a packed W (kernels.h PackedInt8Weights).
-bool ReadsPackedInt8(const KernelTable* table, const QuantArgs& a) {
-  return QuantKernel(table, a) != nullptr && a.compute == ComputeDtype::kInt8;
+// Whether that kernel reads a packed W (kernels.h PackedInt8Weights) when
+// given one: every SIMD kernel (fp32 and bf16 for a few x rows).
+bool ReadsPacked(const KernelTable* table, const QuantArgs& a) {
+  return QuantKernel(table, a) != nullptr;
+}
+
+// Whether it cannot do without: the int8 kernels read nothing else, while
+// fp32 and bf16 read the row-major view for more x rows (and for weights
+// packed per call, which would cost more than a decode step saves).
+bool NeedsPacked(const KernelTable* table, const QuantArgs& a) {
+  return ReadsPacked(table, a) && a.compute == ComputeDtype::kInt8;
 }
 
 }  // namespace
@@ -121,7 +129,7 @@ std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
                                                  ComputeDtype compute) {
   QuantArgs a;
   kernels::DescribeCall(w, compute, &a);
-  if (!ReadsPackedInt8(ActiveTable(), a)) return nullptr;
+  if (!ReadsPacked(ActiveTable(), a)) return nullptr;
   return std::make_shared<const PackedWeights>(kernels::PackInt8Weights(a));
 }
 
@@ -146,7 +154,7 @@ std::shared_ptr<const PackedWeights> MapInt8Tiles(const QuantizedMatrixView& w,
                                                   bool copy) {
   QuantArgs a;
   kernels::DescribeCall(w, compute, &a);
-  if (!ReadsPackedInt8(ActiveTable(), a)) return nullptr;
+  if (!NeedsPacked(ActiveTable(), a)) return nullptr;
   if (copy) return std::make_shared<const PackedWeights>(kernels::CopyInt8Tiles(a, tiles));
   auto packed = std::make_shared<PackedWeights>(kernels::Int8TileLayout(a));
   packed->base = tiles;
@@ -226,9 +234,9 @@ void MatMulQuantizedIsolated(absl::Span<const QuantizedProduct> products, const 
     a.w = products[i].w;
     a.y = products[i].y;
     rows.push_back(a.w->rows);
-    if (ReadsPackedInt8(table, a)) {
+    if (ReadsPacked(table, a)) {
       a.packed = products[i].packed;
-      if (a.packed == nullptr) {
+      if (a.packed == nullptr && NeedsPacked(table, a)) {
         call_packed.push_back(kernels::PackInt8Weights(a));
         a.packed = &call_packed.back();
       }

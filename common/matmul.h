@@ -60,7 +60,9 @@ void MatMulQuantizedShared(absl::Span<const QuantizedProduct> products, const fl
                            int64_t n, ComputeDtype compute = ComputeDtype::kFp32);
 
 // The layout MatMulQuantized's kernels want for (w, compute) on this CPU, or
-// nullptr when they read the view as it is. Holds no pointer into w.
+// nullptr when they read the view as it is. Holds no pointer into w. The
+// int8 tiles for every compute dtype: fp32 and bf16 read them for up to 4 x
+// rows (decode), the view's codes for more.
 std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
                                                  ComputeDtype compute);
 
@@ -80,7 +82,8 @@ int64_t Int8TilesBytes(const QuantizedMatrixView& w);
 // That layout of w, Int8TilesBytes(w) bytes (> 0).
 std::string Int8Tiles(const QuantizedMatrixView& w);
 // The packed weights of (w, compute) from `tiles` when MatMulQuantized's
-// kernels read that layout on this CPU, else nullptr: read in place (tiles
+// kernels read only that layout on this CPU (int8 compute; fp32 and bf16
+// read the row-major codes for prefill), else nullptr: read in place (tiles
 // must outlive the result) or, with `copy`, copied into memory of their
 // own. w gives the shape and spec; its pointers are not read.
 std::shared_ptr<const PackedWeights> MapInt8Tiles(const QuantizedMatrixView& w,

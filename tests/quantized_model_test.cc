@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "common/artifact_store.h"
+#include "common/cpu_features.h"
 #include "common/file_util.h"
 #include "common/llama.h"
 #include "common/perplexity.h"
@@ -239,6 +240,13 @@ Outcome QuantizedModelTest::Run(const Case& c) {
   EXPECT_TRUE(model.weights().layers[0].linear[kDown].quantized());
   const std::string text = Greedy(model);
   EXPECT_FALSE(text.empty());
+  {
+    // The decode kernels (fp32 compute, on the packed tiles where the format
+    // has them) pick the same tokens as the scalar reference arithmetic.
+    EXPECT_EQ(model.weights().layers[0].linear[kDown].compute_dtype(), ComputeDtype::kFp32);
+    ScopedIsaOverride scalar(Isa::kScalar);
+    EXPECT_EQ(Greedy(model), text);
+  }
 
   auto ppl = EvaluatePerplexity(model, *eval_ids_, tokenizer_->bos_id(), {});
   EXPECT_TRUE(ppl.ok()) << ppl.status();
