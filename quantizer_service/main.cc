@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
   server.health_service_names = {wq::v1::QuantizerService::service_full_name()};
   // Cancelled jobs end their WatchJob streams, so Shutdown finds no call left.
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
+  server.shutdown_deadline = grace + absl::Seconds(2);
   server.on_shutdown = [&jobs, grace] {
     if (!(*jobs)->Shutdown(grace)) {
       // A stuck job would hold the process (and its pod) forever; its record

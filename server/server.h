@@ -38,7 +38,8 @@ struct ServerOptions {
   // before it waits for the in-flight ones: cancels or finishes work that
   // handlers wait on, so that they return.
   std::function<void()> on_shutdown;
-  // In-flight calls still running after this are cancelled.
+  // In-flight calls still running after this are cancelled; a few seconds
+  // later the process exits (status 0) even if a handler never returns.
   absl::Duration shutdown_deadline = absl::Seconds(5);
 };
 

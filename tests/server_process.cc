@@ -1,0 +1,104 @@
+// One server binary as a child process of a test (see e2e_support.h).
+#include "tests/server_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "gtest/gtest.h"
+
+extern char** environ;
+
+namespace wq::e2e {
+namespace {
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+ServerProcess::ServerProcess(std::string name, std::string binary, std::vector<std::string> args,
+                             std::string dir)
+    : name_(std::move(name)), dir_(std::move(dir)) {
+  port_file_ = dir_ + "/" + name_ + ".port";
+  log_file_ = dir_ + "/" + name_ + ".log";
+  args.insert(args.begin(), binary);
+  args.push_back("--listen=127.0.0.1:0");
+  args.push_back("--port_file=" + port_file_);
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 2, log_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0644);
+  const int rc = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    ADD_FAILURE() << "cannot start " << binary << ": " << std::strerror(rc);
+    pid_ = -1;
+  }
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) {  // a test failed before Stop(): leave nothing behind
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+}
+
+int ServerProcess::WaitForPort(std::chrono::seconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until && pid_ > 0) {
+    std::ifstream in(port_file_);
+    int port = 0;
+    if (in >> port && port > 0) return port;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      ADD_FAILURE() << name_ << " exited early (status " << status << "):\n" << Log();
+      return 0;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ADD_FAILURE() << name_ << " wrote no port file:\n" << Log();
+  return 0;
+}
+
+void ServerProcess::Terminate() {
+  if (pid_ > 0) kill(pid_, SIGTERM);
+}
+
+int ServerProcess::Stop(std::chrono::seconds timeout) {
+  Terminate();
+  return Wait(timeout);
+}
+
+int ServerProcess::Wait(std::chrono::seconds timeout) {
+  if (pid_ <= 0) return -1;
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return -1;
+}
+
+std::string ServerProcess::Log() const { return ReadAll(log_file_); }
+
+}  // namespace wq::e2e
