@@ -57,6 +57,8 @@ void InstallShutdownSignalHandlers() {
   signal(SIGPIPE, SIG_IGN);
 }
 
+bool ShutdownSignalled() { return g_signal_number != 0; }
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),

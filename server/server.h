@@ -47,6 +47,8 @@ struct ServerOptions {
 // thread is started, so that no signal is missed between start-up and
 // RunServer. Idempotent.
 void InstallShutdownSignalHandlers();
+// True once SIGTERM or SIGINT arrived (for work run without RunServer).
+bool ShutdownSignalled();
 
 // Builds and starts the server, then blocks until SIGTERM or SIGINT and
 // shuts down gracefully (health NOT_SERVING, on_shutdown, Shutdown with the

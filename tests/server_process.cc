@@ -101,4 +101,32 @@ int ServerProcess::Wait(std::chrono::seconds timeout) {
 
 std::string ServerProcess::Log() const { return ReadAll(log_file_); }
 
+CommandResult RunCommand(std::vector<std::string> argv, const std::string& scratch_dir) {
+  static int runs = 0;
+  const std::string base = scratch_dir + "/command" + std::to_string(++runs);
+  CommandResult result;
+  std::vector<char*> args;
+  for (std::string& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, (base + ".out").c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, (base + ".err").c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, argv[0].c_str(), &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    ADD_FAILURE() << "cannot run " << argv[0] << ": " << std::strerror(rc);
+    return result;
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  result.out = ReadAll(base + ".out");
+  result.err = ReadAll(base + ".err");
+  return result;
+}
+
 }  // namespace wq::e2e

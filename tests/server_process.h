@@ -1,4 +1,4 @@
-// A real server binary started by a test: 127.0.0.1 with port 0, the port
+// Real binaries run by tests. A server: 127.0.0.1 with port 0, the port
 // read from --port_file, stderr to a log file.
 #ifndef WQ_TESTS_SERVER_PROCESS_H_
 #define WQ_TESTS_SERVER_PROCESS_H_
@@ -31,6 +31,14 @@ class ServerProcess {
   std::string name_, dir_, port_file_, log_file_;
   pid_t pid_ = -1;
 };
+
+// A command run to its end (posix_spawn, no shell), its output captured.
+struct CommandResult {
+  int exit_code = -1;  // 128 + signal when killed
+  std::string out;
+  std::string err;
+};
+CommandResult RunCommand(std::vector<std::string> argv, const std::string& scratch_dir);
 
 }  // namespace wq::e2e
 
