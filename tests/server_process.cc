@@ -29,12 +29,12 @@ std::string ReadAll(const std::string& path) {
 }  // namespace
 
 ServerProcess::ServerProcess(std::string name, std::string binary, std::vector<std::string> args,
-                             std::string dir)
+                             std::string dir, std::string listen)
     : name_(std::move(name)), dir_(std::move(dir)) {
   port_file_ = dir_ + "/" + name_ + ".port";
   log_file_ = dir_ + "/" + name_ + ".log";
   args.insert(args.begin(), binary);
-  args.push_back("--listen=127.0.0.1:0");
+  args.push_back("--listen=" + listen);
   args.push_back("--port_file=" + port_file_);
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());

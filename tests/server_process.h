@@ -15,8 +15,9 @@ namespace wq::e2e {
 // stderr to a log file in `dir`; killed on destruction if still running.
 class ServerProcess {
  public:
+  // `listen` is the --listen address; port 0 picks a free one.
   ServerProcess(std::string name, std::string binary, std::vector<std::string> args,
-                std::string dir);
+                std::string dir, std::string listen = "127.0.0.1:0");
   ~ServerProcess();
   // The bound port, once the port file appears; 0 (and a test failure) otherwise.
   int WaitForPort(std::chrono::seconds timeout);
