@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "server/http_listener.h"
+#include "server/reflection_v1.h"
 
 namespace wq {
 namespace {
@@ -86,12 +87,15 @@ absl::Status RunServer(const ServerOptions& options) {
   for (grpc::Service* service : options.services) {
     builder.RegisterService(service);
   }
+  ReflectionV1Service reflection_v1;
+  builder.RegisterService(&reflection_v1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat(
         "cannot listen on --listen=", options.listen,
         " (expected host:port with a free port; port 0 picks one)"));
   }
+  reflection_v1.Connect(server.get());
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   if (health != nullptr) {
     health->SetServingStatus(true);

@@ -1,5 +1,6 @@
 // gRPC server plumbing shared by quantizer_service and inference_service:
-// binding, health checking (gRPC and HTTP /health), reflection, port file,
+// binding, health checking (gRPC and HTTP /health), reflection (v1alpha and
+// v1), port file,
 // the optional HTTP listener, signal-driven graceful
 // shutdown and the absl::Status -> grpc::Status mapping.
 #ifndef WQ_SERVER_SERVER_H_
