@@ -40,6 +40,10 @@ int Load() {
   v1::ModelInfo info;
   grpc::Status status = stub->LoadModel(&context, request, &info);
   if (!status.ok()) return RpcError("LoadModel", status);
+  if (JsonOutput()) {
+    PrintJson(info);
+    return kOk;
+  }
   std::cout << absl::StrFormat("loaded %s (%s, %d weight bytes, %.3f bits/weight, context %d)\n",
                                info.model(), info.quantized() ? "quantized" : "fp32",
                                info.weight_bytes(), info.bits_per_weight(),
@@ -54,6 +58,10 @@ int Models() {
   v1::ListModelsResponse response;
   grpc::Status status = stub->ListModels(&context, v1::ListModelsRequest(), &response);
   if (!status.ok()) return RpcError("ListModels", status);
+  if (JsonOutput()) {
+    PrintJson(response);
+    return kOk;
+  }
   for (const v1::ModelInfo& info : response.loaded()) {
     std::cout << "loaded    " << info.model() << "\n";
   }
@@ -79,19 +87,21 @@ v1::SamplingParams SamplingFromFlags() {
   return s;
 }
 
-// Prints the tokens as they come, then the summary on stderr.
+// Prints the tokens as they come (with --output=json each message as a
+// line), then the summary on stderr.
 int PrintStream(const char* rpc,
                 grpc::ClientReaderInterface<v1::GenerateStreamResponse>& reader) {
   v1::GenerateStreamResponse event;
   std::optional<v1::StreamEnd> end;
   while (reader.Read(&event)) {
-    if (event.has_token()) {
+    if (JsonOutput()) {
+      PrintJson(event);
+    } else if (event.has_token()) {
       std::cout << event.token().text() << std::flush;
-    } else if (event.has_end()) {
-      end = event.end();
     }
+    if (event.has_end()) end = event.end();
   }
-  std::cout << "\n";
+  if (!JsonOutput()) std::cout << "\n";
   grpc::Status status = reader.Finish();
   if (!status.ok()) return RpcError(rpc, status);
   if (!end.has_value()) {
@@ -116,6 +126,7 @@ int Generate() {
   *request.mutable_sampling() = SamplingFromFlags();
   auto stub = v1::InferenceService::NewStub(Connect(true));
   grpc::ClientContext context;
+  SetDeadline(&context);
   auto reader = stub->GenerateStream(&context, request);
   return PrintStream("GenerateStream", *reader);
 }
@@ -138,6 +149,7 @@ int Chat() {
   *request.mutable_sampling() = SamplingFromFlags();
   auto stub = v1::InferenceService::NewStub(Connect(true));
   grpc::ClientContext context;
+  SetDeadline(&context);
   auto reader = stub->ChatStream(&context, request);
   return PrintStream("ChatStream", *reader);
 }
@@ -162,7 +174,11 @@ int Tokenize() {
     v1::DetokenizeResponse response;
     grpc::Status status = stub->Detokenize(&context, request, &response);
     if (!status.ok()) return RpcError("Detokenize", status);
-    std::cout << response.text() << "\n";
+    if (JsonOutput()) {
+      PrintJson(response);
+    } else {
+      std::cout << response.text() << "\n";
+    }
     return kOk;
   }
   v1::TokenizeRequest request;
@@ -172,7 +188,11 @@ int Tokenize() {
   v1::TokenizeResponse response;
   grpc::Status status = stub->Tokenize(&context, request, &response);
   if (!status.ok()) return RpcError("Tokenize", status);
-  std::cout << absl::StrJoin(response.ids(), ",") << "\n";
+  if (JsonOutput()) {
+    PrintJson(response);
+  } else {
+    std::cout << absl::StrJoin(response.ids(), ",") << "\n";
+  }
   return kOk;
 }
 
@@ -183,7 +203,11 @@ int Info() {
   v1::ServerInfo info;
   grpc::Status status = stub->GetServerInfo(&context, v1::GetServerInfoRequest(), &info);
   if (!status.ok()) return RpcError("GetServerInfo", status);
-  std::cout << info.DebugString();
+  if (JsonOutput()) {
+    PrintJson(info);
+  } else {
+    std::cout << info.DebugString();
+  }
   return kOk;
 }
 

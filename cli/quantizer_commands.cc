@@ -1,4 +1,5 @@
 // wqctl commands of the quantizer service.
+#include <algorithm>
 #include <iostream>
 #include <map>
 #include <string>
@@ -8,6 +9,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "cli/common.h"
 #include "wq/v1/quantizer.grpc.pb.h"
 
@@ -56,24 +59,52 @@ void PrintProgress(const v1::Job& job) {
   std::cerr << absl::StrFormat("[%3.0f%%] %s%s\n", p.percent(), detail, eta);
 }
 
-// Streams the job's progress; exit code by its final state.
-int Watch(v1::QuantizerService::Stub& stub, const std::string& job_id) {
+// One WatchJob stream: progress lines (or JSON) as they come; the last
+// snapshot in `last`.
+grpc::Status WatchOnce(v1::QuantizerService::Stub& stub, const std::string& job_id,
+                       v1::Job* last) {
   grpc::ClientContext context;
+  SetDeadline(&context);
   v1::WatchJobRequest request;
   request.set_job_id(job_id);
   auto reader = stub.WatchJob(&context, request);
   v1::Job job;
-  v1::Job last;
   while (reader->Read(&job)) {
-    PrintProgress(job);
-    last = job;
+    if (JsonOutput()) {
+      PrintJson(job);
+    } else {
+      PrintProgress(job);
+    }
+    *last = job;
   }
-  grpc::Status status = reader->Finish();
+  return reader->Finish();
+}
+
+// Watches the job to its end; exit code by its final state. A server that
+// goes away (a restart, a rescheduled pod) is waited for with backoff until
+// the command's deadline: the job's record survives the restart.
+int Watch(v1::QuantizerService::Stub& stub, const std::string& job_id) {
+  v1::Job last;
+  absl::Duration backoff = absl::Milliseconds(250);
+  grpc::Status status;
+  while (true) {
+    status = WatchOnce(stub, job_id, &last);
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    if (absl::Now() + backoff >= CommandDeadline()) {
+      std::cerr << "wqctl: the quantizer stayed unavailable until --timeout_s passed\n";
+      return RpcError("WatchJob", grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                               status.error_message()));
+    }
+    std::cerr << "wqctl: WatchJob unavailable (" << status.error_message() << "); retrying in "
+              << absl::FormatDuration(backoff) << "\n";
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+  }
   if (!status.ok()) return RpcError("WatchJob", status);
   switch (last.state()) {
     case v1::JOB_STATE_SUCCEEDED:
       std::cerr << "job " << last.job_id() << " succeeded\n";
-      std::cout << last.artifact_id() << "\n";
+      if (!JsonOutput()) std::cout << last.artifact_id() << "\n";
       return kOk;
     case v1::JOB_STATE_CANCELLED:
       std::cerr << "job " << last.job_id() << " was cancelled\n";
@@ -159,13 +190,18 @@ int Quantize() {
   if (!status.ok()) return RpcError("SubmitJob", status);
   std::cerr << "submitted job " << job.job_id() << "\n";
   if (!absl::GetFlag(FLAGS_wait)) {
-    std::cout << job.job_id() << "\n";
+    if (JsonOutput()) {
+      PrintJson(job);
+    } else {
+      std::cout << job.job_id() << "\n";
+    }
     return kOk;
   }
   return Watch(*stub, job.job_id());
 }
 
 void PrintJob(const v1::Job& job) {
+  if (JsonOutput()) return PrintJson(job);
   std::cout << absl::StrFormat("%-22s %-10s %-24s %5.1f%% %s\n", job.job_id(),
                                Lower(v1::JobState_Name(job.state()).substr(10)), job.model_id(),  // drop "JOB_STATE_"
                                job.progress().percent(),
@@ -175,8 +211,10 @@ void PrintJob(const v1::Job& job) {
 
 int Jobs() {
   auto stub = v1::QuantizerService::NewStub(Connect(false));
-  std::cout << absl::StrFormat("%-22s %-10s %-24s %6s %s\n", "JOB", "STATE", "MODEL",
-                               "DONE", "ARTIFACT/ERROR");
+  if (!JsonOutput()) {
+    std::cout << absl::StrFormat("%-22s %-10s %-24s %6s %s\n", "JOB", "STATE", "MODEL",
+                                 "DONE", "ARTIFACT/ERROR");
+  }
   // The server answers a page at a time.
   v1::ListJobsRequest request;
   do {
@@ -220,6 +258,10 @@ int Artifacts() {
   grpc::Status status =
       stub->ListArtifacts(&context, v1::ListArtifactsRequest(), &response);
   if (!status.ok()) return RpcError("ListArtifacts", status);
+  if (JsonOutput()) {
+    for (const v1::Artifact& a : response.artifacts()) PrintJson(a);
+    return kOk;
+  }
   std::cout << absl::StrFormat("%-48s %-14s %-6s %6s %10s %12s %s\n", "ID", "DTYPE",
                                "SCHEME", "GROUP", "BITS/W", "SIZE", "SOURCE");
   for (const v1::Artifact& a : response.artifacts()) {

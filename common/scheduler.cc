@@ -60,6 +60,13 @@ void GenerationScheduler::Shutdown(absl::Status reason) {
   metrics_.reset();
 }
 
+bool GenerationScheduler::Drain(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return places_ == 0; };
+  return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
+}
+
 int GenerationScheduler::queued() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int>(queue_.size());
@@ -130,7 +137,7 @@ GenerationScheduler::SubmitBatch(const std::vector<std::string>& prompts,
 absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>>
 GenerationScheduler::Enqueue(std::vector<std::unique_ptr<Sequence>> seqs) {
   absl::MutexLock lock(&mu_);
-  if (stopping_) {
+  if (stopping_ || draining_) {
     if (!stop_reason_.ok()) return stop_reason_;
     return absl::UnavailableError("the server is shutting down");
   }

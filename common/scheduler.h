@@ -110,6 +110,10 @@ class GenerationScheduler {
   absl::StatusOr<std::vector<std::shared_ptr<Handle>>> SubmitBatch(
       const std::vector<std::string>& prompts, const std::vector<GenerationParams>& params,
       std::vector<GenerationCallbacks> callbacks);
+  // Refuses new work as Shutdown does, lets every running and waiting request
+  // finish, and returns true once none is left, or false at `deadline` with
+  // some still in flight (Shutdown then ends them). Idempotent.
+  bool Drain(absl::Time deadline);
   // Stops accepting work and ends all requests; returns once the loop ended.
   // With OK they finish as kCancelled (server shutdown); otherwise they fail
   // with kError and `reason`, which later Submits return too.
@@ -153,6 +157,7 @@ class GenerationScheduler {
   // request finishes or is abandoned while waiting.
   int places_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;  // refusing work, serving what it has
   absl::Status stop_reason_ ABSL_GUARDED_BY(mu_);
   std::atomic<int> running_count_{0};
   // Last: its scrape-time gauges read the members above. Reset by Shutdown.

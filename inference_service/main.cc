@@ -11,6 +11,7 @@
 #include "absl/flags/usage.h"
 #include "common/cpu_features.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "common/logging.h"
 #include "common/quant_config.h"
 #include "inference_service/inference_service.h"
@@ -48,6 +49,10 @@ ABSL_FLAG(bool, private_weights, false,
           "copy int8-tile weights into this process's memory instead of reading them in place "
           "from the page cache (slower load, nothing shared with other replicas; decoded "
           "faster on some machines)");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(20),
+          "on SIGTERM: how long in-flight requests get to finish (new ones are refused at "
+          "once) before those left fail with UNAVAILABLE; keep it below the pod's "
+          "terminationGracePeriodSeconds");
 ABSL_FLAG(std::string, preload, "", "comma-separated models (artifact or model ids) to load at start");
 
 namespace {
@@ -61,6 +66,9 @@ std::string CheckFlags() {
   if (absl::GetFlag(FLAGS_max_new_tokens_cap) < 1) return "--max_new_tokens_cap must be >= 1";
   if (absl::GetFlag(FLAGS_default_max_new_tokens) < 1) {
     return "--default_max_new_tokens must be >= 1";
+  }
+  if (absl::GetFlag(FLAGS_shutdown_grace) < absl::ZeroDuration()) {
+    return "--shutdown_grace must be >= 0";
   }
   if (absl::GetFlag(FLAGS_max_context) < 0) return "--max_context must be >= 0";
   if (const std::string kv = absl::GetFlag(FLAGS_kv_cache_dtype); kv != "fp32" && kv != "bf16") {
@@ -134,8 +142,11 @@ int main(int argc, char** argv) {
   server.http_routes = [&openai](httplib::Server& routes) { openai.Register(routes); };
   server.security = wq::SecurityOptionsFromFlags();
   server.services = {{&service, wq::v1::InferenceService::service_full_name()}};
-  // Schedulers end in-flight requests as cancelled; their handlers return.
-  server.on_shutdown = [&models] { (*models)->Shutdown(); };
+  // In-flight requests finish within the grace, the rest fail UNAVAILABLE; the
+  // server cancels calls (a LoadModel) still open a little after that.
+  const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
+  server.shutdown_deadline = grace + absl::Seconds(2);
+  server.on_shutdown = [&models, grace] { (*models)->Drain(grace); };
   return wq::ServeUntilShutdown(server, {{"model_root", options.model_root},
                                          {"artifact_root", options.artifact_root},
                                          {"threads", threads},

@@ -105,16 +105,32 @@ ModelManager::ModelManager(Options options, std::unique_ptr<ArtifactStore> store
 
 ModelManager::~ModelManager() { Shutdown(); }
 
+std::map<std::string, std::shared_ptr<LoadedModel>> ModelManager::Stop() {
+  absl::MutexLock lock(&mu_);
+  stopping_ = true;
+  return loaded_;
+}
+
+// Both outside mu_: the schedulers' callbacks must not be blocked behind us.
 void ModelManager::Shutdown() {
-  std::map<std::string, std::shared_ptr<LoadedModel>> models;
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-    models = loaded_;
+  for (auto& [name, model] : Stop()) model->scheduler->Shutdown();
+}
+
+bool ModelManager::Drain(absl::Duration grace) {
+  const absl::Time deadline = absl::Now() + grace;
+  bool drained = true;
+  for (auto& [name, model] : Stop()) {
+    if (model->scheduler->Drain(deadline)) continue;
+    drained = false;
+    LogWarning("drain_incomplete", {{"model", name},
+                                    {"running", model->scheduler->running()},
+                                    {"queued", model->scheduler->queued()}});
+    model->scheduler->Shutdown(absl::UnavailableError(
+        "the server shut down before the request finished (shutdown grace period over); "
+        "retry"));
   }
-  // Outside mu_: Shutdown() waits for the scheduler loop, whose callbacks
-  // must not be blocked behind us.
-  for (auto& [name, model] : models) model->scheduler->Shutdown();
+  Shutdown();
+  return drained;
 }
 
 std::vector<std::string> ModelManager::Available() const {

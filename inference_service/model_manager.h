@@ -85,10 +85,17 @@ class ModelManager {
   // Stops every scheduler (in-flight requests finish as cancelled) and
   // refuses later loads. Idempotent.
   void Shutdown();
+  // The graceful form of Shutdown: refuses new loads and requests at once
+  // (UNAVAILABLE "the server is shutting down"), lets running and waiting
+  // requests finish within `grace`, then fails those left with UNAVAILABLE
+  // (so clients retry elsewhere) and stops. True when nothing was cut short.
+  bool Drain(absl::Duration grace);
 
  private:
   ModelManager(Options options, std::unique_ptr<ArtifactStore> store);
   absl::Status UnknownModel(const std::string& name) const;
+  // Refuses later loads; the models loaded now.
+  std::map<std::string, std::shared_ptr<LoadedModel>> Stop();
   bool IsKnown(const std::string& name) const;
 
   const Options options_;

@@ -1,6 +1,9 @@
 // quantizer_service: runs weight-only quantization jobs over gRPC.
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <memory>
 #include <string>
 
@@ -10,9 +13,11 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
 #include "quantizer_service/job_manager.h"
+#include "quantizer_service/one_shot.h"
 #include "quantizer_service/quantizer_service.h"
 #include "server/security_flags.h"
 #include "server/server.h"
@@ -33,12 +38,52 @@ ABSL_FLAG(int, job_retention, 1000,
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(20),
           "on SIGTERM, how long running jobs get to stop before the process exits anyway");
 ABSL_FLAG(int, threads, 0, "oneTBB worker threads; 0 = all cores");
+ABSL_FLAG(bool, once, false,
+          "run one job (--model_id with --config_json or --config_file) without serving, "
+          "print its artifact id on stdout and exit: 0 succeeded, 1 failed or cancelled, "
+          "2 refused (bad flags, unknown model, invalid config)");
+ABSL_FLAG(std::string, model_id, "", "--once: the model id under --model_root");
+ABSL_FLAG(std::string, config_json, "",
+          "--once: the wq.v1.WeightOnlyQuantConfig as JSON, e.g. "
+          "'{\"weight_dtype\":\"INT4_CLIP\",\"group_size\":32}'");
+ABSL_FLAG(std::string, config_file, "", "--once: a file holding --config_json's JSON");
+
+namespace {
+
+absl::StatusOr<wq::v1::SubmitJobRequest> OneShotFromFlags() {
+  std::string config = absl::GetFlag(FLAGS_config_json);
+  const std::string file = absl::GetFlag(FLAGS_config_file);
+  if (!config.empty() == !file.empty()) {
+    return absl::InvalidArgumentError("--once needs one of --config_json and --config_file");
+  }
+  if (!file.empty()) {
+    constexpr uintmax_t kMaxConfigBytes = 1 << 20;
+    std::error_code error;
+    const uintmax_t size = std::filesystem::file_size(file, error);
+    if (error) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot read --config_file=", file, ": ", error.message()));
+    }
+    if (size > kMaxConfigBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("--config_file=", file, " exceeds 1 MiB"));
+    }
+    std::ifstream in(file, std::ios::binary);
+    std::stringstream text;
+    text << in.rdbuf();
+    config = text.str();
+  }
+  return wq::OneShotRequest(absl::GetFlag(FLAGS_model_id), config);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   wq::InstallShutdownSignalHandlers();
   absl::SetProgramUsageMessage(
       "Serves wq.v1.QuantizerService.\nUsage: quantizer_service [--listen=host:port] "
-      "[--model_root=DIR] [--artifact_root=DIR] [--workers=N]");
+      "[--model_root=DIR] [--artifact_root=DIR] [--workers=N]\n"
+      "   or: quantizer_service --once --model_id=ID --config_json=JSON|--config_file=F "
+      "[--model_root=DIR] [--artifact_root=DIR]");
   absl::ParseCommandLine(argc, argv);
   wq::SetLogServiceName("quantizer");
 
@@ -52,6 +97,16 @@ int main(int argc, char** argv) {
       tbb::global_control::max_allowed_parallelism,
       threads > 0 ? threads : tbb::info::default_concurrency());
 
+  const bool once = absl::GetFlag(FLAGS_once);
+  absl::StatusOr<wq::v1::SubmitJobRequest> one_shot;
+  if (once) {
+    one_shot = OneShotFromFlags();
+    if (!one_shot.ok()) {
+      wq::LogError("bad_flag", {{"message", std::string(one_shot.status().message())}});
+      return wq::kOneShotBadRequest;
+    }
+  }
+
   wq::JobManager::Options options;
   options.model_root = absl::GetFlag(FLAGS_model_root);
   options.artifact_root = absl::GetFlag(FLAGS_artifact_root);
@@ -63,6 +118,8 @@ int main(int argc, char** argv) {
     wq::LogError("startup_failed", {{"error", jobs.status().ToString()}});
     return 1;
   }
+  const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
+  if (once) return wq::RunOneShot(**jobs, *one_shot, wq::ShutdownSignalled, grace);
   wq::QuantizerServiceImpl service(jobs->get());
 
   wq::ServerOptions server;
@@ -73,7 +130,7 @@ int main(int argc, char** argv) {
   server.security = wq::SecurityOptionsFromFlags();
   server.services = {{&service, wq::v1::QuantizerService::service_full_name()}};
   // Cancelled jobs end their WatchJob streams, so Shutdown finds no call left.
-  const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
+  server.shutdown_deadline = grace + absl::Seconds(2);
   server.on_shutdown = [&jobs, grace] {
     if (!(*jobs)->Shutdown(grace)) {
       // A stuck job would hold the process (and its pod) forever; its record

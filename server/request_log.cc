@@ -186,7 +186,8 @@ absl::flat_hash_set<std::string> KnownGrpcMethods(const std::vector<std::string>
   // Served by gRPC itself, from descriptors outside protobuf's pool.
   absl::flat_hash_set<std::string> methods = {
       "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
-      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"};
+      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+      "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"};
   for (const std::string& name : services) {
     const google::protobuf::ServiceDescriptor* service =
         google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(name);

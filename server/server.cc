@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -22,6 +23,7 @@
 #include "server/http_listener.h"
 #include "server/request_log.h"
 #include "server/request_validation.h"
+#include "server/reflection_v1.h"
 
 namespace wq {
 namespace {
@@ -29,6 +31,9 @@ namespace {
 // Self-pipe: the handler only write()s (async-signal-safe); the main thread
 // blocks on read(). Works whatever threads gRPC or oneTBB started.
 int g_signal_pipe[2] = {-1, -1};
+// Past shutdown_deadline, in-flight calls are cancelled; past this much more,
+// the process exits whatever still runs.
+constexpr absl::Duration kShutdownWatchdogSlack = absl::Seconds(3);
 volatile sig_atomic_t g_signal_number = 0;
 
 void OnSignal(int signo) {
@@ -56,6 +61,8 @@ void InstallShutdownSignalHandlers() {
   // A client vanishing must not kill the server.
   signal(SIGPIPE, SIG_IGN);
 }
+
+bool ShutdownSignalled() { return g_signal_number != 0; }
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -109,12 +116,15 @@ absl::Status RunServer(const ServerOptions& options) {
   interceptors.push_back(
       NewRequestLogInterceptorFactory(KnownGrpcMethods(service_names)));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  ReflectionV1Service reflection_v1;
+  builder.RegisterService(&reflection_v1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat(
         "cannot listen on --listen=", options.listen,
         " (expected host:port with a free port; port 0 picks one)"));
   }
+  reflection_v1.Connect(server.get());
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   if (health != nullptr) {
     health->SetServingStatus(true);
@@ -177,19 +187,24 @@ absl::Status RunServer(const ServerOptions& options) {
 
   // Health first, so load balancers stop routing here; Shutdown() then stops
   // accepting calls at once but waits for in-flight ones, which the hook
-  // makes finish, so both run side by side.
+  // drains or ends, so both run side by side. The HTTP listener stops after
+  // the hook, so that /health says 503 and its own requests finish meanwhile.
   if (health != nullptr) health->Shutdown();
   serving = false;
+  // A handler stuck where nothing can cancel it (a read from a hung
+  // filesystem) must not keep the pod terminating until it is killed.
+  std::thread([limit = options.shutdown_deadline + kShutdownWatchdogSlack] {
+    absl::SleepFor(limit);
+    LogError("shutdown_forced", {{"after_s", absl::ToDoubleSeconds(limit)}});
+    std::_Exit(0);
+  }).detach();
   std::thread stopper([&] {
     server->Shutdown(std::chrono::system_clock::now() +
                      absl::ToChronoMilliseconds(options.shutdown_deadline));
   });
-  std::thread http_stopper([&] {
-    if (http != nullptr) http->Stop();
-  });
   if (options.on_shutdown) options.on_shutdown();
+  if (http != nullptr) http->Stop();
   stopper.join();
-  http_stopper.join();
   server->Wait();
   LogInfo("shutdown_done");
   return absl::OkStatus();

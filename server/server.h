@@ -1,6 +1,7 @@
 // gRPC server plumbing shared by quantizer_service and inference_service:
 // binding, health checking (gRPC and HTTP /health), GET /metrics, request ids
-// and one log line per request (server/request_log.h), reflection, port file,
+// and one log line per request (server/request_log.h), reflection (v1alpha and
+// v1), port file,
 // the optional HTTP listener, signal-driven graceful
 // shutdown and the absl::Status -> grpc::Status mapping.
 #ifndef WQ_SERVER_SERVER_H_
@@ -48,7 +49,8 @@ struct ServerOptions {
   // before it waits for the in-flight ones: cancels or finishes work that
   // handlers wait on, so that they return.
   std::function<void()> on_shutdown;
-  // In-flight calls still running after this are cancelled.
+  // In-flight calls still running after this are cancelled; a few seconds
+  // later the process exits (status 0) even if a handler never returns.
   absl::Duration shutdown_deadline = absl::Seconds(5);
 };
 
@@ -56,6 +58,8 @@ struct ServerOptions {
 // thread is started, so that no signal is missed between start-up and
 // RunServer. Idempotent.
 void InstallShutdownSignalHandlers();
+// True once SIGTERM or SIGINT arrived (for work run without RunServer).
+bool ShutdownSignalled();
 
 // Builds and starts the server, then blocks until SIGTERM or SIGINT and
 // shuts down gracefully (health NOT_SERVING, on_shutdown, Shutdown with the

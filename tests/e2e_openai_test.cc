@@ -675,9 +675,35 @@ TEST_F(E2eOpenAiTest, UnloadMidStreamEndsWithA503Event) {
               404, "model");
 }
 
-TEST_F(E2eOpenAiTest, ShutdownEndsStreamsWithA503EventAndExitsCleanly) {
+// SIGTERM while a stream is in flight: the server drains, so the stream ends
+// normally within --shutdown_grace and the process exits 0.
+TEST_F(E2eOpenAiTest, ShutdownDrainsStreamsInFlight) {
+  Service draining = Start("openai-draining", {std::string("--preload=") + kModel});
+  const json body = {{"model", kModel}, {"prompt", kOnce}, {"max_tokens", 500},
+                     {"stop", "zzz"}, {"stream", true}};
+  const int fd = SendRaw(draining.http_port, "/v1/completions", body.dump());
+  ASSERT_GE(fd, 0);
+  std::string reply = ReceiveRaw(fd, "data: ");
+  ASSERT_NE(reply.find("data: "), std::string::npos);
+  int exit_status = -1;
+  std::thread stopper([&] { exit_status = draining.process->Stop(std::chrono::seconds(10)); });
+  reply += ReceiveRaw(fd, "");
+  close(fd);
+  stopper.join();
+  EXPECT_EQ(exit_status, 0) << draining.process->Log();
+  const std::vector<std::string> events = Events(reply);
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  const json last = json::parse(events[events.size() - 2], nullptr, false);
+  ASSERT_FALSE(last.contains("error")) << events[events.size() - 2];
+}
+
+// Past the grace period the streams still running end with a 503-class error
+// event, and the process still exits 0.
+TEST_F(E2eOpenAiTest, ShutdownPastTheGraceEndsStreamsWithA503Event) {
   Service doomed = Start("openai-doomed", {std::string("--preload=") + kModel,
-                                           "--max_running=1", "--max_queued=0"});
+                                           "--max_running=1", "--max_queued=0",
+                                           "--shutdown_grace=200ms"});
   const json body = {{"model", kModel}, {"prompt", kOnce}, {"max_tokens", 500}, {"n", 64},
                      {"stop", "zzz"}, {"stream", true}};
   const int fd = SendRaw(doomed.http_port, "/v1/completions", body.dump());
@@ -695,7 +721,9 @@ TEST_F(E2eOpenAiTest, ShutdownEndsStreamsWithA503EventAndExitsCleanly) {
   const json last = json::parse(events.back(), nullptr, false);
   ASSERT_TRUE(last.contains("error")) << events.back();
   EXPECT_EQ(last["error"]["type"], "server_error");
-  EXPECT_EQ(last["error"]["message"], "the server is shutting down");
+  EXPECT_NE(last["error"]["message"].get<std::string>().find("shutdown grace period"),
+            std::string::npos)
+      << last.dump();
 }
 
 TEST_F(E2eOpenAiTest, HttpThreadsBoundTheConnectionsServedAtOnce) {

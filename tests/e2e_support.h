@@ -3,11 +3,9 @@
 #ifndef WQ_TESTS_E2E_SUPPORT_H_
 #define WQ_TESTS_E2E_SUPPORT_H_
 
-#include <sys/types.h>
-
-#include <chrono>
 #include <string>
-#include <vector>
+
+#include "tests/server_process.h"
 
 namespace wq::e2e {
 
@@ -19,24 +17,6 @@ struct Servers {
   std::string quantizer_binary;
   std::string inference_binary;
   std::string dir;  // scratch: port files and logs
-};
-
-// One server binary running as a child process on 127.0.0.1 with port 0
-// (unless `args` has a --listen of its own), stderr to a log file in `dir`; killed on destruction if still running.
-class ServerProcess {
- public:
-  ServerProcess(std::string name, std::string binary, std::vector<std::string> args,
-                std::string dir);
-  ~ServerProcess();
-  // The bound port, once the port file appears; 0 (and a test failure) otherwise.
-  int WaitForPort(std::chrono::seconds timeout);
-  // SIGTERM; the exit status, or -1 when it did not exit in time.
-  int Stop(std::chrono::seconds timeout);
-  std::string Log() const;
-
- private:
-  std::string name_, dir_, port_file_, log_file_;
-  pid_t pid_ = -1;
 };
 
 // Set up by the global environment before any test runs.

@@ -2,6 +2,8 @@
 // binaries (from runfiles) on loopback with port 0, talks to them through the
 // generated stubs, then stops them with SIGTERM and checks they exit 0.
 // Service-specific tests: e2e_quantizer_test.cc, e2e_inference_test.cc.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -10,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include <google/protobuf/descriptor.pb.h>
 #include <grpcpp/grpcpp.h>
 
 #include "gmock/gmock.h"
@@ -17,6 +20,7 @@
 #include "tests/e2e_support.h"
 #include "tests/grpc_health.grpc.pb.h"
 #include "tests/grpc_reflection.grpc.pb.h"
+#include "tests/grpc_reflection_v1.grpc.pb.h"
 
 namespace wq::e2e {
 namespace {
@@ -103,24 +107,46 @@ int HealthStatus(const std::string& address, const std::string& service) {
   return response.status();
 }
 
-std::vector<std::string> ReflectedServices(const std::string& address) {
-  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(
+// One request on a reflection stream of either version (Reflection is
+// grpc::reflection::v1 or ::v1alpha); its one response.
+template <typename Reflection>
+typename Reflection::ServerReflectionResponse Reflect(
+    const std::string& address, const typename Reflection::ServerReflectionRequest& request) {
+  auto stub = Reflection::ServerReflection::NewStub(
       grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   auto stream = stub->ServerReflectionInfo(&context);
-  grpc::reflection::v1alpha::ServerReflectionRequest request;
-  request.set_list_services("");
   EXPECT_TRUE(stream->Write(request));
   stream->WritesDone();
+  typename Reflection::ServerReflectionResponse response, extra;
+  EXPECT_TRUE(stream->Read(&response));
+  EXPECT_FALSE(stream->Read(&extra));
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return response;
+}
+
+struct V1alpha {
+  using ServerReflection = grpc::reflection::v1alpha::ServerReflection;
+  using ServerReflectionRequest = grpc::reflection::v1alpha::ServerReflectionRequest;
+  using ServerReflectionResponse = grpc::reflection::v1alpha::ServerReflectionResponse;
+};
+struct V1 {
+  using ServerReflection = grpc::reflection::v1::ServerReflection;
+  using ServerReflectionRequest = grpc::reflection::v1::ServerReflectionRequest;
+  using ServerReflectionResponse = grpc::reflection::v1::ServerReflectionResponse;
+};
+
+template <typename Reflection>
+std::vector<std::string> ReflectedServices(const std::string& address) {
+  typename Reflection::ServerReflectionRequest request;
+  request.set_list_services("");
+  const auto response = Reflect<Reflection>(address, request);
   std::vector<std::string> names;
-  grpc::reflection::v1alpha::ServerReflectionResponse response;
-  while (stream->Read(&response)) {
-    for (const auto& service : response.list_services_response().service()) {
-      names.push_back(service.name());
-    }
+  for (const auto& service : response.list_services_response().service()) {
+    names.push_back(service.name());
   }
-  EXPECT_TRUE(stream->Finish().ok());
   return names;
 }
 
@@ -135,10 +161,32 @@ TEST(E2eServerTest, HealthIsServing) {
 
 TEST(E2eServerTest, ReflectionListsServices) {
   const Servers& s = GetServers();
-  EXPECT_THAT(ReflectedServices(s.quantizer),
+  EXPECT_THAT(ReflectedServices<V1alpha>(s.quantizer),
               ::testing::Contains(std::string("wq.v1.QuantizerService")));
-  EXPECT_THAT(ReflectedServices(s.inference),
+  EXPECT_THAT(ReflectedServices<V1alpha>(s.inference),
               ::testing::Contains(std::string("wq.v1.InferenceService")));
+  // v1 answers as v1alpha does (grpcurl and Postman ask v1 first).
+  EXPECT_EQ(ReflectedServices<V1>(s.quantizer), ReflectedServices<V1alpha>(s.quantizer));
+  EXPECT_THAT(ReflectedServices<V1>(s.inference),
+              ::testing::Contains(std::string("wq.v1.InferenceService")));
+}
+
+TEST(E2eServerTest, ReflectionV1DescribesServices) {
+  grpc::reflection::v1::ServerReflectionRequest request;
+  request.set_file_containing_symbol("wq.v1.InferenceService");
+  const grpc::reflection::v1::ServerReflectionResponse response =
+      Reflect<V1>(GetServers().inference, request);
+  ASSERT_TRUE(response.has_file_descriptor_response()) << response.DebugString();
+  bool found = false;
+  for (const std::string& bytes : response.file_descriptor_response().file_descriptor_proto()) {
+    google::protobuf::FileDescriptorProto file;
+    ASSERT_TRUE(file.ParseFromString(bytes));
+    if (file.name() != "wq/v1/inference.proto") continue;
+    found = true;
+    ASSERT_GE(file.service_size(), 1);
+    EXPECT_EQ(file.service(0).name(), "InferenceService");
+  }
+  EXPECT_TRUE(found);
 }
 
 }  // namespace

@@ -274,5 +274,59 @@ TEST_F(SchedulerTest, BatchEntriesSampleWithTheirOwnParamsAndReportTopLogprobs) 
             absl::StatusCode::kInvalidArgument);
 }
 
+// Drain refuses new work at once but lets running and waiting requests
+// finish normally; it returns true when none is left.
+TEST_F(SchedulerTest, DrainFinishesInFlightAndRefusesNew) {
+  auto scheduler = Make(/*max_running=*/1, /*max_queued=*/1);
+  Request running, waiting;
+  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
+  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_TRUE(Submit(*scheduler, waiting).ok());
+  bool drained = false;
+  std::thread drainer([&] { drained = scheduler->Drain(absl::Now() + kPrompt); });
+  absl::Status status;
+  for (int i = 0; i < 10000; ++i) {
+    Request late;
+    status = Submit(*scheduler, late);
+    if (!absl::IsResourceExhausted(status)) break;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(status.message(), "the server is shutting down");
+  running.Open();
+  drainer.join();
+  EXPECT_TRUE(drained);
+  for (Request* r : {&running, &waiting}) {
+    ASSERT_TRUE(r->Wait());
+    EXPECT_EQ(r->result.finish_reason, FinishReason::kLength);
+    EXPECT_EQ(r->result.token_ids.size(), 8u);
+  }
+}
+
+// At its deadline Drain gives up, leaving the request running for Shutdown.
+TEST_F(SchedulerTest, DrainStopsWaitingAtItsDeadline) {
+  auto scheduler = Make(/*max_running=*/1, /*max_queued=*/0);
+  Request running;
+  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
+  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  const absl::Time start = absl::Now();
+  EXPECT_FALSE(scheduler->Drain(start + absl::Milliseconds(200)));
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(200));
+  EXPECT_FALSE(running.done.HasBeenNotified());
+  const absl::Status reason = absl::UnavailableError("grace over");
+  std::thread stopper([&] { scheduler->Shutdown(reason); });
+  // The gate opens once the shutdown has begun (Submit answers its reason).
+  for (int i = 0; i < 10000; ++i) {
+    Request late;
+    if (Submit(*scheduler, late) == reason) break;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  running.Open();
+  stopper.join();
+  ASSERT_TRUE(running.Wait());
+  EXPECT_EQ(running.result.finish_reason, FinishReason::kError);
+  EXPECT_EQ(running.result.status, reason);
+}
+
 }  // namespace
 }  // namespace wq

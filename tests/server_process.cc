@@ -1,4 +1,6 @@
-// ServerProcess: a real server binary as a child process (e2e_support.h).
+// One server binary as a child process of a test (see e2e_support.h).
+#include "tests/server_process.h"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -6,16 +8,12 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <sstream>
-#include <string>
 #include <thread>
-#include <vector>
 
 #include "gtest/gtest.h"
-#include "tests/e2e_support.h"
 
 extern char** environ;
 
@@ -32,14 +30,15 @@ std::string ReadAll(const std::string& path) {
 }  // namespace
 
 ServerProcess::ServerProcess(std::string name, std::string binary, std::vector<std::string> args,
-                             std::string dir)
+                             std::string dir, std::string listen)
     : name_(std::move(name)), dir_(std::move(dir)) {
   port_file_ = dir_ + "/" + name_ + ".port";
   log_file_ = dir_ + "/" + name_ + ".log";
   args.insert(args.begin(), binary);
+  // A test that chose its own --listen (e.g. a non-loopback one) keeps it.
   if (std::none_of(args.begin(), args.end(),
                    [](const std::string& a) { return a.rfind("--listen=", 0) == 0; })) {
-    args.push_back("--listen=127.0.0.1:0");
+    args.push_back("--listen=" + listen);
   }
   args.push_back("--port_file=" + port_file_);
   std::vector<char*> argv;
@@ -82,9 +81,17 @@ int ServerProcess::WaitForPort(std::chrono::seconds timeout) {
   return 0;
 }
 
+void ServerProcess::Terminate() {
+  if (pid_ > 0) kill(pid_, SIGTERM);
+}
+
 int ServerProcess::Stop(std::chrono::seconds timeout) {
+  Terminate();
+  return Wait(timeout);
+}
+
+int ServerProcess::Wait(std::chrono::seconds timeout) {
   if (pid_ <= 0) return -1;
-  kill(pid_, SIGTERM);
   const auto until = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < until) {
     int status = 0;
@@ -98,5 +105,33 @@ int ServerProcess::Stop(std::chrono::seconds timeout) {
 }
 
 std::string ServerProcess::Log() const { return ReadAll(log_file_); }
+
+CommandResult RunCommand(std::vector<std::string> argv, const std::string& scratch_dir) {
+  static int runs = 0;
+  const std::string base = scratch_dir + "/command" + std::to_string(++runs);
+  CommandResult result;
+  std::vector<char*> args;
+  for (std::string& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, (base + ".out").c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, (base + ".err").c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, argv[0].c_str(), &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    ADD_FAILURE() << "cannot run " << argv[0] << ": " << std::strerror(rc);
+    return result;
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  result.out = ReadAll(base + ".out");
+  result.err = ReadAll(base + ".err");
+  return result;
+}
 
 }  // namespace wq::e2e
