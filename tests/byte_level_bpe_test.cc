@@ -299,6 +299,26 @@ absl::Status LoadStatus(const Json& tokenizer_json) {
   return ByteLevelBpe::FromTokenizerJson(tokenizer_json.dump(), "").status();
 }
 
+// Found by fuzz/tokenizer_json_fuzz: one huge id made tables of that size.
+TEST(ByteLevelBpeTest, RefusesIdsPastTheCap) {
+  const Json huge_vocab_id = {{"type", "BPE"},
+                              {"vocab", {{"a", 0}, {"b", 40000000}}},
+                              {"merges", Json::array()}};
+  const Json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
+  absl::Status status = LoadStatus(
+      {{"model", huge_vocab_id}, {"pre_tokenizer", byte_level}, {"decoder", byte_level}});
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("has id 40000000"));
+
+  const Json small_bpe = {{"type", "BPE"}, {"vocab", {{"a", 0}}}, {"merges", Json::array()}};
+  status = LoadStatus({{"model", small_bpe},
+                       {"pre_tokenizer", byte_level},
+                       {"decoder", byte_level},
+                       {"added_tokens", {{{"id", 2147483647}, {"content", "<x>"}}}}});
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("has id 2147483647"));
+}
+
 TEST(ByteLevelBpeTest, RefusesWhatItDoesNotImplement) {
   const Json empty_bpe = {{"type", "BPE"},
                           {"vocab", Json::object()},
