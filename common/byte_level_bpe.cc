@@ -19,6 +19,25 @@
 namespace wq {
 namespace {
 
+// Ids index dense tables, so they are capped: one id of 40,000,000 in a
+// 500-token file made tables of 40M entries (found by
+// fuzz/tokenizer_json_fuzz). The largest vocabularies in use have ~256K.
+constexpr int kMaxTokenId = (1 << 21) - 1;
+
+// A JSON token id, or -1 (refused where ids are checked) for anything but an
+// integer in [0, kMaxTokenId]: nlohmann's get<int>() of 4e97 is undefined
+// behaviour (found by fuzz/tokenizer_json_fuzz).
+int JsonTokenId(const nlohmann::json& id) {
+  if (id.is_number_unsigned()) {
+    return id.get<uint64_t>() <= kMaxTokenId ? static_cast<int>(id.get<uint64_t>()) : -1;
+  }
+  if (id.is_number_integer()) {
+    const int64_t value = id.get<int64_t>();
+    return value >= 0 && value <= kMaxTokenId ? static_cast<int>(value) : -1;
+  }
+  return -1;
+}
+
 using Json = nlohmann::json;
 using Vocab = std::vector<std::pair<std::string, int>>;
 using Merges = std::vector<std::pair<std::string, std::string>>;
@@ -194,7 +213,7 @@ absl::Status ParsePostProcessor(const Json& post, std::vector<int>* prefix,
     }
     const std::string name = StringField(item.at("SpecialToken"), "id");
     for (const Json& id : post.at("special_tokens").at(name).at("ids")) {
-      (seen_sequence ? suffix : prefix)->push_back(id.get<int>());
+      (seen_sequence ? suffix : prefix)->push_back(JsonTokenId(id));
     }
   }
   return absl::OkStatus();
@@ -220,7 +239,7 @@ absl::Status ParseModel(const Json& model, Vocab* vocab, Merges* merges,
   }
   *ignore_merges = BoolField(model, "ignore_merges", false);
   for (const auto& [token, id] : model.at("vocab").items()) {
-    vocab->emplace_back(token, id.get<int>());
+    vocab->emplace_back(token, JsonTokenId(id));
   }
   for (const Json& merge : model.at("merges")) {
     if (merge.is_array()) {
@@ -353,7 +372,7 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromTokenizerJson(
                                        &tok->prefix_ids_, &tok->suffix_ids_));
     for (const Json& entry : root.value("added_tokens", Json::array())) {
       ASSIGN_OR_RETURN(AddedToken token,
-                       ParseAddedToken(entry, entry.at("id").get<int>()));
+                       ParseAddedToken(entry, JsonTokenId(entry.at("id"))));
       added.push_back(std::move(token));
     }
   } catch (const Json::exception& e) {
@@ -400,7 +419,7 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromVocabMerges(
   std::vector<AddedToken> added;
   try {
     for (const auto& [token, id] : vocab_root.items()) {
-      vocab.emplace_back(token, id.get<int>());
+      vocab.emplace_back(token, JsonTokenId(id));
     }
     auto decoder = config.find("added_tokens_decoder");
     if (decoder != config.end()) {
@@ -473,13 +492,19 @@ absl::Status ByteLevelBpe::Build(const Vocab& vocab, const Merges& merges,
   }
   int size = 0;
   for (const auto& [token, id] : vocab) {
-    if (id < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("vocabulary token ", token, " has id ", id));
+    if (id < 0 || id > kMaxTokenId) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "vocabulary token ", token, " has id ", id, "; ids must be in [0, ", kMaxTokenId, "]"));
     }
     size = std::max(size, id + 1);
   }
-  for (const AddedToken& t : added) size = std::max(size, t.id + 1);
+  for (const AddedToken& t : added) {
+    if (t.id < 0 || t.id > kMaxTokenId) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "added token ", t.content, " has id ", t.id, "; ids must be in [0, ", kMaxTokenId, "]"));
+    }
+    size = std::max(size, t.id + 1);
+  }
   token_bytes_.assign(size, "");
   special_.assign(size, false);
 

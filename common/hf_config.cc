@@ -73,10 +73,12 @@ absl::Status ReadPositiveFloat(const Json& root, const char* key, float* out) {
         "config field '", key, "' must be a number, got ", it->dump()));
   }
   const double value = it->get<double>();
+  // Checked after the conversion too: a tiny positive double (1e-84) would
+  // become a float 0, e.g. an rms_norm_eps of 0 (found by fuzz/hf_config_fuzz).
   if (!std::isfinite(value) || value <= 0 ||
-      value > std::numeric_limits<float>::max()) {
+      value > std::numeric_limits<float>::max() || static_cast<float>(value) <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "config field '", key, "' is ", value, "; it must be positive"));
+        "config field '", key, "' is ", value, "; it must be a positive float32"));
   }
   *out = static_cast<float>(value);
   return absl::OkStatus();

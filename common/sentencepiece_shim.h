@@ -4,7 +4,8 @@
 // crashes any process that also links libprotobuf (every gRPC program here),
 // and its header redefines absl::string_view. So sentencepiece is reached only
 // through this plain-C surface, loaded with dlopen(RTLD_LOCAL | RTLD_DEEPBIND)
-// by common/tokenizer.cc. Keep this header free of C++ and Abseil types.
+// by common/tokenizer.cc (dlmopen into a namespace of its own in sanitizer
+// builds). Keep this header free of C++ and Abseil types.
 #ifndef WQ_COMMON_SENTENCEPIECE_SHIM_H_
 #define WQ_COMMON_SENTENCEPIECE_SHIM_H_
 

@@ -89,6 +89,22 @@ absl::Status Bind(void* lib, const char* name, F* fn) {
   return absl::OkStatus();
 }
 
+// Loads the shim so that sentencepiece's bundled protobuf-lite and the
+// process's libprotobuf never see each other's symbols, in either direction.
+void* LoadIsolated(const std::string& path) {
+#ifdef WQ_SPM_SHIM_DLMOPEN
+  // Sanitizer builds (.bazelrc): the sanitizer runtimes refuse RTLD_DEEPBIND,
+  // so the shim gets a link-map namespace of its own, with its own libstdc++
+  // and libc and no libprotobuf. Memory never crosses the boundary: the shim
+  // frees what it allocates and hands out only borrowed pointers.
+  return dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL);
+#else
+  // RTLD_LOCAL keeps sentencepiece's symbols out of the process; RTLD_DEEPBIND
+  // makes sentencepiece bind its own protobuf-lite before the process's.
+  return dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+#endif
+}
+
 absl::StatusOr<SpmShimApi> OpenShim() {
   std::vector<std::string> tried;
   for (const std::string& path : ShimCandidates()) {
@@ -96,9 +112,7 @@ absl::StatusOr<SpmShimApi> OpenShim() {
       tried.push_back(path);
       continue;
     }
-    // RTLD_LOCAL | RTLD_DEEPBIND keep sentencepiece's bundled protobuf-lite
-    // from colliding with the process's libprotobuf in either direction.
-    void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    void* lib = LoadIsolated(path);
     if (lib == nullptr) {
       return absl::FailedPreconditionError(
           absl::StrCat("cannot load sentencepiece shim ", path, ": ",

@@ -299,6 +299,30 @@ absl::Status LoadStatus(const Json& tokenizer_json) {
   return ByteLevelBpe::FromTokenizerJson(tokenizer_json.dump(), "").status();
 }
 
+// Found by fuzz/tokenizer_json_fuzz: one huge id made tables of that size,
+// and a float id (4.2e97) was converted to int with undefined behaviour.
+TEST(ByteLevelBpeTest, RefusesIdsPastTheCap) {
+  const Json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
+  absl::Status status;
+  for (const Json& id : {Json(40000000), Json(4.2e97), Json(1.5), Json(-3)}) {
+    const Json bad_vocab_id = {{"type", "BPE"},
+                               {"vocab", {{"a", 0}, {"b", id}}},
+                               {"merges", Json::array()}};
+    status = LoadStatus(
+        {{"model", bad_vocab_id}, {"pre_tokenizer", byte_level}, {"decoder", byte_level}});
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << id;
+    EXPECT_THAT(std::string(status.message()), HasSubstr("ids must be in [0, 2097151]")) << id;
+  }
+
+  const Json small_bpe = {{"type", "BPE"}, {"vocab", {{"a", 0}}}, {"merges", Json::array()}};
+  status = LoadStatus({{"model", small_bpe},
+                       {"pre_tokenizer", byte_level},
+                       {"decoder", byte_level},
+                       {"added_tokens", {{{"id", 2147483647}, {"content", "<x>"}}}}});
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("added token"));
+}
+
 TEST(ByteLevelBpeTest, RefusesWhatItDoesNotImplement) {
   const Json empty_bpe = {{"type", "BPE"},
                           {"vocab", Json::object()},

@@ -95,6 +95,21 @@ TEST(HfConfigTest, NullsMeanDefaults) {
   EXPECT_TRUE(ParseWith("torch_dtype", nullptr).ok());
 }
 
+// Found by fuzz/hf_config_fuzz: 1e-84 is a positive double but a float 0,
+// which made an rms_norm_eps of 0 that the config's own JSON then refused.
+TEST(HfConfigTest, PositiveFieldsThatUnderflowFloatAreRefused) {
+  ExpectError(ParseWith("rms_norm_eps", 1e-84), absl::StatusCode::kInvalidArgument,
+              "rms_norm_eps' is 1e-84; it must be a positive float32");
+  ExpectError(ParseWith("rope_theta", 1e-60), absl::StatusCode::kInvalidArgument,
+              "rope_theta' is 1e-60; it must be a positive float32");
+  auto tiny = ParseWith("rms_norm_eps", 1e-40);  // a float subnormal, still > 0
+  ASSERT_TRUE(tiny.ok()) << tiny.status();
+  EXPECT_GT(tiny->rms_norm_eps, 0.0f);
+  auto reparsed = ParseLlamaConfig(LlamaConfigToJson(*tiny));
+  ASSERT_TRUE(reparsed.ok()) << reparsed.status();
+  EXPECT_EQ(reparsed->rms_norm_eps, tiny->rms_norm_eps);
+}
+
 TEST(HfConfigTest, ExplicitHeadDimNeedNotDivideHidden) {
   nlohmann::json config = MinimalConfig();
   config["num_attention_heads"] = 3;

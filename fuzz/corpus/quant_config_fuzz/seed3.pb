@@ -1,0 +1,3 @@
+0R
+
+hello world
