@@ -185,12 +185,15 @@ absl::Status RunServer(const ServerOptions& options) {
   }
   LogInfo("shutdown_started", {{"signal", static_cast<int>(g_signal_number)}});
 
-  // Health first, so load balancers stop routing here; Shutdown() then stops
-  // accepting calls at once but waits for in-flight ones, which the hook
-  // drains or ends, so both run side by side. The HTTP listener stops after
-  // the hook, so that /health says 503 and its own requests finish meanwhile.
+  // Health first, so load balancers stop routing here. The hook then drains
+  // or ends the work in flight while the server still answers: a call that
+  // arrives meanwhile gets the hook's UNAVAILABLE "shutting down", which
+  // clients retry elsewhere, rather than the CANCELLED gRPC gives calls it
+  // drops mid-shutdown. Shutdown() follows, bounded by the same deadline from
+  // the signal; the HTTP listener stops last, so /health says 503 throughout.
   if (health != nullptr) health->Shutdown();
   serving = false;
+  const absl::Time deadline = absl::Now() + options.shutdown_deadline;
   // A handler stuck where nothing can cancel it (a read from a hung
   // filesystem) must not keep the pod terminating until it is killed.
   std::thread([limit = options.shutdown_deadline + kShutdownWatchdogSlack] {
@@ -198,13 +201,9 @@ absl::Status RunServer(const ServerOptions& options) {
     LogError("shutdown_forced", {{"after_s", absl::ToDoubleSeconds(limit)}});
     std::_Exit(0);
   }).detach();
-  std::thread stopper([&] {
-    server->Shutdown(std::chrono::system_clock::now() +
-                     absl::ToChronoMilliseconds(options.shutdown_deadline));
-  });
   if (options.on_shutdown) options.on_shutdown();
+  server->Shutdown(absl::ToChronoTime(deadline));
   if (http != nullptr) http->Stop();
-  stopper.join();
   server->Wait();
   LogInfo("shutdown_done");
   return absl::OkStatus();

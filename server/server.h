@@ -45,9 +45,9 @@ struct ServerOptions {
     std::string name;
   };
   std::vector<Service> services;
-  // Runs on SIGTERM/SIGINT after the server stopped accepting calls and
-  // before it waits for the in-flight ones: cancels or finishes work that
-  // handlers wait on, so that they return.
+  // Runs on SIGTERM/SIGINT once health says NOT_SERVING, while the server
+  // still answers calls: refuses new work with UNAVAILABLE and drains,
+  // finishes or cancels the work handlers wait on, so that they return.
   std::function<void()> on_shutdown;
   // In-flight calls still running after this are cancelled; a few seconds
   // later the process exits (status 0) even if a handler never returns.
