@@ -171,6 +171,14 @@ absl::StatusOr<std::shared_ptr<LoadedModel>> GetModel(const ModelManager& models
   return model;
 }
 
+// The loaded model the body's "model" field names.
+absl::StatusOr<std::shared_ptr<LoadedModel>> BodyModel(const ModelManager& models,
+                                                       const json& body) {
+  absl::StatusOr<std::string> name = ModelField(body);
+  if (!name.ok()) return name.status();
+  return GetModel(models, *name);
+}
+
 // Fields the body may carry for `endpoint`; anything else is refused by
 // name, since an ignored field could silently change what the client gets.
 // Harmless ones (user, metadata, ...) are accepted and ignored; fields that
@@ -813,9 +821,7 @@ void OpenAiApi::Tokenize(const httplib::Request& request, httplib::Response& res
   auto fail = [&response](const absl::Status& status) { SendError(response, status); };
   absl::StatusOr<json> body = ParseBody(request);
   if (!body.ok()) return fail(body.status());
-  absl::StatusOr<std::string> name = ModelField(*body);
-  if (!name.ok()) return fail(name.status());
-  absl::StatusOr<std::shared_ptr<LoadedModel>> model = GetModel(*models_, *name);
+  absl::StatusOr<std::shared_ptr<LoadedModel>> model = BodyModel(*models_, *body);
   if (!model.ok()) return fail(model.status());
   absl::StatusOr<std::optional<bool>> add_special = BoolField(*body, "add_special_tokens");
   if (!add_special.ok()) return fail(add_special.status());
@@ -852,9 +858,7 @@ void OpenAiApi::Detokenize(const httplib::Request& request, httplib::Response& r
   auto fail = [&response](const absl::Status& status) { SendError(response, status); };
   absl::StatusOr<json> body = ParseBody(request);
   if (!body.ok()) return fail(body.status());
-  absl::StatusOr<std::string> name = ModelField(*body);
-  if (!name.ok()) return fail(name.status());
-  absl::StatusOr<std::shared_ptr<LoadedModel>> model = GetModel(*models_, *name);
+  absl::StatusOr<std::shared_ptr<LoadedModel>> model = BodyModel(*models_, *body);
   if (!model.ok()) return fail(model.status());
   const json* tokens = Field(*body, "tokens");
   std::vector<int> ids;
