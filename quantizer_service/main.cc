@@ -133,10 +133,11 @@ int main(int argc, char** argv) {
   server.shutdown_deadline = grace + absl::Seconds(2);
   server.on_shutdown = [&jobs, grace] {
     if (!(*jobs)->Shutdown(grace)) {
-      // A stuck job would hold the process (and its pod) forever; its record
-      // says RUNNING, so the next start lists it as interrupted.
-      wq::LogError("shutdown_forced", {{"exit_code", 1}});
-      std::_Exit(1);
+      // A stuck job (a read from a hung filesystem) would hold the process
+      // and its pod forever. Its record says RUNNING, so the next start lists
+      // it as interrupted; the shutdown itself was asked for, hence exit 0.
+      wq::LogError("shutdown_forced", {{"exit_code", 0}});
+      std::_Exit(0);
     }
   };
   return wq::ServeUntilShutdown(server, {{"model_root", options.model_root},
