@@ -28,9 +28,25 @@ std::optional<std::string> TokenString(const nlohmann::json& config, const char*
   return std::nullopt;
 }
 
-// Reads dir/tokenizer_config.json, when there is one, into `loaded`.
+// Reads dir/tokenizer_config.json (BOS, EOS, chat template) and
+// dir/chat_template.jinja, when there are, into `loaded`. Newer transformers
+// save the template in chat_template.jinja, which, as there, wins over the
+// config's.
 absl::Status LoadChatTemplate(const std::string& name, const RootedPath& dir,
                               LoadedModel& loaded) {
+  auto failed = [&name](const std::string& path, const absl::Status& status) {
+    return absl::Status(status.code(), absl::StrCat("model \"", name, "\": chat template of ",
+                                                    path, ": ", status.message()));
+  };
+  const RootedPath jinja = dir.Child("chat_template.jinja");
+  absl::StatusOr<std::string> jinja_text = ReadFile(jinja);
+  if (!jinja_text.ok() && !absl::IsNotFound(jinja_text.status())) return jinja_text.status();
+  if (jinja_text.ok()) {
+    absl::StatusOr<ChatTemplate> parsed = ChatTemplate::Parse(*jinja_text);
+    if (!parsed.ok()) return failed(jinja.path, parsed.status());
+    loaded.chat_template = *std::move(parsed);
+  }
+
   const RootedPath file = dir.Child("tokenizer_config.json");
   const std::string path = file.path;
   absl::StatusOr<std::string> read = ReadFile(file);
@@ -43,13 +59,10 @@ absl::Status LoadChatTemplate(const std::string& name, const RootedPath& dir,
   }
   loaded.bos_token = TokenString(config, "bos_token");
   loaded.eos_token = TokenString(config, "eos_token");
+  if (loaded.chat_template.has_value()) return absl::OkStatus();
   absl::StatusOr<ChatTemplate> chat_template = ChatTemplateFromTokenizerConfig(config, "");
   if (absl::IsNotFound(chat_template.status())) return absl::OkStatus();
-  if (!chat_template.ok()) {
-    return absl::Status(chat_template.status().code(),
-                        absl::StrCat("model \"", name, "\": chat_template of ", path, ": ",
-                                     chat_template.status().message()));
-  }
+  if (!chat_template.ok()) return failed(path, chat_template.status());
   loaded.chat_template = *std::move(chat_template);
   return absl::OkStatus();
 }
@@ -62,7 +75,8 @@ absl::StatusOr<ChatPrompt> RenderChat(const LoadedModel& model,
   if (!model.chat_template.has_value()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model ", model.info.model(),
-        " has no chat template (no chat_template in its tokenizer_config.json); "
+        " has no chat template (no chat_template.jinja, no chat_template in its "
+        "tokenizer_config.json); "
         "use Generate with a formatted prompt"));
   }
   ChatRenderInput input;

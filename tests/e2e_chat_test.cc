@@ -209,6 +209,33 @@ TEST(E2eChatTest, UnknownTagFailsLoadNamingIt) {
       << status.error_message();
 }
 
+// Newer transformers save the template as chat_template.jinja beside the
+// tokenizer files; it wins over tokenizer_config.json's, as there.
+TEST(E2eChatTest, ChatTemplateJinjaFileWinsOverTheConfig) {
+  MakeModel("chat-jinja", "{{ raise_exception('the config template must not be used') }}");
+  std::ofstream(GetServers().model_root + "/chat-jinja/chat_template.jinja") << kTemplate;
+  ASSERT_TRUE(Load("chat-jinja").ok());
+  LoadChatModel("chat-config", kTemplate);
+  v1::ChatResponse from_jinja, from_config;
+  grpc::Status status = Chat("chat-jinja", {UserSays("Once upon a time")}, &from_jinja);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  status = Chat("chat-config", {UserSays("Once upon a time")}, &from_config);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(from_jinja.results_size(), 1);
+  EXPECT_EQ(from_jinja.results(0).text(), from_config.results(0).text());
+  EXPECT_EQ(from_jinja.results(0).usage().prompt_tokens(),
+            from_config.results(0).usage().prompt_tokens());
+
+  // A broken chat_template.jinja fails the load, naming the file.
+  MakeModel("chat-jinja-bad", std::nullopt);
+  std::ofstream(GetServers().model_root + "/chat-jinja-bad/chat_template.jinja")
+      << "{% frobnicate %}";
+  status = Load("chat-jinja-bad");
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.error_message().find("chat_template.jinja"), std::string::npos)
+      << status.error_message();
+}
+
 TEST(E2eChatTest, TokenizeDetokenizeRoundTrip) {
   LoadChatModel("chat-tokens", kTemplate);
   auto tokenize = [](std::optional<bool> add_special_tokens) {
