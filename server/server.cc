@@ -107,7 +107,8 @@ absl::Status RunServer(const ServerOptions& options) {
     if (descriptor == nullptr) {
       return absl::InternalError(absl::StrCat("no proto service named ", served.name));
     }
-    validated.push_back(WithRequestValidation(served.service, *descriptor));
+    validated.push_back(
+        WithRequestValidation(served.service, *descriptor, served.callback_methods));
     service_names.push_back(served.name);
     builder.RegisterService(validated.back().get());
   }
