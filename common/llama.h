@@ -11,6 +11,7 @@
 #ifndef WQ_COMMON_LLAMA_H_
 #define WQ_COMMON_LLAMA_H_
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <functional>
@@ -135,34 +136,62 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
 // attention reads) at ~3 significant digits per stored key and value.
 enum class KvCacheDtype { kF32, kBf16 };
 
-// Keys and values of one sequence, per layer and KV head contiguous over
-// positions: [layer][kv_head][position][head_dim], allocated up front.
+// Keys and values of one sequence: [layer][kv_head][slot][head_dim],
+// allocated up front. Keys are stored after RoPE at their absolute position,
+// so a stored key never changes. Without a sliding window each position has
+// its own slot. With a window of W keys the cache is a ring of W slots
+// (position p in slot p % W): no query sees a key W or more positions back,
+// so a sequence's memory is bounded by the window however long it runs. A
+// ring rather than dropping blocks behind the window: each sequence owns its
+// cache (there is no shared block pool to return blocks to), and a ring holds
+// exactly W positions.
 class KVCache {
  public:
+  // max_positions: the positions the sequence may reach.
   KVCache(const LlamaConfig& config, int max_positions,
           KvCacheDtype dtype = KvCacheDtype::kF32);
   int max_positions() const { return max_positions_; }
+  // Positions held at once: max_positions, or the window when smaller.
+  int slots() const { return slots_; }
   KvCacheDtype dtype() const { return dtype_; }
+  // Positions stored so far: the next chunk continues there.
+  int length() const { return length_; }
+  // Positions whose keys and values are held: the last min(length, slots).
+  int held() const { return std::min(length_, slots_); }
+  // Whether the cache holds every key a chunk starting at `pos` reads
+  // (all earlier positions, or those within the window).
+  bool CanStartAt(int pos) const;
   // Stores head_dim keys and values of one position.
   void Store(int layer, int kv_head, int pos, const float* key, const float* value);
-  // Positions [0, n) as [n, head_dim] fp32 rows: in place for kF32, else
+  // Called once a chunk's positions up to `length` are stored in every layer.
+  void set_length(int length) { length_ = length; }
+  // Positions [first, end) (all held) as [end - first, head_dim] fp32 rows:
+  // in place for kF32 when they do not wrap around the ring, else copied or
   // converted into *scratch.
-  const float* Keys(int layer, int kv_head, int n, std::vector<float>* scratch) const;
-  const float* Values(int layer, int kv_head, int n, std::vector<float>* scratch) const;
+  const float* Keys(int layer, int kv_head, int first, int end,
+                    std::vector<float>* scratch) const;
+  const float* Values(int layer, int kv_head, int first, int end,
+                      std::vector<float>* scratch) const;
+  // Rounds `count` floats to what Store keeps (bf16 or unchanged), so a
+  // chunk's queries see its own keys exactly as later chunks will.
+  void RoundAsStored(float* x, int64_t count) const;
   int64_t bytes() const;
 
  private:
-  int64_t Offset(int layer, int kv_head, int pos) const {
-    return ((static_cast<int64_t>(layer) * kv_heads_ + kv_head) * max_positions_ +
-            pos) * head_dim_;
+  int64_t Offset(int layer, int kv_head, int slot) const {
+    return ((static_cast<int64_t>(layer) * kv_heads_ + kv_head) * slots_ + slot) * head_dim_;
   }
   const float* Rows(const std::vector<float>& f32, const std::vector<uint16_t>& bf16,
-                    int64_t offset, int n, std::vector<float>* scratch) const;
+                    int layer, int kv_head, int first, int end,
+                    std::vector<float>* scratch) const;
 
   KvCacheDtype dtype_;
   int kv_heads_;
   int head_dim_;
+  int window_;  // 0: none
   int max_positions_;
+  int slots_;
+  int length_ = 0;
   std::vector<float> keys_, values_;          // kF32
   std::vector<uint16_t> keys_bf16_, values_bf16_;  // kBf16
 };
@@ -229,8 +258,9 @@ class LlamaModel {
 
   // Appends each chunk's keys and values to its cache and writes logits,
   // chunk after chunk ([all its tokens or its last token] x vocab), to
-  // *logits. Token ids and positions are checked: INVALID_ARGUMENT /
-  // OUT_OF_RANGE, with nothing written to any cache.
+  // *logits. Token ids, positions and caches (one chunk each, holding the
+  // keys the chunk reads) are checked: INVALID_ARGUMENT / OUT_OF_RANGE, with
+  // nothing written to any cache.
   absl::Status Forward(absl::Span<const SequenceChunk> chunks,
                        std::vector<float>* logits) const;
 
@@ -266,8 +296,10 @@ class LlamaModel {
                    std::vector<float>& fused_out) const;
   // out = down_proj(in) (+ bias).
   void Down(const LlamaLayerWeights& l, const float* in, int64_t n, float* out) const;
+  // Attends each chunk's queries to its keys and stores its keys and values
+  // (k and v are rounded in place to what the cache keeps).
   void Attention(absl::Span<const SequenceChunk> chunks, int layer,
-                 const float* q, const float* k, const float* v,
+                 const float* q, float* k, float* v,
                  float* out) const;
   std::shared_ptr<const LlamaWeights> weights_;
   RotaryEmbedding rope_;

@@ -267,9 +267,9 @@ void GenerationScheduler::Loop() {
     running_count_.store(static_cast<int>(running.size()));
     int kv_used = 0, kv_capacity = 0;
     for (const auto& seq : running) {
-      // The newest sampled token enters the cache at the next step.
-      kv_used += seq->prefilling() ? seq->prefilled : static_cast<int>(seq->tokens.size()) - 1;
-      kv_capacity += seq->cache->max_positions();
+      // Slots, not positions: a windowed model's cache holds the window.
+      kv_used += seq->cache->held();
+      kv_capacity += seq->cache->slots();
     }
     metrics_->SetKvCache(kv_used, kv_capacity);
   }
