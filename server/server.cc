@@ -147,9 +147,11 @@ absl::Status RunServer(const ServerOptions& options) {
     http_options.tls_key = options.security.tls_key;
     http_options.tls_client_ca = options.security.tls_client_ca;
     http_options.add_routes = [&](httplib::Server& routes) {
-      InstallHttpRequestLog(routes, [tokens = security->tokens](const httplib::Request& request,
-                                                                 httplib::Response& response) {
-        return CheckHttpAuthorization(tokens.get(), request, response);
+      InstallHttpRequestLog(routes, [tokens = security->tokens,
+                                     tls = !options.security.tls_cert.empty()](
+                                        const httplib::Request& request,
+                                        httplib::Response& response) {
+        return CheckHttpAuthorization(tokens.get(), tls, request, response);
       });
       routes.Get("/health", [&serving](const httplib::Request&, httplib::Response& response) {
         const bool up = serving.load();
