@@ -32,7 +32,7 @@ struct Unmapper {
 
 // W re-laid out for the int8-compute kernels ("int8-tiles-v1"), built once
 // per weight (PackInt8Weights) or mapped from an artifact that stores it.
-// The fp32 and bf16 kernels for a few x rows (decode) read it too.
+// The fp32 and bf16 kernels read it too.
 // Rows go in tiles of kTileRows (the last one padded with zero codes and
 // scales), and each tile stores, group after group:
 //   codes: per 32-block, 4-bit: 4 chunks of 32 bytes; in chunk c the 4 bytes
@@ -113,8 +113,7 @@ struct QuantArgs {
   const float* xd_chunks = nullptr;
   const float* xs_chunks = nullptr;
   const int8_t* xq_tiles = nullptr;
-  // W's tiles: always for the int8 kernels, for fp32 / bf16 when the weight
-  // has them (their few-x-row kernels read them).
+  // W's tiles, which every SIMD kernel reads.
   const PackedInt8Weights* packed = nullptr;
 };
 
@@ -175,8 +174,7 @@ void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
 struct KernelTable {
   // y rows [r0, r1) of a quantized matmul (r0 a multiple of 2 * kTileRows,
   // matmul.cc's row blocks); nullptr entries fall back to the scalar
-  // reference. The kInt8 entry reads a.packed, the others when it is set
-  // and a.n is small.
+  // reference. Each reads W from a.packed.
   void (*quant_rows[kNumComputeDtypes])(const QuantArgs& a, int64_t r0,
                                         int64_t r1);
   // From this many x rows the kInt8 entry runs tile kernels, which read

@@ -100,17 +100,10 @@ QuantRowsFn QuantKernel(const KernelTable* table, const QuantArgs& a) {
                                              : nullptr;
 }
 
-// Whether that kernel reads a packed W (kernels.h PackedInt8Weights) when
-// given one: every SIMD kernel (fp32 and bf16 for a few x rows).
+// Whether that kernel reads a packed W (kernels.h PackedInt8Weights): every
+// SIMD kernel does, and nothing else of W but columns past a.simd_cols.
 bool ReadsPacked(const KernelTable* table, const QuantArgs& a) {
   return QuantKernel(table, a) != nullptr;
-}
-
-// Whether it cannot do without: the int8 kernels read nothing else, while
-// fp32 and bf16 read the row-major view for more x rows (and for weights
-// packed per call, which would cost more than a decode step saves).
-bool NeedsPacked(const KernelTable* table, const QuantArgs& a) {
-  return ReadsPacked(table, a) && a.compute == ComputeDtype::kInt8;
 }
 
 }  // namespace
@@ -131,6 +124,12 @@ std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
   kernels::DescribeCall(w, compute, &a);
   if (!ReadsPacked(ActiveTable(), a)) return nullptr;
   return std::make_shared<const PackedWeights>(kernels::PackInt8Weights(a));
+}
+
+bool PackedCoversView(const QuantizedMatrixView& w, ComputeDtype compute) {
+  QuantArgs a;
+  kernels::DescribeCall(w, compute, &a);
+  return ReadsPacked(ActiveTable(), a) && a.simd_cols == w.cols;
 }
 
 int64_t Int8TilesBytes(const QuantizedMatrixView& w) {
@@ -154,7 +153,7 @@ std::shared_ptr<const PackedWeights> MapInt8Tiles(const QuantizedMatrixView& w,
                                                   bool copy) {
   QuantArgs a;
   kernels::DescribeCall(w, compute, &a);
-  if (!NeedsPacked(ActiveTable(), a)) return nullptr;
+  if (!ReadsPacked(ActiveTable(), a)) return nullptr;
   if (copy) return std::make_shared<const PackedWeights>(kernels::CopyInt8Tiles(a, tiles));
   auto packed = std::make_shared<PackedWeights>(kernels::Int8TileLayout(a));
   packed->base = tiles;
@@ -236,7 +235,7 @@ void MatMulQuantizedIsolated(absl::Span<const QuantizedProduct> products, const 
     rows.push_back(a.w->rows);
     if (ReadsPacked(table, a)) {
       a.packed = products[i].packed;
-      if (a.packed == nullptr && NeedsPacked(table, a)) {
+      if (a.packed == nullptr) {
         call_packed.push_back(kernels::PackInt8Weights(a));
         a.packed = &call_packed.back();
       }

@@ -142,10 +142,11 @@ TEST_P(KernelsTest, QuantizedMatchesScalarReference) {
             ScopedIsaOverride scalar(Isa::kScalar);
             MatMulQuantized(q->view(), x.data(), n, ref.data(), compute);
           }
-          // The kernels on the row-major view, and on the weight packed
-          // once (the int8 tiles, which fp32 and bf16 read for n <= 4).
+          // The kernels on tiles packed per call and on the weight packed
+          // once (PackWeights): every kernel reads the int8 tiles, n 16 and
+          // 37 as prefill does.
           for (bool pack : {false, true}) {
-            SCOPED_TRACE(pack ? "packed" : "view");
+            SCOPED_TRACE(pack ? "packed once" : "packed per call");
             std::vector<float> got(n * kRows, -123.0f);
             {
               ScopedIsaOverride forced(isa);
@@ -215,9 +216,9 @@ TEST_P(KernelsTest, DenseF32MatchesReference) {
 }
 
 // Weights packed once at load (PackWeights) give exactly what a per-call
-// packing gives, for every format the packed kernels take (fp32 and bf16
-// scales, whose tiles store them in 2 bytes), and none is made
-// where the kernels read the view directly. So do the same tiles stored as
+// packing gives, for every format and compute dtype the packed kernels take
+// (fp32 and bf16 scales, whose tiles store them in 2 bytes). So do the same
+// tiles stored as
 // bytes (Int8Tiles) and read in place (MapInt8Tiles), and FromInt8Tiles
 // gives the matrix back.
 TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
@@ -258,10 +259,9 @@ TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
             EXPECT_EQ(back.codes, q->codes);
             EXPECT_EQ(back.scales, q->scales);
             EXPECT_EQ(back.zeros, q->zeros);
+            // Every compute dtype runs on the tiles alone.
             mapped = MapInt8Tiles(shape_only, compute, tile_data);
-            // Only int8 runs on the tiles alone (fp32 and bf16 prefill
-            // read the row-major codes).
-            ASSERT_EQ(mapped != nullptr, compute == ComputeDtype::kInt8);
+            ASSERT_NE(mapped, nullptr);
           }
           // 12 and 33: AMX tiles (from 10 rows), one short chunk and three.
           for (int64_t n : {1, 9, 12, 33}) {
@@ -272,9 +272,8 @@ TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
             std::vector<float> once(n * kRows), per_call(n * kRows);
             MatMulQuantized(q->view(), x.data(), n, once.data(), compute, packed.get());
             MatMulQuantized(q->view(), x.data(), n, per_call.data(), compute);
-            // int8 packs per call the same tiles; fp32 and bf16 read the
-            // view instead (checked against the reference below).
-            if (compute == ComputeDtype::kInt8) EXPECT_EQ(once, per_call);
+            // Per call the same tiles are packed.
+            EXPECT_EQ(once, per_call);
             {
               // And the tiles hold the same weights: the scalar reference
               // of the row-major view agrees up to the float epilogue.
