@@ -4,10 +4,10 @@
 #include <string_view>
 #include <vector>
 
-#include "common/byte_level_bpe.h"
+#include "common/bpe.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  auto bpe = wq::ByteLevelBpe::FromTokenizerJson(
+  auto bpe = wq::Bpe::FromTokenizerJson(
       std::string_view(reinterpret_cast<const char*>(data), size), "");
   if (!bpe.ok()) return 0;
   for (const bool special : {false, true}) {

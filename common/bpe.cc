@@ -1,4 +1,4 @@
-#include "common/byte_level_bpe.h"
+#include "common/bpe.h"
 
 #include <unicode/bytestream.h>
 #include <unicode/normalizer2.h>
@@ -7,10 +7,15 @@
 #include <unicode/utf8.h>
 
 #include <algorithm>
+#include <cctype>
 #include <utility>
 
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
@@ -126,33 +131,88 @@ absl::StatusOr<Json> ParseJson(std::string_view text, std::string_view what) {
   return json;
 }
 
-absl::Status ParseNormalizer(const Json& normalizer, bool* nfc) {
+constexpr char kSpaceSymbol[] = "\xE2\x96\x81";  // U+2581, SentencePiece's space
+constexpr char kReplacementChar[] = "\xEF\xBF\xBD";  // U+FFFD
+
+// Debian's absl::string_view is not std::string_view.
+absl::string_view ToAbsl(std::string_view s) {
+  return absl::string_view(s.data(), s.size());
+}
+
+// A tokenizer.json pattern {"String": s}; nullopt for a Regex pattern.
+std::optional<std::string> StringPattern(const Json& pattern) {
+  auto it = pattern.find("String");
+  if (it == pattern.end() || !it->is_string()) return std::nullopt;
+  return it->get<std::string>();
+}
+
+absl::Status ParseNormalizer(const Json& normalizer,
+                             std::vector<Bpe::NormalizerStep>* steps) {
   if (normalizer.is_null()) return absl::OkStatus();
+  using Kind = Bpe::NormalizerStep::Kind;
   const std::string type = StringField(normalizer, "type");
   if (type == "NFC") {
-    *nfc = true;
+    steps->push_back({Kind::kNfc, "", ""});
+    return absl::OkStatus();
+  }
+  if (type == "Prepend") {
+    steps->push_back({Kind::kPrepend, normalizer.at("prepend").get<std::string>(), ""});
+    return absl::OkStatus();
+  }
+  if (type == "Replace") {
+    const std::optional<std::string> pattern = StringPattern(normalizer.at("pattern"));
+    if (!pattern.has_value() || pattern->empty()) {
+      return Unsupported("Replace normalizer with a regex or empty pattern");
+    }
+    steps->push_back({Kind::kReplace, *pattern, normalizer.at("content").get<std::string>()});
     return absl::OkStatus();
   }
   if (type == "Sequence") {
     for (const Json& n : normalizer.at("normalizers")) {
-      RETURN_IF_ERROR(ParseNormalizer(n, nfc));
+      RETURN_IF_ERROR(ParseNormalizer(n, steps));
     }
     return absl::OkStatus();
   }
   return Unsupported(absl::StrCat("normalizer ", type));
 }
 
+// Metaspace's prepend_scheme, or the older add_prefix_space flag.
+absl::StatusOr<Bpe::Metaspace::Prepend> MetaspacePrepend(const Json& metaspace) {
+  using Prepend = Bpe::Metaspace::Prepend;
+  if (StringField(metaspace, "replacement") != kSpaceSymbol) {
+    return Unsupported(absl::StrCat("Metaspace replacement \"",
+                                    StringField(metaspace, "replacement"), "\""));
+  }
+  if (!metaspace.contains("prepend_scheme")) {
+    return BoolField(metaspace, "add_prefix_space", true) ? Prepend::kAlways : Prepend::kNever;
+  }
+  const std::string scheme = StringField(metaspace, "prepend_scheme");
+  if (scheme == "always") return Prepend::kAlways;
+  if (scheme == "first") return Prepend::kFirst;
+  if (scheme == "never") return Prepend::kNever;
+  return Unsupported(absl::StrCat("Metaspace prepend_scheme \"", scheme, "\""));
+}
+
 absl::Status ParsePreTokenizer(const Json& pre, const PretokenizerRegex** regex,
-                               bool* add_prefix_space, bool* byte_level) {
+                               bool* add_prefix_space, bool* byte_level,
+                               std::optional<Bpe::Metaspace>* metaspace) {
   const std::string type = StringField(pre, "type");
   if (type == "Sequence") {
     for (const Json& p : pre.at("pretokenizers")) {
-      RETURN_IF_ERROR(ParsePreTokenizer(p, regex, add_prefix_space, byte_level));
+      RETURN_IF_ERROR(
+          ParsePreTokenizer(p, regex, add_prefix_space, byte_level, metaspace));
     }
     return absl::OkStatus();
   }
-  if (*byte_level) {
-    return Unsupported(absl::StrCat("pre-tokenizer ", type, " after ByteLevel"));
+  if (*byte_level || metaspace->has_value()) {
+    return Unsupported(absl::StrCat("pre-tokenizer ", type,
+                                    " after ByteLevel or Metaspace"));
+  }
+  if (type == "Metaspace") {
+    if (*regex != nullptr) return Unsupported("Metaspace after a Split regex");
+    ASSIGN_OR_RETURN(const Bpe::Metaspace::Prepend prepend, MetaspacePrepend(pre));
+    *metaspace = Bpe::Metaspace{prepend, BoolField(pre, "split", true)};
+    return absl::OkStatus();
   }
   if (type == "ByteLevel") {
     *byte_level = true;
@@ -219,15 +279,10 @@ absl::Status ParsePostProcessor(const Json& post, std::vector<int>* prefix,
   return absl::OkStatus();
 }
 
-absl::Status ParseModel(const Json& model, Vocab* vocab, Merges* merges,
-                        bool* ignore_merges) {
+// The vocabulary and merges of a BPE model; its flags are the caller's.
+absl::Status ParseModel(const Json& model, Vocab* vocab, Merges* merges) {
   const std::string type = StringField(model, "type");
   if (type != "BPE") return Unsupported(absl::StrCat("model type ", type));
-  if (BoolField(model, "byte_fallback", false)) {
-    return Unsupported(
-        "BPE with byte_fallback (a SentencePiece-style tokenizer.json, e.g. "
-        "Llama 2, Mistral, Phi-3)");
-  }
   if (!StringField(model, "continuing_subword_prefix").empty() ||
       !StringField(model, "end_of_word_suffix").empty()) {
     return Unsupported("BPE continuing_subword_prefix / end_of_word_suffix");
@@ -237,7 +292,6 @@ absl::Status ParseModel(const Json& model, Vocab* vocab, Merges* merges,
       dropout->get<double>() != 0) {
     return Unsupported("BPE dropout");
   }
-  *ignore_merges = BoolField(model, "ignore_merges", false);
   for (const auto& [token, id] : model.at("vocab").items()) {
     vocab->emplace_back(token, JsonTokenId(id));
   }
@@ -254,6 +308,81 @@ absl::Status ParseModel(const Json& model, Vocab* vocab, Merges* merges,
           absl::StrCat("tokenizer.json: merge \"", line, "\" is not \"a b\""));
     }
     merges->emplace_back(line.substr(0, space), line.substr(space + 1));
+  }
+  return absl::OkStatus();
+}
+
+// The decoder of a SentencePiece-style tokenizer.json: "\u2581" back to
+// spaces (Replace or Metaspace), <0xXX> pieces back to bytes (ByteFallback,
+// required exactly when the model falls back to bytes), Fuse, and leading
+// spaces stripped from the whole text (Strip after Fuse, or Metaspace, which
+// strips the first token's; the same text but for an empty first token).
+absl::StatusOr<int> ParseSentencePieceDecoder(const Json& decoder,
+                                              bool byte_fallback) {
+  if (decoder.is_null()) return Unsupported("SentencePiece-style BPE without a decoder");
+  std::vector<Json> steps;
+  if (StringField(decoder, "type") == "Sequence") {
+    for (const Json& step : decoder.at("decoders")) steps.push_back(step);
+  } else {
+    steps.push_back(decoder);
+  }
+  bool spaces = false;
+  bool bytes = false;
+  bool fused = false;
+  int strip = 0;
+  for (const Json& step : steps) {
+    const std::string type = StringField(step, "type");
+    if (type == "Replace" && !spaces &&
+        StringPattern(step.at("pattern")) == std::string(kSpaceSymbol) &&
+        StringField(step, "content") == " ") {
+      spaces = true;
+    } else if (type == "ByteFallback" && !bytes && !fused) {
+      bytes = true;
+    } else if (type == "Fuse") {
+      fused = true;
+    } else if (type == "Strip" && spaces && fused && strip == 0 &&
+               StringField(step, "content") == " " &&
+               step.value("stop", 0) == 0 && step.value("start", 0) >= 0 &&
+               step.value("start", 0) <= 64) {
+      strip = step.value("start", 0);
+    } else if (type == "Metaspace" && !spaces) {
+      ASSIGN_OR_RETURN(const Bpe::Metaspace::Prepend prepend, MetaspacePrepend(step));
+      spaces = true;
+      strip = prepend == Bpe::Metaspace::Prepend::kNever ? 0 : 1;
+    } else {
+      return Unsupported(absl::StrCat("decoder step ", step.dump(),
+                                      " of a SentencePiece-style BPE"));
+    }
+  }
+  if (!spaces || bytes != byte_fallback) {
+    return Unsupported(absl::StrCat(
+        "decoder ", decoder.dump(),
+        " (a SentencePiece-style BPE needs \u2581 decoded to spaces, and "
+        "ByteFallback exactly when the model has byte_fallback)"));
+  }
+  return strip;
+}
+
+// Byte-level spellings (GPT-2's alphabet) -> raw bytes, in place.
+absl::Status ByteLevelToRawBytes(Vocab* vocab, Merges* merges) {
+  std::string bytes;
+  for (auto& [token, id] : *vocab) {
+    if (!ByteLevelToBytes(token, &bytes)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "vocabulary token \"", token, "\" (id ", id,
+          ") is not spelled in the byte-level alphabet"));
+    }
+    token = bytes;
+  }
+  for (size_t rank = 0; rank < merges->size(); ++rank) {
+    for (std::string* part : {&(*merges)[rank].first, &(*merges)[rank].second}) {
+      if (!ByteLevelToBytes(*part, &bytes)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "merge ", rank, ": \"", *part,
+            "\" is not spelled in the byte-level alphabet"));
+      }
+      *part = bytes;
+    }
   }
   return absl::OkStatus();
 }
@@ -316,14 +445,16 @@ uint64_t PairKey(int left, int right) {
          static_cast<uint32_t>(right);
 }
 
-absl::StatusOr<ByteLevelBpe::AddedToken> ParseAddedToken(const Json& json,
+absl::StatusOr<Bpe::AddedToken> ParseAddedToken(const Json& json,
                                                         int id) {
-  ByteLevelBpe::AddedToken token;
+  Bpe::AddedToken token;
   token.id = id;
   token.content = json.at("content").get<std::string>();
   token.special = BoolField(json, "special", false);
   token.lstrip = BoolField(json, "lstrip", false);
   token.rstrip = BoolField(json, "rstrip", false);
+  // AddedToken's default in HF tokenizers.
+  token.normalized = BoolField(json, "normalized", !token.special);
   if (BoolField(json, "single_word", false)) {
     return Unsupported(
         absl::StrCat("single_word added token ", token.content));
@@ -337,7 +468,7 @@ absl::StatusOr<ByteLevelBpe::AddedToken> ParseAddedToken(const Json& json,
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromTokenizerJson(
+absl::StatusOr<std::unique_ptr<Bpe>> Bpe::FromTokenizerJson(
     std::string_view tokenizer_json, std::string_view tokenizer_config_json) {
   ASSIGN_OR_RETURN(Json root, ParseJson(tokenizer_json, "tokenizer.json"));
   Json config = Json::object();
@@ -345,28 +476,44 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromTokenizerJson(
     ASSIGN_OR_RETURN(config, ParseJson(tokenizer_config_json,
                                        "tokenizer_config.json"));
   }
-  auto tok = absl::WrapUnique(new ByteLevelBpe);
+  auto tok = absl::WrapUnique(new Bpe);
   Vocab vocab;
   Merges merges;
   std::vector<AddedToken> added;
   try {
+    const Json& model = root.at("model");
+    RETURN_IF_ERROR(ParseModel(model, &vocab, &merges));
+    tok->ignore_merges_ = BoolField(model, "ignore_merges", false);
+    tok->byte_fallback_ = BoolField(model, "byte_fallback", false);
+    tok->fuse_unk_ = BoolField(model, "fuse_unk", false);
+    tok->unk_token_ = StringField(model, "unk_token");
     RETURN_IF_ERROR(
-        ParseModel(root.at("model"), &vocab, &merges, &tok->ignore_merges_));
-    RETURN_IF_ERROR(ParseNormalizer(root.value("normalizer", Json()), &tok->nfc_));
+        ParseNormalizer(root.value("normalizer", Json()), &tok->normalizer_));
     bool byte_level = false;
     const Json pre = root.value("pre_tokenizer", Json());
     if (!pre.is_null()) {
       RETURN_IF_ERROR(ParsePreTokenizer(pre, &tok->regex_,
-                                        &tok->add_prefix_space_, &byte_level));
-    }
-    if (!byte_level) {
-      return Unsupported(absl::StrCat("BPE without a ByteLevel pre-tokenizer (",
-                                      pre.is_null() ? "none" : pre.dump(), ")"));
+                                        &tok->add_prefix_space_, &byte_level,
+                                        &tok->metaspace_));
     }
     const Json decoder = root.value("decoder", Json());
-    if (decoder.is_null() || StringField(decoder, "type") != "ByteLevel") {
-      return Unsupported(absl::StrCat(
-          "decoder ", decoder.is_null() ? "null" : decoder.dump()));
+    if (byte_level) {
+      if (decoder.is_null() || StringField(decoder, "type") != "ByteLevel") {
+        return Unsupported(absl::StrCat(
+            "decoder ", decoder.is_null() ? "null" : decoder.dump(),
+            " after a ByteLevel pre-tokenizer"));
+      }
+      if (tok->byte_fallback_) return Unsupported("byte-level BPE with byte_fallback");
+      RETURN_IF_ERROR(ByteLevelToRawBytes(&vocab, &merges));
+    } else {
+      // Pieces spelled as text with \u2581 for spaces (Llama 2, Mistral,
+      // Phi-3), split by nothing or by Metaspace.
+      if (tok->regex_ != nullptr) {
+        return Unsupported("a Split regex without a ByteLevel pre-tokenizer");
+      }
+      tok->sentencepiece_style_ = true;
+      ASSIGN_OR_RETURN(tok->strip_leading_spaces_,
+                       ParseSentencePieceDecoder(decoder, tok->byte_fallback_));
     }
     RETURN_IF_ERROR(ParsePostProcessor(root.value("post_processor", Json()),
                                        &tok->prefix_ids_, &tok->suffix_ids_));
@@ -386,7 +533,7 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromTokenizerJson(
   return tok;
 }
 
-absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromVocabMerges(
+absl::StatusOr<std::unique_ptr<Bpe>> Bpe::FromVocabMerges(
     std::string_view vocab_json, std::string_view merges_txt,
     std::string_view tokenizer_config_json) {
   ASSIGN_OR_RETURN(Json vocab_root, ParseJson(vocab_json, "vocab.json"));
@@ -395,7 +542,7 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromVocabMerges(
     ASSIGN_OR_RETURN(config, ParseJson(tokenizer_config_json,
                                        "tokenizer_config.json"));
   }
-  auto tok = absl::WrapUnique(new ByteLevelBpe);
+  auto tok = absl::WrapUnique(new Bpe);
   // What the slow tokenizer classes hard-code (transformers'
   // tokenization_gpt2.py / tokenization_qwen2.py).
   const std::string cls = StringField(config, "tokenizer_class");
@@ -405,7 +552,7 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromVocabMerges(
     tok->regex_ = &PretokenizerRegex::Get(PretokenizerPattern::kGpt2);
   } else if (cls == "Qwen2Tokenizer" || cls == "Qwen2TokenizerFast") {
     tok->regex_ = &PretokenizerRegex::Get(PretokenizerPattern::kQwen2);
-    tok->nfc_ = true;
+    tok->normalizer_.push_back({NormalizerStep::Kind::kNfc, "", ""});
   } else {
     return Unsupported(
         absl::StrCat("tokenizer_class ", cls, " with vocab.json + merges.txt"));
@@ -433,6 +580,7 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromVocabMerges(
         absl::StrCat("vocab.json / tokenizer_config.json: ", e.what()));
   }
   RETURN_IF_ERROR(ParseMergesTxt(merges_txt, &merges));
+  RETURN_IF_ERROR(ByteLevelToRawBytes(&vocab, &merges));
   // GPT2Tokenizer's default bos/eos/unk token, special even without a config.
   if (gpt2 && std::none_of(added.begin(), added.end(), [](const AddedToken& t) {
         return t.content == "<|endoftext|>";
@@ -448,21 +596,123 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::FromVocabMerges(
   }
   RETURN_IF_ERROR(tok->Build(vocab, merges, std::move(added)));
   if (BoolField(config, "add_bos_token", false)) {
-    const std::string bos = TokenString(config, "bos_token");
-    const int bos_id = tok->TokenId(bos);
-    if (bos_id < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tokenizer_config.json: add_bos_token but bos_token \"", bos,
-          "\" is not a token"));
-    }
-    tok->prefix_ids_ = {bos_id};
+    RETURN_IF_ERROR(tok->SetBos(TokenString(config, "bos_token")));
   }
   std::string eos = TokenString(config, "eos_token");
   tok->eos_id_ = tok->TokenId(eos.empty() && gpt2 ? "<|endoftext|>" : eos);
   return tok;
 }
 
-absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::Load(
+absl::Status Bpe::SetBos(const std::string& bos_token) {
+  const int bos_id = TokenId(bos_token);
+  if (bos_id < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tokenizer_config.json: add_bos_token but bos_token \"", bos_token,
+        "\" is not a token"));
+  }
+  prefix_ids_ = {bos_id};
+  return absl::OkStatus();
+}
+
+bool Bpe::IsTiktoken(std::string_view tokenizer_model) {
+  const std::string_view line =
+      tokenizer_model.substr(0, tokenizer_model.find('\n'));
+  const size_t space = line.find(' ');
+  if (space == 0 || space == line.npos || space + 1 == line.size()) return false;
+  auto all_of = [](std::string_view s, auto pred) {
+    return std::all_of(s.begin(), s.end(),
+                       [&](char c) { return pred(static_cast<unsigned char>(c)); });
+  };
+  return all_of(line.substr(0, space),
+                [](unsigned char c) {
+                  return std::isalnum(c) || c == '+' || c == '/' || c == '=';
+                }) &&
+         all_of(line.substr(space + 1), [](unsigned char c) { return std::isdigit(c); });
+}
+
+absl::StatusOr<std::unique_ptr<Bpe>> Bpe::FromTiktoken(
+    std::string_view tokenizer_model, std::string_view tokenizer_config_json) {
+  if (tokenizer_config_json.empty()) {
+    return absl::InvalidArgumentError(
+        "a tiktoken tokenizer.model needs tokenizer_config.json (its special "
+        "tokens are there)");
+  }
+  ASSIGN_OR_RETURN(Json config,
+                   ParseJson(tokenizer_config_json, "tokenizer_config.json"));
+  Vocab vocab;
+  size_t line_no = 0;
+  while (!tokenizer_model.empty()) {
+    const size_t eol = tokenizer_model.find('\n');
+    const std::string_view line = tokenizer_model.substr(0, eol);
+    tokenizer_model = eol == tokenizer_model.npos ? std::string_view()
+                                                  : tokenizer_model.substr(eol + 1);
+    ++line_no;
+    if (line.empty()) continue;
+    const size_t space = line.find(' ');
+    std::string bytes;
+    int rank = -1;
+    if (space != line.npos &&
+        absl::Base64Unescape(absl::string_view(line.data(), space), &bytes) &&
+        !bytes.empty() &&
+        absl::SimpleAtoi(absl::string_view(line.data() + space + 1,
+                                           line.size() - space - 1),
+                         &rank)) {
+      vocab.emplace_back(std::move(bytes), rank);
+      continue;
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tiktoken tokenizer.model line ", line_no,
+        " is not \"base64(token) rank\""));
+  }
+  std::vector<AddedToken> added;
+  try {
+    auto decoder = config.find("added_tokens_decoder");
+    if (decoder == config.end() || !decoder->is_object() || decoder->empty()) {
+      return absl::InvalidArgumentError(
+          "tokenizer_config.json lacks the added_tokens_decoder that a "
+          "tiktoken tokenizer.model needs for its special tokens");
+    }
+    for (const auto& [id, entry] : decoder->items()) {
+      int token_id = -1;
+      if (!absl::SimpleAtoi(id, &token_id)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("added_tokens_decoder key \"", id, "\" is not an id"));
+      }
+      ASSIGN_OR_RETURN(AddedToken token, ParseAddedToken(entry, token_id));
+      added.push_back(std::move(token));
+    }
+  } catch (const Json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokenizer_config.json: ", e.what()));
+  }
+  auto tok = absl::WrapUnique(new Bpe);
+  // What Meta's llama/tokenizer.py does with the file.
+  tok->regex_ = &PretokenizerRegex::Get(PretokenizerPattern::kLlama3);
+  tok->ignore_merges_ = true;
+  tok->clean_up_spaces_ = BoolField(config, "clean_up_tokenization_spaces", true);
+  RETURN_IF_ERROR(tok->Build(vocab, /*merges=*/{}, std::move(added)));
+  tok->DeriveMergesFromRanks();
+  if (BoolField(config, "add_bos_token", true)) {
+    RETURN_IF_ERROR(tok->SetBos(TokenString(config, "bos_token")));
+  }
+  tok->eos_id_ = tok->TokenId(TokenString(config, "eos_token"));
+  return tok;
+}
+
+void Bpe::DeriveMergesFromRanks() {
+  for (const auto& [bytes, id] : bpe_ids_) {
+    for (size_t split = 1; split < bytes.size(); ++split) {
+      auto left = bpe_ids_.find(absl::string_view(bytes.data(), split));
+      if (left == bpe_ids_.end()) continue;
+      auto right = bpe_ids_.find(
+          absl::string_view(bytes.data() + split, bytes.size() - split));
+      if (right == bpe_ids_.end()) continue;
+      merges_[PairKey(left->second, right->second)] = {id, id};
+    }
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Bpe>> Bpe::Load(
     const RootedPath& dir) {
   std::string config;
   auto config_or = ReadFile(dir.Child("tokenizer_config.json"));
@@ -476,19 +726,26 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::Load(
   if (!absl::IsNotFound(json.status())) return json.status();
   auto vocab = ReadFile(dir.Child("vocab.json"));
   auto merges = ReadFile(dir.Child("merges.txt"));
-  if (absl::IsNotFound(vocab.status()) || absl::IsNotFound(merges.status())) {
-    return absl::NotFoundError(absl::StrCat(
-        dir.path, ": no tokenizer.json, nor vocab.json with merges.txt"));
+  if (!absl::IsNotFound(vocab.status()) && !absl::IsNotFound(merges.status())) {
+    RETURN_IF_ERROR(vocab.status());
+    RETURN_IF_ERROR(merges.status());
+    return FromVocabMerges(*vocab, *merges, config);
   }
-  RETURN_IF_ERROR(vocab.status());
-  RETURN_IF_ERROR(merges.status());
-  return FromVocabMerges(*vocab, *merges, config);
+  auto model = ReadFile(dir.Child("tokenizer.model"));
+  if (model.ok() && IsTiktoken(*model)) return FromTiktoken(*model, config);
+  if (!model.ok() && !absl::IsNotFound(model.status())) return model.status();
+  return absl::NotFoundError(absl::StrCat(
+      dir.path,
+      ": no tokenizer.json, vocab.json with merges.txt, or tiktoken "
+      "tokenizer.model"));
 }
 
-absl::Status ByteLevelBpe::Build(const Vocab& vocab, const Merges& merges,
-                                 std::vector<AddedToken> added) {
-  if (nfc_ && NfcInstance() == nullptr) {
-    return absl::InternalError("ICU has no NFC normalizer data");
+absl::Status Bpe::Build(const Vocab& vocab, const Merges& merges,
+                        std::vector<AddedToken> added) {
+  for (const NormalizerStep& step : normalizer_) {
+    if (step.kind == NormalizerStep::Kind::kNfc && NfcInstance() == nullptr) {
+      return absl::InternalError("ICU has no NFC normalizer data");
+    }
   }
   int size = 0;
   for (const auto& [token, id] : vocab) {
@@ -506,41 +763,55 @@ absl::Status ByteLevelBpe::Build(const Vocab& vocab, const Merges& merges,
     size = std::max(size, t.id + 1);
   }
   token_bytes_.assign(size, "");
+  pieces_.assign(size, "");
   special_.assign(size, false);
+  byte_token_.assign(size, false);
 
-  std::string bytes;
   bpe_ids_.reserve(vocab.size());
   for (const auto& [token, id] : vocab) {
-    if (!ByteLevelToBytes(token, &bytes)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "vocabulary token \"", token, "\" (id ", id,
-          ") is not spelled in the byte-level alphabet"));
-    }
-    token_bytes_[id] = bytes;
-    bpe_ids_[bytes] = id;
+    pieces_[id] = token;
+    bpe_ids_[token] = id;
+    byte_token_[id] = !sentencepiece_style_;
+    // The decoder's Replace of \u2581 by a space (required at load).
+    token_bytes_[id] = sentencepiece_style_
+                           ? absl::StrReplaceAll(token, {{kSpaceSymbol, " "}})
+                           : token;
   }
   for (int b = 0; b < 256; ++b) {
-    auto it = bpe_ids_.find(std::string(1, static_cast<char>(b)));
-    if (it == bpe_ids_.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("vocabulary lacks the token of byte ", b));
+    // HF's byte-fallback spelling, format!("<{:#04X}>", b).
+    const std::string piece =
+        sentencepiece_style_ ? absl::StrFormat("<0x%02X>", b)
+                             : std::string(1, static_cast<char>(b));
+    auto it = bpe_ids_.find(piece);
+    byte_ids_[b] = it == bpe_ids_.end() ? -1 : it->second;
+    if (sentencepiece_style_ && !byte_fallback_) continue;
+    if (byte_ids_[b] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "vocabulary lacks the token of byte ", b, " (", piece, ")"));
     }
-    byte_ids_[b] = it->second;
+    if (sentencepiece_style_) {
+      token_bytes_[byte_ids_[b]] = std::string(1, static_cast<char>(b));
+      byte_token_[byte_ids_[b]] = true;
+    }
+  }
+  if (!unk_token_.empty()) {
+    auto unk = bpe_ids_.find(unk_token_);
+    if (unk == bpe_ids_.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unk_token ", unk_token_, " is not in the vocabulary"));
+    }
+    unk_id_ = unk->second;
   }
 
   merges_.reserve(merges.size());
-  std::string left;
-  std::string right;
   for (size_t rank = 0; rank < merges.size(); ++rank) {
-    const auto& [a, b] = merges[rank];
-    const bool spelled = ByteLevelToBytes(a, &left) && ByteLevelToBytes(b, &right);
+    const auto& [left, right] = merges[rank];
     auto l = bpe_ids_.find(left);
     auto r = bpe_ids_.find(right);
     auto m = bpe_ids_.find(left + right);
-    if (!spelled || l == bpe_ids_.end() || r == bpe_ids_.end() ||
-        m == bpe_ids_.end()) {
+    if (l == bpe_ids_.end() || r == bpe_ids_.end() || m == bpe_ids_.end()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "merge ", rank, " \"", a, " ", b,
+          "merge ", rank, " \"", left, " ", right,
           "\": a part or the result is not in the vocabulary"));
     }
     // A repeated merge takes its last rank, as HF's merge map does.
@@ -548,11 +819,25 @@ absl::Status ByteLevelBpe::Build(const Vocab& vocab, const Merges& merges,
                                               m->second};
   }
 
+  for (const AddedToken& t : added) {
+    const bool rewrites = std::any_of(
+        normalizer_.begin(), normalizer_.end(), [](const NormalizerStep& step) {
+          return step.kind != NormalizerStep::Kind::kNfc;
+        });
+    // HF would match it in the Prepend/Replace-rewritten text.
+    if (t.normalized && rewrites) {
+      return Unsupported(absl::StrCat("added token ", t.content,
+                                      " with normalized: true and a Prepend "
+                                      "or Replace normalizer"));
+    }
+  }
   added_ = std::move(added);
   for (size_t i = 0; i < added_.size(); ++i) {
     const AddedToken& t = added_[i];
     token_bytes_[t.id] = t.content;
+    pieces_[t.id] = t.content;
     special_[t.id] = t.special;
+    byte_token_[t.id] = false;
     added_by_first_byte_[static_cast<unsigned char>(t.content[0])].push_back(
         static_cast<int>(i));
   }
@@ -572,7 +857,7 @@ absl::Status ByteLevelBpe::Build(const Vocab& vocab, const Merges& merges,
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<int>> ByteLevelBpe::Encode(
+absl::StatusOr<std::vector<int>> Bpe::Encode(
     std::string_view text, bool add_special_tokens) const {
   if (!IsValidUtf8(text)) {
     return absl::InvalidArgumentError("text to encode is not valid UTF-8");
@@ -595,42 +880,59 @@ absl::StatusOr<std::vector<int>> ByteLevelBpe::Encode(
     }
     std::string_view segment = text.substr(segment_start, i - segment_start);
     if (hit->lstrip) segment.remove_suffix(TrailingWhitespace(segment));
-    RETURN_IF_ERROR(EncodeSegment(segment, &ids));
+    RETURN_IF_ERROR(EncodeSegment(segment, segment_start == 0, &ids));
     ids.push_back(hit->id);
     i += hit->content.size();
     if (hit->rstrip) i += LeadingWhitespace(text.substr(i));
     segment_start = i;
   }
-  RETURN_IF_ERROR(EncodeSegment(text.substr(segment_start), &ids));
+  RETURN_IF_ERROR(
+      EncodeSegment(text.substr(segment_start), segment_start == 0, &ids));
   if (add_special_tokens) {
     ids.insert(ids.end(), suffix_ids_.begin(), suffix_ids_.end());
   }
   return ids;
 }
 
-absl::Status ByteLevelBpe::EncodeSegment(std::string_view segment,
-                                         std::vector<int>* ids) const {
+absl::Status Bpe::EncodeSegment(std::string_view segment, bool at_text_start,
+                                std::vector<int>* ids) const {
   if (segment.empty()) return absl::OkStatus();
   std::string normalized;
-  if (nfc_) {
-    const icu::Normalizer2* nfc = NfcInstance();
-    UErrorCode error = U_ZERO_ERROR;
-    const icu::StringPiece piece(segment.data(),
-                                 static_cast<int32_t>(segment.size()));
-    if (!nfc->isNormalizedUTF8(piece, error)) {
-      icu::StringByteSink<std::string> sink(&normalized);
-      nfc->normalizeUTF8(0, piece, sink, nullptr, error);
-      segment = normalized;
-    }
-    if (U_FAILURE(error)) {
-      return absl::InternalError(
-          absl::StrCat("NFC normalization: ", u_errorName(error)));
+  for (const NormalizerStep& step : normalizer_) {
+    switch (step.kind) {
+      case NormalizerStep::Kind::kNfc: {
+        const icu::Normalizer2* nfc = NfcInstance();
+        UErrorCode error = U_ZERO_ERROR;
+        const icu::StringPiece piece(segment.data(),
+                                     static_cast<int32_t>(segment.size()));
+        if (nfc->isNormalizedUTF8(piece, error) || U_FAILURE(error)) break;
+        std::string out;
+        icu::StringByteSink<std::string> sink(&out);
+        nfc->normalizeUTF8(0, piece, sink, nullptr, error);
+        normalized = std::move(out);
+        segment = normalized;
+        if (U_FAILURE(error)) {
+          return absl::InternalError(
+              absl::StrCat("NFC normalization: ", u_errorName(error)));
+        }
+        break;
+      }
+      case NormalizerStep::Kind::kPrepend:
+        normalized = absl::StrCat(step.text, ToAbsl(segment));
+        segment = normalized;
+        break;
+      case NormalizerStep::Kind::kReplace:
+        normalized = absl::StrReplaceAll(ToAbsl(segment),
+                                         {{step.text, step.replacement}});
+        segment = normalized;
+        break;
     }
   }
   if (add_prefix_space_ && segment[0] != ' ') {
-    normalized = absl::StrCat(" ", absl::string_view(segment.data(), segment.size()));
+    normalized = absl::StrCat(" ", ToAbsl(segment));
     segment = normalized;
   }
+  if (metaspace_.has_value()) return EncodeMetaspace(segment, at_text_start, ids);
   if (regex_ == nullptr) {
     EncodePiece(segment, ids);
     return absl::OkStatus();
@@ -641,12 +943,62 @@ absl::Status ByteLevelBpe::EncodeSegment(std::string_view segment,
   return absl::OkStatus();
 }
 
-void ByteLevelBpe::EncodePiece(std::string_view piece,
-                               std::vector<int>* ids) const {
-  if (piece.size() == 1) {
-    ids->push_back(byte_ids_[static_cast<unsigned char>(piece[0])]);
+absl::Status Bpe::EncodeMetaspace(std::string_view segment, bool at_text_start,
+                                  std::vector<int>* ids) const {
+  std::string text = absl::StrReplaceAll(ToAbsl(segment), {{" ", kSpaceSymbol}});
+  const bool starts_with_space = absl::StartsWith(text, kSpaceSymbol);
+  if (!starts_with_space &&
+      (metaspace_->prepend == Metaspace::Prepend::kAlways ||
+       (metaspace_->prepend == Metaspace::Prepend::kFirst && at_text_start))) {
+    text.insert(0, kSpaceSymbol);
+  }
+  if (!metaspace_->split) {
+    EncodePiece(text, ids);
+    return absl::OkStatus();
+  }
+  // Split before every \u2581 (HF's MergedWithNext).
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t next = text.find(kSpaceSymbol, start + 1);
+    if (next == std::string::npos) next = text.size();
+    EncodePiece(std::string_view(text).substr(start, next - start), ids);
+    start = next;
+  }
+  return absl::OkStatus();
+}
+
+void Bpe::InitialSymbols(std::string_view piece,
+                         std::vector<int>* symbols) const {
+  symbols->clear();
+  if (!sentencepiece_style_) {
+    for (char c : piece) symbols->push_back(byte_ids_[static_cast<unsigned char>(c)]);
     return;
   }
+  // One symbol per character: its piece, else its bytes' <0xXX> pieces, else
+  // the unknown piece (a run of unknown characters is one with fuse_unk),
+  // else nothing, as HF's BPE::merge_word.
+  const auto* p = reinterpret_cast<const uint8_t*>(piece.data());
+  const int64_t n = static_cast<int64_t>(piece.size());
+  bool after_unknown = false;
+  for (int64_t i = 0; i < n;) {
+    const int64_t start = i;
+    UChar32 c;
+    U8_NEXT(p, i, n, c);
+    auto it = bpe_ids_.find(absl::string_view(piece.data() + start, i - start));
+    if (it != bpe_ids_.end()) {
+      symbols->push_back(it->second);
+      after_unknown = false;
+    } else if (byte_fallback_) {
+      for (int64_t k = start; k < i; ++k) symbols->push_back(byte_ids_[p[k]]);
+      after_unknown = false;
+    } else if (unk_id_ >= 0 && !(fuse_unk_ && after_unknown)) {
+      symbols->push_back(unk_id_);
+      after_unknown = true;
+    }
+  }
+}
+
+void Bpe::EncodePiece(std::string_view piece, std::vector<int>* ids) const {
   if (ignore_merges_) {
     auto it = bpe_ids_.find(absl::string_view(piece.data(), piece.size()));
     if (it != bpe_ids_.end()) {
@@ -654,23 +1006,26 @@ void ByteLevelBpe::EncodePiece(std::string_view piece,
       return;
     }
   }
-  // Lowest-rank adjacent pair first, leftmost on ties (HF's and tiktoken's
-  // order), with a heap over a linked list of symbols so that a long piece
-  // (a prompt of one repeated character) costs O(n log n), not O(n^2).
-  const int n = static_cast<int>(piece.size());
   // Reused per thread: most pieces are a few bytes and allocating would
   // dominate.
   thread_local BpeScratch scratch;
   std::vector<int>& symbol = scratch.symbol;  // token id; -1 once merged left
+  InitialSymbols(piece, &symbol);
+  const int n = static_cast<int>(symbol.size());
+  if (n <= 1) {
+    ids->insert(ids->end(), symbol.begin(), symbol.end());
+    return;
+  }
+  // Lowest-rank adjacent pair first, leftmost on ties (HF's and tiktoken's
+  // order), with a heap over a linked list of symbols so that a long piece
+  // (a prompt of one repeated character) costs O(n log n), not O(n^2).
   std::vector<int>& next = scratch.next;  // next live symbol, -1 at the end
   std::vector<int>& prev = scratch.prev;  // previous live symbol, -1 first
   std::vector<BpeCandidate>& heap = scratch.heap;
-  symbol.resize(n);
   next.resize(n);
   prev.resize(n);
   heap.clear();
   for (int k = 0; k < n; ++k) {
-    symbol[k] = byte_ids_[static_cast<unsigned char>(piece[k])];
     prev[k] = k - 1;
     next[k] = k + 1 < n ? k + 1 : -1;
   }
@@ -701,10 +1056,40 @@ void ByteLevelBpe::EncodePiece(std::string_view piece,
   for (int k = 0; k >= 0; k = next[k]) ids->push_back(symbol[k]);
 }
 
-std::string ByteLevelBpe::Decode(absl::Span<const int> ids) const {
+std::string Bpe::Decode(absl::Span<const int> ids) const {
   std::string text;
-  for (int id : ids) {
-    if (id >= 0 && id < vocab_size()) text += token_bytes_[id];
+  if (sentencepiece_style_) {
+    // HF's ByteFallback decoder: a run of byte pieces that is not valid
+    // UTF-8 becomes one U+FFFD per piece.
+    std::string run;
+    auto end_run = [&] {
+      if (IsValidUtf8(run)) {
+        text += run;
+      } else {
+        for (size_t k = 0; k < run.size(); ++k) text += kReplacementChar;
+      }
+      run.clear();
+    };
+    for (int id : ids) {
+      if (id < 0 || id >= vocab_size()) continue;
+      if (byte_token_[id]) {
+        run += token_bytes_[id];
+      } else {
+        end_run();
+        text += token_bytes_[id];
+      }
+    }
+    end_run();
+    size_t strip = 0;
+    while (strip < static_cast<size_t>(strip_leading_spaces_) &&
+           strip < text.size() && text[strip] == ' ') {
+      ++strip;
+    }
+    text.erase(0, strip);
+  } else {
+    for (int id : ids) {
+      if (id >= 0 && id < vocab_size()) text += token_bytes_[id];
+    }
   }
   if (!IsValidUtf8(text)) {
     // ICU replaces each maximal ill-formed subsequence by one U+FFFD, like
@@ -722,7 +1107,7 @@ std::string ByteLevelBpe::Decode(absl::Span<const int> ids) const {
   return text;
 }
 
-int ByteLevelBpe::TokenId(const std::string& content) const {
+int Bpe::TokenId(const std::string& content) const {
   if (content.empty()) return -1;
   for (const AddedToken& t : added_) {
     if (t.content == content) return t.id;
@@ -731,12 +1116,21 @@ int ByteLevelBpe::TokenId(const std::string& content) const {
   return it == bpe_ids_.end() ? -1 : it->second;
 }
 
-std::string_view ByteLevelBpe::TokenBytes(int id) const {
+std::string_view Bpe::Piece(int id) const {
+  return id >= 0 && id < vocab_size() ? std::string_view(pieces_[id])
+                                      : std::string_view();
+}
+
+bool Bpe::IsByteToken(int id) const {
+  return id >= 0 && id < vocab_size() && byte_token_[id];
+}
+
+std::string_view Bpe::TokenBytes(int id) const {
   return id >= 0 && id < vocab_size() ? std::string_view(token_bytes_[id])
                                       : std::string_view();
 }
 
-bool ByteLevelBpe::IsSpecial(int id) const {
+bool Bpe::IsSpecial(int id) const {
   return id >= 0 && id < vocab_size() && special_[id];
 }
 
