@@ -289,6 +289,51 @@ TEST(ChatTemplateTest, Qwen3TemplateWithToolsAndThinking) {
   EXPECT_EQ(*rendered, kQwen3Thinking);
 }
 
+// Qwen3's tool role (consecutive tool messages share one user turn),
+// assistant tool_calls with object arguments, and reasoning_content, which
+// the template prints as <think> only after the last user query.
+constexpr char kQwen3ToolRoleMessages[] =
+    R"J([{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "reasoning_content": "Need the tool.", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}, {"role": "tool", "content": "{\"temp_c\": 21}"}, {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "21 °C and sunny.", "reasoning_content": "Summarize."}])J";
+// Debian python3-jinja2 3.1.6 configured as transformers configures it.
+constexpr char kQwen3ToolRole[] = R"J(<|im_start|>user
+Weather in Paris?<|im_end|>
+<|im_start|>assistant
+<think>
+Need the tool.
+</think>
+
+<tool_call>
+{"name": "get_weather", "arguments": {"city": "Paris"}}
+</tool_call><|im_end|>
+<|im_start|>user
+<tool_response>
+{"temp_c": 21}
+</tool_response>
+<tool_response>
+sunny
+</tool_response><|im_end|>
+<|im_start|>assistant
+<think>
+Summarize.
+</think>
+
+21 °C and sunny.<|im_end|>
+)J";
+
+TEST(ChatTemplateTest, Qwen3ToolRoleAndReasoningContent) {
+  const nlohmann::json config =
+      ReadJson(absl::StrCat(kTokenizers, "qwen2/qwen3_tokenizer_config.json"));
+  auto chat_template = ChatTemplateFromTokenizerConfig(config, "default");
+  ASSERT_TRUE(chat_template.ok()) << chat_template.status();
+  ChatRenderInput input;
+  input.extra_variables["messages"] =
+      nlohmann::ordered_json::parse(kQwen3ToolRoleMessages);
+  input.eos_token = "<|im_end|>";
+  auto rendered = chat_template->Render(input);
+  ASSERT_TRUE(rendered.ok()) << rendered.status();
+  EXPECT_EQ(*rendered, kQwen3ToolRole);
+}
+
 TEST(ChatTemplateTest, UnsupportedConstructsFailAtParseWithNameAndLine) {
   const struct {
     const char* source;
