@@ -92,8 +92,9 @@ class Bpe {
 
   // Added tokens written in `text` are always matched (HF's default
   // split_special_tokens=false), on the raw text even when marked
-  // "normalized" (the same for the NFC-stable contents families use); add_special_tokens applies the
-  // post-processor (e.g. Llama 3's BOS). INVALID_ARGUMENT for text that is
+  // "normalized" (the same for the NFC-stable contents families use; such
+  // tokens under a Prepend/Replace normalizer are refused at load);
+  // add_special_tokens applies the post-processor (e.g. Llama 3's BOS). INVALID_ARGUMENT for text that is
   // not UTF-8. Thread-safe.
   absl::StatusOr<std::vector<int>> Encode(std::string_view text,
                                           bool add_special_tokens) const;
