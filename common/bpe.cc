@@ -146,6 +146,12 @@ std::optional<std::string> StringPattern(const Json& pattern) {
   return it->get<std::string>();
 }
 
+// tokenizer_config.json's text; {} when there is none.
+absl::StatusOr<Json> ParseConfig(std::string_view text) {
+  if (text.empty()) return Json::object();
+  return ParseJson(text, "tokenizer_config.json");
+}
+
 absl::Status ParseNormalizer(const Json& normalizer,
                              std::vector<Bpe::NormalizerStep>* steps) {
   if (normalizer.is_null()) return absl::OkStatus();
@@ -471,11 +477,7 @@ absl::StatusOr<Bpe::AddedToken> ParseAddedToken(const Json& json,
 absl::StatusOr<std::unique_ptr<Bpe>> Bpe::FromTokenizerJson(
     std::string_view tokenizer_json, std::string_view tokenizer_config_json) {
   ASSIGN_OR_RETURN(Json root, ParseJson(tokenizer_json, "tokenizer.json"));
-  Json config = Json::object();
-  if (!tokenizer_config_json.empty()) {
-    ASSIGN_OR_RETURN(config, ParseJson(tokenizer_config_json,
-                                       "tokenizer_config.json"));
-  }
+  ASSIGN_OR_RETURN(Json config, ParseConfig(tokenizer_config_json));
   auto tok = absl::WrapUnique(new Bpe);
   Vocab vocab;
   Merges merges;
@@ -537,11 +539,7 @@ absl::StatusOr<std::unique_ptr<Bpe>> Bpe::FromVocabMerges(
     std::string_view vocab_json, std::string_view merges_txt,
     std::string_view tokenizer_config_json) {
   ASSIGN_OR_RETURN(Json vocab_root, ParseJson(vocab_json, "vocab.json"));
-  Json config = Json::object();
-  if (!tokenizer_config_json.empty()) {
-    ASSIGN_OR_RETURN(config, ParseJson(tokenizer_config_json,
-                                       "tokenizer_config.json"));
-  }
+  ASSIGN_OR_RETURN(Json config, ParseConfig(tokenizer_config_json));
   auto tok = absl::WrapUnique(new Bpe);
   // What the slow tokenizer classes hard-code (transformers'
   // tokenization_gpt2.py / tokenization_qwen2.py).
@@ -637,8 +635,7 @@ absl::StatusOr<std::unique_ptr<Bpe>> Bpe::FromTiktoken(
         "a tiktoken tokenizer.model needs tokenizer_config.json (its special "
         "tokens are there)");
   }
-  ASSIGN_OR_RETURN(Json config,
-                   ParseJson(tokenizer_config_json, "tokenizer_config.json"));
+  ASSIGN_OR_RETURN(Json config, ParseConfig(tokenizer_config_json));
   Vocab vocab;
   size_t line_no = 0;
   while (!tokenizer_model.empty()) {

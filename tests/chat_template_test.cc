@@ -262,12 +262,16 @@ Need the tool.
 Let me check.<|im_end|>
 )J";
 
+absl::StatusOr<ChatTemplate> Qwen3Template() {
+  return ChatTemplateFromTokenizerConfig(
+      ReadJson(absl::StrCat(kTokenizers, "qwen2/qwen3_tokenizer_config.json")),
+      "default");
+}
+
 // Qwen3's template (namespace, reverse slices, string methods, tool JSON,
 // enable_thinking), against reference Jinja2 renderings.
 TEST(ChatTemplateTest, Qwen3TemplateWithToolsAndThinking) {
-  const nlohmann::json config =
-      ReadJson(absl::StrCat(kTokenizers, "qwen2/qwen3_tokenizer_config.json"));
-  auto chat_template = ChatTemplateFromTokenizerConfig(config, "default");
+  auto chat_template = Qwen3Template();
   ASSERT_TRUE(chat_template.ok()) << chat_template.status();
   ChatRenderInput input;
   input.messages = {
@@ -321,9 +325,7 @@ Summarize.
 )J";
 
 TEST(ChatTemplateTest, Qwen3ToolRoleAndReasoningContent) {
-  const nlohmann::json config =
-      ReadJson(absl::StrCat(kTokenizers, "qwen2/qwen3_tokenizer_config.json"));
-  auto chat_template = ChatTemplateFromTokenizerConfig(config, "default");
+  auto chat_template = Qwen3Template();
   ASSERT_TRUE(chat_template.ok()) << chat_template.status();
   ChatRenderInput input;
   input.extra_variables["messages"] =
