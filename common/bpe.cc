@@ -50,7 +50,8 @@ using Merges = std::vector<std::pair<std::string, std::string>>;
 absl::Status Unsupported(std::string_view what) {
   return absl::UnimplementedError(absl::StrCat(
       "tokenizer: ", std::string(what),
-      " is not supported (wq reads byte-level BPE tokenizers and "
+      " is not supported (wq reads BPE tokenizer.json, byte-level or "
+      "SentencePiece-style, vocab.json + merges.txt, and tiktoken or "
       "SentencePiece tokenizer.model)"));
 }
 
