@@ -198,6 +198,7 @@ absl::Status WriteSyntheticModel(const LlamaConfig& config, const SyntheticOptio
         WriteFileDurably(out_dir + "/model.safetensors.index.json", index.dump(2)));
   }
   RETURN_IF_ERROR(WriteFileDurably(out_dir + "/config.json", LlamaConfigToJson(c)));
+  if (tokenizer_model.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(std::string tokenizer, ReadFile(tokenizer_model));
   return WriteFileDurably(out_dir + "/tokenizer.model", tokenizer);
 }

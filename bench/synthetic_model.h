@@ -29,7 +29,7 @@ struct SyntheticOptions {
 
 // Writes config.json, the weights (linears, embeddings and biases
 // normal(0, 0.02) from the seed, norms 1.0) and a copy of `tokenizer_model`
-// into out_dir (created if needed), in the tensor order of the model
+// (none when empty: the caller brings its own tokenizer files) into out_dir (created if needed), in the tensor order of the model
 // description, spilling to disk so that memory holds one tensor at a time.
 // The same options give the same bytes.
 absl::Status WriteSyntheticModel(const LlamaConfig& config, const SyntheticOptions& options,

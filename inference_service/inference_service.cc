@@ -322,6 +322,19 @@ class StreamReactor : public grpc::ServerWriteReactor<v1::GenerateStreamResponse
 
 }  // namespace
 
+v1::SamplingParams WithGenerationDefaults(v1::SamplingParams sampling,
+                                          const GenerationDefaults& defaults) {
+  if (!sampling.has_temperature() && defaults.temperature.has_value()) {
+    sampling.set_temperature(*defaults.temperature);
+  }
+  if (!sampling.has_top_k() && defaults.top_k.has_value()) sampling.set_top_k(*defaults.top_k);
+  if (!sampling.has_top_p() && defaults.top_p.has_value()) sampling.set_top_p(*defaults.top_p);
+  if (!sampling.has_repetition_penalty() && defaults.repetition_penalty.has_value()) {
+    sampling.set_repetition_penalty(*defaults.repetition_penalty);
+  }
+  return sampling;
+}
+
 absl::StatusOr<GenerationParams> ToGenerationParams(const v1::SamplingParams& s,
                                                     const InferenceLimits& limits) {
   GenerationParams params;
@@ -410,12 +423,16 @@ absl::StatusOr<PreparedGeneration> PrepareGeneration(const ModelManager& models,
                                                      const InferenceLimits& limits,
                                                      const std::string& model,
                                                      const v1::SamplingParams& sampling,
-                                                     absl::Time deadline) {
+                                                     absl::Time deadline,
+                                                     float default_temperature) {
   RETURN_IF_ERROR(ValidateModelName(model));
   PreparedGeneration prepared;
-  ASSIGN_OR_RETURN(prepared.params, ToGenerationParams(sampling, limits));
-  prepared.params.deadline = deadline;
   ASSIGN_OR_RETURN(prepared.model, models.Get(model));
+  v1::SamplingParams effective =
+      WithGenerationDefaults(sampling, prepared.model->model->config().generation_defaults);
+  if (!effective.has_temperature()) effective.set_temperature(default_temperature);
+  ASSIGN_OR_RETURN(prepared.params, ToGenerationParams(effective, limits));
+  prepared.params.deadline = deadline;
   return prepared;
 }
 

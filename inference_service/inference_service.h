@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "common/hf_config.h"
 #include "common/scheduler.h"
 #include "inference_service/model_manager.h"
 #include "wq/v1/inference.grpc.pb.h"
@@ -24,6 +25,11 @@ struct InferenceLimits {
   int max_running = 8;  // reported as max_batch
 };
 
+// The request with the sampling fields it leaves unset (temperature, top_k,
+// top_p, repetition_penalty) taken from the model's generation_config.json.
+v1::SamplingParams WithGenerationDefaults(v1::SamplingParams sampling,
+                                          const GenerationDefaults& defaults);
+
 // The request's sampling parameters checked against the limits, with
 // defaults filled in and a random seed when none is given. INVALID_ARGUMENT
 // naming the field otherwise.
@@ -36,13 +42,17 @@ struct PreparedGeneration {
   std::shared_ptr<LoadedModel> model;
   GenerationParams params;
 };
+// The sampling fields the request leaves unset take the model's
+// generation_config.json defaults, else the API's own: `default_temperature`
+// (gRPC's is 0, greedy; OpenAI's 1), then ToGenerationParams'.
 // INVALID_ARGUMENT for an empty model name or bad sampling parameters; the
 // ModelManager's NOT_FOUND / FAILED_PRECONDITION for a model not loaded.
 absl::StatusOr<PreparedGeneration> PrepareGeneration(const ModelManager& models,
                                                      const InferenceLimits& limits,
                                                      const std::string& model,
                                                      const v1::SamplingParams& sampling,
-                                                     absl::Time deadline);
+                                                     absl::Time deadline,
+                                                     float default_temperature = 0.0f);
 
 // The conversation rendered with the model's chat template; INVALID_ARGUMENT
 // for no messages or a role other than system, user or assistant.
