@@ -168,8 +168,8 @@ TEST_P(ModelFamilyTest, ShardedHalfLoadsToTheSameModelAsItsFp32Values) {
   // checkpoint's (logits reach |10|): bf16 measured 0.12-0.27; f16, with 3
   // more significand bits, 0.013-0.035.
   for (const auto& [half, bound] : {std::pair{DType::kBF16, 0.5}, std::pair{DType::kF16, 0.07}}) {
-    const std::string root = absl::StrCat(::testing::TempDir(), "/sharded_", DTypeName(half), "_",
-                                          GetParam());
+    const std::string root = absl::StrCat(::testing::TempDir(), "/sharded_",
+                                          std::string(DTypeName(half)), "_", GetParam());
     ASSERT_TRUE(
         WriteRoundedCopy(ModelDir(GetParam()), root + "/sharded", half, /*sharded=*/true).ok());
     ASSERT_TRUE(
