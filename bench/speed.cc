@@ -62,7 +62,8 @@
 
 ABSL_FLAG(std::string, models, "llama-110m,tinyllama-1.1b", "synthetic model shapes");
 ABSL_FLAG(std::string, weights, "fp32,int4_clip_sym,int4_asym,int8_sym,nf4",
-          "weight dtypes (all group size 32, RTN)");
+          "weight dtypes (all group size 32, RTN), or the dense checkpoint rows fp32, bf16, "
+          "bf16_as_fp32");
 ABSL_FLAG(std::string, computes, "fp32,bf16,int8", "compute dtypes of quantized rows");
 ABSL_FLAG(std::string, lm_head, "fp32,quantized",
           "lm_head variants: fp32 (the default llm_int8_skip_modules) and/or quantized");
@@ -169,10 +170,20 @@ struct WeightChoice {
   v1::WeightDtype dtype;
   v1::Scheme scheme;
   v1::ScaleDtype scales = v1::SCALE_FP32;
+  // Dense rows: the checkpoint's dtype and how it is served.
+  DType checkpoint = DType::kF32;
+  Bf16Weights served = Bf16Weights::kToF32;
 };
 // The _bf16scale rows store 16-bit scales, as llama.cpp's Q4_0 and Q8_0 do.
+// Dense rows load the unquantized checkpoint as inference_service does
+// (copied into memory): bf16 serves it as stored with bf16 compute,
+// bf16_as_fp32 converts it to fp32 (what the service did before).
 const WeightChoice kWeightChoices[] = {
     {"fp32", true, v1::WEIGHT_DTYPE_UNSPECIFIED, v1::SYM},
+    {"bf16", true, v1::WEIGHT_DTYPE_UNSPECIFIED, v1::SYM, v1::SCALE_FP32, DType::kBF16,
+     Bf16Weights::kServeBf16},
+    {"bf16_as_fp32", true, v1::WEIGHT_DTYPE_UNSPECIFIED, v1::SYM, v1::SCALE_FP32, DType::kBF16,
+     Bf16Weights::kToF32},
     {"int4_clip_sym", false, v1::INT4_CLIP, v1::SYM},
     {"int4_clip_sym_bf16scale", false, v1::INT4_CLIP, v1::SYM, v1::SCALE_BF16},
     {"int4_asym", false, v1::INT4_CLIP, v1::ASYM},
@@ -262,15 +273,20 @@ Options GetOptions() {
   return o;
 }
 
-// The synthetic model directory of `shape`, written on first use.
-absl::StatusOr<std::string> ModelDir(const std::string& shape) {
-  const std::string dir = absl::StrCat(absl::GetFlag(FLAGS_work_dir), "/models/", shape);
+// The synthetic model directory of `shape` in `dtype`, written on first use.
+absl::StatusOr<std::string> ModelDir(const std::string& shape, DType dtype = DType::kF32) {
+  const std::string suffix =
+      dtype == DType::kF32 ? "" : "-" + absl::AsciiStrToLower(std::string(DTypeName(dtype)));
+  const std::string dir =
+      absl::StrCat(absl::GetFlag(FLAGS_work_dir), "/models/", shape, suffix);
   std::error_code ec;
   if (std::filesystem::exists(dir + "/model.safetensors", ec)) return dir;
   ASSIGN_OR_RETURN(LlamaConfig config, SyntheticShape(shape));
   std::printf("writing synthetic %s to %s\n", shape.c_str(), dir.c_str());
   std::fflush(stdout);
-  RETURN_IF_ERROR(WriteSyntheticModel(config, {}, absl::GetFlag(FLAGS_tokenizer), dir));
+  SyntheticOptions options;
+  options.dtype = dtype;
+  RETURN_IF_ERROR(WriteSyntheticModel(config, options, absl::GetFlag(FLAGS_tokenizer), dir));
   return dir;
 }
 
@@ -721,10 +737,15 @@ absl::Status Run() {
       const WeightChoice* w = FindWeights(wname);
       if (w == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown weights ", wname));
       if (w->dense) {
-        Row row{shape, wname, "fp32", "fp32"};
-        ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights, LoadLlamaModelDir(dir));
+        const char* compute = w->served == Bf16Weights::kServeBf16 ? "bf16" : "fp32";
+        Row row{shape, wname, compute, compute};
+        ASSIGN_OR_RETURN(const std::string dense_dir, ModelDir(shape, w->checkpoint));
+        const absl::Time start = absl::Now();
+        ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
+                         LoadLlamaModelDir(dense_dir, FileBacking::kCopied, w->served));
+        row.load_s = absl::ToDoubleSeconds(absl::Now() - start);
         row.artifact_bytes = static_cast<int64_t>(
-            std::filesystem::file_size(dir + "/model.safetensors"));
+            std::filesystem::file_size(dense_dir + "/model.safetensors"));
         RETURN_IF_ERROR(MeasureRow(o, weights, &row));
         rows.push_back(row);
         std::printf("%s", Table(o, {row}, bandwidth).c_str());

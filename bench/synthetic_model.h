@@ -20,7 +20,7 @@ std::vector<std::string> SyntheticShapeNames();
 
 struct SyntheticOptions {
   uint64_t seed = 1;
-  DType dtype = DType::kF32;  // kF32 or kBF16
+  DType dtype = DType::kF32;  // kF32, kBF16 or kF16 (round to nearest even)
   // 0: one model.safetensors; else shards of at most this many bytes (a
   // tensor larger than that gets a shard of its own) and
   // model.safetensors.index.json, as Hugging Face writes them.

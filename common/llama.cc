@@ -79,7 +79,26 @@ void RmsNorm(const float* x, const float* weight, int n, float eps, float* out) 
 
 }  // namespace
 
-absl::Status CheckpointSource::Open(const RootedPath& dir, FileBacking backing) {
+absl::StatusOr<LinearWeight> WeightSource::DenseMatrix(absl::string_view tensor, int64_t rows,
+                                                       int64_t cols) {
+  const int64_t shape[] = {rows, cols};
+  ASSIGN_OR_RETURN(const float* w, F32(tensor, shape));
+  return LinearWeight::Dense(w, rows, cols);
+}
+
+void EmbeddingRow(const LinearWeight& embed, int64_t token, float* out) {
+  const int64_t hidden = embed.in_features();
+  if (embed.dense_bf16() != nullptr) {
+    std::transform(embed.dense_bf16() + token * hidden, embed.dense_bf16() + (token + 1) * hidden,
+                   out, Bf16ToFloat);
+  } else {
+    std::copy_n(embed.dense() + token * hidden, hidden, out);
+  }
+}
+
+absl::Status CheckpointSource::Open(const RootedPath& dir, FileBacking backing,
+                                    Bf16Weights bf16) {
+  bf16_ = bf16;
   ASSIGN_OR_RETURN(std::vector<RootedPath> paths, CheckpointFiles(dir));
   for (const RootedPath& path : paths) {
     ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path, backing));
@@ -115,11 +134,26 @@ absl::StatusOr<const float*> CheckpointSource::F32(absl::string_view tensor,
   return loaded_.back().tensor.data;
 }
 
+absl::StatusOr<LinearWeight> CheckpointSource::DenseMatrix(absl::string_view tensor,
+                                                           int64_t rows, int64_t cols) {
+  auto it = by_name_.find(std::string(tensor));
+  const TensorInfo* info = it != by_name_.end() ? it->second->Find(std::string(tensor)) : nullptr;
+  if (bf16_ == Bf16Weights::kServeBf16 && info != nullptr && info->dtype == DType::kBF16) {
+    const int64_t shape[] = {rows, cols};
+    ASSIGN_OR_RETURN(info, it->second->Get(std::string(tensor), DType::kBF16, shape));
+    const uint8_t* bytes = it->second->data(*info);
+    // Safetensors writers align tensors; one that is not is converted below.
+    if (reinterpret_cast<uintptr_t>(bytes) % alignof(uint16_t) == 0) {
+      used_.insert(std::string(tensor));
+      return LinearWeight::DenseBf16(reinterpret_cast<const uint16_t*>(bytes), rows, cols);
+    }
+  }
+  return WeightSource::DenseMatrix(tensor, rows, cols);
+}
+
 absl::StatusOr<LinearWeight> CheckpointSource::Linear(absl::string_view module,
                                                       int64_t out_features, int64_t in_features) {
-  const int64_t shape[] = {out_features, in_features};
-  ASSIGN_OR_RETURN(const float* w, F32(absl::StrCat(module, ".weight"), shape));
-  return LinearWeight::Dense(w, out_features, in_features);
+  return DenseMatrix(absl::StrCat(module, ".weight"), out_features, in_features);
 }
 
 void CheckpointSource::ReleaseLoaded() {
@@ -140,7 +174,7 @@ absl::Status CheckpointSource::CheckAllUsed() const {
 
 int64_t LlamaWeights::StorageBytes() const {
   const int64_t hidden = config.hidden_size;
-  int64_t bytes = (static_cast<int64_t>(config.vocab_size) * hidden + hidden) * 4;
+  int64_t bytes = embed.storage_bytes() + hidden * 4;
   const std::vector<BlockNormSpec> norms = BlockNorms(config);
   const std::vector<BlockLinearSpec> linears = BlockLinears(config);
   for (const LlamaLayerWeights& l : layers) {
@@ -150,13 +184,15 @@ int64_t LlamaWeights::StorageBytes() const {
       if (spec.bias) bytes += spec.out_features * 4;
     }
   }
-  if (lm_head.dense() != embed) bytes += lm_head.storage_bytes();
+  const bool tied = !lm_head.quantized() && lm_head.dense() == embed.dense() &&
+                    lm_head.dense_bf16() == embed.dense_bf16();
+  if (!tied) bytes += lm_head.storage_bytes();
   return bytes;
 }
 
-absl::StatusOr<const float*> LoadEmbedding(const LlamaConfig& config, WeightSource& source) {
-  const int64_t shape[] = {config.vocab_size, config.hidden_size};
-  return source.F32(absl::StrCat(kEmbedName, ".weight"), shape);
+absl::StatusOr<LinearWeight> LoadEmbedding(const LlamaConfig& config, WeightSource& source) {
+  return source.DenseMatrix(absl::StrCat(kEmbedName, ".weight"), config.vocab_size,
+                            config.hidden_size);
 }
 
 absl::StatusOr<const float*> LoadFinalNorm(const LlamaConfig& config, WeightSource& source) {
@@ -185,7 +221,7 @@ absl::StatusOr<LlamaLayerWeights> LoadLayer(const LlamaConfig& config, WeightSou
 }
 
 absl::StatusOr<LinearWeight> LoadLmHead(const LlamaConfig& config, WeightSource& source,
-                                        const float* embed) {
+                                        const LinearWeight& embed) {
   if (source.Has(kLmHeadName)) {
     return source.Linear(kLmHeadName, config.vocab_size, config.hidden_size);
   }
@@ -193,7 +229,7 @@ absl::StatusOr<LinearWeight> LoadLmHead(const LlamaConfig& config, WeightSource&
     return absl::NotFoundError(
         "model has no lm_head.weight and config.json does not tie word embeddings");
   }
-  return LinearWeight::Dense(embed, config.vocab_size, config.hidden_size);
+  return embed;
 }
 
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
@@ -212,10 +248,10 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
 }
 
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
-    const RootedPath& dir, FileBacking backing) {
+    const RootedPath& dir, FileBacking backing, Bf16Weights bf16) {
   ASSIGN_OR_RETURN(LlamaConfig config, LoadModelDirConfig(dir));
   auto source = std::make_shared<CheckpointSource>();
-  RETURN_IF_ERROR(source->Open(dir, backing));
+  RETURN_IF_ERROR(source->Open(dir, backing, bf16));
   ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
                    BuildLlamaWeights(config, source));
   RETURN_IF_ERROR(source->CheckAllUsed());
@@ -746,8 +782,7 @@ absl::Status LlamaModel::Forward(absl::Span<const SequenceChunk> chunks,
   int64_t row = 0;
   for (const SequenceChunk& chunk : chunks) {
     for (int token : chunk.tokens) {
-      std::copy_n(weights_->embed + static_cast<int64_t>(token) * hidden, hidden,
-                  x.data() + row++ * hidden);
+      EmbeddingRow(weights_->embed, token, x.data() + row++ * hidden);
     }
   }
   Scratch scratch(c, n);

@@ -47,16 +47,28 @@ class WeightSource {
                                            absl::Span<const int64_t> shape) = 0;
   // Whether a linear module of this name (without ".weight") exists.
   virtual bool Has(absl::string_view module) = 0;
+  // A dense matrix [rows, cols] (the embedding) as the source serves it for
+  // compute: fp32 by default (F32).
+  virtual absl::StatusOr<LinearWeight> DenseMatrix(absl::string_view tensor, int64_t rows,
+                                                   int64_t cols);
   // Linear weight [out_features, in_features] of a module, dense or quantized.
   virtual absl::StatusOr<LinearWeight> Linear(absl::string_view module,
                                               int64_t out_features,
                                               int64_t in_features) = 0;
 };
 
+// What an unquantized checkpoint's bf16 matrices (linears, embedding) become:
+// fp32 copies, for tools that read or transform them as fp32; or served as
+// stored, computed in bf16 (MatMulBf16): half the memory of fp32 and no
+// copy beyond the file's own. f16 matrices become fp32 either way (f16 to
+// bf16 would drop 3 significand bits), as do vectors (norms, biases).
+enum class Bf16Weights { kToF32, kServeBf16 };
+
 // The tensors of an unquantized Hugging Face checkpoint directory: the
 // safetensors files model.safetensors.index.json names (or every
-// *.safetensors without one), mapped; fp32 tensors are used in place, bf16 and
-// f16 ones converted into owned fp32 copies. Remembers which tensors were
+// *.safetensors without one), mapped; fp32 tensors are used in place, f16
+// ones and (per Bf16Weights) bf16 ones converted into owned fp32 copies.
+// Remembers which tensors were
 // used, so that a checkpoint holding tensors the description does not consume
 // is refused rather than served without them.
 class CheckpointSource : public WeightSource {
@@ -64,10 +76,15 @@ class CheckpointSource : public WeightSource {
   // Files are opened beneath dir's root (OpenForRead); `backing` kMapped
   // keeps memory bounded for a tool streaming the checkpoint, kCopied makes a
   // server immune to the files changing under it.
-  absl::Status Open(const RootedPath& dir, FileBacking backing);
+  absl::Status Open(const RootedPath& dir, FileBacking backing,
+                    Bf16Weights bf16 = Bf16Weights::kToF32);
   absl::StatusOr<const float*> F32(absl::string_view tensor,
                                    absl::Span<const int64_t> shape) override;
   bool Has(absl::string_view module) override;
+  // With kServeBf16, an aligned BF16 tensor as DenseBf16 in place (in the
+  // file as `backing` holds it); otherwise fp32.
+  absl::StatusOr<LinearWeight> DenseMatrix(absl::string_view tensor, int64_t rows,
+                                           int64_t cols) override;
   absl::StatusOr<LinearWeight> Linear(absl::string_view module, int64_t out_features,
                                       int64_t in_features) override;
 
@@ -86,6 +103,7 @@ class CheckpointSource : public WeightSource {
     const TensorInfo* info;
     F32Tensor tensor;
   };
+  Bf16Weights bf16_ = Bf16Weights::kToF32;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, SafetensorsFile*, std::less<>> by_name_;
   std::set<std::string> used_;
@@ -101,7 +119,7 @@ struct LlamaLayerWeights {
 
 struct LlamaWeights {
   LlamaConfig config;
-  const float* embed = nullptr;  // [vocab, hidden]
+  LinearWeight embed;  // [vocab, hidden], dense fp32 or bf16 (EmbeddingRow)
   std::vector<LlamaLayerWeights> layers;
   const float* final_norm = nullptr;
   LinearWeight lm_head;
@@ -115,22 +133,27 @@ struct LlamaWeights {
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
     const LlamaConfig& config, std::shared_ptr<WeightSource> source);
 
+// Row `token` of a dense embedding (fp32 or bf16) as fp32, hidden values.
+void EmbeddingRow(const LinearWeight& embed, int64_t token, float* out);
+
 // The pieces BuildLlamaWeights assembles, for tools that go through a model
 // one part at a time. LoadLmHead ties to `embed` when the source has no
 // lm_head and the config ties word embeddings.
-absl::StatusOr<const float*> LoadEmbedding(const LlamaConfig& config, WeightSource& source);
+absl::StatusOr<LinearWeight> LoadEmbedding(const LlamaConfig& config, WeightSource& source);
 absl::StatusOr<LlamaLayerWeights> LoadLayer(const LlamaConfig& config, WeightSource& source,
                                             int layer);
 absl::StatusOr<const float*> LoadFinalNorm(const LlamaConfig& config, WeightSource& source);
 absl::StatusOr<LinearWeight> LoadLmHead(const LlamaConfig& config, WeightSource& source,
-                                        const float* embed);
+                                        const LinearWeight& embed);
 
 // Loads an unquantized Hugging Face model directory (config.json and
 // *.safetensors, each opened by OpenForRead under the directory's root);
-// F32 tensors are used in place from the files as `backing` holds them
-// (other dtypes are converted into memory the weights own).
+// F32 tensors (and with kServeBf16, BF16 matrices) are used in place from the
+// files as `backing` holds them (other tensors are converted into memory the
+// weights own).
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
-    const RootedPath& dir, FileBacking backing = FileBacking::kMapped);
+    const RootedPath& dir, FileBacking backing = FileBacking::kMapped,
+    Bf16Weights bf16 = Bf16Weights::kToF32);
 
 // Element type of the KV cache: bf16 halves its memory (and the bytes
 // attention reads) at ~3 significant digits per stored key and value.

@@ -1,10 +1,12 @@
 #include "common/matmul.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "Eigen/Core"
 #include "absl/container/inlined_vector.h"
 #include "absl/types/span.h"
+#include "common/bf16.h"
 #include "common/cpu_features.h"
 #include "common/kernels.h"
 #include "tbb/blocked_range.h"
@@ -115,6 +117,27 @@ void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
   if (table == nullptr) return RefF32(w, rows, cols, x, n, y);
   ParallelRows({rows}, n, [&](size_t, int64_t r0, int64_t r1) {
     table->f32_rows(w, rows, cols, x, n, y, r0, r1);
+  });
+}
+
+void MatMulBf16(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t n,
+                float* y) {
+  const KernelTable* table = ActiveTable();
+  const auto rows_fn = table != nullptr ? table->dense_bf16_rows : &kernels::DenseBf16RowsRef;
+  // x in bf16 lives in this thread's buffers until the product is done:
+  // isolated, as MatMulQuantizedShared's activations.
+  tbb::this_task_arena::isolate([&] {
+    thread_local std::vector<float> xf;
+    thread_local std::vector<uint16_t> xb16;
+    const size_t count = static_cast<size_t>(n * cols);
+    xf.resize(count);
+    xb16.resize(count);
+    for (size_t i = 0; i < count; ++i) {
+      xb16[i] = FloatToBf16(x[i]);
+      xf[i] = Bf16ToFloat(xb16[i]);
+    }
+    const kernels::DenseBf16Args args{w, rows, cols, n, xf.data(), xb16.data(), y};
+    ParallelRows({rows}, n, [&](size_t, int64_t r0, int64_t r1) { rows_fn(args, r0, r1); });
   });
 }
 

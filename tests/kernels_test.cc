@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/bf16.h"
 #include "common/compute_dtype.h"
 #include "common/cpu_features.h"
 #include "common/matmul.h"
@@ -209,6 +210,48 @@ TEST_P(KernelsTest, DenseF32MatchesReference) {
             abs += std::fabs(p);
           }
           ASSERT_NEAR(got[i * kRows + r], want, 1e-5 * abs + 1e-30);
+        }
+      }
+    }
+  }
+}
+
+// Dense bf16 W (an unquantized bf16 checkpoint): every ISA against the
+// scalar reference (bf16-rounded x, exact products summed in fp32), and the
+// reference against the fp32 product of the unrounded x and W's values,
+// which differs by x's bf16 rounding only: at most 2^-8 (half an ulp) of sum |x w|.
+TEST_P(KernelsTest, DenseBf16MatchesReference) {
+  const Isa isa = GetParam();
+  constexpr int64_t kRows = 37;  // 2 row blocks and a ragged one
+  for (int64_t cols : {1, 15, 64, 172, 4128}) {
+    for (int64_t n : {1, 3, 5, 16}) {
+      SCOPED_TRACE(testing::Message() << IsaName(isa) << " cols " << cols << " n " << n);
+      const auto values = Random(kRows * cols, 3);
+      std::vector<uint16_t> w(values.size());
+      for (size_t i = 0; i < w.size(); ++i) w[i] = FloatToBf16(values[i]);
+      const auto x = Random(n * cols, 4);
+      std::vector<float> got(n * kRows, -123.0f), ref(n * kRows, -123.0f);
+      {
+        ScopedIsaOverride forced(isa);
+        MatMulBf16(w.data(), kRows, cols, x.data(), n, got.data());
+      }
+      {
+        ScopedIsaOverride scalar(Isa::kScalar);
+        MatMulBf16(w.data(), kRows, cols, x.data(), n, ref.data());
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t r = 0; r < kRows; ++r) {
+          double exact = 0.0, rounded_abs = 0.0, abs = 0.0;
+          for (int64_t k = 0; k < cols; ++k) {
+            const double wv = Bf16ToFloat(w[r * cols + k]);
+            const double xb = Bf16ToFloat(FloatToBf16(x[i * cols + k]));
+            exact += double{x[i * cols + k]} * wv;
+            rounded_abs += std::fabs(xb * wv);
+            abs += std::fabs(x[i * cols + k] * wv);
+          }
+          const float y = got[i * kRows + r];
+          ASSERT_NEAR(y, ref[i * kRows + r], 1e-5 * rounded_abs + 1e-30) << "row " << r;
+          ASSERT_NEAR(ref[i * kRows + r], exact, std::ldexp(abs, -8) + 1e-5 * abs) << "row " << r;
         }
       }
     }
