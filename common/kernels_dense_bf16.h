@@ -41,7 +41,8 @@ inline typename V::F WidenBf16(const uint16_t* p) {
   } else
 #endif
   {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(Load16Bytes(bytes)), 16));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes))), 16));
   }
 }
 
