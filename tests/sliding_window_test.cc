@@ -71,8 +71,9 @@ Matrix ReferenceLogits(const LlamaWeights& w, const std::vector<int>& ids, int w
   const int group = c.num_attention_heads / c.num_key_value_heads;
   Matrix x(n);
   for (int t = 0; t < n; ++t) {
-    x[t].assign(w.embed + static_cast<int64_t>(ids[t]) * c.hidden_size,
-                w.embed + static_cast<int64_t>(ids[t] + 1) * c.hidden_size);
+    std::vector<float> row(c.hidden_size);
+    EmbeddingRow(w.embed, ids[t], row.data());
+    x[t].assign(row.begin(), row.end());
   }
   for (const LlamaLayerWeights& l : w.layers) {
     Matrix q(n), k(n), v(n);
