@@ -9,11 +9,12 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
 #include "bench/synthetic_model.h"
 
 ABSL_FLAG(std::string, shape, "llama-110m",
           "llama-110m, tinyllama-1.1b, llama-3.2-1b, llama-2-7b, mistral-7b or qwen2.5-7b");
-ABSL_FLAG(std::string, dtype, "f32", "weight dtype: f32 or bf16");
+ABSL_FLAG(std::string, dtype, "f32", "weight dtype: f32, bf16 or f16");
 ABSL_FLAG(double, shard_gb, 0, "shard size in GB (1e9 bytes) with an index file; 0: one file");
 ABSL_FLAG(std::string, out, "", "output directory (outside the repository)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the random weights");
@@ -36,11 +37,12 @@ int main(int argc, char** argv) {
   wq::bench::SyntheticOptions options;
   options.seed = absl::GetFlag(FLAGS_seed);
   const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype != "f32" && dtype != "bf16") {
-    std::fprintf(stderr, "--dtype must be f32 or bf16\n");
+  if (dtype != "f32" && dtype != "bf16" && dtype != "f16") {
+    std::fprintf(stderr, "--dtype must be f32, bf16 or f16\n");
     return 2;
   }
-  options.dtype = dtype == "bf16" ? wq::DType::kBF16 : wq::DType::kF32;
+  absl::StatusOr<wq::DType> parsed = wq::ParseDType(absl::AsciiStrToUpper(dtype));
+  options.dtype = *parsed;
   options.shard_bytes = static_cast<int64_t>(absl::GetFlag(FLAGS_shard_gb) * 1e9);
   const absl::Status status = wq::bench::WriteSyntheticModel(
       *config, options, absl::GetFlag(FLAGS_tokenizer), out);

@@ -33,9 +33,11 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -60,7 +62,8 @@
 
 ABSL_FLAG(std::string, models, "llama-110m,tinyllama-1.1b", "synthetic model shapes");
 ABSL_FLAG(std::string, weights, "fp32,int4_clip_sym,int4_asym,int8_sym,nf4",
-          "weight dtypes (all group size 32, RTN)");
+          "weight dtypes (all group size 32, RTN), or the dense checkpoint rows fp32, bf16, "
+          "bf16_as_fp32");
 ABSL_FLAG(std::string, computes, "fp32,bf16,int8", "compute dtypes of quantized rows");
 ABSL_FLAG(std::string, lm_head, "fp32,quantized",
           "lm_head variants: fp32 (the default llm_int8_skip_modules) and/or quantized");
@@ -82,7 +85,10 @@ ABSL_FLAG(std::string, service_binary, "",
 ABSL_FLAG(std::string, json_out, "", "write the results as JSON here");
 ABSL_FLAG(std::string, llamacpp_json, "/tmp/wq-llamacpp/reference.json",
           "llama.cpp measured on this machine (bench/llamacpp/run); when the file is "
-          "missing, ratios are to the issue's figures from another machine");
+          "missing, the issue's figures from another machine");
+ABSL_FLAG(bool, allow_foreign_reference, false,
+          "print ratios against llama.cpp figures measured on another CPU (the JSON's "
+          "\"cpu\" is not this machine's model name, or there is no JSON)");
 ABSL_FLAG(bool, private_weights, false,
           "load int8 tiles into private memory instead of reading them in place (LoadOptions)");
 
@@ -95,19 +101,35 @@ using Clock = std::chrono::steady_clock;
 
 // llama.cpp's tok/s on a model of the tinyllama-1.1b shape, per format
 // ("Q4_0", "Q8_0", "F32") and metric ("pp128", "pp512", "decode_b1",
-// "decode_b4", "decode_b16"): measured on this machine by bench/llamacpp/run
-// when its JSON is there, else the figures the issue quotes from another
-// machine (decode b1 and pp128 only). Ratios are for tinyllama-1.1b rows.
+// "decode_b4", "decode_b16"): measured by bench/llamacpp/run when its JSON
+// is there, else the figures the issue quotes from another machine (decode
+// b1 and pp128 only). Ratios are for tinyllama-1.1b rows, and only against
+// figures from this machine's CPU unless --allow_foreign_reference.
 struct LlamaCppReference {
   std::string source;
   std::map<std::string, std::map<std::string, double>> tps;
+  std::string foreign;  // Why the figures are from another machine; empty: this one.
 };
 
 LlamaCppReference IssueFigures() {
-  return {"the issue's figures (another machine: its bandwidth was 67 GB/s)",
+  return {"the issue's figures",
           {{"Q4_0", {{"decode_b1", 39.5}, {"pp128", 200.0}}},
            {"Q8_0", {{"decode_b1", 29.1}, {"pp128", 99.0}}},
-           {"F32", {{"decode_b1", 9.2}, {"pp128", 70.0}}}}};
+           {"F32", {{"decode_b1", 9.2}, {"pp128", 70.0}}}},
+          "no llama.cpp JSON from this machine; the issue's figures are from another machine "
+          "(67 GB/s)"};
+}
+
+// /proc/cpuinfo's first "model name", as bench/llamacpp/run records it.
+std::string CpuModelName() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (!absl::StartsWith(line, "model name")) continue;
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) break;
+    return std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
+  }
+  return "";
 }
 
 absl::StatusOr<LlamaCppReference> LoadLlamaCppReference(const std::string& path) {
@@ -118,8 +140,14 @@ absl::StatusOr<LlamaCppReference> LoadLlamaCppReference(const std::string& path)
     return absl::InvalidArgumentError(absl::StrCat(path, " is not bench/llamacpp/run's JSON"));
   }
   LlamaCppReference ref;
-  ref.source = absl::StrCat("llama.cpp ", j["llama_cpp"].get<std::string>(), ", measured on this "
-                            "machine by bench/llamacpp/run (", path, ")");
+  const std::string cpu = j.contains("cpu") && j["cpu"].is_string() ? j["cpu"].get<std::string>() : "";
+  const std::string here = CpuModelName();
+  ref.source = absl::StrCat("llama.cpp ", j["llama_cpp"].get<std::string>(), " measured by "
+                            "bench/llamacpp/run on \"", cpu, "\" (", path, ")");
+  if (cpu.empty() || cpu != here) {
+    ref.foreign = absl::StrCat(path, " was measured on \"", cpu, "\", this machine is \"", here,
+                               "\"");
+  }
   for (const auto& [format, metrics] : j.items()) {
     if (!metrics.is_object()) continue;
     for (const auto& [metric, value] : metrics.items()) {
@@ -142,10 +170,20 @@ struct WeightChoice {
   v1::WeightDtype dtype;
   v1::Scheme scheme;
   v1::ScaleDtype scales = v1::SCALE_FP32;
+  // Dense rows: the checkpoint's dtype and how it is served.
+  DType checkpoint = DType::kF32;
+  Bf16Weights served = Bf16Weights::kToF32;
 };
 // The _bf16scale rows store 16-bit scales, as llama.cpp's Q4_0 and Q8_0 do.
+// Dense rows load the unquantized checkpoint as inference_service does
+// (copied into memory): bf16 serves it as stored with bf16 compute,
+// bf16_as_fp32 converts it to fp32 (what the service did before).
 const WeightChoice kWeightChoices[] = {
     {"fp32", true, v1::WEIGHT_DTYPE_UNSPECIFIED, v1::SYM},
+    {"bf16", true, v1::WEIGHT_DTYPE_UNSPECIFIED, v1::SYM, v1::SCALE_FP32, DType::kBF16,
+     Bf16Weights::kServeBf16},
+    {"bf16_as_fp32", true, v1::WEIGHT_DTYPE_UNSPECIFIED, v1::SYM, v1::SCALE_FP32, DType::kBF16,
+     Bf16Weights::kToF32},
     {"int4_clip_sym", false, v1::INT4_CLIP, v1::SYM},
     {"int4_clip_sym_bf16scale", false, v1::INT4_CLIP, v1::SYM, v1::SCALE_BF16},
     {"int4_asym", false, v1::INT4_CLIP, v1::ASYM},
@@ -235,15 +273,20 @@ Options GetOptions() {
   return o;
 }
 
-// The synthetic model directory of `shape`, written on first use.
-absl::StatusOr<std::string> ModelDir(const std::string& shape) {
-  const std::string dir = absl::StrCat(absl::GetFlag(FLAGS_work_dir), "/models/", shape);
+// The synthetic model directory of `shape` in `dtype`, written on first use.
+absl::StatusOr<std::string> ModelDir(const std::string& shape, DType dtype = DType::kF32) {
+  const std::string suffix =
+      dtype == DType::kF32 ? "" : "-" + absl::AsciiStrToLower(std::string(DTypeName(dtype)));
+  const std::string dir =
+      absl::StrCat(absl::GetFlag(FLAGS_work_dir), "/models/", shape, suffix);
   std::error_code ec;
   if (std::filesystem::exists(dir + "/model.safetensors", ec)) return dir;
   ASSIGN_OR_RETURN(LlamaConfig config, SyntheticShape(shape));
   std::printf("writing synthetic %s to %s\n", shape.c_str(), dir.c_str());
   std::fflush(stdout);
-  RETURN_IF_ERROR(WriteSyntheticModel(config, {}, absl::GetFlag(FLAGS_tokenizer), dir));
+  SyntheticOptions options;
+  options.dtype = dtype;
+  RETURN_IF_ERROR(WriteSyntheticModel(config, options, absl::GetFlag(FLAGS_tokenizer), dir));
   return dir;
 }
 
@@ -523,6 +566,56 @@ std::string Table(const Options& o, const std::vector<Row>& rows, double bandwid
   return out;
 }
 
+// The compute dtypes of each quantized weight side by side: prefill at the
+// first prompt length, decode at batch 1 and RSS, and the first two over
+// int8 compute's.
+std::string ComputeTable(const Options& o, const std::vector<Row>& rows) {
+  if (o.prompts.empty() || o.batches.empty() || o.batches.front() != 1) return "";
+  const std::string pp = absl::StrCat("pp", o.prompts.front());
+  std::string header = "| model | weights | lm_head |";
+  std::string rule = "|---|---|---|";
+  for (const std::string& c : o.computes) {
+    absl::StrAppend(&header, " ", c, " ", pp, " | ", c, " b1 | ", c, " RSS MB |");
+    rule += "---|---|---|";
+    if (c != "int8") {
+      absl::StrAppend(&header, " ", c, "/int8 ", pp, " | ", c, "/int8 b1 |");
+      rule += "---|---|";
+    }
+  }
+  std::string out = header + "\n" + rule + "\n";
+  std::map<std::tuple<std::string, std::string, std::string>, std::map<std::string, const Row*>>
+      by_weight;
+  for (const Row& r : rows) {
+    if (r.weights != "fp32") by_weight[{r.model, r.weights, r.lm_head}][r.compute] = &r;
+  }
+  for (const auto& [key, computes] : by_weight) {
+    std::string line = absl::StrCat("| ", std::get<0>(key), " | ", std::get<1>(key), " | ",
+                                    std::get<2>(key), " |");
+    const auto int8 = computes.find("int8");
+    for (const std::string& c : o.computes) {
+      const auto it = computes.find(c);
+      if (it == computes.end()) {
+        line += c == "int8" ? " - | - | - |" : " - | - | - | - | - |";
+        continue;
+      }
+      const Row& r = *it->second;
+      const double prefill = r.prefill_tps.at(o.prompts.front());
+      const double b1 = r.decode_tps.at(1);
+      absl::StrAppend(&line, " ", Num(prefill), " | ", Num(b1), " | ", Num(r.rss_bytes / 1e6, 0),
+                      " |");
+      if (c == "int8") continue;
+      if (int8 == computes.end()) {
+        line += " - | - |";
+      } else {
+        absl::StrAppend(&line, " ", Num(prefill / int8->second->prefill_tps.at(o.prompts.front()), 2),
+                        " | ", Num(b1 / int8->second->decode_tps.at(1), 2), " |");
+      }
+    }
+    out += line + "\n";
+  }
+  return out;
+}
+
 // Ours over llama.cpp's tok/s for every measured metric llama.cpp has too.
 std::string LlamaCppTable(const Options& o, const std::vector<Row>& rows,
                           const LlamaCppReference& ref) {
@@ -536,7 +629,12 @@ std::string LlamaCppTable(const Options& o, const std::vector<Row>& rows,
     absl::StrAppend(&header, " decode b", b, " |");
     rule += "---|";
   }
+  if (!ref.foreign.empty() && !absl::GetFlag(FLAGS_allow_foreign_reference)) {
+    return absl::StrCat("No ratios against llama.cpp: ", ref.foreign,
+                        " (--allow_foreign_reference prints them anyway).\n");
+  }
   std::string out = absl::StrCat("Against ", ref.source,
+                                 ref.foreign.empty() ? "" : absl::StrCat(", ANOTHER MACHINE: ", ref.foreign),
                                  ": ours / theirs tok/s = ratio\n\n", header, "\n", rule, "\n");
   for (const Row& r : rows) {
     if (r.model != "tinyllama-1.1b") continue;
@@ -558,7 +656,8 @@ std::string LlamaCppTable(const Options& o, const std::vector<Row>& rows,
   return out;
 }
 
-std::string Json(const Options& o, const std::vector<Row>& rows, double bandwidth,
+std::string Json(const Options& o, const std::vector<Row>& rows,
+                 const std::vector<std::string>& skipped, double bandwidth,
                  const std::vector<GrpcResult>& grpc, const std::string& load_before,
                  const std::string& load_after, const LlamaCppReference& ref) {
   auto map_json = [](const std::map<int, double>& m) {
@@ -586,15 +685,16 @@ std::string Json(const Options& o, const std::vector<Row>& rows, double bandwidt
         "\"decode_tok_s\": %.3f, \"in_process_decode_tok_s\": %.3f}",
         g.model, g.row, g.tokens, g.ttft_ms, g.decode_tps, g.in_process_tps));
   }
-  nlohmann::json llama_cpp = {{"source", ref.source}, {"tok_s", ref.tps}};
+  nlohmann::json llama_cpp = {{"source", ref.source}, {"tok_s", ref.tps}, {"foreign", ref.foreign}};
   return absl::StrFormat(
       "{\n  \"isa\": \"%s\",\n  \"threads\": %d,\n  \"iterations\": %d,\n"
       "  \"load_average_before\": \"%s\",\n  \"load_average_after\": \"%s\",\n"
       "  \"read_bandwidth_gb_s\": %.2f,\n  \"decode_prompt\": %d,\n  \"decode_tokens\": %d,\n"
-      "  \"llama_cpp\": %s,\n"
+      "  \"llama_cpp\": %s,\n  \"skipped\": %s,\n"
       "  \"rows\": [\n%s\n  ],\n  \"grpc\": [\n%s\n  ]\n}\n",
       std::string(KernelIsaName()), o.threads, o.iterations, load_before, load_after,
-      bandwidth, o.decode_prompt, o.decode_tokens, llama_cpp.dump(), absl::StrJoin(row_json, ",\n"),
+      bandwidth, o.decode_prompt, o.decode_tokens, llama_cpp.dump(),
+      nlohmann::json(skipped).dump(), absl::StrJoin(row_json, ",\n"),
       absl::StrJoin(grpc_json, ",\n"));
 }
 
@@ -629,6 +729,7 @@ absl::Status Run() {
   const std::vector<std::string> grpc_parts = absl::StrSplit(o.grpc_row, ':');
   if (grpc_parts.size() != 3) return absl::InvalidArgumentError("--grpc_row is weights:compute:lm_head");
   std::vector<Row> rows;
+  std::vector<std::string> skipped;  // Rows not measured, and why.
   std::vector<GrpcResult> grpc;
   for (const std::string& shape : o.models) {
     ASSIGN_OR_RETURN(std::string dir, ModelDir(shape));
@@ -636,10 +737,15 @@ absl::Status Run() {
       const WeightChoice* w = FindWeights(wname);
       if (w == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown weights ", wname));
       if (w->dense) {
-        Row row{shape, wname, "fp32", "fp32"};
-        ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights, LoadLlamaModelDir(dir));
+        const char* compute = w->served == Bf16Weights::kServeBf16 ? "bf16" : "fp32";
+        Row row{shape, wname, compute, compute};
+        ASSIGN_OR_RETURN(const std::string dense_dir, ModelDir(shape, w->checkpoint));
+        const absl::Time start = absl::Now();
+        ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
+                         LoadLlamaModelDir(dense_dir, FileBacking::kCopied, w->served));
+        row.load_s = absl::ToDoubleSeconds(absl::Now() - start);
         row.artifact_bytes = static_cast<int64_t>(
-            std::filesystem::file_size(dir + "/model.safetensors"));
+            std::filesystem::file_size(dense_dir + "/model.safetensors"));
         RETURN_IF_ERROR(MeasureRow(o, weights, &row));
         rows.push_back(row);
         std::printf("%s", Table(o, {row}, bandwidth).c_str());
@@ -655,15 +761,21 @@ absl::Status Run() {
         std::map<v1::ComputeDtype, std::pair<std::string, double>> artifacts;
         for (const std::string& cname : o.computes) {
           ASSIGN_OR_RETURN(v1::ComputeDtype compute, FindCompute(cname));
-          // The quantizer refuses asym with int8 compute (as ITREX does).
-          if (w->scheme == v1::ASYM && compute == v1::COMPUTE_INT8) continue;
           const v1::ComputeDtype stored =
               compute == v1::COMPUTE_INT8 ? v1::COMPUTE_INT8 : v1::COMPUTE_FP32;
           auto it = artifacts.find(stored);
           if (it == artifacts.end()) {
-            ASSIGN_OR_RETURN(auto q, Quantize(*store, shape, dir,
-                                              QuantConfig(*w, lm_head == "quantized", stored)));
-            it = artifacts.emplace(stored, std::move(q)).first;
+            auto q = Quantize(*store, shape, dir, QuantConfig(*w, lm_head == "quantized", stored));
+            // A config the quantizer refuses is a row this build cannot
+            // measure: said, not silently left out.
+            if (absl::IsInvalidArgument(q.status())) {
+              skipped.push_back(absl::StrCat(shape, " ", wname, " lm_head ", lm_head, " compute ",
+                                             cname, ": ", q.status().message()));
+              std::printf("skipped %s\n", skipped.back().c_str());
+              continue;
+            }
+            RETURN_IF_ERROR(q.status());
+            it = artifacts.emplace(stored, *std::move(q)).first;
           }
           const auto& [artifact_id, quantize_s] = it->second;
           Row row{shape, wname, lm_head, cname};
@@ -712,6 +824,9 @@ absl::Status Run() {
               "linear weights incl. lm_head\n\n",
               bandwidth, o.decode_prompt, o.decode_tokens);
   std::printf("%s", Table(o, rows, bandwidth).c_str());
+  std::printf("\n%s", ComputeTable(o, rows).c_str());
+  std::printf("\nrows skipped: %s\n", skipped.empty() ? "none" : "");
+  for (const std::string& s : skipped) std::printf("- %s\n", s.c_str());
   std::printf("\n%s", LlamaCppTable(o, rows, llama_cpp).c_str());
   for (const GrpcResult& g : grpc) {
     std::printf("\ngRPC %s %s: TTFT %.1f ms, decode %.1f tok/s vs in-process %.1f (%.2fx)\n",
@@ -720,7 +835,7 @@ absl::Status Run() {
   }
   if (const std::string path = absl::GetFlag(FLAGS_json_out); !path.empty()) {
     std::ofstream out(path);
-    out << Json(o, rows, bandwidth, grpc, load_before, load_after, llama_cpp);
+    out << Json(o, rows, skipped, bandwidth, grpc, load_before, load_after, llama_cpp);
     if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
   }
   return absl::OkStatus();

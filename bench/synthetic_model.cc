@@ -64,7 +64,14 @@ const Shape kShapes[] = {
 };
 
 std::string DTypeTorchName(DType dtype) {
-  return dtype == DType::kBF16 ? "bfloat16" : "float32";
+  switch (dtype) {
+    case DType::kBF16:
+      return "bfloat16";
+    case DType::kF16:
+      return "float16";
+    default:
+      return "float32";
+  }
 }
 
 // `count` values of normal(0, 0.02) (or all `fill` when set) as `dtype` bytes.
@@ -78,8 +85,9 @@ std::string TensorBytes(int64_t count, DType dtype, uint64_t seed, uint64_t tens
     if (dtype == DType::kF32) {
       std::memcpy(bytes.data() + i * 4, &values[i], 4);
     } else {
-      const uint16_t bf16 = FloatToBf16(values[i]);
-      std::memcpy(bytes.data() + i * 2, &bf16, 2);
+      const uint16_t half =
+          dtype == DType::kF16 ? FloatToF16(values[i]) : FloatToBf16(values[i]);
+      std::memcpy(bytes.data() + i * 2, &half, 2);
     }
   });
   return bytes;
@@ -121,8 +129,9 @@ absl::StatusOr<LlamaConfig> SyntheticShape(const std::string& name) {
 absl::Status WriteSyntheticModel(const LlamaConfig& config, const SyntheticOptions& options,
                                  const std::string& tokenizer_model,
                                  const std::string& out_dir) {
-  if (options.dtype != DType::kF32 && options.dtype != DType::kBF16) {
-    return absl::InvalidArgumentError("synthetic weights are F32 or BF16");
+  if (options.dtype != DType::kF32 && options.dtype != DType::kBF16 &&
+      options.dtype != DType::kF16) {
+    return absl::InvalidArgumentError("synthetic weights are F32, BF16 or F16");
   }
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
@@ -198,6 +207,7 @@ absl::Status WriteSyntheticModel(const LlamaConfig& config, const SyntheticOptio
         WriteFileDurably(out_dir + "/model.safetensors.index.json", index.dump(2)));
   }
   RETURN_IF_ERROR(WriteFileDurably(out_dir + "/config.json", LlamaConfigToJson(c)));
+  if (tokenizer_model.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(std::string tokenizer, ReadFile(tokenizer_model));
   return WriteFileDurably(out_dir + "/tokenizer.model", tokenizer);
 }

@@ -20,7 +20,7 @@ std::vector<std::string> SyntheticShapeNames();
 
 struct SyntheticOptions {
   uint64_t seed = 1;
-  DType dtype = DType::kF32;  // kF32 or kBF16
+  DType dtype = DType::kF32;  // kF32, kBF16 or kF16 (round to nearest even)
   // 0: one model.safetensors; else shards of at most this many bytes (a
   // tensor larger than that gets a shard of its own) and
   // model.safetensors.index.json, as Hugging Face writes them.
@@ -29,7 +29,7 @@ struct SyntheticOptions {
 
 // Writes config.json, the weights (linears, embeddings and biases
 // normal(0, 0.02) from the seed, norms 1.0) and a copy of `tokenizer_model`
-// into out_dir (created if needed), in the tensor order of the model
+// (none when empty: the caller brings its own tokenizer files) into out_dir (created if needed), in the tensor order of the model
 // description, spilling to disk so that memory holds one tensor at a time.
 // The same options give the same bytes.
 absl::Status WriteSyntheticModel(const LlamaConfig& config, const SyntheticOptions& options,

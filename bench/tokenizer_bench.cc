@@ -1,6 +1,10 @@
 // Encode speed of the tokenizers LoadModelDir picks, one thread, one
 // Encode call per line (as prompts arrive), best of --reps passes:
 //
+// one row per tokenizer implementation by default: byte-level BPE from
+// vocab.json + merges.txt (gpt2, qwen2), SentencePiece-style tokenizer.json
+// (phi3-mini), tiktoken tokenizer.model (llama3), SentencePiece (llama2).
+//
 //   bazel-bin/bench/tokenizer_bench
 //       [--dirs=../shared/tokenizers/gpt2,../shared/tokenizers/qwen2]
 //       [--text=../shared/data/tinystories_valid.txt] [--reps=3]
@@ -18,6 +22,8 @@
 ABSL_FLAG(std::vector<std::string>, dirs,
           std::vector<std::string>({"../shared/tokenizers/gpt2",
                                     "../shared/tokenizers/qwen2",
+                                    "../shared/tokenizers/phi3-mini",
+                                    "../shared/tokenizers/llama3",
                                     "../shared/tokenizers/llama2"}),
           "model directories holding tokenizer files");
 ABSL_FLAG(std::string, text, "../shared/data/tinystories_valid.txt",

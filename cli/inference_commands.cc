@@ -14,10 +14,12 @@
 // generate
 ABSL_FLAG(std::string, prompt, "", "prompt text");
 ABSL_FLAG(int, max_new_tokens, 0, "0 = server default");
-ABSL_FLAG(double, temperature, 0, "0 = greedy");
-ABSL_FLAG(int, top_k, 0, "0 = no limit");
-ABSL_FLAG(double, top_p, 1, "nucleus mass in (0, 1]");
-ABSL_FLAG(double, repetition_penalty, 1, "> 0; 1 = off");
+// Unset, these four are the model's generation_config.json defaults, else
+// the server's (greedy, no top-k, top-p 1, no penalty).
+ABSL_FLAG(std::optional<double>, temperature, std::nullopt, "0 = greedy");
+ABSL_FLAG(std::optional<int>, top_k, std::nullopt, "0 = no limit");
+ABSL_FLAG(std::optional<double>, top_p, std::nullopt, "nucleus mass in (0, 1]");
+ABSL_FLAG(std::optional<double>, repetition_penalty, std::nullopt, "> 0; 1 = off");
 ABSL_FLAG(int64_t, seed, -1, "-1 = random");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "stop sequences, comma-separated");
 // chat (with --prompt as the user's message)
@@ -75,10 +77,14 @@ namespace {
 
 v1::SamplingParams SamplingFromFlags() {
   v1::SamplingParams s;
-  s.set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
-  s.set_top_k(absl::GetFlag(FLAGS_top_k));
-  s.set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
-  s.set_repetition_penalty(static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty)));
+  if (const auto temperature = absl::GetFlag(FLAGS_temperature)) {
+    s.set_temperature(static_cast<float>(*temperature));
+  }
+  if (const auto top_k = absl::GetFlag(FLAGS_top_k)) s.set_top_k(*top_k);
+  if (const auto top_p = absl::GetFlag(FLAGS_top_p)) s.set_top_p(static_cast<float>(*top_p));
+  if (const auto penalty = absl::GetFlag(FLAGS_repetition_penalty)) {
+    s.set_repetition_penalty(static_cast<float>(*penalty));
+  }
   if (absl::GetFlag(FLAGS_seed) >= 0) s.set_seed(absl::GetFlag(FLAGS_seed));
   if (absl::GetFlag(FLAGS_max_new_tokens) != 0) {
     s.set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));

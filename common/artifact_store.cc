@@ -143,22 +143,30 @@ class ArtifactSource : public WeightSource {
     const int64_t group_shape[] = {out_features, view.groups_per_row};
     ASSIGN_OR_RETURN(const TensorInfo* codes,
                      file_->Get(module + ".qweight", DType::kU8, codes_shape));
+    const TensorInfo* zeros = nullptr;
     view.codes = file_->data(*codes);
     ASSIGN_OR_RETURN(view.scales, Scales(module, view.spec, group_shape));
     const size_t scales_count = static_cast<size_t>(out_features * view.groups_per_row);
     size_t zeros_count = 0;
     if (view.spec.scheme == QuantScheme::kAsym) {
-      ASSIGN_OR_RETURN(const TensorInfo* zeros,
-                       file_->Get(module + ".qzeros", DType::kU8, group_shape));
+      ASSIGN_OR_RETURN(zeros, file_->Get(module + ".qzeros", DType::kU8, group_shape));
       view.zeros = file_->data(*zeros);
       zeros_count = zeros->nbytes;
     }
     RETURN_IF_ERROR(ValidateQuantizedMatrixView(view, codes->nbytes, scales_count, zeros_count));
     // The arithmetic the artifact was quantized for (its compute_dtype) or the caller's.
-    LinearWeight linear = LinearWeight::Quantized(view, compute_);
-    // The codes stay even when packed: the kernels read columns past their
-    // packed groups from them, and the copied file cannot fault them back.
-    return linear;
+    std::shared_ptr<const PackedWeights> packed = PackWeights(view, compute_);
+    if (packed != nullptr && PackedCoversView(view, compute_)) {
+      // The kernels read the packed copy only: the row-major one goes, so
+      // the weights are held once.
+      file_->ReleasePages(*codes);
+      if (zeros != nullptr) file_->ReleasePages(*zeros);
+      ReleaseScales(module, view.scales);
+      view.codes = nullptr;
+      view.scales = nullptr;
+      view.zeros = nullptr;
+    }
+    return LinearWeight::Quantized(view, compute_, std::move(packed));
   }
 
  private:
@@ -204,6 +212,18 @@ class ArtifactSource : public WeightSource {
     return absl::DataLossError(absl::StrCat("tensor ", t.module(), " has scale_dtype ",
                                             t.scale_dtype(), " with double_quant ",
                                             t.double_quant() ? "on" : "off"));
+  }
+
+  // Gives back the memory of `scales` from Scales(module, ...): the file's
+  // pages or the decoded buffer.
+  void ReleaseScales(const std::string& module, const float* scales) {
+    const auto owned = std::find_if(owned_scales_.begin(), owned_scales_.end(),
+                                    [&](const std::vector<float>& v) { return v.data() == scales; });
+    if (owned != owned_scales_.end()) {
+      owned_scales_.erase(owned);
+    } else if (const TensorInfo* t = file_->Find(module + ".scales")) {
+      file_->ReleasePages(*t);
+    }
   }
 
   // Copies a tensor's raw bytes out, so that its alignment in the file does

@@ -122,26 +122,38 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
       candidates.push_back(*std::move(q));
       view.linear[layer] = LinearWeight::Dense(candidates.back().data(), w.rows[layer], cols);
     }
+    // One calibration sequence at a time: the same loss (a sequence attends
+    // only to itself) with one sequence's temporaries instead of the whole
+    // set's, which is what bounds AWQ's memory on large models.
+    const int64_t len = acts.len;
+    const int64_t hidden = model.config().hidden_size;
     double sum = 0;
-    const auto accumulate = [&](const float* data) {
-      for (int64_t k = 0; k < n * out_dim; ++k) {
-        const double d = static_cast<double>(data[k]) - reference[k];
+    const auto accumulate = [&](const float* data, int64_t first_token) {
+      const float* expected = reference + first_token * out_dim;
+      for (int64_t k = 0; k < len * out_dim; ++k) {
+        const double d = static_cast<double>(data[k]) - expected[k];
         sum += d * d;
       }
     };
-    if (group.input == BlockPoint::kMlpInput || group.input == BlockPoint::kDownInput) {
-      // The MLP's output depends on the captured MLP input alone: no need to
-      // rerun attention (most of a block's time) for every grid point.
-      std::vector<float> out(n * out_dim);
-      model.MlpOutput(view, group.input, acts.Get(group.input), n, out.data());
-      accumulate(out.data());
-    } else {
-      std::vector<float> x = acts.input;
-      model.RunBlock(view, acts.seqs, acts.len, x.data(),
-                     [&](BlockPoint p, const float* data, int64_t, int64_t) {
-                       if (p == group.inspect) accumulate(data);
-                     },
-                     group.inspect);
+    const bool mlp_only =
+        group.input == BlockPoint::kMlpInput || group.input == BlockPoint::kDownInput;
+    std::vector<float> buffer(len * (mlp_only ? out_dim : hidden));
+    for (int seq = 0; seq < acts.seqs; ++seq) {
+      const int64_t first = seq * len;
+      if (mlp_only) {
+        // The MLP's output depends on the captured MLP input alone: no need
+        // to rerun attention (most of a block's time) for every grid point.
+        model.MlpOutput(view, group.input, acts.Get(group.input) + first * cols, len,
+                        buffer.data());
+        accumulate(buffer.data(), first);
+      } else {
+        std::copy_n(acts.input.data() + first * hidden, len * hidden, buffer.data());
+        model.RunBlock(view, 1, static_cast<int>(len), buffer.data(),
+                       [&](BlockPoint p, const float* data, int64_t, int64_t) {
+                         if (p == group.inspect) accumulate(data, first);
+                       },
+                       group.inspect);
+      }
     }
     result.losses[i] = sum / static_cast<double>(n * out_dim);
   });

@@ -193,7 +193,7 @@ absl::Status ForEachCalibratedBlock(const LlamaModel& model,
       return absl::InvalidArgumentError(absl::StrCat("calibration token id ", token,
                                                      " outside the vocabulary"));
     }
-    std::copy_n(model.weights().embed + token * hidden, hidden, x.data() + t * hidden);
+    EmbeddingRow(model.weights().embed, token, x.data() + t * hidden);
   }
   const BlockObserver capture = [&acts](BlockPoint p, const float* data, int64_t rows,
                                         int64_t dim) {

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <optional>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -359,6 +360,45 @@ absl::StatusOr<LlamaConfig> LoadLlamaConfig(const RootedPath& file) {
   return config;
 }
 
+namespace {
+
+// A positive float field that may be absent (or null): unset then.
+absl::StatusOr<std::optional<float>> OptionalPositiveFloat(const Json& root, const char* key) {
+  auto it = root.find(key);
+  if (it == root.end() || it->is_null()) return std::nullopt;
+  float value = 0;
+  RETURN_IF_ERROR(ReadPositiveFloat(root, key, &value));
+  return value;
+}
+
+absl::StatusOr<GenerationDefaults> ReadGenerationDefaults(const Json& root) {
+  GenerationDefaults defaults;
+  ASSIGN_OR_RETURN(defaults.repetition_penalty,
+                   OptionalPositiveFloat(root, "repetition_penalty"));
+  bool do_sample = false;
+  auto do_sample_field = root.find("do_sample");
+  if (do_sample_field == root.end() || do_sample_field->is_null()) return defaults;
+  RETURN_IF_ERROR(ReadBool(root, "do_sample", &do_sample));
+  if (!do_sample) {
+    defaults.temperature = 0.0f;
+    return defaults;
+  }
+  ASSIGN_OR_RETURN(defaults.temperature, OptionalPositiveFloat(root, "temperature"));
+  if (!defaults.temperature.has_value()) defaults.temperature = 1.0f;  // transformers'
+  ASSIGN_OR_RETURN(defaults.top_p, OptionalPositiveFloat(root, "top_p"));
+  if (defaults.top_p.has_value() && *defaults.top_p > 1.0f) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config field 'top_p' is ", *defaults.top_p, "; it must be in (0, 1]"));
+  }
+  int top_k = 0;
+  bool top_k_present = false;
+  RETURN_IF_ERROR(ReadInt(root, "top_k", 0, &top_k, &top_k_present));
+  if (top_k_present) defaults.top_k = top_k;
+  return defaults;
+}
+
+}  // namespace
+
 absl::Status MergeGenerationConfig(std::string_view json, LlamaConfig* config) {
   Json root = Json::parse(json.begin(), json.end(), nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded() || !root.is_object()) {
@@ -367,6 +407,7 @@ absl::Status MergeGenerationConfig(std::string_view json, LlamaConfig* config) {
   LlamaConfig generation;
   generation.eos_token_ids.clear();
   RETURN_IF_ERROR(ReadEosTokenIds(root, &generation));
+  ASSIGN_OR_RETURN(generation.generation_defaults, ReadGenerationDefaults(root));
   for (int id : generation.eos_token_ids) {
     if (id >= config->vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("generation_config.json eos_token_id ", id,
@@ -378,6 +419,7 @@ absl::Status MergeGenerationConfig(std::string_view json, LlamaConfig* config) {
       config->eos_token_ids.push_back(id);
     }
   }
+  config->generation_defaults = generation.generation_defaults;
   return absl::OkStatus();
 }
 

@@ -6,6 +6,7 @@
 #ifndef WQ_COMMON_HF_CONFIG_H_
 #define WQ_COMMON_HF_CONFIG_H_
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,6 +26,15 @@ struct RopeScaling {
   float high_freq_factor = 4.0f;  // llama3
   // llama3 and dynamic: the context the model was trained at.
   int original_max_position_embeddings = 0;
+};
+
+// generation_config.json's sampling defaults: what a request that leaves the
+// field unset gets. Unset here too: the serving API's own default.
+struct GenerationDefaults {
+  std::optional<float> temperature;  // 0 (greedy) when do_sample is false
+  std::optional<int> top_k;          // 0: no limit
+  std::optional<float> top_p;
+  std::optional<float> repetition_penalty;
 };
 
 struct LlamaConfig {
@@ -50,6 +60,7 @@ struct LlamaConfig {
   bool mlp_bias = false;        // gate/up/down_proj biases
   int sliding_window = 0;       // keys a query sees, itself included; 0: all
   RopeScaling rope_scaling;
+  GenerationDefaults generation_defaults;  // from generation_config.json
 
   const ArchitectureSpec& spec() const { return SpecOf(architecture); }
 };
@@ -66,7 +77,12 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json);
 absl::StatusOr<LlamaConfig> LoadLlamaConfig(const RootedPath& file);
 // Adds the eos_token_id (an id or a list) of a generation_config.json to
 // config->eos_token_ids: instruct models list their end-of-turn ids there
-// (Llama 3: <|eot_id|>), and generation stops on any of them.
+// (Llama 3: <|eot_id|>), and generation stops on any of them. Reads its
+// sampling defaults into config->generation_defaults as transformers'
+// generate() uses them: temperature, top_k and top_p only with
+// `do_sample: true` (transformers ignores them otherwise), `do_sample: false`
+// as a greedy default, repetition_penalty either way. INVALID_ARGUMENT naming
+// the field for a value out of its range.
 absl::Status MergeGenerationConfig(std::string_view json, LlamaConfig* config);
 // config.json of a model or artifact directory, with its
 // generation_config.json merged in when present.

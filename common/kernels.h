@@ -32,7 +32,7 @@ struct Unmapper {
 
 // W re-laid out for the int8-compute kernels ("int8-tiles-v1"), built once
 // per weight (PackInt8Weights) or mapped from an artifact that stores it.
-// The fp32 and bf16 kernels for a few x rows (decode) read it too.
+// The fp32 and bf16 kernels read it too.
 // Rows go in tiles of kTileRows (the last one padded with zero codes and
 // scales), and each tile stores, group after group:
 //   codes: per 32-block, 4-bit: 4 chunks of 32 bytes; in chunk c the 4 bytes
@@ -113,8 +113,7 @@ struct QuantArgs {
   const float* xd_chunks = nullptr;
   const float* xs_chunks = nullptr;
   const int8_t* xq_tiles = nullptr;
-  // W's tiles: always for the int8 kernels, for fp32 / bf16 when the weight
-  // has them (their few-x-row kernels read them).
+  // W's tiles, which every SIMD kernel reads.
   const PackedInt8Weights* packed = nullptr;
 };
 
@@ -172,11 +171,27 @@ PackedInt8Weights CopyInt8Tiles(const QuantArgs& a, const uint8_t* tiles);
 void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
              bool accumulate);
 
+// One dense bf16 product y[n, rows] = x · W^T (matmul.h MatMulBf16): W as
+// bf16 bits [rows, cols], x rounded to bf16 once per call, as floats (xf)
+// and as bits (xb16), both [n, cols].
+struct DenseBf16Args {
+  const uint16_t* w = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t n = 0;
+  const float* xf = nullptr;
+  const uint16_t* xb16 = nullptr;
+  float* y = nullptr;
+};
+
+// y rows [r0, r1) of that product in the scalar reference arithmetic: the
+// exact products of bf16 values summed in fp32, column after column.
+void DenseBf16RowsRef(const DenseBf16Args& a, int64_t r0, int64_t r1);
+
 struct KernelTable {
   // y rows [r0, r1) of a quantized matmul (r0 a multiple of 2 * kTileRows,
   // matmul.cc's row blocks); nullptr entries fall back to the scalar
-  // reference. The kInt8 entry reads a.packed, the others when it is set
-  // and a.n is small.
+  // reference. Each reads W from a.packed.
   void (*quant_rows[kNumComputeDtypes])(const QuantArgs& a, int64_t r0,
                                         int64_t r1);
   // From this many x rows the kInt8 entry runs tile kernels, which read
@@ -186,6 +201,8 @@ struct KernelTable {
   void (*f32_rows)(const float* w, int64_t rows, int64_t cols, const float* x,
                    int64_t n, float* y, int64_t r0, int64_t r1);
   QuantizeBlocksFn quantize_blocks;
+  // Rows [r0, r1) of a dense bf16 product (kernels_dense_bf16.h).
+  void (*dense_bf16_rows)(const DenseBf16Args& a, int64_t r0, int64_t r1);
 };
 
 // Defined by the kernels_<isa>.cc units (each compiled for its ISA only).

@@ -1,13 +1,15 @@
 // Kernels for ISA level "avx2"; compiled with that level's -m flags only
 // (see //common:kernels_avx2) and called only after dispatch checked the CPU.
 #include "common/kernels.h"
+#include "common/kernels_dense_bf16.h"
 #include "common/kernels_simd.h"
 
 namespace wq {
 namespace kernels {
 
 const KernelTable& Avx2Kernels() {
-  static constexpr KernelTable kTable = MakeTable<VecYmm, DotAvx2>();
+  static constexpr KernelTable kTable =
+      WithDenseBf16<VecYmm>(MakeTable<VecYmm, DotAvx2>());
   return kTable;
 }
 

@@ -1,13 +1,15 @@
 // Kernels for ISA level "avx_vnni"; compiled with that level's -m flags only
 // (see //common:kernels_avx_vnni) and called only after dispatch checked the CPU.
 #include "common/kernels.h"
+#include "common/kernels_dense_bf16.h"
 #include "common/kernels_simd.h"
 
 namespace wq {
 namespace kernels {
 
 const KernelTable& AvxVnniKernels() {
-  static constexpr KernelTable kTable = MakeTable<VecYmm, DotAvxVnni>();
+  static constexpr KernelTable kTable =
+      WithDenseBf16<VecYmm>(MakeTable<VecYmm, DotAvxVnni>());
   return kTable;
 }
 

@@ -133,175 +133,6 @@ void F32Rows(const float* w, int64_t rows, int64_t cols, const float* x,
 }
 
 // ---------------------------------------------------------------------------
-// fp32 / emulated-bf16 compute over quantized W.
-
-// Per-row pointers and per-group parameters of one W row.
-struct RowRef {
-  const uint8_t* codes;
-  const float* scales;
-  const uint8_t* zeros;
-  float Zero(int64_t g) const { return zeros ? static_cast<float>(zeros[g]) : 0.0f; }
-};
-
-inline RowRef Row(const QuantArgs& a, int64_t r) {
-  const QuantizedMatrixView& w = *a.w;
-  return {w.codes + r * w.row_bytes, w.scales + r * w.groups_per_row,
-          w.zeros ? w.zeros + r * w.groups_per_row : nullptr};
-}
-
-// Decodes kLanes codes of 8-bit or 2*kLanes codes of 4-bit weights starting at
-// column k (a multiple of 2*kLanes within a block): level - zero in fp32, in
-// the activation order (4-bit: `even` for the block's first half, `odd`).
-template <class V, int kBits>
-struct Decoder {
-  typename V::Lut lut;     // 4-bit: level - zero.
-  typename V::F offset;    // 8-bit: zero - level0.
-  Decoder() = default;
-  Decoder(const QuantArgs& a, float zero) {
-    if constexpr (kBits == 4) {
-      lut = V::MakeLut(a.lut, zero);
-    } else {
-      offset = V::Set1(zero - a.level0);
-    }
-  }
-};
-
-// Sub-steps of one 32-block: vectors of codes per step.
-template <class V, int kBits>
-constexpr int kStepsPerBlock = kBits == 4 ? kBlock / (2 * V::kLanes)
-                                          : kBlock / V::kLanes;
-
-// Calls f(step, w0, x_offset0[, w1, x_offset1]) for the decoded vectors.
-template <class V, int kBits, typename F>
-inline void DecodeStep(const RowRef& row, const Decoder<V, kBits>& d,
-                       int64_t k0, int s, F&& f) {
-  if constexpr (kBits == 4) {
-    typename V::F even, odd;
-    V::Decode4(row.codes + k0 / 2 + s * V::kLanes, d.lut, &even, &odd);
-    f(even, k0 + s * V::kLanes, odd, k0 + kBlock / 2 + s * V::kLanes);
-  } else {
-    const int64_t k = k0 + s * V::kLanes;
-    f(V::Sub(V::Decode8(row.codes + k), d.offset), k);
-  }
-}
-
-// One block of rows for n == 1: streams the codes once, one scale FMA per
-// group. Two accumulators per row break the FMA dependency chains.
-template <class V, int kBits, int R>
-void GemvBlock(const QuantArgs& a, int64_t r, const float* x, float* y) {
-  const QuantizedMatrixView& w = *a.w;
-  const int64_t groups = a.simd_cols / w.group_size;
-  RowRef rows[R];
-  #pragma GCC unroll 8
-  for (int j = 0; j < R; ++j) rows[j] = Row(a, r + j);
-  typename V::F acc[R];
-  #pragma GCC unroll 8
-  for (int j = 0; j < R; ++j) acc[j] = V::Zero();
-  for (int64_t g = 0; g < groups; ++g) {
-    Decoder<V, kBits> dec[R];
-    typename V::F ga[R], gb[R];
-    #pragma GCC unroll 8
-    for (int j = 0; j < R; ++j) {
-      dec[j] = Decoder<V, kBits>(a, rows[j].Zero(g));
-      ga[j] = V::Zero();
-      gb[j] = V::Zero();
-    }
-    for (int64_t k0 = g * w.group_size; k0 < (g + 1) * w.group_size;
-         k0 += kBlock) {
-      #pragma GCC unroll 8
-      for (int s = 0; s < kStepsPerBlock<V, kBits>; ++s) {
-        #pragma GCC unroll 8
-        for (int j = 0; j < R; ++j) {
-          if constexpr (kBits == 4) {
-            DecodeStep<V, kBits>(rows[j], dec[j], k0, s,
-                                 [&](auto we, int64_t ke, auto wo, int64_t ko) {
-                                   ga[j] = V::Fma(we, V::Load(x + ke), ga[j]);
-                                   gb[j] = V::Fma(wo, V::Load(x + ko), gb[j]);
-                                 });
-          } else {
-            DecodeStep<V, kBits>(rows[j], dec[j], k0, s,
-                                 [&](auto wv, int64_t k) {
-                                   auto& acc2 = (s & 1) ? gb[j] : ga[j];
-                                   acc2 = V::Fma(wv, V::Load(x + k), acc2);
-                                 });
-          }
-        }
-      }
-    }
-    #pragma GCC unroll 8
-    for (int j = 0; j < R; ++j) {
-      acc[j] = V::Fma(V::Set1(rows[j].scales[g]), V::Add(ga[j], gb[j]), acc[j]);
-    }
-  }
-  #pragma GCC unroll 8
-  for (int j = 0; j < R; ++j) y[r + j] = V::Sum(acc[j]);
-}
-
-// Writes row r dequantized ((level - zero) * scale) over [0, simd_cols) in
-// the activation order.
-template <class V, int kBits>
-void DecodeRowScaled(const QuantArgs& a, int64_t r, float* out) {
-  const QuantizedMatrixView& w = *a.w;
-  const RowRef row = Row(a, r);
-  for (int64_t g = 0; g < a.simd_cols / w.group_size; ++g) {
-    const Decoder<V, kBits> dec(a, row.Zero(g));
-    const typename V::F scale = V::Set1(row.scales[g]);
-    for (int64_t k0 = g * w.group_size; k0 < (g + 1) * w.group_size;
-         k0 += kBlock) {
-      #pragma GCC unroll 8
-      for (int s = 0; s < kStepsPerBlock<V, kBits>; ++s) {
-        if constexpr (kBits == 4) {
-          DecodeStep<V, kBits>(row, dec, k0, s,
-                               [&](auto we, int64_t ke, auto wo, int64_t ko) {
-                                 V::Store(out + ke, V::Mul(we, scale));
-                                 V::Store(out + ko, V::Mul(wo, scale));
-                               });
-        } else {
-          DecodeStep<V, kBits>(row, dec, k0, s, [&](auto wv, int64_t k) {
-            V::Store(out + k, V::Mul(wv, scale));
-          });
-        }
-      }
-    }
-  }
-}
-
-// fp32 (and bf16 emulated: a.lut and a.xf are bf16-rounded) compute. n == 1
-// fuses decode and FMA; n > 1 decodes kRowBlock rows into an L1/L2-resident
-// fp32 tile once and reuses it across all rows of x.
-template <class V, int kBits>
-void FloatRows(const QuantArgs& a, int64_t r0, int64_t r1) {
-  const int64_t rows = a.w->rows;
-  const int64_t cols = a.w->cols;
-  if (a.n == 1) {
-    for (int64_t r = r0; r < r1; r += kRowBlock) {
-      const int rb = static_cast<int>(std::min<int64_t>(kRowBlock, r1 - r));
-      WithCount<kRowBlock>(rb, [&](auto r_const) {
-        GemvBlock<V, kBits, decltype(r_const)::value>(a, r, a.xf, a.y);
-      });
-      if (a.simd_cols < cols) {
-        for (int j = 0; j < rb; ++j) RefRows(a, r + j, a.simd_cols, true);
-      }
-    }
-    return;
-  }
-  Scratch tile(kRowBlock * a.simd_cols);
-  for (int64_t r = r0; r < r1; r += kRowBlock) {
-    const int rb = static_cast<int>(std::min<int64_t>(kRowBlock, r1 - r));
-    const float* wr[kRowBlock];
-    for (int j = 0; j < rb; ++j) {
-      float* t = tile.get() + j * a.simd_cols;
-      DecodeRowScaled<V, kBits>(a, r + j, t);
-      wr[j] = t;
-    }
-    TileTimesX<V>(wr, rb, a.xf, cols, a.n, a.simd_cols, a.y, rows, r);
-    if (a.simd_cols < cols) {
-      for (int j = 0; j < rb; ++j) RefRows(a, r + j, a.simd_cols, true);
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
 // int8 compute over PackedInt8Weights (kernels.h): u8 (or, for
 // Q::kSignedWeights, u8 - 128 as s8) weight levels times s8 activations,
 // exact int32 dots per 32-block, then per group
@@ -614,22 +445,30 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   }
 }
 
+// Calls tile(rows, one_block_groups, i0) for the rows of x in chunks of up
+// to kMaxRows from i0, rows (the chunk's) and one_block_groups
+// (a.blocks_per_group == 1) as integral constants. Group size 32 (one block
+// per group, the common case) gets a straight-line group body: GCC
+// schedules it far better than the block loop, 12-30 % faster GEMMs measured.
+template <int kMaxRows, typename F>
+void ForXChunks(const QuantArgs& a, F&& tile) {
+  for (int64_t i = 0; i < a.n; i += kMaxRows) {
+    const int nt = static_cast<int>(std::min<int64_t>(kMaxRows, a.n - i));
+    WithCount<kMaxRows>(nt, [&](auto rows) {
+      if (a.blocks_per_group == 1) return tile(rows, std::true_type(), i);
+      tile(rows, std::false_type(), i);
+    });
+  }
+}
+
 // Tiles [first, first + W::kTiles) times all rows of x; the tiles' codes stay
 // in L1/L2 across the rows of x.
 template <class W, bool kSignedWeights, int kBits, bool kLut, bool kPrefetchOneRow>
 void Int8Tiles(const QuantArgs& a, int64_t first) {
-  for (int64_t i = 0; i < a.n; i += W::kNt) {
-    const int nt = static_cast<int>(std::min<int64_t>(W::kNt, a.n - i));
-    WithCount<W::kNt>(nt, [&](auto t_const) {
-      constexpr int kT = decltype(t_const)::value;
-      // Group size 32 (one block per group, the common case) as a
-      // straight-line group body: GCC schedules it far better than the
-      // block loop, 12-30 % faster GEMMs measured.
-      (a.blocks_per_group == 1
-           ? Int8Tile<W, kSignedWeights, kBits, kLut, kT, true, kPrefetchOneRow>
-           : Int8Tile<W, kSignedWeights, kBits, kLut, kT, false, kPrefetchOneRow>)(a, first, i);
-    });
-  }
+  ForXChunks<W::kNt>(a, [&](auto rows, auto one_block, int64_t i) {
+    Int8Tile<W, kSignedWeights, kBits, kLut, decltype(rows)::value, decltype(one_block)::value,
+             kPrefetchOneRow>(a, first, i);
+  });
 }
 
 // Q::Wide (when defined) covers two tiles per register: used for every
@@ -665,11 +504,12 @@ void Int8ByFormat(const QuantArgs& a, int64_t r0, int64_t r1) {
 }
 
 // ---------------------------------------------------------------------------
-// fp32 / bf16 compute of a few x rows (decode) over PackedInt8Weights: the
-// int8 kernels' tiles and prefetch, decoded in registers. A lane is a W row,
-// so one level-table lookup decodes a column of 8 (ymm) or 16 (zmm) rows and
-// one FMA per x row accumulates it with the broadcast activation; the codes
-// stream once however many x rows share them. Levels go in without the
+// fp32 / bf16 compute over PackedInt8Weights: the int8 kernels' tiles and
+// prefetch, decoded in registers. A lane is a W row, so one level-table
+// lookup decodes a column of 8 (ymm) or 16 (zmm) rows and one FMA per x row
+// accumulates it with the broadcast activation: W::kNt x rows share each
+// decoded column (prefill: the decode is amortized over them), and the
+// tiles' codes stay in L1/L2 across the chunks of x rows. Levels go in without the
 // zero point, which comes off per group as zero * xs (the group's sum of
 // activations); 8-bit codes count from level0, added back the same way.
 // kBf16Dot (4-bit, AVX512_BF16): the levels as bf16 pairs of adjacent
@@ -680,10 +520,6 @@ void Int8ByFormat(const QuantArgs& a, int64_t r0, int64_t r1) {
 // distance measured 5-10 % faster GEMVs (their decode takes longer per
 // record, so a line must be asked for earlier to be there in time).
 constexpr int64_t kFloatPrefetchGroups = 2 * kPrefetchGroups;
-
-// x rows up to which the float kernels read the tiles; more rows are compute
-// bound and go through FloatRows' decoded fp32 tile.
-constexpr int64_t kPackedFloatMaxRows = 4;
 
 // Column `col` of a full 32-block in xf (4-bit blocks are de-interleaved,
 // kernels.h).
@@ -834,14 +670,11 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
   for (int t = 0; t < T; ++t) W::Store(a.y + (i0 + t) * a.w->rows + r, acc[t], count);
 }
 
-// Tiles [first, first + W::kTiles) times the (at most kPackedFloatMaxRows)
-// rows of x.
+// Tiles [first, first + W::kTiles) times all rows of x, W::kNt at a time.
 template <class W, int kBits, bool kBf16Dot>
 void FloatTiles(const QuantArgs& a, int64_t first) {
-  WithCount<kPackedFloatMaxRows>(static_cast<int>(a.n), [&](auto t_const) {
-    constexpr int kT = decltype(t_const)::value;
-    (a.blocks_per_group == 1 ? FloatTile<W, kBits, kBf16Dot, kT, true>
-                             : FloatTile<W, kBits, kBf16Dot, kT, false>)(a, first, 0);
+  ForXChunks<W::kNt>(a, [&](auto rows, auto one_block, int64_t i) {
+    FloatTile<W, kBits, kBf16Dot, decltype(rows)::value, decltype(one_block)::value>(a, first, i);
   });
 }
 
@@ -862,16 +695,6 @@ void PackedFloatRows(const QuantArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
-// fp32 compute (and bf16 without native bf16 dot products: a.lut and a.xf
-// are bf16-rounded, the products exact in fp32): the tiles for few x rows
-// when the weight has them, else FloatRows on the row-major view.
-template <class V, class Q, int kBits>
-void FloatByLayout(const QuantArgs& a, int64_t r0, int64_t r1) {
-  if (a.packed != nullptr && a.n <= kPackedFloatMaxRows) {
-    return PackedFloatRows<Q, kBits, false>(a, r0, r1);
-  }
-  FloatRows<V, kBits>(a, r0, r1);
-}
 
 // QuantizeBlocksRef's arithmetic: the same fp32 operations per element, so
 // the results are identical.
@@ -913,95 +736,6 @@ inline void QuantizeBlocksSimd(const float* x, int64_t blocks, int8_t* q,
   }
 }
 
-// ---------------------------------------------------------------------------
-// Native bf16 (vdpbf16ps). A 32-bit lane pairs elements 2k and 2k+1, which
-// are exactly a code byte's low and high nibble, so x stays in natural order.
-#ifdef __AVX512BF16__
-template <int kBits, int R>
-void Bf16GemvBlock(const QuantArgs& a, int64_t r, const uint16_t* xb,
-                   float* y) {
-  const QuantizedMatrixView& w = *a.w;
-  const int64_t groups = a.simd_cols / w.group_size;
-  const __m512 levels = _mm512_loadu_ps(a.lut);
-  const __m512i low4 = _mm512_set1_epi32(0x0f);
-  RowRef rows[R];
-  #pragma GCC unroll 8
-  for (int j = 0; j < R; ++j) rows[j] = Row(a, r + j);
-  __m512 acc[R];
-  #pragma GCC unroll 8
-  for (int j = 0; j < R; ++j) acc[j] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
-    __m512i table[R];  // 4-bit: bf16 bits of level - zero per int32 lane.
-    __m512 offset[R];  // 8-bit: zero - level0.
-    __m512 ga[R];
-    #pragma GCC unroll 8
-    for (int j = 0; j < R; ++j) {
-      const float zero = rows[j].Zero(g);
-      if constexpr (kBits == 4) {
-        table[j] = _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(
-            _mm512_cvtneps_pbh(_mm512_sub_ps(levels, _mm512_set1_ps(zero)))));
-      } else {
-        offset[j] = _mm512_set1_ps(zero - a.level0);
-      }
-      ga[j] = _mm512_setzero_ps();
-    }
-    for (int64_t k0 = g * w.group_size; k0 < (g + 1) * w.group_size;
-         k0 += kBlock) {
-      const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xb + k0));
-      #pragma GCC unroll 8
-      for (int j = 0; j < R; ++j) {
-        __m512bh wv;
-        if constexpr (kBits == 4) {
-          const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(
-              reinterpret_cast<const __m128i*>(rows[j].codes + k0 / 2)));
-          const __m512i lo = _mm512_permutexvar_epi32(_mm512_and_si512(c, low4), table[j]);
-          const __m512i hi = _mm512_permutexvar_epi32(_mm512_srli_epi32(c, 4), table[j]);
-          wv = reinterpret_cast<__m512bh>(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-        } else {
-          const uint8_t* p = rows[j].codes + k0;
-          const __m512 f0 = _mm512_sub_ps(
-              _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
-                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))),
-              offset[j]);
-          const __m512 f1 = _mm512_sub_ps(
-              _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
-                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))),
-              offset[j]);
-          wv = _mm512_cvtne2ps_pbh(f1, f0);
-        }
-        ga[j] = _mm512_dpbf16_ps(ga[j], wv, xv);
-      }
-    }
-    #pragma GCC unroll 8
-    for (int j = 0; j < R; ++j) {
-      acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(rows[j].scales[g]), ga[j], acc[j]);
-    }
-  }
-  #pragma GCC unroll 8
-  for (int j = 0; j < R; ++j) y[r + j] = _mm512_reduce_add_ps(acc[j]);
-}
-
-// n == 1 natively; n > 1 reuses the fp32 tile path (bf16-rounded inputs, so
-// products are exact either way).
-template <class V, class Q, int kBits>
-void Bf16Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
-  if (a.packed != nullptr && a.n <= kPackedFloatMaxRows) {
-    // 8-bit codes have no 16-entry table: their levels go through fp32.
-    return PackedFloatRows<Q, kBits, kBits == 4>(a, r0, r1);
-  }
-  if (a.n > 1) return FloatRows<V, kBits>(a, r0, r1);
-  for (int64_t r = r0; r < r1; r += kRowBlock) {
-    const int rb = static_cast<int>(std::min<int64_t>(kRowBlock, r1 - r));
-    WithCount<kRowBlock>(rb, [&](auto r_const) {
-      Bf16GemvBlock<kBits, decltype(r_const)::value>(a, r, a.xb16, a.y);
-    });
-    if (a.simd_cols < a.w->cols) {
-      for (int j = 0; j < rb; ++j) RefRows(a, r + j, a.simd_cols, true);
-    }
-  }
-}
-#endif  // __AVX512BF16__
-
 // Chooses the instantiation for the weight bits (4 or 8; the dispatcher only
 // sends those here).
 template <void (*k4)(const QuantArgs&, int64_t, int64_t),
@@ -1013,15 +747,18 @@ void ByBits(const QuantArgs& a, int64_t r0, int64_t r1) {
 template <class V, class Q>
 constexpr KernelTable MakeTable() {
   KernelTable t{};
-  t.quant_rows[static_cast<int>(ComputeDtype::kFp32)] =
-      &ByBits<&FloatByLayout<V, Q, 4>, &FloatByLayout<V, Q, 8>>;
+  // bf16 without native bf16 dot products, and 8-bit codes (no 16-entry
+  // table): fp32 FMAs on bf16-rounded a.lut and a.xf, products exact in fp32.
+  constexpr bool kBf16Dot4 =
 #ifdef __AVX512BF16__
-  t.quant_rows[static_cast<int>(ComputeDtype::kBf16)] =
-      &ByBits<&Bf16Rows<V, Q, 4>, &Bf16Rows<V, Q, 8>>;
+      true;
 #else
-  t.quant_rows[static_cast<int>(ComputeDtype::kBf16)] =
-      &ByBits<&FloatByLayout<V, Q, 4>, &FloatByLayout<V, Q, 8>>;
+      false;
 #endif
+  t.quant_rows[static_cast<int>(ComputeDtype::kFp32)] =
+      &ByBits<&PackedFloatRows<Q, 4, false>, &PackedFloatRows<Q, 8, false>>;
+  t.quant_rows[static_cast<int>(ComputeDtype::kBf16)] =
+      &ByBits<&PackedFloatRows<Q, 4, kBf16Dot4>, &PackedFloatRows<Q, 8, false>>;
   t.quant_rows[static_cast<int>(ComputeDtype::kInt8)] = &Int8ByFormat<Q>;
   t.f32_rows = &F32Rows<V>;
   t.quantize_blocks = &QuantizeBlocksSimd;

@@ -1,6 +1,6 @@
-// Vector traits for kernels_impl.h: fp32 lanes with 4/8-bit code decoding
-// (V*) and int8 dot products (Dot*). Included only by kernels_<isa>.cc; the
-// anonymous namespace keeps each unit's copies private (see kernels_impl.h).
+// Vector traits for kernels_impl.h: fp32 lanes (V*) and int8 dot products
+// (Dot*). Included only by kernels_<isa>.cc; the anonymous namespace keeps
+// each unit's copies private (see kernels_impl.h).
 #ifndef WQ_COMMON_KERNELS_SIMD_H_
 #define WQ_COMMON_KERNELS_SIMD_H_
 
@@ -14,22 +14,11 @@ namespace wq {
 namespace kernels {
 namespace {
 
-inline __m128i Load8Bytes(const uint8_t* p) {
-  return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-}
-inline __m128i Load16Bytes(const uint8_t* p) {
-  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-}
-
-// AVX2 + FMA: 8 fp32 lanes; a 16-entry level table is two registers, picked
-// by bit 3 of the code.
+// AVX2 + FMA: 8 fp32 lanes.
 struct VecYmm {
   using F = __m256;
   static constexpr int kLanes = 8;
   static constexpr int kNr = 2;  // 16 ymm registers: 4x2 accumulators.
-  struct Lut {
-    __m256 lo, hi;
-  };
   static F Zero() { return _mm256_setzero_ps(); }
   static F Set1(float v) { return _mm256_set1_ps(v); }
   static F Load(const float* p) { return _mm256_loadu_ps(p); }
@@ -39,34 +28,14 @@ struct VecYmm {
   static F Sub(F a, F b) { return _mm256_sub_ps(a, b); }
   static F Mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static float Sum(F v) { return Hsum256(v); }
-  static Lut MakeLut(const float* levels, float zero) {
-    const __m256 z = _mm256_set1_ps(zero);
-    return {_mm256_sub_ps(_mm256_loadu_ps(levels), z),
-            _mm256_sub_ps(_mm256_loadu_ps(levels + 8), z)};
-  }
-  static F Lookup(const Lut& t, __m256i idx) {
-    const __m256 a = _mm256_permutevar8x32_ps(t.lo, idx);
-    const __m256 b = _mm256_permutevar8x32_ps(t.hi, idx);
-    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
-  }
-  // 8 bytes -> 8 low-nibble and 8 high-nibble levels.
-  static void Decode4(const uint8_t* p, const Lut& t, F* even, F* odd) {
-    const __m256i c = _mm256_cvtepu8_epi32(Load8Bytes(p));
-    *even = Lookup(t, _mm256_and_si256(c, _mm256_set1_epi32(0x0f)));
-    *odd = Lookup(t, _mm256_srli_epi32(c, 4));
-  }
-  static F Decode8(const uint8_t* p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(Load8Bytes(p)));
-  }
 };
 
 #ifdef __AVX512F__
-// AVX-512: 16 fp32 lanes; the whole 16-entry level table fits one vpermps.
+// AVX-512: 16 fp32 lanes.
 struct VecZmm {
   using F = __m512;
   static constexpr int kLanes = 16;
   static constexpr int kNr = 3;  // 32 zmm registers: 4x3 accumulators.
-  using Lut = __m512;
   static F Zero() { return _mm512_setzero_ps(); }
   static F Set1(float v) { return _mm512_set1_ps(v); }
   static F Load(const float* p) { return _mm512_loadu_ps(p); }
@@ -76,18 +45,6 @@ struct VecZmm {
   static F Sub(F a, F b) { return _mm512_sub_ps(a, b); }
   static F Mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static float Sum(F v) { return _mm512_reduce_add_ps(v); }
-  static Lut MakeLut(const float* levels, float zero) {
-    return _mm512_sub_ps(_mm512_loadu_ps(levels), _mm512_set1_ps(zero));
-  }
-  // 16 bytes -> 16 low-nibble and 16 high-nibble levels.
-  static void Decode4(const uint8_t* p, const Lut& t, F* even, F* odd) {
-    const __m512i c = _mm512_cvtepu8_epi32(Load16Bytes(p));
-    *even = _mm512_permutexvar_ps(_mm512_and_si512(c, _mm512_set1_epi32(0x0f)), t);
-    *odd = _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), t);
-  }
-  static F Decode8(const uint8_t* p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(Load16Bytes(p)));
-  }
 };
 #endif  // __AVX512F__
 

@@ -13,6 +13,15 @@ LinearWeight LinearWeight::Dense(const float* w, int64_t rows, int64_t cols) {
   return l;
 }
 
+LinearWeight LinearWeight::DenseBf16(const uint16_t* w, int64_t rows, int64_t cols) {
+  LinearWeight l;
+  l.dense_bf16_ = w;
+  l.compute_ = ComputeDtype::kBf16;
+  l.rows_ = rows;
+  l.cols_ = cols;
+  return l;
+}
+
 LinearWeight LinearWeight::Quantized(const QuantizedMatrixView& view, ComputeDtype compute,
                                      std::shared_ptr<const PackedWeights> packed) {
   LinearWeight l;
@@ -25,7 +34,8 @@ LinearWeight LinearWeight::Quantized(const QuantizedMatrixView& view, ComputeDty
 }
 
 int64_t LinearWeight::storage_bytes() const {
-  if (!quantized()) return rows_ * cols_ * static_cast<int64_t>(sizeof(float));
+  if (dense_ != nullptr) return rows_ * cols_ * static_cast<int64_t>(sizeof(float));
+  if (dense_bf16_ != nullptr) return rows_ * cols_ * static_cast<int64_t>(sizeof(uint16_t));
   if (packed_ != nullptr) return PackedBytes(*packed_);  // e.g. bf16 scales in 2 bytes
   const int64_t groups = quantized_.rows * quantized_.groups_per_row;
   return quantized_.rows * quantized_.row_bytes +
@@ -36,6 +46,8 @@ int64_t LinearWeight::storage_bytes() const {
 void LinearWeight::Forward(const float* x, int64_t n, float* y) const {
   if (quantized()) {
     MatMulQuantized(quantized_, x, n, y, compute_, packed_.get());
+  } else if (dense_bf16_ != nullptr) {
+    MatMulBf16(dense_bf16_, rows_, cols_, x, n, y);
   } else {
     MatMulF32(dense_, rows_, cols_, x, n, y);
   }

@@ -1,5 +1,5 @@
-// The weight of one linear layer: dense fp32 or quantized. Both are
-// non-owning views (into a mapped file or a buffer kept alive elsewhere), so
+// The weight of one linear layer: dense fp32, dense bf16 (an unquantized
+// bf16 checkpoint served as stored) or quantized. All are non-owning views (into a mapped file or a buffer kept alive elsewhere), so
 // the forward pass never holds a second fp32 copy of quantized weights.
 #ifndef WQ_COMMON_LINEAR_H_
 #define WQ_COMMON_LINEAR_H_
@@ -19,6 +19,8 @@ class LinearWeight {
   LinearWeight() = default;
   // w is [rows = out_features, cols = in_features], row-major.
   static LinearWeight Dense(const float* w, int64_t rows, int64_t cols);
+  // w is bf16 bits, same layout; Forward computes in bf16 (MatMulBf16).
+  static LinearWeight DenseBf16(const uint16_t* w, int64_t rows, int64_t cols);
   // Computes in `compute`, from `packed` when given (kept by the weight),
   // else from the layout PackWeights(view, compute) builds, if any.
   static LinearWeight Quantized(const QuantizedMatrixView& view,
@@ -27,10 +29,12 @@ class LinearWeight {
 
   int64_t out_features() const { return rows_; }
   int64_t in_features() const { return cols_; }
-  bool quantized() const { return dense_ == nullptr; }
+  bool quantized() const { return dense_ == nullptr && dense_bf16_ == nullptr; }
+  // The dense weight, or null when it is another kind.
   const float* dense() const { return dense_; }
+  const uint16_t* dense_bf16() const { return dense_bf16_; }
   const QuantizedMatrixView& quantized_view() const { return quantized_; }
-  // Arithmetic of quantized Forward (dense weights always compute in fp32).
+  // Arithmetic of quantized Forward (dense weights compute in their dtype).
   ComputeDtype compute_dtype() const { return compute_; }
   // Whether Forward reads a packed copy instead of the view's codes (it may
   // still read the view for columns past the packed kernels' groups).
@@ -38,7 +42,7 @@ class LinearWeight {
   // Bytes the kernels read per product: the packed copy's when there is one
   // (its scales may be 2 bytes; columns past whole groups of 32-blocks, read
   // from the view, are not counted: Llama's shapes have none), else the
-  // view's codes, fp32 scales and zeros (or the dense fp32 matrix).
+  // view's codes, fp32 scales and zeros (or the dense fp32 / bf16 matrix).
   int64_t storage_bytes() const;
 
   // y[n, out_features] = x[n, in_features] · W^T
@@ -51,6 +55,7 @@ class LinearWeight {
 
  private:
   const float* dense_ = nullptr;
+  const uint16_t* dense_bf16_ = nullptr;
   QuantizedMatrixView quantized_{};
   int64_t rows_ = 0;
   int64_t cols_ = 0;

@@ -79,7 +79,26 @@ void RmsNorm(const float* x, const float* weight, int n, float eps, float* out) 
 
 }  // namespace
 
-absl::Status CheckpointSource::Open(const RootedPath& dir, FileBacking backing) {
+absl::StatusOr<LinearWeight> WeightSource::DenseMatrix(absl::string_view tensor, int64_t rows,
+                                                       int64_t cols) {
+  const int64_t shape[] = {rows, cols};
+  ASSIGN_OR_RETURN(const float* w, F32(tensor, shape));
+  return LinearWeight::Dense(w, rows, cols);
+}
+
+void EmbeddingRow(const LinearWeight& embed, int64_t token, float* out) {
+  const int64_t hidden = embed.in_features();
+  if (embed.dense_bf16() != nullptr) {
+    std::transform(embed.dense_bf16() + token * hidden, embed.dense_bf16() + (token + 1) * hidden,
+                   out, Bf16ToFloat);
+  } else {
+    std::copy_n(embed.dense() + token * hidden, hidden, out);
+  }
+}
+
+absl::Status CheckpointSource::Open(const RootedPath& dir, FileBacking backing,
+                                    Bf16Weights bf16) {
+  bf16_ = bf16;
   ASSIGN_OR_RETURN(std::vector<RootedPath> paths, CheckpointFiles(dir));
   for (const RootedPath& path : paths) {
     ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path, backing));
@@ -115,11 +134,26 @@ absl::StatusOr<const float*> CheckpointSource::F32(absl::string_view tensor,
   return loaded_.back().tensor.data;
 }
 
+absl::StatusOr<LinearWeight> CheckpointSource::DenseMatrix(absl::string_view tensor,
+                                                           int64_t rows, int64_t cols) {
+  auto it = by_name_.find(std::string(tensor));
+  const TensorInfo* info = it != by_name_.end() ? it->second->Find(std::string(tensor)) : nullptr;
+  if (bf16_ == Bf16Weights::kServeBf16 && info != nullptr && info->dtype == DType::kBF16) {
+    const int64_t shape[] = {rows, cols};
+    ASSIGN_OR_RETURN(info, it->second->Get(std::string(tensor), DType::kBF16, shape));
+    const uint8_t* bytes = it->second->data(*info);
+    // Safetensors writers align tensors; one that is not is converted below.
+    if (reinterpret_cast<uintptr_t>(bytes) % alignof(uint16_t) == 0) {
+      used_.insert(std::string(tensor));
+      return LinearWeight::DenseBf16(reinterpret_cast<const uint16_t*>(bytes), rows, cols);
+    }
+  }
+  return WeightSource::DenseMatrix(tensor, rows, cols);
+}
+
 absl::StatusOr<LinearWeight> CheckpointSource::Linear(absl::string_view module,
                                                       int64_t out_features, int64_t in_features) {
-  const int64_t shape[] = {out_features, in_features};
-  ASSIGN_OR_RETURN(const float* w, F32(absl::StrCat(module, ".weight"), shape));
-  return LinearWeight::Dense(w, out_features, in_features);
+  return DenseMatrix(absl::StrCat(module, ".weight"), out_features, in_features);
 }
 
 void CheckpointSource::ReleaseLoaded() {
@@ -140,7 +174,7 @@ absl::Status CheckpointSource::CheckAllUsed() const {
 
 int64_t LlamaWeights::StorageBytes() const {
   const int64_t hidden = config.hidden_size;
-  int64_t bytes = (static_cast<int64_t>(config.vocab_size) * hidden + hidden) * 4;
+  int64_t bytes = embed.storage_bytes() + hidden * 4;
   const std::vector<BlockNormSpec> norms = BlockNorms(config);
   const std::vector<BlockLinearSpec> linears = BlockLinears(config);
   for (const LlamaLayerWeights& l : layers) {
@@ -150,13 +184,15 @@ int64_t LlamaWeights::StorageBytes() const {
       if (spec.bias) bytes += spec.out_features * 4;
     }
   }
-  if (lm_head.dense() != embed) bytes += lm_head.storage_bytes();
+  const bool tied = !lm_head.quantized() && lm_head.dense() == embed.dense() &&
+                    lm_head.dense_bf16() == embed.dense_bf16();
+  if (!tied) bytes += lm_head.storage_bytes();
   return bytes;
 }
 
-absl::StatusOr<const float*> LoadEmbedding(const LlamaConfig& config, WeightSource& source) {
-  const int64_t shape[] = {config.vocab_size, config.hidden_size};
-  return source.F32(absl::StrCat(kEmbedName, ".weight"), shape);
+absl::StatusOr<LinearWeight> LoadEmbedding(const LlamaConfig& config, WeightSource& source) {
+  return source.DenseMatrix(absl::StrCat(kEmbedName, ".weight"), config.vocab_size,
+                            config.hidden_size);
 }
 
 absl::StatusOr<const float*> LoadFinalNorm(const LlamaConfig& config, WeightSource& source) {
@@ -185,7 +221,7 @@ absl::StatusOr<LlamaLayerWeights> LoadLayer(const LlamaConfig& config, WeightSou
 }
 
 absl::StatusOr<LinearWeight> LoadLmHead(const LlamaConfig& config, WeightSource& source,
-                                        const float* embed) {
+                                        const LinearWeight& embed) {
   if (source.Has(kLmHeadName)) {
     return source.Linear(kLmHeadName, config.vocab_size, config.hidden_size);
   }
@@ -193,7 +229,7 @@ absl::StatusOr<LinearWeight> LoadLmHead(const LlamaConfig& config, WeightSource&
     return absl::NotFoundError(
         "model has no lm_head.weight and config.json does not tie word embeddings");
   }
-  return LinearWeight::Dense(embed, config.vocab_size, config.hidden_size);
+  return embed;
 }
 
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
@@ -212,10 +248,10 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
 }
 
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
-    const RootedPath& dir, FileBacking backing) {
+    const RootedPath& dir, FileBacking backing, Bf16Weights bf16) {
   ASSIGN_OR_RETURN(LlamaConfig config, LoadModelDirConfig(dir));
   auto source = std::make_shared<CheckpointSource>();
-  RETURN_IF_ERROR(source->Open(dir, backing));
+  RETURN_IF_ERROR(source->Open(dir, backing, bf16));
   ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
                    BuildLlamaWeights(config, source));
   RETURN_IF_ERROR(source->CheckAllUsed());
@@ -226,9 +262,10 @@ KVCache::KVCache(const LlamaConfig& config, int max_positions, KvCacheDtype dtyp
     : dtype_(dtype),
       kv_heads_(config.num_key_value_heads),
       head_dim_(config.head_dim),
-      max_positions_(max_positions) {
-  const size_t n = static_cast<size_t>(config.num_hidden_layers) * kv_heads_ *
-                   max_positions_ * head_dim_;
+      window_(config.sliding_window),
+      max_positions_(max_positions),
+      slots_(window_ > 0 ? std::min(max_positions, window_) : max_positions) {
+  const size_t n = static_cast<size_t>(config.num_hidden_layers) * kv_heads_ * slots_ * head_dim_;
   if (dtype_ == KvCacheDtype::kF32) {
     keys_.resize(n);
     values_.resize(n);
@@ -238,8 +275,15 @@ KVCache::KVCache(const LlamaConfig& config, int max_positions, KvCacheDtype dtyp
   }
 }
 
+bool KVCache::CanStartAt(int pos) const {
+  const int first_read = window_ > 0 ? std::max(0, pos - window_ + 1) : 0;
+  const int first_held = std::max(0, length_ - slots_);
+  // Keys [first_read, pos) are read: none at the start (or with a window of 1).
+  return pos <= length_ && (first_read == pos || first_read >= first_held);
+}
+
 void KVCache::Store(int layer, int kv_head, int pos, const float* key, const float* value) {
-  const int64_t o = Offset(layer, kv_head, pos);
+  const int64_t o = Offset(layer, kv_head, pos % slots_);
   if (dtype_ == KvCacheDtype::kF32) {
     std::copy_n(key, head_dim_, keys_.data() + o);
     std::copy_n(value, head_dim_, values_.data() + o);
@@ -249,22 +293,44 @@ void KVCache::Store(int layer, int kv_head, int pos, const float* key, const flo
   std::transform(value, value + head_dim_, values_bf16_.data() + o, FloatToBf16);
 }
 
+void KVCache::RoundAsStored(float* x, int64_t count) const {
+  if (dtype_ == KvCacheDtype::kF32) return;
+  for (int64_t i = 0; i < count; ++i) x[i] = Bf16ToFloat(FloatToBf16(x[i]));
+}
+
 const float* KVCache::Rows(const std::vector<float>& f32, const std::vector<uint16_t>& bf16,
-                           int64_t offset, int n, std::vector<float>* scratch) const {
-  if (dtype_ == KvCacheDtype::kF32) return f32.data() + offset;
-  const int64_t count = static_cast<int64_t>(n) * head_dim_;
-  scratch->resize(count);
-  std::transform(bf16.data() + offset, bf16.data() + offset + count, scratch->data(),
-                 Bf16ToFloat);
+                           int layer, int kv_head, int first, int end,
+                           std::vector<float>* scratch) const {
+  const int n = end - first;
+  const int slot = first % slots_;
+  const int before_wrap = std::min(n, slots_ - slot);
+  if (dtype_ == KvCacheDtype::kF32 && before_wrap == n) {
+    return f32.data() + Offset(layer, kv_head, slot);
+  }
+  scratch->resize(static_cast<size_t>(n) * head_dim_);
+  // Slots [slot, slot + before_wrap), then [0, n - before_wrap) past the wrap.
+  auto copy = [&](int from_slot, int count, float* to) {
+    const int64_t o = Offset(layer, kv_head, from_slot);
+    const int64_t floats = static_cast<int64_t>(count) * head_dim_;
+    if (dtype_ == KvCacheDtype::kF32) {
+      std::copy_n(f32.data() + o, floats, to);
+    } else {
+      std::transform(bf16.data() + o, bf16.data() + o + floats, to, Bf16ToFloat);
+    }
+  };
+  copy(slot, before_wrap, scratch->data());
+  copy(0, n - before_wrap, scratch->data() + static_cast<int64_t>(before_wrap) * head_dim_);
   return scratch->data();
 }
 
-const float* KVCache::Keys(int layer, int kv_head, int n, std::vector<float>* scratch) const {
-  return Rows(keys_, keys_bf16_, Offset(layer, kv_head, 0), n, scratch);
+const float* KVCache::Keys(int layer, int kv_head, int first, int end,
+                           std::vector<float>* scratch) const {
+  return Rows(keys_, keys_bf16_, layer, kv_head, first, end, scratch);
 }
 
-const float* KVCache::Values(int layer, int kv_head, int n, std::vector<float>* scratch) const {
-  return Rows(values_, values_bf16_, Offset(layer, kv_head, 0), n, scratch);
+const float* KVCache::Values(int layer, int kv_head, int first, int end,
+                             std::vector<float>* scratch) const {
+  return Rows(values_, values_bf16_, layer, kv_head, first, end, scratch);
 }
 
 int64_t KVCache::bytes() const {
@@ -382,7 +448,7 @@ LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
                                        weights_->config.rope_scaling.original_max_position_embeddings)) {}
 
 void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
-                           const float* q, const float* k, const float* v,
+                           const float* q, float* k, float* v,
                            float* out) const {
   const LlamaConfig& c = weights_->config;
   const int head_dim = c.head_dim;
@@ -393,21 +459,22 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
   const int64_t q_dim = static_cast<int64_t>(heads) * head_dim;
   const int64_t kv_dim = static_cast<int64_t>(kv_heads) * head_dim;
 
-  // Store the new keys and values first: a token attends to itself.
+  // A chunk's queries read its own keys and values here in k and v, and
+  // earlier positions' from its cache; the chunk is stored only once all
+  // queries ran, so a windowed cache's ring never loses a key that a query
+  // of this chunk still reads, whatever the chunk's length. Rounded first to
+  // what the cache keeps, so chunking does not change a bf16 cache's result.
   int64_t row = 0;
   for (const SequenceChunk& chunk : chunks) {
-    for (size_t t = 0; t < chunk.tokens.size(); ++t, ++row) {
-      const int pos = chunk.start_pos + static_cast<int>(t);
-      for (int h = 0; h < kv_heads; ++h) {
-        chunk.cache->Store(layer, h, pos, k + row * kv_dim + h * head_dim,
-                           v + row * kv_dim + h * head_dim);
-      }
-    }
+    const int64_t floats = static_cast<int64_t>(chunk.tokens.size()) * kv_dim;
+    chunk.cache->RoundAsStored(k + row * kv_dim, floats);
+    chunk.cache->RoundAsStored(v + row * kv_dim, floats);
+    row += static_cast<int64_t>(chunk.tokens.size());
   }
 
   // One work item: up to kQueryTile tokens of one chunk against one KV head.
   // The `group` query heads sharing that KV head and the tile's tokens form
-  // one query matrix, so scores and output are two matrix products that read
+  // one query matrix, so scores and output are matrix products that read
   // the head's keys and values once, instead of a matrix-vector product per
   // token and query head.
   constexpr int kQueryTile = 32;
@@ -429,16 +496,25 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
     row += m;
   }
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  // Rows of one KV head in k or v: tokens kv_dim apart.
+  using ChunkRows = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   tbb::parallel_for(
       tbb::blocked_range<size_t>(0, work.size()), [&](const tbb::blocked_range<size_t>& range) {
         RowMatrix queries, scores, outputs;
-        std::vector<float> key_rows, value_rows;  // bf16 caches convert into these
+        std::vector<float> key_rows, value_rows;  // wrapped or bf16 rows land here
         for (size_t i = range.begin(); i != range.end(); ++i) {
           const Work& w = work[i];
-          const int pos0 = w.chunk->start_pos + w.token0;
-          // Keys the tile's last token sees; earlier tokens mask the tail.
-          const int n = pos0 + w.tokens;
+          const int start = w.chunk->start_pos;
+          const int pos0 = start + w.token0;
+          // Keys of positions [first_key, end) serve the whole tile (earlier
+          // tokens mask the tail): [first_key, cached_end) from the cache,
+          // the rest from this chunk. Column j holds position first_key + j.
+          const int end = pos0 + w.tokens;
+          const int first_key = window > 0 ? std::max(0, pos0 - window + 1) : 0;
+          const int cached_end = std::max(first_key, start);
+          const int cached = cached_end - first_key;
+          const int fresh = end - cached_end;
           const int rows = w.tokens * group;
           queries.resize(rows, head_dim);
           for (int t = 0; t < w.tokens; ++t) {
@@ -446,25 +522,38 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
                                static_cast<int64_t>(w.kv_head) * group * head_dim;
             std::copy(src, src + group * head_dim, queries.data() + int64_t{t} * group * head_dim);
           }
-          const ConstRowMatrix keys(w.chunk->cache->Keys(layer, w.kv_head, n, &key_rows), n,
-                                    head_dim);
-          const ConstRowMatrix values(w.chunk->cache->Values(layer, w.kv_head, n, &value_rows),
-                                      n, head_dim);
-          scores.resize(rows, n);
-          scores.noalias() = (queries * keys.transpose()) * scale;
+          const int64_t fresh_offset =
+              (w.first_row + cached_end - start) * kv_dim + int64_t{w.kv_head} * head_dim;
+          const ChunkRows fresh_keys(k + fresh_offset, fresh, head_dim, Eigen::OuterStride<>(kv_dim));
+          const ChunkRows fresh_values(v + fresh_offset, fresh, head_dim,
+                                       Eigen::OuterStride<>(kv_dim));
+          scores.resize(rows, cached + fresh);
+          scores.rightCols(fresh).noalias() = (queries * fresh_keys.transpose()) * scale;
+          if (cached > 0) {
+            const ConstRowMatrix keys(
+                w.chunk->cache->Keys(layer, w.kv_head, first_key, cached_end, &key_rows), cached,
+                head_dim);
+            scores.leftCols(cached).noalias() = (queries * keys.transpose()) * scale;
+          }
           for (int r = 0; r < rows; ++r) {
             // Keys [first, visible): causal, and within the sliding window.
             const int visible = pos0 + r / group + 1;
-            const int first = window > 0 ? std::max(0, visible - window) : 0;
+            const int first = window > 0 ? std::max(first_key, visible - window) : 0;
             auto row_scores = scores.row(r);
-            auto seen = row_scores.segment(first, visible - first).array();
+            auto seen = row_scores.segment(first - first_key, visible - first).array();
             seen = (seen - seen.maxCoeff()).exp();
             seen /= seen.sum();
-            row_scores.head(first).setZero();
-            row_scores.tail(n - visible).setZero();
+            row_scores.head(first - first_key).setZero();
+            row_scores.tail(end - visible).setZero();
           }
           outputs.resize(rows, head_dim);
-          outputs.noalias() = scores * values;
+          outputs.noalias() = scores.rightCols(fresh) * fresh_values;
+          if (cached > 0) {
+            const ConstRowMatrix values(
+                w.chunk->cache->Values(layer, w.kv_head, first_key, cached_end, &value_rows),
+                cached, head_dim);
+            outputs.noalias() += scores.leftCols(cached) * values;
+          }
           for (int t = 0; t < w.tokens; ++t) {
             float* dst = out + (w.first_row + w.token0 + t) * q_dim +
                          static_cast<int64_t>(w.kv_head) * group * head_dim;
@@ -473,6 +562,19 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
           }
         }
       });
+
+  // Of a chunk longer than a ring, only the last `slots` positions stay.
+  row = 0;
+  for (const SequenceChunk& chunk : chunks) {
+    const int m = static_cast<int>(chunk.tokens.size());
+    for (int t = std::max(0, m - chunk.cache->slots()); t < m; ++t) {
+      for (int h = 0; h < kv_heads; ++h) {
+        const int64_t offset = (row + t) * kv_dim + int64_t{h} * head_dim;
+        chunk.cache->Store(layer, h, chunk.start_pos + t, k + offset, v + offset);
+      }
+    }
+    row += m;
+  }
 }
 
 struct LlamaModel::Scratch {
@@ -654,6 +756,17 @@ absl::Status LlamaModel::Forward(absl::Span<const SequenceChunk> chunks,
       return absl::OutOfRangeError(absl::StrCat("positions ", chunk.start_pos, "..", end - 1,
                                                 " exceed the context of ", context, " tokens"));
     }
+    if (!chunk.cache->CanStartAt(chunk.start_pos)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a chunk starts at position ", chunk.start_pos, " but its KV cache holds positions [",
+          chunk.cache->length() - chunk.cache->held(), ", ", chunk.cache->length(), ")"));
+    }
+    // A chunk reads its cache before any chunk of this pass is stored.
+    if (std::count_if(chunks.begin(), chunks.end(), [&](const SequenceChunk& other) {
+          return other.cache == chunk.cache;
+        }) > 1) {
+      return absl::InvalidArgumentError("two chunks of one pass share a KV cache");
+    }
     for (int token : chunk.tokens) {
       if (token < 0 || token >= c.vocab_size) {
         return absl::InvalidArgumentError(
@@ -669,14 +782,16 @@ absl::Status LlamaModel::Forward(absl::Span<const SequenceChunk> chunks,
   int64_t row = 0;
   for (const SequenceChunk& chunk : chunks) {
     for (int token : chunk.tokens) {
-      std::copy_n(weights_->embed + static_cast<int64_t>(token) * hidden, hidden,
-                  x.data() + row++ * hidden);
+      EmbeddingRow(weights_->embed, token, x.data() + row++ * hidden);
     }
   }
   Scratch scratch(c, n);
   for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
     Block(weights_->layers[layer], layer, chunks, x.data(), scratch, nullptr,
           BlockPoint::kOutput);
+  }
+  for (const SequenceChunk& chunk : chunks) {
+    chunk.cache->set_length(chunk.start_pos + static_cast<int>(chunk.tokens.size()));
   }
 
   // Final norm only on the rows whose logits are wanted.

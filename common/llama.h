@@ -11,6 +11,7 @@
 #ifndef WQ_COMMON_LLAMA_H_
 #define WQ_COMMON_LLAMA_H_
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <functional>
@@ -46,16 +47,28 @@ class WeightSource {
                                            absl::Span<const int64_t> shape) = 0;
   // Whether a linear module of this name (without ".weight") exists.
   virtual bool Has(absl::string_view module) = 0;
+  // A dense matrix [rows, cols] (the embedding) as the source serves it for
+  // compute: fp32 by default (F32).
+  virtual absl::StatusOr<LinearWeight> DenseMatrix(absl::string_view tensor, int64_t rows,
+                                                   int64_t cols);
   // Linear weight [out_features, in_features] of a module, dense or quantized.
   virtual absl::StatusOr<LinearWeight> Linear(absl::string_view module,
                                               int64_t out_features,
                                               int64_t in_features) = 0;
 };
 
+// What an unquantized checkpoint's bf16 matrices (linears, embedding) become:
+// fp32 copies, for tools that read or transform them as fp32; or served as
+// stored, computed in bf16 (MatMulBf16): half the memory of fp32 and no
+// copy beyond the file's own. f16 matrices become fp32 either way (f16 to
+// bf16 would drop 3 significand bits), as do vectors (norms, biases).
+enum class Bf16Weights { kToF32, kServeBf16 };
+
 // The tensors of an unquantized Hugging Face checkpoint directory: the
 // safetensors files model.safetensors.index.json names (or every
-// *.safetensors without one), mapped; fp32 tensors are used in place, bf16 and
-// f16 ones converted into owned fp32 copies. Remembers which tensors were
+// *.safetensors without one), mapped; fp32 tensors are used in place, f16
+// ones and (per Bf16Weights) bf16 ones converted into owned fp32 copies.
+// Remembers which tensors were
 // used, so that a checkpoint holding tensors the description does not consume
 // is refused rather than served without them.
 class CheckpointSource : public WeightSource {
@@ -63,10 +76,15 @@ class CheckpointSource : public WeightSource {
   // Files are opened beneath dir's root (OpenForRead); `backing` kMapped
   // keeps memory bounded for a tool streaming the checkpoint, kCopied makes a
   // server immune to the files changing under it.
-  absl::Status Open(const RootedPath& dir, FileBacking backing);
+  absl::Status Open(const RootedPath& dir, FileBacking backing,
+                    Bf16Weights bf16 = Bf16Weights::kToF32);
   absl::StatusOr<const float*> F32(absl::string_view tensor,
                                    absl::Span<const int64_t> shape) override;
   bool Has(absl::string_view module) override;
+  // With kServeBf16, an aligned BF16 tensor as DenseBf16 in place (in the
+  // file as `backing` holds it); otherwise fp32.
+  absl::StatusOr<LinearWeight> DenseMatrix(absl::string_view tensor, int64_t rows,
+                                           int64_t cols) override;
   absl::StatusOr<LinearWeight> Linear(absl::string_view module, int64_t out_features,
                                       int64_t in_features) override;
 
@@ -85,6 +103,7 @@ class CheckpointSource : public WeightSource {
     const TensorInfo* info;
     F32Tensor tensor;
   };
+  Bf16Weights bf16_ = Bf16Weights::kToF32;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, SafetensorsFile*, std::less<>> by_name_;
   std::set<std::string> used_;
@@ -100,7 +119,7 @@ struct LlamaLayerWeights {
 
 struct LlamaWeights {
   LlamaConfig config;
-  const float* embed = nullptr;  // [vocab, hidden]
+  LinearWeight embed;  // [vocab, hidden], dense fp32 or bf16 (EmbeddingRow)
   std::vector<LlamaLayerWeights> layers;
   const float* final_norm = nullptr;
   LinearWeight lm_head;
@@ -114,55 +133,88 @@ struct LlamaWeights {
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
     const LlamaConfig& config, std::shared_ptr<WeightSource> source);
 
+// Row `token` of a dense embedding (fp32 or bf16) as fp32, hidden values.
+void EmbeddingRow(const LinearWeight& embed, int64_t token, float* out);
+
 // The pieces BuildLlamaWeights assembles, for tools that go through a model
 // one part at a time. LoadLmHead ties to `embed` when the source has no
 // lm_head and the config ties word embeddings.
-absl::StatusOr<const float*> LoadEmbedding(const LlamaConfig& config, WeightSource& source);
+absl::StatusOr<LinearWeight> LoadEmbedding(const LlamaConfig& config, WeightSource& source);
 absl::StatusOr<LlamaLayerWeights> LoadLayer(const LlamaConfig& config, WeightSource& source,
                                             int layer);
 absl::StatusOr<const float*> LoadFinalNorm(const LlamaConfig& config, WeightSource& source);
 absl::StatusOr<LinearWeight> LoadLmHead(const LlamaConfig& config, WeightSource& source,
-                                        const float* embed);
+                                        const LinearWeight& embed);
 
 // Loads an unquantized Hugging Face model directory (config.json and
 // *.safetensors, each opened by OpenForRead under the directory's root);
-// F32 tensors are used in place from the files as `backing` holds them
-// (other dtypes are converted into memory the weights own).
+// F32 tensors (and with kServeBf16, BF16 matrices) are used in place from the
+// files as `backing` holds them (other tensors are converted into memory the
+// weights own).
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
-    const RootedPath& dir, FileBacking backing = FileBacking::kMapped);
+    const RootedPath& dir, FileBacking backing = FileBacking::kMapped,
+    Bf16Weights bf16 = Bf16Weights::kToF32);
 
 // Element type of the KV cache: bf16 halves its memory (and the bytes
 // attention reads) at ~3 significant digits per stored key and value.
 enum class KvCacheDtype { kF32, kBf16 };
 
-// Keys and values of one sequence, per layer and KV head contiguous over
-// positions: [layer][kv_head][position][head_dim], allocated up front.
+// Keys and values of one sequence: [layer][kv_head][slot][head_dim],
+// allocated up front. Keys are stored after RoPE at their absolute position,
+// so a stored key never changes. Without a sliding window each position has
+// its own slot. With a window of W keys the cache is a ring of W slots
+// (position p in slot p % W): no query sees a key W or more positions back,
+// so a sequence's memory is bounded by the window however long it runs. A
+// ring rather than dropping blocks behind the window: each sequence owns its
+// cache (there is no shared block pool to return blocks to), and a ring holds
+// exactly W positions.
 class KVCache {
  public:
+  // max_positions: the positions the sequence may reach.
   KVCache(const LlamaConfig& config, int max_positions,
           KvCacheDtype dtype = KvCacheDtype::kF32);
   int max_positions() const { return max_positions_; }
+  // Positions held at once: max_positions, or the window when smaller.
+  int slots() const { return slots_; }
   KvCacheDtype dtype() const { return dtype_; }
+  // Positions stored so far: the next chunk continues there.
+  int length() const { return length_; }
+  // Positions whose keys and values are held: the last min(length, slots).
+  int held() const { return std::min(length_, slots_); }
+  // Whether the cache holds every key a chunk starting at `pos` reads
+  // (all earlier positions, or those within the window).
+  bool CanStartAt(int pos) const;
   // Stores head_dim keys and values of one position.
   void Store(int layer, int kv_head, int pos, const float* key, const float* value);
-  // Positions [0, n) as [n, head_dim] fp32 rows: in place for kF32, else
+  // Called once a chunk's positions up to `length` are stored in every layer.
+  void set_length(int length) { length_ = length; }
+  // Positions [first, end) (all held) as [end - first, head_dim] fp32 rows:
+  // in place for kF32 when they do not wrap around the ring, else copied or
   // converted into *scratch.
-  const float* Keys(int layer, int kv_head, int n, std::vector<float>* scratch) const;
-  const float* Values(int layer, int kv_head, int n, std::vector<float>* scratch) const;
+  const float* Keys(int layer, int kv_head, int first, int end,
+                    std::vector<float>* scratch) const;
+  const float* Values(int layer, int kv_head, int first, int end,
+                      std::vector<float>* scratch) const;
+  // Rounds `count` floats to what Store keeps (bf16 or unchanged), so a
+  // chunk's queries see its own keys exactly as later chunks will.
+  void RoundAsStored(float* x, int64_t count) const;
   int64_t bytes() const;
 
  private:
-  int64_t Offset(int layer, int kv_head, int pos) const {
-    return ((static_cast<int64_t>(layer) * kv_heads_ + kv_head) * max_positions_ +
-            pos) * head_dim_;
+  int64_t Offset(int layer, int kv_head, int slot) const {
+    return ((static_cast<int64_t>(layer) * kv_heads_ + kv_head) * slots_ + slot) * head_dim_;
   }
   const float* Rows(const std::vector<float>& f32, const std::vector<uint16_t>& bf16,
-                    int64_t offset, int n, std::vector<float>* scratch) const;
+                    int layer, int kv_head, int first, int end,
+                    std::vector<float>* scratch) const;
 
   KvCacheDtype dtype_;
   int kv_heads_;
   int head_dim_;
+  int window_;  // 0: none
   int max_positions_;
+  int slots_;
+  int length_ = 0;
   std::vector<float> keys_, values_;          // kF32
   std::vector<uint16_t> keys_bf16_, values_bf16_;  // kBf16
 };
@@ -229,8 +281,9 @@ class LlamaModel {
 
   // Appends each chunk's keys and values to its cache and writes logits,
   // chunk after chunk ([all its tokens or its last token] x vocab), to
-  // *logits. Token ids and positions are checked: INVALID_ARGUMENT /
-  // OUT_OF_RANGE, with nothing written to any cache.
+  // *logits. Token ids, positions and caches (one chunk each, holding the
+  // keys the chunk reads) are checked: INVALID_ARGUMENT / OUT_OF_RANGE, with
+  // nothing written to any cache.
   absl::Status Forward(absl::Span<const SequenceChunk> chunks,
                        std::vector<float>* logits) const;
 
@@ -266,8 +319,10 @@ class LlamaModel {
                    std::vector<float>& fused_out) const;
   // out = down_proj(in) (+ bias).
   void Down(const LlamaLayerWeights& l, const float* in, int64_t n, float* out) const;
+  // Attends each chunk's queries to its keys and stores its keys and values
+  // (k and v are rounded in place to what the cache keeps).
   void Attention(absl::Span<const SequenceChunk> chunks, int layer,
-                 const float* q, const float* k, const float* v,
+                 const float* q, float* k, float* v,
                  float* out) const;
   std::shared_ptr<const LlamaWeights> weights_;
   RotaryEmbedding rope_;

@@ -1,10 +1,12 @@
 #include "common/matmul.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "Eigen/Core"
 #include "absl/container/inlined_vector.h"
 #include "absl/types/span.h"
+#include "common/bf16.h"
 #include "common/cpu_features.h"
 #include "common/kernels.h"
 #include "tbb/blocked_range.h"
@@ -100,17 +102,10 @@ QuantRowsFn QuantKernel(const KernelTable* table, const QuantArgs& a) {
                                              : nullptr;
 }
 
-// Whether that kernel reads a packed W (kernels.h PackedInt8Weights) when
-// given one: every SIMD kernel (fp32 and bf16 for a few x rows).
+// Whether that kernel reads a packed W (kernels.h PackedInt8Weights): every
+// SIMD kernel does, and nothing else of W but columns past a.simd_cols.
 bool ReadsPacked(const KernelTable* table, const QuantArgs& a) {
   return QuantKernel(table, a) != nullptr;
-}
-
-// Whether it cannot do without: the int8 kernels read nothing else, while
-// fp32 and bf16 read the row-major view for more x rows (and for weights
-// packed per call, which would cost more than a decode step saves).
-bool NeedsPacked(const KernelTable* table, const QuantArgs& a) {
-  return ReadsPacked(table, a) && a.compute == ComputeDtype::kInt8;
 }
 
 }  // namespace
@@ -125,12 +120,39 @@ void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
   });
 }
 
+void MatMulBf16(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t n,
+                float* y) {
+  const KernelTable* table = ActiveTable();
+  const auto rows_fn = table != nullptr ? table->dense_bf16_rows : &kernels::DenseBf16RowsRef;
+  // x in bf16 lives in this thread's buffers until the product is done:
+  // isolated, as MatMulQuantizedShared's activations.
+  tbb::this_task_arena::isolate([&] {
+    thread_local std::vector<float> xf;
+    thread_local std::vector<uint16_t> xb16;
+    const size_t count = static_cast<size_t>(n * cols);
+    xf.resize(count);
+    xb16.resize(count);
+    for (size_t i = 0; i < count; ++i) {
+      xb16[i] = FloatToBf16(x[i]);
+      xf[i] = Bf16ToFloat(xb16[i]);
+    }
+    const kernels::DenseBf16Args args{w, rows, cols, n, xf.data(), xb16.data(), y};
+    ParallelRows({rows}, n, [&](size_t, int64_t r0, int64_t r1) { rows_fn(args, r0, r1); });
+  });
+}
+
 std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
                                                  ComputeDtype compute) {
   QuantArgs a;
   kernels::DescribeCall(w, compute, &a);
   if (!ReadsPacked(ActiveTable(), a)) return nullptr;
   return std::make_shared<const PackedWeights>(kernels::PackInt8Weights(a));
+}
+
+bool PackedCoversView(const QuantizedMatrixView& w, ComputeDtype compute) {
+  QuantArgs a;
+  kernels::DescribeCall(w, compute, &a);
+  return ReadsPacked(ActiveTable(), a) && a.simd_cols == w.cols;
 }
 
 int64_t Int8TilesBytes(const QuantizedMatrixView& w) {
@@ -154,7 +176,7 @@ std::shared_ptr<const PackedWeights> MapInt8Tiles(const QuantizedMatrixView& w,
                                                   bool copy) {
   QuantArgs a;
   kernels::DescribeCall(w, compute, &a);
-  if (!NeedsPacked(ActiveTable(), a)) return nullptr;
+  if (!ReadsPacked(ActiveTable(), a)) return nullptr;
   if (copy) return std::make_shared<const PackedWeights>(kernels::CopyInt8Tiles(a, tiles));
   auto packed = std::make_shared<PackedWeights>(kernels::Int8TileLayout(a));
   packed->base = tiles;
@@ -236,7 +258,7 @@ void MatMulQuantizedIsolated(absl::Span<const QuantizedProduct> products, const 
     rows.push_back(a.w->rows);
     if (ReadsPacked(table, a)) {
       a.packed = products[i].packed;
-      if (a.packed == nullptr && NeedsPacked(table, a)) {
+      if (a.packed == nullptr) {
         call_packed.push_back(kernels::PackInt8Weights(a));
         a.packed = &call_packed.back();
       }

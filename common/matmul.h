@@ -24,6 +24,13 @@ using PackedWeights = kernels::PackedInt8Weights;
 void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
                int64_t n, float* y);
 
+// Same with a dense bfloat16 W (bits, [rows, cols] row-major), as an
+// unquantized bf16 checkpoint stores it: x is rounded to bf16 (nearest even)
+// and the exact products are summed in fp32 — with vdpbf16ps where the CPU
+// has AVX512_BF16, else by widening W to fp32 (kernels_dense_bf16.h).
+void MatMulBf16(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t n,
+                float* y);
+
 // Same with a quantized W. Decodes W a bounded chunk at a time (never the whole
 // fp32 matrix); `w` must be valid (see ValidateQuantizedMatrixView).
 //
@@ -60,11 +67,17 @@ void MatMulQuantizedShared(absl::Span<const QuantizedProduct> products, const fl
                            int64_t n, ComputeDtype compute = ComputeDtype::kFp32);
 
 // The layout MatMulQuantized's kernels want for (w, compute) on this CPU, or
-// nullptr when they read the view as it is. Holds no pointer into w. The
-// int8 tiles for every compute dtype: fp32 and bf16 read them for up to 4 x
-// rows (decode), the view's codes for more.
+// nullptr when they read the view as it is (the scalar reference). Holds no
+// pointer into w. The int8 tiles for every compute dtype, which the kernels
+// then read instead of the view's codes, scales and zeros (except columns
+// past whole groups of 32-blocks: see Int8TilesBytes).
 std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
                                                  ComputeDtype compute);
+
+// Whether PackWeights(w, compute) holds all of w on this CPU, so that
+// MatMulQuantized with it never reads w's codes, scales or zeros (which may
+// then be null): the columns are whole groups of whole 32-blocks.
+bool PackedCoversView(const QuantizedMatrixView& w, ComputeDtype compute);
 
 // Bytes of a packed weight: what the kernels read per product.
 int64_t PackedBytes(const PackedWeights& packed);
@@ -82,8 +95,7 @@ int64_t Int8TilesBytes(const QuantizedMatrixView& w);
 // That layout of w, Int8TilesBytes(w) bytes (> 0).
 std::string Int8Tiles(const QuantizedMatrixView& w);
 // The packed weights of (w, compute) from `tiles` when MatMulQuantized's
-// kernels read only that layout on this CPU (int8 compute; fp32 and bf16
-// read the row-major codes for prefill), else nullptr: read in place (tiles
+// kernels read that layout on this CPU, else nullptr: read in place (tiles
 // must outlive the result) or, with `copy`, copied into memory of their
 // own. w gives the shape and spec; its pointers are not read.
 std::shared_ptr<const PackedWeights> MapInt8Tiles(const QuantizedMatrixView& w,

@@ -116,10 +116,6 @@ absl::StatusOr<v1::WeightOnlyQuantConfig> ResolveQuantConfig(
         "scheme asym is not supported for weight_dtype ", std::string(format.name),
         " (a codebook format, as in ITREX); use scheme sym or an integer dtype"));
   }
-  if (c.scheme() == v1::ASYM && c.compute_dtype() == v1::COMPUTE_INT8) {
-    return absl::InvalidArgumentError(
-        "scheme asym cannot be combined with compute_dtype int8 (as in ITREX); use sym");
-  }
   if (c.algorithm() != v1::RTN && !c.calibration().has_texts() &&
       !c.calibration().has_data_file()) {
     return absl::InvalidArgumentError(absl::StrCat(

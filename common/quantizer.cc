@@ -327,13 +327,17 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   // The embedding stays for calibration's inputs and a tied lm_head.
   std::vector<float> embedding;
   {
-    ASSIGN_OR_RETURN(const float* embed, LoadEmbedding(mc, checkpoint));
+    // The quantizer's checkpoint converts to fp32 (Bf16Weights::kToF32).
+    ASSIGN_OR_RETURN(const LinearWeight loaded, LoadEmbedding(mc, checkpoint));
+    const float* embed = loaded.dense();
     RETURN_IF_ERROR(tensors.AddEmbedding(mc, embed));
     if (calibrated || !checkpoint.Has(kLmHeadName)) {
       embedding.assign(embed, embed + int64_t{mc.vocab_size} * mc.hidden_size);
     }
     checkpoint.ReleaseLoaded();
   }
+  const LinearWeight embedding_weight =
+      LinearWeight::Dense(embedding.data(), mc.vocab_size, mc.hidden_size);
   std::vector<std::string> transform_log;
   if (calibrated) {
     const auto on_stage = [&](CalibrationStage stage, int block, int total,
@@ -349,7 +353,7 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
     // A model of the config and embedding alone: blocks come from `layers`.
     auto skeleton = std::make_shared<LlamaWeights>();
     skeleton->config = mc;
-    skeleton->embed = embedding.data();
+    skeleton->embed = embedding_weight;
     const LlamaModel model(skeleton);
     ASSIGN_OR_RETURN(
         transform_log,
@@ -374,7 +378,7 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   RETURN_IF_ERROR(CheckCancelled(request.cancelled));
   {
     ASSIGN_OR_RETURN(const float* final_norm, LoadFinalNorm(mc, checkpoint));
-    ASSIGN_OR_RETURN(const LinearWeight lm_head, LoadLmHead(mc, checkpoint, embedding.data()));
+    ASSIGN_OR_RETURN(const LinearWeight lm_head, LoadLmHead(mc, checkpoint, embedding_weight));
     RETURN_IF_ERROR(tensors.AddHead(mc, final_norm, lm_head));
     checkpoint.ReleaseLoaded();
     quantized_block(blocks);

@@ -81,31 +81,6 @@ bool GetNonNegativeInt(const Json& value, int64_t* out) {
   return false;
 }
 
-float HalfToFloat(uint16_t half) {
-  uint32_t sign = static_cast<uint32_t>(half & 0x8000) << 16;
-  uint32_t exponent = (half >> 10) & 0x1f;
-  uint32_t mantissa = half & 0x3ff;
-  uint32_t bits;
-  if (exponent == 0x1f) {  // Inf / NaN keep their payload.
-    bits = sign | 0x7f800000u | (mantissa << 13);
-  } else if (exponent != 0) {  // Normal: rebias 15 -> 127.
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // Subnormal half is a normal float: renormalise.
-    int shift = 0;
-    while ((mantissa & 0x400) == 0) {
-      mantissa <<= 1;
-      ++shift;
-    }
-    mantissa &= 0x3ff;
-    bits = sign | (static_cast<uint32_t>(113 - shift) << 23) | (mantissa << 13);
-  }
-  float result;
-  std::memcpy(&result, &bits, sizeof(result));
-  return result;
-}
-
 absl::Status CheckHoldsHeaderLength(const std::string& path, uint64_t size) {
   if (size >= 8) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
@@ -495,7 +470,7 @@ absl::StatusOr<F32Tensor> SafetensorsFile::LoadF32(
       for (size_t i = 0; i < numel; ++i) {
         uint16_t raw;
         std::memcpy(&raw, bytes + 2 * i, sizeof(raw));
-        tensor.owned[i] = is_f16 ? HalfToFloat(raw) : Bf16ToFloat(raw);
+        tensor.owned[i] = is_f16 ? F16ToFloat(raw) : Bf16ToFloat(raw);
       }
       break;
     }

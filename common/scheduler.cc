@@ -208,6 +208,7 @@ void GenerationScheduler::Loop() {
   std::vector<std::unique_ptr<Sequence>> running;
   while (true) {
     std::vector<std::unique_ptr<Sequence>> dropped;
+    std::vector<std::unique_ptr<Sequence>> admitted;
     bool stopping;
     absl::Status stop_reason;
     {
@@ -224,21 +225,25 @@ void GenerationScheduler::Loop() {
         for (auto& seq : queue_) running.push_back(std::move(seq));
         queue_.clear();
       } else {
-        while (static_cast<int>(running.size()) < options_.max_running && !queue_.empty()) {
-          running.push_back(std::move(queue_.front()));
+        while (static_cast<int>(running.size()) + static_cast<int>(admitted.size()) <
+                   options_.max_running &&
+               !queue_.empty()) {
+          admitted.push_back(std::move(queue_.front()));
           queue_.pop_front();
-          Sequence& seq = *running.back();
-          seq.admitted = absl::Now();
-          const int capacity = std::min<int>(
-              max_context_, seq.prompt_tokens + seq.params.max_new_tokens);
-          seq.cache = std::make_unique<KVCache>(model_->config(), capacity,
-                                                options_.kv_cache_dtype);
-          seq.sampler = std::make_unique<Sampler>(seq.params.sampling);
-          seq.text = std::make_unique<TextStream>(
-              *tokenizer_, /*at_sequence_start=*/seq.prompt_tokens <= 1,
-              seq.params.stop_sequences);
         }
       }
+    }
+    // Outside the lock: a KV cache may take a while to allocate, and Submit
+    // must not wait for it.
+    for (auto& seq : admitted) {
+      seq->admitted = absl::Now();
+      const int capacity =
+          std::min<int>(max_context_, seq->prompt_tokens + seq->params.max_new_tokens);
+      seq->cache = std::make_unique<KVCache>(model_->config(), capacity, options_.kv_cache_dtype);
+      seq->sampler = std::make_unique<Sampler>(seq->params.sampling);
+      seq->text = std::make_unique<TextStream>(
+          *tokenizer_, /*at_sequence_start=*/seq->prompt_tokens <= 1, seq->params.stop_sequences);
+      running.push_back(std::move(seq));
     }
     for (auto& seq : dropped) Finish(*seq, FinishReason::kCancelled);
     if (stopping) {
@@ -267,9 +272,9 @@ void GenerationScheduler::Loop() {
     running_count_.store(static_cast<int>(running.size()));
     int kv_used = 0, kv_capacity = 0;
     for (const auto& seq : running) {
-      // The newest sampled token enters the cache at the next step.
-      kv_used += seq->prefilling() ? seq->prefilled : static_cast<int>(seq->tokens.size()) - 1;
-      kv_capacity += seq->cache->max_positions();
+      // Slots, not positions: a windowed model's cache holds the window.
+      kv_used += seq->cache->held();
+      kv_capacity += seq->cache->slots();
     }
     metrics_->SetKvCache(kv_used, kv_capacity);
   }

@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
-#include "common/byte_level_bpe.h"
+#include "common/bpe.h"
 #include "common/sentencepiece_shim.h"
 #include "common/status_macros.h"
 
@@ -197,14 +197,14 @@ class SentencePieceTokenizer : public Tokenizer {
   std::vector<std::string> surfaces_;
 };
 
-// Every BPE token is raw bytes that may split a character (kByte), every
-// special token kControl, so StreamingDetokenizer needs no BPE case. Decode
-// is therefore transformers' decode(skip_special_tokens=True) without the
-// space clean-up; ByteLevelBpe::Decode is the faithful one.
-class ByteLevelBpeTokenizer : public Tokenizer {
+// Byte tokens (every byte-level / tiktoken token, SentencePiece-style <0xXX>
+// pieces) are kByte, other vocabulary pieces kNormal, special tokens
+// kControl, so StreamingDetokenizer needs no BPE case. Decode is therefore
+// transformers' decode(skip_special_tokens=True) without the space clean-up;
+// Bpe::Decode is the faithful one.
+class BpeTokenizer : public Tokenizer {
  public:
-  explicit ByteLevelBpeTokenizer(std::unique_ptr<ByteLevelBpe> bpe)
-      : bpe_(std::move(bpe)) {
+  explicit BpeTokenizer(std::unique_ptr<Bpe> bpe) : bpe_(std::move(bpe)) {
     vocab_size_ = bpe_->vocab_size();
     if (bpe_->prefix_ids().size() == 1) bos_id_ = bpe_->prefix_ids()[0];
     eos_id_ = bpe_->eos_id();
@@ -215,23 +215,26 @@ class ByteLevelBpeTokenizer : public Tokenizer {
     return bpe_->Encode(text, /*add_special_tokens=*/add_bos);
   }
   std::string Decode(absl::Span<const int> ids) const override {
-    StreamingDetokenizer detokenizer(*this, /*at_sequence_start=*/true);
+    // The leading space stripped is the SentencePiece-style decoder's Strip.
+    StreamingDetokenizer detokenizer(
+        *this, /*at_sequence_start=*/bpe_->decoder_strips_leading_spaces() > 0);
     std::string text;
     for (int id : ids) text += detokenizer.Push(id);
     return text + detokenizer.Flush();
   }
-  std::string_view Piece(int id) const override { return bpe_->TokenBytes(id); }
+  std::string_view Piece(int id) const override { return bpe_->Piece(id); }
   PieceKind Kind(int id) const override {
     if (id < 0 || id >= vocab_size_) return PieceKind::kUnknown;
-    return bpe_->IsSpecial(id) ? PieceKind::kControl : PieceKind::kByte;
+    if (bpe_->IsSpecial(id)) return PieceKind::kControl;
+    return bpe_->IsByteToken(id) ? PieceKind::kByte : PieceKind::kNormal;
   }
   std::string_view Surface(int id) const override {
-    return Kind(id) == PieceKind::kByte ? bpe_->TokenBytes(id)
-                                        : std::string_view();
+    return Kind(id) == PieceKind::kControl ? std::string_view()
+                                           : bpe_->TokenBytes(id);
   }
 
  private:
-  std::unique_ptr<ByteLevelBpe> bpe_;
+  std::unique_ptr<Bpe> bpe_;
 };
 
 }  // namespace
@@ -262,15 +265,18 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const RootedPath& mod
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadModelDir(
     const RootedPath& dir) {
-  absl::StatusOr<std::unique_ptr<ByteLevelBpe>> bpe = ByteLevelBpe::Load(dir);
-  if (bpe.ok()) return std::make_unique<ByteLevelBpeTokenizer>(*std::move(bpe));
+  absl::StatusOr<std::unique_ptr<Bpe>> bpe = Bpe::Load(dir);
+  if (bpe.ok()) return std::make_unique<BpeTokenizer>(*std::move(bpe));
   const RootedPath spm_path = dir.Child("tokenizer.model");
   const bool has_spm = access(spm_path.Full().c_str(), F_OK) == 0;
-  // Llama 2, Mistral, Phi-3 ship a SentencePiece-style tokenizer.json that
-  // ByteLevelBpe refuses next to the tokenizer.model it was converted from.
-  if (has_spm && (absl::IsNotFound(bpe.status()) ||
-                  absl::IsUnimplemented(bpe.status()))) {
-    return Load(spm_path);
+  if (has_spm && absl::IsNotFound(bpe.status())) return Load(spm_path);
+  // Llama 2 and Mistral ship a tokenizer.json beside the tokenizer.model it
+  // was converted from; when the former uses something Bpe refuses, the
+  // latter (if SentencePiece's) serves.
+  if (has_spm && absl::IsUnimplemented(bpe.status())) {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> spm = Load(spm_path);
+    if (spm.ok()) return spm;
+    return bpe.status();  // says more than "not a sentencepiece model"
   }
   if (absl::IsNotFound(bpe.status())) {
     return absl::NotFoundError(absl::StrCat(

@@ -1,7 +1,8 @@
 // Text <-> token ids for the models wq serves, from whichever tokenizer files
 // a Hugging Face model directory holds (LoadModelDir): tokenizer.json, else
-// vocab.json + merges.txt (byte-level BPE, common/byte_level_bpe.h), else a
-// SentencePiece tokenizer.model, reached through libwq_spm_shim.so (see
+// vocab.json + merges.txt, else a tiktoken tokenizer.model (all BPE,
+// common/bpe.h), else a SentencePiece tokenizer.model, reached through
+// libwq_spm_shim.so (see
 // sentencepiece_shim.h for why it is dlopen'ed rather than linked).
 //
 // The shim is found at run time, in this order: $WQ_SPM_SHIM; next to the
@@ -36,7 +37,8 @@ class Tokenizer {
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const RootedPath& model);
 
   // The tokenizer of a model directory: tokenizer.json, else vocab.json +
-  // merges.txt, else tokenizer.model (NOT_FOUND when none is there).
+  // merges.txt, else tokenizer.model, tiktoken's or SentencePiece's as its
+  // content says (NOT_FOUND when none is there).
   static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadModelDir(
       const RootedPath& dir);
 

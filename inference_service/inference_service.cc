@@ -20,13 +20,11 @@
 #include "common/sampler.h"
 #include "common/tokenizer.h"
 #include "server/request_log.h"
+#include "server/request_validation.h"
 #include "server/server.h"
 
 namespace wq {
 namespace {
-
-// How often a waiting handler checks whether its client has gone.
-constexpr absl::Duration kCancelPoll = absl::Milliseconds(50);
 
 v1::FinishReason ToProto(FinishReason reason) {
   switch (reason) {
@@ -40,7 +38,7 @@ v1::FinishReason ToProto(FinishReason reason) {
 }
 
 // Token counts of a finished generation on the RPC's "request" log line.
-void LogTokenCounts(const grpc::ServerContext& context, const LoadedModel& model,
+void LogTokenCounts(const grpc::ServerContextBase& context, const LoadedModel& model,
                     int prompt_tokens, int generated_tokens) {
   AddRequestLogFields(context, {{"model", model.info.model()},
                                 {"prompt_tokens", prompt_tokens},
@@ -65,8 +63,8 @@ uint64_t RandomSeed() {
 }
 
 // The RPC's deadline, so that a waiting request frees its place the moment it
-// passes rather than at the handler's next poll.
-absl::Time Deadline(const grpc::ServerContext& context) {
+// passes.
+absl::Time Deadline(const grpc::ServerContextBase& context) {
   const std::chrono::system_clock::time_point deadline = context.deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) {
     return absl::InfiniteFuture();
@@ -82,145 +80,260 @@ absl::Status ValidateModelName(const std::string& model) {
   return absl::OkStatus();
 }
 
-// Results of a batch of requests, shared with the scheduler's callbacks so
-// that it outlives a handler that returns early.
-struct BatchState {
-  absl::Mutex mu;
-  std::vector<std::optional<GenerationResult>> results ABSL_GUARDED_BY(mu);
-  int pending ABSL_GUARDED_BY(mu) = 0;
-};
-
-// Events of one streamed request, pushed by the scheduler's thread and
-// drained by the handler's.
-struct StreamState {
-  absl::Mutex mu;
-  std::deque<TokenEvent> tokens ABSL_GUARDED_BY(mu);
-  std::optional<GenerationResult> done ABSL_GUARDED_BY(mu);
-};
-
-// Generate's and Chat's path: submits the prompts as one batch and waits for
-// all of them.
-grpc::Status RunBatch(grpc::ServerContext* context, const LoadedModel& model,
-                      std::vector<std::string> prompts, const GenerationParams& params,
-                      google::protobuf::RepeatedPtrField<v1::GenerationResult>* results) {
-  const int n = static_cast<int>(prompts.size());
-  auto state = std::make_shared<BatchState>();
-  {
-    absl::MutexLock lock(&state->mu);
-    state->results.resize(n);
-    state->pending = n;
-  }
-  std::vector<GenerationCallbacks> callbacks(n);
-  for (int i = 0; i < n; ++i) {
-    callbacks[i].on_done = [state, i](const GenerationResult& result) {
-      absl::MutexLock lock(&state->mu);
-      state->results[i] = result;
-      --state->pending;
-    };
-  }
-  // All or nothing (a partial batch is of no use to the caller), admitted
-  // once a single place is free.
-  absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>> handles =
-      model.scheduler->SubmitBatch(prompts, {params}, std::move(callbacks));
-  if (!handles.ok()) return ToGrpcStatus(handles.status());
-
-  absl::MutexLock lock(&state->mu);
-  while (state->pending > 0) {
-    if (context->IsCancelled()) {
-      for (auto& handle : *handles) handle->Cancel();
-      return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
-    }
-    state->mu.AwaitWithTimeout(
-        absl::Condition(
-            +[](int* pending) { return *pending == 0; }, &state->pending),
-        kCancelPoll);
-  }
-  int prompt_tokens = 0, generated_tokens = 0;
-  for (int i = 0; i < n; ++i) {
-    const GenerationResult& r = *state->results[i];
-    prompt_tokens += r.prompt_tokens;
-    generated_tokens += static_cast<int>(r.token_ids.size());
-    if (r.finish_reason == FinishReason::kError) {
-      return ToGrpcStatus(absl::Status(
-          r.status.code(), absl::StrCat("prompt ", i, ": ", r.status.message())));
-    }
-    v1::GenerationResult* out = results->Add();
-    out->set_text(r.text);
-    out->mutable_token_ids()->Add(r.token_ids.begin(), r.token_ids.end());
-    out->set_finish_reason(ToProto(r.finish_reason));
-    FillUsageAndTimings(r, out->mutable_usage(), out->mutable_timings());
-  }
-  LogTokenCounts(*context, model, prompt_tokens, generated_tokens);
-  return grpc::Status::OK;
+grpc::ServerUnaryReactor* FinishedUnary(grpc::CallbackServerContext* context,
+                                        const grpc::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
 }
 
-// GenerateStream's and ChatStream's path: Token messages as they come, then
-// End.
-grpc::Status RunStream(grpc::ServerContext* context, const LoadedModel& model,
-                       const std::string& prompt, const GenerationParams& params,
-                       grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
-  auto state = std::make_shared<StreamState>();
-  GenerationCallbacks callbacks;
-  callbacks.on_token = [state](const TokenEvent& event) {
-    absl::MutexLock lock(&state->mu);
-    state->tokens.push_back(event);
-  };
-  callbacks.on_done = [state](const GenerationResult& result) {
-    absl::MutexLock lock(&state->mu);
-    state->done = result;
-  };
-  absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> handle =
-      model.scheduler->Submit(prompt, params, std::move(callbacks));
-  if (!handle.ok()) return ToGrpcStatus(handle.status());
+// A stream that ends at once with `status` (a refused request).
+class FinishedStream : public grpc::ServerWriteReactor<v1::GenerateStreamResponse> {
+ public:
+  explicit FinishedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
 
-  auto cancelled = [&](const char* why) {
-    // The scheduler drops the sequence at its next step.
-    (*handle)->Cancel();
-    return grpc::Status(grpc::StatusCode::CANCELLED, why);
-  };
-  while (true) {
-    std::deque<TokenEvent> tokens;
-    std::optional<GenerationResult> done;
+// Generate's and Chat's path: the prompts go to the scheduler as one batch,
+// and the last to finish completes the call. The reactor outlives every
+// scheduler callback, since it finishes only after the last one.
+class BatchReactor : public grpc::ServerUnaryReactor {
+ public:
+  BatchReactor(grpc::CallbackServerContext* context, std::shared_ptr<LoadedModel> model,
+               google::protobuf::RepeatedPtrField<v1::GenerationResult>* results)
+      : context_(context), model_(std::move(model)), out_(results) {}
+
+  void Start(const std::vector<std::string>& prompts, const GenerationParams& params) {
+    const int n = static_cast<int>(prompts.size());
     {
-      absl::MutexLock lock(&state->mu);
-      state->mu.AwaitWithTimeout(
-          absl::Condition(+[](StreamState* s) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            return !s->tokens.empty() || s->done.has_value();
-          }, state.get()),
-          kCancelPoll);
-      tokens.swap(state->tokens);
-      done = state->done;
+      absl::MutexLock lock(&mu_);
+      results_.resize(n);
+      pending_ = n + 1;  // + Start itself, so no callback finishes while it runs
     }
-    if (context->IsCancelled()) return cancelled("client cancelled");
-    for (const TokenEvent& event : tokens) {
-      v1::GenerateStreamResponse message;
-      v1::Token* token = message.mutable_token();
-      token->set_id(event.id);
-      token->set_text(event.text);
-      token->set_logprob(event.logprob);
-      for (const TokenLogprob& top : event.top_logprobs) {
-        v1::TokenLogprob* alternative = token->add_top_logprobs();
-        alternative->set_id(top.id);
-        alternative->set_logprob(top.logprob);
+    std::vector<GenerationCallbacks> callbacks(n);
+    for (int i = 0; i < n; ++i) {
+      callbacks[i].on_done = [this, i](const GenerationResult& result) {
+        {
+          absl::MutexLock lock(&mu_);
+          results_[i] = result;
+        }
+        Arrive();
+      };
+    }
+    // All or nothing (a partial batch is of no use to the caller), admitted
+    // once a single place is free.
+    absl::StatusOr<std::vector<std::shared_ptr<GenerationScheduler::Handle>>> handles =
+        model_->scheduler->SubmitBatch(prompts, {params}, std::move(callbacks));
+    if (!handles.ok()) {
+      Finish(ToGrpcStatus(handles.status()));
+      return;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      handles_ = *std::move(handles);
+      if (cancelled_) CancelAllLocked();
+    }
+    Arrive();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    CancelAllLocked();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void CancelAllLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // The scheduler drops them at its next step and reports them done.
+    for (auto& handle : handles_) handle->Cancel();
+  }
+
+  // Finishing is the last thing it does: OnDone may delete the reactor then.
+  void Arrive() {
+    grpc::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      if (--pending_ > 0) return;
+      status = CompleteLocked();
+    }
+    Finish(status);
+  }
+
+  grpc::Status CompleteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (cancelled_) return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
+    int prompt_tokens = 0, generated_tokens = 0;
+    for (size_t i = 0; i < results_.size(); ++i) {
+      const GenerationResult& r = *results_[i];
+      prompt_tokens += r.prompt_tokens;
+      generated_tokens += static_cast<int>(r.token_ids.size());
+      if (r.finish_reason == FinishReason::kError) {
+        return ToGrpcStatus(absl::Status(
+            r.status.code(), absl::StrCat("prompt ", i, ": ", r.status.message())));
       }
-      if (!writer->Write(message)) return cancelled("client went away");
+      v1::GenerationResult* out = out_->Add();
+      out->set_text(r.text);
+      out->mutable_token_ids()->Add(r.token_ids.begin(), r.token_ids.end());
+      out->set_finish_reason(ToProto(r.finish_reason));
+      FillUsageAndTimings(r, out->mutable_usage(), out->mutable_timings());
     }
-    if (!done.has_value()) continue;
-    LogTokenCounts(*context, model, done->prompt_tokens,
-                   static_cast<int>(done->token_ids.size()));
-    // on_done comes after the last on_token, and both were drained above.
-    if (done->finish_reason == FinishReason::kError) return ToGrpcStatus(done->status);
-    v1::GenerateStreamResponse message;
-    v1::StreamEnd* end = message.mutable_end();
-    end->set_finish_reason(ToProto(done->finish_reason));
-    FillUsageAndTimings(*done, end->mutable_usage(), end->mutable_timings());
-    end->set_text(done->text);
-    if (!writer->Write(message)) return cancelled("client went away");
+    LogTokenCounts(*context_, *model_, prompt_tokens, generated_tokens);
     return grpc::Status::OK;
   }
+
+  grpc::CallbackServerContext* const context_;
+  const std::shared_ptr<LoadedModel> model_;
+  google::protobuf::RepeatedPtrField<v1::GenerationResult>* const out_;
+  absl::Mutex mu_;
+  std::vector<std::optional<GenerationResult>> results_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<GenerationScheduler::Handle>> handles_ ABSL_GUARDED_BY(mu_);
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+v1::GenerateStreamResponse TokenMessage(const TokenEvent& event) {
+  v1::GenerateStreamResponse message;
+  v1::Token* token = message.mutable_token();
+  token->set_id(event.id);
+  token->set_text(event.text);
+  token->set_logprob(event.logprob);
+  for (const TokenLogprob& top : event.top_logprobs) {
+    v1::TokenLogprob* alternative = token->add_top_logprobs();
+    alternative->set_id(top.id);
+    alternative->set_logprob(top.logprob);
+  }
+  return message;
 }
 
+// GenerateStream's and ChatStream's path: a Token message for each token the
+// scheduler reports, written one at a time as the client takes them, then
+// End. It finishes only after the scheduler's last callback (on_done), so
+// the callbacks never outlive it; a client that goes away cancels the
+// request, which the scheduler then reports done at its next step.
+class StreamReactor : public grpc::ServerWriteReactor<v1::GenerateStreamResponse> {
+ public:
+  StreamReactor(grpc::CallbackServerContext* context, std::shared_ptr<LoadedModel> model)
+      : context_(context), model_(std::move(model)) {}
+
+  void Start(const std::string& prompt, const GenerationParams& params) {
+    GenerationCallbacks callbacks;
+    callbacks.on_token = [this](const TokenEvent& event) {
+      absl::ReleasableMutexLock lock(&mu_);
+      if (!client_gone_) outbox_.push_back(TokenMessage(event));
+      Run(lock);
+    };
+    callbacks.on_done = [this](const GenerationResult& result) {
+      absl::ReleasableMutexLock lock(&mu_);
+      generation_done_ = true;
+      LogTokenCounts(*context_, *model_, result.prompt_tokens,
+                     static_cast<int>(result.token_ids.size()));
+      if (result.finish_reason == FinishReason::kError) {
+        final_status_ = ToGrpcStatus(result.status);
+      } else if (!client_gone_) {
+        v1::GenerateStreamResponse message;
+        v1::StreamEnd* end = message.mutable_end();
+        end->set_finish_reason(ToProto(result.finish_reason));
+        FillUsageAndTimings(result, end->mutable_usage(), end->mutable_timings());
+        end->set_text(result.text);
+        outbox_.push_back(std::move(message));
+      }
+      Run(lock);
+    };
+    absl::StatusOr<std::shared_ptr<GenerationScheduler::Handle>> handle =
+        model_->scheduler->Submit(prompt, params, std::move(callbacks));
+    if (!handle.ok()) {
+      Finish(ToGrpcStatus(handle.status()));
+      return;
+    }
+    absl::ReleasableMutexLock lock(&mu_);
+    handle_ = *std::move(handle);
+    if (client_gone_) handle_->Cancel();
+    starting_ = false;
+    Run(lock);
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::ReleasableMutexLock lock(&mu_);
+    write_in_flight_ = false;
+    if (!ok) ClientGoneLocked();
+    Run(lock);
+  }
+  void OnCancel() override {
+    absl::ReleasableMutexLock lock(&mu_);
+    ClientGoneLocked();
+    Run(lock);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  // What to do next, decided under mu_ and done after releasing it.
+  struct Action {
+    const v1::GenerateStreamResponse* write = nullptr;
+    std::optional<grpc::Status> finish;
+  };
+
+  void ClientGoneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    client_gone_ = true;
+    outbox_.clear();
+    if (handle_ != nullptr) handle_->Cancel();
+  }
+
+  // The next write when none is in flight, else the finish once the
+  // generation is done and all of it is written.
+  Action NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (starting_ || write_in_flight_ || finished_) return {};
+    if (!outbox_.empty()) {
+      writing_ = std::move(outbox_.front());
+      outbox_.pop_front();
+      write_in_flight_ = true;
+      return {&writing_, std::nullopt};
+    }
+    if (!generation_done_) return {};
+    finished_ = true;
+    if (client_gone_) return {nullptr, grpc::Status(grpc::StatusCode::CANCELLED, "client went away")};
+    return {nullptr, final_status_};
+  }
+
+  // Does the next action after releasing the lock: Finish may lead to OnDone
+  // deleting the reactor, so it is the last thing done.
+  void Run(absl::ReleasableMutexLock& lock) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    const Action action = NextLocked();
+    lock.Release();
+    if (action.write != nullptr) {
+      StartWrite(action.write);
+    } else if (action.finish.has_value()) {
+      Finish(*action.finish);
+    }
+  }
+
+  grpc::CallbackServerContext* const context_;
+  const std::shared_ptr<LoadedModel> model_;
+  absl::Mutex mu_;
+  std::shared_ptr<GenerationScheduler::Handle> handle_ ABSL_GUARDED_BY(mu_);
+  std::deque<v1::GenerateStreamResponse> outbox_ ABSL_GUARDED_BY(mu_);
+  v1::GenerateStreamResponse writing_;  // owned by the write in flight
+  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
+  bool starting_ ABSL_GUARDED_BY(mu_) = true;  // until Start has the handle
+  bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  bool generation_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool client_gone_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 }  // namespace
+
+v1::SamplingParams WithGenerationDefaults(v1::SamplingParams sampling,
+                                          const GenerationDefaults& defaults) {
+  if (!sampling.has_temperature() && defaults.temperature.has_value()) {
+    sampling.set_temperature(*defaults.temperature);
+  }
+  if (!sampling.has_top_k() && defaults.top_k.has_value()) sampling.set_top_k(*defaults.top_k);
+  if (!sampling.has_top_p() && defaults.top_p.has_value()) sampling.set_top_p(*defaults.top_p);
+  if (!sampling.has_repetition_penalty() && defaults.repetition_penalty.has_value()) {
+    sampling.set_repetition_penalty(*defaults.repetition_penalty);
+  }
+  return sampling;
+}
 
 absl::StatusOr<GenerationParams> ToGenerationParams(const v1::SamplingParams& s,
                                                     const InferenceLimits& limits) {
@@ -310,12 +423,16 @@ absl::StatusOr<PreparedGeneration> PrepareGeneration(const ModelManager& models,
                                                      const InferenceLimits& limits,
                                                      const std::string& model,
                                                      const v1::SamplingParams& sampling,
-                                                     absl::Time deadline) {
+                                                     absl::Time deadline,
+                                                     float default_temperature) {
   RETURN_IF_ERROR(ValidateModelName(model));
   PreparedGeneration prepared;
-  ASSIGN_OR_RETURN(prepared.params, ToGenerationParams(sampling, limits));
-  prepared.params.deadline = deadline;
   ASSIGN_OR_RETURN(prepared.model, models.Get(model));
+  v1::SamplingParams effective =
+      WithGenerationDefaults(sampling, prepared.model->model->config().generation_defaults);
+  if (!effective.has_temperature()) effective.set_temperature(default_temperature);
+  ASSIGN_OR_RETURN(prepared.params, ToGenerationParams(effective, limits));
+  prepared.params.deadline = deadline;
   return prepared;
 }
 
@@ -343,67 +460,77 @@ absl::StatusOr<std::string> DetokenizeIds(const LoadedModel& model, absl::Span<c
 }
 
 absl::StatusOr<PreparedGeneration> InferenceServiceImpl::Prepare(
-    const grpc::ServerContext& context, const std::string& model,
+    const grpc::ServerContextBase& context, const std::string& model,
     const v1::SamplingParams& sampling) const {
   return PrepareGeneration(*models_, limits_, model, sampling, Deadline(context));
 }
 
-grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
-                                            const v1::GenerateRequest* request,
-                                            v1::GenerateResponse* response) {
+grpc::ServerUnaryReactor* InferenceServiceImpl::Generate(grpc::CallbackServerContext* context,
+                                                         const v1::GenerateRequest* request,
+                                                         v1::GenerateResponse* response) {
+  if (std::optional<grpc::Status> refusal = RequestRefusal(*request)) {
+    return FinishedUnary(context, *refusal);
+  }
   if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
-    return ToGrpcStatus(s);
+    return FinishedUnary(context, ToGrpcStatus(s));
   }
   if (request->prompts().empty()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "prompts is empty; pass at least one prompt");
+    return FinishedUnary(context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                               "prompts is empty; pass at least one prompt"));
   }
   if (request->prompts_size() > limits_.max_prompts) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        absl::StrCat("at most ", limits_.max_prompts,
-                                     " prompts per request, got ", request->prompts_size()));
+    return FinishedUnary(
+        context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                              absl::StrCat("at most ", limits_.max_prompts,
+                                           " prompts per request, got ", request->prompts_size())));
   }
   absl::StatusOr<PreparedGeneration> prepared =
       Prepare(*context, request->model(), request->sampling());
-  if (!prepared.ok()) return ToGrpcStatus(prepared.status());
-  grpc::Status status = RunBatch(
-      context, *prepared->model,
-      std::vector<std::string>(request->prompts().begin(), request->prompts().end()),
-      prepared->params, response->mutable_results());
-  if (status.ok()) {
-    LogInfo("generate", {{"model", request->model()}, {"prompts", request->prompts_size()}});
-  }
-  return status;
+  if (!prepared.ok()) return FinishedUnary(context, ToGrpcStatus(prepared.status()));
+  auto* reactor = new BatchReactor(context, prepared->model, response->mutable_results());
+  reactor->Start(std::vector<std::string>(request->prompts().begin(), request->prompts().end()),
+                 prepared->params);
+  return reactor;
 }
 
-grpc::Status InferenceServiceImpl::GenerateStream(
-    grpc::ServerContext* context, const v1::GenerateStreamRequest* request,
-    grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+grpc::ServerWriteReactor<v1::GenerateStreamResponse>* InferenceServiceImpl::GenerateStream(
+    grpc::CallbackServerContext* context, const v1::GenerateStreamRequest* request) {
+  if (std::optional<grpc::Status> refusal = RequestRefusal(*request)) {
+    return new FinishedStream(*refusal);
+  }
   absl::StatusOr<PreparedGeneration> prepared =
       Prepare(*context, request->model(), request->sampling());
-  if (!prepared.ok()) return ToGrpcStatus(prepared.status());
-  return RunStream(context, *prepared->model, request->prompt(), prepared->params, writer);
+  if (!prepared.ok()) return new FinishedStream(ToGrpcStatus(prepared.status()));
+  auto* reactor = new StreamReactor(context, prepared->model);
+  reactor->Start(request->prompt(), prepared->params);
+  return reactor;
 }
 
-grpc::Status InferenceServiceImpl::Chat(grpc::ServerContext* context,
-                                        const v1::ChatRequest* request,
-                                        v1::ChatResponse* response) {
+grpc::ServerUnaryReactor* InferenceServiceImpl::Chat(grpc::CallbackServerContext* context,
+                                                     const v1::ChatRequest* request,
+                                                     v1::ChatResponse* response) {
+  if (std::optional<grpc::Status> refusal = RequestRefusal(*request)) {
+    return FinishedUnary(context, *refusal);
+  }
   if (absl::Status s = ValidateModelName(request->model()); !s.ok()) {
-    return ToGrpcStatus(s);
+    return FinishedUnary(context, ToGrpcStatus(s));
   }
   if (request->conversations().empty()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "conversations is empty; pass at least one conversation");
+    return FinishedUnary(
+        context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                              "conversations is empty; pass at least one conversation"));
   }
   if (request->conversations_size() > limits_.max_prompts) {
-    return grpc::Status(
-        grpc::StatusCode::INVALID_ARGUMENT,
-        absl::StrCat("at most ", limits_.max_prompts, " conversations per request, got ",
-                     request->conversations_size()));
+    return FinishedUnary(
+        context,
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrCat("at most ", limits_.max_prompts,
+                                  " conversations per request, got ",
+                                  request->conversations_size())));
   }
   absl::StatusOr<PreparedGeneration> prepared =
       Prepare(*context, request->model(), request->sampling());
-  if (!prepared.ok()) return ToGrpcStatus(prepared.status());
+  if (!prepared.ok()) return FinishedUnary(context, ToGrpcStatus(prepared.status()));
   std::vector<std::string> prompts;
   for (int i = 0; i < request->conversations_size(); ++i) {
     absl::StatusOr<ChatPrompt> prompt =
@@ -411,42 +538,43 @@ grpc::Status InferenceServiceImpl::Chat(grpc::ServerContext* context,
                            !request->has_add_generation_prompt() ||
                                request->add_generation_prompt());
     if (!prompt.ok()) {
-      return ToGrpcStatus(absl::Status(
-          prompt.status().code(),
-          absl::StrCat("conversation ", i, ": ", prompt.status().message())));
+      return FinishedUnary(context, ToGrpcStatus(absl::Status(
+                                        prompt.status().code(),
+                                        absl::StrCat("conversation ", i, ": ",
+                                                     prompt.status().message()))));
     }
     // One GenerationParams serves the whole batch.
     if (i > 0 && prompt->add_bos != prepared->params.add_bos) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("conversation ", i,
-                                       " renders with a different BOS than conversation 0; "
-                                       "send them in separate requests"));
+      return FinishedUnary(
+          context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                absl::StrCat("conversation ", i,
+                                             " renders with a different BOS than "
+                                             "conversation 0; send them in separate requests")));
     }
     prepared->params.add_bos = prompt->add_bos;
     prompts.push_back(std::move(prompt->text));
   }
-  grpc::Status status =
-      RunBatch(context, *prepared->model, std::move(prompts), prepared->params,
-               response->mutable_results());
-  if (status.ok()) {
-    LogInfo("chat", {{"model", request->model()},
-                     {"conversations", request->conversations_size()}});
-  }
-  return status;
+  auto* reactor = new BatchReactor(context, prepared->model, response->mutable_results());
+  reactor->Start(prompts, prepared->params);
+  return reactor;
 }
 
-grpc::Status InferenceServiceImpl::ChatStream(
-    grpc::ServerContext* context, const v1::ChatStreamRequest* request,
-    grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+grpc::ServerWriteReactor<v1::GenerateStreamResponse>* InferenceServiceImpl::ChatStream(
+    grpc::CallbackServerContext* context, const v1::ChatStreamRequest* request) {
+  if (std::optional<grpc::Status> refusal = RequestRefusal(*request)) {
+    return new FinishedStream(*refusal);
+  }
   absl::StatusOr<PreparedGeneration> prepared =
       Prepare(*context, request->model(), request->sampling());
-  if (!prepared.ok()) return ToGrpcStatus(prepared.status());
+  if (!prepared.ok()) return new FinishedStream(ToGrpcStatus(prepared.status()));
   absl::StatusOr<ChatPrompt> prompt = RenderConversation(
       *prepared->model, request->messages(),
       !request->has_add_generation_prompt() || request->add_generation_prompt());
-  if (!prompt.ok()) return ToGrpcStatus(prompt.status());
+  if (!prompt.ok()) return new FinishedStream(ToGrpcStatus(prompt.status()));
   prepared->params.add_bos = prompt->add_bos;
-  return RunStream(context, *prepared->model, prompt->text, prepared->params, writer);
+  auto* reactor = new StreamReactor(context, prepared->model);
+  reactor->Start(prompt->text, prepared->params);
+  return reactor;
 }
 
 grpc::Status InferenceServiceImpl::Tokenize(grpc::ServerContext*,

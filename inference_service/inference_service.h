@@ -4,10 +4,12 @@
 #define WQ_INFERENCE_SERVICE_INFERENCE_SERVICE_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "common/hf_config.h"
 #include "common/scheduler.h"
 #include "inference_service/model_manager.h"
 #include "wq/v1/inference.grpc.pb.h"
@@ -23,6 +25,11 @@ struct InferenceLimits {
   int max_running = 8;  // reported as max_batch
 };
 
+// The request with the sampling fields it leaves unset (temperature, top_k,
+// top_p, repetition_penalty) taken from the model's generation_config.json.
+v1::SamplingParams WithGenerationDefaults(v1::SamplingParams sampling,
+                                          const GenerationDefaults& defaults);
+
 // The request's sampling parameters checked against the limits, with
 // defaults filled in and a random seed when none is given. INVALID_ARGUMENT
 // naming the field otherwise.
@@ -35,13 +42,17 @@ struct PreparedGeneration {
   std::shared_ptr<LoadedModel> model;
   GenerationParams params;
 };
+// The sampling fields the request leaves unset take the model's
+// generation_config.json defaults, else the API's own: `default_temperature`
+// (gRPC's is 0, greedy; OpenAI's 1), then ToGenerationParams'.
 // INVALID_ARGUMENT for an empty model name or bad sampling parameters; the
 // ModelManager's NOT_FOUND / FAILED_PRECONDITION for a model not loaded.
 absl::StatusOr<PreparedGeneration> PrepareGeneration(const ModelManager& models,
                                                      const InferenceLimits& limits,
                                                      const std::string& model,
                                                      const v1::SamplingParams& sampling,
-                                                     absl::Time deadline);
+                                                     absl::Time deadline,
+                                                     float default_temperature = 0.0f);
 
 // The conversation rendered with the model's chat template; INVALID_ARGUMENT
 // for no messages or a role other than system, user or assistant.
@@ -57,20 +68,36 @@ absl::StatusOr<std::string> DetokenizeIds(const LoadedModel& model,
                                           absl::Span<const int> ids,
                                           bool skip_special_tokens);
 
-class InferenceServiceImpl final : public v1::InferenceService::Service {
+// Generation runs on gRPC's callback API: the scheduler's callbacks drive the
+// replies, so no thread waits on a request. The other methods are
+// synchronous (LoadModel blocks on disk).
+using InferenceServiceBase = v1::InferenceService::WithCallbackMethod_Generate<
+    v1::InferenceService::WithCallbackMethod_GenerateStream<
+        v1::InferenceService::WithCallbackMethod_Chat<
+            v1::InferenceService::WithCallbackMethod_ChatStream<
+                v1::InferenceService::Service>>>>;
+
+class InferenceServiceImpl final : public InferenceServiceBase {
  public:
   InferenceServiceImpl(ModelManager* models, InferenceLimits limits)
       : models_(models), limits_(limits) {}
 
-  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
-                        v1::GenerateResponse* response) override;
-  grpc::Status GenerateStream(
-      grpc::ServerContext* context, const v1::GenerateStreamRequest* request,
-      grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override;
-  grpc::Status Chat(grpc::ServerContext* context, const v1::ChatRequest* request,
-                    v1::ChatResponse* response) override;
-  grpc::Status ChatStream(grpc::ServerContext* context, const v1::ChatStreamRequest* request,
-                          grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override;
+  // The methods InferenceServiceBase serves on the callback API, for
+  // ServerOptions::Service::callback_methods.
+  static std::vector<std::string> CallbackMethods() {
+    return {"Generate", "GenerateStream", "Chat", "ChatStream"};
+  }
+
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
+                                     const v1::GenerateRequest* request,
+                                     v1::GenerateResponse* response) override;
+  grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerateStream(
+      grpc::CallbackServerContext* context, const v1::GenerateStreamRequest* request) override;
+  grpc::ServerUnaryReactor* Chat(grpc::CallbackServerContext* context,
+                                 const v1::ChatRequest* request,
+                                 v1::ChatResponse* response) override;
+  grpc::ServerWriteReactor<v1::GenerateStreamResponse>* ChatStream(
+      grpc::CallbackServerContext* context, const v1::ChatStreamRequest* request) override;
   grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
                         v1::TokenizeResponse* response) override;
   grpc::Status Detokenize(grpc::ServerContext* context, const v1::DetokenizeRequest* request,
@@ -89,7 +116,7 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
 
  private:
   // PrepareGeneration with the RPC's deadline.
-  absl::StatusOr<PreparedGeneration> Prepare(const grpc::ServerContext& context,
+  absl::StatusOr<PreparedGeneration> Prepare(const grpc::ServerContextBase& context,
                                              const std::string& model,
                                              const v1::SamplingParams& sampling) const;
 

@@ -141,7 +141,8 @@ int main(int argc, char** argv) {
   server.http_threads = absl::GetFlag(FLAGS_http_threads);
   server.http_routes = [&openai](httplib::Server& routes) { openai.Register(routes); };
   server.security = wq::SecurityOptionsFromFlags();
-  server.services = {{&service, wq::v1::InferenceService::service_full_name()}};
+  server.services = {{&service, wq::v1::InferenceService::service_full_name(),
+                      wq::InferenceServiceImpl::CallbackMethods()}};
   // In-flight requests finish within the grace, the rest fail UNAVAILABLE; the
   // server cancels calls (a LoadModel) still open a little after that.
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);

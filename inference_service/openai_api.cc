@@ -266,12 +266,11 @@ absl::Status WithOpenAiNames(const absl::Status& status) {
 }
 
 // The request's sampling fields as the gRPC API's, so that both are checked
-// and defaulted by the same ToGenerationParams. OpenAI's defaults where they
-// differ: temperature 1.
+// and defaulted by the same PrepareGeneration; an absent field is unset.
 absl::StatusOr<v1::SamplingParams> SamplingFields(const json& body, bool chat) {
   v1::SamplingParams sampling;
   ASSIGN_OR_RETURN(std::optional<double> temperature, NumberField(body, "temperature"));
-  sampling.set_temperature(static_cast<float>(temperature.value_or(1.0)));
+  if (temperature.has_value()) sampling.set_temperature(static_cast<float>(*temperature));
   ASSIGN_OR_RETURN(std::optional<double> top_p, NumberField(body, "top_p"));
   if (top_p.has_value()) sampling.set_top_p(static_cast<float>(*top_p));
   ASSIGN_OR_RETURN(std::optional<int64_t> top_k, IntegerField(body, "top_k", 0, INT32_MAX));
@@ -751,8 +750,11 @@ void OpenAiApi::Generate(Endpoint endpoint, const httplib::Request& request,
 
   // Clients that leave cancel their request themselves (a write fails):
   // no deadline of its own.
-  absl::StatusOr<PreparedGeneration> prepared = PrepareGeneration(
-      *models_, limits_, *model_name, *sampling, absl::InfiniteFuture());
+  // OpenAI's temperature is 1 where neither the request nor the model's
+  // generation_config.json sets one.
+  absl::StatusOr<PreparedGeneration> prepared =
+      PrepareGeneration(*models_, limits_, *model_name, *sampling, absl::InfiniteFuture(),
+                        /*default_temperature=*/1.0f);
   if (!prepared.ok()) {
     const absl::Status& s = prepared.status();
     return fail(s.code() == absl::StatusCode::kInvalidArgument ? WithOpenAiNames(s)

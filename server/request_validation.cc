@@ -1,13 +1,17 @@
 #include "server/request_validation.h"
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <memory>
 #include <string>
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/message.h>
 #include <google/protobuf/stubs/common.h>
 #include <google/protobuf/unknown_field_set.h>
+#include <google/protobuf/wire_format_lite.h>
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/slice.h>
@@ -25,6 +29,9 @@ using google::protobuf::UnknownField;
 using google::protobuf::UnknownFieldSet;
 
 constexpr int kMaxNesting = 32;
+// The highest field number protobuf allows: where a refusal travels to a
+// callback method (RequestRefusal).
+constexpr int kRefusalField = (1 << 29) - 1;
 
 bool IsIdField(const FieldDescriptor& field) {
   const std::string& name = field.name();
@@ -47,6 +54,10 @@ absl::Status ValidateFields(absl::string_view bytes, const Descriptor& type,
   std::map<int, int> seen;  // field number -> entries so far (repeated fields)
   for (int i = 0; i < fields.field_count(); ++i) {
     const UnknownField& wire = fields.field(i);
+    if (depth == 0 && wire.number() == kRefusalField) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("field number ", kRefusalField, " is reserved"));
+    }
     const FieldDescriptor* field = type.FindFieldByNumber(wire.number());
     if (field == nullptr || wire.type() != UnknownField::TYPE_LENGTH_DELIMITED) continue;
     std::string name = absl::StrCat(prefix, prefix.empty() ? "" : ".", field->name());
@@ -72,10 +83,28 @@ absl::Status ValidateFields(absl::string_view bytes, const Descriptor& type,
   return absl::OkStatus();
 }
 
+// An empty message but for the refusal in field kRefusalField.
+grpc_byte_buffer* RefusalMessage(absl::string_view refusal) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream out(&bytes);
+    google::protobuf::io::CodedOutputStream coded(&out);
+    coded.WriteTag(static_cast<uint32_t>(kRefusalField) << 3 |
+                   google::protobuf::internal::WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
+    coded.WriteVarint32(static_cast<uint32_t>(refusal.size()));
+    coded.WriteRaw(refusal.data(), static_cast<int>(refusal.size()));
+  }
+  grpc_slice slice = grpc_slice_from_copied_buffer(bytes.data(), bytes.size());
+  grpc_byte_buffer* buffer = grpc_raw_byte_buffer_create(&slice, 1);
+  grpc_slice_unref(slice);
+  return buffer;
+}
+
 class ValidatingHandler : public grpc::internal::MethodHandler {
  public:
-  ValidatingHandler(grpc::internal::MethodHandler* inner, const Descriptor* request_type)
-      : inner_(inner), request_type_(request_type) {}
+  ValidatingHandler(grpc::internal::MethodHandler* inner, const Descriptor* request_type,
+                    bool callback)
+      : inner_(inner), request_type_(request_type), callback_(callback) {}
 
   void RunHandler(const HandlerParameter& param) override { inner_->RunHandler(param); }
 
@@ -96,6 +125,10 @@ class ValidatingHandler : public grpc::internal::MethodHandler {
       }
       if (!valid.ok()) {
         grpc_byte_buffer_destroy(request);
+        if (callback_) {
+          return inner_->Deserialize(call, RefusalMessage(valid.message()), status,
+                                     handler_data);
+        }
         *status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(valid.message()));
         return nullptr;
       }
@@ -106,6 +139,7 @@ class ValidatingHandler : public grpc::internal::MethodHandler {
  private:
   grpc::internal::MethodHandler* inner_;  // owned by the inner service
   const Descriptor* request_type_;
+  const bool callback_;
 };
 
 // The inner service's handlers, through the protected accessor that generated
@@ -118,8 +152,8 @@ struct HandlerAccess : grpc::Service {
 
 class ValidatingService : public grpc::Service {
  public:
-  ValidatingService(grpc::Service* inner,
-                    const google::protobuf::ServiceDescriptor& descriptor) {
+  ValidatingService(grpc::Service* inner, const google::protobuf::ServiceDescriptor& descriptor,
+                    const std::vector<std::string>& callback_methods) {
     // Generated services add their methods in the order of the proto.
     for (int i = 0; i < descriptor.method_count(); ++i) {
       const google::protobuf::MethodDescriptor& method = *descriptor.method(i);
@@ -132,11 +166,15 @@ class ValidatingService : public grpc::Service {
       grpc::internal::MethodHandler* handler = HandlerAccess::Handler(inner, i);
       const std::string& path =
           paths_.emplace_back(absl::StrCat("/", descriptor.full_name(), "/", method.name()));
-      AddMethod(new grpc::internal::RpcServiceMethod(
+      const bool callback = std::find(callback_methods.begin(), callback_methods.end(),
+                                      method.name()) != callback_methods.end();
+      auto* served = new grpc::internal::RpcServiceMethod(
           path.c_str(), type,
           // A streamed request (none in wq's services) is read by the handler itself,
           // after Deserialize(nullptr): such methods pass through unchecked.
-          new ValidatingHandler(handler, method.input_type())));
+          new ValidatingHandler(handler, method.input_type(), callback));
+      if (callback) served->SetServerApiType(grpc::internal::RpcServiceMethod::ApiType::CALL_BACK);
+      AddMethod(served);
     }
   }
 
@@ -161,8 +199,20 @@ absl::Status ValidateRequestBytes(absl::string_view bytes, const Descriptor& typ
 }
 
 std::unique_ptr<grpc::Service> WithRequestValidation(
-    grpc::Service* inner, const google::protobuf::ServiceDescriptor& descriptor) {
-  return std::make_unique<ValidatingService>(inner, descriptor);
+    grpc::Service* inner, const google::protobuf::ServiceDescriptor& descriptor,
+    const std::vector<std::string>& callback_methods) {
+  return std::make_unique<ValidatingService>(inner, descriptor, callback_methods);
+}
+
+std::optional<grpc::Status> RequestRefusal(const google::protobuf::Message& request) {
+  const UnknownFieldSet& unknown = request.GetReflection()->GetUnknownFields(request);
+  for (int i = 0; i < unknown.field_count(); ++i) {
+    const UnknownField& field = unknown.field(i);
+    if (field.number() == kRefusalField && field.type() == UnknownField::TYPE_LENGTH_DELIMITED) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, field.length_delimited());
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace wq

@@ -9,8 +9,12 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/service_type.h>
 
@@ -35,11 +39,21 @@ inline constexpr int kMaxMetadataBytes = 16 << 10;
 absl::Status ValidateRequestBytes(absl::string_view bytes,
                                   const google::protobuf::Descriptor& type);
 
-// A service that serves `inner`'s methods (a generated synchronous service,
-// not owned, `descriptor` its proto service) with ValidateRequestBytes run on
-// each request before `inner`'s handler. Register it instead of `inner`.
+// A service that serves `inner`'s methods (a generated service, not owned,
+// `descriptor` its proto service; `callback_methods` names those `inner`
+// implements on the callback API, the rest are synchronous) with
+// ValidateRequestBytes run on each request before `inner`'s handler.
+// Register it instead of `inner`.
 std::unique_ptr<grpc::Service> WithRequestValidation(
-    grpc::Service* inner, const google::protobuf::ServiceDescriptor& descriptor);
+    grpc::Service* inner, const google::protobuf::ServiceDescriptor& descriptor,
+    const std::vector<std::string>& callback_methods = {});
+
+// gRPC's callback handlers answer a request that fails to deserialize with
+// UNIMPLEMENTED and no message. So a callback method is handed instead an
+// empty request carrying the refusal in a reserved field number (which
+// clients may not use), and must first answer with RequestRefusal(*request)
+// when it is set.
+std::optional<grpc::Status> RequestRefusal(const google::protobuf::Message& request);
 
 }  // namespace wq
 

@@ -161,23 +161,33 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   return credentials;
 }
 
-httplib::Server::HandlerResponse CheckHttpAuthorization(const TokenAuthenticator* tokens,
+httplib::Server::HandlerResponse CheckHttpAuthorization(const TokenAuthenticator* tokens, bool tls,
                                                         const httplib::Request& request,
                                                         httplib::Response& response) {
   if (tokens == nullptr || request.path == "/health") {
     return httplib::Server::HandlerResponse::Unhandled;
   }
-  const absl::Status checked =
-      tokens->Check(request.get_header_value("Authorization"), Role::kClient);
+  absl::Status checked =
+      tls || IsLoopbackHost(request.remote_addr)
+          ? tokens->Check(request.get_header_value("Authorization"), Role::kClient)
+          : absl::PermissionDeniedError(
+                "bearer tokens are accepted without TLS from loopback peers only");
   if (checked.ok()) return httplib::Server::HandlerResponse::Unhandled;
-  response.status = 401;
-  response.set_header("WWW-Authenticate", "Bearer");
+  const bool unauthenticated = checked.code() == absl::StatusCode::kUnauthenticated;
+  response.status = unauthenticated ? 401 : 403;
+  if (unauthenticated) response.set_header("WWW-Authenticate", "Bearer");
   response.set_content(
       nlohmann::json{{"error", {{"message", std::string(checked.message())},
-                                {"type", "authentication_error"}}}}
+                                {"type", unauthenticated ? "authentication_error"
+                                                         : "permission_error"}}}}
           .dump(),
       "application/json");
   return httplib::Server::HandlerResponse::Handled;
+}
+
+bool IsLoopbackHost(absl::string_view host) {
+  absl::ConsumePrefix(&host, "::ffff:");  // an IPv4 address on an IPv6 socket
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
 }
 
 bool IsLoopbackAddress(absl::string_view listen) {
@@ -185,7 +195,7 @@ bool IsLoopbackAddress(absl::string_view listen) {
   if (absl::StartsWith(listen, "unix:")) return true;
   absl::string_view host = listen.substr(0, listen.rfind(':'));
   if (absl::ConsumePrefix(&host, "[")) absl::ConsumeSuffix(&host, "]");
-  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+  return IsLoopbackHost(host);
 }
 
 absl::Status CheckExposure(const std::string& grpc_listen, const std::string& http_listen,

@@ -75,11 +75,17 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const SecurityOptions& options, std::shared_ptr<const TokenAuthenticator> tokens);
 
 // The HTTP listener's pre-routing check: every path but /health needs a
-// client token when `tokens` is non-null. Answers 401 (missing or unknown
-// token) itself and returns kHandled; kUnhandled lets routing go on.
-httplib::Server::HandlerResponse CheckHttpAuthorization(const TokenAuthenticator* tokens,
+// client token when `tokens` is non-null, and without `tls` a loopback peer
+// too, as gRPC's local credentials require (a token never crosses a network in
+// clear). Answers 401 (missing or unknown token) or 403 (non-loopback peer
+// without TLS) itself and returns kHandled; kUnhandled lets routing go on.
+httplib::Server::HandlerResponse CheckHttpAuthorization(const TokenAuthenticator* tokens, bool tls,
                                                         const httplib::Request& request,
                                                         httplib::Response& response);
+
+// Whether `host` (a name or a numeric address, as a peer's) is loopback:
+// 127.0.0.0/8 (also IPv4-mapped), ::1 or localhost.
+bool IsLoopbackHost(absl::string_view host);
 
 // Whether `listen` ("host:port") names a loopback host only (127.0.0.0/8,
 // ::1, localhost) or a Unix domain socket ("unix:PATH").

@@ -107,7 +107,8 @@ absl::Status RunServer(const ServerOptions& options) {
     if (descriptor == nullptr) {
       return absl::InternalError(absl::StrCat("no proto service named ", served.name));
     }
-    validated.push_back(WithRequestValidation(served.service, *descriptor));
+    validated.push_back(
+        WithRequestValidation(served.service, *descriptor, served.callback_methods));
     service_names.push_back(served.name);
     builder.RegisterService(validated.back().get());
   }
@@ -146,9 +147,11 @@ absl::Status RunServer(const ServerOptions& options) {
     http_options.tls_key = options.security.tls_key;
     http_options.tls_client_ca = options.security.tls_client_ca;
     http_options.add_routes = [&](httplib::Server& routes) {
-      InstallHttpRequestLog(routes, [tokens = security->tokens](const httplib::Request& request,
-                                                                 httplib::Response& response) {
-        return CheckHttpAuthorization(tokens.get(), request, response);
+      InstallHttpRequestLog(routes, [tokens = security->tokens,
+                                     tls = !options.security.tls_cert.empty()](
+                                        const httplib::Request& request,
+                                        httplib::Response& response) {
+        return CheckHttpAuthorization(tokens.get(), tls, request, response);
       });
       routes.Get("/health", [&serving](const httplib::Request&, httplib::Response& response) {
         const bool up = serving.load();

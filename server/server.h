@@ -43,6 +43,9 @@ struct ServerOptions {
     // health service once ready (alongside ""); its descriptor validates
     // every request (server/request_validation.h).
     std::string name;
+    // Its methods implemented on gRPC's callback API (the others are
+    // synchronous).
+    std::vector<std::string> callback_methods;
   };
   std::vector<Service> services;
   // Runs on SIGTERM/SIGINT once health says NOT_SERVING, while the server

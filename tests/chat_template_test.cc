@@ -262,12 +262,16 @@ Need the tool.
 Let me check.<|im_end|>
 )J";
 
+absl::StatusOr<ChatTemplate> Qwen3Template() {
+  return ChatTemplateFromTokenizerConfig(
+      ReadJson(absl::StrCat(kTokenizers, "qwen2/qwen3_tokenizer_config.json")),
+      "default");
+}
+
 // Qwen3's template (namespace, reverse slices, string methods, tool JSON,
 // enable_thinking), against reference Jinja2 renderings.
 TEST(ChatTemplateTest, Qwen3TemplateWithToolsAndThinking) {
-  const nlohmann::json config =
-      ReadJson(absl::StrCat(kTokenizers, "qwen2/qwen3_tokenizer_config.json"));
-  auto chat_template = ChatTemplateFromTokenizerConfig(config, "default");
+  auto chat_template = Qwen3Template();
   ASSERT_TRUE(chat_template.ok()) << chat_template.status();
   ChatRenderInput input;
   input.messages = {
@@ -287,6 +291,49 @@ TEST(ChatTemplateTest, Qwen3TemplateWithToolsAndThinking) {
   rendered = chat_template->Render(thinking);
   ASSERT_TRUE(rendered.ok()) << rendered.status();
   EXPECT_EQ(*rendered, kQwen3Thinking);
+}
+
+// Qwen3's tool role (consecutive tool messages share one user turn),
+// assistant tool_calls with object arguments, and reasoning_content, which
+// the template prints as <think> only after the last user query.
+constexpr char kQwen3ToolRoleMessages[] =
+    R"J([{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "reasoning_content": "Need the tool.", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}, {"role": "tool", "content": "{\"temp_c\": 21}"}, {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "21 °C and sunny.", "reasoning_content": "Summarize."}])J";
+// Debian python3-jinja2 3.1.6 configured as transformers configures it.
+constexpr char kQwen3ToolRole[] = R"J(<|im_start|>user
+Weather in Paris?<|im_end|>
+<|im_start|>assistant
+<think>
+Need the tool.
+</think>
+
+<tool_call>
+{"name": "get_weather", "arguments": {"city": "Paris"}}
+</tool_call><|im_end|>
+<|im_start|>user
+<tool_response>
+{"temp_c": 21}
+</tool_response>
+<tool_response>
+sunny
+</tool_response><|im_end|>
+<|im_start|>assistant
+<think>
+Summarize.
+</think>
+
+21 °C and sunny.<|im_end|>
+)J";
+
+TEST(ChatTemplateTest, Qwen3ToolRoleAndReasoningContent) {
+  auto chat_template = Qwen3Template();
+  ASSERT_TRUE(chat_template.ok()) << chat_template.status();
+  ChatRenderInput input;
+  input.extra_variables["messages"] =
+      nlohmann::ordered_json::parse(kQwen3ToolRoleMessages);
+  input.eos_token = "<|im_end|>";
+  auto rendered = chat_template->Render(input);
+  ASSERT_TRUE(rendered.ok()) << rendered.status();
+  EXPECT_EQ(*rendered, kQwen3ToolRole);
 }
 
 TEST(ChatTemplateTest, UnsupportedConstructsFailAtParseWithNameAndLine) {

@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "wq/v1/inference.grpc.pb.h"
 #include "tests/e2e_support.h"
+#include "tests/rounded_checkpoint.h"
 
 namespace wq::e2e {
 namespace {
@@ -219,6 +220,31 @@ TEST(E2eInferenceTest, Fp32ModelGivesGoldenContinuation) {
   bool loaded = false;
   for (const v1::ModelInfo& m : models.loaded()) loaded |= m.model() == "stories260K";
   EXPECT_TRUE(loaded);
+}
+
+// A bf16 checkpoint is served as stored: 16 bits per weight, about half the
+// fp32 model's weight bytes, and the fp32 model's greedy continuation.
+TEST(E2eInferenceTest, Bf16CheckpointIsServedAsBf16) {
+  const Servers& servers = GetServers();
+  ASSERT_TRUE(WriteRoundedCopy(servers.model_root + "/stories260K",
+                               servers.model_root + "/stories260K-bf16", DType::kBF16,
+                               /*sharded=*/true)
+                  .ok());
+  v1::ModelInfo fp32, bf16;
+  ASSERT_TRUE(Load("stories260K", &fp32).ok());
+  grpc::Status status = Load("stories260K-bf16", &bf16);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_FALSE(bf16.quantized());
+  EXPECT_EQ(bf16.bits_per_weight(), 16);
+  EXPECT_EQ(fp32.bits_per_weight(), 32);
+  // Norms stay fp32: a little over half.
+  EXPECT_GT(bf16.weight_bytes(), fp32.weight_bytes() / 2);
+  EXPECT_LT(bf16.weight_bytes(), fp32.weight_bytes() * 0.52);
+  v1::GenerateResponse response;
+  status = Generate("stories260K-bf16", {kOnce}, Greedy(24), &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(response.results_size(), 1);
+  EXPECT_EQ(response.results(0).text().rfind(kGolden, 0), 0u) << response.results(0).text();
 }
 
 // --compute_dtype overrides the arithmetic each artifact was quantized for

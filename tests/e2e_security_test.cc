@@ -2,6 +2,10 @@
 // inference_service binary: TLS and mutual TLS with certificates made by the
 // openssl CLI at test time, bearer tokens with roles over gRPC and HTTP, and
 // the refusal to serve a non-loopback address unprotected.
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
+
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -17,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "server/client_channel.h"
 #include "tests/e2e_support.h"
+#include "tests/server_process.h"
 #include "tests/grpc_health.grpc.pb.h"
 #include "wq/v1/inference.grpc.pb.h"
 
@@ -61,6 +66,29 @@ void MakeCertificates(const std::string& dir) {
       " && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
       "-out client.pem" + quiet;
   ASSERT_EQ(std::system(script.c_str()), 0) << "openssl failed; see " << dir << "/openssl.log";
+}
+
+// An IPv4 address of this machine outside 127.0.0.0/8 ("" when it has none):
+// connecting to it from here makes the server see a non-loopback peer.
+std::string NonLoopbackIpv4() {
+  ifaddrs* interfaces = nullptr;
+  if (getifaddrs(&interfaces) != 0) return "";
+  std::string found;
+  for (const ifaddrs* i = interfaces; i != nullptr && found.empty(); i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET) continue;
+    const in_addr address = reinterpret_cast<const sockaddr_in*>(i->ifa_addr)->sin_addr;
+    if ((ntohl(address.s_addr) >> 24) == 127) continue;
+    char text[INET_ADDRSTRLEN] = {};
+    if (inet_ntop(AF_INET, &address, text, sizeof(text)) != nullptr) found = text;
+  }
+  freeifaddrs(interfaces);
+  return found;
+}
+
+int ReadPort(const std::string& port_file) {
+  int port = 0;
+  std::ifstream(port_file) >> port;
+  return port;
 }
 
 struct Started {
@@ -140,8 +168,7 @@ TEST(E2eSecurityTest, TokensOverHttp) {
   Started server = StartInference(
       "http", {"--auth_tokens_file=" + TokensFile(), "--http_listen=127.0.0.1:0",
                "--http_port_file=" + dir + "/http_listener.port"});
-  int http_port = 0;
-  std::ifstream(dir + "/http_listener.port") >> http_port;
+  const int http_port = ReadPort(dir + "/http_listener.port");
   ASSERT_GT(http_port, 0);
   httplib::Client client("127.0.0.1", http_port);
 
@@ -177,8 +204,7 @@ TEST(E2eSecurityTest, TlsRefusesPlaintextAndMutualTlsRefusesMissingCertificate) 
   status = ListModels(server.address, ClientSecurity());
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
   // The HTTP listener speaks HTTPS with the same certificate.
-  int http_port = 0;
-  std::ifstream(http_port_file) >> http_port;
+  const int http_port = ReadPort(http_port_file);
   httplib::SSLClient https("127.0.0.1", http_port);
   https.set_ca_cert_path((certs + "/ca.pem").c_str());
   httplib::Result health = https.Get("/health");
@@ -230,6 +256,89 @@ TEST(E2eSecurityTest, NonLoopbackNeedsTlsAndTokensOrInsecure) {
   EXPECT_EQ(insecure.process->Stop(std::chrono::seconds(10)), 0);
   EXPECT_NE(insecure.process->Log().find("\"insecure\""), std::string::npos)
       << insecure.process->Log();
+}
+
+TEST(E2eSecurityTest, MutualTlsOnTheHttpListener) {
+  const std::string certs = Scratch("http_mtls_certs");
+  const std::string strangers = Scratch("http_mtls_strangers");  // another CA's client
+  ASSERT_NO_FATAL_FAILURE(MakeCertificates(certs));
+  ASSERT_NO_FATAL_FAILURE(MakeCertificates(strangers));
+  const std::string port_file = Scratch("http_mtls") + "/http_listener.port";
+  Started server = StartInference(
+      "http_mtls", {"--tls_cert=" + certs + "/server.pem", "--tls_key=" + certs + "/server.key",
+                    "--tls_client_ca=" + certs + "/ca.pem", "--http_listen=127.0.0.1:0",
+                    "--http_port_file=" + port_file});
+  const int http_port = ReadPort(port_file);
+  ASSERT_GT(http_port, 0);
+  const std::string ca = certs + "/ca.pem";
+
+  httplib::SSLClient with_certificate("127.0.0.1", http_port, certs + "/client.pem",
+                                      certs + "/client.key");
+  with_certificate.set_ca_cert_path(ca.c_str());
+  for (const char* path : {"/health", "/v1/models"}) {
+    httplib::Result result = with_certificate.Get(path);
+    ASSERT_TRUE(result) << path << ": " << httplib::to_string(result.error());
+    EXPECT_EQ(result->status, 200) << path << ": " << result->body;
+  }
+
+  httplib::SSLClient without_certificate("127.0.0.1", http_port);
+  without_certificate.set_ca_cert_path(ca.c_str());
+  httplib::SSLClient foreign_certificate("127.0.0.1", http_port, strangers + "/client.pem",
+                                         strangers + "/client.key");
+  foreign_certificate.set_ca_cert_path(ca.c_str());
+  for (httplib::SSLClient* refused : {&without_certificate, &foreign_certificate}) {
+    httplib::Result result = refused->Get("/health");
+    EXPECT_FALSE(result) << "answered " << result->status;
+  }
+  EXPECT_EQ(server.process->Stop(std::chrono::seconds(10)), 0);
+}
+
+// Tokens without TLS on this machine's own non-loopback address: refused at
+// start; with --insecure served, but a token is accepted from a loopback
+// peer only, over gRPC and HTTP alike (it would cross a network in clear).
+TEST(E2eSecurityTest, TokensWithoutTlsStayOnLoopback) {
+  const std::string ip = NonLoopbackIpv4();
+  if (ip.empty()) GTEST_SKIP() << "this machine has no non-loopback IPv4 address";
+  const std::string dir = Scratch("remote");
+  const std::vector<std::string> base = {
+      GetServers().inference_binary, "--model_root=" + GetServers().model_root,
+      "--artifact_root=" + GetServers().artifact_root, "--auth_tokens_file=" + TokensFile()};
+  for (const std::string& listen : {"--listen=" + ip + ":0", "--http_listen=" + ip + ":0"}) {
+    std::vector<std::string> argv = base;
+    argv.push_back(listen);
+    const CommandResult refused = RunCommand(argv, dir);
+    EXPECT_EQ(refused.exit_code, 1) << listen;
+    EXPECT_NE(refused.err.find("refusing to serve " + ip + ":0 (not loopback) without TLS"),
+              std::string::npos)
+        << refused.err;
+  }
+
+  const std::string port_file = dir + "/http_listener.port";
+  Started server = StartInference(
+      "remote", {"--listen=0.0.0.0:0", "--http_listen=0.0.0.0:0", "--http_port_file=" + port_file,
+                 "--auth_tokens_file=" + TokensFile(), "--insecure"});
+  const std::string port = server.address.substr(server.address.rfind(':') + 1);
+  const int http_port = ReadPort(port_file);
+  ASSERT_GT(http_port, 0);
+
+  grpc::Status status = ListModels("127.0.0.1:" + port, WithToken(kClientToken));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  status = ListModels(ip + ":" + port, WithToken(kClientToken));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+
+  const httplib::Headers token = {{"Authorization", std::string("Bearer ") + kClientToken}};
+  httplib::Result local = httplib::Client("127.0.0.1", http_port).Get("/v1/models", token);
+  ASSERT_TRUE(local) << httplib::to_string(local.error());
+  EXPECT_EQ(local->status, 200) << local->body;
+  httplib::Client remote_client(ip, http_port);
+  httplib::Result remote = remote_client.Get("/v1/models", token);
+  ASSERT_TRUE(remote) << httplib::to_string(remote.error());
+  EXPECT_EQ(remote->status, 403) << remote->body;
+  // Probes carry no token and come from other machines: /health stays open.
+  httplib::Result probe = remote_client.Get("/health");
+  ASSERT_TRUE(probe) << httplib::to_string(probe.error());
+  EXPECT_EQ(probe->status, 200);
+  EXPECT_EQ(server.process->Stop(std::chrono::seconds(10)), 0);
 }
 
 }  // namespace

@@ -104,6 +104,19 @@ TEST(E2eValidationTest, LongIdsAndPromptsAreInvalidArgument) {
                         "prompts[0] is 1048577 bytes; at most 1048576");
 }
 
+// The field number through which the server hands a refusal to its callback
+// methods (server/request_validation.h) is not the client's to send.
+TEST(E2eValidationTest, TheReservedRefusalFieldIsRefused) {
+  v1::GenerateRequest generate;
+  generate.set_model("stories260K");
+  generate.add_prompts("fine");
+  generate.GetReflection()->MutableUnknownFields(&generate)->AddLengthDelimited(
+      (1 << 29) - 1, "forged refusal");
+  v1::GenerateResponse generated;
+  ExpectInvalidArgument(Stub()->Generate(Context().get(), generate, &generated),
+                        "is reserved");
+}
+
 TEST(E2eValidationTest, ErrorsNameNoServerPaths) {
   v1::LoadModelRequest load;
   v1::ModelInfo info;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/bf16.h"
 #include "common/compute_dtype.h"
 #include "common/cpu_features.h"
 #include "common/matmul.h"
@@ -142,10 +143,11 @@ TEST_P(KernelsTest, QuantizedMatchesScalarReference) {
             ScopedIsaOverride scalar(Isa::kScalar);
             MatMulQuantized(q->view(), x.data(), n, ref.data(), compute);
           }
-          // The kernels on the row-major view, and on the weight packed
-          // once (the int8 tiles, which fp32 and bf16 read for n <= 4).
+          // The kernels on tiles packed per call and on the weight packed
+          // once (PackWeights): every kernel reads the int8 tiles, n 16 and
+          // 37 as prefill does.
           for (bool pack : {false, true}) {
-            SCOPED_TRACE(pack ? "packed" : "view");
+            SCOPED_TRACE(pack ? "packed once" : "packed per call");
             std::vector<float> got(n * kRows, -123.0f);
             {
               ScopedIsaOverride forced(isa);
@@ -214,10 +216,52 @@ TEST_P(KernelsTest, DenseF32MatchesReference) {
   }
 }
 
+// Dense bf16 W (an unquantized bf16 checkpoint): every ISA against the
+// scalar reference (bf16-rounded x, exact products summed in fp32), and the
+// reference against the fp32 product of the unrounded x and W's values,
+// which differs by x's bf16 rounding only: at most 2^-8 (half an ulp) of sum |x w|.
+TEST_P(KernelsTest, DenseBf16MatchesReference) {
+  const Isa isa = GetParam();
+  constexpr int64_t kRows = 37;  // 2 row blocks and a ragged one
+  for (int64_t cols : {1, 15, 64, 172, 4128}) {
+    for (int64_t n : {1, 3, 5, 16}) {
+      SCOPED_TRACE(testing::Message() << IsaName(isa) << " cols " << cols << " n " << n);
+      const auto values = Random(kRows * cols, 3);
+      std::vector<uint16_t> w(values.size());
+      for (size_t i = 0; i < w.size(); ++i) w[i] = FloatToBf16(values[i]);
+      const auto x = Random(n * cols, 4);
+      std::vector<float> got(n * kRows, -123.0f), ref(n * kRows, -123.0f);
+      {
+        ScopedIsaOverride forced(isa);
+        MatMulBf16(w.data(), kRows, cols, x.data(), n, got.data());
+      }
+      {
+        ScopedIsaOverride scalar(Isa::kScalar);
+        MatMulBf16(w.data(), kRows, cols, x.data(), n, ref.data());
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t r = 0; r < kRows; ++r) {
+          double exact = 0.0, rounded_abs = 0.0, abs = 0.0;
+          for (int64_t k = 0; k < cols; ++k) {
+            const double wv = Bf16ToFloat(w[r * cols + k]);
+            const double xb = Bf16ToFloat(FloatToBf16(x[i * cols + k]));
+            exact += double{x[i * cols + k]} * wv;
+            rounded_abs += std::fabs(xb * wv);
+            abs += std::fabs(x[i * cols + k] * wv);
+          }
+          const float y = got[i * kRows + r];
+          ASSERT_NEAR(y, ref[i * kRows + r], 1e-5 * rounded_abs + 1e-30) << "row " << r;
+          ASSERT_NEAR(ref[i * kRows + r], exact, std::ldexp(abs, -8) + 1e-5 * abs) << "row " << r;
+        }
+      }
+    }
+  }
+}
+
 // Weights packed once at load (PackWeights) give exactly what a per-call
-// packing gives, for every format the packed kernels take (fp32 and bf16
-// scales, whose tiles store them in 2 bytes), and none is made
-// where the kernels read the view directly. So do the same tiles stored as
+// packing gives, for every format and compute dtype the packed kernels take
+// (fp32 and bf16 scales, whose tiles store them in 2 bytes). So do the same
+// tiles stored as
 // bytes (Int8Tiles) and read in place (MapInt8Tiles), and FromInt8Tiles
 // gives the matrix back.
 TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
@@ -258,10 +302,9 @@ TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
             EXPECT_EQ(back.codes, q->codes);
             EXPECT_EQ(back.scales, q->scales);
             EXPECT_EQ(back.zeros, q->zeros);
+            // Every compute dtype runs on the tiles alone.
             mapped = MapInt8Tiles(shape_only, compute, tile_data);
-            // Only int8 runs on the tiles alone (fp32 and bf16 prefill
-            // read the row-major codes).
-            ASSERT_EQ(mapped != nullptr, compute == ComputeDtype::kInt8);
+            ASSERT_NE(mapped, nullptr);
           }
           // 12 and 33: AMX tiles (from 10 rows), one short chunk and three.
           for (int64_t n : {1, 9, 12, 33}) {
@@ -272,9 +315,8 @@ TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
             std::vector<float> once(n * kRows), per_call(n * kRows);
             MatMulQuantized(q->view(), x.data(), n, once.data(), compute, packed.get());
             MatMulQuantized(q->view(), x.data(), n, per_call.data(), compute);
-            // int8 packs per call the same tiles; fp32 and bf16 read the
-            // view instead (checked against the reference below).
-            if (compute == ComputeDtype::kInt8) EXPECT_EQ(once, per_call);
+            // Per call the same tiles are packed.
+            EXPECT_EQ(once, per_call);
             {
               // And the tiles hold the same weights: the scalar reference
               // of the row-major view agrees up to the float epilogue.

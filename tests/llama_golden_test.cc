@@ -146,7 +146,7 @@ TEST_F(LlamaGoldenTest, ChainedBlocksReproduceForward) {
   const int len = static_cast<int>(prompt_.size());
   std::vector<float> x(len * hidden);
   for (int t = 0; t < len; ++t) {
-    std::copy_n(w.embed + prompt_[t] * hidden, hidden, x.data() + t * hidden);
+    EmbeddingRow(w.embed, prompt_[t], x.data() + t * hidden);
   }
   int points = 0;
   for (const LlamaLayerWeights& layer : w.layers) {

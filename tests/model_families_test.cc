@@ -1,24 +1,24 @@
 // Every family in architecture.h against the team's tiny random checkpoints
 // (../shared/models/tiny-*): logits from an independent float64
 // implementation of Hugging Face's modelling code at all 24 positions of two
-// sequences, and 16 greedy tokens. Also: bf16 weights split over an indexed
-// pair of shards load to the same model as their fp32 values in one file.
+// sequences, and 16 greedy tokens. Also: bf16 and f16 weights split over an
+// indexed pair of shards load to the same model as their fp32 values in one
+// file.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
-#include "common/bf16.h"
 #include "common/file_util.h"
 #include "common/llama.h"
 #include "common/safetensors.h"
 #include "common/scheduler.h"
 #include "common/tokenizer.h"
+#include "tests/rounded_checkpoint.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -32,8 +32,6 @@ nlohmann::json Golden(const std::string& name) {
   EXPECT_TRUE(text.ok()) << text.status();
   return text.ok() ? nlohmann::json::parse(*text) : nlohmann::json();
 }
-
-void WriteRoundedCopy(const std::string& name, const std::string& dir, bool sharded);
 
 class ModelFamilyTest : public ::testing::TestWithParam<std::string> {
  protected:
@@ -142,89 +140,68 @@ TEST(RopeScaling, LinearAndDynamicFrequencies) {
   EXPECT_EQ(ContextLength(c), 512);
 }
 
-// Writes `dir` holding config.json and the tiny model's tensors rounded to
-// bf16: as bf16 in two shards with an index when `sharded`, else as their
-// fp32 values in one model.safetensors.
-void WriteRoundedCopy(const std::string& name, const std::string& dir, bool sharded) {
-  std::filesystem::create_directories(dir);
-  std::filesystem::copy_file(ModelDir(name) + "/config.json", dir + "/config.json",
-                             std::filesystem::copy_options::overwrite_existing);
-  auto source = SafetensorsFile::Open(ModelDir(name) + "/model.safetensors");
-  ASSERT_TRUE(source.ok()) << source.status();
-  SafetensorsWriter shards[2];
-  nlohmann::json weight_map = nlohmann::json::object();
-  int index = 0;
-  for (const TensorInfo& t : (*source)->tensors()) {
-    auto values = (*source)->LoadF32(t.name);
-    ASSERT_TRUE(values.ok()) << values.status();
-    const int shard = sharded ? index++ % 2 : 0;
-    if (sharded) {
-      std::string bytes(values->numel() * 2, '\0');
-      for (int64_t i = 0; i < values->numel(); ++i) {
-        const uint16_t b = FloatToBf16(values->data[i]);
-        std::memcpy(bytes.data() + 2 * i, &b, 2);
-      }
-      ASSERT_TRUE(shards[shard].AddTensor(t.name, DType::kBF16, t.shape, bytes).ok());
-      weight_map[t.name] = absl::StrCat("model-0000", shard + 1, "-of-00002.safetensors");
-    } else {
-      std::vector<float> rounded(values->values().begin(), values->values().end());
-      for (float& v : rounded) v = Bf16ToFloat(FloatToBf16(v));
-      ASSERT_TRUE(shards[0].AddF32(t.name, t.shape, rounded).ok());
-    }
-  }
-  if (sharded) {
-    for (int s = 0; s < 2; ++s) {
-      ASSERT_TRUE(
-          shards[s].Write(absl::StrCat(dir, "/model-0000", s + 1, "-of-00002.safetensors")).ok());
-    }
-    nlohmann::json index_json = {{"metadata", nlohmann::json::object()},
-                                 {"weight_map", weight_map}};
-    ASSERT_TRUE(WriteFileDurably(dir + "/model.safetensors.index.json", index_json.dump()).ok());
-  } else {
-    ASSERT_TRUE(shards[0].Write(dir + "/model.safetensors").ok());
-  }
-}
-
-TEST_P(ModelFamilyTest, ShardedBf16LoadsToTheSameModelAsItsFp32Values) {
-  const std::string root = ::testing::TempDir() + "/sharded_bf16_" + GetParam();
-  WriteRoundedCopy(GetParam(), root + "/sharded", /*sharded=*/true);
-  WriteRoundedCopy(GetParam(), root + "/single", /*sharded=*/false);
-  auto sharded = LoadLlamaModelDir(root + "/sharded");
-  ASSERT_TRUE(sharded.ok()) << sharded.status();
-  auto single = LoadLlamaModelDir(root + "/single");
-  ASSERT_TRUE(single.ok()) << single.status();
-  const std::vector<int> ids = golden_["sequences"][0]["ids"].get<std::vector<int>>();
-  std::vector<float> logits[2];
-  for (int m = 0; m < 2; ++m) {
-    LlamaModel model(m == 0 ? *sharded : *single);
-    KVCache cache(model.config(), 64);
-    SequenceChunk chunk;
-    chunk.cache = &cache;
-    chunk.tokens = ids;
-    chunk.all_logits = true;
-    ASSERT_TRUE(model.Forward({&chunk, 1}, &logits[m]).ok());
-  }
-  ASSERT_EQ(logits[0].size(), logits[1].size());
-  for (size_t i = 0; i < logits[0].size(); ++i) ASSERT_EQ(logits[0][i], logits[1][i]) << i;
-  // And bf16 rounding moves the logits only a little from the fp32 checkpoint's.
-  std::vector<float> exact;
-  KVCache cache(model_->config(), 64);
+// Logits at every position of the golden's first sequence.
+std::vector<float> SequenceLogits(const LlamaModel& model, const std::vector<int>& ids) {
+  KVCache cache(model.config(), 64);
   SequenceChunk chunk;
   chunk.cache = &cache;
   chunk.tokens = ids;
   chunk.all_logits = true;
-  ASSERT_TRUE(model_->Forward({&chunk, 1}, &exact).ok());
+  std::vector<float> logits;
+  EXPECT_TRUE(model.Forward({&chunk, 1}, &logits).ok());
+  return logits;
+}
+
+double MaxAbsDifference(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
   double worst = 0;
-  for (size_t i = 0; i < exact.size(); ++i) {
-    worst = std::max(worst, static_cast<double>(std::abs(exact[i] - logits[0][i])));
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    worst = std::max(worst, static_cast<double>(std::abs(a[i] - b[i])));
   }
-  std::printf("%s: bf16 weights move logits by at most %.3f\n", GetParam().c_str(), worst);
-  EXPECT_LT(worst, 0.5);  // measured 0.12-0.27 (logits reach |10|)
+  return worst;
+}
+
+TEST_P(ModelFamilyTest, ShardedHalfLoadsToTheSameModelAsItsFp32Values) {
+  const std::vector<int> ids = golden_["sequences"][0]["ids"].get<std::vector<int>>();
+  const std::vector<float> exact = SequenceLogits(*model_, ids);
+  // How far rounding the weights may move the logits from the fp32
+  // checkpoint's (logits reach |10|): bf16 measured 0.12-0.27; f16, with 3
+  // more significand bits, 0.013-0.035.
+  for (const auto& [half, bound] : {std::pair{DType::kBF16, 0.5}, std::pair{DType::kF16, 0.07}}) {
+    const std::string root = absl::StrCat(::testing::TempDir(), "/sharded_",
+                                          std::string(DTypeName(half)), "_", GetParam());
+    ASSERT_TRUE(
+        WriteRoundedCopy(ModelDir(GetParam()), root + "/sharded", half, /*sharded=*/true).ok());
+    ASSERT_TRUE(
+        WriteRoundedCopy(ModelDir(GetParam()), root + "/single", half, /*sharded=*/false).ok());
+    auto sharded = LoadLlamaModelDir(root + "/sharded");
+    ASSERT_TRUE(sharded.ok()) << sharded.status();
+    auto single = LoadLlamaModelDir(root + "/single");
+    ASSERT_TRUE(single.ok()) << single.status();
+    const std::vector<float> from_half = SequenceLogits(LlamaModel(*sharded), ids);
+    const std::vector<float> from_fp32 = SequenceLogits(LlamaModel(*single), ids);
+    ASSERT_EQ(from_half, from_fp32) << DTypeName(half);
+    const double worst = MaxAbsDifference(exact, from_half);
+    std::printf("%s: %s weights move logits by at most %.3f\n", GetParam().c_str(),
+                std::string(DTypeName(half)).c_str(), worst);
+    EXPECT_LT(worst, bound) << DTypeName(half);
+    if (half != DType::kBF16) continue;
+    // Served as stored (bf16 compute: activations rounded to bf16 too).
+    auto served = LoadLlamaModelDir(root + "/sharded", FileBacking::kCopied,
+                                    Bf16Weights::kServeBf16);
+    ASSERT_TRUE(served.ok()) << served.status();
+    const double served_worst =
+        MaxAbsDifference(from_fp32, SequenceLogits(LlamaModel(*served), ids));
+    std::printf("%s: bf16 compute moves them by at most %.3f more\n", GetParam().c_str(),
+                served_worst);
+    EXPECT_LT(served_worst, 0.5);
+  }
 }
 
 TEST(ShardedBf16Checkpoint, IndexNamingAMissingShardIsAnError) {
   const std::string dir = ::testing::TempDir() + "/missing_shard";
-  WriteRoundedCopy("tiny-qwen2", dir, /*sharded=*/true);
+  ASSERT_TRUE(
+      WriteRoundedCopy(ModelDir("tiny-qwen2"), dir, DType::kBF16, /*sharded=*/true).ok());
   std::filesystem::remove(dir + "/model-00002-of-00002.safetensors");
   auto weights = LoadLlamaModelDir(dir);
   ASSERT_FALSE(weights.ok());

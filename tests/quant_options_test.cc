@@ -11,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "common/artifact_store.h"
+#include "common/cpu_features.h"
 #include "common/file_util.h"
 #include "common/llama.h"
 #include "common/quant_config.h"
@@ -71,9 +72,11 @@ TEST(QuantConfig, RejectsInvalidCombinations) {
   EXPECT_EQ(ResolveQuantConfig(c).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ResolveQuantConfig(Config(v1::NF4, v1::ASYM)).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // asym with int8 compute is not refused (ITREX does): the zero point
+  // folds into the integer dot products per group (kernels.h QuantArgs).
   c = Config(v1::INT3, v1::ASYM);
   c.set_compute_dtype(v1::COMPUTE_INT8);
-  EXPECT_EQ(ResolveQuantConfig(c).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ResolveQuantConfig(c).ok());
 }
 
 TEST(QuantConfig, EveryFormatHasAProtoDtype) {
@@ -121,7 +124,7 @@ class ArtifactFormatTest : public testing::Test {
   }
 
   // The Int8TilesLayout test for one scale dtype, whose tiles are in `layout`.
-  void ExpectInt8Tiles(v1::ScaleDtype scales, const std::string& layout);
+  void ExpectInt8Tiles(v1::ScaleDtype scales, v1::Scheme scheme, const std::string& layout);
 
   void SetFormatVersion(const v1::ArtifactManifest& m, int version) {
     const std::string path = store_->ArtifactDir(m.artifact_id()) + "/" + kManifestFile;
@@ -267,17 +270,22 @@ std::vector<float> Logits(const std::shared_ptr<const LlamaWeights>& weights) {
 // Quantized for int8 compute, the linears are stored in the int8 kernels'
 // layout (format version 3; with bf16 scales its bf16 variant) and computed
 // from it in place; the same config with fp32 compute stays row-major
-// (version 2). Either artifact with either arithmetic gives bit-identical
-// logits.
+// (version 2). Either artifact with any arithmetic gives bit-identical
+// logits. asym too: its zero points sit in the tiles.
 TEST_F(ArtifactFormatTest, Int8TilesLayout) {
-  for (v1::ScaleDtype scales : {v1::SCALE_FP32, v1::SCALE_BF16}) {
-    SCOPED_TRACE(v1::ScaleDtype_Name(scales));
-    ExpectInt8Tiles(scales, scales == v1::SCALE_BF16 ? kInt8TilesBf16Layout : kInt8TilesLayout);
+  for (v1::Scheme scheme : {v1::SYM, v1::ASYM}) {
+    for (v1::ScaleDtype scales : {v1::SCALE_FP32, v1::SCALE_BF16}) {
+      SCOPED_TRACE(testing::Message() << v1::ScaleDtype_Name(scales) << " "
+                                      << v1::Scheme_Name(scheme));
+      ExpectInt8Tiles(scales, scheme,
+                      scales == v1::SCALE_BF16 ? kInt8TilesBf16Layout : kInt8TilesLayout);
+    }
   }
 }
 
-void ArtifactFormatTest::ExpectInt8Tiles(v1::ScaleDtype scales, const std::string& layout) {
-  v1::WeightOnlyQuantConfig c = Config(v1::INT4_CLIP);
+void ArtifactFormatTest::ExpectInt8Tiles(v1::ScaleDtype scales, v1::Scheme scheme,
+                                         const std::string& layout) {
+  v1::WeightOnlyQuantConfig c = Config(v1::INT4_CLIP, scheme);
   c.set_group_size(64);  // artifacts of their own (the store reuses equal configs)
   c.set_scale_dtype(scales);
   c.set_compute_dtype(v1::COMPUTE_INT8);
@@ -304,7 +312,7 @@ void ArtifactFormatTest::ExpectInt8Tiles(v1::ScaleDtype scales, const std::strin
   EXPECT_EQ(f->Find(up + ".scales"), nullptr);
   EXPECT_NE(f->Find(std::string(kModule) + ".qweight"), nullptr);
 
-  for (ComputeDtype compute : {ComputeDtype::kInt8, ComputeDtype::kFp32}) {
+  for (ComputeDtype compute : {ComputeDtype::kInt8, ComputeDtype::kFp32, ComputeDtype::kBf16}) {
     SCOPED_TRACE(ComputeDtypeName(compute));
     LoadOptions load;
     load.compute = compute;
@@ -316,6 +324,18 @@ void ArtifactFormatTest::ExpectInt8Tiles(v1::ScaleDtype scales, const std::strin
     ASSERT_TRUE(from_plain.ok()) << from_plain.status();
     ASSERT_TRUE(private_tiles.ok()) << private_tiles.status();
     EXPECT_EQ((*from_tiles)->layers[0].linear[kDown].compute_dtype(), compute);
+    // Every compute dtype's SIMD kernels read the packed copy only: loaded
+    // from the row-major artifact, a tileable linear keeps no row-major
+    // codes (the weights are held once), down_proj keeps its own.
+    if (ActiveIsa() != Isa::kScalar) {
+      for (const auto* w : {&*from_plain, &*from_tiles}) {
+        const LinearWeight& l = (*w)->layers[0].linear[kUp];
+        EXPECT_TRUE(l.packed());
+        EXPECT_EQ(l.quantized_view().codes, nullptr);
+        EXPECT_EQ(l.quantized_view().scales, nullptr);
+        EXPECT_NE((*w)->layers[0].linear[kDown].quantized_view().codes, nullptr);
+      }
+    }
     const std::vector<float> logits = Logits(*from_plain);
     EXPECT_EQ(Logits(*from_tiles), logits);
     EXPECT_EQ(Logits(*private_tiles), logits);

@@ -1,5 +1,6 @@
 #include "common/safetensors.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <cstring>
@@ -7,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/bf16.h"
 #include "common/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -273,6 +275,49 @@ TEST(SafetensorsLoadF32Test, ConvertsF16AndBf16) {
 
   auto nan = (*file)->LoadF32("missing");
   EXPECT_EQ(nan.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(F16Conversion, EveryHalfRoundTripsAndFloatsRoundToNearestEven) {
+  for (uint32_t h = 0; h <= 0xffff; ++h) {
+    const float f = F16ToFloat(static_cast<uint16_t>(h));
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(F16ToFloat(FloatToF16(f)))) << h;
+      continue;
+    }
+    ASSERT_EQ(FloatToF16(f), h) << h;
+  }
+  // Halfway between 1 and its successor (1 + 2^-10) goes to the even 1; the
+  // next halfway point to the even 1 + 2^-9; just above halfway rounds up.
+  EXPECT_EQ(FloatToF16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);
+  EXPECT_EQ(FloatToF16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3c02);
+  EXPECT_EQ(FloatToF16(std::nextafter(1.0f + std::ldexp(1.0f, -11), 2.0f)), 0x3c01);
+  EXPECT_EQ(FloatToF16(65519.0f), 0x7bff);  // below the halfway point to 65536
+  EXPECT_EQ(FloatToF16(65520.0f), 0x7c00);  // halfway: to even, which is inf
+  EXPECT_EQ(FloatToF16(-1e9f), 0xfc00);
+  EXPECT_EQ(FloatToF16(std::ldexp(1.0f, -25)), 0x0000);  // halfway to 2^-24: even
+  EXPECT_EQ(FloatToF16(std::ldexp(1.5f, -25)), 0x0001);
+  EXPECT_EQ(FloatToF16(std::ldexp(3.0f, -25)), 0x0002);  // 1.5 subnormal units: even
+}
+
+TEST(SafetensorsLoadF32Test, F16TensorIsItsFp32ValuesWithinHalfRounding) {
+  std::vector<float> values;
+  for (int i = 0; i < 4096; ++i) values.push_back(std::sin(i * 0.37f) * std::ldexp(1.0f, i % 24 - 12));
+  std::vector<uint16_t> half;
+  for (float v : values) half.push_back(FloatToF16(v));
+  SafetensorsWriter writer;
+  ASSERT_TRUE(writer.AddTensor("w", DType::kF16, {64, 64}, Bytes(half)).ok());
+  const std::string path = TempPath("f16_values.safetensors");
+  ASSERT_TRUE(writer.Write(path).ok());
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto loaded = (*file)->LoadF32("w");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  for (size_t i = 0; i < values.size(); ++i) {
+    // Half an ulp: of f16's 11-bit significand, or of the subnormal step 2^-24.
+    ASSERT_LE(std::abs(loaded->data[i] - values[i]),
+              std::max(std::ldexp(std::abs(values[i]), -11), std::ldexp(1.0f, -25)))
+        << i;
+  }
 }
 
 TEST(SafetensorsLoadF32Test, F16NaNStaysNaN) {

@@ -69,6 +69,29 @@ TEST(SecurityTest, LoopbackAndExposure) {
   EXPECT_THAT(std::string(http.message()), HasSubstr("bearer tokens"));
 }
 
+TEST(SecurityTest, HttpTokensWithoutTlsComeFromLoopbackOnly) {
+  auto tokens = TokenAuthenticator::Parse("client c1");
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  auto check = [&](const char* peer, bool tls, const char* path) {
+    httplib::Request request;
+    request.remote_addr = peer;
+    request.path = path;
+    request.set_header("Authorization", "Bearer c1");
+    httplib::Response response;
+    response.status = 200;
+    CheckHttpAuthorization(tokens->get(), tls, request, response);
+    return response.status;
+  };
+  for (const char* local : {"127.0.0.1", "::1", "::ffff:127.0.0.1"}) {
+    EXPECT_EQ(check(local, false, "/v1/models"), 200) << local;
+  }
+  for (const char* remote : {"192.0.2.2", "::ffff:10.0.0.1", "fd00::2"}) {
+    EXPECT_EQ(check(remote, false, "/v1/models"), 403) << remote;
+    EXPECT_EQ(check(remote, true, "/v1/models"), 200) << remote;
+    EXPECT_EQ(check(remote, false, "/health"), 200) << remote;
+  }
+}
+
 TEST(RequestValidationTest, NamesNestedAndRepeatedFields) {
   const auto& type = *v1::ChatRequest::descriptor();
   v1::ChatRequest chat;

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -341,7 +342,7 @@ TEST(TokenizerLoadTest, WorksAlongsideProtobuf) {
 // kind picked by LoadModelDir.
 constexpr char kHfDir[] = "../shared/tokenizers/";
 
-TEST(TokenizerModelDirTest, PicksByteLevelBpeFromVocabAndMerges) {
+TEST(TokenizerModelDirTest, PicksBpeFromVocabAndMerges) {
   auto tok = Tokenizer::LoadModelDir(std::string(kHfDir) + "qwen2");
   ASSERT_TRUE(tok.ok()) << tok.status();
   auto ids = (*tok)->Encode("Hello world", /*add_bos=*/true);
@@ -358,15 +359,16 @@ TEST(TokenizerModelDirTest, PicksByteLevelBpeFromVocabAndMerges) {
   EXPECT_EQ((*tok)->Decode(*ids), "user\nHi");
 }
 
-TEST(TokenizerModelDirTest, BpeStreamWaitsForWholeCharacters) {
-  auto tok = Tokenizer::LoadModelDir(std::string(kHfDir) + "gpt2");
-  ASSERT_TRUE(tok.ok()) << tok.status();
-  const std::string text = "日本 emoji 😀🎉 done";
-  auto ids = (*tok)->Encode(text, /*add_bos=*/false);
-  ASSERT_TRUE(ids.ok()) << ids.status();
-  StreamingDetokenizer detok(**tok, /*at_sequence_start=*/true);
+// Streams `text`'s ids through a StreamingDetokenizer, expecting exactly
+// `text` back, never a U+FFFD, and Decode to agree; returns how many tokens
+// ended inside a character (and so emitted nothing).
+int TokensInsideCharacters(const Tokenizer& tok, const std::string& text) {
+  auto ids = tok.Encode(text, /*add_bos=*/false);
+  EXPECT_TRUE(ids.ok()) << ids.status();
+  if (!ids.ok()) return 0;
+  StreamingDetokenizer detok(tok, /*at_sequence_start=*/true);
   std::string streamed;
-  int waiting = 0;  // tokens that ended inside a character
+  int waiting = 0;
   for (int id : *ids) {
     const std::string piece = detok.Push(id);
     waiting += piece.empty();
@@ -375,8 +377,15 @@ TEST(TokenizerModelDirTest, BpeStreamWaitsForWholeCharacters) {
   }
   streamed += detok.Flush();
   EXPECT_EQ(streamed, text);
-  EXPECT_EQ((*tok)->Decode(*ids), text);
-  EXPECT_GT(waiting, 0);  // GPT-2 spells these characters in byte tokens
+  EXPECT_EQ(tok.Decode(*ids), text);
+  return waiting;
+}
+
+TEST(TokenizerModelDirTest, BpeStreamWaitsForWholeCharacters) {
+  auto tok = Tokenizer::LoadModelDir(std::string(kHfDir) + "gpt2");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  // GPT-2 spells these characters in byte tokens.
+  EXPECT_GT(TokensInsideCharacters(**tok, "日本 emoji 😀🎉 done"), 0);
 }
 
 TEST(TokenizerModelDirTest, FallsBackToSentencePiece) {
@@ -387,15 +396,65 @@ TEST(TokenizerModelDirTest, FallsBackToSentencePiece) {
   EXPECT_EQ((*spm)->bos_id(), 1);
 }
 
+// A directory under TEST_TMPDIR holding `files` (name -> content).
+std::string TempModelDir(const std::string& name,
+                         const std::vector<std::pair<std::string, std::string>>& files) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string dir = std::string(tmp ? tmp : "/tmp") + "/" + name;
+  std::filesystem::create_directories(dir);
+  for (const auto& [file, content] : files) {
+    std::ofstream(dir + "/" + file, std::ios::binary) << content;
+  }
+  return dir;
+}
+
+std::string ReadShared(const std::string& path) {
+  return ReadFile(std::string(kHfDir) + path);
+}
+
 TEST(TokenizerModelDirTest, RefusedTokenizerJsonWithoutModelIsAnError) {
-  // Phi-3's SentencePiece-style tokenizer.json, and no tokenizer.model.
-  auto tok = Tokenizer::LoadModelDir(std::string(kHfDir) + "phi3-mini");
+  const std::string dir = TempModelDir(
+      "wordpiece", {{"tokenizer.json",
+                     R"({"model": {"type": "WordPiece", "vocab": {}}})"}});
+  auto tok = Tokenizer::LoadModelDir(dir);
   ASSERT_FALSE(tok.ok());
   EXPECT_EQ(tok.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(tok.status().message(), HasSubstr("byte_fallback"));
+  EXPECT_THAT(tok.status().message(), HasSubstr("WordPiece"));
 
   tok = Tokenizer::LoadModelDir("testdata/no/such/dir");
   EXPECT_EQ(tok.status().code(), absl::StatusCode::kNotFound);
+}
+
+// Meta's tiktoken tokenizer.model is told from SentencePiece's by content.
+TEST(TokenizerModelDirTest, PicksTiktokenModelByContent) {
+  const std::string dir = TempModelDir(
+      "llama3_tiktoken",
+      {{"tokenizer.model", ReadShared("llama3/tokenizer.model")},
+       {"tokenizer_config.json", ReadShared("llama3/tokenizer_config.json")}});
+  auto tok = Tokenizer::LoadModelDir(dir);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto ids = (*tok)->Encode("Hello world", /*add_bos=*/true);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_THAT(*ids, ElementsAre(128000, 9906, 1917));
+  EXPECT_EQ((*tok)->bos_id(), 128000);
+  EXPECT_EQ((*tok)->Decode(*ids), "Hello world");
+}
+
+// Phi-3's SentencePiece-style tokenizer.json: byte-fallback pieces that end
+// inside a character emit nothing until it is complete.
+TEST(TokenizerModelDirTest, SentencePieceStyleBpeStreamsWholeCharacters) {
+  auto tok = Tokenizer::LoadModelDir(std::string(kHfDir) + "phi3-mini");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->Kind(13), Tokenizer::PieceKind::kByte);  // <0x0A>
+  EXPECT_EQ((*tok)->Kind(15043), Tokenizer::PieceKind::kNormal);
+  EXPECT_EQ((*tok)->Kind(32007), Tokenizer::PieceKind::kControl);  // <|end|>
+  // 텍, 😀 and 🎉 come as byte pieces.
+  EXPECT_GE(TokensInsideCharacters(**tok, "한국어 텍스트 emoji 😀🎉 done"), 5);
+  // Control ids give no text; the first piece's space is dropped.
+  auto ids = (*tok)->Encode("<|user|>\nHi<|end|>", /*add_bos=*/false);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_THAT(*ids, ElementsAre(32010, 6324, 32007));
+  EXPECT_EQ((*tok)->Decode(*ids), "Hi");
 }
 
 }  // namespace

@@ -34,6 +34,15 @@ _LIBS = {
     "httplib": ["cpp-httplib"],
 }
 
+# Targets whose users get TSan annotations for Abseil's uninstrumented mutex
+# under --config=tsan (third_party/absl_tsan).
+_TSAN_ANNOTATED = ["absl", "grpc"]
+
+_TSAN_ANNOTATIONS_DEPS = """select({
+        "@//third_party/absl_tsan:enabled": ["@//third_party/absl_tsan:sync_annotations"],
+        "//conditions:default": [],
+    })"""
+
 def _pkg_config_libs(ctx, modules):
     flags = [m for m in modules if m.startswith("-l")]
     pkgs = [m for m in modules if not m.startswith("-l")]
@@ -60,6 +69,8 @@ def _system_libs_impl(ctx):
         lines.append('    name = "%s",' % name)
         lines.append("    linkopts = %s," % repr(_pkg_config_libs(ctx, modules)))
         lines.append("    defines = %s," % repr(_pkg_config_defines(ctx, modules)))
+        if name in _TSAN_ANNOTATED:
+            lines.append("    deps = %s," % _TSAN_ANNOTATIONS_DEPS)
         lines.append(")")
         lines.append("")
     ctx.file("WORKSPACE", 'workspace(name = "%s")\n' % ctx.name)

@@ -1,9 +1,12 @@
-// ByteLevelBpe against the team's goldens (../shared/tokenizers/<family>/
+// Bpe against the team's goldens (../shared/tokenizers/<family>/
 // golden.json, ids from transformers.js and cross-checked with tiktoken).
 // Families shipped without tokenizer.json get one assembled here the way
 // transformers' converters build it, so both loaders are exercised.
-#include "common/byte_level_bpe.h"
+#include "common/bpe.h"
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -150,13 +153,17 @@ std::string Gpt2TokenizerJson() {
   return root.dump();
 }
 
+absl::Status LoadStatus(const Json& tokenizer_json) {
+  return Bpe::FromTokenizerJson(tokenizer_json.dump(), "").status();
+}
+
 std::string Ids(const std::vector<int>& ids) {
   return "[" + absl::StrJoin(ids, ", ") + "]";
 }
 
 // Every golden case: ids with and without special tokens and both decoded
 // texts. Prints and returns how many cases pass.
-int CheckGolden(const ByteLevelBpe& tok, const std::string& family,
+int CheckGolden(const Bpe& tok, const std::string& family,
                 const std::string& loader) {
   const Json golden = Json::parse(Read(family + "/golden.json"));
   int passed = 0;
@@ -189,7 +196,7 @@ int CheckGolden(const ByteLevelBpe& tok, const std::string& family,
 
 // chat_golden.json: each rendered chat template, encoded without the
 // post-processor (the template writes BOS itself).
-int CheckChatGolden(const ByteLevelBpe& tok, const std::string& family) {
+int CheckChatGolden(const Bpe& tok, const std::string& family) {
   const Json golden = Json::parse(Read(family + "/chat_golden.json"));
   int passed = 0;
   for (const Json& c : golden.at("conversations")) {
@@ -212,21 +219,21 @@ int NumCases(const std::string& family) {
   return Json::parse(Read(family + "/golden.json")).at("cases").size();
 }
 
-TEST(ByteLevelBpeGoldenTest, Gpt2VocabMerges) {
-  auto tok = ByteLevelBpe::Load(kDir + "gpt2");
+TEST(BpeGoldenTest, Gpt2VocabMerges) {
+  auto tok = Bpe::Load(kDir + "gpt2");
   ASSERT_TRUE(tok.ok()) << tok.status();
   EXPECT_EQ(CheckGolden(**tok, "gpt2", "vocab.json+merges.txt"),
             NumCases("gpt2"));
 }
 
-TEST(ByteLevelBpeGoldenTest, Gpt2TokenizerJson) {
-  auto tok = ByteLevelBpe::FromTokenizerJson(Gpt2TokenizerJson(), "");
+TEST(BpeGoldenTest, Gpt2TokenizerJson) {
+  auto tok = Bpe::FromTokenizerJson(Gpt2TokenizerJson(), "");
   ASSERT_TRUE(tok.ok()) << tok.status();
   EXPECT_EQ(CheckGolden(**tok, "gpt2", "tokenizer.json"), NumCases("gpt2"));
 }
 
-TEST(ByteLevelBpeGoldenTest, Llama3TokenizerJson) {
-  auto tok = ByteLevelBpe::FromTokenizerJson(
+TEST(BpeGoldenTest, Llama3TokenizerJson) {
+  auto tok = Bpe::FromTokenizerJson(
       Llama3TokenizerJson(), Read("llama3/tokenizer_config.json"));
   ASSERT_TRUE(tok.ok()) << tok.status();
   EXPECT_EQ(CheckGolden(**tok, "llama3", "tokenizer.json"),
@@ -236,8 +243,8 @@ TEST(ByteLevelBpeGoldenTest, Llama3TokenizerJson) {
   EXPECT_EQ(CheckChatGolden(**tok, "llama3"), 6);
 }
 
-TEST(ByteLevelBpeGoldenTest, Qwen2VocabMerges) {
-  auto tok = ByteLevelBpe::Load(kDir + "qwen2");
+TEST(BpeGoldenTest, Qwen2VocabMerges) {
+  auto tok = Bpe::Load(kDir + "qwen2");
   ASSERT_TRUE(tok.ok()) << tok.status();
   EXPECT_EQ(CheckGolden(**tok, "qwen2", "vocab.json+merges.txt"),
             NumCases("qwen2"));
@@ -246,26 +253,166 @@ TEST(ByteLevelBpeGoldenTest, Qwen2VocabMerges) {
   EXPECT_TRUE((*tok)->prefix_ids().empty());
 }
 
-TEST(ByteLevelBpeGoldenTest, Qwen2MergesWithoutVersionHeader) {
+TEST(BpeGoldenTest, Qwen2MergesWithoutVersionHeader) {
   std::string merges = Read("qwen2/merges.txt");
   ASSERT_EQ(merges.rfind("#version: 0.2\n", 0), 0u);
   merges.erase(0, merges.find('\n') + 1);
-  auto tok = ByteLevelBpe::FromVocabMerges(
+  auto tok = Bpe::FromVocabMerges(
       Read("qwen2/vocab.json"), merges, Read("qwen2/tokenizer_config.json"));
   ASSERT_TRUE(tok.ok()) << tok.status();
   EXPECT_EQ(CheckGolden(**tok, "qwen2", "merges.txt without #version"),
             NumCases("qwen2"));
 }
 
-TEST(ByteLevelBpeGoldenTest, Qwen2TokenizerJson) {
-  auto tok = ByteLevelBpe::FromTokenizerJson(
+TEST(BpeGoldenTest, Qwen2TokenizerJson) {
+  auto tok = Bpe::FromTokenizerJson(
       Qwen2TokenizerJson(), Read("qwen2/tokenizer_config.json"));
   ASSERT_TRUE(tok.ok()) << tok.status();
   EXPECT_EQ(CheckGolden(**tok, "qwen2", "tokenizer.json"), NumCases("qwen2"));
 }
 
-TEST(ByteLevelBpeTest, DecodeRepairsSplitCharactersAndFlagsSpecials) {
-  auto tok = ByteLevelBpe::Load(kDir + "gpt2");
+// Phi-3-mini's genuine SentencePiece-style tokenizer.json: Prepend +
+// Replace normalizer per segment, byte fallback, rstrip on its tags.
+TEST(BpeGoldenTest, Phi3TokenizerJson) {
+  auto tok = Bpe::Load(kDir + "phi3-mini");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ(CheckGolden(**tok, "phi3-mini", "tokenizer.json"),
+            NumCases("phi3-mini"));
+  EXPECT_EQ(CheckChatGolden(**tok, "phi3-mini"), 6);
+  EXPECT_TRUE((*tok)->prefix_ids().empty());  // add_bos_token false
+  EXPECT_EQ((*tok)->eos_id(), 32000);          // <|endoftext|>
+  EXPECT_EQ((*tok)->decoder_strips_leading_spaces(), 1);
+  EXPECT_EQ((*tok)->Piece(15043), "\u2581Hello");
+  EXPECT_EQ((*tok)->TokenBytes(15043), " Hello");
+  EXPECT_TRUE((*tok)->IsByteToken(13));  // <0x0A>
+  EXPECT_EQ((*tok)->TokenBytes(13), "\n");
+  EXPECT_FALSE((*tok)->IsByteToken(15043));
+  // A byte-fallback run that is not UTF-8: one U+FFFD per piece, as HF.
+  EXPECT_EQ((*tok)->Decode({243, 162, 15043}),
+            "\uFFFD\uFFFD Hello");
+}
+
+// Llama 3 from Meta's tiktoken tokenizer.model alone (no merges list), in a
+// directory holding only it and tokenizer_config.json.
+TEST(BpeGoldenTest, Llama3Tiktoken) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string dir = std::string(tmp ? tmp : "/tmp") + "/llama3_tiktoken";
+  std::filesystem::create_directories(dir);
+  for (const char* name : {"tokenizer.model", "tokenizer_config.json"}) {
+    std::ofstream(dir + "/" + name, std::ios::binary) << Read(std::string("llama3/") + name);
+  }
+  EXPECT_TRUE(Bpe::IsTiktoken(Read("llama3/tokenizer.model")));
+  EXPECT_FALSE(Bpe::IsTiktoken(Read("llama2/tokenizer.model")));
+  auto tok = Bpe::Load(dir);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ(CheckGolden(**tok, "llama3", "tiktoken tokenizer.model"),
+            NumCases("llama3"));
+  EXPECT_EQ(CheckChatGolden(**tok, "llama3"), 6);
+  EXPECT_EQ((*tok)->prefix_ids(), std::vector<int>{128000});
+  EXPECT_EQ((*tok)->eos_id(), 128001);
+  EXPECT_EQ((*tok)->vocab_size(), 128256);
+}
+
+TEST(BpeTest, TiktokenNeedsItsConfigAndWellFormedLines) {
+  const std::string config = Read("llama3/tokenizer_config.json");
+  auto status = Bpe::FromTiktoken("IQ== 0\n", "").status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("tokenizer_config.json"));
+  status = Bpe::FromTiktoken("IQ== 0\n", "{}").status();
+  EXPECT_THAT(std::string(status.message()), HasSubstr("added_tokens_decoder"));
+  status = Bpe::FromTiktoken("IQ== 0\n!!! 1\n", config).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("line 2"));
+  // Only one byte's token: the other 255 are missing.
+  status = Bpe::FromTiktoken("IQ== 0\n", config).status();
+  EXPECT_THAT(std::string(status.message()), HasSubstr("lacks the token of byte"));
+}
+
+// SentencePiece-style BPE split by a Metaspace pre-tokenizer and decoded by
+// a Metaspace decoder (the other way such files are written), by hand.
+Json MetaspaceTokenizerJson(const std::string& prepend_scheme, bool fuse_unk) {
+  const Json metaspace = {{"type", "Metaspace"},
+                          {"replacement", "\u2581"},
+                          {"prepend_scheme", prepend_scheme},
+                          {"split", true}};
+  return {{"added_tokens",
+           {{{"id", 7}, {"content", "<s>"}, {"special", true},
+             {"normalized", false}, {"lstrip", false}, {"rstrip", false}}}},
+          {"normalizer", nullptr},
+          {"pre_tokenizer", metaspace},
+          {"decoder", metaspace},
+          {"model",
+           {{"type", "BPE"},
+            {"unk_token", "<unk>"},
+            {"fuse_unk", fuse_unk},
+            {"byte_fallback", false},
+            {"vocab",
+             {{"<unk>", 0}, {"\u2581", 1}, {"a", 2}, {"b", 3},
+              {"\u2581a", 4}, {"\u2581ab", 5}, {"ab", 6}}},
+            {"merges", {"\u2581 a", "a b", "\u2581a b"}}}}};
+}
+
+TEST(BpeTest, MetaspacePreTokenizerAndDecoder) {
+  auto tok = Bpe::FromTokenizerJson(MetaspaceTokenizerJson("first", true).dump(), "");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto ids = [&](const Bpe& bpe, const std::string& text) {
+    auto encoded = bpe.Encode(text, false);
+    EXPECT_TRUE(encoded.ok()) << encoded.status();
+    return encoded.ok() ? *encoded : std::vector<int>();
+  };
+  // "\u2581ab\u2581ab", one word per \u2581; "\u2581 a" (rank 0) before "a b".
+  EXPECT_EQ(ids(**tok, "ab ab"), (std::vector<int>{5, 5}));
+  // "first": only the segment that starts the text gets a \u2581.
+  EXPECT_EQ(ids(**tok, "<s>ab"), (std::vector<int>{7, 6}));
+  // Unknown characters: one <unk> per run with fuse_unk.
+  EXPECT_EQ(ids(**tok, "xyz a"), (std::vector<int>{1, 0, 4}));
+  EXPECT_EQ((*tok)->Decode({5, 5}), "ab ab");
+  EXPECT_EQ((*tok)->decoder_strips_leading_spaces(), 1);
+
+  tok = Bpe::FromTokenizerJson(MetaspaceTokenizerJson("always", false).dump(), "");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ(ids(**tok, "<s>ab"), (std::vector<int>{7, 5}));
+  EXPECT_EQ(ids(**tok, "xyz a"), (std::vector<int>{1, 0, 0, 0, 4}));
+
+  tok = Bpe::FromTokenizerJson(MetaspaceTokenizerJson("never", false).dump(), "");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ(ids(**tok, "ab ab"), (std::vector<int>{6, 5}));
+  EXPECT_EQ((*tok)->Decode({6, 5}), "ab ab");
+  EXPECT_EQ((*tok)->decoder_strips_leading_spaces(), 0);
+}
+
+TEST(BpeTest, RefusesSentencePieceStyleFeaturesItDoesNotImplement) {
+  Json json = MetaspaceTokenizerJson("first", true);
+  json["added_tokens"][0]["single_word"] = true;
+  EXPECT_THAT(std::string(LoadStatus(json).message()), HasSubstr("single_word"));
+
+  // Matched by HF in the normalized text, which Prepend/Replace rewrite.
+  json = MetaspaceTokenizerJson("first", true);
+  json["added_tokens"][0]["normalized"] = true;
+  json["normalizer"] = {{"type", "Prepend"}, {"prepend", "\u2581"}};
+  absl::Status status = LoadStatus(json);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("normalized: true"));
+
+  // byte_fallback without a ByteFallback decoder would print "<0x0A>".
+  json = MetaspaceTokenizerJson("first", true);
+  json["model"]["byte_fallback"] = true;
+  status = LoadStatus(json);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("ByteFallback"));
+
+  json = MetaspaceTokenizerJson("first", true);
+  json["normalizer"] = {{"type", "Replace"}, {"pattern", {{"Regex", " +"}}}, {"content", " "}};
+  EXPECT_THAT(std::string(LoadStatus(json).message()), HasSubstr("regex"));
+
+  json = MetaspaceTokenizerJson("first", true);
+  json["decoder"] = {{"type", "Sequence"},
+                     {"decoders", {{{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+  EXPECT_THAT(std::string(LoadStatus(json).message()), HasSubstr("decoder step"));
+}
+
+TEST(BpeTest, DecodeRepairsSplitCharactersAndFlagsSpecials) {
+  auto tok = Bpe::Load(kDir + "gpt2");
   ASSERT_TRUE(tok.ok()) << tok.status();
   auto ids = (*tok)->Encode("日", false);
   ASSERT_TRUE(ids.ok());
@@ -280,8 +427,8 @@ TEST(ByteLevelBpeTest, DecodeRepairsSplitCharactersAndFlagsSpecials) {
 
 // One huge pre-tokenizer piece each: BPE must stay O(n log n) and the
 // regexes must not run out of PCRE2 JIT stack.
-TEST(ByteLevelBpeTest, LongRepeatsRoundTrip) {
-  auto tok = ByteLevelBpe::Load(kDir + "qwen2");
+TEST(BpeTest, LongRepeatsRoundTrip) {
+  auto tok = Bpe::Load(kDir + "qwen2");
   ASSERT_TRUE(tok.ok()) << tok.status();
   std::string cjk;
   for (int i = 0; i < 100000; ++i) cjk += "日";
@@ -295,13 +442,9 @@ TEST(ByteLevelBpeTest, LongRepeatsRoundTrip) {
   }
 }
 
-absl::Status LoadStatus(const Json& tokenizer_json) {
-  return ByteLevelBpe::FromTokenizerJson(tokenizer_json.dump(), "").status();
-}
-
 // Found by fuzz/tokenizer_json_fuzz: one huge id made tables of that size,
 // and a float id (4.2e97) was converted to int with undefined behaviour.
-TEST(ByteLevelBpeTest, RefusesIdsPastTheCap) {
+TEST(BpeTest, RefusesIdsPastTheCap) {
   const Json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
   absl::Status status;
   for (const Json& id : {Json(40000000), Json(4.2e97), Json(1.5), Json(-3)}) {
@@ -323,7 +466,7 @@ TEST(ByteLevelBpeTest, RefusesIdsPastTheCap) {
   EXPECT_THAT(std::string(status.message()), HasSubstr("added token"));
 }
 
-TEST(ByteLevelBpeTest, RefusesWhatItDoesNotImplement) {
+TEST(BpeTest, RefusesWhatItDoesNotImplement) {
   const Json empty_bpe = {{"type", "BPE"},
                           {"vocab", Json::object()},
                           {"merges", Json::array()}};
@@ -343,21 +486,20 @@ TEST(ByteLevelBpeTest, RefusesWhatItDoesNotImplement) {
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(std::string(status.message()), HasSubstr("Split regex"));
 
-  // Phi-3's SentencePiece-style tokenizer.json (byte fallback, ▁ spaces).
-  status = ByteLevelBpe::FromTokenizerJson(Read("phi3-mini/tokenizer.json"),
-                                           "")
-               .status();
+  // A Split regex needs ByteLevel after it.
+  status = LoadStatus({{"model", empty_bpe},
+                       {"pre_tokenizer", SplitThenByteLevel(kQwen2Regex).at("pretokenizers").at(0)}});
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(std::string(status.message()), HasSubstr("byte_fallback"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("Split regex without a ByteLevel"));
 
-  status = ByteLevelBpe::FromVocabMerges(
+  status = Bpe::FromVocabMerges(
                Read("gpt2/vocab.json"), Read("gpt2/merges.txt"),
                R"({"tokenizer_class": "LlamaTokenizer"})")
                .status();
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(std::string(status.message()), HasSubstr("LlamaTokenizer"));
 
-  EXPECT_TRUE(absl::IsNotFound(ByteLevelBpe::Load(kDir + "llama2").status()));
+  EXPECT_TRUE(absl::IsNotFound(Bpe::Load(kDir + "llama2").status()));
 }
 
 }  // namespace
