@@ -458,10 +458,16 @@ absl::StatusOr<v1::ArtifactManifest> ArtifactStore::ReadManifest(
                                             kManifestChecksumFile, ": ",
                                             checksum.status().message()));
   }
+  return ParseManifest(*json, artifact_id);
+}
+
+absl::StatusOr<v1::ArtifactManifest> ParseManifest(absl::string_view json,
+                                                   const std::string& artifact_id) {
   v1::ArtifactManifest manifest;
   google::protobuf::util::JsonParseOptions options;
   options.ignore_unknown_fields = true;  // a newer writer's fields; the version decides
-  if (!google::protobuf::util::JsonStringToMessage(*json, &manifest, options).ok()) {
+  if (!google::protobuf::util::JsonStringToMessage(
+          google::protobuf::StringPiece(json.data(), json.size()), &manifest, options).ok()) {
     return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": manifest.json is not a valid manifest"));
   }
   if (manifest.format() != kArtifactFormat) {

@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "common/file_util.h"
 #include "common/llama.h"
 #include "wq/v1/artifact.pb.h"
@@ -81,6 +82,12 @@ class ArtifactWriter {
   ScopedFd lock_;  // flock on tmp_dir_ + ".lock" while writing
   bool committed_ = false;
 };
+
+// An artifact's manifest.json text parsed and checked as ReadManifest checks
+// it after the checksum (format, version, the id it names): DATA_LOSS, or
+// FAILED_PRECONDITION for a newer format.
+absl::StatusOr<v1::ArtifactManifest> ParseManifest(absl::string_view json,
+                                                   const std::string& artifact_id);
 
 class ArtifactStore {
  public:

@@ -81,6 +81,14 @@ bool GetNonNegativeInt(const Json& value, int64_t* out) {
   return false;
 }
 
+absl::Status CheckHoldsHeaderLength(const std::string& path, uint64_t size) {
+  if (size >= 8) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "safetensors file '", path, "' is ", size,
+      " bytes, shorter than the 8-byte header length; it is truncated or "
+      "not a safetensors file"));
+}
+
 absl::Status OpenError(int err, const std::string& path,
                        std::string_view what) {
   std::string message =
@@ -172,12 +180,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   struct stat st;
   if (::fstat(fd, &st) != 0) return OpenError(errno, path, "stat");
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
-  if (file_size < 8) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "safetensors file '", path, "' is ", file_size,
-        " bytes, shorter than the 8-byte header length; it is truncated or "
-        "not a safetensors file"));
-  }
+  RETURN_IF_ERROR(CheckHoldsHeaderLength(path, file_size));
   const bool mapped = backing == FileBacking::kMapped;
   // A copy lives in anonymous pages, so that the destructor unmaps both alike.
   void* mapping = ::mmap(nullptr, file_size, mapped ? PROT_READ : PROT_READ | PROT_WRITE,
@@ -203,24 +206,41 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     ::mprotect(mapping, file_size, PROT_READ);  // best effort: a stray write is a bug
   }
 
+  RETURN_IF_ERROR(file->Validate());
+  return file;
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromBytes(
+    std::string name, std::string_view bytes) {
+  RETURN_IF_ERROR(CheckHoldsHeaderLength(name, bytes.size()));
+  void* mapping = ::mmap(nullptr, bytes.size(), PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapping == MAP_FAILED) return OpenError(errno, name, "mmap");
+  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile(
+      std::move(name), static_cast<const uint8_t*>(mapping), bytes.size(), FileBacking::kCopied));
+  std::memcpy(mapping, bytes.data(), bytes.size());
+  ::mprotect(mapping, bytes.size(), PROT_READ);  // best effort: a stray write is a bug
+  RETURN_IF_ERROR(file->Validate());
+  return file;
+}
+
+absl::Status SafetensorsFile::Validate() {
   uint64_t header_size;
-  std::memcpy(&header_size, file->base_, sizeof(header_size));
+  std::memcpy(&header_size, base_, sizeof(header_size));
   if (header_size > kMaxSafetensorsHeaderBytes) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "safetensors file '", path, "' declares a header of ", header_size,
+        "safetensors file '", path_, "' declares a header of ", header_size,
         " bytes, more than the ", kMaxSafetensorsHeaderBytes,
         "-byte limit; the file is corrupt or not a safetensors file"));
   }
-  if (header_size > file_size - 8) {
+  if (header_size > file_size_ - 8) {
     return absl::DataLossError(
-        absl::StrCat("safetensors file '", path, "' declares a header of ",
-                     header_size, " bytes but only ", file_size - 8,
+        absl::StrCat("safetensors file '", path_, "' declares a header of ",
+                     header_size, " bytes but only ", file_size_ - 8,
                      " bytes follow the length; the file is truncated"));
   }
-  std::string_view header(reinterpret_cast<const char*>(file->base_ + 8),
-                          header_size);
-  RETURN_IF_ERROR(file->ParseHeader(header, 8 + header_size));
-  return file;
+  std::string_view header(reinterpret_cast<const char*>(base_ + 8), header_size);
+  return ParseHeader(header, 8 + header_size);
 }
 
 SafetensorsFile::~SafetensorsFile() {

@@ -100,6 +100,11 @@ class SafetensorsFile {
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(
       const RootedPath& file, FileBacking backing = FileBacking::kMapped);
 
+  // A safetensors file's bytes already in memory, copied and validated as
+  // Open validates a file; `name` stands for the path in errors.
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> FromBytes(std::string name,
+                                                                    std::string_view bytes);
+
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
@@ -137,6 +142,8 @@ class SafetensorsFile {
                   FileBacking backing)
       : path_(std::move(path)), base_(base), file_size_(file_size), backing_(backing) {}
 
+  // Checks the header length at base_ and parses the header after it.
+  absl::Status Validate();
   absl::Status ParseHeader(std::string_view header, uint64_t data_start);
 
   std::string path_;

@@ -13,7 +13,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   input.add_generation_prompt = true;
   input.bos_token = "<s>";
   input.eos_token = "</s>";
-  input.max_output_bytes = 1 << 16;
+  input.max_output_bytes = 1 << 13;  // beyond any seed's output; runaway loops stop early
   (void)parsed->Render(input);
   return 0;
 }

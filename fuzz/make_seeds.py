@@ -81,9 +81,10 @@ for path in configs:
                 t["template"])
 
 
-# tokenizer.json: byte-level BPE vocabularies cut to their first merges.
+# tokenizer.json: byte-level BPE vocabularies cut to their first merges,
+# written compactly (UTF-8, no spaces) so that a seed stays under 4 KiB.
 def small_tokenizer_json(vocab, merges, added):
-    merges = [m for m in merges[:300] if len(m.split(" ")) == 2]
+    merges = [m for m in merges[:60] if len(m.split(" ")) == 2]
     keep = {}
     for token, i in vocab.items():
         if i < 256:
@@ -103,7 +104,8 @@ def small_tokenizer_json(vocab, merges, added):
                     "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None,
                   "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": False,
-                  "byte_fallback": False, "vocab": keep, "merges": merges}})
+                  "byte_fallback": False, "vocab": keep, "merges": merges}},
+        ensure_ascii=False, separators=(",", ":"))
 
 
 for name in ("gpt2", "qwen2"):
@@ -115,4 +117,4 @@ for name in ("gpt2", "qwen2"):
               if l.strip() and not l.startswith("#version")]
     added = [{"id": len(vocab), "content": "<|endoftext|>", "special": True,
               "normalized": False, "single_word": False, "lstrip": False, "rstrip": False}]
-    put("tokenizer_json_fuzz", name, small_tokenizer_json(vocab, merges, added))
+    put("tokenizer_json_fuzz", name, small_tokenizer_json(vocab, merges, added).encode())

@@ -189,6 +189,15 @@ TEST_F(ArtifactFormatTest, Bf16ScalesAndVersions) {
   ASSERT_TRUE(v1_manifest.ok()) << v1_manifest.status();
   EXPECT_EQ(v1_manifest->format_version(), 1);
   EXPECT_TRUE(store_->LoadWeights(plain.artifact_id()).ok());
+
+  // The reader's in-memory half (what manifest_fuzz drives) agrees, and
+  // refuses a manifest of another id.
+  const std::string json =
+      *ReadFile(store_->ArtifactDir(plain.artifact_id()) + "/" + kManifestFile);
+  auto parsed = ParseManifest(json, plain.artifact_id());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->SerializeAsString(), v1_manifest->SerializeAsString());
+  EXPECT_EQ(ParseManifest(json, "other").status().code(), absl::StatusCode::kDataLoss);
 }
 
 // Per-chunk checksums: verified when the manifest lists them, a corrupt or

@@ -467,6 +467,8 @@ TEST_P(SafetensorsMalformedTest, IsRejectedWithMessage) {
               HasSubstr(c.expected_message))
       << file.status();
   EXPECT_THAT(std::string(file.status().message()), HasSubstr(path));
+  // The bytes from memory are refused alike.
+  EXPECT_EQ(SafetensorsFile::FromBytes(path, c.contents).status(), file.status());
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -610,6 +612,15 @@ TEST(SafetensorsOpenTest, AcceptsHolesAndEmptyTensorsAnywhere) {
   EXPECT_EQ((*file)->tensors()[0].name, "a");
   EXPECT_EQ((*file)->tensors()[1].name, "e");
   EXPECT_EQ((*file)->tensors()[2].name, "b");
+
+  absl::StatusOr<std::string> bytes = ReadFile(path);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto from_bytes = SafetensorsFile::FromBytes("holes", *bytes);
+  ASSERT_TRUE(from_bytes.ok()) << from_bytes.status();
+  ASSERT_EQ((*from_bytes)->tensors().size(), 3u);
+  EXPECT_EQ((*from_bytes)->tensors()[2].offset, (*file)->tensors()[2].offset);
+  EXPECT_EQ((*from_bytes)->data((*from_bytes)->tensors()[2])[1],
+            (*file)->data((*file)->tensors()[2])[1]);
 }
 
 TEST(SafetensorsOpenTest, AcceptsTrailingWhitespaceInHeader) {

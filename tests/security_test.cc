@@ -115,5 +115,26 @@ TEST(RequestValidationTest, NamesNestedAndRepeatedFields) {
               HasSubstr("model is 257 bytes"));
 }
 
+// Found by //fuzz:request_validation_fuzz: wire format the generated parser
+// refuses used to pass and end INTERNAL in the handler.
+TEST(RequestValidationTest, RefusesWhatTheGeneratedParserRefuses) {
+  const auto& type = *v1::DetokenizeRequest::descriptor();
+  v1::DetokenizeRequest detokenize;
+  detokenize.set_model("m");
+  detokenize.add_ids(1);
+  detokenize.add_ids(1 << 30);
+  EXPECT_TRUE(ValidateRequestBytes(detokenize.SerializeAsString(), type).ok());
+  // ids (field 2, packed) holding a varint whose last byte says "more follows".
+  const std::string truncated("\x12\x03\x01\xff\xff", 5);
+  EXPECT_FALSE(detokenize.ParseFromString(truncated));
+  const absl::Status status = ValidateRequestBytes(truncated, type);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), "the request is not a valid wq.v1.DetokenizeRequest message");
+  // A field of a 10-byte tag (fixed32 wire type) after a fixed32 field 7.
+  const std::string long_tag = "\x3d====" + std::string(9, '\x85') + "=====";
+  EXPECT_FALSE(detokenize.ParseFromString(long_tag));
+  EXPECT_EQ(ValidateRequestBytes(long_tag, type).code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace wq

@@ -1,0 +1,7 @@
+
+m!
+
+system	Be brief.
+
+
+userHi

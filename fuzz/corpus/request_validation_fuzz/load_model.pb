@@ -1,0 +1,2 @@
+
+stories260K-int4_clip-g32

@@ -1,0 +1,3 @@
+
+
+stories260K  Jlm_head
