@@ -2,8 +2,8 @@
 // tokenizer: a one-layer checkpoint of the family's tiny architecture
 // (../shared/models/tiny-*) at the real model's vocabulary size, beside the
 // family's tokenizer files (../shared/tokenizers), quantized by
-// quantizer_service (RTN, AWQ and TEQ each on two families, int4 g32 and
-// int8), then served by inference_service: ChatStream, Chat and Tokenize
+// quantizer_service (RTN, AWQ and TEQ each on two or more families, int4
+// g32 and int8), then served by inference_service: ChatStream, Chat and Tokenize
 // against the tokenizer's golden ids. generation_config.json's end-of-turn
 // ids and sampling defaults are checked on the served fp32 checkpoint.
 #include <chrono>
@@ -86,6 +86,17 @@ std::vector<Family> Families() {
             {"unk_token", "<unk>"},
             {"chat_template", kMistralInstructTemplate}},
        "", {{v1::INT4_CLIP, v1::TEQ}, {v1::INT8, v1::RTN}}},
+      // Llama-3-8B-Instruct: tiktoken tokenizer.model; ends turns on <|eot_id|>.
+      {"e2e-llama3", "tiny-llama3", 128256, 128000, 128009,
+       {{"llama3/tokenizer.model", "tokenizer.model"},
+        {"llama3/tokenizer_config.json", "tokenizer_config.json"}},
+       std::nullopt, "llama3", {{v1::INT4_CLIP, v1::RTN}}},
+      // Phi-3-mini-4k-instruct: byte-fallback tokenizer.json; AWQ over its
+      // fused qkv_proj and gate_up_proj.
+      {"e2e-phi3", "tiny-phi3", 32064, 1, 32000,
+       {{"phi3-mini/tokenizer.json", "tokenizer.json"},
+        {"phi3-mini/tokenizer_config.json", "tokenizer_config.json"}},
+       std::nullopt, "phi3-mini", {{v1::INT4_CLIP, v1::AWQ}}},
   };
 }
 
