@@ -46,7 +46,9 @@ GenerationScheduler::~GenerationScheduler() { Shutdown(); }
 
 bool GenerationScheduler::IsEndOfText(int id) const {
   const std::vector<int>& eos = model_->config().eos_token_ids;
-  return id == tokenizer_->eos_id() || std::find(eos.begin(), eos.end(), id) != eos.end();
+  const std::vector<int>& end = options_.end_ids;
+  return id == tokenizer_->eos_id() || std::find(eos.begin(), eos.end(), id) != eos.end() ||
+         std::find(end.begin(), end.end(), id) != end.end();
 }
 
 void GenerationScheduler::Shutdown(absl::Status reason) {

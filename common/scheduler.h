@@ -77,6 +77,9 @@ class GenerationScheduler {
     int max_context = 0;      // tokens per sequence; 0: the model's maximum
     KvCacheDtype kv_cache_dtype = KvCacheDtype::kF32;
     std::string model_name;  // the model_name label of its metrics
+    // Ids that also end generation as EOS, besides the tokenizer's EOS and
+    // the config's eos_token_ids (the chat template's end of turn).
+    std::vector<int> end_ids;
   };
 
   // A submitted request; Cancel() makes it finish with kCancelled at the

@@ -97,6 +97,26 @@ absl::StatusOr<ChatPrompt> RenderChat(const LoadedModel& model,
   return prompt;
 }
 
+std::optional<int> TemplateEndOfTurnId(const LoadedModel& model) {
+  if (!model.chat_template.has_value() || model.tokenizer == nullptr) return std::nullopt;
+  constexpr char kAnswer[] = "wq end-of-turn probe";
+  ChatRenderInput input;
+  input.messages = {{"user", "Hello"}, {"assistant", kAnswer}};
+  input.bos_token = model.bos_token;
+  input.eos_token = model.eos_token;
+  absl::StatusOr<std::string> text = model.chat_template->Render(input);
+  if (!text.ok()) return std::nullopt;
+  const size_t answer = text->rfind(kAnswer);
+  if (answer == std::string::npos) return std::nullopt;
+  const Tokenizer& tok = *model.tokenizer;
+  absl::StatusOr<std::vector<int>> after =
+      tok.Encode(std::string_view(*text).substr(answer + sizeof(kAnswer) - 1), false);
+  if (!after.ok() || after->empty() || tok.Kind(after->front()) != Tokenizer::PieceKind::kControl) {
+    return std::nullopt;
+  }
+  return after->front();
+}
+
 absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(Options options) {
   ASSIGN_OR_RETURN(std::unique_ptr<ArtifactStore> store,
                    ArtifactStore::Open(options.artifact_root));
@@ -230,6 +250,9 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
   loaded->model = std::make_shared<const LlamaModel>(weights);
   GenerationScheduler::Options scheduler_options = options_.scheduler;
   scheduler_options.model_name = name;
+  if (std::optional<int> end_of_turn = TemplateEndOfTurnId(*loaded); end_of_turn.has_value()) {
+    scheduler_options.end_ids.push_back(*end_of_turn);
+  }
   loaded->scheduler = std::make_unique<GenerationScheduler>(
       loaded->model, loaded->tokenizer, scheduler_options);
   info.set_weight_bytes(weights->StorageBytes());

@@ -53,6 +53,13 @@ absl::StatusOr<ChatPrompt> RenderChat(const LoadedModel& model,
                                       std::vector<ChatMessage> messages,
                                       bool add_generation_prompt);
 
+// The id that ends an assistant turn in the model's chat template (Llama 3's
+// <|eot_id|>, ChatML's <|im_end|>, Phi-3's <|end|>): the first token the
+// template writes after an assistant message, when that is a special token.
+// nullopt without a template, or when the template rejects the probe
+// conversation or ends turns in plain text.
+std::optional<int> TemplateEndOfTurnId(const LoadedModel& model);
+
 class ModelManager {
  public:
   struct Options {

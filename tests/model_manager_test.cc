@@ -1,5 +1,6 @@
 // ModelManager without gRPC: unloading a model that is serving requests; the
-// chat template read at load and the BOS of rendered conversations.
+// chat template read at load, the BOS of rendered conversations and the
+// template's end-of-turn token.
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -173,6 +174,39 @@ TEST(ModelManagerTest, MalformedTokenizerConfigFailsLoad) {
   EXPECT_EQ(info.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(info.status().message().find("tokenizer_config.json"), std::string::npos)
       << info.status();
+}
+
+// A model (tokenizer and chat template) from a ../shared/tokenizers family.
+LoadedModel TokenizerFamily(const std::string& family, const std::string& config_name) {
+  LoadedModel model;
+  // Runfiles are links, which rooted reads refuse: where they lead.
+  const std::string dir = std::filesystem::canonical("../shared/tokenizers/" + family).string();
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::LoadModelDir(dir);
+  EXPECT_TRUE(tokenizer.ok()) << family << ": " << tokenizer.status();
+  if (tokenizer.ok()) model.tokenizer = std::move(*tokenizer);
+  std::ifstream file(dir + "/" + config_name);
+  const nlohmann::json config = nlohmann::json::parse(file);
+  absl::StatusOr<ChatTemplate> chat_template = ChatTemplateFromTokenizerConfig(config, "");
+  EXPECT_TRUE(chat_template.ok()) << family << ": " << chat_template.status();
+  if (chat_template.ok()) model.chat_template = *std::move(chat_template);
+  for (auto [key, token] : {std::pair{"bos_token", &model.bos_token},
+                             std::pair{"eos_token", &model.eos_token}}) {
+    if (config.contains(key) && config[key].is_string()) *token = config[key].get<std::string>();
+  }
+  return model;
+}
+
+// Chat stops on the token that ends an assistant turn in the template, also
+// where neither config.json nor the tokenizer's EOS names it (Llama 3's
+// first instruct release: eos <|end_of_text|>, turns end with <|eot_id|>).
+TEST(ModelManagerTest, TemplateEndOfTurnIsTheSpecialTokenAfterAnAnswer) {
+  EXPECT_EQ(TemplateEndOfTurnId(TokenizerFamily("llama3", "tokenizer_config.json")), 128009);
+  EXPECT_EQ(TemplateEndOfTurnId(TokenizerFamily("qwen2", "tokenizer_config.json")), 151645);
+  EXPECT_EQ(TemplateEndOfTurnId(TokenizerFamily("phi3-mini", "tokenizer_config.json")), 32007);
+  // A template that ends turns in plain text names no id.
+  LoadedModel plain = TokenizerFamily("qwen2", "tokenizer_config.json");
+  plain.chat_template = *ChatTemplate::Parse(kTemplate);
+  EXPECT_EQ(TemplateEndOfTurnId(plain), std::nullopt);
 }
 
 }  // namespace
