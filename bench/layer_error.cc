@@ -31,11 +31,11 @@
 #include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
 #include "absl/strings/strip.h"
-#include "common/calibration.h"
-#include "common/llama.h"
-#include "common/quant_format.h"
-#include "common/status_macros.h"
-#include "common/tokenizer.h"
+#include "common/quant/calibration.h"
+#include "common/model/llama.h"
+#include "common/formats/quant_format.h"
+#include "common/io/status_macros.h"
+#include "common/tokenizer/tokenizer.h"
 
 ABSL_FLAG(std::string, model_dir, "testdata/models/stories260K", "fp32 source model");
 ABSL_FLAG(std::string, data_root, "../shared/data", "directory of the calibration text");

@@ -17,11 +17,11 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
-#include "common/artifact_store.h"
-#include "common/file_util.h"
-#include "common/process_memory.h"
-#include "common/quantizer.h"
-#include "common/status_macros.h"
+#include "common/artifact/artifact_store.h"
+#include "common/io/file_util.h"
+#include "common/io/process_memory.h"
+#include "common/quant/quantizer.h"
+#include "common/io/status_macros.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::string, model_dir, "", "Hugging Face model directory to quantize");

@@ -9,8 +9,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "common/hf_config.h"
-#include "common/safetensors.h"
+#include "common/model/hf_config.h"
+#include "common/formats/safetensors.h"
 
 namespace wq::bench {
 

@@ -15,9 +15,9 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_util.h"
-#include "common/file_util.h"
-#include "common/status_macros.h"
-#include "common/tokenizer.h"
+#include "common/io/file_util.h"
+#include "common/io/status_macros.h"
+#include "common/tokenizer/tokenizer.h"
 
 ABSL_FLAG(std::vector<std::string>, dirs,
           std::vector<std::string>({"../shared/tokenizers/gpt2",

@@ -2,7 +2,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "common/chat_template.h"
+#include "common/tokenizer/chat_template.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto parsed = wq::ChatTemplate::Parse(std::string_view(reinterpret_cast<const char*>(data), size));

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "common/hf_config.h"
+#include "common/model/hf_config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view input(reinterpret_cast<const char*>(data), size);

@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <memory>
 
-#include "common/artifact_store.h"
+#include "common/artifact/artifact_store.h"
 #include "fuzz/scratch_dir.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

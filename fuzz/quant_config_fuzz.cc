@@ -3,8 +3,8 @@
 // weight format and a slug.
 #include <cstdint>
 
-#include "common/quant_config.h"
-#include "common/quant_format.h"
+#include "common/formats/quant_config.h"
+#include "common/formats/quant_format.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   wq::v1::WeightOnlyQuantConfig config;

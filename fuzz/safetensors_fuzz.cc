@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "common/safetensors.h"
+#include "common/formats/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto file = wq::SafetensorsFile::FromBytes(

@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-#include "common/bpe.h"
+#include "common/tokenizer/bpe.h"
 
 // Special tokens for tiktoken inputs, which carry none themselves.
 constexpr char kTiktokenConfig[] = R"({

@@ -1,7 +1,7 @@
 #include "inference_service/inference_service.h"
 
-#include "common/cpu_features.h"
-#include "common/status_macros.h"
+#include "common/kernels/cpu_features.h"
+#include "common/io/status_macros.h"
 
 #include <algorithm>
 #include <chrono>
@@ -15,10 +15,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "common/cpu_features.h"
-#include "common/logging.h"
-#include "common/sampler.h"
-#include "common/tokenizer.h"
+#include "common/kernels/cpu_features.h"
+#include "common/io/logging.h"
+#include "common/serving/sampler.h"
+#include "common/tokenizer/tokenizer.h"
 #include "server/request_log.h"
 #include "server/request_validation.h"
 #include "server/server.h"

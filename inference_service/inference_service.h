@@ -9,8 +9,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "common/hf_config.h"
-#include "common/scheduler.h"
+#include "common/model/hf_config.h"
+#include "common/serving/scheduler.h"
 #include "inference_service/model_manager.h"
 #include "wq/v1/inference.grpc.pb.h"
 

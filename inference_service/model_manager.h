@@ -14,12 +14,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "common/artifact_store.h"
-#include "common/chat_template.h"
-#include "common/llama.h"
-#include "common/model_registry.h"
-#include "common/scheduler.h"
-#include "common/tokenizer.h"
+#include "common/artifact/artifact_store.h"
+#include "common/tokenizer/chat_template.h"
+#include "common/model/llama.h"
+#include "common/artifact/model_registry.h"
+#include "common/serving/scheduler.h"
+#include "common/tokenizer/tokenizer.h"
 #include "wq/v1/inference.pb.h"
 
 namespace wq {

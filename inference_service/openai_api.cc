@@ -20,8 +20,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "common/logging.h"
-#include "common/status_macros.h"
+#include "common/io/logging.h"
+#include "common/io/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace wq {

@@ -15,12 +15,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "common/file_util.h"
-#include "common/logging.h"
-#include "common/metrics.h"
-#include "common/process_memory.h"
-#include "common/quant_config.h"
-#include "common/status_macros.h"
+#include "common/io/file_util.h"
+#include "common/io/logging.h"
+#include "common/io/metrics.h"
+#include "common/io/process_memory.h"
+#include "common/formats/quant_config.h"
+#include "common/io/status_macros.h"
 
 namespace wq {
 namespace {

@@ -23,9 +23,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "common/artifact_store.h"
-#include "common/model_registry.h"
-#include "common/quantizer.h"
+#include "common/artifact/artifact_store.h"
+#include "common/artifact/model_registry.h"
+#include "common/quant/quantizer.h"
 #include "wq/v1/quantizer.pb.h"
 
 namespace wq {

@@ -15,7 +15,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "common/logging.h"
+#include "common/io/logging.h"
 #include "quantizer_service/job_manager.h"
 #include "quantizer_service/one_shot.h"
 #include "quantizer_service/quantizer_service.h"

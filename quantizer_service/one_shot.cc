@@ -6,7 +6,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "absl/strings/str_cat.h"
-#include "common/logging.h"
+#include "common/io/logging.h"
 
 namespace wq {
 

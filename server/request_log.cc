@@ -11,8 +11,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "common/logging.h"
-#include "common/metrics.h"
+#include "common/io/logging.h"
+#include "common/io/metrics.h"
 #include "google/protobuf/descriptor.h"
 
 namespace wq {

@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "common/logging.h"
+#include "common/io/logging.h"
 #include "nlohmann/json.hpp"
 
 namespace wq {

@@ -18,8 +18,8 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
-#include "common/logging.h"
-#include "common/metrics.h"
+#include "common/io/logging.h"
+#include "common/io/metrics.h"
 #include "server/http_listener.h"
 #include "server/request_log.h"
 #include "server/request_validation.h"

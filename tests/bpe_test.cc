@@ -2,7 +2,7 @@
 // golden.json, ids from transformers.js and cross-checked with tiktoken).
 // Families shipped without tokenizer.json get one assembled here the way
 // transformers' converters build it, so both loaders are exercised.
-#include "common/bpe.h"
+#include "common/tokenizer/bpe.h"
 
 #include <cstdlib>
 #include <filesystem>
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_join.h"
-#include "common/file_util.h"
+#include "common/io/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"

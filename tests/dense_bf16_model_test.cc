@@ -10,10 +10,10 @@
 #include <vector>
 
 #include "bench/synthetic_model.h"
-#include "common/cpu_features.h"
-#include "common/file_util.h"
-#include "common/llama.h"
-#include "common/process_memory.h"
+#include "common/kernels/cpu_features.h"
+#include "common/io/file_util.h"
+#include "common/model/llama.h"
+#include "common/io/process_memory.h"
 #include "gtest/gtest.h"
 #include "tests/rounded_checkpoint.h"
 #include "nlohmann/json.hpp"

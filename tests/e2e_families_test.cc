@@ -21,7 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "bench/synthetic_model.h"
-#include "common/hf_config.h"
+#include "common/model/hf_config.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/server_process.h"

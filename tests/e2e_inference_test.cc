@@ -6,7 +6,7 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "common/cpu_features.h"
+#include "common/kernels/cpu_features.h"
 #include "gtest/gtest.h"
 #include "wq/v1/inference.grpc.pb.h"
 #include "tests/e2e_support.h"

@@ -1,4 +1,4 @@
-#include "common/file_util.h"
+#include "common/io/file_util.h"
 
 #include <sys/stat.h>
 #include <unistd.h>

@@ -5,7 +5,7 @@
 #include <utility>
 #include <vector>
 
-#include "common/hf_config.h"
+#include "common/model/hf_config.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "inference_service/inference_service.h"

@@ -1,9 +1,9 @@
-#include "common/hf_config.h"
+#include "common/model/hf_config.h"
 
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "common/file_util.h"
+#include "common/io/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"

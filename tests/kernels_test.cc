@@ -7,11 +7,11 @@
 #include <string>
 #include <vector>
 
-#include "common/bf16.h"
-#include "common/compute_dtype.h"
-#include "common/cpu_features.h"
-#include "common/matmul.h"
-#include "common/quant_format.h"
+#include "common/formats/bf16.h"
+#include "common/formats/compute_dtype.h"
+#include "common/kernels/cpu_features.h"
+#include "common/kernels/matmul.h"
+#include "common/formats/quant_format.h"
 #include "gtest/gtest.h"
 
 namespace wq {

@@ -4,8 +4,8 @@
 #include <cmath>
 #include <vector>
 
-#include "common/file_util.h"
-#include "common/llama.h"
+#include "common/io/file_util.h"
+#include "common/model/llama.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 

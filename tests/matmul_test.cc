@@ -1,11 +1,11 @@
-#include "common/matmul.h"
+#include "common/kernels/matmul.h"
 
 #include <cmath>
 #include <random>
 #include <vector>
 
-#include "common/cpu_features.h"
-#include "common/quant_format.h"
+#include "common/kernels/cpu_features.h"
+#include "common/formats/quant_format.h"
 #include "gtest/gtest.h"
 
 namespace wq {

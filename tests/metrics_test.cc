@@ -1,7 +1,7 @@
 // The Prometheus registry: exact exposition text, escaping and histogram
 // buckets, read back by the reference parser (prometheus_client, through
 // tests/prometheus_parse.py), and counts under concurrent recording.
-#include "common/metrics.h"
+#include "common/io/metrics.h"
 
 #include <memory>
 #include <string>

@@ -1,11 +1,11 @@
-#include "common/model_registry.h"
+#include "common/artifact/model_registry.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <string>
 
-#include "common/file_util.h"
+#include "common/io/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -1,4 +1,4 @@
-#include "common/pretokenizer_regex.h"
+#include "common/tokenizer/pretokenizer_regex.h"
 
 #include <string>
 #include <vector>

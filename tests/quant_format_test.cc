@@ -1,4 +1,4 @@
-#include "common/quant_format.h"
+#include "common/formats/quant_format.h"
 
 #include <cmath>
 #include <cstdint>

@@ -10,14 +10,14 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "common/artifact_store.h"
-#include "common/cpu_features.h"
-#include "common/file_util.h"
-#include "common/llama.h"
-#include "common/quant_config.h"
-#include "common/quant_format.h"
-#include "common/quantizer.h"
-#include "common/safetensors.h"
+#include "common/artifact/artifact_store.h"
+#include "common/kernels/cpu_features.h"
+#include "common/io/file_util.h"
+#include "common/model/llama.h"
+#include "common/formats/quant_config.h"
+#include "common/formats/quant_format.h"
+#include "common/quant/quantizer.h"
+#include "common/formats/safetensors.h"
 #include "gtest/gtest.h"
 #include "google/protobuf/util/json_util.h"
 

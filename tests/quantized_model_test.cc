@@ -14,14 +14,14 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
-#include "common/artifact_store.h"
-#include "common/cpu_features.h"
-#include "common/file_util.h"
-#include "common/llama.h"
-#include "common/perplexity.h"
-#include "common/quantizer.h"
-#include "common/scheduler.h"
-#include "common/tokenizer.h"
+#include "common/artifact/artifact_store.h"
+#include "common/kernels/cpu_features.h"
+#include "common/io/file_util.h"
+#include "common/model/llama.h"
+#include "common/quant/perplexity.h"
+#include "common/quant/quantizer.h"
+#include "common/serving/scheduler.h"
+#include "common/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 
 namespace wq {

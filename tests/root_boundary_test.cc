@@ -10,12 +10,12 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "common/artifact_store.h"
-#include "common/calibration.h"
-#include "common/file_util.h"
-#include "common/llama.h"
-#include "common/quantizer.h"
-#include "common/tokenizer.h"
+#include "common/artifact/artifact_store.h"
+#include "common/quant/calibration.h"
+#include "common/io/file_util.h"
+#include "common/model/llama.h"
+#include "common/quant/quantizer.h"
+#include "common/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 
 namespace wq {

@@ -6,9 +6,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/bf16.h"
-#include "common/file_util.h"
-#include "common/status_macros.h"
+#include "common/formats/bf16.h"
+#include "common/io/file_util.h"
+#include "common/io/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace wq {

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "common/safetensors.h"
+#include "common/formats/safetensors.h"
 
 namespace wq {
 

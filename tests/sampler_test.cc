@@ -1,6 +1,6 @@
 // Sampler: OpenAI's presence and frequency penalties, and the log-probabilities
 // it reports, on hand-made logits.
-#include "common/sampler.h"
+#include "common/serving/sampler.h"
 
 #include <cmath>
 #include <vector>

@@ -9,9 +9,9 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "common/llama.h"
-#include "common/scheduler.h"
-#include "common/tokenizer.h"
+#include "common/model/llama.h"
+#include "common/serving/scheduler.h"
+#include "common/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 
 namespace wq {

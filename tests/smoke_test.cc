@@ -1,4 +1,4 @@
-#include "common/status_macros.h"
+#include "common/io/status_macros.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 absl::StatusOr<int> F(bool ok) { if (!ok) return absl::InvalidArgumentError("x"); return 3; }

@@ -6,7 +6,7 @@
 
 #include <iostream>
 
-#include "common/tokenizer.h"
+#include "common/tokenizer/tokenizer.h"
 
 int main(int argc, char** argv) {
   if (argc != 3) {

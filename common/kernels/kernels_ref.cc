@@ -1,0 +1,496 @@
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <new>
+
+#include <emmintrin.h>  // SSE2: every x86-64 CPU.
+#include <sys/mman.h>
+
+#include "common/formats/bf16.h"
+#include "common/kernels/kernels.h"
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_for.h"
+
+namespace wq {
+namespace kernels {
+namespace {
+
+// Reference: decoded weights held at once, independent of group size.
+constexpr int64_t kDecodeChunk = 256;
+
+inline uint32_t CodeAt(const uint8_t* row, int64_t k, int bits) {
+  const int64_t bit = k * bits;
+  // Codes of up to 8 bits span at most two bytes.
+  const uint32_t two = row[bit / 8] |
+                       ((bit % 8) + bits > 8 ? row[bit / 8 + 1] << 8 : 0u);
+  return (two >> (bit % 8)) & ((1u << bits) - 1);
+}
+
+// Round to nearest even bf16, returned as the fp32 value.
+inline float RoundBf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u = (u + 0x7fff + ((u >> 16) & 1)) & 0xffff0000u;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+inline uint16_t Bf16Bits(float rounded) {
+  uint32_t u;
+  std::memcpy(&u, &rounded, 4);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// Position of column `j` of a block of `len` inside the activation buffers:
+// full blocks of 4-bit weights are de-interleaved (kernels.h).
+inline int64_t BlockPos(int64_t j, int64_t len, int bits) {
+  return bits == 4 && len == kBlock ? (j & 1) * (kBlock / 2) + j / 2 : j;
+}
+
+// Calls f(block index, block begin, block end) for the 32-blocks of group g.
+template <typename F>
+void ForEachBlock(const QuantArgs& a, int64_t g, F&& f) {
+  const int64_t gs = g * a.w->group_size;
+  const int64_t ge = std::min(gs + a.w->group_size, a.w->cols);
+  for (int64_t b = 0; gs + b * kBlock < ge; ++b) {
+    f(g * a.blocks_per_group + b, gs + b * kBlock,
+      std::min(gs + (b + 1) * kBlock, ge));
+  }
+}
+
+// One block of len <= kBlock columns: q, its scale and its sum.
+void QuantizeBlock(const float* x, int64_t len, int8_t* q, float* d,
+                   int32_t* sum) {
+  float amax = 0.0f;
+  for (int64_t j = 0; j < len; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  int32_t total = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    const int v = std::clamp(static_cast<int>(std::nearbyint(x[j] * inv)), -127, 127);
+    q[j] = static_cast<int8_t>(v);
+    total += v;
+  }
+  *d = amax / 127.0f;
+  *sum = total;
+}
+
+// x rows from which activation preparation runs in parallel over rows (a
+// prefill chunk's: serial, it took 10-20 % of a pp128 matmul).
+constexpr int64_t kParallelPrepareRows = 8;
+
+// Row i of the int8 activations: xq, xd, xsa and xs, and with `tiles` its
+// places in the chunked copies (kernels.h QuantArgs::xd_chunks, xq_tiles).
+void PrepareInt8Row(const QuantArgs& a, QuantizeBlocksFn quantize, bool tiles, int64_t i,
+                    ActivationBuffers* p) {
+  const QuantizedMatrixView& w = *a.w;
+  const int64_t cols = w.cols;
+  const int64_t groups = w.groups_per_row;
+  const int64_t bpr = a.blocks_per_row;
+  const float* x = a.x + i * cols;
+  int8_t* xq = p->xq.data() + i * cols;
+  float* xd = p->xd.data() + i * bpr;
+  int32_t* xsa = p->xsa.data() + i * bpr;
+  float* xs = p->xs.data() + i * groups;
+  if (w.group_size % kBlock == 0 && cols % w.group_size == 0) {
+    quantize(x, bpr, xq, xd, xsa);  // Whole blocks: the row in one call.
+  } else {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t gs = g * w.group_size;
+      const int64_t len = std::min<int64_t>(w.group_size, cols - gs);
+      const int64_t b0 = g * a.blocks_per_group;
+      const int64_t full = len / kBlock;
+      quantize(x + gs, full, xq + gs, xd + b0, xsa + b0);
+      if (len % kBlock != 0) {
+        const int64_t at = gs + full * kBlock;
+        QuantizeBlock(x + at, len % kBlock, xq + at, xd + b0 + full, xsa + b0 + full);
+      }
+    }
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    float sum = 0.0f;
+    ForEachBlock(a, g, [&](int64_t b, int64_t, int64_t) { sum += xd[b] * static_cast<float>(xsa[b]); });
+    xs[g] = sum;
+  }
+  if (!tiles) return;
+  const int64_t chunk = i / kXChunkRows, lane = i % kXChunkRows;
+  float* xd_chunk = p->xd_chunks.data() + chunk * bpr * kXChunkRows + lane;
+  for (int64_t b = 0; b < bpr; ++b) xd_chunk[b * kXChunkRows] = xd[b];
+  float* xs_chunk = p->xs_chunks.data() + chunk * groups * kXChunkRows + lane;
+  for (int64_t g = 0; g < groups; ++g) xs_chunk[g * kXChunkRows] = xs[g];
+  constexpr int64_t kTileBytes = kXChunkRows * kBlock;
+  int8_t* row_tiles = p->xq_tiles.data() + chunk * bpr * kTileBytes + lane * kBlock;
+  for (int64_t g = 0; g < groups; ++g) {
+    ForEachBlock(a, g, [&](int64_t b, int64_t bs, int64_t be) {
+      std::memcpy(row_tiles + b * kTileBytes, xq + bs, be - bs);
+    });
+  }
+}
+
+void PrepareActivations(QuantizeBlocksFn quantize, bool tiles, QuantArgs* a,
+                        ActivationBuffers* p) {
+  const int64_t cols = a->w->cols;
+  const int64_t groups = a->w->groups_per_row;
+  const int64_t n = a->n;
+  if (a->compute == ComputeDtype::kInt8) {
+    p->xq.resize(n * cols);
+    p->xd.resize(n * a->blocks_per_row);
+    p->xsa.resize(n * a->blocks_per_row);
+    p->xs.resize(n * groups);
+    if (tiles) {
+      // Zero past n: the tile kernels read whole chunks.
+      const int64_t rows = (n + kXChunkRows - 1) / kXChunkRows * kXChunkRows;
+      p->xd_chunks.assign(rows * a->blocks_per_row, 0.0f);
+      p->xs_chunks.assign(rows * groups, 0.0f);
+      p->xq_tiles.assign(rows * a->blocks_per_row * kBlock, 0);
+    }
+    if (n >= kParallelPrepareRows) {
+      tbb::parallel_for(tbb::blocked_range<int64_t>(0, n),
+                        [&](const tbb::blocked_range<int64_t>& range) {
+                          for (int64_t i = range.begin(); i < range.end(); ++i) {
+                            PrepareInt8Row(*a, quantize, tiles, i, p);
+                          }
+                        });
+    } else {
+      for (int64_t i = 0; i < n; ++i) PrepareInt8Row(*a, quantize, tiles, i, p);
+    }
+  } else {
+    p->xf.resize(n * cols);
+    p->xs.resize(n * groups);
+    if (a->compute == ComputeDtype::kBf16) p->xb16.resize(n * cols);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* x = a->x + i * cols;
+      for (int64_t g = 0; g < groups; ++g) {
+        float sum = 0.0f;
+        ForEachBlock(*a, g, [&](int64_t, int64_t bs, int64_t be) {
+          const int64_t len = be - bs;
+          for (int64_t j = 0; j < len; ++j) {
+            const bool bf16 = a->compute == ComputeDtype::kBf16;
+            const float v = bf16 ? RoundBf16(x[bs + j]) : x[bs + j];
+            p->xf[i * cols + bs + BlockPos(j, len, a->bits)] = v;
+            if (bf16) p->xb16[i * cols + bs + j] = Bf16Bits(v);
+            sum += v;
+          }
+        });
+        p->xs[i * groups + g] = sum;
+      }
+    }
+  }
+  a->xf = p->xf.data();
+  a->xb16 = p->xb16.data();
+  a->xq = p->xq.data();
+  a->xd = p->xd.data();
+  a->xsa = p->xsa.data();
+  a->xs = p->xs.data();
+  const bool int8_tiles = tiles && a->compute == ComputeDtype::kInt8;
+  a->xd_chunks = int8_tiles ? p->xd_chunks.data() : nullptr;
+  a->xs_chunks = int8_tiles ? p->xs_chunks.data() : nullptr;
+  a->xq_tiles = int8_tiles ? p->xq_tiles.data() : nullptr;
+}
+
+// Fills the per-format facts of `a` from the QuantFormat row; returns false
+// when int8 compute cannot represent the format (asym codebooks).
+bool DescribeFormat(const QuantizedMatrixView& w, QuantArgs* a) {
+  const QuantFormat& f = GetQuantFormat(w.spec.type);
+  const absl::Span<const float> levels = f.levels(w.spec.scheme);
+  a->bits = f.bits;
+  a->asym = w.spec.scheme == QuantScheme::kAsym;
+  a->affine = true;
+  for (size_t c = 0; c < levels.size(); ++c) {
+    a->affine = a->affine && levels[c] == levels[0] + static_cast<float>(c);
+  }
+  a->level0 = levels[0];
+  // Codes past the table (fp4_e2m1's 16th) never occur in valid matrices.
+  for (size_t c = 0; c < std::min<size_t>(16, levels.size()); ++c) {
+    a->lut[c] = a->compute == ComputeDtype::kBf16 ? RoundBf16(levels[c])
+                                                  : levels[c];
+  }
+  if (a->affine) {
+    for (size_t c = 0; c < levels.size(); ++c) a->ulevel[c] = c;
+    a->int8_off_base = static_cast<int>(-levels[0]);
+    a->int8_wscale = 1.0f;
+  } else {
+    float amax = 0.0f;
+    for (float l : levels) amax = std::fmax(amax, std::fabs(l));
+    for (size_t c = 0; c < levels.size(); ++c) {
+      a->ulevel[c] = static_cast<uint8_t>(
+          std::nearbyint(levels[c] * 127.0f / amax) + 128.0f);
+    }
+    a->int8_off_base = 128;
+    a->int8_wscale = amax / 127.0f;
+  }
+  return a->affine || !a->asym;
+}
+
+}  // namespace
+
+void QuantizeBlocksRef(const float* x, int64_t blocks, int8_t* q, float* d,
+                       int32_t* sum) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    QuantizeBlock(x + b * kBlock, kBlock, q + b * kBlock, d + b, sum + b);
+  }
+}
+
+void DescribeCall(const QuantizedMatrixView& w, ComputeDtype compute,
+                  QuantArgs* a) {
+  a->w = &w;
+  a->compute = compute;
+  if (!DescribeFormat(w, a)) {
+    a->compute = ComputeDtype::kFp32;
+    DescribeFormat(w, a);
+  }
+  a->blocks_per_group = (w.group_size + kBlock - 1) / kBlock;
+  a->blocks_per_row = a->blocks_per_group * w.groups_per_row;
+  const bool simd_format = w.group_size % kBlock == 0 &&
+                           (a->bits == 4 || (a->bits == 8 && a->affine));
+  a->simd_cols = simd_format ? w.cols / w.group_size * w.group_size : 0;
+}
+
+void PrepareCall(const QuantizedMatrixView& w, const float* x, int64_t n,
+                 float* y, ComputeDtype compute, QuantizeBlocksFn quantize, bool tiles,
+                 QuantArgs* a, ActivationBuffers* buffers) {
+  DescribeCall(w, compute, a);
+  a->n = n;
+  a->x = x;
+  a->y = y;
+  PrepareActivations(quantize, tiles, a, buffers);
+}
+
+void Unmapper::operator()(uint8_t* p) const { ::munmap(p, bytes); }
+
+namespace {
+
+// Anonymous memory, populated up front: on this VM, first-touch faults
+// spread over the packing loop cost 0.6 s more for a 1.1B model. Transparent
+// huge pages were measured too: 0.7 s slower to back, decode no faster.
+std::unique_ptr<uint8_t, Unmapper> MapPopulated(size_t bytes) {
+  const size_t length = std::max<size_t>(bytes, 1);
+  void* p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();  // As any allocation would.
+#ifdef MADV_POPULATE_WRITE
+  ::madvise(p, length, MADV_POPULATE_WRITE);  // Linux >= 5.14; else faults on use.
+#endif
+  return std::unique_ptr<uint8_t, Unmapper>(static_cast<uint8_t*>(p), Unmapper{length});
+}
+
+}  // namespace
+
+PackedInt8Weights Int8TileLayout(const QuantArgs& a) {
+  const QuantizedMatrixView& w = *a.w;
+  PackedInt8Weights p;
+  p.tiles = (w.rows + kTileRows - 1) / kTileRows;
+  p.groups = a.simd_cols / w.group_size;
+  p.block_bytes = kTileRows * kBlock * a.bits / 8;
+  p.scale_bytes = w.spec.scale_encoding == ScaleEncoding::kBf16 ? 2 : 4;
+  p.group_stride = a.blocks_per_group * p.block_bytes + kTileRows * p.scale_bytes +
+                   (w.spec.scheme == QuantScheme::kAsym ? kTileRows : 0);
+  p.tile_stride = p.groups * p.group_stride;
+  return p;
+}
+
+namespace {
+
+constexpr int64_t kChunkBytes = kTileRows * 4;  // One chunk: a 4-byte lane per row.
+
+// Visits every real row's group record in the tiles at `base` (in parallel
+// over tiles): visit(rec, j, r, g) with rec the tile's record of group g, j
+// the row's lane in the tile and r the row of W.
+template <typename Byte, typename Visit>
+void ForEachRowGroup(const QuantArgs& a, const PackedInt8Weights& p, Byte* base,
+                     const Visit& visit) {
+  const int64_t rows = a.w->rows;
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, p.tiles),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      for (int64_t t = range.begin(); t < range.end(); ++t) {
+                        for (int64_t j = 0; j < kTileRows && t * kTileRows + j < rows; ++j) {
+                          Byte* rec = base + t * p.tile_stride;
+                          for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
+                            visit(rec, j, t * kTileRows + j, g);
+                          }
+                        }
+                      }
+                    });
+}
+
+}  // namespace
+
+void WriteInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* out) {
+  const QuantizedMatrixView& w = *a.w;
+  const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
+  ForEachRowGroup(a, p, out, [&](uint8_t* rec, int64_t j, int64_t r, int64_t g) {
+    for (int64_t b = 0; b < a.blocks_per_group; ++b) {
+      uint8_t* block = rec + b * p.block_bytes + j * 4;
+      // Lane bytes in column order: 8-bit, the row's bytes as they are;
+      // 4-bit, column c's code in the low nibble with column c + 16's
+      // above it. The row holds columns 2m | 2m+1 << 4 in byte m, so bytes
+      // m and m + 8 give lane bytes 2m and 2m + 1: eight of each at once
+      // in 64-bit words, then interleaved.
+      alignas(16) uint8_t lane_bytes[kBlock];
+      const uint8_t* src = w.codes + r * w.row_bytes + (g * w.group_size + b * kBlock) * a.bits / 8;
+      if (a.bits == 8) {
+        std::memcpy(lane_bytes, src, kBlock);
+      } else {
+        constexpr uint64_t kLow = 0x0f0f0f0f0f0f0f0full;
+        uint64_t lo, hi;
+        std::memcpy(&lo, src, 8);
+        std::memcpy(&hi, src + 8, 8);
+        const uint64_t even = (lo & kLow) | ((hi << 4) & ~kLow);
+        const uint64_t odd = ((lo >> 4) & kLow) | (hi & ~kLow);
+        _mm_store_si128(reinterpret_cast<__m128i*>(lane_bytes),
+                        _mm_unpacklo_epi8(_mm_cvtsi64_si128(static_cast<int64_t>(even)),
+                                          _mm_cvtsi64_si128(static_cast<int64_t>(odd))));
+      }
+      for (int64_t c = 0; c < p.block_bytes / kChunkBytes; ++c) {
+        std::memcpy(block + c * kChunkBytes, lane_bytes + 4 * c, 4);
+      }
+    }
+    const int64_t i = r * w.groups_per_row + g;
+    uint8_t* scale = rec + code_bytes + j * p.scale_bytes;
+    if (p.scale_bytes == 2) {
+      const uint16_t bits = FloatToBf16(w.scales[i]);  // Exact: the scales are bf16 values.
+      std::memcpy(scale, &bits, sizeof(bits));
+    } else {
+      std::memcpy(scale, &w.scales[i], sizeof(float));
+    }
+    if (w.zeros != nullptr) rec[code_bytes + kTileRows * p.scale_bytes + j] = w.zeros[i];
+  });
+}
+
+void ReadInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* codes,
+                   float* scales, uint8_t* zeros) {
+  const QuantizedMatrixView& w = *a.w;
+  const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
+  ForEachRowGroup(a, p, p.base, [&](const uint8_t* rec, int64_t j, int64_t r, int64_t g) {
+    for (int64_t b = 0; b < a.blocks_per_group; ++b) {
+      const uint8_t* block = rec + b * p.block_bytes + j * 4;
+      alignas(16) uint8_t lane_bytes[kBlock];
+      for (int64_t c = 0; c < p.block_bytes / kChunkBytes; ++c) {
+        std::memcpy(lane_bytes + 4 * c, block + c * kChunkBytes, 4);
+      }
+      uint8_t* dst = codes + r * w.row_bytes + (g * w.group_size + b * kBlock) * a.bits / 8;
+      if (a.bits == 8) {
+        std::memcpy(dst, lane_bytes, kBlock);
+        continue;
+      }
+      // WriteInt8Tiles' interleave undone: lane bytes 2m and 2m + 1 give
+      // row bytes m (their low nibbles) and m + 8 (their high nibbles).
+      for (int m = 0; m < kBlock / 4; ++m) {
+        const uint8_t even = lane_bytes[2 * m], odd = lane_bytes[2 * m + 1];
+        dst[m] = static_cast<uint8_t>((even & 0x0f) | (odd << 4));
+        dst[m + kBlock / 4] = static_cast<uint8_t>((even >> 4) | (odd & 0xf0));
+      }
+    }
+    const int64_t i = r * w.groups_per_row + g;
+    const uint8_t* scale = rec + code_bytes + j * p.scale_bytes;
+    if (p.scale_bytes == 2) {
+      uint16_t bits;
+      std::memcpy(&bits, scale, sizeof(bits));
+      scales[i] = Bf16ToFloat(bits);
+    } else {
+      std::memcpy(&scales[i], scale, sizeof(float));
+    }
+    if (zeros != nullptr) zeros[i] = rec[code_bytes + kTileRows * p.scale_bytes + j];
+  });
+}
+
+namespace {
+
+// W's tile layout with memory of its own, zeroed (fresh anonymous memory
+// reads as zero, as WriteInt8Tiles wants).
+PackedInt8Weights OwnedInt8Tiles(const QuantArgs& a) {
+  PackedInt8Weights p = Int8TileLayout(a);
+  p.owned = MapPopulated(static_cast<size_t>(p.bytes()));
+  p.base = p.owned.get();
+  return p;
+}
+
+}  // namespace
+
+PackedInt8Weights CopyInt8Tiles(const QuantArgs& a, const uint8_t* tiles) {
+  PackedInt8Weights p = OwnedInt8Tiles(a);
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, p.tiles), [&](const tbb::blocked_range<int64_t>& r) {
+    const int64_t offset = r.begin() * p.tile_stride;
+    std::memcpy(p.owned.get() + offset, tiles + offset,
+                static_cast<size_t>((r.end() - r.begin()) * p.tile_stride));
+  });
+  return p;
+}
+
+PackedInt8Weights PackInt8Weights(const QuantArgs& a) {
+  PackedInt8Weights p = OwnedInt8Tiles(a);
+  WriteInt8Tiles(a, p, p.owned.get());
+  return p;
+}
+
+void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
+             bool accumulate) {
+  const QuantizedMatrixView& w = *a.w;
+  const int64_t rows = w.rows;
+  const int64_t cols = w.cols;
+  float* y = a.y;
+  if (!accumulate) {
+    for (int64_t i = 0; i < a.n; ++i) y[i * rows + row] = 0.0f;
+  }
+  if (a.compute == ComputeDtype::kFp32) {
+    float buf[kDecodeChunk];
+    for (int64_t k0 = col_begin; k0 < cols; k0 += kDecodeChunk) {
+      const int64_t len = std::min(kDecodeChunk, cols - k0);
+      DequantizeRowRange(w, row, k0, k0 + len, buf);
+      for (int64_t i = 0; i < a.n; ++i) {
+        const float* xi = a.x + i * cols + k0;
+        float sum = 0.0f;
+        for (int64_t k = 0; k < len; ++k) sum += buf[k] * xi[k];
+        y[i * rows + row] += sum;
+      }
+    }
+    return;
+  }
+  const uint8_t* codes = w.codes + row * w.row_bytes;
+  const float* scales = w.scales + row * w.groups_per_row;
+  const uint8_t* zeros = w.zeros ? w.zeros + row * w.groups_per_row : nullptr;
+  const absl::Span<const float> levels =
+      GetQuantFormat(w.spec.type).levels(w.spec.scheme);
+  for (int64_t g = col_begin / w.group_size; g < w.groups_per_row; ++g) {
+    const float zero = zeros ? static_cast<float>(zeros[g]) : 0.0f;
+    for (int64_t i = 0; i < a.n; ++i) {
+      float gsum = 0.0f;
+      float offset = 0.0f;  // int8: off * sum of the group's activations.
+      ForEachBlock(a, g, [&](int64_t b, int64_t bs, int64_t be) {
+        const int64_t len = be - bs;
+        if (a.compute == ComputeDtype::kBf16) {
+          for (int64_t j = 0; j < len; ++j) {
+            const float level = RoundBf16(levels[CodeAt(codes, bs + j, a.bits)]);
+            gsum += (level - zero) *
+                    a.xf[i * cols + bs + BlockPos(j, len, a.bits)];
+          }
+          return;
+        }
+        int32_t dot = 0;
+        for (int64_t j = 0; j < len; ++j) {
+          dot += a.ulevel[CodeAt(codes, bs + j, a.bits)] * a.xq[i * cols + bs + j];
+        }
+        gsum += a.xd[i * a.blocks_per_row + b] * static_cast<float>(dot);
+      });
+      if (a.compute == ComputeDtype::kInt8) {
+        offset = (a.int8_off_base + zero) * a.xs[i * w.groups_per_row + g];
+      }
+      const float s = scales[g] *
+                      (a.compute == ComputeDtype::kInt8 ? a.int8_wscale : 1.0f);
+      y[i * rows + row] += s * (gsum - offset);
+    }
+  }
+}
+
+void DenseBf16RowsRef(const DenseBf16Args& a, int64_t r0, int64_t r1) {
+  for (int64_t i = 0; i < a.n; ++i) {
+    const float* x = a.xf + i * a.cols;
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint16_t* w = a.w + r * a.cols;
+      float s = 0.0f;
+      for (int64_t k = 0; k < a.cols; ++k) s += Bf16ToFloat(w[k]) * x[k];
+      a.y[i * a.rows + r] = s;
+    }
+  }
+}
+
+}  // namespace kernels
+}  // namespace wq
