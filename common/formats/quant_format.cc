@@ -202,23 +202,6 @@ absl::string_view AbslView(std::string_view s) { return {s.data(), s.size()}; }
 
 constexpr int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// A code straddles into the next byte only when bits does not divide 8
-// (3-bit); that byte is then part of the row, since the code ends there.
-inline uint32_t CodeAt(const uint8_t* row, int64_t k, int bits) {
-  const int64_t bit = k * bits;
-  const int shift = static_cast<int>(bit % 8);
-  uint32_t v = row[bit / 8];
-  if (shift + bits > 8) v |= static_cast<uint32_t>(row[bit / 8 + 1]) << 8;
-  return (v >> shift) & ((1u << bits) - 1);
-}
-
-inline void PutCode(uint8_t* row, int64_t k, int bits, uint32_t code) {
-  const int64_t bit = k * bits;
-  const int shift = static_cast<int>(bit % 8);
-  row[bit / 8] |= static_cast<uint8_t>(code << shift);
-  if (shift + bits > 8) row[bit / 8 + 1] |= static_cast<uint8_t>(code >> (8 - shift));
-}
-
 }  // namespace
 
 const QuantFormat& GetQuantFormat(QuantType type) {

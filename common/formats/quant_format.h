@@ -45,6 +45,25 @@ enum class QuantType {
 };
 enum class QuantScheme { kSym, kAsym };
 
+// Code k of a packed row (see Packing above). A code straddles into the next
+// byte only when bits does not divide 8 (3-bit); that byte is then part of the
+// row, since the code ends there.
+inline uint32_t CodeAt(const uint8_t* row, int64_t k, int bits) {
+  const int64_t bit = k * bits;
+  const int shift = static_cast<int>(bit % 8);
+  uint32_t v = row[bit / 8];
+  if (shift + bits > 8) v |= static_cast<uint32_t>(row[bit / 8 + 1]) << 8;
+  return (v >> shift) & ((1u << bits) - 1);
+}
+
+// Ors `code` in as code k of a zeroed packed row.
+inline void PutCode(uint8_t* row, int64_t k, int bits, uint32_t code) {
+  const int64_t bit = k * bits;
+  const int shift = static_cast<int>(bit % 8);
+  row[bit / 8] |= static_cast<uint8_t>(code << shift);
+  if (shift + bits > 8) row[bit / 8 + 1] |= static_cast<uint8_t>(code >> (8 - shift));
+}
+
 // Quantizes one group of n weights into unpacked codes (one per uint8), its
 // scale and, for asym, its zero point (`zero` is untouched for sym).
 // Preconditions: n >= 1, finite weights, scheme supported by the format.

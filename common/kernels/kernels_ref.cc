@@ -18,14 +18,6 @@ namespace {
 // Reference: decoded weights held at once, independent of group size.
 constexpr int64_t kDecodeChunk = 256;
 
-inline uint32_t CodeAt(const uint8_t* row, int64_t k, int bits) {
-  const int64_t bit = k * bits;
-  // Codes of up to 8 bits span at most two bytes.
-  const uint32_t two = row[bit / 8] |
-                       ((bit % 8) + bits > 8 ? row[bit / 8 + 1] << 8 : 0u);
-  return (two >> (bit % 8)) & ((1u << bits) - 1);
-}
-
 // Round to nearest even bf16, returned as the fp32 value.
 inline float RoundBf16(float v) {
   uint32_t u;

@@ -32,6 +32,7 @@ _LIBS = {
     # Debian builds it as a library with OpenSSL, zlib and brotli on; the
     # -D flags from its .pc must match or the classes' layouts differ.
     "httplib": ["cpp-httplib"],
+    "json": ["nlohmann_json"],  # header-only: no flags, declared for the record
 }
 
 # Targets whose users get TSan annotations for Abseil's uninstrumented mutex
