@@ -36,7 +36,7 @@ struct SpmShimApi {
 namespace {
 
 constexpr char kShimName[] = "libwq_spm_shim.so";
-constexpr char kShimRunfilesPath[] = "/wq/common/libwq_spm_shim.so";
+constexpr char kShimRunfilesPath[] = "/wq/common/tokenizer/libwq_spm_shim.so";
 // sentencepiece's default surface for <unk>.
 constexpr char kUnknownSurface[] = " \xE2\x81\x87 ";
 constexpr char kSpaceSymbol[] = "\xE2\x96\x81";  // U+2581 "▁"
@@ -144,7 +144,7 @@ absl::StatusOr<SpmShimApi> OpenShim() {
   }
   return absl::FailedPreconditionError(absl::StrCat(
       "sentencepiece shim ", kShimName,
-      " not found; set WQ_SPM_SHIM or add data = [\"//common:", kShimName,
+      " not found; set WQ_SPM_SHIM or add data = [\"//common/tokenizer:", kShimName,
       "\"]. Tried: ", absl::StrJoin(tried, ", ")));
 }
 

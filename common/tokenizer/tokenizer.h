@@ -7,7 +7,7 @@
 //
 // The shim is found at run time, in this order: $WQ_SPM_SHIM; next to the
 // executable; $RUNFILES_DIR, $TEST_SRCDIR or <executable>.runfiles under
-// wq/common/libwq_spm_shim.so. //common/tokenizer:tokenizer lists the shim as data, so
+// wq/common/tokenizer/libwq_spm_shim.so. //common/tokenizer:tokenizer lists the shim as data, so
 // Bazel targets depending on it get it in their runfiles.
 #ifndef WQ_COMMON_TOKENIZER_H_
 #define WQ_COMMON_TOKENIZER_H_
