@@ -6,6 +6,8 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/quant/block_transform.h"
 #include "common/io/status_macros.h"
 #include "tbb/parallel_for.h"
 
@@ -349,5 +351,28 @@ absl::StatusOr<AwqBlockReport> AwqTransformBlock(const LlamaModel& model,
   for (const absl::Status& s : statuses) RETURN_IF_ERROR(s);
   return report;
 }
+
+namespace {
+
+absl::StatusOr<std::vector<std::string>> AwqBlock(const BlockTransformInputs& inputs,
+                                                  BlockWeights* w) {
+  AwqOptions options;
+  options.spec = inputs.spec;
+  options.skip = inputs.skip;
+  options.cancelled = inputs.cancelled;
+  options.on_stage = inputs.on_stage;
+  ASSIGN_OR_RETURN(AwqBlockReport report,
+                   AwqTransformBlock(*inputs.model, *inputs.acts, options, w));
+  std::vector<std::string> groups;
+  for (const AwqScaleSearch& g : report.groups) {
+    groups.push_back(absl::StrFormat("a=%.2f loss %.3g (a=0: %.3g)", g.ratio,
+                                     g.losses[g.best], g.losses[0]));
+  }
+  return groups;
+}
+
+}  // namespace
+
+const BlockTransform kAwqBlockTransform = {v1::AWQ, "awq", "scale search", &AwqBlock};
 
 }  // namespace wq

@@ -1,15 +1,15 @@
 #include "common/quant/calibrated_transform.h"
 
 #include <algorithm>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "common/quant/awq.h"
 #include "common/io/process_memory.h"
 #include "common/formats/quant_config.h"
 #include "common/io/status_macros.h"
-#include "common/quant/teq.h"
+#include "common/quant/block_transform.h"
 #include "common/tokenizer/tokenizer.h"
 
 namespace wq {
@@ -20,10 +20,14 @@ absl::StatusOr<std::vector<std::string>> RunCalibratedTransform(
     const std::string& data_root, const std::atomic<bool>* cancelled,
     const CalibrationProgressFn& progress) {
   const LlamaConfig& config = model.config();
-  const bool awq = resolved.algorithm() == v1::AWQ;
-  if (!awq && resolved.algorithm() != v1::TEQ) {
-    return absl::InvalidArgumentError("the calibrated transform is for AWQ and TEQ only");
+  const auto row = std::find_if(
+      kBlockTransforms.begin(), kBlockTransforms.end(),
+      [&](const BlockTransform* t) { return t->algorithm == resolved.algorithm(); });
+  if (row == kBlockTransforms.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        v1::Algorithm_Name(resolved.algorithm()), " has no calibrated block transform"));
   }
+  const BlockTransform& transform = **row;
   const int blocks = config.num_hidden_layers;
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
                    Tokenizer::LoadModelDir(model_dir));
@@ -51,46 +55,23 @@ absl::StatusOr<std::vector<std::string>> RunCalibratedTransform(
       model, calibration, cancelled,
       [&](int layer, const LlamaLayerWeights& weights,
           const BlockActivations& acts) -> absl::Status {
-        const CalibrationStageFn on_stage = [&](CalibrationStage stage) {
+        BlockTransformInputs inputs;
+        inputs.model = &model;
+        inputs.acts = &acts;
+        inputs.spec = spec;
+        inputs.skip = skipped(layer);
+        inputs.cancelled = cancelled;
+        inputs.on_stage = [&](CalibrationStage stage) {
           progress(stage, layer, blocks,
                    absl::StrFormat("%s block %d of %d",
-                                   stage == CalibrationStage::kClipSearch ? "clip search"
-                                                                          : (awq ? "scale search"
-                                                                                 : "training"),
+                                   stage == CalibrationStage::kClipSearch
+                                       ? std::string("clip search")
+                                       : std::string(transform.search_stage),
                                    layer + 1, blocks));
         };
         BlockWeights w = BlockWeights::Copy(weights, config);
-        std::vector<std::string> groups;
-        if (awq) {
-          AwqOptions options;
-          options.spec = spec;
-          options.skip = skipped(layer);
-          options.cancelled = cancelled;
-          options.on_stage = on_stage;
-          ASSIGN_OR_RETURN(AwqBlockReport report, AwqTransformBlock(model, acts, options, &w));
-          for (const AwqScaleSearch& g : report.groups) {
-            groups.push_back(absl::StrFormat("a=%.2f loss %.3g (a=0: %.3g)", g.ratio,
-                                             g.losses[g.best], g.losses[0]));
-          }
-        } else {
-          TeqOptions options;
-          options.spec = spec;
-          options.cancelled = cancelled;
-          options.on_stage = on_stage;
-          ASSIGN_OR_RETURN(std::vector<TeqGroupReport> reports,
-                           TeqTransformBlock(config, acts, options, &w));
-          for (const TeqGroupReport& g : reports) {
-            const auto [lo, hi] = std::minmax_element(g.alpha.begin(), g.alpha.end());
-            const std::string init =
-                g.init_ratio < 0 ? ""
-                                 : absl::StrFormat(" -> %.3g (init r=%.2f)", g.init_loss,
-                                                   g.init_ratio);
-            groups.push_back(absl::StrFormat("loss %.3g%s -> %.3g%s, a in [%.3g, %.3g]",
-                                             g.initial_loss, init, g.final_loss,
-                                             g.kept_init ? " (kept the start)" : "", *lo, *hi));
-          }
-        }
-        log.push_back(absl::StrCat(awq ? "awq" : "teq", " block ", layer, ": ",
+        ASSIGN_OR_RETURN(std::vector<std::string> groups, transform.transform(inputs, &w));
+        log.push_back(absl::StrCat(std::string(transform.name), " block ", layer, ": ",
                                    absl::StrJoin(groups, "; ")));
         return emit(layer, w);
       },

@@ -5,6 +5,8 @@
 #include <cstdlib>
 
 #include "Eigen/Core"
+#include "absl/strings/str_format.h"
+#include "common/quant/block_transform.h"
 #include "common/quant/awq.h"
 #include "common/model/llama.h"
 #include "common/io/status_macros.h"
@@ -405,5 +407,35 @@ absl::StatusOr<std::vector<TeqGroupReport>> TeqTransformBlock(const LlamaConfig&
   }
   return reports;
 }
+
+namespace {
+
+// TEQ scales every layer of a group, skipped ones included, and has no clip
+// stage, so inputs.skip does not apply.
+absl::StatusOr<std::vector<std::string>> TeqBlock(const BlockTransformInputs& inputs,
+                                                  BlockWeights* w) {
+  TeqOptions options;
+  options.spec = inputs.spec;
+  options.cancelled = inputs.cancelled;
+  options.on_stage = inputs.on_stage;
+  ASSIGN_OR_RETURN(std::vector<TeqGroupReport> reports,
+                   TeqTransformBlock(inputs.model->config(), *inputs.acts, options, w));
+  std::vector<std::string> groups;
+  for (const TeqGroupReport& g : reports) {
+    const auto [lo, hi] = std::minmax_element(g.alpha.begin(), g.alpha.end());
+    const std::string init =
+        g.init_ratio < 0
+            ? ""
+            : absl::StrFormat(" -> %.3g (init r=%.2f)", g.init_loss, g.init_ratio);
+    groups.push_back(absl::StrFormat("loss %.3g%s -> %.3g%s, a in [%.3g, %.3g]", g.initial_loss,
+                                     init, g.final_loss, g.kept_init ? " (kept the start)" : "",
+                                     *lo, *hi));
+  }
+  return groups;
+}
+
+}  // namespace
+
+const BlockTransform kTeqBlockTransform = {v1::TEQ, "teq", "training", &TeqBlock};
 
 }  // namespace wq
