@@ -172,7 +172,7 @@ struct WeightChoice {
   v1::ScaleDtype scales = v1::SCALE_FP32;
   // Dense rows: the checkpoint's dtype and how it is served.
   DType checkpoint = DType::kF32;
-  Bf16Weights served = Bf16Weights::kToF32;
+  HalfWeights served = HalfWeights::kToF32;
 };
 // The _bf16scale rows store 16-bit scales, as llama.cpp's Q4_0 and Q8_0 do.
 // Dense rows load the unquantized checkpoint as inference_service does
@@ -181,9 +181,9 @@ struct WeightChoice {
 const WeightChoice kWeightChoices[] = {
     {"fp32", true, v1::WEIGHT_DTYPE_UNSPECIFIED, v1::SYM},
     {"bf16", true, v1::WEIGHT_DTYPE_UNSPECIFIED, v1::SYM, v1::SCALE_FP32, DType::kBF16,
-     Bf16Weights::kServeBf16},
+     HalfWeights::kServeAsStored},
     {"bf16_as_fp32", true, v1::WEIGHT_DTYPE_UNSPECIFIED, v1::SYM, v1::SCALE_FP32, DType::kBF16,
-     Bf16Weights::kToF32},
+     HalfWeights::kToF32},
     {"int4_clip_sym", false, v1::INT4_CLIP, v1::SYM},
     {"int4_clip_sym_bf16scale", false, v1::INT4_CLIP, v1::SYM, v1::SCALE_BF16},
     {"int4_asym", false, v1::INT4_CLIP, v1::ASYM},
@@ -737,7 +737,7 @@ absl::Status Run() {
       const WeightChoice* w = FindWeights(wname);
       if (w == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown weights ", wname));
       if (w->dense) {
-        const char* compute = w->served == Bf16Weights::kServeBf16 ? "bf16" : "fp32";
+        const char* compute = w->served == HalfWeights::kServeAsStored ? "bf16" : "fp32";
         Row row{shape, wname, compute, compute};
         ASSIGN_OR_RETURN(const std::string dense_dir, ModelDir(shape, w->checkpoint));
         const absl::Time start = absl::Now();

@@ -230,13 +230,13 @@ absl::StatusOr<v1::ModelInfo> ModelManager::Load(const std::string& name) {
     if (!resolved.ok()) return resolved.status();
     // Files are opened beneath the model root, not through the real path;
     // copied, as artifacts are, so that a truncated file cannot SIGBUS us.
-    // bf16 matrices are served from that copy as stored (bf16 compute).
+    // bf16 and f16 matrices are served from that copy as stored.
     const RootedPath dir(registry_.root(), name);
     ASSIGN_OR_RETURN(weights,
-                     LoadLlamaModelDir(dir, FileBacking::kCopied, Bf16Weights::kServeBf16));
+                     LoadLlamaModelDir(dir, FileBacking::kCopied, HalfWeights::kServeAsStored));
     info.set_quantized(false);
     info.set_source_model_id(name);
-    info.set_bits_per_weight(weights->embed.dense_bf16() != nullptr ? 16 : 32);
+    info.set_bits_per_weight(weights->embed.dense() == nullptr ? 16 : 32);
     tokenizer_dir = dir;
   }
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::LoadModelDir(tokenizer_dir);

@@ -258,6 +258,43 @@ TEST_P(KernelsTest, DenseBf16MatchesReference) {
   }
 }
 
+// f16 W widened exactly: every ISA within reassociation of the reference,
+// and the reference within fp32 summation error of the exact product.
+TEST_P(KernelsTest, DenseF16MatchesReference) {
+  const Isa isa = GetParam();
+  constexpr int64_t kRows = 37;
+  for (int64_t cols : {1, 15, 64, 172, 4128}) {
+    for (int64_t n : {1, 3, 5, 16}) {
+      SCOPED_TRACE(testing::Message() << IsaName(isa) << " cols " << cols << " n " << n);
+      const auto values = Random(kRows * cols, 3);
+      std::vector<uint16_t> w(values.size());
+      for (size_t i = 0; i < w.size(); ++i) w[i] = FloatToF16(values[i]);
+      const auto x = Random(n * cols, 4);
+      std::vector<float> got(n * kRows, -123.0f), ref(n * kRows, -123.0f);
+      {
+        ScopedIsaOverride forced(isa);
+        MatMulF16(w.data(), kRows, cols, x.data(), n, got.data());
+      }
+      {
+        ScopedIsaOverride scalar(Isa::kScalar);
+        MatMulF16(w.data(), kRows, cols, x.data(), n, ref.data());
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t r = 0; r < kRows; ++r) {
+          double exact = 0.0, abs = 0.0;
+          for (int64_t k = 0; k < cols; ++k) {
+            const double product = double{F16ToFloat(w[r * cols + k])} * x[i * cols + k];
+            exact += product;
+            abs += std::fabs(product);
+          }
+          ASSERT_NEAR(got[i * kRows + r], ref[i * kRows + r], 1e-5 * abs + 1e-30) << "row " << r;
+          ASSERT_NEAR(ref[i * kRows + r], exact, 1e-5 * abs + 1e-30) << "row " << r;
+        }
+      }
+    }
+  }
+}
+
 // Weights packed once at load (PackWeights) give exactly what a per-call
 // packing gives, for every format and compute dtype the packed kernels take
 // (fp32 and bf16 scales, whose tiles store them in 2 bytes). So do the same

@@ -171,10 +171,11 @@ PackedInt8Weights CopyInt8Tiles(const QuantArgs& a, const uint8_t* tiles);
 void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
              bool accumulate);
 
-// One dense bf16 product y[n, rows] = x · W^T (matmul.h MatMulBf16): W as
-// bf16 bits [rows, cols], x rounded to bf16 once per call, as floats (xf)
-// and as bits (xb16), both [n, cols].
-struct DenseBf16Args {
+// One dense 16-bit float product y[n, rows] = x · W^T (matmul.h MatMulBf16,
+// MatMulF16): W as bf16 or f16 bits [rows, cols]; x [n, cols] as floats
+// (xf) — for bf16 rounded to bf16 once per call and also as bits (xb16), for
+// f16 as given (xb16 null).
+struct Dense16Args {
   const uint16_t* w = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
@@ -185,8 +186,9 @@ struct DenseBf16Args {
 };
 
 // y rows [r0, r1) of that product in the scalar reference arithmetic: the
-// exact products of bf16 values summed in fp32, column after column.
-void DenseBf16RowsRef(const DenseBf16Args& a, int64_t r0, int64_t r1);
+// exact products of the widened W and xf summed in fp32, column after column.
+void DenseBf16RowsRef(const Dense16Args& a, int64_t r0, int64_t r1);
+void DenseF16RowsRef(const Dense16Args& a, int64_t r0, int64_t r1);
 
 struct KernelTable {
   // y rows [r0, r1) of a quantized matmul (r0 a multiple of 2 * kTileRows,
@@ -201,8 +203,9 @@ struct KernelTable {
   void (*f32_rows)(const float* w, int64_t rows, int64_t cols, const float* x,
                    int64_t n, float* y, int64_t r0, int64_t r1);
   QuantizeBlocksFn quantize_blocks;
-  // Rows [r0, r1) of a dense bf16 product (kernels_dense_bf16.h).
-  void (*dense_bf16_rows)(const DenseBf16Args& a, int64_t r0, int64_t r1);
+  // Rows [r0, r1) of a dense bf16 / f16 product (kernels_dense16.h).
+  void (*dense_bf16_rows)(const Dense16Args& a, int64_t r0, int64_t r1);
+  void (*dense_f16_rows)(const Dense16Args& a, int64_t r0, int64_t r1);
 };
 
 // Defined by the kernels_<isa>.cc units (each compiled for its ISA only).

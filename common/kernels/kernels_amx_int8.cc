@@ -21,7 +21,7 @@
 #include <new>
 
 #include "common/kernels/kernels.h"
-#include "common/kernels/kernels_dense_bf16.h"
+#include "common/kernels/kernels_dense16.h"
 #include "common/kernels/kernels_simd.h"
 
 namespace wq {
@@ -359,7 +359,7 @@ void AmxInt8Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
 }
 
 constexpr KernelTable MakeAmxTable() {
-  KernelTable t = WithDenseBf16<VecZmm>(MakeTable<VecZmm, DotAvx512Vnni>());
+  KernelTable t = WithDense16<VecZmm>(MakeTable<VecZmm, DotAvx512Vnni>());
   t.quant_rows[static_cast<int>(ComputeDtype::kInt8)] = &AmxInt8Rows;
   t.int8_tile_min_rows = kMinRows;
   return t;

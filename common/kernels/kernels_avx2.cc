@@ -1,7 +1,7 @@
 // Kernels for ISA level "avx2"; compiled with that level's -m flags only
 // (see //common/kernels:kernels_avx2) and called only after dispatch checked the CPU.
 #include "common/kernels/kernels.h"
-#include "common/kernels/kernels_dense_bf16.h"
+#include "common/kernels/kernels_dense16.h"
 #include "common/kernels/kernels_simd.h"
 
 namespace wq {
@@ -9,7 +9,7 @@ namespace kernels {
 
 const KernelTable& Avx2Kernels() {
   static constexpr KernelTable kTable =
-      WithDenseBf16<VecYmm>(MakeTable<VecYmm, DotAvx2>());
+      WithDense16<VecYmm>(MakeTable<VecYmm, DotAvx2>());
   return kTable;
 }
 

@@ -472,16 +472,29 @@ void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
   }
 }
 
-void DenseBf16RowsRef(const DenseBf16Args& a, int64_t r0, int64_t r1) {
+namespace {
+
+template <float (*Widen)(uint16_t)>
+void Dense16RowsRef(const Dense16Args& a, int64_t r0, int64_t r1) {
   for (int64_t i = 0; i < a.n; ++i) {
     const float* x = a.xf + i * a.cols;
     for (int64_t r = r0; r < r1; ++r) {
       const uint16_t* w = a.w + r * a.cols;
       float s = 0.0f;
-      for (int64_t k = 0; k < a.cols; ++k) s += Bf16ToFloat(w[k]) * x[k];
+      for (int64_t k = 0; k < a.cols; ++k) s += Widen(w[k]) * x[k];
       a.y[i * a.rows + r] = s;
     }
   }
+}
+
+}  // namespace
+
+void DenseBf16RowsRef(const Dense16Args& a, int64_t r0, int64_t r1) {
+  Dense16RowsRef<Bf16ToFloat>(a, r0, r1);
+}
+
+void DenseF16RowsRef(const Dense16Args& a, int64_t r0, int64_t r1) {
+  Dense16RowsRef<F16ToFloat>(a, r0, r1);
 }
 
 }  // namespace kernels

@@ -136,9 +136,17 @@ void MatMulBf16(const uint16_t* w, int64_t rows, int64_t cols, const float* x, i
       xb16[i] = FloatToBf16(x[i]);
       xf[i] = Bf16ToFloat(xb16[i]);
     }
-    const kernels::DenseBf16Args args{w, rows, cols, n, xf.data(), xb16.data(), y};
+    const kernels::Dense16Args args{w, rows, cols, n, xf.data(), xb16.data(), y};
     ParallelRows({rows}, n, [&](size_t, int64_t r0, int64_t r1) { rows_fn(args, r0, r1); });
   });
+}
+
+void MatMulF16(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t n,
+               float* y) {
+  const KernelTable* table = ActiveTable();
+  const auto rows_fn = table != nullptr ? table->dense_f16_rows : &kernels::DenseF16RowsRef;
+  const kernels::Dense16Args args{w, rows, cols, n, x, nullptr, y};
+  ParallelRows({rows}, n, [&](size_t, int64_t r0, int64_t r1) { rows_fn(args, r0, r1); });
 }
 
 std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,

@@ -27,9 +27,15 @@ void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
 // Same with a dense bfloat16 W (bits, [rows, cols] row-major), as an
 // unquantized bf16 checkpoint stores it: x is rounded to bf16 (nearest even)
 // and the exact products are summed in fp32 — with vdpbf16ps where the CPU
-// has AVX512_BF16, else by widening W to fp32 (kernels_dense_bf16.h).
+// has AVX512_BF16, else by widening W to fp32 (kernels_dense16.h).
 void MatMulBf16(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t n,
                 float* y);
+
+// Same with a dense IEEE half W (an f16 checkpoint as stored): W widened to
+// fp32 (exact) and multiplied with x as it is, in fp32 — the arithmetic of the
+// checkpoint converted to fp32, without the copy.
+void MatMulF16(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t n,
+               float* y);
 
 // Same with a quantized W. Decodes W a bounded chunk at a time (never the whole
 // fp32 matrix); `w` must be valid (see ValidateQuantizedMatrixView).

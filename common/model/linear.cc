@@ -22,6 +22,14 @@ LinearWeight LinearWeight::DenseBf16(const uint16_t* w, int64_t rows, int64_t co
   return l;
 }
 
+LinearWeight LinearWeight::DenseF16(const uint16_t* w, int64_t rows, int64_t cols) {
+  LinearWeight l;
+  l.dense_f16_ = w;
+  l.rows_ = rows;
+  l.cols_ = cols;
+  return l;
+}
+
 LinearWeight LinearWeight::Quantized(const QuantizedMatrixView& view, ComputeDtype compute,
                                      std::shared_ptr<const PackedWeights> packed) {
   LinearWeight l;
@@ -35,7 +43,9 @@ LinearWeight LinearWeight::Quantized(const QuantizedMatrixView& view, ComputeDty
 
 int64_t LinearWeight::storage_bytes() const {
   if (dense_ != nullptr) return rows_ * cols_ * static_cast<int64_t>(sizeof(float));
-  if (dense_bf16_ != nullptr) return rows_ * cols_ * static_cast<int64_t>(sizeof(uint16_t));
+  if (dense_bf16_ != nullptr || dense_f16_ != nullptr) {
+    return rows_ * cols_ * static_cast<int64_t>(sizeof(uint16_t));
+  }
   if (packed_ != nullptr) return PackedBytes(*packed_);  // e.g. bf16 scales in 2 bytes
   const int64_t groups = quantized_.rows * quantized_.groups_per_row;
   return quantized_.rows * quantized_.row_bytes +
@@ -48,6 +58,8 @@ void LinearWeight::Forward(const float* x, int64_t n, float* y) const {
     MatMulQuantized(quantized_, x, n, y, compute_, packed_.get());
   } else if (dense_bf16_ != nullptr) {
     MatMulBf16(dense_bf16_, rows_, cols_, x, n, y);
+  } else if (dense_f16_ != nullptr) {
+    MatMulF16(dense_f16_, rows_, cols_, x, n, y);
   } else {
     MatMulF32(dense_, rows_, cols_, x, n, y);
   }

@@ -1,6 +1,7 @@
-// The weight of one linear layer: dense fp32, dense bf16 (an unquantized
-// bf16 checkpoint served as stored) or quantized. All are non-owning views (into a mapped file or a buffer kept alive elsewhere), so
-// the forward pass never holds a second fp32 copy of quantized weights.
+// The weight of one linear layer: dense fp32, dense bf16 or f16 (an
+// unquantized 16-bit checkpoint served as stored) or quantized. All are
+// non-owning views (into a mapped file or a buffer kept alive elsewhere), so
+// the forward pass never holds a second fp32 copy of the weights.
 #ifndef WQ_COMMON_LINEAR_H_
 #define WQ_COMMON_LINEAR_H_
 
@@ -21,6 +22,8 @@ class LinearWeight {
   static LinearWeight Dense(const float* w, int64_t rows, int64_t cols);
   // w is bf16 bits, same layout; Forward computes in bf16 (MatMulBf16).
   static LinearWeight DenseBf16(const uint16_t* w, int64_t rows, int64_t cols);
+  // w is IEEE half bits, same layout; Forward computes in fp32 (MatMulF16).
+  static LinearWeight DenseF16(const uint16_t* w, int64_t rows, int64_t cols);
   // Computes in `compute`, from `packed` when given (kept by the weight),
   // else from the layout PackWeights(view, compute) builds, if any.
   static LinearWeight Quantized(const QuantizedMatrixView& view,
@@ -29,10 +32,13 @@ class LinearWeight {
 
   int64_t out_features() const { return rows_; }
   int64_t in_features() const { return cols_; }
-  bool quantized() const { return dense_ == nullptr && dense_bf16_ == nullptr; }
+  bool quantized() const {
+    return dense_ == nullptr && dense_bf16_ == nullptr && dense_f16_ == nullptr;
+  }
   // The dense weight, or null when it is another kind.
   const float* dense() const { return dense_; }
   const uint16_t* dense_bf16() const { return dense_bf16_; }
+  const uint16_t* dense_f16() const { return dense_f16_; }
   const QuantizedMatrixView& quantized_view() const { return quantized_; }
   // Arithmetic of quantized Forward (dense weights compute in their dtype).
   ComputeDtype compute_dtype() const { return compute_; }
@@ -42,7 +48,7 @@ class LinearWeight {
   // Bytes the kernels read per product: the packed copy's when there is one
   // (its scales may be 2 bytes; columns past whole groups of 32-blocks, read
   // from the view, are not counted: Llama's shapes have none), else the
-  // view's codes, fp32 scales and zeros (or the dense fp32 / bf16 matrix).
+  // view's codes, fp32 scales and zeros (or the dense fp32 / 16-bit matrix).
   int64_t storage_bytes() const;
 
   // y[n, out_features] = x[n, in_features] · W^T
@@ -56,6 +62,7 @@ class LinearWeight {
  private:
   const float* dense_ = nullptr;
   const uint16_t* dense_bf16_ = nullptr;
+  const uint16_t* dense_f16_ = nullptr;
   QuantizedMatrixView quantized_{};
   int64_t rows_ = 0;
   int64_t cols_ = 0;

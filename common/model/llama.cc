@@ -91,14 +91,17 @@ void EmbeddingRow(const LinearWeight& embed, int64_t token, float* out) {
   if (embed.dense_bf16() != nullptr) {
     std::transform(embed.dense_bf16() + token * hidden, embed.dense_bf16() + (token + 1) * hidden,
                    out, Bf16ToFloat);
+  } else if (embed.dense_f16() != nullptr) {
+    std::transform(embed.dense_f16() + token * hidden, embed.dense_f16() + (token + 1) * hidden,
+                   out, F16ToFloat);
   } else {
     std::copy_n(embed.dense() + token * hidden, hidden, out);
   }
 }
 
 absl::Status CheckpointSource::Open(const RootedPath& dir, FileBacking backing,
-                                    Bf16Weights bf16) {
-  bf16_ = bf16;
+                                    HalfWeights half) {
+  half_ = half;
   ASSIGN_OR_RETURN(std::vector<RootedPath> paths, CheckpointFiles(dir));
   for (const RootedPath& path : paths) {
     ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path, backing));
@@ -138,14 +141,18 @@ absl::StatusOr<LinearWeight> CheckpointSource::DenseMatrix(absl::string_view ten
                                                            int64_t rows, int64_t cols) {
   auto it = by_name_.find(std::string(tensor));
   const TensorInfo* info = it != by_name_.end() ? it->second->Find(std::string(tensor)) : nullptr;
-  if (bf16_ == Bf16Weights::kServeBf16 && info != nullptr && info->dtype == DType::kBF16) {
+  if (half_ == HalfWeights::kServeAsStored && info != nullptr &&
+      (info->dtype == DType::kBF16 || info->dtype == DType::kF16)) {
     const int64_t shape[] = {rows, cols};
-    ASSIGN_OR_RETURN(info, it->second->Get(std::string(tensor), DType::kBF16, shape));
+    const DType dtype = info->dtype;
+    ASSIGN_OR_RETURN(info, it->second->Get(std::string(tensor), dtype, shape));
     const uint8_t* bytes = it->second->data(*info);
     // Safetensors writers align tensors; one that is not is converted below.
     if (reinterpret_cast<uintptr_t>(bytes) % alignof(uint16_t) == 0) {
       used_.insert(std::string(tensor));
-      return LinearWeight::DenseBf16(reinterpret_cast<const uint16_t*>(bytes), rows, cols);
+      const auto* w = reinterpret_cast<const uint16_t*>(bytes);
+      return dtype == DType::kBF16 ? LinearWeight::DenseBf16(w, rows, cols)
+                                   : LinearWeight::DenseF16(w, rows, cols);
     }
   }
   return WeightSource::DenseMatrix(tensor, rows, cols);
@@ -185,7 +192,8 @@ int64_t LlamaWeights::StorageBytes() const {
     }
   }
   const bool tied = !lm_head.quantized() && lm_head.dense() == embed.dense() &&
-                    lm_head.dense_bf16() == embed.dense_bf16();
+                    lm_head.dense_bf16() == embed.dense_bf16() &&
+                    lm_head.dense_f16() == embed.dense_f16();
   if (!tied) bytes += lm_head.storage_bytes();
   return bytes;
 }
@@ -248,10 +256,10 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BuildLlamaWeights(
 }
 
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
-    const RootedPath& dir, FileBacking backing, Bf16Weights bf16) {
+    const RootedPath& dir, FileBacking backing, HalfWeights half) {
   ASSIGN_OR_RETURN(LlamaConfig config, LoadModelDirConfig(dir));
   auto source = std::make_shared<CheckpointSource>();
-  RETURN_IF_ERROR(source->Open(dir, backing, bf16));
+  RETURN_IF_ERROR(source->Open(dir, backing, half));
   ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
                    BuildLlamaWeights(config, source));
   RETURN_IF_ERROR(source->CheckAllUsed());

@@ -57,17 +57,18 @@ class WeightSource {
                                               int64_t in_features) = 0;
 };
 
-// What an unquantized checkpoint's bf16 matrices (linears, embedding) become:
-// fp32 copies, for tools that read or transform them as fp32; or served as
-// stored, computed in bf16 (MatMulBf16): half the memory of fp32 and no
-// copy beyond the file's own. f16 matrices become fp32 either way (f16 to
-// bf16 would drop 3 significand bits), as do vectors (norms, biases).
-enum class Bf16Weights { kToF32, kServeBf16 };
+// What an unquantized checkpoint's bf16 and f16 matrices (linears,
+// embedding) become: fp32 copies, for tools that read or transform them as
+// fp32; or served as stored: half the memory of fp32 and no copy beyond the
+// file's own, bf16 computed in bf16 (MatMulBf16), f16 widened to fp32 in the
+// kernel (MatMulF16). Vectors (norms, biases) become fp32 either way.
+enum class HalfWeights { kToF32, kServeAsStored };
 
 // The tensors of an unquantized Hugging Face checkpoint directory: the
 // safetensors files model.safetensors.index.json names (or every
-// *.safetensors without one), mapped; fp32 tensors are used in place, f16
-// ones and (per Bf16Weights) bf16 ones converted into owned fp32 copies.
+// *.safetensors without one), mapped; fp32 tensors are used in place, bf16
+// and f16 ones converted into owned fp32 copies or (per HalfWeights)
+// matrices used in place.
 // Remembers which tensors were
 // used, so that a checkpoint holding tensors the description does not consume
 // is refused rather than served without them.
@@ -77,12 +78,12 @@ class CheckpointSource : public WeightSource {
   // keeps memory bounded for a tool streaming the checkpoint, kCopied makes a
   // server immune to the files changing under it.
   absl::Status Open(const RootedPath& dir, FileBacking backing,
-                    Bf16Weights bf16 = Bf16Weights::kToF32);
+                    HalfWeights half = HalfWeights::kToF32);
   absl::StatusOr<const float*> F32(absl::string_view tensor,
                                    absl::Span<const int64_t> shape) override;
   bool Has(absl::string_view module) override;
-  // With kServeBf16, an aligned BF16 tensor as DenseBf16 in place (in the
-  // file as `backing` holds it); otherwise fp32.
+  // With kServeAsStored, an aligned BF16 or F16 tensor as DenseBf16 /
+  // DenseF16 in place (in the file as `backing` holds it); otherwise fp32.
   absl::StatusOr<LinearWeight> DenseMatrix(absl::string_view tensor, int64_t rows,
                                            int64_t cols) override;
   absl::StatusOr<LinearWeight> Linear(absl::string_view module, int64_t out_features,
@@ -103,7 +104,7 @@ class CheckpointSource : public WeightSource {
     const TensorInfo* info;
     F32Tensor tensor;
   };
-  Bf16Weights bf16_ = Bf16Weights::kToF32;
+  HalfWeights half_ = HalfWeights::kToF32;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, SafetensorsFile*, std::less<>> by_name_;
   std::set<std::string> used_;
@@ -148,12 +149,12 @@ absl::StatusOr<LinearWeight> LoadLmHead(const LlamaConfig& config, WeightSource&
 
 // Loads an unquantized Hugging Face model directory (config.json and
 // *.safetensors, each opened by OpenForRead under the directory's root);
-// F32 tensors (and with kServeBf16, BF16 matrices) are used in place from the
+// F32 tensors (and with kServeAsStored, BF16 and F16 matrices) are used in place from the
 // files as `backing` holds them (other tensors are converted into memory the
 // weights own).
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
     const RootedPath& dir, FileBacking backing = FileBacking::kMapped,
-    Bf16Weights bf16 = Bf16Weights::kToF32);
+    HalfWeights half = HalfWeights::kToF32);
 
 // Element type of the KV cache: bf16 halves its memory (and the bytes
 // attention reads) at ~3 significant digits per stored key and value.

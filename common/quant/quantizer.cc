@@ -327,7 +327,7 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   // The embedding stays for calibration's inputs and a tied lm_head.
   std::vector<float> embedding;
   {
-    // The quantizer's checkpoint converts to fp32 (Bf16Weights::kToF32).
+    // The quantizer's checkpoint converts to fp32 (HalfWeights::kToF32).
     ASSIGN_OR_RETURN(const LinearWeight loaded, LoadEmbedding(mc, checkpoint));
     const float* embed = loaded.dense();
     RETURN_IF_ERROR(tensors.AddEmbedding(mc, embed));

@@ -1,11 +1,14 @@
-// Dense bf16 W (an unquantized bf16 checkpoint served as stored) times x
-// rounded to bf16, accumulated in fp32: kernels.h DenseBf16Args. Included by
+// Dense 16-bit float W (an unquantized bf16 or f16 checkpoint served as
+// stored) times x, accumulated in fp32: kernels.h Dense16Args. Included by
 // kernels_<isa>.cc after kernels_simd.h; anonymous namespace for the same
-// reason as kernels_impl.h. With AVX512_BF16 one vdpbf16ps multiplies 32
+// reason as kernels_impl.h.
+// bf16: x is rounded to bf16. With AVX512_BF16 one vdpbf16ps multiplies 32
 // columns (adjacent pairs per fp32 lane, so W and x stay in natural order);
 // without it W is widened to fp32 (a shift by 16) and multiplied by FMA with
 // the bf16-rounded x, the same exact products in the same fp32 sums as the
 // scalar reference up to reassociation.
+// f16: W is widened to fp32 (F16C's vcvtph2ps, exact) and multiplied by FMA
+// with x as it is: fp32 arithmetic on the stored weights.
 #ifndef WQ_COMMON_KERNELS_DENSE_BF16_H_
 #define WQ_COMMON_KERNELS_DENSE_BF16_H_
 
@@ -15,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/formats/bf16.h"
 #include "common/kernels/kernels.h"
 #include "common/kernels/kernels_impl.h"
 #include "common/kernels/kernels_simd.h"
@@ -29,6 +33,8 @@ inline float Bf16BitsToFloat(uint16_t b) {
   std::memcpy(&f, &u, sizeof(f));
   return f;
 }
+
+inline float F16BitsToFloat(uint16_t b) { return F16ToFloat(b); }
 
 // V::kLanes bf16 values widened to V's fp32 lanes.
 template <class V>
@@ -46,6 +52,19 @@ inline typename V::F WidenBf16(const uint16_t* p) {
   }
 }
 
+// V::kLanes f16 values converted to V's fp32 lanes.
+template <class V>
+inline typename V::F WidenF16(const uint16_t* p) {
+#ifdef __AVX512F__
+  if constexpr (V::kLanes == 16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  } else
+#endif
+  {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+}
+
 // One multiply-accumulate step over kCols columns: W widened to fp32 lanes
 // and FMA with x as bf16-rounded floats.
 template <class V>
@@ -60,6 +79,14 @@ struct WidenBf16Step {
   static XVec LoadX(const float* xf, const uint16_t*) { return V::Load(xf); }
   static Acc Mac(Acc acc, WVec w, XVec x) { return V::Fma(w, x, acc); }
   static float Sum(Acc acc) { return V::Sum(acc); }
+  static float Scalar(uint16_t w) { return Bf16BitsToFloat(w); }
+};
+
+// The same for f16 W and x as it is.
+template <class V>
+struct WidenF16Step : WidenBf16Step<V> {
+  static typename V::F LoadW(const uint16_t* p) { return WidenF16<V>(p); }
+  static float Scalar(uint16_t w) { return F16BitsToFloat(w); }
 };
 
 #ifdef __AVX512BF16__
@@ -79,13 +106,14 @@ struct Dpbf16Step {
   }
   static Acc Mac(Acc acc, WVec w, XVec x) { return _mm512_dpbf16_ps(acc, w, x); }
   static float Sum(Acc acc) { return _mm512_reduce_add_ps(acc); }
+  static float Scalar(uint16_t w) { return Bf16BitsToFloat(w); }
 };
 #endif  // __AVX512BF16__
 
 // out[j][t] = dot(w[j], x row t) over columns [0, len), len a multiple of
 // S::kCols: R rows of W by NR rows of x in registers.
 template <class S, int R, int NR>
-inline void DenseBf16Micro(const uint16_t* const* w, const float* const* xf,
+inline void Dense16Micro(const uint16_t* const* w, const float* const* xf,
                            const uint16_t* const* xb, int64_t len, float (*out)[S::kNr]) {
   typename S::Acc acc[R][NR];
   #pragma GCC unroll 8
@@ -109,10 +137,10 @@ inline void DenseBf16Micro(const uint16_t* const* w, const float* const* xf,
     for (int t = 0; t < NR; ++t) out[j][t] = S::Sum(acc[j][t]);
 }
 
-// y rows [r0, r1) of a dense bf16 product; columns past the last whole
+// y rows [r0, r1) of a dense 16-bit product; columns past the last whole
 // S::kCols step in scalar fp32 as the reference does.
 template <class S>
-void DenseBf16Rows(const DenseBf16Args& a, int64_t r0, int64_t r1) {
+void Dense16Rows(const Dense16Args& a, int64_t r0, int64_t r1) {
   const int64_t len = a.cols / S::kCols * S::kCols;
   for (int64_t r = r0; r < r1; r += kRowBlock) {
     const int rb = static_cast<int>(std::min<int64_t>(kRowBlock, r1 - r));
@@ -124,19 +152,19 @@ void DenseBf16Rows(const DenseBf16Args& a, int64_t r0, int64_t r1) {
       const uint16_t* xb[S::kNr];
       for (int t = 0; t < nb; ++t) {
         xf[t] = a.xf + (i0 + t) * a.cols;
-        xb[t] = a.xb16 + (i0 + t) * a.cols;
+        xb[t] = a.xb16 != nullptr ? a.xb16 + (i0 + t) * a.cols : nullptr;
       }
       float out[kRowBlock][S::kNr];
       WithCount<kRowBlock>(rb, [&](auto r_const) {
         WithCount<S::kNr>(nb, [&](auto nr_const) {
-          DenseBf16Micro<S, decltype(r_const)::value, decltype(nr_const)::value>(wr, xf, xb,
+          Dense16Micro<S, decltype(r_const)::value, decltype(nr_const)::value>(wr, xf, xb,
                                                                                  len, out);
         });
       });
       for (int j = 0; j < rb; ++j) {
         for (int t = 0; t < nb; ++t) {
           float s = out[j][t];
-          for (int64_t k = len; k < a.cols; ++k) s += Bf16BitsToFloat(wr[j][k]) * xf[t][k];
+          for (int64_t k = len; k < a.cols; ++k) s += S::Scalar(wr[j][k]) * xf[t][k];
           a.y[(i0 + t) * a.rows + r + j] = s;
         }
       }
@@ -144,15 +172,17 @@ void DenseBf16Rows(const DenseBf16Args& a, int64_t r0, int64_t r1) {
   }
 }
 
-// The table with its dense bf16 entry: vdpbf16ps where this unit is
-// compiled for AVX512_BF16, else widening to V's fp32 lanes.
+// The table with its dense 16-bit entries: bf16 by vdpbf16ps where this
+// unit is compiled for AVX512_BF16, else widening to V's fp32 lanes; f16 by
+// widening.
 template <class V>
-constexpr KernelTable WithDenseBf16(KernelTable t) {
+constexpr KernelTable WithDense16(KernelTable t) {
 #ifdef __AVX512BF16__
-  t.dense_bf16_rows = &DenseBf16Rows<Dpbf16Step>;
+  t.dense_bf16_rows = &Dense16Rows<Dpbf16Step>;
 #else
-  t.dense_bf16_rows = &DenseBf16Rows<WidenBf16Step<V>>;
+  t.dense_bf16_rows = &Dense16Rows<WidenBf16Step<V>>;
 #endif
+  t.dense_f16_rows = &Dense16Rows<WidenF16Step<V>>;
   return t;
 }
 

@@ -1,8 +1,9 @@
-// An unquantized bf16 checkpoint served as stored (Bf16Weights::kServeBf16:
-// bf16 linears, embedding and lm_head, bf16 compute) against the same
-// checkpoint converted to fp32 (the path the service took before): the same
-// greedy tokens and logits within bf16 activation rounding on stories260K,
-// and about half the memory on a larger synthetic model.
+// An unquantized bf16 or f16 checkpoint served as stored
+// (HalfWeights::kServeAsStored: 16-bit linears, embedding and lm_head; bf16
+// compute for bf16, fp32 for f16) against the same checkpoint converted to
+// fp32 (the path the service took before): the same greedy tokens and logits
+// within bf16 activation rounding (f16: within fp32 reassociation) on
+// stories260K, and about half the memory on a larger synthetic model.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -46,23 +47,30 @@ std::vector<int> Greedy(const LlamaModel& model, const std::vector<int>& prompt,
   return std::vector<int>(seq.begin() + prompt.size(), seq.end());
 }
 
-TEST(DenseBf16Model, Stories260KServedAsBf16MatchesItsFp32Conversion) {
-  // Two shards of bf16, as Hugging Face writes them.
-  const std::string dir = ::testing::TempDir() + "/stories260K_bf16";
-  ASSERT_TRUE(WriteRoundedCopy(kStories, dir, DType::kBF16, /*sharded=*/true).ok());
-  auto served = LoadLlamaModelDir(dir, FileBacking::kCopied, Bf16Weights::kServeBf16);
+// The 16-bit matrix of `l` in `dtype`, null when it is another kind.
+const uint16_t* Dense16(const LinearWeight& l, DType dtype) {
+  return dtype == DType::kBF16 ? l.dense_bf16() : l.dense_f16();
+}
+
+// stories260K in `dtype` (two shards, as Hugging Face writes them) served as
+// stored against its fp32 conversion; logits within `tolerance` of the
+// largest |logit|.
+void ExpectServedMatchesConverted(DType dtype, double tolerance) {
+  const std::string dir = ::testing::TempDir() + "/stories260K_" + std::string(DTypeName(dtype));
+  ASSERT_TRUE(WriteRoundedCopy(kStories, dir, dtype, /*sharded=*/true).ok());
+  auto served = LoadLlamaModelDir(dir, FileBacking::kCopied, HalfWeights::kServeAsStored);
   ASSERT_TRUE(served.ok()) << served.status();
   auto converted = LoadLlamaModelDir(dir, FileBacking::kCopied);
   ASSERT_TRUE(converted.ok()) << converted.status();
-  // Every matrix stays bf16: the linears, the embedding and the tied or
+  // Every matrix stays 16-bit: the linears, the embedding and the tied or
   // separate lm_head.
   const LlamaWeights& w = **served;
-  EXPECT_NE(w.embed.dense_bf16(), nullptr);
-  EXPECT_NE(w.lm_head.dense_bf16(), nullptr);
+  EXPECT_NE(Dense16(w.embed, dtype), nullptr);
+  EXPECT_NE(Dense16(w.lm_head, dtype), nullptr);
   for (const LlamaLayerWeights& layer : w.layers) {
     for (const LinearWeight& l : layer.linear) {
       if (l.out_features() > 0) {
-        EXPECT_NE(l.dense_bf16(), nullptr);
+        EXPECT_NE(Dense16(l, dtype), nullptr);
       }
     }
   }
@@ -93,25 +101,35 @@ TEST(DenseBf16Model, Stories260KServedAsBf16MatchesItsFp32Conversion) {
       worst = std::max(worst, static_cast<double>(std::abs(logits[i] - reference_logits[i])));
       largest = std::max(largest, static_cast<double>(std::abs(reference_logits[i])));
     }
-    std::printf("%s: bf16 compute moves logits by at most %.4f (largest |logit| %.2f) over %d "
-                "greedy steps\n",
-                std::string(IsaName(isa)).c_str(), worst, largest, tokens);
-    // Rounding activations to bf16 (8 significant bits) before every linear:
-    // measured 0.057-0.071 with |logits| up to 22.
-    EXPECT_LT(worst, 0.006 * largest) << IsaName(isa);
+    std::printf("%s %s: served as stored, logits move by at most %.6f (largest |logit| %.2f) "
+                "over %d greedy steps\n",
+                std::string(DTypeName(dtype)).c_str(), std::string(IsaName(isa)).c_str(), worst,
+                largest, tokens);
+    EXPECT_LT(worst, tolerance * largest) << IsaName(isa);
   }
+}
+
+TEST(Dense16Model, Stories260KServedAsBf16MatchesItsFp32Conversion) {
+  // Rounding activations to bf16 (8 significant bits) before every linear:
+  // measured 0.057-0.071 with |logits| up to 22.
+  ExpectServedMatchesConverted(DType::kBF16, 0.006);
+}
+
+TEST(Dense16Model, Stories260KServedAsF16MatchesItsFp32Conversion) {
+  // The same fp32 products summed in another order.
+  ExpectServedMatchesConverted(DType::kF16, 1e-5);
 }
 
 // Anonymous memory a load adds (RssAnon: the copied file and any fp32
 // copies), with the weights still held.
-int64_t LoadedAnonBytes(const std::string& dir, Bf16Weights bf16) {
+int64_t LoadedAnonBytes(const std::string& dir, HalfWeights bf16) {
   const int64_t before = AnonymousResidentBytes();
   auto weights = LoadLlamaModelDir(dir, FileBacking::kCopied, bf16);
   EXPECT_TRUE(weights.ok()) << weights.status();
   return AnonymousResidentBytes() - before;
 }
 
-TEST(DenseBf16Model, ServedBf16CheckpointTakesHalfTheMemoryOfFp32) {
+TEST(Dense16Model, Served16BitCheckpointTakesHalfTheMemoryOfFp32) {
   LlamaConfig c;
   c.hidden_size = 512;
   c.intermediate_size = 1536;
@@ -122,7 +140,7 @@ TEST(DenseBf16Model, ServedBf16CheckpointTakesHalfTheMemoryOfFp32) {
   c.vocab_size = 8192;
   c.max_position_embeddings = 256;
   const std::string root = ::testing::TempDir() + "/dense_bf16_memory";
-  for (const DType dtype : {DType::kF32, DType::kBF16}) {
+  for (const DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
     bench::SyntheticOptions options;
     options.dtype = dtype;
     ASSERT_TRUE(bench::WriteSyntheticModel(c, options,
@@ -130,18 +148,22 @@ TEST(DenseBf16Model, ServedBf16CheckpointTakesHalfTheMemoryOfFp32) {
                                            root + "/" + std::string(DTypeName(dtype)))
                     .ok());
   }
-  const int64_t bf16 = LoadedAnonBytes(root + "/BF16", Bf16Weights::kServeBf16);
-  const int64_t bf16_as_fp32 = LoadedAnonBytes(root + "/BF16", Bf16Weights::kToF32);
-  const int64_t fp32 = LoadedAnonBytes(root + "/F32", Bf16Weights::kToF32);
+  const int64_t bf16 = LoadedAnonBytes(root + "/BF16", HalfWeights::kServeAsStored);
+  const int64_t f16 = LoadedAnonBytes(root + "/F16", HalfWeights::kServeAsStored);
+  const int64_t bf16_as_fp32 = LoadedAnonBytes(root + "/BF16", HalfWeights::kToF32);
+  const int64_t fp32 = LoadedAnonBytes(root + "/F32", HalfWeights::kToF32);
   const double params = 2.0 * c.vocab_size * c.hidden_size +
                         c.num_hidden_layers * (4.0 * c.hidden_size * c.hidden_size +
                                                3.0 * c.hidden_size * c.intermediate_size);
   std::printf("%.1f M parameters: RssAnon added by the load: fp32 checkpoint %.1f MB, bf16 "
-              "served as bf16 %.1f MB (%.2f x), bf16 converted to fp32 %.1f MB (%.2f x)\n",
+              "served as bf16 %.1f MB (%.2f x), f16 served as f16 %.1f MB (%.2f x), bf16 "
+              "converted to fp32 %.1f MB (%.2f x)\n",
               params / 1e6, fp32 / 1e6, bf16 / 1e6, static_cast<double>(bf16) / fp32,
-              bf16_as_fp32 / 1e6, static_cast<double>(bf16_as_fp32) / fp32);
+              f16 / 1e6, static_cast<double>(f16) / fp32, bf16_as_fp32 / 1e6,
+              static_cast<double>(bf16_as_fp32) / fp32);
   EXPECT_NEAR(static_cast<double>(fp32), 4 * params, 0.1 * 4 * params);
   EXPECT_NEAR(static_cast<double>(bf16) / fp32, 0.5, 0.08);
+  EXPECT_NEAR(static_cast<double>(f16) / fp32, 0.5, 0.08);
   // Before: the file's bf16 copy and the fp32 one.
   EXPECT_NEAR(static_cast<double>(bf16_as_fp32) / fp32, 1.5, 0.15);
 }
