@@ -1,8 +1,9 @@
-// Sampler: OpenAI's presence and frequency penalties, and the log-probabilities
-// it reports, on hand-made logits.
+// Sampler on hand-made logits: top-k, top-p, the repetition penalty, OpenAI's
+// presence and frequency penalties, and the log-probabilities it reports.
 #include "common/serving/sampler.h"
 
 #include <cmath>
+#include <set>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -124,6 +125,53 @@ TEST(SamplerTest, ValidationNamesTheFieldAndRange) {
   EXPECT_EQ(ValidateSamplingOptions(options).message(), "top_logprobs must be in [0, 20], got 21");
   options.top_logprobs = 20;
   EXPECT_TRUE(ValidateSamplingOptions(options).ok());
+}
+
+// The ids drawn by `draws` samplers of different seeds from the same logits.
+std::set<int> Drawn(SamplingOptions options, const std::vector<float>& logits, int draws) {
+  std::set<int> ids;
+  for (int seed = 1; seed <= draws; ++seed) {
+    options.seed = seed;
+    ids.insert(Sampler(options).Sample(logits, {}).id);
+  }
+  return ids;
+}
+
+TEST(SamplerTest, TopKKeepsTheKMostLikely) {
+  SamplingOptions options;
+  options.temperature = 1.0f;
+  const std::vector<float> logits = {0.0f, 2.0f, 1.9f, 0.1f, 1.8f};
+  options.top_k = 3;
+  EXPECT_EQ(Drawn(options, logits, 300), (std::set<int>{1, 2, 4}));
+  options.top_k = 1;
+  EXPECT_EQ(Drawn(options, logits, 50), (std::set<int>{1}));
+  options.top_k = 0;  // all tokens
+  EXPECT_EQ(Drawn(options, logits, 500).size(), logits.size());
+}
+
+TEST(SamplerTest, TopPKeepsTheSmallestSetReachingTheMass) {
+  SamplingOptions options;
+  options.temperature = 1.0f;
+  // Probabilities 0.5, 0.3, 0.15, 0.05.
+  const std::vector<float> logits = {std::log(0.5f), std::log(0.3f), std::log(0.15f),
+                                     std::log(0.05f)};
+  options.top_p = 0.75f;  // 0.5 + 0.3 reach it
+  EXPECT_EQ(Drawn(options, logits, 300), (std::set<int>{0, 1}));
+  options.top_p = 0.4f;  // the first alone
+  EXPECT_EQ(Drawn(options, logits, 50), (std::set<int>{0}));
+  options.top_p = 0.9f;
+  EXPECT_EQ(Drawn(options, logits, 300), (std::set<int>{0, 1, 2}));
+}
+
+TEST(SamplerTest, RepetitionPenaltyDividesPositiveAndMultipliesNegativeLogits) {
+  SamplingOptions options;
+  options.repetition_penalty = 2.0f;
+  // In the history, 3.0 becomes 1.5 (< 2.0): id 1 wins.
+  EXPECT_EQ(GreedyPicks(options, {3.0f, 2.0f}, 1, /*prompt=*/{0}), (std::vector<int>{1}));
+  // -1.0 becomes -2.0 (< -1.5): id 1 wins; without the penalty id 0 would.
+  EXPECT_EQ(GreedyPicks(options, {-1.0f, -1.5f}, 1, /*prompt=*/{0}), (std::vector<int>{1}));
+  options.repetition_penalty = 1.0f;
+  EXPECT_EQ(GreedyPicks(options, {-1.0f, -1.5f}, 1, /*prompt=*/{0}), (std::vector<int>{0}));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
-// GenerationScheduler's places and shutdown on stories260K. A request's
-// on_token can hold the loop (callbacks run on its thread), which keeps that
-// request running for as long as a test needs.
+// GenerationScheduler on stories260K: its places, shutdown and drain,
+// prefill in chunks, stop sequences. A request's on_token can hold the loop
+// (callbacks run on its thread), which keeps that request running for as long
+// as a test needs.
 #include <memory>
 #include <string>
 #include <thread>
@@ -326,6 +327,83 @@ TEST_F(SchedulerTest, DrainStopsWaitingAtItsDeadline) {
   ASSERT_TRUE(running.Wait());
   EXPECT_EQ(running.result.finish_reason, FinishReason::kError);
   EXPECT_EQ(running.result.status, reason);
+}
+
+constexpr char kLongPrompt[] =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+    "park with her friends.";
+
+// Greedy generations of `prompts`, submitted together to a scheduler with
+// `options`, each with its streamed token texts.
+struct Generation {
+  GenerationResult result;
+  std::vector<std::string> token_texts;
+};
+std::vector<Generation> GenerateAll(std::shared_ptr<const LlamaModel> model,
+                                    std::shared_ptr<const Tokenizer> tokenizer,
+                                    GenerationScheduler::Options options,
+                                    const std::vector<std::string>& prompts,
+                                    const GenerationParams& params) {
+  GenerationScheduler scheduler(std::move(model), std::move(tokenizer), options);
+  std::vector<Generation> out(prompts.size());
+  std::vector<std::unique_ptr<absl::Notification>> done;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    done.push_back(std::make_unique<absl::Notification>());
+    GenerationCallbacks callbacks;
+    callbacks.on_token = [&out, i](const TokenEvent& e) { out[i].token_texts.push_back(e.text); };
+    callbacks.on_done = [&out, &done, i](const GenerationResult& r) {
+      out[i].result = r;
+      done[i]->Notify();
+    };
+    EXPECT_TRUE(scheduler.Submit(prompts[i], params, std::move(callbacks)).ok());
+  }
+  for (auto& d : done) EXPECT_TRUE(d->WaitForNotificationWithTimeout(kPrompt));
+  return out;
+}
+
+// A prompt fed 3 tokens per step (the budget shared by both sequences) gives
+// the tokens of a prompt fed at once.
+TEST_F(SchedulerTest, PrefillInSmallChunksGivesTheSameTokens) {
+  GenerationParams params = Params();
+  params.max_new_tokens = 16;
+  const std::vector<std::string> prompts = {kLongPrompt, "Once upon a time"};
+  GenerationScheduler::Options whole;
+  whole.prefill_chunk = 256;
+  GenerationScheduler::Options chunked;
+  chunked.prefill_chunk = 3;
+  const std::vector<Generation> reference = GenerateAll(*model_, *tokenizer_, whole, prompts, params);
+  const std::vector<Generation> in_chunks =
+      GenerateAll(*model_, *tokenizer_, chunked, prompts, params);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_GT(reference[i].result.prompt_tokens, 3) << i;
+    EXPECT_EQ(reference[i].result.token_ids.size(), 16u) << i;
+    EXPECT_EQ(in_chunks[i].result.token_ids, reference[i].result.token_ids) << i;
+  }
+}
+
+// A stop sequence made of the end of one token's text and the start of the
+// next ends generation before it, with nothing of it streamed.
+TEST_F(SchedulerTest, StopSequenceAcrossTokensEndsBeforeIt) {
+  GenerationParams params = Params();
+  params.max_new_tokens = 24;
+  const Generation free =
+      GenerateAll(*model_, *tokenizer_, {}, {kLongPrompt}, params).front();
+  const std::vector<std::string>& texts = free.token_texts;
+  size_t i = 0;
+  while (i + 1 < texts.size() && (texts[i].size() < 2 || texts[i + 1].size() < 2)) ++i;
+  ASSERT_LT(i + 1, texts.size()) << free.result.text;
+  const std::string stop = texts[i].substr(texts[i].size() - 2) + texts[i + 1].substr(0, 2);
+  const size_t at = free.result.text.find(stop);
+  ASSERT_NE(at, std::string::npos);
+
+  params.stop_sequences = {"never in this story", stop};
+  const Generation stopped =
+      GenerateAll(*model_, *tokenizer_, {}, {kLongPrompt}, params).front();
+  EXPECT_EQ(stopped.result.finish_reason, FinishReason::kStopSequence) << stop;
+  EXPECT_EQ(stopped.result.text, free.result.text.substr(0, at)) << stop;
+  std::string streamed;
+  for (const std::string& t : stopped.token_texts) streamed += t;
+  EXPECT_EQ(streamed, stopped.result.text);
 }
 
 }  // namespace
