@@ -1,12 +1,13 @@
 // Kernel bodies shared by the per-ISA translation units. Each kernels_<isa>.cc
-// defines a vector-traits struct `V` (float lanes, 4/8-bit decode) and an
-// int8 dot traits struct `Q`, then includes this header and instantiates it.
+// builds its KernelTable with MakeTable<V, Q>(), V a vector-traits struct
+// (float lanes, 4/8-bit decode) and Q an int8 dot traits struct, both from
+// kernels_simd.h.
 //
 // Everything here is in an anonymous namespace on purpose: each unit is
 // compiled with different -m flags, so its instantiations must stay private to
 // it (a shared inline symbol could let the linker keep an AVX-512 copy for an
-// AVX2 caller). Only AVX2 intrinsics are used outside the traits, except for
-// the AVX512_BF16 block at the end.
+// AVX2 caller). Only AVX2 intrinsics are used outside the traits, except in
+// the blocks guarded by the AVX-512 feature macros of the unit's -m flags.
 #ifndef WQ_COMMON_KERNELS_IMPL_H_
 #define WQ_COMMON_KERNELS_IMPL_H_
 
