@@ -7,17 +7,46 @@
 #include <cerrno>
 #include <cstring>
 
-#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
+#include <utility>
 
 namespace wq {
 namespace {
 
-constexpr std::array<std::string_view, kNumIsas> kIsaNames = {
-    "scalar", "avx2", "avx_vnni", "avx512", "avx512_vnni", "avx512_bf16", "amx_int8"};
+// What a kernel level may require (KERNEL_ISAS' "cpu" lists): cpuid feature
+// bits, and the register state the OS saves (XCR0), without which the
+// instructions fault even though cpuid advertises them.
+enum CpuFeature : uint32_t {
+  kCpuOsYmm = 1u << 0,     // SSE + AVX state
+  kCpuOsZmm = 1u << 1,     // + opmask, ZMM_Hi256, Hi16_ZMM
+  kCpuOsTiles = 1u << 2,   // XTILECFG + XTILEDATA
+  kCpuAvx = 1u << 3,
+  kCpuFma = 1u << 4,
+  kCpuF16c = 1u << 5,
+  kCpuAvx2 = 1u << 6,
+  kCpuAvxVnni = 1u << 7,
+  kCpuAvx512F = 1u << 8,
+  kCpuAvx512Dq = 1u << 9,
+  kCpuAvx512Bw = 1u << 10,
+  kCpuAvx512Vl = 1u << 11,
+  kCpuAvx512Vnni = 1u << 12,
+  kCpuAvx512Bf16 = 1u << 13,
+  kCpuAmxTile = 1u << 14,
+  kCpuAmxInt8 = 1u << 15,
+};
+
+// Indexed by Isa.
+constexpr uint32_t kRequiredFeatures[] = {
+    0,  // scalar
+#define WQ_KERNEL_ISA(id, name, table, cpu_features) cpu_features,
+#include "common/kernels/isa_rows.inc"
+#undef WQ_KERNEL_ISA
+};
+static_assert(std::size(kRequiredFeatures) == kNumIsas);
 
 struct CpuidRegs {
   uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
@@ -60,38 +89,42 @@ bool TileDataPermission() {
   return granted;
 }
 
-std::array<bool, kNumIsas> DetectSupport() {
-  std::array<bool, kNumIsas> s{};
-  s[static_cast<int>(Isa::kScalar)] = true;
+uint32_t DetectFeatures() {
   const CpuidRegs l1 = Cpuid(1, 0);
-  if (!Bit(l1.ecx, 27)) return s;  // No OSXSAVE: xgetbv unavailable.
+  if (!Bit(l1.ecx, 27)) return 0;  // No OSXSAVE: xgetbv unavailable.
   const uint64_t xcr0 = Xcr0();
-  const bool os_ymm = (xcr0 & 0x6) == 0x6;     // SSE + AVX state.
-  const bool os_zmm = (xcr0 & 0xe6) == 0xe6;   // + opmask, ZMM_Hi256, Hi16.
   const CpuidRegs l7 = Cpuid(7, 0);
   const CpuidRegs l7s1 = Cpuid(7, 1);
-  const bool avx2 = os_ymm && Bit(l1.ecx, 28) /*AVX*/ && Bit(l1.ecx, 12) /*FMA*/
-                    && Bit(l1.ecx, 29) /*F16C*/ && Bit(l7.ebx, 5) /*AVX2*/;
-  const bool avx512 = avx2 && os_zmm && Bit(l7.ebx, 16) /*F*/ &&
-                      Bit(l7.ebx, 17) /*DQ*/ && Bit(l7.ebx, 30) /*BW*/ &&
-                      Bit(l7.ebx, 31) /*VL*/;
-  const bool avx512_vnni = avx512 && Bit(l7.ecx, 11);
-  s[static_cast<int>(Isa::kAvx2)] = avx2;
-  s[static_cast<int>(Isa::kAvxVnni)] = avx2 && Bit(l7s1.eax, 4);
-  s[static_cast<int>(Isa::kAvx512)] = avx512;
-  s[static_cast<int>(Isa::kAvx512Vnni)] = avx512_vnni;
-  const bool avx512_bf16 = avx512_vnni && Bit(l7s1.eax, 5);
-  s[static_cast<int>(Isa::kAvx512Bf16)] = avx512_bf16;
-  const bool os_tiles = (xcr0 & 0x60000) == 0x60000;  // XTILECFG + XTILEDATA.
-  // Before the OS's permission, which CpuSupports asks for on demand.
-  s[static_cast<int>(Isa::kAmxInt8)] = avx512_bf16 && os_tiles && Bit(l7.edx, 24) /*AMX-TILE*/ &&
-                                       Bit(l7.edx, 25) /*AMX-INT8*/;
-  return s;
+  const std::pair<bool, CpuFeature> bits[] = {
+      {(xcr0 & 0x6) == 0x6, kCpuOsYmm},
+      {(xcr0 & 0xe6) == 0xe6, kCpuOsZmm},
+      {(xcr0 & 0x60000) == 0x60000, kCpuOsTiles},
+      {Bit(l1.ecx, 28), kCpuAvx},
+      {Bit(l1.ecx, 12), kCpuFma},
+      {Bit(l1.ecx, 29), kCpuF16c},
+      {Bit(l7.ebx, 5), kCpuAvx2},
+      {Bit(l7s1.eax, 4), kCpuAvxVnni},
+      {Bit(l7.ebx, 16), kCpuAvx512F},
+      {Bit(l7.ebx, 17), kCpuAvx512Dq},
+      {Bit(l7.ebx, 30), kCpuAvx512Bw},
+      {Bit(l7.ebx, 31), kCpuAvx512Vl},
+      {Bit(l7.ecx, 11), kCpuAvx512Vnni},
+      {Bit(l7s1.eax, 5), kCpuAvx512Bf16},
+      {Bit(l7.edx, 24), kCpuAmxTile},
+      {Bit(l7.edx, 25), kCpuAmxInt8},
+  };
+  uint32_t features = 0;
+  for (const auto& [present, feature] : bits) {
+    if (present) features |= feature;
+  }
+  return features;
 }
 
-const std::array<bool, kNumIsas>& Support() {
-  static const std::array<bool, kNumIsas> support = DetectSupport();
-  return support;
+// Before the OS's tile permission, which CpuSupports asks for on demand.
+bool HasFeatures(Isa isa) {
+  static const uint32_t features = DetectFeatures();
+  const uint32_t required = kRequiredFeatures[static_cast<int>(isa)];
+  return (features & required) == required;
 }
 
 void WarnUnsupported(std::string_view requested, Isa fallback) {
@@ -123,8 +156,8 @@ std::optional<Isa> ParseIsa(std::string_view name) {
 }
 
 bool CpuSupports(Isa isa) {
-  if (!Support()[static_cast<int>(isa)]) return false;
-  return isa != Isa::kAmxInt8 || TileDataPermission();
+  if (!HasFeatures(isa)) return false;
+  return (kRequiredFeatures[static_cast<int>(isa)] & kCpuOsTiles) == 0 || TileDataPermission();
 }
 
 Isa BestSupportedIsa() {

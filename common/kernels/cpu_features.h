@@ -6,25 +6,31 @@
 #ifndef WQ_COMMON_CPU_FEATURES_H_
 #define WQ_COMMON_CPU_FEATURES_H_
 
+#include <iterator>
 #include <optional>
 #include <string_view>
 
 namespace wq {
 
-// Ordered from least to most capable kernels. Each level's kernels use only
-// the instructions named; support is checked per level, since e.g. AVX-VNNI
-// CPUs may lack AVX-512 and older AVX-512 CPUs lack AVX-VNNI.
+// The portable reference, then the rows of KERNEL_ISAS
+// (common/kernels/isas.bzl), ordered from least to most capable kernels. Each
+// level's kernels use only the instructions its row names; support is
+// checked per level, since e.g. AVX-VNNI CPUs may lack AVX-512 and older
+// AVX-512 CPUs lack AVX-VNNI.
 enum class Isa {
-  kScalar,      // Portable reference code.
-  kAvx2,        // AVX2 + FMA + F16C (x86-64-v3).
-  kAvxVnni,     // kAvx2 + AVX-VNNI (ymm vpdpbusd).
-  kAvx512,      // AVX-512 F/BW/VL/DQ.
-  kAvx512Vnni,  // kAvx512 + AVX512_VNNI.
-  kAvx512Bf16,  // kAvx512Vnni + AVX512_BF16.
-  kAmxInt8,     // kAvx512Bf16 + AMX-TILE/AMX-INT8 (tile matrix multiply),
-                // with the OS's permission to use the tile data state.
+  kScalar,
+#define WQ_KERNEL_ISA(id, name, table, cpu_features) id,
+#include "common/kernels/isa_rows.inc"
+#undef WQ_KERNEL_ISA
 };
-inline constexpr int kNumIsas = 7;
+
+inline constexpr std::string_view kIsaNames[] = {
+    "scalar",
+#define WQ_KERNEL_ISA(id, name, table, cpu_features) name,
+#include "common/kernels/isa_rows.inc"
+#undef WQ_KERNEL_ISA
+};
+inline constexpr int kNumIsas = static_cast<int>(std::size(kIsaNames));
 
 std::string_view IsaName(Isa isa);
 std::optional<Isa> ParseIsa(std::string_view name);

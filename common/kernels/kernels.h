@@ -208,13 +208,11 @@ struct KernelTable {
   void (*dense_f16_rows)(const Dense16Args& a, int64_t r0, int64_t r1);
 };
 
-// Defined by the kernels_<isa>.cc units (each compiled for its ISA only).
-const KernelTable& Avx2Kernels();
-const KernelTable& AvxVnniKernels();
-const KernelTable& Avx512Kernels();
-const KernelTable& Avx512VnniKernels();
-const KernelTable& Avx512Bf16Kernels();
-const KernelTable& AmxInt8Kernels();
+// One per row of KERNEL_ISAS, each defined by a unit compiled for its ISA
+// only (kernels_isa.cc, or the row's own source).
+#define WQ_KERNEL_ISA(id, name, table, cpu_features) const KernelTable& table();
+#include "common/kernels/isa_rows.inc"
+#undef WQ_KERNEL_ISA
 
 }  // namespace kernels
 }  // namespace wq

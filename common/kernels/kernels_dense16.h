@@ -1,6 +1,6 @@
 // Dense 16-bit float W (an unquantized bf16 or f16 checkpoint served as
 // stored) times x, accumulated in fp32: kernels.h Dense16Args. Included by
-// kernels_<isa>.cc after kernels_simd.h; anonymous namespace for the same
+// the per-ISA units after kernels_simd.h; anonymous namespace for the same
 // reason as kernels_impl.h.
 // bf16: x is rounded to bf16. With AVX512_BF16 one vdpbf16ps multiplies 32
 // columns (adjacent pairs per fp32 lane, so W and x stay in natural order);

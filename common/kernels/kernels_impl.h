@@ -1,7 +1,7 @@
-// Kernel bodies shared by the per-ISA translation units. Each kernels_<isa>.cc
-// builds its KernelTable with MakeTable<V, Q>(), V a vector-traits struct
-// (float lanes, 4/8-bit decode) and Q an int8 dot traits struct, both from
-// kernels_simd.h.
+// Kernel bodies shared by the per-ISA translation units. Each (kernels_isa.cc
+// per row of KERNEL_ISAS, kernels_amx_int8.cc) builds its KernelTable with
+// MakeTable<V, Q>(), V a vector-traits struct (float lanes, 4/8-bit decode)
+// and Q an int8 dot traits struct, both from kernels_simd.h.
 //
 // Everything here is in an anonymous namespace on purpose: each unit is
 // compiled with different -m flags, so its instantiations must stay private to

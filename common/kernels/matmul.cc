@@ -1,6 +1,7 @@
 #include "common/kernels/matmul.h"
 
 #include <algorithm>
+#include <iterator>
 #include <vector>
 
 #include "Eigen/Core"
@@ -32,15 +33,13 @@ using RowMajor =
 
 // Indexed by Isa; nullptr: the scalar reference.
 using TableFn = const KernelTable& (*)();
-constexpr TableFn kTables[kNumIsas] = {
+constexpr TableFn kTables[] = {
     nullptr,
-    &kernels::Avx2Kernels,
-    &kernels::AvxVnniKernels,
-    &kernels::Avx512Kernels,
-    &kernels::Avx512VnniKernels,
-    &kernels::Avx512Bf16Kernels,
-    &kernels::AmxInt8Kernels,
+#define WQ_KERNEL_ISA(id, name, table, cpu_features) &kernels::table,
+#include "common/kernels/isa_rows.inc"
+#undef WQ_KERNEL_ISA
 };
+static_assert(std::size(kTables) == kNumIsas);
 
 const KernelTable* TableOf(Isa isa) {
   const TableFn fn = kTables[static_cast<int>(isa)];
