@@ -135,7 +135,9 @@ class E2eOpenAiTest : public testing::Test {
     EXPECT_EQ(reply.status, 200) << reply.body;
     json parsed = reply.Json();
     // The listener's request id, when it sets one, names the completion.
-    if (!reply.request_id.empty()) EXPECT_EQ(parsed["id"], "cmpl-" + reply.request_id);
+    if (!reply.request_id.empty()) {
+      EXPECT_EQ(parsed["id"], "cmpl-" + reply.request_id);
+    }
     return parsed;
   }
   static json ChatCompletion(json body) {

@@ -216,83 +216,72 @@ TEST_P(KernelsTest, DenseF32MatchesReference) {
   }
 }
 
-// Dense bf16 W (an unquantized bf16 checkpoint): every ISA against the
-// scalar reference (bf16-rounded x, exact products summed in fp32), and the
-// reference against the fp32 product of the unrounded x and W's values,
-// which differs by x's bf16 rounding only: at most 2^-8 (half an ulp) of sum |x w|.
-TEST_P(KernelsTest, DenseBf16MatchesReference) {
-  const Isa isa = GetParam();
+// A dense 16-bit float format as the kernels take it.
+struct Dense16Format {
+  uint16_t (*encode)(float);
+  float (*decode)(uint16_t);
+  void (*matmul)(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t n,
+                 float* y);
+  // What the kernels multiply W by: x rounded to bf16, or x itself.
+  float (*x_as_multiplied)(float);
+};
+
+// Every ISA against the scalar reference (the multiplied x, exact products
+// summed in fp32: within 1e-5 of their sum of magnitudes), and the reference
+// against the exact product of the unrounded x and W's values, which differs
+// by x's rounding only: at most `x_rounding` (bf16: half an ulp, 2^-8) of
+// sum |x w|, plus fp32 summation.
+void ExpectDense16MatchesReference(Isa isa, const Dense16Format& format, double x_rounding) {
   constexpr int64_t kRows = 37;  // 2 row blocks and a ragged one
   for (int64_t cols : {1, 15, 64, 172, 4128}) {
     for (int64_t n : {1, 3, 5, 16}) {
       SCOPED_TRACE(testing::Message() << IsaName(isa) << " cols " << cols << " n " << n);
       const auto values = Random(kRows * cols, 3);
       std::vector<uint16_t> w(values.size());
-      for (size_t i = 0; i < w.size(); ++i) w[i] = FloatToBf16(values[i]);
+      for (size_t i = 0; i < w.size(); ++i) w[i] = format.encode(values[i]);
       const auto x = Random(n * cols, 4);
       std::vector<float> got(n * kRows, -123.0f), ref(n * kRows, -123.0f);
       {
         ScopedIsaOverride forced(isa);
-        MatMulBf16(w.data(), kRows, cols, x.data(), n, got.data());
+        format.matmul(w.data(), kRows, cols, x.data(), n, got.data());
       }
       {
         ScopedIsaOverride scalar(Isa::kScalar);
-        MatMulBf16(w.data(), kRows, cols, x.data(), n, ref.data());
+        format.matmul(w.data(), kRows, cols, x.data(), n, ref.data());
       }
       for (int64_t i = 0; i < n; ++i) {
         for (int64_t r = 0; r < kRows; ++r) {
-          double exact = 0.0, rounded_abs = 0.0, abs = 0.0;
+          double exact = 0.0, multiplied_abs = 0.0, abs = 0.0;
           for (int64_t k = 0; k < cols; ++k) {
-            const double wv = Bf16ToFloat(w[r * cols + k]);
-            const double xb = Bf16ToFloat(FloatToBf16(x[i * cols + k]));
-            exact += double{x[i * cols + k]} * wv;
-            rounded_abs += std::fabs(xb * wv);
-            abs += std::fabs(x[i * cols + k] * wv);
+            const double wv = format.decode(w[r * cols + k]);
+            const float xv = x[i * cols + k];
+            exact += xv * wv;
+            multiplied_abs += std::fabs(format.x_as_multiplied(xv) * wv);
+            abs += std::fabs(xv * wv);
           }
-          const float y = got[i * kRows + r];
-          ASSERT_NEAR(y, ref[i * kRows + r], 1e-5 * rounded_abs + 1e-30) << "row " << r;
-          ASSERT_NEAR(ref[i * kRows + r], exact, std::ldexp(abs, -8) + 1e-5 * abs) << "row " << r;
+          ASSERT_NEAR(got[i * kRows + r], ref[i * kRows + r], 1e-5 * multiplied_abs + 1e-30)
+              << "row " << r;
+          ASSERT_NEAR(ref[i * kRows + r], exact, x_rounding * abs + 1e-5 * abs + 1e-30)
+              << "row " << r;
         }
       }
     }
   }
 }
 
-// f16 W widened exactly: every ISA within reassociation of the reference,
-// and the reference within fp32 summation error of the exact product.
+// Dense bf16 W (an unquantized bf16 checkpoint), x rounded to bf16.
+TEST_P(KernelsTest, DenseBf16MatchesReference) {
+  ExpectDense16MatchesReference(
+      GetParam(),
+      {&FloatToBf16, &Bf16ToFloat, &MatMulBf16, [](float v) { return Bf16ToFloat(FloatToBf16(v)); }},
+      std::ldexp(1.0, -8));
+}
+
+// Dense f16 W widened exactly, x as it is.
 TEST_P(KernelsTest, DenseF16MatchesReference) {
-  const Isa isa = GetParam();
-  constexpr int64_t kRows = 37;
-  for (int64_t cols : {1, 15, 64, 172, 4128}) {
-    for (int64_t n : {1, 3, 5, 16}) {
-      SCOPED_TRACE(testing::Message() << IsaName(isa) << " cols " << cols << " n " << n);
-      const auto values = Random(kRows * cols, 3);
-      std::vector<uint16_t> w(values.size());
-      for (size_t i = 0; i < w.size(); ++i) w[i] = FloatToF16(values[i]);
-      const auto x = Random(n * cols, 4);
-      std::vector<float> got(n * kRows, -123.0f), ref(n * kRows, -123.0f);
-      {
-        ScopedIsaOverride forced(isa);
-        MatMulF16(w.data(), kRows, cols, x.data(), n, got.data());
-      }
-      {
-        ScopedIsaOverride scalar(Isa::kScalar);
-        MatMulF16(w.data(), kRows, cols, x.data(), n, ref.data());
-      }
-      for (int64_t i = 0; i < n; ++i) {
-        for (int64_t r = 0; r < kRows; ++r) {
-          double exact = 0.0, abs = 0.0;
-          for (int64_t k = 0; k < cols; ++k) {
-            const double product = double{F16ToFloat(w[r * cols + k])} * x[i * cols + k];
-            exact += product;
-            abs += std::fabs(product);
-          }
-          ASSERT_NEAR(got[i * kRows + r], ref[i * kRows + r], 1e-5 * abs + 1e-30) << "row " << r;
-          ASSERT_NEAR(ref[i * kRows + r], exact, 1e-5 * abs + 1e-30) << "row " << r;
-        }
-      }
-    }
-  }
+  ExpectDense16MatchesReference(GetParam(),
+                                {&FloatToF16, &F16ToFloat, &MatMulF16, [](float v) { return v; }},
+                                0.0);
 }
 
 // Weights packed once at load (PackWeights) give exactly what a per-call
