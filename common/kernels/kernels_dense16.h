@@ -76,7 +76,8 @@ struct WidenBf16Step {
   static constexpr int kNr = V::kNr;  // x rows in registers at once
   static Acc Zero() { return V::Zero(); }
   static WVec LoadW(const uint16_t* p) { return WidenBf16<V>(p); }
-  static XVec LoadX(const float* xf, const uint16_t*) { return V::Load(xf); }
+  // x at column k: as floats (xb, null for f16, is not read).
+  static XVec LoadX(const float* xf, const uint16_t*, int64_t k) { return V::Load(xf + k); }
   static Acc Mac(Acc acc, WVec w, XVec x) { return V::Fma(w, x, acc); }
   static float Sum(Acc acc) { return V::Sum(acc); }
   static float Scalar(uint16_t w) { return Bf16BitsToFloat(w); }
@@ -101,8 +102,8 @@ struct Dpbf16Step {
   static WVec LoadW(const uint16_t* p) {
     return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p));
   }
-  static XVec LoadX(const float*, const uint16_t* xb) {
-    return reinterpret_cast<__m512bh>(_mm512_loadu_si512(xb));
+  static XVec LoadX(const float*, const uint16_t* xb, int64_t k) {
+    return reinterpret_cast<__m512bh>(_mm512_loadu_si512(xb + k));
   }
   static Acc Mac(Acc acc, WVec w, XVec x) { return _mm512_dpbf16_ps(acc, w, x); }
   static float Sum(Acc acc) { return _mm512_reduce_add_ps(acc); }
@@ -123,7 +124,7 @@ inline void Dense16Micro(const uint16_t* const* w, const float* const* xf,
   for (int64_t k = 0; k < len; k += S::kCols) {
     typename S::XVec xv[NR];
     #pragma GCC unroll 8
-    for (int t = 0; t < NR; ++t) xv[t] = S::LoadX(xf[t] + k, xb[t] + k);
+    for (int t = 0; t < NR; ++t) xv[t] = S::LoadX(xf[t], xb[t], k);
     #pragma GCC unroll 8
     for (int j = 0; j < R; ++j) {
       const typename S::WVec wv = S::LoadW(w[j] + k);

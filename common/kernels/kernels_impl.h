@@ -566,7 +566,8 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) {
     x[t] = a.xf + (i0 + t) * cols;
-    xb[t] = a.xb16 + (i0 + t) * cols;
+    // x as bf16 bits exists only for bf16 compute.
+    xb[t] = a.xb16 != nullptr ? a.xb16 + (i0 + t) * cols : nullptr;
     xs[t] = a.xs + (i0 + t) * groups_per_row;
   }
   // Added to each level of a group, times xs: level0 (8-bit) minus the zero.
