@@ -222,30 +222,35 @@ TEST(E2eInferenceTest, Fp32ModelGivesGoldenContinuation) {
   EXPECT_TRUE(loaded);
 }
 
-// A bf16 checkpoint is served as stored: 16 bits per weight, about half the
-// fp32 model's weight bytes, and the fp32 model's greedy continuation.
-TEST(E2eInferenceTest, Bf16CheckpointIsServedAsBf16) {
+// A bf16 or f16 checkpoint is served as stored: 16 bits per weight, about
+// half the fp32 model's weight bytes, and the fp32 model's greedy
+// continuation.
+void ExpectServedAsStored(DType dtype) {
   const Servers& servers = GetServers();
-  ASSERT_TRUE(WriteRoundedCopy(servers.model_root + "/stories260K",
-                               servers.model_root + "/stories260K-bf16", DType::kBF16,
-                               /*sharded=*/true)
+  const std::string name = "stories260K-" + std::string(DTypeName(dtype));
+  ASSERT_TRUE(WriteRoundedCopy(servers.model_root + "/stories260K", servers.model_root + "/" + name,
+                               dtype, /*sharded=*/true)
                   .ok());
-  v1::ModelInfo fp32, bf16;
+  v1::ModelInfo fp32, half;
   ASSERT_TRUE(Load("stories260K", &fp32).ok());
-  grpc::Status status = Load("stories260K-bf16", &bf16);
+  grpc::Status status = Load(name, &half);
   ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_FALSE(bf16.quantized());
-  EXPECT_EQ(bf16.bits_per_weight(), 16);
+  EXPECT_FALSE(half.quantized());
+  EXPECT_EQ(half.bits_per_weight(), 16);
   EXPECT_EQ(fp32.bits_per_weight(), 32);
   // Norms stay fp32: a little over half.
-  EXPECT_GT(bf16.weight_bytes(), fp32.weight_bytes() / 2);
-  EXPECT_LT(bf16.weight_bytes(), fp32.weight_bytes() * 0.52);
+  EXPECT_GT(half.weight_bytes(), fp32.weight_bytes() / 2);
+  EXPECT_LT(half.weight_bytes(), fp32.weight_bytes() * 0.52);
   v1::GenerateResponse response;
-  status = Generate("stories260K-bf16", {kOnce}, Greedy(24), &response);
+  status = Generate(name, {kOnce}, Greedy(24), &response);
   ASSERT_TRUE(status.ok()) << status.error_message();
   ASSERT_EQ(response.results_size(), 1);
   EXPECT_EQ(response.results(0).text().rfind(kGolden, 0), 0u) << response.results(0).text();
 }
+
+TEST(E2eInferenceTest, Bf16CheckpointIsServedAsBf16) { ExpectServedAsStored(DType::kBF16); }
+
+TEST(E2eInferenceTest, F16CheckpointIsServedAsF16) { ExpectServedAsStored(DType::kF16); }
 
 // --compute_dtype overrides the arithmetic each artifact was quantized for
 // (this one: fp32) on every model a server loads.
