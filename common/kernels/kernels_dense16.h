@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 
 #include "common/formats/bf16.h"
 #include "common/kernels/kernels.h"
@@ -26,15 +25,6 @@
 namespace wq {
 namespace kernels {
 namespace {
-
-inline float Bf16BitsToFloat(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
-inline float F16BitsToFloat(uint16_t b) { return F16ToFloat(b); }
 
 // V::kLanes bf16 values widened to V's fp32 lanes.
 template <class V>
@@ -80,14 +70,14 @@ struct WidenBf16Step {
   static XVec LoadX(const float* xf, const uint16_t*, int64_t k) { return V::Load(xf + k); }
   static Acc Mac(Acc acc, WVec w, XVec x) { return V::Fma(w, x, acc); }
   static float Sum(Acc acc) { return V::Sum(acc); }
-  static float Scalar(uint16_t w) { return Bf16BitsToFloat(w); }
+  static float Scalar(uint16_t w) { return Bf16ToFloat(w); }
 };
 
 // The same for f16 W and x as it is.
 template <class V>
 struct WidenF16Step : WidenBf16Step<V> {
   static typename V::F LoadW(const uint16_t* p) { return WidenF16<V>(p); }
-  static float Scalar(uint16_t w) { return F16BitsToFloat(w); }
+  static float Scalar(uint16_t w) { return F16ToFloat(w); }
 };
 
 #ifdef __AVX512BF16__
@@ -107,7 +97,7 @@ struct Dpbf16Step {
   }
   static Acc Mac(Acc acc, WVec w, XVec x) { return _mm512_dpbf16_ps(acc, w, x); }
   static float Sum(Acc acc) { return _mm512_reduce_add_ps(acc); }
-  static float Scalar(uint16_t w) { return Bf16BitsToFloat(w); }
+  static float Scalar(uint16_t w) { return Bf16ToFloat(w); }
 };
 #endif  // __AVX512BF16__
 
