@@ -140,9 +140,7 @@ absl::Status Run() {
   }
   RETURN_IF_ERROR(ForEachCalibratedBlock(
       model, calibration, nullptr,
-      [&](int layer, const LlamaLayerWeights& layer_weights,
-          const BlockActivations& acts) -> absl::Status {
-        const BlockWeights w = BlockWeights::Copy(layer_weights, weights->config);
+      [&](int layer, const BlockWeights& w, const BlockActivations& acts) -> absl::Status {
         for (size_t s = 0; s < specs.size(); ++s) {
           for (const BlockLinearSpec& linear : BlockLinears(weights->config)) {
             const LinearRole l = linear.role;

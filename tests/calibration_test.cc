@@ -57,7 +57,7 @@ BlockActivations FirstBlockActivations(const LlamaModel& model, int n_samples, i
   const CalibrationSet set = SmallCalibration(n_samples, seq_len);
   BlockActivations first;
   EXPECT_TRUE(ForEachCalibratedBlock(model, set, nullptr,
-                                     [&](int layer, const LlamaLayerWeights&, const BlockActivations& acts) {
+                                     [&](int layer, BlockWeights&, const BlockActivations& acts) {
                                        if (layer == 0) first = acts;
                                        return absl::OkStatus();
                                      })

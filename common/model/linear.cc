@@ -1,6 +1,9 @@
 #include "common/model/linear.h"
 
+#include <algorithm>
+
 #include "absl/container/inlined_vector.h"
+#include "common/formats/bf16.h"
 #include "common/kernels/matmul.h"
 
 namespace wq {
@@ -28,6 +31,18 @@ LinearWeight LinearWeight::DenseF16(const uint16_t* w, int64_t rows, int64_t col
   l.rows_ = rows;
   l.cols_ = cols;
   return l;
+}
+
+void LinearWeight::DenseRowsToF32(int64_t first, int64_t count, float* out) const {
+  const int64_t begin = first * cols_;
+  const int64_t end = (first + count) * cols_;
+  if (dense_bf16_ != nullptr) {
+    std::transform(dense_bf16_ + begin, dense_bf16_ + end, out, Bf16ToFloat);
+  } else if (dense_f16_ != nullptr) {
+    std::transform(dense_f16_ + begin, dense_f16_ + end, out, F16ToFloat);
+  } else {
+    std::copy(dense_ + begin, dense_ + end, out);
+  }
 }
 
 LinearWeight LinearWeight::Quantized(const QuantizedMatrixView& view, ComputeDtype compute,

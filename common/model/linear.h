@@ -40,6 +40,10 @@ class LinearWeight {
   const uint16_t* dense_bf16() const { return dense_bf16_; }
   const uint16_t* dense_f16() const { return dense_f16_; }
   const QuantizedMatrixView& quantized_view() const { return quantized_; }
+  // Rows [first, first + count) of a dense weight as fp32, whichever dtype
+  // holds them; out is [count, in_features]. Must not be called on a
+  // quantized weight.
+  void DenseRowsToF32(int64_t first, int64_t count, float* out) const;
   // Arithmetic of quantized Forward (dense weights compute in their dtype).
   ComputeDtype compute_dtype() const { return compute_; }
   // Whether Forward reads a packed copy instead of the view's codes (it may

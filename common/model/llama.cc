@@ -87,16 +87,7 @@ absl::StatusOr<LinearWeight> WeightSource::DenseMatrix(absl::string_view tensor,
 }
 
 void EmbeddingRow(const LinearWeight& embed, int64_t token, float* out) {
-  const int64_t hidden = embed.in_features();
-  if (embed.dense_bf16() != nullptr) {
-    std::transform(embed.dense_bf16() + token * hidden, embed.dense_bf16() + (token + 1) * hidden,
-                   out, Bf16ToFloat);
-  } else if (embed.dense_f16() != nullptr) {
-    std::transform(embed.dense_f16() + token * hidden, embed.dense_f16() + (token + 1) * hidden,
-                   out, F16ToFloat);
-  } else {
-    std::copy_n(embed.dense() + token * hidden, hidden, out);
-  }
+  embed.DenseRowsToF32(token, 1, out);
 }
 
 absl::Status CheckpointSource::Open(const RootedPath& dir, FileBacking backing,
@@ -150,6 +141,7 @@ absl::StatusOr<LinearWeight> CheckpointSource::DenseMatrix(absl::string_view ten
     // Safetensors writers align tensors; one that is not is converted below.
     if (reinterpret_cast<uintptr_t>(bytes) % alignof(uint16_t) == 0) {
       used_.insert(std::string(tensor));
+      loaded_.push_back({it->second, info, F32Tensor{}});  // its pages, for ReleaseLoaded
       const auto* w = reinterpret_cast<const uint16_t*>(bytes);
       return dtype == DType::kBF16 ? LinearWeight::DenseBf16(w, rows, cols)
                                    : LinearWeight::DenseF16(w, rows, cols);

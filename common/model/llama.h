@@ -89,9 +89,11 @@ class CheckpointSource : public WeightSource {
   absl::StatusOr<LinearWeight> Linear(absl::string_view module, int64_t out_features,
                                       int64_t in_features) override;
 
-  // Frees the fp32 copies made so far and drops the mapped pages read so far:
-  // pointers F32/Linear returned are invalid afterwards. What lets a tool
-  // stream a checkpoint tensor by tensor in bounded memory.
+  // Frees the fp32 copies made so far and drops the mapped pages read so far
+  // (those of matrices used in place too: kMapped reads them from the file
+  // again when touched, kCopied as zeros): pointers to fp32 copies are invalid
+  // afterwards. What lets a tool stream a checkpoint tensor by tensor in
+  // bounded memory.
   void ReleaseLoaded();
 
   // UNIMPLEMENTED naming the first tensor nothing used. RoPE tables some

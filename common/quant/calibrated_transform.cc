@@ -53,8 +53,7 @@ absl::StatusOr<std::vector<std::string>> RunCalibratedTransform(
   };
   RETURN_IF_ERROR(ForEachCalibratedBlock(
       model, calibration, cancelled,
-      [&](int layer, const LlamaLayerWeights& weights,
-          const BlockActivations& acts) -> absl::Status {
+      [&](int layer, BlockWeights& w, const BlockActivations& acts) -> absl::Status {
         BlockTransformInputs inputs;
         inputs.model = &model;
         inputs.acts = &acts;
@@ -69,7 +68,6 @@ absl::StatusOr<std::vector<std::string>> RunCalibratedTransform(
                                        : std::string(transform.search_stage),
                                    layer + 1, blocks));
         };
-        BlockWeights w = BlockWeights::Copy(weights, config);
         ASSIGN_OR_RETURN(std::vector<std::string> groups, transform.transform(inputs, &w));
         log.push_back(absl::StrCat(std::string(transform.name), " block ", layer, ": ",
                                    absl::StrJoin(groups, "; ")));

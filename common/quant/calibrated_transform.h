@@ -25,7 +25,8 @@ using CalibrationProgressFn =
 using TransformedBlockFn = std::function<absl::Status(int layer, BlockWeights& block)>;
 
 // `resolved` must have algorithm AWQ or TEQ. `model` supplies the config and
-// embedding, `layers` each block's fp32 weights (see ForEachCalibratedBlock).
+// embedding, `layers` each block's fp32 weights, which are transformed in
+// place (see ForEachCalibratedBlock).
 // The tokenizer is the model's (Tokenizer::LoadModelDir(model_dir));
 // calibration data_file is read under data_root. Returns the log: the calibration set,
 // per-block results, peak memory. CANCELLED as soon as *cancelled is seen,

@@ -93,7 +93,8 @@ BlockWeights BlockWeights::Copy(const LlamaLayerWeights& layer, const LlamaConfi
     const LinearWeight& src = layer.linear[spec.role];
     w.rows[spec.role] = src.out_features();
     w.cols[spec.role] = src.in_features();
-    w.linear[spec.role].assign(src.dense(), src.dense() + src.out_features() * src.in_features());
+    w.linear[spec.role].resize(src.out_features() * src.in_features());
+    src.DenseRowsToF32(0, src.out_features(), w.linear[spec.role].data());
     if (layer.bias[spec.role] != nullptr) {
       w.bias[spec.role].assign(layer.bias[spec.role], layer.bias[spec.role] + src.out_features());
     }
@@ -195,25 +196,38 @@ absl::Status ForEachCalibratedBlock(const LlamaModel& model,
     }
     EmbeddingRow(model.weights().embed, token, x.data() + t * hidden);
   }
-  const BlockObserver capture = [&acts](BlockPoint p, const float* data, int64_t rows,
-                                        int64_t dim) {
-    if (p == BlockPoint::kOutput) return;
-    const int i = static_cast<int>(p);
-    acts.at[i].assign(data, data + rows * dim);
-    acts.dims[i] = dim;
-  };
+  // Sequences per RunBlock: enough rows for the kernels to run at full
+  // speed, few enough that the block's temporaries (its scratch and KV
+  // cache, about 20 floats per token and hidden unit at Llama's shapes) stay
+  // small next to the captured activations.
+  constexpr int kTokensPerPass = 512;
+  const int seqs_per_pass = std::max(1, kTokensPerPass / acts.len);
   for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
     RETURN_IF_ERROR(CheckCancelled(cancelled));
-    ASSIGN_OR_RETURN(const LlamaLayerWeights weights,
+    for (std::vector<float>& a : acts.at) std::vector<float>().swap(a);  // the last block's
+    ASSIGN_OR_RETURN(BlockWeights weights,
                      layers ? layers(layer)
-                            : absl::StatusOr<LlamaLayerWeights>(model.weights().layers[layer]));
+                            : absl::StatusOr<BlockWeights>(
+                                  BlockWeights::Copy(model.weights().layers[layer], c)));
+    const LlamaLayerWeights view = weights.View();
     acts.input = x;
-    model.RunBlock(weights, acts.seqs, acts.len, x.data(), capture);
+    for (int first = 0; first < acts.seqs; first += seqs_per_pass) {
+      const int seqs = std::min(seqs_per_pass, acts.seqs - first);
+      const int64_t first_row = static_cast<int64_t>(first) * acts.len;
+      const BlockObserver capture = [&](BlockPoint p, const float* data, int64_t rows,
+                                        int64_t dim) {
+        if (p == BlockPoint::kOutput) return;
+        const int i = static_cast<int>(p);
+        acts.at[i].resize(n * dim);
+        acts.dims[i] = dim;
+        std::copy_n(data, rows * dim, acts.at[i].data() + first_row * dim);
+      };
+      model.RunBlock(view, seqs, acts.len, x.data() + first_row * hidden, capture);
+    }
     RETURN_IF_ERROR(fn(layer, weights, acts));
   }
   return absl::OkStatus();
 }
-
 
 absl::StatusOr<std::vector<float>> FakeQuantize(const float* w, int64_t rows, int64_t cols,
                                                 const QuantSpec& spec) {

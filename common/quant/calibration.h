@@ -54,7 +54,7 @@ struct BlockWeights {
   std::array<int64_t, kNumLinearRoles> rows{};
   std::array<int64_t, kNumLinearRoles> cols{};
 
-  // The layer must hold dense weights.
+  // The layer must hold dense weights (fp32, bf16 or f16).
   static BlockWeights Copy(const LlamaLayerWeights& layer, const LlamaConfig& config);
   LlamaLayerWeights View() const;
 };
@@ -103,14 +103,17 @@ struct BlockActivations {
 // Runs every decoder block in order over the calibration set: captures its
 // activations with the fp32 weights, calls fn with them, then moves on with
 // the fp32 block output as the next input (AutoAWQ _get_input_feat sets
-// self.inps to the block's output before the block is scaled or quantized).
-// Only one block's activations are alive at a time. The blocks' weights come
-// from `layers` (e.g. read from the checkpoint one at a time), or from the
-// model's own when it is null; the model supplies the config and embedding.
-// Stops with fn's error, or CANCELLED when *cancelled is set between blocks.
-using CalibratedBlockFn = std::function<absl::Status(
-    int layer, const LlamaLayerWeights& weights, const BlockActivations& acts)>;
-using LayerWeightsFn = std::function<absl::StatusOr<LlamaLayerWeights>(int layer)>;
+// self.inps to the block's output before the block is scaled or quantized),
+// so fn may transform the block's weights in place. Only one block's weights
+// and activations are alive at a time, and the block runs over a few
+// sequences at a time, so its temporaries do not grow with the calibration
+// set. The blocks' weights come from `layers` (e.g. read from the checkpoint
+// one at a time), or are copied from the model's own when it is null; the
+// model supplies the config and embedding. Stops with fn's error, or
+// CANCELLED when *cancelled is set between blocks.
+using CalibratedBlockFn = std::function<absl::Status(int layer, BlockWeights& weights,
+                                                     const BlockActivations& acts)>;
+using LayerWeightsFn = std::function<absl::StatusOr<BlockWeights>(int layer)>;
 absl::Status ForEachCalibratedBlock(const LlamaModel& model,
                                     const CalibrationSet& calibration,
                                     const std::atomic<bool>* cancelled,

@@ -60,6 +60,13 @@ class ProgressReporter {
   std::mutex mu_;
 };
 
+// A checkpoint matrix (fp32, or 16-bit as stored) as an fp32 copy.
+std::vector<float> DenseAsF32(const LinearWeight& w) {
+  std::vector<float> f32(w.out_features() * w.in_features());
+  w.DenseRowsToF32(0, w.out_features(), f32.data());
+  return f32;
+}
+
 std::string AsBytes(const void* data, size_t n) {
   return std::string(static_cast<const char*>(data), n);
 }
@@ -182,8 +189,9 @@ class ArtifactTensors {
 
   // The model in checkpoint order: the embedding, each block (its linears
   // quantized in parallel), then the final norm and lm_head.
-  absl::Status AddEmbedding(const LlamaConfig& c, const float* embed) {
-    return AddF32(absl::StrCat(kEmbedName, ".weight"), embed, {c.vocab_size, c.hidden_size});
+  absl::Status AddEmbedding(const LlamaConfig& c, const LinearWeight& embed) {
+    const std::vector<float> f32 = DenseAsF32(embed);
+    return AddF32(absl::StrCat(kEmbedName, ".weight"), f32.data(), {c.vocab_size, c.hidden_size});
   }
 
   absl::Status AddBlock(const LlamaConfig& c, int i, const LlamaLayerWeights& layer) {
@@ -226,7 +234,9 @@ class ArtifactTensors {
   absl::Status AddHead(const LlamaConfig& c, const float* final_norm, const LinearWeight& lm_head) {
     RETURN_IF_ERROR(AddF32(absl::StrCat(kFinalNormName, ".weight"), final_norm, {c.hidden_size}));
     const std::string name(kLmHeadName);
-    return AddLinear(name, lm_head, IsSkippedModule(config_, name));
+    const std::vector<float> f32 = DenseAsF32(lm_head);
+    return AddLinear(name, LinearWeight::Dense(f32.data(), c.vocab_size, c.hidden_size),
+                     IsSkippedModule(config_, name));
   }
 
   absl::Status Write(const std::string& path) { return writer_.Write(path); }
@@ -307,9 +317,11 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   // The checkpoint is read one decoder block at a time, which is quantized and
   // written (AWQ / TEQ: transformed first, with that block's calibration
   // activations) and released before the next: memory holds about one block.
+  // Its 16-bit matrices stay in the mapped file until a block converts them.
   ASSIGN_OR_RETURN(const LlamaConfig mc, LoadModelDirConfig(request.model_dir));
   CheckpointSource checkpoint;
-  RETURN_IF_ERROR(checkpoint.Open(request.model_dir, FileBacking::kMapped));
+  RETURN_IF_ERROR(
+      checkpoint.Open(request.model_dir, FileBacking::kMapped, HalfWeights::kServeAsStored));
   ASSIGN_OR_RETURN(std::unique_ptr<ArtifactWriter> out, store.Create(artifact_id));
   v1::ArtifactManifest manifest;
   ArtifactTensors tensors(config, absl::StrCat(out->dir(), "/", kWeightsFile, ".spill"),
@@ -324,20 +336,17 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
                     quantize_start + (0.9 - quantize_start) * done / blocks,
                     absl::StrFormat("quantized block %d of %d", done, blocks));
   };
-  // The embedding stays for calibration's inputs and a tied lm_head.
-  std::vector<float> embedding;
-  {
-    // The quantizer's checkpoint converts to fp32 (HalfWeights::kToF32).
-    ASSIGN_OR_RETURN(const LinearWeight loaded, LoadEmbedding(mc, checkpoint));
-    const float* embed = loaded.dense();
-    RETURN_IF_ERROR(tensors.AddEmbedding(mc, embed));
-    if (calibrated || !checkpoint.Has(kLmHeadName)) {
-      embedding.assign(embed, embed + int64_t{mc.vocab_size} * mc.hidden_size);
-    }
+  // As stored in the checkpoint. Calibration reads its tokens' rows before
+  // the first block is loaded, which releases it.
+  ASSIGN_OR_RETURN(const LinearWeight embedding, LoadEmbedding(mc, checkpoint));
+  RETURN_IF_ERROR(tensors.AddEmbedding(mc, embedding));
+  // One block as an owned fp32 copy, its checkpoint pages dropped.
+  const auto load_block = [&](int layer) -> absl::StatusOr<BlockWeights> {
+    ASSIGN_OR_RETURN(const LlamaLayerWeights stored, LoadLayer(mc, checkpoint, layer));
+    BlockWeights block = BlockWeights::Copy(stored, mc);
     checkpoint.ReleaseLoaded();
-  }
-  const LinearWeight embedding_weight =
-      LinearWeight::Dense(embedding.data(), mc.vocab_size, mc.hidden_size);
+    return block;
+  };
   std::vector<std::string> transform_log;
   if (calibrated) {
     const auto on_stage = [&](CalibrationStage stage, int block, int total,
@@ -350,35 +359,33 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
       progress.Report(phase, block + 1, total,
                       0.05 + calibration_share * (block + within) / total, message);
     };
-    // A model of the config and embedding alone: blocks come from `layers`.
+    // A model of the config and embedding alone: blocks come from load_block.
     auto skeleton = std::make_shared<LlamaWeights>();
     skeleton->config = mc;
-    skeleton->embed = embedding_weight;
+    skeleton->embed = embedding;
     const LlamaModel model(skeleton);
     ASSIGN_OR_RETURN(
         transform_log,
         RunCalibratedTransform(
-            model, [&](int layer) { return LoadLayer(mc, checkpoint, layer); },
+            model, load_block,
             [&](int layer, BlockWeights& block) {
-              RETURN_IF_ERROR(tensors.AddBlock(mc, layer, block.View()));
-              checkpoint.ReleaseLoaded();
-              return absl::OkStatus();
+              return tensors.AddBlock(mc, layer, block.View());
             },
             config, request.model_dir, request.data_root, request.cancelled, on_stage));
   } else {
     progress.Report(QuantizePhase::kQuantizing, 0, blocks, quantize_start, "quantizing");
     for (int i = 0; i < mc.num_hidden_layers; ++i) {
       RETURN_IF_ERROR(CheckCancelled(request.cancelled));
-      ASSIGN_OR_RETURN(const LlamaLayerWeights layer, LoadLayer(mc, checkpoint, i));
-      RETURN_IF_ERROR(tensors.AddBlock(mc, i, layer));
-      checkpoint.ReleaseLoaded();
+      ASSIGN_OR_RETURN(const BlockWeights block, load_block(i));
+      RETURN_IF_ERROR(tensors.AddBlock(mc, i, block.View()));
       quantized_block(i + 1);
     }
   }
   RETURN_IF_ERROR(CheckCancelled(request.cancelled));
   {
     ASSIGN_OR_RETURN(const float* final_norm, LoadFinalNorm(mc, checkpoint));
-    ASSIGN_OR_RETURN(const LinearWeight lm_head, LoadLmHead(mc, checkpoint, embedding_weight));
+    ASSIGN_OR_RETURN(const LinearWeight tied, LoadEmbedding(mc, checkpoint));
+    ASSIGN_OR_RETURN(const LinearWeight lm_head, LoadLmHead(mc, checkpoint, tied));
     RETURN_IF_ERROR(tensors.AddHead(mc, final_norm, lm_head));
     checkpoint.ReleaseLoaded();
     quantized_block(blocks);
