@@ -10,11 +10,8 @@
 // block's dots leave the tile unit (a tile store) for a float epilogue on
 // the vector pipes, y += s * d * dot (a convert, a multiply and an FMA per
 // x row and 16 W rows), and the 4-bit codes are expanded to bytes once per
-// block for all x rows. Measured on this project's Sapphire Rapids-class
-// VM: the multiply with its store ~10 ns and the epilogue ~8 ns per block
-// of 16 x 16 x 32, which hardly overlap; so a GEMM reaches about 2x the
-// VNNI kernels' rate at 128 x rows, and the VNNI kernels stay faster below
-// 10 (kMinRows).
+// block for all x rows. The multiply and the epilogue hardly overlap, so the
+// VNNI kernels stay faster below kMinRows (bench/results/kernels.md).
 #include <immintrin.h>
 
 #include <cstdlib>
@@ -38,9 +35,8 @@ constexpr int kTileRowBytes = kPairRows * 4;
 constexpr int64_t kBlockTileBytes = kBlockTileRows * kTileRowBytes;
 
 // From this many x rows the tile kernel is faster than the VNNI kernels
-// (measured on gate_up, 2 threads: VNNI 20 % faster at 8 rows, even at 10,
-// the tile kernel 8 % faster at 12, 23 % at 16, 45 % at 32). Below, the
-// per-block tile store and epilogue cost more than the VNNI dots they save.
+// (bench/results/kernels.md); below, the per-block tile store and epilogue
+// cost more than the VNNI dots they save.
 constexpr int64_t kMinRows = 10;
 
 // Tile registers: two sets of accumulator C [x rows x 16 int32],
@@ -228,10 +224,8 @@ void ExpandSlab(const QuantArgs& a, int64_t tile, int64_t g0, int64_t g1, const 
 }
 
 // Prefetches the records of groups [g0, g1) of the pair at `tile` into L2.
-// Expanding a slab reads its weights once, from memory, then the tile unit
-// works on it for a while with no loads of W in flight: fetching the next
-// slab meanwhile made 16-row GEMMs from DRAM 1.6x faster (the per-group
-// prefetch in ExpandSlab alone reaches too little ahead). Into L2, not L1:
+// While the tile unit works on a slab no loads of W are in flight, so the
+// next slab is fetched meanwhile (bench/results/kernels.md). Into L2, not L1:
 // a slab is 80 lines, more than L1's fill buffers hold.
 void PrefetchSlab(const PackedInt8Weights& p, int64_t tile, int64_t g0, int64_t g1) {
   for (int64_t t = tile; t < std::min(tile + 2, p.tiles); ++t) {

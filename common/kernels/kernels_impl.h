@@ -145,9 +145,8 @@ void F32Rows(const float* w, int64_t rows, int64_t cols, const float* x,
 
 // The 4 activation bytes at x4 in every dword lane. EVEX vpdpbusd takes them
 // as an embedded broadcast operand instead ({1to16}), which GCC does not emit
-// from intrinsics, so those kernels say it in asm: on this project's AVX-512
-// machine (Zen 5) a separate vpbroadcastd costs a vector pipe slot, and a
-// dot loop ran 1.4x faster without it.
+// from intrinsics, so those kernels say it in asm: a separate vpbroadcastd
+// costs a vector pipe slot (bench/results/kernels.md).
 inline __m256i BroadcastX4(const int8_t* x4) {
   int32_t v;
   std::memcpy(&v, x4, 4);
@@ -327,10 +326,9 @@ inline typename W::F GroupScales(const uint8_t* p, int64_t tile_stride, int64_t 
   return scale_bytes == 2 ? W::ScalesBf16(p, tile_stride) : W::Scales(p, tile_stride);
 }
 
-// With several x rows the first pass over a tile is compute bound enough
-// that the hardware prefetcher falls behind on the weights; prefetching
-// this many group records ahead measured 5-20 % faster GEMMs. Whether one
-// x row needs it depends on the CPU (Q::kStreamPairs).
+// With several x rows the hardware prefetcher falls behind on the weights,
+// so GEMMs prefetch this many group records ahead (bench/results/kernels.md).
+// Whether one x row needs it depends on the CPU (Q::kStreamPairs).
 constexpr int64_t kPrefetchGroups = 8;
 
 // W::kTiles row tiles from `tile` times x rows i0 .. i0 + T; kPrefetchOneRow:
@@ -449,8 +447,8 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
 // Calls tile(rows, one_block_groups, i0) for the rows of x in chunks of up
 // to kMaxRows from i0, rows (the chunk's) and one_block_groups
 // (a.blocks_per_group == 1) as integral constants. Group size 32 (one block
-// per group, the common case) gets a straight-line group body: GCC
-// schedules it far better than the block loop, 12-30 % faster GEMMs measured.
+// per group, the common case) gets a straight-line group body, which GCC
+// schedules far better than the block loop (bench/results/kernels.md).
 template <int kMaxRows, typename F>
 void ForXChunks(const QuantArgs& a, F&& tile) {
   for (int64_t i = 0; i < a.n; i += kMaxRows) {
@@ -475,10 +473,8 @@ void Int8Tiles(const QuantArgs& a, int64_t first) {
 // Q::Wide (when defined) covers two tiles per register: used for every
 // whole pair of tiles in [r0, r1) when x has several rows (compute bound),
 // the ymm kernel for a last single tile. One x row (memory bound) streams
-// W as Q::kStreamPairs says: measured, on Zen 5 the ymm kernel's four
-// accumulator chains stream fastest and need no prefetch; on Sapphire
-// Rapids-class cores (the AMX table), whose single-core bandwidth is
-// lower, pairs with prefetch made decode GEMVs 1.5-1.8x faster.
+// W as Q::kStreamPairs says, whichever streamed faster on that CPU
+// (bench/results/kernels.md).
 template <class Q, int kBits, bool kLut>
 void Int8Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
   const int64_t tiles = (a.w->rows + kTileRows - 1) / kTileRows;
@@ -517,9 +513,8 @@ void Int8ByFormat(const QuantArgs& a, int64_t r0, int64_t r1) {
 // columns and vdpbf16ps with the broadcast activation pair, half the
 // lookups and dot instructions of fp32.
 
-// Group records the float kernels prefetch ahead: twice the int8 kernels'
-// distance measured 5-10 % faster GEMVs (their decode takes longer per
-// record, so a line must be asked for earlier to be there in time).
+// Group records the float kernels prefetch ahead: their decode takes longer
+// per record, so a line must be asked for earlier (bench/results/kernels.md).
 constexpr int64_t kFloatPrefetchGroups = 2 * kPrefetchGroups;
 
 // Column `col` of a full 32-block in xf (4-bit blocks are de-interleaved,

@@ -66,8 +66,9 @@ void QuantizeBlock(const float* x, int64_t len, int8_t* q, float* d,
   *sum = total;
 }
 
-// x rows from which activation preparation runs in parallel over rows (a
-// prefill chunk's: serial, it took 10-20 % of a pp128 matmul).
+// x rows (a prefill chunk) from which activation preparation runs in
+// parallel over rows: serially it was a visible share of the matmul
+// (bench/results/kernels.md).
 constexpr int64_t kParallelPrepareRows = 8;
 
 // Row i of the int8 activations: xq, xd, xsa and xs, and with `tiles` its
@@ -251,9 +252,8 @@ void Unmapper::operator()(uint8_t* p) const { ::munmap(p, bytes); }
 
 namespace {
 
-// Anonymous memory, populated up front: on this VM, first-touch faults
-// spread over the packing loop cost 0.6 s more for a 1.1B model. Transparent
-// huge pages were measured too: 0.7 s slower to back, decode no faster.
+// Anonymous memory, populated up front: faults inside the packing loop made
+// loads slower, huge pages too (bench/results/kernels.md).
 std::unique_ptr<uint8_t, Unmapper> MapPopulated(size_t bytes) {
   const size_t length = std::max<size_t>(bytes, 1);
   void* p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
