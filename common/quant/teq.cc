@@ -180,6 +180,206 @@ class GroupObjective {
   std::vector<double> weights_;
 };
 
+// The calibration tokens x [seqs·len, cols] in step batches of
+// consecutive whole sequences (at least one per batch; the last may be
+// shorter).
+class TokenBatches {
+ public:
+  TokenBatches(const float* x, int seqs, int len, int64_t cols, int tokens_per_step)
+      : x_(x),
+        seqs_(seqs),
+        len_(len),
+        cols_(cols),
+        batch_seqs_(std::max(1, tokens_per_step / len)),
+        count_((seqs + batch_seqs_ - 1) / batch_seqs_) {}
+
+  int count() const { return count_; }
+  // Tokens in a whole batch.
+  int batch_tokens() const { return batch_seqs_ * len_; }
+  int seqs() const { return seqs_; }
+  int len() const { return len_; }
+  int64_t cols() const { return cols_; }
+  const float* x() const { return x_; }
+
+  ConstRowMap Get(int b) const {
+    const int64_t first = static_cast<int64_t>(b) * batch_seqs_ * len_;
+    const int64_t last = static_cast<int64_t>(std::min(seqs_, (b + 1) * batch_seqs_)) * len_;
+    return ConstRowMap(x_ + first * cols_, last - first, cols_);
+  }
+
+ private:
+  const float* x_;
+  int seqs_, len_;
+  int64_t cols_;
+  int batch_seqs_, count_;
+};
+
+// Per-layer weights of the local loss: 1 / (fp32 output energy per token);
+// 1 for a group of one layer.
+std::vector<double> LocalLossWeights(const ScalingGroup& group, const BlockWeights& w,
+                                     const TokenBatches& batches) {
+  std::vector<double> weights(group.layers.size(), 1.0);
+  if (group.layers.size() == 1) return weights;
+  for (size_t i = 0; i < group.layers.size(); ++i) {
+    const LinearRole l = group.layers[i];
+    const ConstRowMap weight(w.linear[l].data(), w.rows[l], batches.cols());
+    double energy = 0;
+    for (int b = 0; b < batches.count(); ++b) {
+      energy += (batches.Get(b) * weight.transpose()).cast<double>().squaredNorm();
+    }
+    energy /= static_cast<double>(batches.seqs()) * batches.len();
+    weights[i] = energy > 0 ? 1.0 / energy : 1.0;
+  }
+  return weights;
+}
+
+// The loss per token over the first n batches (all when n < 0), batch by
+// batch so the temporaries stay small.
+absl::StatusOr<double> MeanLoss(const GroupObjective& objective, const TokenBatches& batches,
+                                const Eigen::VectorXf& alpha, int n = -1) {
+  if (n < 0) n = batches.count();
+  double sum = 0;
+  int64_t rows = 0;
+  for (int b = 0; b < n; ++b) {
+    const ConstRowMap xb = batches.Get(b);
+    ASSIGN_OR_RETURN(double loss, objective.Loss(xb, alpha, nullptr));
+    sum += loss * static_cast<double>(xb.rows());
+    rows += xb.rows();
+  }
+  return sum / static_cast<double>(rows);
+}
+
+// The best of a = 1 (index 0) and AWQ's activation-statistics scales
+// s = x_mean^r / (w_mean^(1-r) + 1e-4), r = (index - 1) / init_grid
+// (indices 1..init_grid+1), on the loss over the first init_tokens
+// calibration tokens (a = 1 wins ties).
+struct InitCandidate {
+  int index = 0;
+  Eigen::VectorXf alpha;
+};
+absl::StatusOr<InitCandidate> BestOfInitGrid(const GroupObjective& objective,
+                                             const TokenBatches& batches, const ScalingGroup& group,
+                                             const BlockWeights& w, const TeqOptions& options) {
+  const int64_t cols = batches.cols();
+  const int init_batches =
+      std::clamp((options.init_tokens + batches.batch_tokens() - 1) / batches.batch_tokens(), 1,
+                 batches.count());
+  const std::vector<float> x_mean =
+      MeanAbsPerChannel(batches.x(), static_cast<int64_t>(batches.seqs()) * batches.len(), cols);
+  const std::vector<float> w_mean = AwqWeightMean(w, group.layers, options.spec);
+  std::vector<Eigen::VectorXf> candidates(options.init_grid + 1, Eigen::VectorXf::Ones(cols));
+  std::vector<absl::StatusOr<double>> losses(options.init_grid + 1, 0.0);
+  tbb::parallel_for(0, options.init_grid + 1, [&](int i) {
+    if (IsCancelled(options.cancelled)) return;
+    if (i > 0) {
+      const std::vector<float> s = AwqGridScales(
+          x_mean, w_mean, static_cast<float>(i - 1) / options.init_grid, /*duo_scaling=*/true);
+      candidates[i] = Eigen::Map<const Eigen::VectorXf>(s.data(), cols);
+    }
+    losses[i] = MeanLoss(objective, batches, candidates[i], init_batches);
+  });
+  RETURN_IF_ERROR(CheckCancelled(options.cancelled));
+  int best = 0;
+  for (int i = 0; i <= options.init_grid; ++i) {
+    RETURN_IF_ERROR(losses[i].status());
+    if (*losses[i] < *losses[best]) best = i;
+  }
+  return InitCandidate{best, std::move(candidates[best])};
+}
+
+// The starting point of training: a = 1, or with init_grid the best of the
+// init grid if it is also better than a = 1 on all tokens (it was chosen on
+// a subset). Sets the report's initial_loss, init_loss and init_ratio.
+absl::StatusOr<Eigen::VectorXf> ChooseStartingScales(
+    const GroupObjective& objective, const TokenBatches& batches, const ScalingGroup& group,
+    const BlockWeights& w, const TeqOptions& options, TeqGroupReport* report) {
+  const Eigen::VectorXf ones = Eigen::VectorXf::Ones(batches.cols());
+  ASSIGN_OR_RETURN(report->initial_loss, MeanLoss(objective, batches, ones));
+  report->init_loss = report->initial_loss;
+  if (options.init_grid <= 0) return ones;
+  ASSIGN_OR_RETURN(InitCandidate best, BestOfInitGrid(objective, batches, group, w, options));
+  if (best.index == 0) return ones;
+  ASSIGN_OR_RETURN(const double loss, MeanLoss(objective, batches, best.alpha));
+  if (loss < report->initial_loss) {
+    report->init_ratio = static_cast<double>(best.index - 1) / options.init_grid;
+    report->init_loss = loss;
+    return std::move(best.alpha);
+  }
+  return ones;
+}
+
+// Adam (torch.optim.Adam with bias correction) on theta = log a, so its
+// steps are multiplicative and a stays positive, under transformers'
+// get_linear_schedule_with_warmup.
+class LogScaleAdam {
+ public:
+  LogScaleAdam(const Eigen::VectorXf& alpha, const TeqOptions& options)
+      : options_(options),
+        warmup_(static_cast<int>(options.warmup_fraction * options.steps)),
+        theta_(alpha.array().log().matrix()),
+        m_(Eigen::VectorXf::Zero(alpha.size())),
+        v_(Eigen::VectorXf::Zero(alpha.size())) {}
+
+  // One step from grad = dL/da at a = *alpha; updates *alpha.
+  void Step(int step, const Eigen::VectorXf& grad, Eigen::VectorXf* alpha) {
+    const Eigen::VectorXf grad_theta = grad.cwiseProduct(*alpha);  // dL/dtheta
+    const float lr = LearningRate(step);
+    m_ = options_.beta1 * m_ + (1 - options_.beta1) * grad_theta;
+    v_ = options_.beta2 * v_ + (1 - options_.beta2) * grad_theta.cwiseAbs2();
+    const float c1 = 1 - std::pow(options_.beta1, static_cast<float>(step + 1));
+    const float c2 = 1 - std::pow(options_.beta2, static_cast<float>(step + 1));
+    theta_ -= (lr / c1) * m_.cwiseQuotient(((v_ / c2).cwiseSqrt().array() + options_.eps).matrix());
+    *alpha = theta_.array().exp().matrix();
+  }
+
+ private:
+  // The linear schedule with warmup, read at the step's start.
+  float LearningRate(int step) const {
+    return options_.lr * (step < warmup_ ? static_cast<float>(step) / std::max(1, warmup_)
+                                         : static_cast<float>(options_.steps - step) /
+                                               std::max(1, options_.steps - warmup_));
+  }
+
+  const TeqOptions& options_;
+  const int warmup_;
+  Eigen::VectorXf theta_, m_, v_;
+};
+
+// options.steps Adam steps from `start`, one batch each (in order, wrapping
+// around); appends each step's batch loss to step_losses.
+absl::StatusOr<Eigen::VectorXf> TrainScales(const GroupObjective& objective,
+                                            const TokenBatches& batches, const TeqOptions& options,
+                                            const Eigen::VectorXf& start,
+                                            std::vector<double>* step_losses) {
+  Eigen::VectorXf alpha = start;
+  LogScaleAdam adam(alpha, options);
+  Eigen::VectorXf grad(alpha.size());
+  for (int step = 0; step < options.steps; ++step) {
+    RETURN_IF_ERROR(CheckCancelled(options.cancelled));
+    ASSIGN_OR_RETURN(double loss,
+                     objective.Loss(batches.Get(step % batches.count()), alpha, &grad));
+    step_losses->push_back(loss);
+    adam.Step(step, grad, &alpha);
+  }
+  return alpha;
+}
+
+// Training sees one batch per step and the STE gradient; should the
+// trained a be worse than its start on the whole set (same objective), the
+// start is kept. Sets the report's final_loss and kept_init.
+absl::Status KeepTheBetterOfStartAndTrained(const GroupObjective& objective,
+                                            const TokenBatches& batches,
+                                            const Eigen::VectorXf& start, Eigen::VectorXf* alpha,
+                                            TeqGroupReport* report) {
+  ASSIGN_OR_RETURN(report->final_loss, MeanLoss(objective, batches, *alpha));
+  if (report->final_loss > report->init_loss) {
+    *alpha = start;
+    report->final_loss = report->init_loss;
+    report->kept_init = true;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 CausalAttention::CausalAttention(const LlamaConfig& c, int len)
@@ -262,120 +462,16 @@ void CausalAttention::Rotate(Matrix* x, int heads, bool inverse) const {
 absl::StatusOr<TeqGroupReport> TeqTrainGroup(const LlamaConfig& config, const float* x,
                                              int seqs, int len, const ScalingGroup& group,
                                              const BlockWeights& w, const TeqOptions& options) {
-  const int64_t cols = w.cols[group.layers.front()];
-  const int batch_seqs = std::max(1, options.tokens_per_step / len);
-  const int batches = (seqs + batch_seqs - 1) / batch_seqs;
-  auto batch = [&](int b) {
-    const int64_t first = static_cast<int64_t>(b) * batch_seqs * len;
-    const int64_t last = static_cast<int64_t>(std::min(seqs, (b + 1) * batch_seqs)) * len;
-    return ConstRowMap(x + first * cols, last - first, cols);
-  };
-  // Per-layer weights of the local loss: 1 / (fp32 output energy per token).
-  std::vector<double> weights(group.layers.size(), 1.0);
-  if (group.layers.size() > 1) {
-    for (size_t i = 0; i < group.layers.size(); ++i) {
-      const LinearRole l = group.layers[i];
-      const ConstRowMap weight(w.linear[l].data(), w.rows[l], cols);
-      double energy = 0;
-      for (int b = 0; b < batches; ++b) {
-        energy += (batch(b) * weight.transpose()).cast<double>().squaredNorm();
-      }
-      energy /= static_cast<double>(seqs) * len;
-      weights[i] = energy > 0 ? 1.0 / energy : 1.0;
-    }
-  }
-  const GroupObjective objective(config, len, group, w, options, std::move(weights));
-  // Over the first `n` batches (all tokens by default), batch by batch so the
-  // temporaries stay small.
-  auto full_loss = [&](const Eigen::VectorXf& alpha, int n = -1) -> absl::StatusOr<double> {
-    if (n < 0) n = batches;
-    double sum = 0;
-    int64_t rows = 0;
-    for (int b = 0; b < n; ++b) {
-      const ConstRowMap xb = batch(b);
-      ASSIGN_OR_RETURN(double loss, objective.Loss(xb, alpha, nullptr));
-      sum += loss * static_cast<double>(xb.rows());
-      rows += xb.rows();
-    }
-    return sum / static_cast<double>(rows);
-  };
-
+  const TokenBatches batches(x, seqs, len, w.cols[group.layers.front()], options.tokens_per_step);
+  const GroupObjective objective(config, len, group, w, options,
+                                 LocalLossWeights(group, w, batches));
   TeqGroupReport report;
-  Eigen::VectorXf alpha = Eigen::VectorXf::Ones(cols);
-  ASSIGN_OR_RETURN(report.initial_loss, full_loss(alpha));
-  report.init_loss = report.initial_loss;
-  // Initialisation: a = 1, or the best of a = 1 and AWQ's activation-statistics
-  // scales s = x_mean^r / (w_mean^(1-r) + 1e-4), r = i / init_grid, on the
-  // same loss over the first init_tokens calibration tokens (a = 1 wins
-  // ties).
-  if (options.init_grid > 0) {
-    const int init_batches = std::clamp(
-        (options.init_tokens + batch_seqs * len - 1) / (batch_seqs * len), 1, batches);
-    const std::vector<float> x_mean = MeanAbsPerChannel(x, static_cast<int64_t>(seqs) * len, cols);
-    const std::vector<float> w_mean = AwqWeightMean(w, group.layers, options.spec);
-    std::vector<Eigen::VectorXf> candidates(options.init_grid + 1, alpha);
-    std::vector<absl::StatusOr<double>> losses(options.init_grid + 1, 0.0);
-    tbb::parallel_for(0, options.init_grid + 1, [&](int i) {
-      if (IsCancelled(options.cancelled)) return;
-      if (i > 0) {
-        const std::vector<float> s = AwqGridScales(
-            x_mean, w_mean, static_cast<float>(i - 1) / options.init_grid, /*duo_scaling=*/true);
-        candidates[i] = Eigen::Map<const Eigen::VectorXf>(s.data(), cols);
-      }
-      losses[i] = full_loss(candidates[i], init_batches);
-    });
-    RETURN_IF_ERROR(CheckCancelled(options.cancelled));
-    int best = 0;
-    for (int i = 0; i <= options.init_grid; ++i) {
-      RETURN_IF_ERROR(losses[i].status());
-      if (*losses[i] < *losses[best]) best = i;
-    }
-    if (best > 0) {
-      ASSIGN_OR_RETURN(const double loss, full_loss(candidates[best]));
-      // Chosen on a subset: keep a = 1 should it be better on all tokens.
-      if (loss < report.initial_loss) {
-        alpha = candidates[best];
-        report.init_ratio = static_cast<double>(best - 1) / options.init_grid;
-        report.init_loss = loss;
-      }
-    }
-  }
-  const Eigen::VectorXf init_alpha = alpha;
-
-  // a = exp(theta): Adam's steps are multiplicative and a stays positive.
-  Eigen::VectorXf theta = alpha.array().log().matrix();
-  Eigen::VectorXf m = Eigen::VectorXf::Zero(cols);
-  Eigen::VectorXf v = Eigen::VectorXf::Zero(cols);
-  Eigen::VectorXf grad(cols);
-  const int warmup = static_cast<int>(options.warmup_fraction * options.steps);
-  for (int step = 0; step < options.steps; ++step) {
-    RETURN_IF_ERROR(CheckCancelled(options.cancelled));
-    ASSIGN_OR_RETURN(double loss, objective.Loss(batch(step % batches), alpha, &grad));
-    report.step_losses.push_back(loss);
-    grad = grad.cwiseProduct(alpha);  // dL/dtheta
-    // transformers' get_linear_schedule_with_warmup, read at the step's start.
-    const float lr =
-        options.lr * (step < warmup ? static_cast<float>(step) / std::max(1, warmup)
-                                    : static_cast<float>(options.steps - step) /
-                                          std::max(1, options.steps - warmup));
-    // torch.optim.Adam with bias correction.
-    m = options.beta1 * m + (1 - options.beta1) * grad;
-    v = options.beta2 * v + (1 - options.beta2) * grad.cwiseAbs2();
-    const float c1 = 1 - std::pow(options.beta1, static_cast<float>(step + 1));
-    const float c2 = 1 - std::pow(options.beta2, static_cast<float>(step + 1));
-    theta -= (lr / c1) * m.cwiseQuotient(((v / c2).cwiseSqrt().array() + options.eps).matrix());
-    alpha = theta.array().exp().matrix();
-  }
-  ASSIGN_OR_RETURN(report.final_loss, full_loss(alpha));
-  // Training sees one batch per step and the STE gradient; should the result
-  // be worse than its starting point on the whole set (same objective), keep
-  // the starting point.
-  if (report.final_loss > report.init_loss) {
-    alpha = init_alpha;
-    report.final_loss = report.init_loss;
-    report.kept_init = true;
-  }
-  report.alpha.assign(alpha.data(), alpha.data() + cols);
+  ASSIGN_OR_RETURN(const Eigen::VectorXf start,
+                   ChooseStartingScales(objective, batches, group, w, options, &report));
+  ASSIGN_OR_RETURN(Eigen::VectorXf alpha,
+                   TrainScales(objective, batches, options, start, &report.step_losses));
+  RETURN_IF_ERROR(KeepTheBetterOfStartAndTrained(objective, batches, start, &alpha, &report));
+  report.alpha.assign(alpha.data(), alpha.data() + alpha.size());
   return report;
 }
 
