@@ -178,12 +178,12 @@ class ArtifactSource : public WeightSource {
       return absl::DataLossError(absl::StrCat("tensor ", module, " is in ", layout,
                                               ", which does not hold its scale dtype"));
     }
-    const int64_t bytes = Int8TilesBytes(view);
-    if (bytes == 0) {
+    const std::optional<kernels::Int8TileGeometry> geometry = Int8TileGeometryOf(view);
+    if (!geometry.has_value()) {
       return absl::DataLossError(
           absl::StrCat("tensor ", module, "'s format and shape have no ", layout, " layout"));
     }
-    const int64_t shape[] = {bytes};
+    const int64_t shape[] = {geometry->bytes()};
     ASSIGN_OR_RETURN(const TensorInfo* t, file_->Get(module + ".qweight_tiles", DType::kU8, shape));
     const uint8_t* tiles = file_->data(*t);
     // Read in place from the copy. Memory-safe whatever the bytes (the kernels index

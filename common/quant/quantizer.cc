@@ -148,7 +148,7 @@ class ArtifactTensors {
     // has no room for double-quantized ones).
     const char* tile_layout = Int8TilesLayoutFor(q.spec.scale_encoding);
     const bool tiled = config_.compute_dtype() == v1::COMPUTE_INT8 && tile_layout != nullptr &&
-                       Int8TilesBytes(q.view()) > 0;
+                       Int8TileGeometryOf(q.view()).has_value();
     t->set_layout(tiled ? tile_layout : kRowMajorPackedLayout);
     t->set_weight_dtype(WeightDtypeOf(q.spec.type));
     t->set_scheme(SchemeOf(q.spec.scheme));
