@@ -311,7 +311,8 @@ TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
           ++packed_cases;
           // The artifact form of the layout: stored, converted back exactly,
           // and read in place with a view that has the shape only.
-          const int64_t tile_bytes = Int8TilesBytes(q->view());
+          const auto geometry = Int8TileGeometryOf(q->view());
+          const int64_t tile_bytes = geometry.has_value() ? geometry->bytes() : 0;
           EXPECT_EQ(tile_bytes > 0, kCols % q->group_size == 0) << "group " << group;
           std::string tiles;
           std::shared_ptr<const PackedWeights> mapped;

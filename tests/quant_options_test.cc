@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "common/artifact/artifact_format.h"
 #include "common/artifact/artifact_store.h"
 #include "common/kernels/cpu_features.h"
 #include "common/io/file_util.h"

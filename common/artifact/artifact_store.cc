@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/artifact/artifact_format.h"
 #include "common/io/file_util.h"
 #include "common/model/hf_config.h"
 #include "common/kernels/matmul.h"
@@ -32,24 +33,8 @@
 
 namespace wq {
 
-const char* Int8TilesLayoutFor(ScaleEncoding scales) {
-  switch (scales) {
-    case ScaleEncoding::kF32:
-      return kInt8TilesLayout;
-    case ScaleEncoding::kBf16:
-      return kInt8TilesBf16Layout;
-    case ScaleEncoding::kDoubleQuant:
-      return nullptr;
-  }
-  return nullptr;
-}
-
 namespace fs = std::filesystem;
 namespace {
-
-bool IsInt8TilesLayout(const std::string& layout) {
-  return layout == kInt8TilesLayout || layout == kInt8TilesBf16Layout;
-}
 
 constexpr char kTempPrefix[] = ".tmp-";
 constexpr char kQuarantinePrefix[] = ".corrupt-";
@@ -110,176 +95,54 @@ class ArtifactSource : public WeightSource {
     const v1::ManifestTensor& t = it->second;
     if (!t.quantized()) {
       const int64_t shape[] = {out_features, in_features};
-      ASSIGN_OR_RETURN(const float* w, F32(absl::StrCat(name, ".weight"), shape));
+      ASSIGN_OR_RETURN(const float* w, F32(DenseWeightName(name), shape));
       return LinearWeight::Dense(w, out_features, in_features);
     }
-    const bool tiled = IsInt8TilesLayout(t.layout());
-    if (!tiled && t.layout() != kRowMajorPackedLayout) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "tensor ", t.module(), " uses layout '", t.layout(), "', which this version cannot read"));
-    }
-    if (!v1::WeightDtype_IsValid(t.weight_dtype()) ||
-        t.weight_dtype() == v1::WEIGHT_DTYPE_UNSPECIFIED) {
-      return absl::DataLossError(absl::StrCat("tensor ", t.module(), " has no valid weight_dtype"));
-    }
-    QuantizedMatrixView view;
-    view.spec.type = QuantTypeOf(t.weight_dtype());
-    view.spec.scheme = QuantSchemeOf(t.scheme());
-    view.spec.group_size = t.group_size();
-    ASSIGN_OR_RETURN(view.spec.scale_encoding, ScaleEncodingOf(t));
-    view.rows = out_features;
-    view.cols = in_features;
-    if (t.group_size() < 1) {
-      return absl::DataLossError(absl::StrCat("tensor ", t.module(), " has group_size ", t.group_size()));
-    }
-    view.group_size = EffectiveGroupSize(view.spec, in_features);
-    view.groups_per_row = (in_features + view.group_size - 1) / view.group_size;
-    const int bits = GetQuantFormat(view.spec.type).bits;
-    view.row_bytes = (in_features * bits + 7) / 8;
-
-    const std::string module(name);
-    if (tiled) return TiledLinear(module, t.layout(), view);
-    const int64_t codes_shape[] = {out_features, view.row_bytes};
-    const int64_t group_shape[] = {out_features, view.groups_per_row};
-    ASSIGN_OR_RETURN(const TensorInfo* codes,
-                     file_->Get(module + ".qweight", DType::kU8, codes_shape));
-    const TensorInfo* zeros = nullptr;
-    view.codes = file_->data(*codes);
-    ASSIGN_OR_RETURN(view.scales, Scales(module, view.spec, group_shape));
-    const size_t scales_count = static_cast<size_t>(out_features * view.groups_per_row);
-    size_t zeros_count = 0;
-    if (view.spec.scheme == QuantScheme::kAsym) {
-      ASSIGN_OR_RETURN(zeros, file_->Get(module + ".qzeros", DType::kU8, group_shape));
-      view.zeros = file_->data(*zeros);
-      zeros_count = zeros->nbytes;
-    }
-    RETURN_IF_ERROR(ValidateQuantizedMatrixView(view, codes->nbytes, scales_count, zeros_count));
+    ASSIGN_OR_RETURN(StoredLinear stored,
+                     ReadQuantizedLinear(*file_, t, out_features, in_features));
+    if (stored.tiles != nullptr) return TiledLinear(std::move(stored));
+    const QuantizedMatrixView& view = stored.view;
     // The arithmetic the artifact was quantized for (its compute_dtype) or the caller's.
     std::shared_ptr<const PackedWeights> packed = PackWeights(view, compute_);
     if (packed != nullptr && PackedCoversView(view, compute_)) {
       // The kernels read the packed copy only: the row-major one goes, so
       // the weights are held once.
-      file_->ReleasePages(*codes);
-      if (zeros != nullptr) file_->ReleasePages(*zeros);
-      ReleaseScales(module, view.scales);
-      view.codes = nullptr;
-      view.scales = nullptr;
-      view.zeros = nullptr;
+      Release(stored);
+      QuantizedMatrixView shape_only = view;
+      shape_only.codes = nullptr;
+      shape_only.scales = nullptr;
+      shape_only.zeros = nullptr;
+      return LinearWeight::Quantized(shape_only, compute_, std::move(packed));
     }
+    // Moving the vector into the list keeps its buffer where view.scales points.
+    if (!stored.decoded_scales.empty()) owned_scales_.push_back(std::move(stored.decoded_scales));
     return LinearWeight::Quantized(view, compute_, std::move(packed));
   }
 
  private:
-  // A tensor in an int8 tile layout; `view` has its shape and spec, no data yet.
-  absl::StatusOr<LinearWeight> TiledLinear(const std::string& module, const std::string& layout,
-                                           QuantizedMatrixView view) {
-    const char* expected = Int8TilesLayoutFor(view.spec.scale_encoding);
-    if (expected == nullptr || layout != expected) {
-      return absl::DataLossError(absl::StrCat("tensor ", module, " is in ", layout,
-                                              ", which does not hold its scale dtype"));
-    }
-    const int64_t bytes = Int8TilesBytes(view);
-    if (bytes == 0) {
-      return absl::DataLossError(
-          absl::StrCat("tensor ", module, "'s format and shape have no ", layout, " layout"));
-    }
-    const int64_t shape[] = {bytes};
-    ASSIGN_OR_RETURN(const TensorInfo* t, file_->Get(module + ".qweight_tiles", DType::kU8, shape));
-    const uint8_t* tiles = file_->data(*t);
+  // The file's pages of a linear that the kernels no longer read.
+  void Release(const StoredLinear& stored) {
+    for (const TensorInfo* t : stored.in_place) file_->ReleasePages(*t);
+  }
+
+  // A linear in an int8 tile layout.
+  absl::StatusOr<LinearWeight> TiledLinear(StoredLinear stored) {
+    const QuantizedMatrixView& view = stored.view;
     // Read in place from the copy. Memory-safe whatever the bytes (the kernels index
     // nothing by a code beyond its 16- or 256-entry table), and the load
     // fails unless the checksums, verified meanwhile, match the manifest.
     // Codes outside the format's level table are not looked for here (the
     // row-major path below rejects them): they compute garbage, not harm.
-    if (auto packed = MapInt8Tiles(view, compute_, tiles, private_weights_)) {
-      if (private_weights_) file_->ReleasePages(*t);
+    if (auto packed = MapInt8Tiles(view, compute_, stored.tiles, private_weights_)) {
+      if (private_weights_) Release(stored);
       return LinearWeight::Quantized(view, compute_, std::move(packed));
     }
     // Other arithmetic (or the scalar reference): the row-major layout, once.
-    const QuantizedMatrix& m = unpacked_.emplace_back(FromInt8Tiles(view, tiles));
+    const QuantizedMatrix& m = unpacked_.emplace_back(FromInt8Tiles(view, stored.tiles));
     RETURN_IF_ERROR(ValidateQuantizedMatrixView(m.view(), m.codes.size(), m.scales.size(),
                                                 m.zeros.size()));
-    file_->ReleasePages(*t);
+    Release(stored);
     return LinearWeight::Quantized(m.view(), compute_);
-  }
-
-  static absl::StatusOr<ScaleEncoding> ScaleEncodingOf(const v1::ManifestTensor& t) {
-    const bool f32 = t.scale_dtype() == v1::SCALE_DTYPE_UNSPECIFIED ||  // version 1
-                     t.scale_dtype() == v1::SCALE_FP32;
-    if (t.double_quant() && f32) return ScaleEncoding::kDoubleQuant;
-    if (!t.double_quant() && f32) return ScaleEncoding::kF32;
-    if (!t.double_quant() && t.scale_dtype() == v1::SCALE_BF16) return ScaleEncoding::kBf16;
-    return absl::DataLossError(absl::StrCat("tensor ", t.module(), " has scale_dtype ",
-                                            t.scale_dtype(), " with double_quant ",
-                                            t.double_quant() ? "on" : "off"));
-  }
-
-  // Gives back the memory of `scales` from Scales(module, ...): the file's
-  // pages or the decoded buffer.
-  void ReleaseScales(const std::string& module, const float* scales) {
-    const auto owned = std::find_if(owned_scales_.begin(), owned_scales_.end(),
-                                    [&](const std::vector<float>& v) { return v.data() == scales; });
-    if (owned != owned_scales_.end()) {
-      owned_scales_.erase(owned);
-    } else if (const TensorInfo* t = file_->Find(module + ".scales")) {
-      file_->ReleasePages(*t);
-    }
-  }
-
-  // Copies a tensor's raw bytes out, so that its alignment in the file does
-  // not matter; only used for the small scale tensors.
-  template <typename T>
-  absl::StatusOr<std::vector<T>> Copy(const std::string& name, DType dtype,
-                                      absl::Span<const int64_t> shape) {
-    ASSIGN_OR_RETURN(const TensorInfo* t, file_->Get(name, dtype, shape));
-    std::vector<T> out(t->nbytes / sizeof(T));
-    std::memcpy(out.data(), file_->data(*t), out.size() * sizeof(T));
-    return out;
-  }
-
-  // fp32 scales [rows, groups]: used in place when stored as F32, else
-  // decoded once into a buffer this source owns (1/group_size of the
-  // weights' element count).
-  absl::StatusOr<const float*> Scales(const std::string& module, const QuantSpec& spec,
-                                      absl::Span<const int64_t> group_shape) {
-    const std::string name = module + ".scales";
-    std::vector<float> decoded;
-    switch (spec.scale_encoding) {
-      case ScaleEncoding::kF32: {
-        ASSIGN_OR_RETURN(const TensorInfo* t, file_->Get(name, DType::kF32, group_shape));
-        if (t->offset % alignof(float) != 0) {
-          return absl::DataLossError(absl::StrCat("tensor ", t->name, " is not 4-byte aligned"));
-        }
-        return reinterpret_cast<const float*>(file_->data(*t));
-      }
-      case ScaleEncoding::kBf16: {
-        ASSIGN_OR_RETURN(std::vector<uint16_t> bf16,
-                         Copy<uint16_t>(name, DType::kBF16, group_shape));
-        decoded.resize(bf16.size());
-        std::transform(bf16.begin(), bf16.end(), decoded.begin(), Bf16ToFloat);
-        break;
-      }
-      case ScaleEncoding::kDoubleQuant: {
-        ASSIGN_OR_RETURN(std::vector<uint8_t> codes,
-                         Copy<uint8_t>(name + "_q", DType::kU8, group_shape));
-        const int64_t blocks[] = {
-            static_cast<int64_t>((codes.size() + kDoubleQuantBlock - 1) / kDoubleQuantBlock)};
-        ASSIGN_OR_RETURN(std::vector<float> block_scales,
-                         Copy<float>(name + "_scale", DType::kF32, blocks));
-        float mean = 0.0f;
-        if (spec.scheme == QuantScheme::kAsym) {
-          const int64_t one[] = {1};
-          ASSIGN_OR_RETURN(std::vector<float> m, Copy<float>(name + "_mean", DType::kF32, one));
-          mean = m[0];
-        }
-        decoded.resize(codes.size());
-        RETURN_IF_ERROR(DequantizeDoubleQuantizedScales(codes, block_scales, mean,
-                                                        absl::MakeSpan(decoded)));
-        break;
-      }
-    }
-    // Moving a vector into the list keeps its buffer where it is.
-    return owned_scales_.emplace_back(std::move(decoded)).data();
   }
 
   std::unique_ptr<SafetensorsFile> file_;
@@ -287,7 +150,7 @@ class ArtifactSource : public WeightSource {
   std::map<std::string, v1::ManifestTensor> modules_;
   ComputeDtype compute_ = ComputeDtype::kFp32;
   bool private_weights_ = false;
-  std::list<std::vector<float>> owned_scales_;
+  std::list<std::vector<float>> owned_scales_;  // decoded scales the kernels read
 };
 
 }  // namespace
@@ -343,9 +206,7 @@ absl::Status ArtifactWriter::Commit(v1::ArtifactManifest manifest) {
     ::close(fd);
   }
   manifest.set_format(kArtifactFormat);
-  bool tiles = false;
-  for (const v1::ManifestTensor& t : manifest.tensors()) tiles |= IsInt8TilesLayout(t.layout());
-  manifest.set_format_version(tiles ? 3 : 2);
+  manifest.set_format_version(FormatVersionToWrite(manifest));
   manifest.set_artifact_id(id_);
   std::string json;
   google::protobuf::util::JsonPrintOptions options;
@@ -474,13 +335,9 @@ absl::StatusOr<v1::ArtifactManifest> ParseManifest(absl::string_view json,
     return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": manifest format is '",
                                             manifest.format(), "', expected '", kArtifactFormat, "'"));
   }
-  if (manifest.format_version() > kArtifactFormatVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "artifact ", artifact_id, " has format version ", manifest.format_version(),
-        "; this server reads up to version ", kArtifactFormatVersion, ": upgrade the server"));
-  }
-  if (manifest.format_version() < 1) {
-    return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": invalid format version"));
+  if (absl::Status version = CheckFormatVersion(manifest); !version.ok()) {
+    return absl::Status(version.code(),
+                        absl::StrCat("artifact ", artifact_id, ": ", version.message()));
   }
   if (manifest.artifact_id() != artifact_id) {
     return absl::DataLossError(absl::StrCat("artifact directory ", artifact_id,

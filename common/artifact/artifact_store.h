@@ -24,12 +24,6 @@
 
 namespace wq {
 
-// 2: INT3/INT2 weights and bf16 or double-quantized scales, which a version
-// 1 reader would misread. 3: tensors in kInt8TilesLayout (written only for
-// configs with compute_dtype int8; other artifacts stay version 2 so that
-// older servers still read them). Every older version is still read.
-inline constexpr int kArtifactFormatVersion = 3;
-inline constexpr char kArtifactFormat[] = "wq.artifact";
 inline constexpr char kManifestFile[] = "manifest.json";
 // sha256 of manifest.json as lowercase hex: the manifest's checksums cover
 // every other file, this one covers the manifest (its config and tensor
@@ -38,28 +32,17 @@ inline constexpr char kManifestChecksumFile[] = "manifest.sha256";
 // Files larger than this also get per-chunk checksums (ManifestFile), which
 // loading verifies in parallel.
 inline constexpr int64_t kVerifyChunkBytes = int64_t{64} << 20;
+// The tensors' names and layouts: artifact_format.h.
 inline constexpr char kWeightsFile[] = "model.safetensors";
-inline constexpr char kRowMajorPackedLayout[] = "rowmajor-packed-v1";
-// The int8 kernels' own layout (kernels.h PackedInt8Weights) in
-// <module>.qweight_tiles: loading with int8 compute uses it in place (no
-// packing), other compute dtypes convert it
-// back to rowmajor-packed-v1 once. With fp32 scales; the -bf16 variant
-// stores bf16 scales in half the bytes (kernels.h scale_bytes), so that an
-// older server refuses it as an unknown layout instead of misreading it.
-inline constexpr char kInt8TilesLayout[] = "int8-tiles-v1";
-inline constexpr char kInt8TilesBf16Layout[] = "int8-tiles-bf16-v1";
-
-// The int8 tile layout for weights with these scales, or nullptr when the
-// layout cannot hold them (double-quantized scales).
-const char* Int8TilesLayoutFor(ScaleEncoding scales);
 
 struct LoadOptions {
   // Arithmetic of the quantized linears; unset: the artifact's compute_dtype.
   std::optional<ComputeDtype> compute;
-  // kInt8TilesLayout tensors are read in place from the artifact's copy in
-  // memory. true copies them once more into the kernels' own allocation
-  // (the artifact's copy of them is freed), which decoded faster on the
-  // benchmark VM when the weights were mapped (bench/results/speed.md).
+  // Tensors in an int8 tile layout (artifact_format.h) are read in place
+  // from the artifact's copy in memory. true copies them once more into the
+  // kernels' own allocation (the artifact's copy of them is freed), which
+  // decoded faster on the benchmark VM when the weights were mapped
+  // (bench/results/speed.md).
   bool private_weights = false;
 };
 
@@ -84,8 +67,8 @@ class ArtifactWriter {
 };
 
 // An artifact's manifest.json text parsed and checked as ReadManifest checks
-// it after the checksum (format, version, the id it names): DATA_LOSS, or
-// FAILED_PRECONDITION for a newer format.
+// it after the checksum (format, version and what its tensors need, the id
+// it names): DATA_LOSS, or FAILED_PRECONDITION for a newer format.
 absl::StatusOr<v1::ArtifactManifest> ParseManifest(absl::string_view json,
                                                    const std::string& artifact_id);
 

@@ -10,15 +10,11 @@
 
 #include "common/formats/compute_dtype.h"
 #include "common/kernels/cpu_features.h"
+#include "common/kernels/int8_tiles.h"
 #include "common/formats/quant_format.h"
 
 namespace wq {
 namespace kernels {
-
-inline constexpr int kBlock = 32;  // SIMD / int8 activation block.
-
-// Row tile of the int8-compute weight layout: one 32-bit lane per W row.
-inline constexpr int kTileRows = 8;
 
 // x rows per chunk of the int8 activations' tile copies (QuantArgs
 // xd_chunks, xs_chunks, xq_tiles): the rows of one AMX activation tile.
@@ -30,36 +26,16 @@ struct Unmapper {
   void operator()(uint8_t* p) const;
 };
 
-// W re-laid out for the int8-compute kernels ("int8-tiles-v1"), built once
-// per weight (PackInt8Weights) or mapped from an artifact that stores it.
-// The fp32 and bf16 kernels read it too.
-// Rows go in tiles of kTileRows (the last one padded with zero codes and
-// scales), and each tile stores, group after group:
-//   codes: per 32-block, 4-bit: 4 chunks of 32 bytes; in chunk c the 4 bytes
-//          of lane j are row j's columns 4c..4c+3 (low nibbles) and
-//          16+4c..16+4c+3 (high nibbles). 8-bit: 8 chunks, lane j holding
-//          row j's columns 4c..4c+3. So one vpdpbusd multiplies a chunk with
-//          4 broadcast activation bytes and sums 4 columns for 8 rows at once;
-//   scales: kTileRows floats, the group's scales, or their bfloat16 bits
-//          when the weights' scales are bf16 (scale_bytes 2: the same
-//          values in half the bytes, so decode streams 4.5 instead of 5
-//          bits per 4-bit weight at group 32);
-//   zeros:  kTileRows bytes (asym only).
-// Codes and scales keep the view's values (the level table and int8_wscale
-// apply at run time), so the layout depends on the format only, not on the
-// CPU, and converts back exactly (ReadInt8Tiles).
-struct PackedInt8Weights {
-  int64_t tiles = 0;             // ceil(rows / kTileRows).
-  int64_t groups = 0;            // Groups covered (a.simd_cols / group_size).
-  int64_t block_bytes = 0;       // Code bytes of one tile's 32-block.
-  int64_t scale_bytes = 4;       // Per scale: 4 (fp32) or 2 (bf16 bits).
-  int64_t group_stride = 0;      // Bytes of one tile's group record.
-  int64_t tile_stride = 0;       // groups * group_stride.
-  const uint8_t* base = nullptr;  // tiles * tile_stride bytes.
+// W re-laid out for the int8-compute kernels (int8_tiles.h), built once per
+// weight (PackInt8Weights) or mapped from an artifact that stores it. The
+// fp32 and bf16 kernels read it too.
+struct PackedInt8Weights : Int8TileGeometry {
+  PackedInt8Weights() = default;
+  explicit PackedInt8Weights(const Int8TileGeometry& geometry) : Int8TileGeometry(geometry) {}
+  const uint8_t* base = nullptr;  // bytes() bytes.
   // base's memory when packed in this process; empty when base points into
   // a mapped artifact that outlives this object.
   std::unique_ptr<uint8_t, Unmapper> owned;
-  int64_t bytes() const { return tiles * tile_stride; }
   const uint8_t* tile(int64_t t) const { return base + t * tile_stride; }
 };
 
@@ -150,8 +126,8 @@ void PrepareCall(const QuantizedMatrixView& w, const float* x, int64_t n,
                  QuantArgs* a, ActivationBuffers* buffers);
 
 // The int8 kernels' layout of W (a from DescribeCall with compute kInt8 and
-// simd_cols > 0): its sizes only (base null).
-PackedInt8Weights Int8TileLayout(const QuantArgs& a);
+// simd_cols > 0).
+Int8TileGeometry Int8TileLayout(const QuantArgs& a);
 // Writes W's tiles to out[0, layout.bytes()), which must be zeroed (the
 // padding rows of a ragged last tile stay zero).
 void WriteInt8Tiles(const QuantArgs& a, const PackedInt8Weights& layout, uint8_t* out);

@@ -186,7 +186,6 @@ void ExpandSlab(const QuantArgs& a, int64_t tile, int64_t g0, int64_t g1, const 
   const __m512i low4 = W::Bytes(0x0f);
   const __m512i bias8 = W::Bytes(static_cast<char>(bias));
   auto store = [](uint8_t* to, __m512i v) { _mm512_store_si512(reinterpret_cast<__m512i*>(to), v); };
-  const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
   const uint8_t* rec = p.tile(tile) + g0 * p.group_stride;
   uint8_t* tiles = out.tiles;
   for (int64_t g = g0; g < g1; ++g, rec += p.group_stride) {
@@ -202,22 +201,23 @@ void ExpandSlab(const QuantArgs& a, int64_t tile, int64_t g0, int64_t g1, const 
       const uint8_t* codes = rec + b * p.block_bytes;
       if constexpr (kBits == 4) {
         // Chunk c: low nibbles are columns 4c.., high nibbles 16 + 4c...
-        for (int c = 0; c < 4; ++c) {
-          const __m512i v = W::Codes(codes + 32 * c, next);
+        for (int c = 0; c < TileCodeBlock<4>::kChunks; ++c) {
+          const __m512i v = W::Codes(codes + c * sizeof(TileCodeChunk), next);
           store(tiles + kTileRowBytes * c, W::Lookup(lut, W::And(v, low4)));
           store(tiles + kTileRowBytes * (4 + c), W::Lookup(lut, W::And(W::High4(v), low4)));
         }
       } else {
-        for (int c = 0; c < 8; ++c) {
-          store(tiles + kTileRowBytes * c, _mm512_sub_epi8(W::Codes(codes + 32 * c, next), bias8));
+        for (int c = 0; c < TileCodeBlock<8>::kChunks; ++c) {
+          const __m512i v = W::Codes(codes + c * sizeof(TileCodeChunk), next);
+          store(tiles + kTileRowBytes * c, _mm512_sub_epi8(v, bias8));
         }
       }
     }
-    const __m512 s = GroupScales<W>(rec + code_bytes, next, p.scale_bytes);
+    const __m512 s = GroupScales<W>(rec + p.scales_offset, next, p.scale_bytes);
     _mm512_store_ps(out.scales + g * kPairRows, s);
     if constexpr (kAsym) {
       const __m512 off = W::Add(W::Splat(static_cast<float>(a.int8_off_base)),
-                                W::Zeros(rec + code_bytes + kTileRows * p.scale_bytes, next));
+                                W::Zeros(rec + p.zeros_offset, next));
       _mm512_store_ps(out.offsets + g * kPairRows, W::Mul(s, off));
     }
   }

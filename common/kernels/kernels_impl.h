@@ -320,7 +320,7 @@ struct TilePairZmm {
 #endif
 
 // A group record's scales for W's register of rows (fp32, or bf16 bits
-// when scale_bytes is 2; kernels.h PackedInt8Weights).
+// when scale_bytes is 2; int8_tiles.h TileScalesF32, TileScalesBf16).
 template <class W>
 inline typename W::F GroupScales(const uint8_t* p, int64_t tile_stride, int64_t scale_bytes) {
   return scale_bytes == 2 ? W::ScalesBf16(p, tile_stride) : W::Scales(p, tile_stride);
@@ -369,7 +369,6 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   for (int t = 0; t < T; ++t) acc[t] = W::ZeroF();
   const uint8_t* rec = p.tile(tile);
   const int64_t stride = p.tile_stride;
-  const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
   for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
     if (i0 == 0 && (a.n > 1 || kPrefetchOneRow)) {
       for (int tt = 0; tt < W::kTiles; ++tt) {
@@ -403,15 +402,15 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
       };
       if constexpr (kBits == 4) {
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-          const I v = W::Codes(codes + 32 * c, stride);
+        for (int c = 0; c < TileCodeBlock<4>::kChunks; ++c) {
+          const I v = W::Codes(codes + c * sizeof(TileCodeChunk), stride);
           step(2 * c, level(W::And(v, low4)), k0 + 4 * c);
           step(2 * c + 1, level(W::And(W::High4(v), low4)), k0 + 16 + 4 * c);
         }
       } else {
 #pragma GCC unroll 8
-        for (int c = 0; c < 8; ++c) {
-          step(c, W::Xor(W::Codes(codes + 32 * c, stride), flip), k0 + 4 * c);
+        for (int c = 0; c < TileCodeBlock<8>::kChunks; ++c) {
+          step(c, W::Xor(W::Codes(codes + c * sizeof(TileCodeChunk), stride), flip), k0 + 4 * c);
         }
       }
 #pragma GCC unroll 8
@@ -423,9 +422,9 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
         gsum[t] = b == 0 ? W::Mul(f, d) : W::Fma(f, d, gsum[t]);
       }
     }
-    const F s = GroupScales<W>(rec + code_bytes, stride, p.scale_bytes);
+    const F s = GroupScales<W>(rec + p.scales_offset, stride, p.scale_bytes);
     F off = off_base;
-    if (a.asym) off = W::Add(off, W::Zeros(rec + code_bytes + kTileRows * p.scale_bytes, stride));
+    if (a.asym) off = W::Add(off, W::Zeros(rec + p.zeros_offset, stride));
     const F soff = W::Mul(s, off);
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
@@ -573,7 +572,6 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
   for (int t = 0; t < T; ++t) acc[t] = W::ZeroF();
   const uint8_t* rec = p.tile(tile);
   const int64_t stride = p.tile_stride;
-  const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
   for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
     if (i0 == 0) {
       for (int tt = 0; tt < W::kTiles; ++tt) {
@@ -604,8 +602,8 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
       if constexpr (kBf16Dot) {
 #ifdef __AVX512BF16__
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-          const I v = W::Shuffle(W::Codes(codes + 32 * c, stride), pair_order);
+        for (int c = 0; c < TileCodeBlock<4>::kChunks; ++c) {
+          const I v = W::Shuffle(W::Codes(codes + c * sizeof(TileCodeChunk), stride), pair_order);
           const I idx[4] = {v, W::template Shr16<4>(v), W::template Shr16<8>(v),
                             W::template Shr16<12>(v)};
 #pragma GCC unroll 4
@@ -621,8 +619,8 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
 #endif
       } else if constexpr (kBits == 4) {
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-          const I v = W::Codes(codes + 32 * c, stride);
+        for (int c = 0; c < TileCodeBlock<4>::kChunks; ++c) {
+          const I v = W::Codes(codes + c * sizeof(TileCodeChunk), stride);
           // Nibble 2i of a lane is column 4c + i, nibble 2i + 1 column 16 + 4c + i.
           step(8 * c + 0, W::Level(levels, v), 4 * c);
           step(8 * c + 1, W::Level(levels, W::template Shr32<4>(v)), 16 + 4 * c);
@@ -635,8 +633,8 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
         }
       } else {
 #pragma GCC unroll 8
-        for (int c = 0; c < 8; ++c) {
-          const I v = W::Codes(codes + 32 * c, stride);
+        for (int c = 0; c < TileCodeBlock<8>::kChunks; ++c) {
+          const I v = W::Codes(codes + c * sizeof(TileCodeChunk), stride);
           step(4 * c + 0, W::Float(W::And(v, byte_mask)), 4 * c);
           step(4 * c + 1, W::Float(W::And(W::template Shr32<8>(v), byte_mask)), 4 * c + 1);
           step(4 * c + 2, W::Float(W::And(W::template Shr32<16>(v), byte_mask)), 4 * c + 2);
@@ -644,7 +642,7 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
         }
       }
     }
-    const F s = GroupScales<W>(rec + code_bytes, stride, p.scale_bytes);
+    const F s = GroupScales<W>(rec + p.scales_offset, stride, p.scale_bytes);
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
 #pragma GCC unroll 4
@@ -653,7 +651,7 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
     }
     if (offsets) {
       const F off = a.asym ? W::Fnma(W::Splat(1.0f),
-                                      W::Zeros(rec + code_bytes + kTileRows * p.scale_bytes, stride),
+                                      W::Zeros(rec + p.zeros_offset, stride),
                                       level0)
                            : level0;
       const F soff = W::Mul(s, off);

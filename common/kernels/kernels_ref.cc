@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #include <emmintrin.h>  // SSE2: every x86-64 CPU.
 #include <sys/mman.h>
@@ -266,121 +267,143 @@ std::unique_ptr<uint8_t, Unmapper> MapPopulated(size_t bytes) {
 
 }  // namespace
 
-PackedInt8Weights Int8TileLayout(const QuantArgs& a) {
+Int8TileGeometry Int8TileLayout(const QuantArgs& a) {
   const QuantizedMatrixView& w = *a.w;
-  PackedInt8Weights p;
-  p.tiles = (w.rows + kTileRows - 1) / kTileRows;
-  p.groups = a.simd_cols / w.group_size;
-  p.block_bytes = kTileRows * kBlock * a.bits / 8;
-  p.scale_bytes = w.spec.scale_encoding == ScaleEncoding::kBf16 ? 2 : 4;
-  p.group_stride = a.blocks_per_group * p.block_bytes + kTileRows * p.scale_bytes +
-                   (w.spec.scheme == QuantScheme::kAsym ? kTileRows : 0);
-  p.tile_stride = p.groups * p.group_stride;
-  return p;
+  return Int8TileGeometryFor(w.rows, a.simd_cols / w.group_size, a.blocks_per_group, a.bits,
+                             w.spec.scale_encoding == ScaleEncoding::kBf16,
+                             w.spec.scheme == QuantScheme::kAsym);
 }
 
 namespace {
 
-constexpr int64_t kChunkBytes = kTileRows * 4;  // One chunk: a 4-byte lane per row.
-
-// Visits every real row's group record in the tiles at `base` (in parallel
-// over tiles): visit(rec, j, r, g) with rec the tile's record of group g, j
-// the row's lane in the tile and r the row of W.
+// Visits every group record of the tiles at `base` (in parallel over
+// tiles): visit(rec, r0, rows, g) with rec the record of group g of the tile
+// whose first row of W is r0 and which holds `rows` real rows.
 template <typename Byte, typename Visit>
-void ForEachRowGroup(const QuantArgs& a, const PackedInt8Weights& p, Byte* base,
-                     const Visit& visit) {
-  const int64_t rows = a.w->rows;
+void ForEachTileGroup(const QuantArgs& a, const PackedInt8Weights& p, Byte* base,
+                      const Visit& visit) {
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, p.tiles),
                     [&](const tbb::blocked_range<int64_t>& range) {
                       for (int64_t t = range.begin(); t < range.end(); ++t) {
-                        for (int64_t j = 0; j < kTileRows && t * kTileRows + j < rows; ++j) {
-                          Byte* rec = base + t * p.tile_stride;
-                          for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
-                            visit(rec, j, t * kTileRows + j, g);
-                          }
+                        const int64_t r0 = t * kTileRows;
+                        const int64_t rows = std::min<int64_t>(kTileRows, a.w->rows - r0);
+                        Byte* rec = base + t * p.tile_stride;
+                        for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
+                          visit(rec, r0, rows, g);
                         }
                       }
                     });
+}
+
+// The chunks of block b of a group record (TileCodeChunk holds bytes only,
+// so any address is aligned for it).
+template <typename Byte>
+auto* BlockChunks(Byte* rec, const PackedInt8Weights& p, int64_t b) {
+  using Chunk = std::conditional_t<std::is_const_v<Byte>, const TileCodeChunk, TileCodeChunk>;
+  return reinterpret_cast<Chunk*>(rec + b * p.block_bytes);
+}
+
+// The 32 codes of a block that starts at `src` in a packed row, in lane
+// order: 8-bit, the row's bytes as they are; 4-bit, column c's code in the
+// low nibble with column c + 16's above it. The row holds columns
+// 2m | 2m+1 << 4 in byte m, so bytes m and m + 8 give lane bytes 2m and
+// 2m + 1: eight of each at once in 64-bit words, then interleaved.
+void RowToLaneBytes(const uint8_t* src, int bits, uint8_t* lane_bytes) {
+  if (bits == 8) {
+    std::memcpy(lane_bytes, src, kBlock);
+    return;
+  }
+  constexpr uint64_t kLow = 0x0f0f0f0f0f0f0f0full;
+  uint64_t lo, hi;
+  std::memcpy(&lo, src, 8);
+  std::memcpy(&hi, src + 8, 8);
+  const uint64_t even = (lo & kLow) | ((hi << 4) & ~kLow);
+  const uint64_t odd = ((lo >> 4) & kLow) | (hi & ~kLow);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(lane_bytes),
+                   _mm_unpacklo_epi8(_mm_cvtsi64_si128(static_cast<int64_t>(even)),
+                                     _mm_cvtsi64_si128(static_cast<int64_t>(odd))));
+}
+
+// RowToLaneBytes undone: lane bytes 2m and 2m + 1 give row bytes m (their
+// low nibbles) and m + 8 (their high nibbles).
+void LaneBytesToRow(const uint8_t* lane_bytes, int bits, uint8_t* dst) {
+  if (bits == 8) {
+    std::memcpy(dst, lane_bytes, kBlock);
+    return;
+  }
+  for (int m = 0; m < kBlock / 4; ++m) {
+    const uint8_t even = lane_bytes[2 * m], odd = lane_bytes[2 * m + 1];
+    dst[m] = static_cast<uint8_t>((even & 0x0f) | (odd << 4));
+    dst[m + kBlock / 4] = static_cast<uint8_t>((even >> 4) | (odd & 0xf0));
+  }
 }
 
 }  // namespace
 
 void WriteInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* out) {
   const QuantizedMatrixView& w = *a.w;
-  const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
-  ForEachRowGroup(a, p, out, [&](uint8_t* rec, int64_t j, int64_t r, int64_t g) {
+  const int64_t chunks = p.block_bytes / static_cast<int64_t>(sizeof(TileCodeChunk));
+  ForEachTileGroup(a, p, out, [&](uint8_t* rec, int64_t r0, int64_t rows, int64_t g) {
     for (int64_t b = 0; b < a.blocks_per_group; ++b) {
-      uint8_t* block = rec + b * p.block_bytes + j * 4;
-      // Lane bytes in column order: 8-bit, the row's bytes as they are;
-      // 4-bit, column c's code in the low nibble with column c + 16's
-      // above it. The row holds columns 2m | 2m+1 << 4 in byte m, so bytes
-      // m and m + 8 give lane bytes 2m and 2m + 1: eight of each at once
-      // in 64-bit words, then interleaved.
-      alignas(16) uint8_t lane_bytes[kBlock];
-      const uint8_t* src = w.codes + r * w.row_bytes + (g * w.group_size + b * kBlock) * a.bits / 8;
-      if (a.bits == 8) {
-        std::memcpy(lane_bytes, src, kBlock);
-      } else {
-        constexpr uint64_t kLow = 0x0f0f0f0f0f0f0f0full;
-        uint64_t lo, hi;
-        std::memcpy(&lo, src, 8);
-        std::memcpy(&hi, src + 8, 8);
-        const uint64_t even = (lo & kLow) | ((hi << 4) & ~kLow);
-        const uint64_t odd = ((lo >> 4) & kLow) | (hi & ~kLow);
-        _mm_store_si128(reinterpret_cast<__m128i*>(lane_bytes),
-                        _mm_unpacklo_epi8(_mm_cvtsi64_si128(static_cast<int64_t>(even)),
-                                          _mm_cvtsi64_si128(static_cast<int64_t>(odd))));
-      }
-      for (int64_t c = 0; c < p.block_bytes / kChunkBytes; ++c) {
-        std::memcpy(block + c * kChunkBytes, lane_bytes + 4 * c, 4);
+      TileCodeChunk* chunk = BlockChunks(rec, p, b);
+      const int64_t byte = (g * w.group_size + b * kBlock) * a.bits / 8;
+      for (int64_t j = 0; j < rows; ++j) {
+        uint8_t lane_bytes[kBlock];
+        RowToLaneBytes(w.codes + (r0 + j) * w.row_bytes + byte, a.bits, lane_bytes);
+        for (int64_t c = 0; c < chunks; ++c) {
+          std::memcpy(chunk[c].lane[j], lane_bytes + kLaneBytes * c, kLaneBytes);
+        }
       }
     }
-    const int64_t i = r * w.groups_per_row + g;
-    uint8_t* scale = rec + code_bytes + j * p.scale_bytes;
-    if (p.scale_bytes == 2) {
-      const uint16_t bits = FloatToBf16(w.scales[i]);  // Exact: the scales are bf16 values.
-      std::memcpy(scale, &bits, sizeof(bits));
+    // Padding rows keep zero scales and zero points.
+    auto index = [&](int64_t j) { return (r0 + j) * w.groups_per_row + g; };
+    if (p.scale_bytes == sizeof(TileScalesBf16::bits[0])) {
+      TileScalesBf16 scales{};
+      // Exact: the scales are bf16 values.
+      for (int64_t j = 0; j < rows; ++j) scales.bits[j] = FloatToBf16(w.scales[index(j)]);
+      std::memcpy(rec + p.scales_offset, &scales, sizeof(scales));
     } else {
-      std::memcpy(scale, &w.scales[i], sizeof(float));
+      TileScalesF32 scales{};
+      for (int64_t j = 0; j < rows; ++j) scales.scale[j] = w.scales[index(j)];
+      std::memcpy(rec + p.scales_offset, &scales, sizeof(scales));
     }
-    if (w.zeros != nullptr) rec[code_bytes + kTileRows * p.scale_bytes + j] = w.zeros[i];
+    if (w.zeros == nullptr) return;
+    TileZeros zeros{};
+    for (int64_t j = 0; j < rows; ++j) zeros.zero[j] = w.zeros[index(j)];
+    std::memcpy(rec + p.zeros_offset, &zeros, sizeof(zeros));
   });
 }
 
 void ReadInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* codes,
                    float* scales, uint8_t* zeros) {
   const QuantizedMatrixView& w = *a.w;
-  const int64_t code_bytes = a.blocks_per_group * p.block_bytes;
-  ForEachRowGroup(a, p, p.base, [&](const uint8_t* rec, int64_t j, int64_t r, int64_t g) {
+  const int64_t chunks = p.block_bytes / static_cast<int64_t>(sizeof(TileCodeChunk));
+  ForEachTileGroup(a, p, p.base, [&](const uint8_t* rec, int64_t r0, int64_t rows, int64_t g) {
     for (int64_t b = 0; b < a.blocks_per_group; ++b) {
-      const uint8_t* block = rec + b * p.block_bytes + j * 4;
-      alignas(16) uint8_t lane_bytes[kBlock];
-      for (int64_t c = 0; c < p.block_bytes / kChunkBytes; ++c) {
-        std::memcpy(lane_bytes + 4 * c, block + c * kChunkBytes, 4);
-      }
-      uint8_t* dst = codes + r * w.row_bytes + (g * w.group_size + b * kBlock) * a.bits / 8;
-      if (a.bits == 8) {
-        std::memcpy(dst, lane_bytes, kBlock);
-        continue;
-      }
-      // WriteInt8Tiles' interleave undone: lane bytes 2m and 2m + 1 give
-      // row bytes m (their low nibbles) and m + 8 (their high nibbles).
-      for (int m = 0; m < kBlock / 4; ++m) {
-        const uint8_t even = lane_bytes[2 * m], odd = lane_bytes[2 * m + 1];
-        dst[m] = static_cast<uint8_t>((even & 0x0f) | (odd << 4));
-        dst[m + kBlock / 4] = static_cast<uint8_t>((even >> 4) | (odd & 0xf0));
+      const TileCodeChunk* chunk = BlockChunks(rec, p, b);
+      const int64_t byte = (g * w.group_size + b * kBlock) * a.bits / 8;
+      for (int64_t j = 0; j < rows; ++j) {
+        uint8_t lane_bytes[kBlock];
+        for (int64_t c = 0; c < chunks; ++c) {
+          std::memcpy(lane_bytes + kLaneBytes * c, chunk[c].lane[j], kLaneBytes);
+        }
+        LaneBytesToRow(lane_bytes, a.bits, codes + (r0 + j) * w.row_bytes + byte);
       }
     }
-    const int64_t i = r * w.groups_per_row + g;
-    const uint8_t* scale = rec + code_bytes + j * p.scale_bytes;
-    if (p.scale_bytes == 2) {
-      uint16_t bits;
-      std::memcpy(&bits, scale, sizeof(bits));
-      scales[i] = Bf16ToFloat(bits);
+    auto index = [&](int64_t j) { return (r0 + j) * w.groups_per_row + g; };
+    if (p.scale_bytes == sizeof(TileScalesBf16::bits[0])) {
+      TileScalesBf16 tile_scales;
+      std::memcpy(&tile_scales, rec + p.scales_offset, sizeof(tile_scales));
+      for (int64_t j = 0; j < rows; ++j) scales[index(j)] = Bf16ToFloat(tile_scales.bits[j]);
     } else {
-      std::memcpy(&scales[i], scale, sizeof(float));
+      TileScalesF32 tile_scales;
+      std::memcpy(&tile_scales, rec + p.scales_offset, sizeof(tile_scales));
+      for (int64_t j = 0; j < rows; ++j) scales[index(j)] = tile_scales.scale[j];
     }
-    if (zeros != nullptr) zeros[i] = rec[code_bytes + kTileRows * p.scale_bytes + j];
+    if (zeros == nullptr) return;
+    TileZeros tile_zeros;
+    std::memcpy(&tile_zeros, rec + p.zeros_offset, sizeof(tile_zeros));
+    for (int64_t j = 0; j < rows; ++j) zeros[index(j)] = tile_zeros.zero[j];
   });
 }
 
@@ -389,7 +412,7 @@ namespace {
 // W's tile layout with memory of its own, zeroed (fresh anonymous memory
 // reads as zero, as WriteInt8Tiles wants).
 PackedInt8Weights OwnedInt8Tiles(const QuantArgs& a) {
-  PackedInt8Weights p = Int8TileLayout(a);
+  PackedInt8Weights p(Int8TileLayout(a));
   p.owned = MapPopulated(static_cast<size_t>(p.bytes()));
   p.base = p.owned.get();
   return p;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <optional>
 #include <vector>
 
 #include "Eigen/Core"
@@ -162,17 +163,26 @@ bool PackedCoversView(const QuantizedMatrixView& w, ComputeDtype compute) {
   return ReadsPacked(ActiveTable(), a) && a.simd_cols == w.cols;
 }
 
-int64_t Int8TilesBytes(const QuantizedMatrixView& w) {
+namespace {
+
+// The int8 kernels' description of w, as Int8TileGeometryOf stores it.
+QuantArgs Int8TilesCall(const QuantizedMatrixView& w) {
   QuantArgs a;
   kernels::DescribeCall(w, ComputeDtype::kInt8, &a);
-  if (a.compute != ComputeDtype::kInt8 || a.simd_cols != w.cols) return 0;
-  return kernels::Int8TileLayout(a).bytes();
+  return a;
+}
+
+}  // namespace
+
+std::optional<kernels::Int8TileGeometry> Int8TileGeometryOf(const QuantizedMatrixView& w) {
+  const QuantArgs a = Int8TilesCall(w);
+  if (a.compute != ComputeDtype::kInt8 || a.simd_cols != w.cols) return std::nullopt;
+  return kernels::Int8TileLayout(a);
 }
 
 std::string Int8Tiles(const QuantizedMatrixView& w) {
-  QuantArgs a;
-  kernels::DescribeCall(w, ComputeDtype::kInt8, &a);
-  const PackedWeights layout = kernels::Int8TileLayout(a);
+  const QuantArgs a = Int8TilesCall(w);
+  const PackedWeights layout(kernels::Int8TileLayout(a));
   std::string bytes(static_cast<size_t>(layout.bytes()), '\0');
   kernels::WriteInt8Tiles(a, layout, reinterpret_cast<uint8_t*>(bytes.data()));
   return bytes;
@@ -201,9 +211,8 @@ QuantizedMatrix FromInt8Tiles(const QuantizedMatrixView& shape, const uint8_t* t
   m.codes.resize(static_cast<size_t>(m.rows * m.row_bytes));
   m.scales.resize(static_cast<size_t>(m.rows * m.groups_per_row));
   if (m.spec.scheme == QuantScheme::kAsym) m.zeros.resize(m.scales.size());
-  QuantArgs a;
-  kernels::DescribeCall(shape, ComputeDtype::kInt8, &a);
-  PackedWeights layout = kernels::Int8TileLayout(a);
+  const QuantArgs a = Int8TilesCall(shape);
+  PackedWeights layout(kernels::Int8TileLayout(a));
   layout.base = tiles;
   kernels::ReadInt8Tiles(a, layout, m.codes.data(), m.scales.data(),
                          m.zeros.empty() ? nullptr : m.zeros.data());

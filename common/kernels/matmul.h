@@ -6,11 +6,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/types/span.h"
 #include "common/formats/compute_dtype.h"
 #include "common/formats/quant_format.h"
+#include "common/kernels/int8_tiles.h"
 
 namespace wq {
 namespace kernels {
@@ -76,7 +78,7 @@ void MatMulQuantizedShared(absl::Span<const QuantizedProduct> products, const fl
 // nullptr when they read the view as it is (the scalar reference). Holds no
 // pointer into w. The int8 tiles for every compute dtype, which the kernels
 // then read instead of the view's codes, scales and zeros (except columns
-// past whole groups of 32-blocks: see Int8TilesBytes).
+// past whole groups of 32-blocks: see Int8TileGeometryOf).
 std::shared_ptr<const PackedWeights> PackWeights(const QuantizedMatrixView& w,
                                                  ComputeDtype compute);
 
@@ -92,13 +94,12 @@ int64_t PackedBytes(const PackedWeights& packed);
 // back to kFp32 for formats it cannot represent (asym codebooks).
 ComputeDtype EffectiveCompute(const QuantizedMatrixView& w, ComputeDtype compute);
 
-// The int8 kernels' layout ("int8-tiles-v1", kernels.h PackedInt8Weights) as
-// bytes an artifact can store, so that loading maps it instead of packing.
-// It depends on w's format and shape only. 0 when w cannot be stored that
-// way: its format has no int8 kernel, or its columns are not whole groups
-// of whole 32-blocks.
-int64_t Int8TilesBytes(const QuantizedMatrixView& w);
-// That layout of w, Int8TilesBytes(w) bytes (> 0).
+// The int8 kernels' layout of w (int8_tiles.h) as an artifact can store it,
+// so that loading maps it instead of packing. It depends on w's format and
+// shape only. nullopt when w cannot be stored that way: its format has no
+// int8 kernel, or its columns are not whole groups of whole 32-blocks.
+std::optional<kernels::Int8TileGeometry> Int8TileGeometryOf(const QuantizedMatrixView& w);
+// w in that layout, Int8TileGeometryOf(w)->bytes() bytes.
 std::string Int8Tiles(const QuantizedMatrixView& w);
 // The packed weights of (w, compute) from `tiles` when MatMulQuantized's
 // kernels read that layout on this CPU, else nullptr: read in place (tiles
@@ -107,9 +108,10 @@ std::string Int8Tiles(const QuantizedMatrixView& w);
 std::shared_ptr<const PackedWeights> MapInt8Tiles(const QuantizedMatrixView& w,
                                                   ComputeDtype compute, const uint8_t* tiles,
                                                   bool copy = false);
-// w's codes, scales and zeros back from its tile layout (Int8TilesBytes(shape)
-// bytes at `tiles`): `shape` gives rows, cols and spec, its pointers are not
-// read. Exact: Int8Tiles then this gives the same matrix.
+// w's codes, scales and zeros back from its tile layout
+// (Int8TileGeometryOf(shape)->bytes() bytes at `tiles`): `shape` gives rows,
+// cols and spec, its pointers are not read. Exact: Int8Tiles then this gives
+// the same matrix.
 QuantizedMatrix FromInt8Tiles(const QuantizedMatrixView& shape, const uint8_t* tiles);
 
 }  // namespace wq

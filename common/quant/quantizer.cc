@@ -8,14 +8,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "common/artifact/artifact_format.h"
 #include "common/quant/calibrated_transform.h"
 #include "common/quant/calibration.h"
 #include "common/io/file_util.h"
 #include "common/model/llama.h"
 #include "common/io/logging.h"
-#include "common/kernels/matmul.h"
 #include "common/formats/quant_config.h"
 #include "common/formats/quant_format.h"
 #include "common/formats/safetensors.h"
@@ -67,10 +66,6 @@ std::vector<float> DenseAsF32(const LinearWeight& w) {
   return f32;
 }
 
-std::string AsBytes(const void* data, size_t n) {
-  return std::string(static_cast<const char*>(data), n);
-}
-
 // RTN of one linear. With mse_range the clip ratio comes from INC's
 // search_clip, which fake-quantizes with fp32 scales (no double quant), so
 // the search ignores the scale encoding.
@@ -84,35 +79,6 @@ absl::StatusOr<QuantizedMatrix> QuantizeLinear(const LinearWeight& w, QuantSpec 
                                                     DefaultClipRatios()));
   }
   return QuantizeMatrix(w.dense(), w.out_features(), w.in_features(), spec);
-}
-
-// The scales as q.spec.scale_encoding stores them (see ManifestTensor).
-absl::Status AddScales(const std::string& module, const QuantizedMatrix& q,
-                       SafetensorsWriter& writer) {
-  const std::vector<int64_t> group_shape = {q.rows, q.groups_per_row};
-  switch (q.spec.scale_encoding) {
-    case ScaleEncoding::kF32:
-      return writer.AddTensor(module + ".scales", DType::kF32, group_shape,
-                              AsBytes(q.scales.data(), q.scales.size() * sizeof(float)));
-    case ScaleEncoding::kBf16: {
-      std::vector<uint16_t> bf16(q.scales.size());
-      std::transform(q.scales.begin(), q.scales.end(), bf16.begin(), FloatToBf16);
-      return writer.AddTensor(module + ".scales", DType::kBF16, group_shape,
-                              AsBytes(bf16.data(), bf16.size() * sizeof(uint16_t)));
-    }
-    case ScaleEncoding::kDoubleQuant: {
-      const DoubleQuantizedScales& dq = *q.double_quant;
-      RETURN_IF_ERROR(writer.AddTensor(module + ".scales_q", DType::kU8, group_shape,
-                                       AsBytes(dq.codes.data(), dq.codes.size())));
-      RETURN_IF_ERROR(writer.AddTensor(
-          module + ".scales_scale", DType::kF32, {static_cast<int64_t>(dq.block_scales.size())},
-          AsBytes(dq.block_scales.data(), dq.block_scales.size() * sizeof(float))));
-      if (q.spec.scheme != QuantScheme::kAsym) return absl::OkStatus();
-      return writer.AddTensor(module + ".scales_mean", DType::kF32, {1},
-                              AsBytes(&dq.mean, sizeof(float)));
-    }
-  }
-  return absl::InternalError("unknown scale encoding");
 }
 
 // The artifact's tensors and their manifest entries, added as they are made;
@@ -130,47 +96,21 @@ class ArtifactTensors {
   absl::Status AddF32(const std::string& tensor, const float* data, std::vector<int64_t> shape) {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
-    v1::ManifestTensor* t = manifest_->add_tensors();
-    t->set_module(std::string(absl::StripSuffix(tensor, ".weight")));
-    for (int64_t d : shape) t->add_shape(d);
+    *manifest_->add_tensors() = DenseTensorEntry(tensor, shape);
     manifest_->set_fp32_params(manifest_->fp32_params() + n);
     return writer_.AddF32(tensor, shape, absl::MakeConstSpan(data, n));
   }
 
+  // Served with int8 compute, a linear is stored in the int8 kernels' layout
+  // where it fits, which loading then maps instead of packing.
   absl::Status AddQuantized(const std::string& module, const QuantizedMatrix& q) {
-    v1::ManifestTensor* t = manifest_->add_tensors();
-    t->set_module(module);
-    t->add_shape(q.rows);
-    t->add_shape(q.cols);
-    t->set_quantized(true);
-    // Served with int8 compute: stored in the int8 kernels' layout, which
-    // loading then maps instead of packing (fp32 or bf16 scales: the layout
-    // has no room for double-quantized ones).
-    const char* tile_layout = Int8TilesLayoutFor(q.spec.scale_encoding);
-    const bool tiled = config_.compute_dtype() == v1::COMPUTE_INT8 && tile_layout != nullptr &&
-                       Int8TilesBytes(q.view()) > 0;
-    t->set_layout(tiled ? tile_layout : kRowMajorPackedLayout);
-    t->set_weight_dtype(WeightDtypeOf(q.spec.type));
-    t->set_scheme(SchemeOf(q.spec.scheme));
-    t->set_group_size(q.group_size);
-    t->set_clip_ratio(q.spec.quantile);
-    t->set_scale_dtype(config_.scale_dtype());
-    t->set_double_quant(q.spec.scale_encoding == ScaleEncoding::kDoubleQuant);
+    ASSIGN_OR_RETURN(EncodedLinear encoded,
+                     EncodeQuantizedLinear(module, q, ComputeDtypeOf(config_.compute_dtype())));
+    *manifest_->add_tensors() = std::move(encoded.entry);
     if (config_.mse_range()) clip_log_.push_back(absl::StrFormat("%s %.3f", module, q.spec.quantile));
-    if (tiled) {
-      std::string tiles = Int8Tiles(q.view());
-      const int64_t bytes = static_cast<int64_t>(tiles.size());
-      RETURN_IF_ERROR(
-          writer_.AddTensor(module + ".qweight_tiles", DType::kU8, {bytes}, std::move(tiles)));
-    } else {
-      RETURN_IF_ERROR(writer_.AddTensor(module + ".qweight", DType::kU8, {q.rows, q.row_bytes},
-                                        AsBytes(q.codes.data(), q.codes.size())));
-      RETURN_IF_ERROR(AddScales(module, q, writer_));
-      if (!q.zeros.empty()) {
-        RETURN_IF_ERROR(writer_.AddTensor(module + ".qzeros", DType::kU8,
-                                          {q.rows, q.groups_per_row},
-                                          AsBytes(q.zeros.data(), q.zeros.size())));
-      }
+    for (ArtifactTensor& t : encoded.tensors) {
+      RETURN_IF_ERROR(writer_.AddTensor(std::move(t.name), t.dtype, std::move(t.shape),
+                                        std::move(t.bytes)));
     }
     const int64_t params = q.rows * q.cols;
     manifest_->set_quantized_params(manifest_->quantized_params() + params);
@@ -181,7 +121,7 @@ class ArtifactTensors {
   // A linear layer: quantized, or kept in fp32 when skipped.
   absl::Status AddLinear(const std::string& module, const LinearWeight& w, bool skip) {
     if (skip) {
-      return AddF32(module + ".weight", w.dense(), {w.out_features(), w.in_features()});
+      return AddF32(DenseWeightName(module), w.dense(), {w.out_features(), w.in_features()});
     }
     ASSIGN_OR_RETURN(QuantizedMatrix q, QuantizeLinear(w, QuantSpecOf(config_), config_.mse_range()));
     return AddQuantized(module, q);
@@ -191,12 +131,12 @@ class ArtifactTensors {
   // quantized in parallel), then the final norm and lm_head.
   absl::Status AddEmbedding(const LlamaConfig& c, const LinearWeight& embed) {
     const std::vector<float> f32 = DenseAsF32(embed);
-    return AddF32(absl::StrCat(kEmbedName, ".weight"), f32.data(), {c.vocab_size, c.hidden_size});
+    return AddF32(DenseWeightName(kEmbedName), f32.data(), {c.vocab_size, c.hidden_size});
   }
 
   absl::Status AddBlock(const LlamaConfig& c, int i, const LlamaLayerWeights& layer) {
     for (const BlockNormSpec& norm : BlockNorms(c)) {
-      RETURN_IF_ERROR(AddF32(absl::StrCat(BlockModuleName(i, norm.name()), ".weight"),
+      RETURN_IF_ERROR(AddF32(DenseWeightName(BlockModuleName(i, norm.name())),
                              layer.norm[norm.role], {norm.size}));
     }
     const std::vector<BlockLinearSpec> linears = BlockLinears(c);
@@ -232,7 +172,7 @@ class ArtifactTensors {
   }
 
   absl::Status AddHead(const LlamaConfig& c, const float* final_norm, const LinearWeight& lm_head) {
-    RETURN_IF_ERROR(AddF32(absl::StrCat(kFinalNormName, ".weight"), final_norm, {c.hidden_size}));
+    RETURN_IF_ERROR(AddF32(DenseWeightName(kFinalNormName), final_norm, {c.hidden_size}));
     const std::string name(kLmHeadName);
     const std::vector<float> f32 = DenseAsF32(lm_head);
     return AddLinear(name, LinearWeight::Dense(f32.data(), c.vocab_size, c.hidden_size),
