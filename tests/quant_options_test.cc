@@ -462,7 +462,9 @@ void Reseal(ArtifactStore& store, const std::string& id) {
     f.set_sha256(*Sha256File(path));
     if (f.chunk_bytes() > 0) {
       f.clear_chunk_sha256();
-      for (const std::string& c : *Sha256FileChunks(path, f.chunk_bytes())) f.add_chunk_sha256(c);
+      const absl::StatusOr<std::vector<std::string>> chunks =
+          Sha256FileChunks(path, f.chunk_bytes());
+      for (const std::string& c : *chunks) f.add_chunk_sha256(c);
     }
   }
   google::protobuf::util::JsonPrintOptions options;
