@@ -3,13 +3,33 @@
 // loaded back and scored with the project's perplexity protocol (encode the
 // whole file without BOS, first 20,480 tokens, 80 windows of 256, each fed as
 // [BOS] + window[:-1]) on each evaluation file, against the fp32 model.
-// Prints a markdown table and writes JSON; then times one AWQ row in a oneTBB
-// arena of 1 and of 2 threads.
+// Prints a markdown table and writes JSON; then the checks between its rows
+// (PrintChecks); then times one AWQ row in a oneTBB arena of 1 and of 2
+// threads.
+//
+// The accuracy tables live here, not in the unit tests: RTN g32 rows of the
+// dtypes with a float64 reference of neural-compressor's numerics show it
+// (column "INC f64") and whether the change is within the tolerance the
+// unit tests use, 0.5 + 10 % of the reference (points of change).
 //
 //   bazel-bin/bench/quality [--model_dir=testdata/models/stories260K]
-//       [--data_root=../shared/data] [--algorithms=rtn,rtn_mse,awq,teq]
+//       [--data_root=../shared/data]
+//       [--algorithms=rtn,rtn_mse,rtn_dq,rtn_bf16_scale,awq,teq]
 //       [--dtypes=int4_clip_sym,...] [--groups=32,64,-1]
 //       [--n_samples=128 --seq_len=512] [--json=quality.json] [--print_log]
+//
+// The rows tests/quantized_model_test asserted on before its table moved
+// here, and tests/calibration_test's AWQ / TEQ comparison (32 x 256
+// calibration), as in bench/results/quality_after_test_move.md:
+//
+//   bazel-bin/bench/quality --groups=32 --eval_files=tinystories_valid.txt
+//       --algorithms=rtn --thread_speedup=false
+//       --dtypes=int8_sym,int8_asym,int4_clip_sym,int4_fullrange_sym,int4_clip_asym,
+//                int4_fullrange_asym,nf4,fp4_e2m1,int3_sym,int3_asym,int2_sym,int2_asym
+//   bazel-bin/bench/quality --groups=32 --eval_files=tinystories_valid.txt
+//       --algorithms=rtn,rtn_mse,rtn_dq,rtn_bf16_scale,awq,teq --dtypes=int4_clip_sym
+//       --n_samples=32 --seq_len=256 --thread_speedup=false
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -45,7 +65,8 @@ ABSL_FLAG(std::vector<std::string>, eval_files,
           "perplexity texts under --data_root; the first also gives top-1 agreement");
 ABSL_FLAG(std::vector<std::string>, algorithms,
           std::vector<std::string>({"rtn", "rtn_mse", "awq", "teq"}),
-          "rtn, rtn_mse (rtn with mse_range), awq, teq");
+          "rtn, rtn_mse (rtn with mse_range), rtn_dq (rtn with use_double_quant), "
+          "rtn_bf16_scale (rtn with bf16 scales), awq, teq");
 ABSL_FLAG(std::vector<std::string>, dtypes,
           std::vector<std::string>({"int4_clip_sym", "int4_fullrange_sym", "int4_clip_asym", "nf4",
                                     "fp4_e2m1", "int3_sym", "int3_asym", "int8_sym"}),
@@ -78,7 +99,38 @@ struct Row {
   // PPL over the RTN row of the same dtype and group, per eval set; empty
   // for RTN rows or when RTN did not run first.
   std::vector<PerplexityRatio> vs_rtn;
+  // The float64 reference's PPL change of this row on the first eval set
+  // (RTN g32 of the dtypes it covers), NaN where there is none.
+  double reference = std::nan("");
 };
+
+// PPL change (%) on tinystories_valid.txt of RTN g32 on stories260K from an
+// independent float64 implementation of neural-compressor's numerics.
+double IncReferenceChange(const v1::WeightOnlyQuantConfig& c) {
+  struct Ref {
+    v1::WeightDtype dtype;
+    v1::Scheme scheme;
+    double change;
+  };
+  static constexpr Ref kRefs[] = {
+      {v1::INT8, v1::SYM, 0.10},           {v1::INT8, v1::ASYM, 0.02},
+      {v1::INT4_CLIP, v1::SYM, 14.5},      {v1::INT4_FULLRANGE, v1::SYM, 7.1},
+      {v1::INT4_CLIP, v1::ASYM, 7.9},      {v1::INT4_FULLRANGE, v1::ASYM, 7.9},
+      {v1::NF4, v1::SYM, 10.1},            {v1::FP4_E2M1, v1::SYM, 16.2}};
+  if (c.algorithm() != v1::RTN || c.mse_range() || c.use_double_quant() ||
+      c.scale_dtype() == v1::SCALE_BF16 || c.group_size() != 32) {
+    return std::nan("");
+  }
+  for (const Ref& r : kRefs) {
+    if (r.dtype == c.weight_dtype() && r.scheme == c.scheme()) return r.change;
+  }
+  return std::nan("");
+}
+
+// The unit tests' tolerance around the reference (points of change).
+bool WithinReference(double change, double reference) {
+  return std::abs(change - reference) <= 0.5 + 0.1 * reference;
+}
 
 // "0.953 [0.941, 0.966]": a ratio to RTN and its 95 % interval.
 std::string RatioText(const PerplexityRatio& r) {
@@ -101,6 +153,12 @@ absl::StatusOr<v1::WeightOnlyQuantConfig> ConfigOf(const std::string& algorithm,
   if (algorithm == "rtn_mse") {
     c.set_algorithm(v1::RTN);
     c.set_mse_range(true);
+  } else if (algorithm == "rtn_dq") {
+    c.set_algorithm(v1::RTN);
+    c.set_use_double_quant(true);
+  } else if (algorithm == "rtn_bf16_scale") {
+    c.set_algorithm(v1::RTN);
+    c.set_scale_dtype(v1::SCALE_BF16);
   } else if (algorithm == "rtn" || algorithm == "awq" || algorithm == "teq") {
     c.set_algorithm(algorithm == "rtn" ? v1::RTN : algorithm == "awq" ? v1::AWQ : v1::TEQ);
   } else {
@@ -152,10 +210,15 @@ std::string Json(const std::vector<Row>& rows, const std::vector<EvalSet>& evals
           "\"%s\": {\"ppl\": %.5f, \"change_percent\": %.3f, \"top1_percent\": %.2f%s}",
           evals[i].name, r.ppl[i], r.change[i], r.top1[i], vs_rtn));
     }
+    const std::string reference =
+        std::isnan(r.reference)
+            ? ""
+            : absl::StrFormat(", \"inc_reference_change_percent\": %.2f", r.reference);
     out.push_back(absl::StrFormat(
         "    {\"algorithm\": \"%s\", \"dtype\": \"%s\", \"group_size\": %d, "
-        "\"bits_per_weight\": %.4f, \"quantize_seconds\": %.3f, %s}",
-        r.algorithm, r.dtype, r.group, r.bits, r.seconds, absl::StrJoin(per_set, ", ")));
+        "\"bits_per_weight\": %.4f, \"quantize_seconds\": %.3f, %s%s}",
+        r.algorithm, r.dtype, r.group, r.bits, r.seconds, absl::StrJoin(per_set, ", "),
+        reference));
   }
   return absl::StrCat("{\n  \"model\": \"", absl::GetFlag(FLAGS_model_dir),
                       "\",\n  \"calibration\": \"", absl::GetFlag(FLAGS_calib_file), " ",
@@ -165,6 +228,63 @@ std::string Json(const std::vector<Row>& rows, const std::vector<EvalSet>& evals
                       absl::StrJoin(fp32, ", "), "},\n  \"rows\": [\n",
                       absl::StrJoin(out, ",\n"), "\n  ],\n  \"thread_speedup\": ",
                       speedup.empty() ? "null" : speedup, "\n}\n");
+}
+
+// The checks between rows that the unit tests made on every dtype before
+// the tables moved here, on the first eval set, for the rows present.
+void PrintChecks(const std::vector<Row>& rows, const std::string& eval) {
+  auto find = [&](const std::string& algorithm, const std::string& dtype,
+                  int group) -> const Row* {
+    for (const Row& r : rows) {
+      if (r.algorithm == algorithm && r.dtype == dtype && r.group == group) return &r;
+    }
+    return nullptr;
+  };
+  std::vector<std::string> lines;
+  int failed = 0;
+  auto check = [&](bool ok, const Row& r, const std::string& what) {
+    failed += !ok;
+    lines.push_back(absl::StrFormat("| %s | %s | %d | %s | %s |", r.algorithm, r.dtype, r.group,
+                                    what, ok ? "yes" : "**NO**"));
+  };
+  for (const Row& r : rows) {
+    const double change = r.change.front();
+    if (!std::isnan(r.reference)) {
+      check(WithinReference(change, r.reference), r,
+            absl::StrFormat("change %+.2f%% within 0.5 + 10%% of the reference %+.2f%%", change,
+                            r.reference));
+      if (absl::StartsWith(r.dtype, "int8")) {
+        check(change < 1.0 && r.top1.front() >= 97.0, r,
+              absl::StrFormat("change %+.2f%% < 1 %%, top-1 %.1f%% >= 97 %%", change,
+                              r.top1.front()));
+      } else {
+        check(change < 20.0, r, absl::StrFormat("change %+.2f%% < 20 %%", change));
+      }
+    }
+    const Row* rtn = find("rtn", r.dtype, r.group);
+    if (rtn != nullptr && r.algorithm != "rtn" && absl::StartsWith(r.algorithm, "rtn_")) {
+      // The clip search only lowers the weight error; the scale encodings
+      // cost little.
+      const double slack = r.algorithm == "rtn_mse" ? 0.1 : 1.0;
+      check(change <= rtn->change.front() + slack, r,
+            absl::StrFormat("change %+.2f%% <= RTN's %+.2f%% + %.1f", change,
+                            rtn->change.front(), slack));
+    }
+    if (r.algorithm == "rtn" && absl::StartsWith(r.dtype, "int2")) {
+      const std::string int3 = absl::StrCat("int3", r.dtype.substr(4));
+      if (const Row* other = find("rtn", int3, r.group); other != nullptr) {
+        check(other->ppl.front() < r.ppl.front(), r,
+              absl::StrFormat("PPL %.4f above %s's %.4f (fewer bits, more error)",
+                              r.ppl.front(), int3, other->ppl.front()));
+      }
+    }
+  }
+  if (lines.empty()) return;
+  std::printf("\nChecks on %s (%zu, %d failed)\n\n| algorithm | dtype | group | check | holds |\n"
+              "|---|---|---|---|---|\n",
+              eval.c_str(), lines.size(), failed);
+  for (const std::string& line : lines) std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
 }
 
 absl::Status Run() {
@@ -192,9 +312,9 @@ absl::Status Run() {
               evals.front().name.c_str());
   std::printf("| algorithm | dtype | group | bits/w |");
   for (const EvalSet& e : evals) std::printf(" PPL %s | change | vs RTN |", e.name.c_str());
-  std::printf(" top-1 | time s |\n|---|---|---|---|");
+  std::printf(" top-1 | INC f64 | time s |\n|---|---|---|---|");
   for (size_t i = 0; i < evals.size(); ++i) std::printf("---|---|---|");
-  std::printf("---|---|\n");
+  std::printf("---|---|---|\n");
   std::fflush(stdout);
 
   std::vector<Row> rows;
@@ -207,6 +327,7 @@ absl::Status Run() {
       for (const std::string& algorithm : absl::GetFlag(FLAGS_algorithms)) {
         ASSIGN_OR_RETURN(v1::WeightOnlyQuantConfig config, ConfigOf(algorithm, dtype, group));
         Row r{algorithm, dtype, group};
+        r.reference = IncReferenceChange(config);
         ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> weights,
                          Quantize(config, &r.seconds, &r.bits));
         const LlamaModel model(weights);
@@ -231,7 +352,13 @@ absl::Status Run() {
           std::printf(" %.4f | %+.2f%% | %s |", r.ppl.back(), r.change.back(), vs_rtn.c_str());
           r.results.push_back(std::move(ppl));
         }
-        std::printf(" %.1f%% | %.2f |\n", r.top1.front(), r.seconds);
+        const std::string reference =
+            std::isnan(r.reference)
+                ? "-"
+                : absl::StrFormat("%+.2f%% %s", r.reference,
+                                  WithinReference(r.change.front(), r.reference) ? "within"
+                                                                                 : "OUTSIDE");
+        std::printf(" %.1f%% | %s | %.2f |\n", r.top1.front(), reference.c_str(), r.seconds);
         std::fflush(stdout);
         rows.push_back(std::move(r));
         // Rewritten after every row: a long run stopped early keeps its rows.
@@ -239,6 +366,8 @@ absl::Status Run() {
       }
     }
   }
+
+  PrintChecks(rows, evals.front().name);
 
   if (absl::GetFlag(FLAGS_thread_speedup)) {
     ASSIGN_OR_RETURN(v1::WeightOnlyQuantConfig config, ConfigOf("awq", "int4_clip_sym", 32));

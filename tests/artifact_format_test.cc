@@ -7,7 +7,6 @@
 
 #include <cstring>
 #include <iterator>
-#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -20,15 +19,15 @@
 #include "common/kernels/int8_tiles.h"
 #include "common/kernels/matmul.h"
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
 
 namespace wq {
 namespace {
 
+// N(0, 0.02), a trained layer's scale.
 std::vector<float> RandomWeights(int64_t n) {
-  std::mt19937 rng(7);
-  std::normal_distribution<float> normal(0.0f, 0.02f);
-  std::vector<float> w(n);
-  for (float& v : w) v = normal(rng);
+  std::vector<float> w = test::RandomVector(n, 7);
+  for (float& v : w) v *= 0.02f;
   return w;
 }
 

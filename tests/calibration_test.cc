@@ -5,6 +5,7 @@
 // testdata/data/tinystories_train_head.txt (AWQ's default is 128 x 512) and
 // scores with the full protocol (first 20,480 tokens of tinystories_valid.txt,
 // 80 windows of 256, [BOS] + window[:-1]).
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -23,25 +24,22 @@
 #include "common/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "tbb/task_arena.h"
+#include "tests/test_util.h"
 
 namespace wq {
 namespace {
 
-constexpr char kModelDir[] = "testdata/models/stories260K";
 constexpr char kCalibrationFile[] = "tinystories_train_head.txt";
-// Where the runfiles' symlinks lead: calibration files must resolve inside
-// the data root.
-const std::string kDataRoot =
-    std::filesystem::canonical("testdata/data/tinystories_train_head.txt").parent_path();
+const std::string kDataRoot = test::CanonicalDataRoot();
 
 std::shared_ptr<const LlamaWeights> Fp32Weights() {
-  auto weights = LoadLlamaModelDir(kModelDir);
+  auto weights = LoadLlamaModelDir(test::kStoriesDir);
   EXPECT_TRUE(weights.ok()) << weights.status();
   return *weights;
 }
 
 CalibrationSet SmallCalibration(int n_samples, int seq_len) {
-  auto tokenizer = Tokenizer::Load(absl::StrCat(kModelDir, "/tokenizer.model"));
+  auto tokenizer = Tokenizer::Load(absl::StrCat(test::kStoriesDir, "/tokenizer.model"));
   EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
   v1::CalibrationConfig config;
   config.set_data_file(kCalibrationFile);
@@ -72,7 +70,7 @@ TEST(Calibration, CapsAtWhatTheTextHoldsAndSaysSo) {
   EXPECT_EQ(set.tokens.size(), static_cast<size_t>(set.n_samples) * 256);
   EXPECT_NE(set.message.find("100000 requested"), std::string::npos) << set.message;
 
-  auto tokenizer = Tokenizer::Load(absl::StrCat(kModelDir, "/tokenizer.model"));
+  auto tokenizer = Tokenizer::Load(absl::StrCat(test::kStoriesDir, "/tokenizer.model"));
   ASSERT_TRUE(tokenizer.ok());
   v1::CalibrationConfig outside;
   outside.set_data_file("../models/stories260K/config.json");
@@ -111,11 +109,10 @@ TEST(FoldScales, LeavesTheFp32BlockOutputUnchanged) {
 // Inputs [tokens, 8] for the clip-search cases: normal, except channel 0,
 // which is always zero.
 std::vector<float> ClipSearchInputs(int64_t tokens, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
+  const std::vector<float> normal = test::RandomVector(tokens * 7, seed);
   std::vector<float> x(tokens * 8);
   for (int64_t t = 0; t < tokens; ++t) {
-    for (int k = 1; k < 8; ++k) x[t * 8 + k] = normal(rng);
+    std::copy_n(normal.begin() + t * 7, 7, x.begin() + t * 8 + 1);
   }
   return x;
 }
@@ -306,7 +303,7 @@ TEST(CalibratedQuantization, CancelInsideABlockLeavesNoArtifact) {
   std::vector<QuantizeProgress> seen;
   QuantizeRequest request;
   request.model_id = "stories260K";
-  request.model_dir = kModelDir;
+  request.model_dir = test::kStoriesDir;
   request.data_root = kDataRoot;
   request.config.set_algorithm(v1::AWQ);
   request.config.mutable_calibration()->set_data_file(kCalibrationFile);
@@ -328,7 +325,7 @@ TEST(CalibratedQuantization, CancelInsideABlockLeavesNoArtifact) {
 // AWQ and TEQ beat RTN on int4_clip sym g32, the dtype with the largest RTN
 // error (+14.5 %).
 TEST(CalibratedQuantization, AwqAndTeqBeatRtnInPerplexity) {
-  auto tokenizer = Tokenizer::Load(absl::StrCat(kModelDir, "/tokenizer.model"));
+  auto tokenizer = Tokenizer::Load(absl::StrCat(test::kStoriesDir, "/tokenizer.model"));
   ASSERT_TRUE(tokenizer.ok());
   auto text = ReadFile(absl::StrCat(kDataRoot, "/tinystories_valid.txt"));
   ASSERT_TRUE(text.ok());
@@ -345,7 +342,7 @@ TEST(CalibratedQuantization, AwqAndTeqBeatRtnInPerplexity) {
   auto change = [&](v1::Algorithm algorithm, std::vector<std::string>* log) {
     QuantizeRequest request;
     request.model_id = "stories260K";
-    request.model_dir = kModelDir;
+    request.model_dir = test::kStoriesDir;
     request.data_root = kDataRoot;
     request.config.set_weight_dtype(v1::INT4_CLIP);
     request.config.set_group_size(32);

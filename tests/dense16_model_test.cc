@@ -12,40 +12,16 @@
 
 #include "bench/synthetic_model.h"
 #include "common/kernels/cpu_features.h"
-#include "common/io/file_util.h"
 #include "common/model/llama.h"
 #include "common/io/process_memory.h"
 #include "gtest/gtest.h"
-#include "tests/rounded_checkpoint.h"
 #include "nlohmann/json.hpp"
+#include "tests/model_test_util.h"
+#include "tests/rounded_checkpoint.h"
+#include "tests/test_util.h"
 
 namespace wq {
 namespace {
-
-constexpr char kStories[] = "testdata/models/stories260K";
-
-// Greedy continuation of `prompt`, prefill then one token per step; the
-// logits of every step appended to *all_logits.
-std::vector<int> Greedy(const LlamaModel& model, const std::vector<int>& prompt, int tokens,
-                        std::vector<float>* all_logits) {
-  KVCache cache(model.config(), 64);
-  std::vector<int> seq = prompt;
-  std::vector<float> logits;
-  const int vocab = model.config().vocab_size;
-  int start = 0;
-  for (int step = 0; step < tokens; ++step) {
-    SequenceChunk chunk;
-    chunk.cache = &cache;
-    chunk.tokens = absl::MakeConstSpan(seq).subspan(start);
-    chunk.start_pos = start;
-    EXPECT_TRUE(model.Forward({&chunk, 1}, &logits).ok());
-    all_logits->insert(all_logits->end(), logits.begin(), logits.begin() + vocab);
-    start = static_cast<int>(seq.size());
-    seq.push_back(static_cast<int>(std::max_element(logits.begin(), logits.begin() + vocab) -
-                                   logits.begin()));
-  }
-  return std::vector<int>(seq.begin() + prompt.size(), seq.end());
-}
 
 // The 16-bit matrix of `l` in `dtype`, null when it is another kind.
 const uint16_t* Dense16(const LinearWeight& l, DType dtype) {
@@ -57,7 +33,7 @@ const uint16_t* Dense16(const LinearWeight& l, DType dtype) {
 // largest |logit|.
 void ExpectServedMatchesConverted(DType dtype, double tolerance) {
   const std::string dir = ::testing::TempDir() + "/stories260K_" + std::string(DTypeName(dtype));
-  ASSERT_TRUE(WriteRoundedCopy(kStories, dir, dtype, /*sharded=*/true).ok());
+  ASSERT_TRUE(WriteRoundedCopy(test::kStoriesDir, dir, dtype, /*sharded=*/true).ok());
   auto served = LoadLlamaModelDir(dir, FileBacking::kCopied, HalfWeights::kServeAsStored);
   ASSERT_TRUE(served.ok()) << served.status();
   auto converted = LoadLlamaModelDir(dir, FileBacking::kCopied);
@@ -78,15 +54,13 @@ void ExpectServedMatchesConverted(DType dtype, double tolerance) {
             // norms stay fp32 in both
             (w.config.num_hidden_layers * 2 + 1) * w.config.hidden_size * 4);
 
-  auto text = ReadFile(std::string(kStories) + "/golden.json");
-  ASSERT_TRUE(text.ok()) << text.status();
-  const nlohmann::json golden = nlohmann::json::parse(*text);
+  const nlohmann::json golden = test::ReadJson(std::string(test::kStoriesDir) + "/golden.json");
   const std::vector<int> prompt = golden["prompt_ids"].get<std::vector<int>>();
   const int tokens = static_cast<int>(golden["greedy_ids"].size());
 
   std::vector<float> reference_logits;
   const std::vector<int> reference =
-      Greedy(LlamaModel(*converted), prompt, tokens, &reference_logits);
+      test::GreedyTokens(LlamaModel(*converted), prompt, tokens, &reference_logits);
   // The best kernel (vdpbf16ps on AVX512_BF16), the AVX2 widening one and the
   // scalar reference.
   std::vector<Isa> isas = {BestSupportedIsa(), Isa::kScalar};
@@ -94,13 +68,11 @@ void ExpectServedMatchesConverted(DType dtype, double tolerance) {
   for (const Isa isa : isas) {
     ScopedIsaOverride forced(isa);
     std::vector<float> logits;
-    EXPECT_EQ(Greedy(LlamaModel(*served), prompt, tokens, &logits), reference) << IsaName(isa);
+    EXPECT_EQ(test::GreedyTokens(LlamaModel(*served), prompt, tokens, &logits), reference) << IsaName(isa);
     ASSERT_EQ(logits.size(), reference_logits.size());
-    double worst = 0, largest = 0;
-    for (size_t i = 0; i < logits.size(); ++i) {
-      worst = std::max(worst, static_cast<double>(std::abs(logits[i] - reference_logits[i])));
-      largest = std::max(largest, static_cast<double>(std::abs(reference_logits[i])));
-    }
+    const double worst = test::MaxAbsDifference(logits, reference_logits);
+    double largest = 0;
+    for (float v : reference_logits) largest = std::max(largest, double{std::abs(v)});
     std::printf("%s %s: served as stored, logits move by at most %.6f (largest |logit| %.2f) "
                 "over %d greedy steps\n",
                 std::string(DTypeName(dtype)).c_str(), std::string(IsaName(isa)).c_str(), worst,
@@ -144,7 +116,7 @@ TEST(Dense16Model, Served16BitCheckpointTakesHalfTheMemoryOfFp32) {
     bench::SyntheticOptions options;
     options.dtype = dtype;
     ASSERT_TRUE(bench::WriteSyntheticModel(c, options,
-                                           std::string(kStories) + "/tokenizer.model",
+                                           std::string(test::kStoriesDir) + "/tokenizer.model",
                                            root + "/" + std::string(DTypeName(dtype)))
                     .ok());
   }

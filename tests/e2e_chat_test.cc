@@ -1,7 +1,6 @@
 // End-to-end tests of InferenceService's Chat, ChatStream, Tokenize and
 // Detokenize (servers: e2e_test.cc), over copies of tiny-qwen3 that each
 // test gives its own tokenizer_config.json.
-#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -14,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "wq/v1/inference.grpc.pb.h"
+#include "tests/e2e_client.h"
 #include "tests/e2e_support.h"
 
 namespace wq::e2e {
@@ -23,14 +23,7 @@ constexpr char kTemplate[] =
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}";
 
-std::unique_ptr<v1::InferenceService::Stub> Stub() {
-  return v1::InferenceService::NewStub(
-      grpc::CreateChannel(GetServers().inference, grpc::InsecureChannelCredentials()));
-}
-
-void SetDeadline(grpc::ClientContext* context) {
-  context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-}
+std::unique_ptr<v1::InferenceService::Stub> Main() { return InferenceStub(GetServers().inference); }
 
 // A copy of tiny-qwen3 named `name` under the servers' model root, with
 // `chat_template` (and tiny-qwen3's BOS and EOS) in its tokenizer_config.json;
@@ -49,14 +42,7 @@ void MakeModel(const std::string& name, std::optional<std::string> chat_template
   std::ofstream(dir + "/tokenizer_config.json") << config.dump();
 }
 
-grpc::Status Load(const std::string& model) {
-  grpc::ClientContext context;
-  SetDeadline(&context);
-  v1::LoadModelRequest request;
-  request.set_model(model);
-  v1::ModelInfo info;
-  return Stub()->LoadModel(&context, request, &info);
-}
+grpc::Status Load(const std::string& model) { return LoadModel(*Main(), model); }
 
 void LoadChatModel(const std::string& name, const std::string& chat_template) {
   MakeModel(name, chat_template);
@@ -64,17 +50,11 @@ void LoadChatModel(const std::string& name, const std::string& chat_template) {
   ASSERT_TRUE(status.ok()) << status.error_message();
 }
 
-v1::SamplingParams Greedy(int max_new_tokens) {
-  v1::SamplingParams sampling;
-  sampling.set_max_new_tokens(max_new_tokens);
-  return sampling;
-}
+v1::SamplingParams Greedy(int max_new_tokens) { return GreedySampling(max_new_tokens); }
 
-v1::Conversation UserSays(const std::string& text) {
+v1::Conversation UserConversation(const std::string& text) {
   v1::Conversation conversation;
-  v1::ChatMessage* m = conversation.add_messages();
-  m->set_role("user");
-  m->set_content(text);
+  *conversation.mutable_messages() = UserSays(text);
   return conversation;
 }
 
@@ -86,7 +66,7 @@ grpc::Status Chat(const std::string& model, const std::vector<v1::Conversation>&
   request.set_model(model);
   for (const v1::Conversation& c : conversations) *request.add_conversations() = c;
   *request.mutable_sampling() = Greedy(12);
-  return Stub()->Chat(&context, request, response);
+  return Main()->Chat(&context, request, response);
 }
 
 grpc::Status Generate(const std::string& model, const std::vector<std::string>& prompts,
@@ -97,7 +77,7 @@ grpc::Status Generate(const std::string& model, const std::vector<std::string>& 
   request.set_model(model);
   for (const std::string& p : prompts) request.add_prompts(p);
   *request.mutable_sampling() = Greedy(12);
-  return Stub()->Generate(&context, request, response);
+  return Main()->Generate(&context, request, response);
 }
 
 TEST(E2eChatTest, ChatStreamStreamsTokensThenEnds) {
@@ -106,31 +86,18 @@ TEST(E2eChatTest, ChatStreamStreamsTokensThenEnds) {
   SetDeadline(&context);
   v1::ChatStreamRequest request;
   request.set_model("chat-stream");
-  *request.mutable_messages() = UserSays("Once upon a time").messages();
+  *request.mutable_messages() = UserSays("Once upon a time");
   *request.mutable_sampling() = Greedy(12);
-  auto reader = Stub()->ChatStream(&context, request);
-  v1::GenerateStreamResponse event;
-  std::string text;
-  int tokens = 0;
-  bool ended = false;
-  while (reader->Read(&event)) {
-    ASSERT_FALSE(ended) << "message after End";
-    if (event.has_token()) {
-      text += event.token().text();
-      ++tokens;
-    } else {
-      ASSERT_TRUE(event.has_end());
-      ended = true;
-      EXPECT_TRUE(event.end().finish_reason() == v1::LENGTH ||
-                  event.end().finish_reason() == v1::EOS);
-      EXPECT_EQ(event.end().text(), text);
-      EXPECT_EQ(event.end().usage().completion_tokens(), tokens);
-    }
-  }
-  grpc::Status status = reader->Finish();
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_TRUE(ended);
-  EXPECT_GT(tokens, 0);
+  auto reader = Main()->ChatStream(&context, request);
+  const StreamedGeneration stream = ReadStream(*reader);
+  ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
+  ASSERT_TRUE(stream.end.has_value());
+  EXPECT_EQ(stream.after_end, 0);
+  EXPECT_GT(stream.tokens, 0);
+  EXPECT_TRUE(stream.end->finish_reason() == v1::LENGTH ||
+              stream.end->finish_reason() == v1::EOS);
+  EXPECT_EQ(stream.end->text(), stream.text);
+  EXPECT_EQ(stream.end->usage().completion_tokens(), stream.tokens);
 }
 
 // Chat is Generate on the rendered text: same ids, text and prompt length.
@@ -140,9 +107,10 @@ TEST(E2eChatTest, ChatMatchesGenerateOnRenderedPrompt) {
   v1::ChatMessage* system = with_system.add_messages();
   system->set_role("system");
   system->set_content("Be brief.");
-  *with_system.add_messages() = UserSays("The cat").messages(0);
+  *with_system.add_messages() = UserSays("The cat")[0];
   v1::ChatResponse chat;
-  grpc::Status status = Chat("chat-batch", {UserSays("Once upon a time"), with_system}, &chat);
+  grpc::Status status =
+      Chat("chat-batch", {UserConversation("Once upon a time"), with_system}, &chat);
   ASSERT_TRUE(status.ok()) << status.error_message();
   v1::GenerateResponse generated;
   status = Generate("chat-batch",
@@ -166,7 +134,7 @@ TEST(E2eChatTest, ChatMatchesGenerateOnRenderedPrompt) {
 TEST(E2eChatTest, TemplateBosIsNotDoubled) {
   LoadChatModel("chat-bos", std::string("{{ bos_token }}") + kTemplate);
   v1::ChatResponse chat;
-  grpc::Status status = Chat("chat-bos", {UserSays("One day")}, &chat);
+  grpc::Status status = Chat("chat-bos", {UserConversation("One day")}, &chat);
   ASSERT_TRUE(status.ok()) << status.error_message();
   v1::GenerateResponse generated;
   status = Generate("chat-bos", {"<|user|>One day<|assistant|>"}, &generated);
@@ -182,7 +150,7 @@ TEST(E2eChatTest, ModelWithoutTemplateIsFailedPrecondition) {
   grpc::Status status = Load("chat-none");
   ASSERT_TRUE(status.ok()) << status.error_message();
   v1::ChatResponse chat;
-  status = Chat("chat-none", {UserSays("hi")}, &chat);
+  status = Chat("chat-none", {UserConversation("hi")}, &chat);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(status.error_message().find("model chat-none has no chat template"),
             std::string::npos)
@@ -192,8 +160,8 @@ TEST(E2eChatTest, ModelWithoutTemplateIsFailedPrecondition) {
   SetDeadline(&context);
   v1::ChatStreamRequest request;
   request.set_model("chat-none");
-  *request.mutable_messages() = UserSays("hi").messages();
-  auto reader = Stub()->ChatStream(&context, request);
+  *request.mutable_messages() = UserSays("hi");
+  auto reader = Main()->ChatStream(&context, request);
   v1::GenerateStreamResponse event;
   EXPECT_FALSE(reader->Read(&event));
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
@@ -217,9 +185,9 @@ TEST(E2eChatTest, ChatTemplateJinjaFileWinsOverTheConfig) {
   ASSERT_TRUE(Load("chat-jinja").ok());
   LoadChatModel("chat-config", kTemplate);
   v1::ChatResponse from_jinja, from_config;
-  grpc::Status status = Chat("chat-jinja", {UserSays("Once upon a time")}, &from_jinja);
+  grpc::Status status = Chat("chat-jinja", {UserConversation("Once upon a time")}, &from_jinja);
   ASSERT_TRUE(status.ok()) << status.error_message();
-  status = Chat("chat-config", {UserSays("Once upon a time")}, &from_config);
+  status = Chat("chat-config", {UserConversation("Once upon a time")}, &from_config);
   ASSERT_TRUE(status.ok()) << status.error_message();
   ASSERT_EQ(from_jinja.results_size(), 1);
   EXPECT_EQ(from_jinja.results(0).text(), from_config.results(0).text());
@@ -246,7 +214,7 @@ TEST(E2eChatTest, TokenizeDetokenizeRoundTrip) {
     request.set_text("Once upon a time");
     if (add_special_tokens.has_value()) request.set_add_special_tokens(*add_special_tokens);
     v1::TokenizeResponse response;
-    grpc::Status status = Stub()->Tokenize(&context, request, &response);
+    grpc::Status status = Main()->Tokenize(&context, request, &response);
     EXPECT_TRUE(status.ok()) << status.error_message();
     return std::vector<int>(response.ids().begin(), response.ids().end());
   };
@@ -259,7 +227,7 @@ TEST(E2eChatTest, TokenizeDetokenizeRoundTrip) {
     for (int id : ids) request.add_ids(id);
     if (skip_special.has_value()) request.set_skip_special_tokens(*skip_special);
     v1::DetokenizeResponse response;
-    grpc::Status status = Stub()->Detokenize(&context, request, &response);
+    grpc::Status status = Main()->Detokenize(&context, request, &response);
     *text = response.text();
     return status;
   };

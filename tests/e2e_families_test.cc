@@ -24,6 +24,7 @@
 #include "common/model/hf_config.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/e2e_client.h"
 #include "tests/server_process.h"
 #include "wq/v1/inference.grpc.pb.h"
 #include "wq/v1/quantizer.grpc.pb.h"
@@ -105,10 +106,6 @@ std::string Env(const char* name) {
   return value != nullptr ? value : "";
 }
 
-void SetDeadline(grpc::ClientContext* context, int seconds = 60) {
-  context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
-}
-
 // Where the servers run, and their stubs.
 struct Servers {
   std::string model_root;
@@ -166,8 +163,7 @@ class ServersEnvironment : public ::testing::Environment {
     ASSERT_GT(inference_port, 0);
     servers->quantizer_stub = v1::QuantizerService::NewStub(grpc::CreateChannel(
         absl::StrCat("127.0.0.1:", quantizer_port), grpc::InsecureChannelCredentials()));
-    servers->inference_stub = v1::InferenceService::NewStub(grpc::CreateChannel(
-        absl::StrCat("127.0.0.1:", inference_port), grpc::InsecureChannelCredentials()));
+    servers->inference_stub = InferenceStub(absl::StrCat("127.0.0.1:", inference_port));
     g_servers = servers.release();
   }
 
@@ -226,14 +222,7 @@ std::string QuantizeOnServer(const std::string& model, const Quantization& q) {
   return job.artifact_id();
 }
 
-grpc::Status Load(const std::string& model) {
-  grpc::ClientContext context;
-  SetDeadline(&context);
-  v1::LoadModelRequest request;
-  request.set_model(model);
-  v1::ModelInfo info;
-  return Inference().LoadModel(&context, request, &info);
-}
+grpc::Status Load(const std::string& model) { return LoadModel(Inference(), model); }
 
 grpc::Status Unload(const std::string& model) {
   grpc::ClientContext context;
@@ -244,12 +233,7 @@ grpc::Status Unload(const std::string& model) {
   return Inference().UnloadModel(&context, request, &response);
 }
 
-v1::SamplingParams Greedy(int max_new_tokens) {
-  v1::SamplingParams sampling;
-  sampling.set_temperature(0);
-  sampling.set_max_new_tokens(max_new_tokens);
-  return sampling;
-}
+v1::SamplingParams Greedy(int max_new_tokens) { return GreedySampling(max_new_tokens); }
 
 bool IsValidUtf8(const std::string& text) {
   size_t i = 0;
@@ -266,13 +250,6 @@ bool IsValidUtf8(const std::string& text) {
   return true;
 }
 
-google::protobuf::RepeatedPtrField<v1::ChatMessage> UserSays(const std::string& text) {
-  google::protobuf::RepeatedPtrField<v1::ChatMessage> messages;
-  v1::ChatMessage* message = messages.Add();
-  message->set_role("user");
-  message->set_content(text);
-  return messages;
-}
 
 // ChatStream streams UTF-8 text token by token and ends with EOS or LENGTH;
 // unary Chat of the same conversation gives the same greedy text.
@@ -285,20 +262,11 @@ void ExpectChatWorks(const std::string& model) {
   *request.mutable_messages() = UserSays(kQuestion);
   *request.mutable_sampling() = Greedy(16);
   auto reader = Inference().ChatStream(&context, request);
-  v1::GenerateStreamResponse event;
-  std::string streamed;
-  int tokens = 0;
-  std::optional<v1::StreamEnd> end;
-  while (reader->Read(&event)) {
-    if (event.has_token()) {
-      streamed += event.token().text();
-      ++tokens;
-    } else {
-      end = event.end();
-    }
-  }
-  const grpc::Status status = reader->Finish();
-  ASSERT_TRUE(status.ok()) << model << ": " << status.error_message();
+  const StreamedGeneration stream = ReadStream(*reader);
+  ASSERT_TRUE(stream.status.ok()) << model << ": " << stream.status.error_message();
+  const std::optional<v1::StreamEnd>& end = stream.end;
+  const std::string& streamed = stream.text;
+  const int tokens = stream.tokens;
   ASSERT_TRUE(end.has_value()) << model;
   EXPECT_TRUE(end->finish_reason() == v1::EOS || end->finish_reason() == v1::LENGTH) << model;
   EXPECT_GT(tokens, 0) << model;

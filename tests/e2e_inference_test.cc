@@ -9,6 +9,7 @@
 #include "common/kernels/cpu_features.h"
 #include "gtest/gtest.h"
 #include "wq/v1/inference.grpc.pb.h"
+#include "tests/e2e_client.h"
 #include "tests/e2e_support.h"
 #include "tests/rounded_checkpoint.h"
 
@@ -18,40 +19,47 @@ namespace {
 constexpr char kOnce[] = "Once upon a time";
 constexpr char kGolden[] = ", there was a little girl named Lily";
 
-std::unique_ptr<v1::InferenceService::Stub> Stub() {
-  return v1::InferenceService::NewStub(
-      grpc::CreateChannel(GetServers().inference, grpc::InsecureChannelCredentials()));
-}
+using Stub = v1::InferenceService::Stub;
 
-void SetDeadline(grpc::ClientContext* context, int seconds = 60) {
-  context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
-}
+std::unique_ptr<Stub> Main() { return InferenceStub(GetServers().inference); }
 
-v1::SamplingParams Greedy(int max_new_tokens) {
-  v1::SamplingParams sampling;
-  sampling.set_temperature(0);
-  sampling.set_max_new_tokens(max_new_tokens);
-  return sampling;
-}
+v1::SamplingParams Greedy(int max_new_tokens) { return GreedySampling(max_new_tokens); }
 
-grpc::Status Load(const std::string& model, v1::ModelInfo* info) {
-  grpc::ClientContext context;
-  SetDeadline(&context);
-  v1::LoadModelRequest request;
-  request.set_model(model);
-  return Stub()->LoadModel(&context, request, info);
+// On the main inference server unless `stub` is given.
+grpc::Status Load(const std::string& model, v1::ModelInfo* info, Stub* stub = nullptr) {
+  return LoadModel(stub != nullptr ? *stub : *Main(), model, info);
 }
 
 grpc::Status Generate(const std::string& model, const std::vector<std::string>& prompts,
-                      const v1::SamplingParams& sampling, v1::GenerateResponse* response) {
+                      const v1::SamplingParams& sampling, v1::GenerateResponse* response,
+                      Stub* stub = nullptr) {
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::GenerateRequest request;
   request.set_model(model);
   for (const std::string& p : prompts) request.add_prompts(p);
   *request.mutable_sampling() = sampling;
-  return Stub()->Generate(&context, request, response);
+  return (stub != nullptr ? *stub : *Main()).Generate(&context, request, response);
 }
+
+// A second inference server over the same roots, with `flags` added, and a
+// stub for it (null when it did not start).
+struct ExtraServer {
+  ExtraServer(const std::string& name, const std::vector<std::string>& flags)
+      : process(name, GetServers().inference_binary, Args(flags), GetServers().dir) {
+    const int port = process.WaitForPort(std::chrono::seconds(30));
+    if (port > 0) stub = InferenceStub("127.0.0.1:" + std::to_string(port));
+  }
+  static std::vector<std::string> Args(const std::vector<std::string>& flags) {
+    std::vector<std::string> args = {"--model_root=" + GetServers().model_root,
+                                     "--artifact_root=" + GetServers().artifact_root,
+                                     "--threads=2"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    return args;
+  }
+  ServerProcess process;
+  std::unique_ptr<Stub> stub;
+};
 
 // The loaded quantized artifact's name.
 std::string LoadedArtifact() {
@@ -101,30 +109,17 @@ TEST(E2eInferenceTest, StreamTokensThenEnd) {
   const std::string model = LoadedArtifact();
   grpc::ClientContext context;
   SetDeadline(&context);
-  auto reader = Stub()->GenerateStream(&context, GreedyStream(model, 24));
-  v1::GenerateStreamResponse event;
-  std::string text;
-  int tokens = 0;
-  bool ended = false;
-  while (reader->Read(&event)) {
-    ASSERT_FALSE(ended) << "message after End";
-    if (event.has_token()) {
-      text += event.token().text();
-      ++tokens;
-      EXPECT_LE(event.token().logprob(), 0);
-    } else {
-      ASSERT_TRUE(event.has_end());
-      ended = true;
-      EXPECT_EQ(event.end().finish_reason(), v1::LENGTH);
-      EXPECT_EQ(event.end().text(), text);
-      EXPECT_EQ(event.end().usage().completion_tokens(), tokens);
-      EXPECT_GT(event.end().usage().prompt_tokens(), 0);
-    }
-  }
-  grpc::Status status = reader->Finish();
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_TRUE(ended);
-  EXPECT_EQ(tokens, 24);
+  auto reader = Main()->GenerateStream(&context, GreedyStream(model, 24));
+  const StreamedGeneration stream = ReadStream(*reader);
+  ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
+  ASSERT_TRUE(stream.end.has_value());
+  EXPECT_EQ(stream.after_end, 0);
+  EXPECT_EQ(stream.tokens, 24);
+  EXPECT_LE(stream.max_logprob, 0);
+  EXPECT_EQ(stream.end->finish_reason(), v1::LENGTH);
+  EXPECT_EQ(stream.end->text(), stream.text);
+  EXPECT_EQ(stream.end->usage().completion_tokens(), stream.tokens);
+  EXPECT_GT(stream.end->usage().prompt_tokens(), 0);
 }
 
 TEST(E2eInferenceTest, CancelMidStreamKeepsServing) {
@@ -132,7 +127,7 @@ TEST(E2eInferenceTest, CancelMidStreamKeepsServing) {
   grpc::ClientContext context;
   SetDeadline(&context);
   // Long enough to be cut short.
-  auto reader = Stub()->GenerateStream(&context, GreedyStream(model, 256));
+  auto reader = Main()->GenerateStream(&context, GreedyStream(model, 256));
   v1::GenerateStreamResponse event;
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(reader->Read(&event));
@@ -196,7 +191,7 @@ TEST(E2eInferenceTest, Fp32ModelGivesGoldenContinuation) {
     v1::UnloadModelRequest request;
     request.set_model("stories260K");
     v1::UnloadModelResponse response;
-    Stub()->UnloadModel(&context, request, &response);  // may not be loaded
+    Main()->UnloadModel(&context, request, &response);  // may not be loaded
   }
   v1::GenerateResponse response;
   grpc::Status status = Generate("stories260K", {kOnce}, Greedy(24), &response);
@@ -216,7 +211,7 @@ TEST(E2eInferenceTest, Fp32ModelGivesGoldenContinuation) {
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::ListModelsResponse models;
-  ASSERT_TRUE(Stub()->ListModels(&context, v1::ListModelsRequest(), &models).ok());
+  ASSERT_TRUE(Main()->ListModels(&context, v1::ListModelsRequest(), &models).ok());
   bool loaded = false;
   for (const v1::ModelInfo& m : models.loaded()) loaded |= m.model() == "stories260K";
   EXPECT_TRUE(loaded);
@@ -260,83 +255,44 @@ TEST(E2eInferenceTest, ComputeDtypeFlagOverridesArtifacts) {
   ASSERT_TRUE(Load(id, &info).ok());
   EXPECT_EQ(info.config().compute_dtype(), v1::COMPUTE_FP32);
 
-  const Servers& servers = GetServers();
-  ServerProcess int8_server("inference_int8", servers.inference_binary,
-                            {"--model_root=" + servers.model_root,
-                             "--artifact_root=" + servers.artifact_root, "--threads=2",
-                             "--compute_dtype=int8"},
-                            servers.dir);
-  const int port = int8_server.WaitForPort(std::chrono::seconds(30));
-  ASSERT_GT(port, 0);
-  auto stub = v1::InferenceService::NewStub(grpc::CreateChannel(
-      "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
-  {
-    grpc::ClientContext context;
-    SetDeadline(&context);
-    v1::LoadModelRequest request;
-    request.set_model(id);
-    grpc::Status status = stub->LoadModel(&context, request, &info);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-  }
+  ExtraServer int8_server("inference_int8", {"--compute_dtype=int8"});
+  ASSERT_NE(int8_server.stub, nullptr);
+  grpc::Status status = Load(id, &info, int8_server.stub.get());
+  ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(info.config().compute_dtype(), v1::COMPUTE_INT8);
-  grpc::ClientContext context;
-  SetDeadline(&context);
-  v1::GenerateRequest request;
-  request.set_model(id);
-  request.add_prompts(kOnce);
-  *request.mutable_sampling() = Greedy(16);
   v1::GenerateResponse response;
-  grpc::Status status = stub->Generate(&context, request, &response);
+  status = Generate(id, {kOnce}, Greedy(16), &response, int8_server.stub.get());
   ASSERT_TRUE(status.ok()) << status.error_message();
   ASSERT_EQ(response.results_size(), 1);
   const v1::GenerationResult& result = response.results(0);
   EXPECT_GT(result.token_ids_size(), 0);
   EXPECT_EQ(result.usage().completion_tokens(), result.token_ids_size());
   EXPECT_FALSE(result.text().empty());
-  EXPECT_EQ(int8_server.Stop(std::chrono::seconds(10)), 0) << int8_server.Log();
+  EXPECT_EQ(int8_server.process.Stop(std::chrono::seconds(10)), 0) << int8_server.process.Log();
 }
 
 // --max_queued=0 is a server with no waiting line, not one that refuses all;
 // a batch longer than --max_running waits for nothing but a free slot.
 TEST(E2eInferenceTest, NoWaitingLineServesBatches) {
-  const Servers& servers = GetServers();
-  ServerProcess server("inference_no_queue", servers.inference_binary,
-                       {"--model_root=" + servers.model_root,
-                        "--artifact_root=" + servers.artifact_root, "--threads=2",
-                        "--max_running=1", "--max_queued=0"},
-                       servers.dir);
-  const int port = server.WaitForPort(std::chrono::seconds(30));
-  ASSERT_GT(port, 0);
-  auto stub = v1::InferenceService::NewStub(grpc::CreateChannel(
-      "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
-  {
-    grpc::ClientContext context;
-    SetDeadline(&context);
-    v1::LoadModelRequest request;
-    request.set_model("stories260K");
-    v1::ModelInfo info;
-    grpc::Status status = stub->LoadModel(&context, request, &info);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-  }
-  grpc::ClientContext context;
-  SetDeadline(&context);
-  v1::GenerateRequest request;
-  request.set_model("stories260K");
-  for (const char* prompt : {kOnce, "The cat", "One day"}) request.add_prompts(prompt);
-  *request.mutable_sampling() = Greedy(24);
+  ExtraServer server("inference_no_queue", {"--max_running=1", "--max_queued=0"});
+  ASSERT_NE(server.stub, nullptr);
+  v1::ModelInfo info;
+  grpc::Status status = Load("stories260K", &info, server.stub.get());
+  ASSERT_TRUE(status.ok()) << status.error_message();
   v1::GenerateResponse response;
-  grpc::Status status = stub->Generate(&context, request, &response);
+  status = Generate("stories260K", {kOnce, "The cat", "One day"}, Greedy(24), &response,
+                    server.stub.get());
   ASSERT_TRUE(status.ok()) << status.error_message();
   ASSERT_EQ(response.results_size(), 3);
   EXPECT_EQ(response.results(0).text().rfind(kGolden, 0), 0u) << response.results(0).text();
-  EXPECT_EQ(server.Stop(std::chrono::seconds(10)), 0) << server.Log();
+  EXPECT_EQ(server.process.Stop(std::chrono::seconds(10)), 0) << server.process.Log();
 }
 
 TEST(E2eInferenceTest, ServerInfo) {
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::ServerInfo info;
-  ASSERT_TRUE(Stub()->GetServerInfo(&context, v1::GetServerInfoRequest(), &info).ok());
+  ASSERT_TRUE(Main()->GetServerInfo(&context, v1::GetServerInfoRequest(), &info).ok());
   // The server runs on this machine without WQ_ISA: it picks what we would.
   EXPECT_EQ(info.kernel_isa(), std::string(KernelIsaName()));
   EXPECT_EQ(info.max_new_tokens_cap(), 256);

@@ -9,6 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/e2e_client.h"
 #include "tests/e2e_support.h"
 #include "wq/v1/inference.grpc.pb.h"
 
@@ -20,10 +21,7 @@ using ::testing::Not;
 
 constexpr char kInvalidUtf8[] = "caf\xc3\x28";  // a lead byte without its continuation
 
-std::unique_ptr<v1::InferenceService::Stub> Stub() {
-  return v1::InferenceService::NewStub(
-      grpc::CreateChannel(GetServers().inference, grpc::InsecureChannelCredentials()));
-}
+std::unique_ptr<v1::InferenceService::Stub> Stub() { return InferenceStub(GetServers().inference); }
 
 std::unique_ptr<grpc::ClientContext> Context() {
   auto context = std::make_unique<grpc::ClientContext>();

@@ -3,7 +3,6 @@
 // shapes and batch sizes; plus the compute dtypes' error bounds against fp32.
 #include <cmath>
 #include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -13,36 +12,18 @@
 #include "common/kernels/matmul.h"
 #include "common/formats/quant_format.h"
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
 
 namespace wq {
 namespace {
 
-std::vector<float> Random(int64_t size, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(size);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using test::FormatCase;
+using test::RandomVector;
 
 std::vector<Isa> SimdIsas() {
   std::vector<Isa> out;
   for (int i = 1; i < kNumIsas; ++i) {
     if (CpuSupports(static_cast<Isa>(i))) out.push_back(static_cast<Isa>(i));
-  }
-  return out;
-}
-
-struct Case {
-  QuantType type;
-  QuantScheme scheme;
-};
-
-std::vector<Case> AllCases() {
-  std::vector<Case> out;
-  for (const QuantFormat& f : AllQuantFormats()) {
-    out.push_back({f.type, QuantScheme::kSym});
-    if (f.supports_asym) out.push_back({f.type, QuantScheme::kAsym});
   }
   return out;
 }
@@ -116,15 +97,15 @@ TEST_P(KernelsTest, QuantizedMatchesScalarReference) {
                           {128, 64},  {128, 96}, {128, 172}, {128, 4128},
                           {-1, 64},   {-1, 96},  {-1, 172},  {-1, 4128}};
   int checked = 0;
-  for (const Case& c : AllCases()) {
+  for (const FormatCase& c : test::AllFormatCases()) {
     for (const Shape& shape : shapes) {
-      const auto w = Random(kRows * shape.cols, 7);
+      const auto w = RandomVector(kRows * shape.cols, 7);
       auto q = QuantizeMatrix(w.data(), kRows, shape.cols,
                               {c.type, c.scheme, shape.group});
       ASSERT_TRUE(q.ok()) << q.status();
       // 37: two full chunks of 16 x rows and a ragged one (AMX tiles).
       for (int64_t n : {1, 3, 16, 37}) {
-        const auto x = Random(n * shape.cols, 11 + n);
+        const auto x = RandomVector(n * shape.cols, 11 + n);
         const Bounds bounds = ComputeBounds(q->view(), x, n);
         std::vector<float> fp32_ref(n * kRows);
         {
@@ -194,8 +175,8 @@ TEST_P(KernelsTest, DenseF32MatchesReference) {
   for (int64_t cols : {1, 15, 64, 172, 4128}) {
     for (int64_t n : {1, 3, 16}) {
       SCOPED_TRACE(testing::Message() << IsaName(isa) << " cols " << cols << " n " << n);
-      const auto w = Random(kRows * cols, 1);
-      const auto x = Random(n * cols, 2);
+      const auto w = RandomVector(kRows * cols, 1);
+      const auto x = RandomVector(n * cols, 2);
       std::vector<float> got(n * kRows, -123.0f);
       {
         ScopedIsaOverride forced(isa);
@@ -236,10 +217,10 @@ void ExpectDense16MatchesReference(Isa isa, const Dense16Format& format, double 
   for (int64_t cols : {1, 15, 64, 172, 4128}) {
     for (int64_t n : {1, 3, 5, 16}) {
       SCOPED_TRACE(testing::Message() << IsaName(isa) << " cols " << cols << " n " << n);
-      const auto values = Random(kRows * cols, 3);
+      const auto values = RandomVector(kRows * cols, 3);
       std::vector<uint16_t> w(values.size());
       for (size_t i = 0; i < w.size(); ++i) w[i] = format.encode(values[i]);
-      const auto x = Random(n * cols, 4);
+      const auto x = RandomVector(n * cols, 4);
       std::vector<float> got(n * kRows, -123.0f), ref(n * kRows, -123.0f);
       {
         ScopedIsaOverride forced(isa);
@@ -296,10 +277,10 @@ TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
   // blocks of matmul.cc run separately.
   constexpr int64_t kRows = 37, kCols = 320;
   int packed_cases = 0, tiled_cases = 0;
-  for (const Case& c : AllCases()) {
+  for (const FormatCase& c : test::AllFormatCases()) {
     for (int group : {32, 64, 96, -1}) {
       for (ScaleEncoding scales : {ScaleEncoding::kF32, ScaleEncoding::kBf16}) {
-        const auto w = Random(kRows * kCols, 3);
+        const auto w = RandomVector(kRows * kCols, 3);
         QuantSpec spec{c.type, c.scheme, group};
         spec.scale_encoding = scales;
         auto q = QuantizeMatrix(w.data(), kRows, kCols, spec);
@@ -338,7 +319,7 @@ TEST_P(KernelsTest, PackedOnceEqualsPackedPerCall) {
             SCOPED_TRACE(testing::Message() << GetQuantFormat(c.type).name << " group "
                                             << group << " n " << n << " bf16 scales "
                                             << (scales == ScaleEncoding::kBf16));
-            const auto x = Random(n * kCols, 5);
+            const auto x = RandomVector(n * kCols, 5);
             std::vector<float> once(n * kRows), per_call(n * kRows);
             MatMulQuantized(q->view(), x.data(), n, once.data(), compute, packed.get());
             MatMulQuantized(q->view(), x.data(), n, per_call.data(), compute);
@@ -384,10 +365,10 @@ TEST_P(KernelsTest, NoStateBetweenCalls) {
   const Isa isa = GetParam();
   ScopedIsaOverride forced(isa);
   constexpr int64_t kRows = 48, kCols = 256, kN = 16;
-  const auto w = Random(kRows * kCols, 8);
+  const auto w = RandomVector(kRows * kCols, 8);
   auto q = QuantizeMatrix(w.data(), kRows, kCols, {QuantType::kInt4Clip, QuantScheme::kSym, 32});
   ASSERT_TRUE(q.ok()) << q.status();
-  const auto x = Random(kN * kCols, 9);
+  const auto x = RandomVector(kN * kCols, 9);
   std::vector<float> first(kN * kRows), again(kN * kRows);
   MatMulQuantized(q->view(), x.data(), kN, first.data(), ComputeDtype::kInt8);
   if (isa == Isa::kAmxInt8) __asm__ volatile("tilerelease" ::);

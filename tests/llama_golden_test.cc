@@ -4,25 +4,22 @@
 #include <cmath>
 #include <vector>
 
-#include "common/io/file_util.h"
 #include "common/model/llama.h"
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
+#include "tests/test_util.h"
 #include "nlohmann/json.hpp"
 
 namespace wq {
 namespace {
 
-constexpr char kModelDir[] = "testdata/models/stories260K";
-
 class LlamaGoldenTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto weights = LoadLlamaModelDir(kModelDir);
+    auto weights = LoadLlamaModelDir(test::kStoriesDir);
     ASSERT_TRUE(weights.ok()) << weights.status();
     model_ = std::make_unique<LlamaModel>(*weights);
-    auto text = ReadFile(std::string(kModelDir) + "/golden.json");
-    ASSERT_TRUE(text.ok()) << text.status();
-    golden_ = nlohmann::json::parse(*text);
+    golden_ = test::ReadJson(std::string(test::kStoriesDir) + "/golden.json");
     prompt_ = golden_["prompt_ids"].get<std::vector<int>>();
     greedy_ = golden_["greedy_ids"].get<std::vector<int>>();
   }
@@ -38,13 +35,8 @@ TEST_F(LlamaGoldenTest, LogitsMatchAtEveryStoredPosition) {
   const auto& expected = golden_["logits"];
   const int positions = static_cast<int>(expected.size());
   ASSERT_EQ(positions, 8);
-  KVCache cache(model_->config(), 64);
-  SequenceChunk chunk;
-  chunk.cache = &cache;
-  chunk.tokens = absl::MakeConstSpan(seq).subspan(0, positions);
-  chunk.all_logits = true;
-  std::vector<float> logits;
-  ASSERT_TRUE(model_->Forward({&chunk, 1}, &logits).ok());
+  seq.resize(positions);
+  const std::vector<float> logits = test::SequenceLogits(*model_, seq);
   const int vocab = model_->config().vocab_size;
   double worst = 0;
   for (int p = 0; p < positions; ++p) {
@@ -59,22 +51,7 @@ TEST_F(LlamaGoldenTest, LogitsMatchAtEveryStoredPosition) {
 }
 
 TEST_F(LlamaGoldenTest, GreedyTokensMatchExactly) {
-  KVCache cache(model_->config(), 64);
-  std::vector<int> seq = prompt_;
-  std::vector<float> logits;
-  int start = 0;
-  const int vocab = model_->config().vocab_size;
-  for (size_t step = 0; step < greedy_.size(); ++step) {
-    SequenceChunk chunk;
-    chunk.cache = &cache;
-    chunk.tokens = absl::MakeConstSpan(seq).subspan(start);
-    chunk.start_pos = start;
-    ASSERT_TRUE(model_->Forward({&chunk, 1}, &logits).ok());
-    start = static_cast<int>(seq.size());
-    seq.push_back(static_cast<int>(std::max_element(logits.begin(), logits.begin() + vocab) -
-                                   logits.begin()));
-  }
-  EXPECT_EQ(std::vector<int>(seq.begin() + prompt_.size(), seq.end()), greedy_);
+  EXPECT_EQ(test::GreedyTokens(*model_, prompt_, static_cast<int>(greedy_.size())), greedy_);
 }
 
 TEST_F(LlamaGoldenTest, BatchedSequencesMatchSeparateRuns) {

@@ -1,22 +1,19 @@
 #include "common/kernels/matmul.h"
 
 #include <cmath>
-#include <random>
 #include <vector>
 
 #include "common/kernels/cpu_features.h"
 #include "common/formats/quant_format.h"
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
 
 namespace wq {
 namespace {
 
+// Inputs in [-1, 1).
 std::vector<float> Random(int64_t size, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  std::vector<float> v(size);
-  for (float& x : v) x = dist(rng);
-  return v;
+  return test::RandomVector(size, seed, test::Distribution::kUniform);
 }
 
 // y[i, r] = sum_k x[i, k] * w[r, k] in double, plus sum_k |x[i, k] * w[r, k]|
@@ -56,15 +53,10 @@ TEST(MatMulF32, MatchesNaiveTripleLoop) {
   }
 }
 
-struct Case {
-  QuantType type;
-  QuantScheme scheme;
-};
-
-class MatMulQuantizedTest : public testing::TestWithParam<Case> {};
+class MatMulQuantizedTest : public testing::TestWithParam<test::FormatCase> {};
 
 TEST_P(MatMulQuantizedTest, MatchesF32OverDequantizedMatrix) {
-  const Case c = GetParam();
+  const test::FormatCase c = GetParam();
   for (int group : {32, -1}) {
     for (int64_t cols : {64, 172, 600}) {  // 172 % 32 = 12: ragged tail.
       for (int64_t n : {1, 7}) {
@@ -95,7 +87,7 @@ TEST_P(MatMulQuantizedTest, MatchesF32OverDequantizedMatrix) {
 TEST_P(MatMulQuantizedTest, SharedPassEqualsSeparateProducts) {
   // Weights of one input with different row counts (a tile pair, a part
   // tile), one with its packed layout and two without, on every ISA.
-  const Case c = GetParam();
+  const test::FormatCase c = GetParam();
   constexpr int64_t kCols = 96;
   const int64_t rows[] = {70, 16, 33};
   std::vector<QuantizedMatrix> weights;
@@ -137,16 +129,9 @@ TEST_P(MatMulQuantizedTest, SharedPassEqualsSeparateProducts) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllFormats, MatMulQuantizedTest,
-    testing::Values(Case{QuantType::kInt8, QuantScheme::kSym},
-                    Case{QuantType::kInt8, QuantScheme::kAsym},
-                    Case{QuantType::kInt4Clip, QuantScheme::kSym},
-                    Case{QuantType::kInt4Clip, QuantScheme::kAsym},
-                    Case{QuantType::kInt4FullRange, QuantScheme::kSym},
-                    Case{QuantType::kInt4FullRange, QuantScheme::kAsym},
-                    Case{QuantType::kNf4, QuantScheme::kSym},
-                    Case{QuantType::kFp4E2M1, QuantScheme::kSym}));
+INSTANTIATE_TEST_SUITE_P(AllFormats, MatMulQuantizedTest,
+                         testing::ValuesIn(test::AllFormatCases()),
+                         [](const auto& info) { return test::FormatCaseName(info.param); });
 
 }  // namespace
 }  // namespace wq

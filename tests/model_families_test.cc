@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "common/io/file_util.h"
 #include "common/model/llama.h"
 #include "common/formats/safetensors.h"
@@ -20,23 +19,23 @@
 #include "common/tokenizer/tokenizer.h"
 #include "tests/rounded_checkpoint.h"
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
+#include "tests/test_util.h"
 #include "nlohmann/json.hpp"
 
 namespace wq {
 namespace {
 
-std::string ModelDir(const std::string& name) { return "../shared/models/" + name; }
+using test::SharedModelDir;
 
 nlohmann::json Golden(const std::string& name) {
-  auto text = ReadFile(ModelDir(name) + "/golden.json");
-  EXPECT_TRUE(text.ok()) << text.status();
-  return text.ok() ? nlohmann::json::parse(*text) : nlohmann::json();
+  return test::ReadJson(SharedModelDir(name) + "/golden.json");
 }
 
 class ModelFamilyTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    auto weights = LoadLlamaModelDir(ModelDir(GetParam()));
+    auto weights = LoadLlamaModelDir(SharedModelDir(GetParam()));
     ASSERT_TRUE(weights.ok()) << weights.status();
     model_ = std::make_unique<LlamaModel>(*weights);
     golden_ = Golden(GetParam());
@@ -89,24 +88,9 @@ TEST_P(ModelFamilyTest, LogitsMatchFloat64ReferenceAtEveryPosition) {
 
 // Prefill of the prompt, then one token per step through the KV cache.
 TEST_P(ModelFamilyTest, GreedyTokensMatchExactly) {
-  std::vector<int> seq = golden_["greedy_prompt_ids"].get<std::vector<int>>();
+  const std::vector<int> prompt = golden_["greedy_prompt_ids"].get<std::vector<int>>();
   const std::vector<int> expected = golden_["greedy_ids"].get<std::vector<int>>();
-  const size_t prompt = seq.size();
-  KVCache cache(model_->config(), 64);
-  const int vocab = model_->config().vocab_size;
-  std::vector<float> logits;
-  int start = 0;
-  for (size_t step = 0; step < expected.size(); ++step) {
-    SequenceChunk chunk;
-    chunk.cache = &cache;
-    chunk.tokens = absl::MakeConstSpan(seq).subspan(start);
-    chunk.start_pos = start;
-    ASSERT_TRUE(model_->Forward({&chunk, 1}, &logits).ok());
-    start = static_cast<int>(seq.size());
-    seq.push_back(static_cast<int>(std::max_element(logits.begin(), logits.begin() + vocab) -
-                                   logits.begin()));
-  }
-  EXPECT_EQ(std::vector<int>(seq.begin() + prompt, seq.end()), expected);
+  EXPECT_EQ(test::GreedyTokens(*model_, prompt, static_cast<int>(expected.size())), expected);
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyCheckpoints, ModelFamilyTest,
@@ -140,26 +124,8 @@ TEST(RopeScaling, LinearAndDynamicFrequencies) {
   EXPECT_EQ(ContextLength(c), 512);
 }
 
-// Logits at every position of the golden's first sequence.
-std::vector<float> SequenceLogits(const LlamaModel& model, const std::vector<int>& ids) {
-  KVCache cache(model.config(), 64);
-  SequenceChunk chunk;
-  chunk.cache = &cache;
-  chunk.tokens = ids;
-  chunk.all_logits = true;
-  std::vector<float> logits;
-  EXPECT_TRUE(model.Forward({&chunk, 1}, &logits).ok());
-  return logits;
-}
-
-double MaxAbsDifference(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double worst = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    worst = std::max(worst, static_cast<double>(std::abs(a[i] - b[i])));
-  }
-  return worst;
-}
+using test::MaxAbsDifference;
+using test::SequenceLogits;
 
 TEST_P(ModelFamilyTest, ShardedHalfLoadsToTheSameModelAsItsFp32Values) {
   const std::vector<int> ids = golden_["sequences"][0]["ids"].get<std::vector<int>>();
@@ -171,9 +137,9 @@ TEST_P(ModelFamilyTest, ShardedHalfLoadsToTheSameModelAsItsFp32Values) {
     const std::string root = absl::StrCat(::testing::TempDir(), "/sharded_",
                                           std::string(DTypeName(half)), "_", GetParam());
     ASSERT_TRUE(
-        WriteRoundedCopy(ModelDir(GetParam()), root + "/sharded", half, /*sharded=*/true).ok());
+        WriteRoundedCopy(SharedModelDir(GetParam()), root + "/sharded", half, /*sharded=*/true).ok());
     ASSERT_TRUE(
-        WriteRoundedCopy(ModelDir(GetParam()), root + "/single", half, /*sharded=*/false).ok());
+        WriteRoundedCopy(SharedModelDir(GetParam()), root + "/single", half, /*sharded=*/false).ok());
     auto sharded = LoadLlamaModelDir(root + "/sharded");
     ASSERT_TRUE(sharded.ok()) << sharded.status();
     auto single = LoadLlamaModelDir(root + "/single");
@@ -201,7 +167,7 @@ TEST_P(ModelFamilyTest, ShardedHalfLoadsToTheSameModelAsItsFp32Values) {
 TEST(ShardedBf16Checkpoint, IndexNamingAMissingShardIsAnError) {
   const std::string dir = ::testing::TempDir() + "/missing_shard";
   ASSERT_TRUE(
-      WriteRoundedCopy(ModelDir("tiny-qwen2"), dir, DType::kBF16, /*sharded=*/true).ok());
+      WriteRoundedCopy(SharedModelDir("tiny-qwen2"), dir, DType::kBF16, /*sharded=*/true).ok());
   std::filesystem::remove(dir + "/model-00002-of-00002.safetensors");
   auto weights = LoadLlamaModelDir(dir);
   ASSERT_FALSE(weights.ok());
@@ -215,12 +181,11 @@ TEST(ShardedBf16Checkpoint, IndexNamingAMissingShardIsAnError) {
 // of those tokens as an end-of-turn id: generation stops there, as EOS.
 GenerationResult Generate(const std::string& dir, const std::vector<int>& prompt_ids,
                           int max_new_tokens) {
-  GenerationResult result;
   auto weights = LoadLlamaModelDir(dir);
   EXPECT_TRUE(weights.ok()) << weights.status();
   auto tokenizer = Tokenizer::Load(dir + "/tokenizer.model");
   EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
-  if (!weights.ok() || !tokenizer.ok()) return result;
+  if (!weights.ok() || !tokenizer.ok()) return {};
   std::shared_ptr<const Tokenizer> shared_tokenizer(std::move(*tokenizer));
   const std::string prompt = shared_tokenizer->Decode(
       absl::MakeConstSpan(prompt_ids).subspan(1));  // without BOS, which Submit adds
@@ -230,14 +195,7 @@ GenerationResult Generate(const std::string& dir, const std::vector<int>& prompt
                                 {});
   GenerationParams params;
   params.max_new_tokens = max_new_tokens;
-  absl::Notification done;
-  auto handle = scheduler.Submit(prompt, params, {nullptr, [&](const GenerationResult& r) {
-                                                    result = r;
-                                                    done.Notify();
-                                                  }});
-  EXPECT_TRUE(handle.ok()) << handle.status();
-  if (handle.ok()) done.WaitForNotification();
-  return result;
+  return test::GenerateAndWait(scheduler, prompt, params);
 }
 
 TEST(GenerationConfig, EndOfTurnIdsStopGeneration) {
@@ -247,7 +205,7 @@ TEST(GenerationConfig, EndOfTurnIdsStopGeneration) {
   const std::string dir = ::testing::TempDir() + "/generation_config";
   std::filesystem::create_directories(dir);
   for (const char* file : {"config.json", "model.safetensors", "tokenizer.model"}) {
-    std::filesystem::copy_file(ModelDir("tiny-qwen3") + "/" + file, dir + "/" + file,
+    std::filesystem::copy_file(SharedModelDir("tiny-qwen3") + "/" + file, dir + "/" + file,
                                std::filesystem::copy_options::overwrite_existing);
   }
   const GenerationResult plain = Generate(dir, prompt, static_cast<int>(greedy.size()));

@@ -7,12 +7,12 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
 
 namespace wq {
 namespace {
 
 using ::testing::TestWithParam;
-using ::testing::Values;
 
 // Unpacks row `r` of the packed codes bit by bit (low bits first), so codes
 // straddling bytes need no special case here.
@@ -416,27 +416,20 @@ TEST(QuantizeMatrix, BitsPerWeight) {
 
 // ------------------------------------------------------- random properties
 
-struct Case {
-  QuantType type;
-  QuantScheme scheme;
-};
+class RandomProperties : public TestWithParam<test::FormatCase> {};
 
-class RandomProperties : public TestWithParam<Case> {};
-
+// N(0, 1) weights in rows of very different magnitudes, one all-zero row.
 std::vector<float> RandomWeights(int64_t rows, int64_t cols, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> w(rows * cols);
+  std::vector<float> w = test::RandomVector(rows * cols, seed);
   for (int64_t r = 0; r < rows; ++r) {
-    // Rows of very different magnitudes, one all-zero row.
     const float mag = r == 3 ? 0.0f : std::ldexp(1.0f, static_cast<int>(r % 7) - 3);
-    for (int64_t k = 0; k < cols; ++k) w[r * cols + k] = mag * dist(rng);
+    for (int64_t k = 0; k < cols; ++k) w[r * cols + k] *= mag;
   }
   return w;
 }
 
 TEST_P(RandomProperties, ErrorBoundsAndDecodeConsistency) {
-  const Case c = GetParam();
+  const test::FormatCase c = GetParam();
   const QuantFormat& f = GetQuantFormat(c.type);
   constexpr int64_t kRows = 17, kCols = 150;
   const std::vector<float> w = RandomWeights(kRows, kCols, 42);
@@ -502,19 +495,8 @@ TEST_P(RandomProperties, ErrorBoundsAndDecodeConsistency) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    AllFormats, RandomProperties,
-    Values(Case{QuantType::kInt8, QuantScheme::kSym},
-           Case{QuantType::kInt8, QuantScheme::kAsym},
-           Case{QuantType::kInt4Clip, QuantScheme::kSym},
-           Case{QuantType::kInt4Clip, QuantScheme::kAsym},
-           Case{QuantType::kInt4FullRange, QuantScheme::kSym},
-           Case{QuantType::kInt4FullRange, QuantScheme::kAsym},
-           Case{QuantType::kNf4, QuantScheme::kSym},
-           Case{QuantType::kFp4E2M1, QuantScheme::kSym},
-           Case{QuantType::kInt3, QuantScheme::kSym},
-           Case{QuantType::kInt3, QuantScheme::kAsym},
-           Case{QuantType::kInt2, QuantScheme::kSym},
-           Case{QuantType::kInt2, QuantScheme::kAsym}));
+    AllFormats, RandomProperties, testing::ValuesIn(test::AllFormatCases()),
+    [](const auto& info) { return test::FormatCaseName(info.param); });
 
 TEST(RandomProperties, FullRangeExtremeMapsToMinusEight) {
   const std::vector<float> w = RandomWeights(9, 40, 7);

@@ -20,6 +20,7 @@
 #include "common/quant/quantizer.h"
 #include "common/formats/safetensors.h"
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace wq {
@@ -255,17 +256,7 @@ TEST_F(ArtifactFormatTest, ChunkChecksums) {
 
 // Logits of the artifact's model for a fixed prompt.
 std::vector<float> Logits(const std::shared_ptr<const LlamaWeights>& weights) {
-  const LlamaModel model(weights);
-  KVCache cache(weights->config, 16);
-  SequenceChunk chunk;
-  chunk.cache = &cache;
-  const std::vector<int> tokens = {1, 403, 407, 261, 378, 29};
-  chunk.tokens = tokens;
-  chunk.all_logits = true;
-  std::vector<float> logits;
-  const absl::Status status = model.Forward({&chunk, 1}, &logits);
-  EXPECT_TRUE(status.ok()) << status;
-  return logits;
+  return test::SequenceLogits(LlamaModel(weights), {1, 403, 407, 261, 378, 29});
 }
 
 // Quantized for int8 compute, the linears are stored in the int8 kernels'

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,11 +17,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "common/artifact/artifact_store.h"
-#include "common/io/file_util.h"
 #include "common/model/llama.h"
 #include "common/quant/quantizer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/model_test_util.h"
+#include "tests/test_util.h"
 
 namespace wq {
 namespace {
@@ -45,14 +45,8 @@ std::string CaseName(const testing::TestParamInfo<Case>& info) {
 std::vector<float> AllLogits(const LlamaModel& model, const nlohmann::json& golden) {
   std::vector<float> out;
   for (const auto& s : golden["sequences"]) {
-    const std::vector<int> ids = s["ids"].get<std::vector<int>>();
-    KVCache cache(model.config(), static_cast<int>(ids.size()));
-    SequenceChunk chunk;
-    chunk.cache = &cache;
-    chunk.tokens = ids;
-    chunk.all_logits = true;
-    std::vector<float> logits;
-    EXPECT_TRUE(model.Forward({&chunk, 1}, &logits).ok());
+    const std::vector<float> logits =
+        test::SequenceLogits(model, s["ids"].get<std::vector<int>>());
     out.insert(out.end(), logits.begin(), logits.end());
   }
   return out;
@@ -62,15 +56,13 @@ class QuantizedFamilyTest : public testing::TestWithParam<Case> {};
 
 TEST_P(QuantizedFamilyTest, QuantizeLoadAndAgreeWithFp32) {
   const Case& c = GetParam();
-  const std::string model_dir = "../shared/models/" + c.model;
+  const std::string model_dir = test::SharedModelDir(c.model);
   auto store = ArtifactStore::Open(testing::TempDir() + "/artifacts_" + CaseName({c, 0}));
   ASSERT_TRUE(store.ok()) << store.status();
   QuantizeRequest request;
   request.model_id = c.model;
   request.model_dir = model_dir;
-  // Runfiles are links: the root is where they lead, as a deployment's is.
-  request.data_root =
-      std::filesystem::canonical("../shared/data/tinystories_train_head.txt").parent_path();
+  request.data_root = test::CanonicalDataRoot(test::kSharedDataDir);
   request.config.set_weight_dtype(c.dtype);
   request.config.set_group_size(32);
   request.config.set_algorithm(c.algorithm);
@@ -103,9 +95,7 @@ TEST_P(QuantizedFamilyTest, QuantizeLoadAndAgreeWithFp32) {
   EXPECT_TRUE(quantized_model.weights().layers[0].linear[kDown].quantized());
   const LlamaModel reference(*fp32);
 
-  auto golden_text = ReadFile(model_dir + "/golden.json");
-  ASSERT_TRUE(golden_text.ok());
-  const nlohmann::json golden = nlohmann::json::parse(*golden_text);
+  const nlohmann::json golden = test::ReadJson(model_dir + "/golden.json");
   const std::vector<float> a = AllLogits(quantized_model, golden);
   const std::vector<float> b = AllLogits(reference, golden);
   ASSERT_EQ(a.size(), b.size());

@@ -75,6 +75,26 @@ class SchedulerTest : public testing::Test {
     return handle.status();
   }
 
+  // `request` submitted with its gate, and running: its first token waits
+  // for request.Open().
+  static void StartGated(GenerationScheduler& scheduler, Request& request) {
+    ASSERT_TRUE(Submit(scheduler, request, /*gated=*/true).ok());
+    ASSERT_TRUE(request.started.WaitForNotificationWithTimeout(kPrompt));
+  }
+
+  // Submits throwaway requests while the places are all taken; the first
+  // answer that is not RESOURCE_EXHAUSTED (a shutdown or drain has begun).
+  static absl::Status SubmitWhileFull(GenerationScheduler& scheduler) {
+    absl::Status status;
+    for (int i = 0; i < 10000; ++i) {
+      Request late;
+      status = Submit(scheduler, late);
+      if (!absl::IsResourceExhausted(status)) break;
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    return status;
+  }
+
   static std::shared_ptr<const Tokenizer>* tokenizer_;
   static std::shared_ptr<const LlamaModel>* model_;
 };
@@ -85,8 +105,7 @@ std::shared_ptr<const LlamaModel>* SchedulerTest::model_ = nullptr;
 TEST_F(SchedulerTest, CancelledWaitingRequestGivesItsPlaceBackAtOnce) {
   auto scheduler = Make(/*max_running=*/1, /*max_queued=*/1);
   Request running, waiting, refused, next;
-  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
-  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_NO_FATAL_FAILURE(StartGated(*scheduler, running));
   auto handle = scheduler->Submit("Once upon a time", Params(), waiting.Callbacks());
   ASSERT_TRUE(handle.ok()) << handle.status();
   EXPECT_EQ(Submit(*scheduler, refused).code(), absl::StatusCode::kResourceExhausted);
@@ -110,8 +129,7 @@ TEST_F(SchedulerTest, CancelledWaitingRequestGivesItsPlaceBackAtOnce) {
 TEST_F(SchedulerTest, ExpiredWaitingRequestGivesItsPlaceBackAtOnce) {
   auto scheduler = Make(/*max_running=*/1, /*max_queued=*/1);
   Request running, waiting, refused, next;
-  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
-  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_NO_FATAL_FAILURE(StartGated(*scheduler, running));
   GenerationParams params = Params();
   params.deadline = absl::Now() + absl::Milliseconds(100);
   ASSERT_TRUE(scheduler->Submit("Once upon a time", params, waiting.Callbacks()).ok());
@@ -131,8 +149,7 @@ TEST_F(SchedulerTest, ExpiredWaitingRequestGivesItsPlaceBackAtOnce) {
 TEST_F(SchedulerTest, NoWaitingLineAdmitsWhileASlotIsFree) {
   auto scheduler = Make(/*max_running=*/2, /*max_queued=*/0);
   Request first, second, refused, again;
-  ASSERT_TRUE(Submit(*scheduler, first, /*gated=*/true).ok());
-  ASSERT_TRUE(first.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_NO_FATAL_FAILURE(StartGated(*scheduler, first));
   ASSERT_TRUE(Submit(*scheduler, second).ok());
   absl::Status status = Submit(*scheduler, refused);
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
@@ -149,8 +166,7 @@ TEST_F(SchedulerTest, NoWaitingLineAdmitsWhileASlotIsFree) {
 TEST_F(SchedulerTest, BatchNeedsASinglePlace) {
   auto scheduler = Make(/*max_running=*/2, /*max_queued=*/0);
   Request first, refused, after;
-  ASSERT_TRUE(Submit(*scheduler, first, /*gated=*/true).ok());
-  ASSERT_TRUE(first.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_NO_FATAL_FAILURE(StartGated(*scheduler, first));
 
   Request batch[3];
   std::vector<GenerationCallbacks> callbacks;
@@ -192,20 +208,13 @@ TEST_F(SchedulerTest, BatchIsAllOrNothing) {
 TEST_F(SchedulerTest, ShutdownWithReasonFailsRunningAndWaitingRequests) {
   auto scheduler = Make(/*max_running=*/1, /*max_queued=*/1);
   Request running, waiting;
-  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
-  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_NO_FATAL_FAILURE(StartGated(*scheduler, running));
   ASSERT_TRUE(Submit(*scheduler, waiting).ok());
 
   const absl::Status reason = absl::UnavailableError("model \"m\" was unloaded");
   std::thread stopper([&] { scheduler->Shutdown(reason); });
   // Full until the shutdown begins; then Submit answers with its reason.
-  absl::Status status;
-  for (int i = 0; i < 10000; ++i) {
-    Request late;
-    status = Submit(*scheduler, late);
-    if (!absl::IsResourceExhausted(status)) break;
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+  const absl::Status status = SubmitWhileFull(*scheduler);
   EXPECT_EQ(status, reason);
   running.Open();
   stopper.join();
@@ -220,8 +229,7 @@ TEST_F(SchedulerTest, ShutdownWithReasonFailsRunningAndWaitingRequests) {
 TEST_F(SchedulerTest, PlainShutdownCancelsAndSaysSo) {
   auto scheduler = Make(/*max_running=*/1, /*max_queued=*/1);
   Request running, waiting;
-  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
-  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_NO_FATAL_FAILURE(StartGated(*scheduler, running));
   ASSERT_TRUE(Submit(*scheduler, waiting).ok());
   running.Open();
   scheduler->Shutdown();
@@ -280,18 +288,11 @@ TEST_F(SchedulerTest, BatchEntriesSampleWithTheirOwnParamsAndReportTopLogprobs) 
 TEST_F(SchedulerTest, DrainFinishesInFlightAndRefusesNew) {
   auto scheduler = Make(/*max_running=*/1, /*max_queued=*/1);
   Request running, waiting;
-  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
-  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_NO_FATAL_FAILURE(StartGated(*scheduler, running));
   ASSERT_TRUE(Submit(*scheduler, waiting).ok());
   bool drained = false;
   std::thread drainer([&] { drained = scheduler->Drain(absl::Now() + kPrompt); });
-  absl::Status status;
-  for (int i = 0; i < 10000; ++i) {
-    Request late;
-    status = Submit(*scheduler, late);
-    if (!absl::IsResourceExhausted(status)) break;
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+  const absl::Status status = SubmitWhileFull(*scheduler);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(status.message(), "the server is shutting down");
   running.Open();
@@ -308,15 +309,15 @@ TEST_F(SchedulerTest, DrainFinishesInFlightAndRefusesNew) {
 TEST_F(SchedulerTest, DrainStopsWaitingAtItsDeadline) {
   auto scheduler = Make(/*max_running=*/1, /*max_queued=*/0);
   Request running;
-  ASSERT_TRUE(Submit(*scheduler, running, /*gated=*/true).ok());
-  ASSERT_TRUE(running.started.WaitForNotificationWithTimeout(kPrompt));
+  ASSERT_NO_FATAL_FAILURE(StartGated(*scheduler, running));
   const absl::Time start = absl::Now();
   EXPECT_FALSE(scheduler->Drain(start + absl::Milliseconds(200)));
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(200));
   EXPECT_FALSE(running.done.HasBeenNotified());
   const absl::Status reason = absl::UnavailableError("grace over");
   std::thread stopper([&] { scheduler->Shutdown(reason); });
-  // The gate opens once the shutdown has begun (Submit answers its reason).
+  // The gate opens once the shutdown has begun (Submit answers its reason,
+  // after the drain's own UNAVAILABLE).
   for (int i = 0; i < 10000; ++i) {
     Request late;
     if (Submit(*scheduler, late) == reason) break;
