@@ -59,11 +59,13 @@ class ProgressReporter {
   std::mutex mu_;
 };
 
-// A checkpoint matrix (fp32, or 16-bit as stored) as an fp32 copy.
-std::vector<float> DenseAsF32(const LinearWeight& w) {
-  std::vector<float> f32(w.out_features() * w.in_features());
-  w.DenseRowsToF32(0, w.out_features(), f32.data());
-  return f32;
+// The fp32 values of a checkpoint matrix: in place when it is stored as
+// fp32, else (16-bit as stored) converted into *converted.
+const float* DenseF32(const LinearWeight& w, std::vector<float>* converted) {
+  if (w.dense() != nullptr) return w.dense();
+  converted->resize(w.out_features() * w.in_features());
+  w.DenseRowsToF32(0, w.out_features(), converted->data());
+  return converted->data();
 }
 
 // RTN of one linear. With mse_range the clip ratio comes from INC's
@@ -71,14 +73,16 @@ std::vector<float> DenseAsF32(const LinearWeight& w) {
 // the search ignores the scale encoding.
 absl::StatusOr<QuantizedMatrix> QuantizeLinear(const LinearWeight& w, QuantSpec spec,
                                                bool mse_range) {
+  std::vector<float> converted;
+  const float* m = DenseF32(w, &converted);
   if (mse_range) {
     QuantSpec search = spec;
     search.scale_encoding = ScaleEncoding::kF32;
-    ASSIGN_OR_RETURN(spec.quantile, SearchClipRatio(w.dense(), w.out_features(),
+    ASSIGN_OR_RETURN(spec.quantile, SearchClipRatio(m, w.out_features(),
                                                     w.in_features(), search,
                                                     DefaultClipRatios()));
   }
-  return QuantizeMatrix(w.dense(), w.out_features(), w.in_features(), spec);
+  return QuantizeMatrix(m, w.out_features(), w.in_features(), spec);
 }
 
 // The artifact's tensors and their manifest entries, added as they are made;
@@ -121,7 +125,9 @@ class ArtifactTensors {
   // A linear layer: quantized, or kept in fp32 when skipped.
   absl::Status AddLinear(const std::string& module, const LinearWeight& w, bool skip) {
     if (skip) {
-      return AddF32(DenseWeightName(module), w.dense(), {w.out_features(), w.in_features()});
+      std::vector<float> converted;
+      return AddF32(DenseWeightName(module), DenseF32(w, &converted),
+                    {w.out_features(), w.in_features()});
     }
     ASSIGN_OR_RETURN(QuantizedMatrix q, QuantizeLinear(w, QuantSpecOf(config_), config_.mse_range()));
     return AddQuantized(module, q);
@@ -130,8 +136,9 @@ class ArtifactTensors {
   // The model in checkpoint order: the embedding, each block (its linears
   // quantized in parallel), then the final norm and lm_head.
   absl::Status AddEmbedding(const LlamaConfig& c, const LinearWeight& embed) {
-    const std::vector<float> f32 = DenseAsF32(embed);
-    return AddF32(DenseWeightName(kEmbedName), f32.data(), {c.vocab_size, c.hidden_size});
+    std::vector<float> converted;
+    return AddF32(DenseWeightName(kEmbedName), DenseF32(embed, &converted),
+                  {c.vocab_size, c.hidden_size});
   }
 
   absl::Status AddBlock(const LlamaConfig& c, int i, const LlamaLayerWeights& layer) {
@@ -174,9 +181,7 @@ class ArtifactTensors {
   absl::Status AddHead(const LlamaConfig& c, const float* final_norm, const LinearWeight& lm_head) {
     RETURN_IF_ERROR(AddF32(DenseWeightName(kFinalNormName), final_norm, {c.hidden_size}));
     const std::string name(kLmHeadName);
-    const std::vector<float> f32 = DenseAsF32(lm_head);
-    return AddLinear(name, LinearWeight::Dense(f32.data(), c.vocab_size, c.hidden_size),
-                     IsSkippedModule(config_, name));
+    return AddLinear(name, lm_head, IsSkippedModule(config_, name));
   }
 
   absl::Status Write(const std::string& path) { return writer_.Write(path); }
@@ -280,7 +285,8 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
   // the first block is loaded, which releases it.
   ASSIGN_OR_RETURN(const LinearWeight embedding, LoadEmbedding(mc, checkpoint));
   RETURN_IF_ERROR(tensors.AddEmbedding(mc, embedding));
-  // One block as an owned fp32 copy, its checkpoint pages dropped.
+  // One block as an owned fp32 copy for AWQ / TEQ to transform, its
+  // checkpoint pages dropped.
   const auto load_block = [&](int layer) -> absl::StatusOr<BlockWeights> {
     ASSIGN_OR_RETURN(const LlamaLayerWeights stored, LoadLayer(mc, checkpoint, layer));
     BlockWeights block = BlockWeights::Copy(stored, mc);
@@ -316,8 +322,10 @@ absl::StatusOr<v1::ArtifactManifest> QuantizeModel(const QuantizeRequest& reques
     progress.Report(QuantizePhase::kQuantizing, 0, blocks, quantize_start, "quantizing");
     for (int i = 0; i < mc.num_hidden_layers; ++i) {
       RETURN_IF_ERROR(CheckCancelled(request.cancelled));
-      ASSIGN_OR_RETURN(const BlockWeights block, load_block(i));
-      RETURN_IF_ERROR(tensors.AddBlock(mc, i, block.View()));
+      // As stored: each linear is converted to fp32 only while it is quantized.
+      ASSIGN_OR_RETURN(const LlamaLayerWeights layer, LoadLayer(mc, checkpoint, i));
+      RETURN_IF_ERROR(tensors.AddBlock(mc, i, layer));
+      checkpoint.ReleaseLoaded();
       quantized_block(i + 1);
     }
   }
