@@ -516,13 +516,6 @@ void Int8ByFormat(const QuantArgs& a, int64_t r0, int64_t r1) {
 // per record, so a line must be asked for earlier (bench/results/kernels.md).
 constexpr int64_t kFloatPrefetchGroups = 2 * kPrefetchGroups;
 
-// Column `col` of a full 32-block in xf (4-bit blocks are de-interleaved,
-// kernels.h).
-template <int kBits>
-constexpr int XfPos(int col) {
-  return kBits == 4 ? (col & 1) * (kBlock / 2) + col / 2 : col;
-}
-
 // Bytes of each lane reordered 0, 2, 1, 3: words b0 | b2 << 8 and b1 | b3 << 8,
 // so a 16-bit shift by 0, 4, 8, 12 puts the codes of columns (4c, 4c+1),
 // (16+4c, 17+4c), (4c+2, 4c+3), (18+4c, 19+4c) in the words' low nibbles.
@@ -596,7 +589,7 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
           auto& sum = gsum[t][s % kChains];
-          sum = W::Fma(wv, W::Splat(x[t][k0 + XfPos<kBits>(col)]), sum);
+          sum = W::Fma(wv, W::Splat(x[t][k0 + col]), sum);
         }
       };
       if constexpr (kBf16Dot) {

@@ -34,12 +34,6 @@ inline uint16_t Bf16Bits(float rounded) {
   return static_cast<uint16_t>(u >> 16);
 }
 
-// Position of column `j` of a block of `len` inside the activation buffers:
-// full blocks of 4-bit weights are de-interleaved (kernels.h).
-inline int64_t BlockPos(int64_t j, int64_t len, int bits) {
-  return bits == 4 && len == kBlock ? (j & 1) * (kBlock / 2) + j / 2 : j;
-}
-
 // Calls f(block index, block begin, block end) for the 32-blocks of group g.
 template <typename F>
 void ForEachBlock(const QuantArgs& a, int64_t g, F&& f) {
@@ -156,12 +150,11 @@ void PrepareActivations(QuantizeBlocksFn quantize, bool tiles, QuantArgs* a,
       for (int64_t g = 0; g < groups; ++g) {
         float sum = 0.0f;
         ForEachBlock(*a, g, [&](int64_t, int64_t bs, int64_t be) {
-          const int64_t len = be - bs;
-          for (int64_t j = 0; j < len; ++j) {
+          for (int64_t k = bs; k < be; ++k) {
             const bool bf16 = a->compute == ComputeDtype::kBf16;
-            const float v = bf16 ? RoundBf16(x[bs + j]) : x[bs + j];
-            p->xf[i * cols + bs + BlockPos(j, len, a->bits)] = v;
-            if (bf16) p->xb16[i * cols + bs + j] = Bf16Bits(v);
+            const float v = bf16 ? RoundBf16(x[k]) : x[k];
+            p->xf[i * cols + k] = v;
+            if (bf16) p->xb16[i * cols + k] = Bf16Bits(v);
             sum += v;
           }
         });
@@ -470,18 +463,16 @@ void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
       float gsum = 0.0f;
       float offset = 0.0f;  // int8: off * sum of the group's activations.
       ForEachBlock(a, g, [&](int64_t b, int64_t bs, int64_t be) {
-        const int64_t len = be - bs;
         if (a.compute == ComputeDtype::kBf16) {
-          for (int64_t j = 0; j < len; ++j) {
-            const float level = RoundBf16(levels[CodeAt(codes, bs + j, a.bits)]);
-            gsum += (level - zero) *
-                    a.xf[i * cols + bs + BlockPos(j, len, a.bits)];
+          for (int64_t k = bs; k < be; ++k) {
+            const float level = RoundBf16(levels[CodeAt(codes, k, a.bits)]);
+            gsum += (level - zero) * a.xf[i * cols + k];
           }
           return;
         }
         int32_t dot = 0;
-        for (int64_t j = 0; j < len; ++j) {
-          dot += a.ulevel[CodeAt(codes, bs + j, a.bits)] * a.xq[i * cols + bs + j];
+        for (int64_t k = bs; k < be; ++k) {
+          dot += a.ulevel[CodeAt(codes, k, a.bits)] * a.xq[i * cols + k];
         }
         gsum += a.xd[i * a.blocks_per_row + b] * static_cast<float>(dot);
       });
