@@ -54,7 +54,8 @@ struct QuantArgs {
   bool asym = false;
   bool affine = false;    // level[c] == level[0] + c (integer formats).
   float level0 = 0.0f;    // level[0] when affine.
-  float lut[16] = {};     // level[c] (bf16-rounded for kBf16); 4-bit only.
+  // level[c] (bf16-rounded for kBf16), for widths with a level table.
+  float lut[16] = {};
   // int8 compute: code -> unsigned 8-bit level u; sum (level - zero) * a ==
   // int8_wscale * sum (u - off) * a with off = int8_off_base + zero.
   uint8_t ulevel[256] = {};
