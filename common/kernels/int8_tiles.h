@@ -39,10 +39,9 @@ struct TileCodeChunk {
 };
 static_assert(sizeof(TileCodeChunk) == kTileRows * kLaneBytes);
 
-// The codes of one 32-column block of a tile. 4-bit: 4 chunks; in chunk c
-// row j's lane holds its columns 4c..4c+3 in the low nibbles and
-// 16+4c..16+4c+3 in the high nibbles. 8-bit: 8 chunks, row j's lane in
-// chunk c holding its columns 4c..4c+3.
+// The codes of one 32-column block of a tile, in the lanes' order that the
+// width's CodeTraits (code_traits.h) gives (8-bit: row j's lane in chunk c
+// holds its columns 4c..4c+3).
 template <int kBits>
 struct TileCodeBlock {
   static constexpr int kChunks = kBlock * kBits / 8 / kLaneBytes;
@@ -73,7 +72,7 @@ static_assert(sizeof(TileZeros) == kTileRows);
 struct Int8TileGeometry {
   int64_t tiles = 0;          // ceil(rows / kTileRows).
   int64_t groups = 0;         // Group records per tile.
-  int64_t block_bytes = 0;    // sizeof(TileCodeBlock<bits>).
+  int64_t block_bytes = 0;    // sizeof(TileCodeBlock<kBits>).
   int64_t scale_bytes = 4;    // Per scale: 4 (fp32) or 2 (bf16 bits).
   int64_t scales_offset = 0;  // Of the TileScales* in a group record.
   int64_t zeros_offset = 0;   // Of the TileZeros in a group record (asym).
@@ -83,14 +82,14 @@ struct Int8TileGeometry {
 };
 
 // The tiles of `rows` rows of `groups` groups of `blocks_per_group` 32-blocks
-// each, with `bits`-bit codes (4 or 8).
-inline Int8TileGeometry Int8TileGeometryFor(int64_t rows, int64_t groups,
-                                            int64_t blocks_per_group, int bits,
-                                            bool bf16_scales, bool asym) {
+// each, with kBits-bit codes.
+template <int kBits>
+Int8TileGeometry Int8TileGeometryFor(int64_t rows, int64_t groups, int64_t blocks_per_group,
+                                     bool bf16_scales, bool asym) {
   Int8TileGeometry g;
   g.tiles = (rows + kTileRows - 1) / kTileRows;
   g.groups = groups;
-  g.block_bytes = bits == 4 ? sizeof(TileCodeBlock<4>) : sizeof(TileCodeBlock<8>);
+  g.block_bytes = sizeof(TileCodeBlock<kBits>);
   g.scale_bytes = bf16_scales ? sizeof(TileScalesBf16::bits[0]) : sizeof(TileScalesF32::scale[0]);
   g.scales_offset = blocks_per_group * g.block_bytes;
   g.zeros_offset =

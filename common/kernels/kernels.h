@@ -44,11 +44,9 @@ struct PackedInt8Weights : Int8TileGeometry {
 // prepared (once per call, portable code) for the compute dtype.
 //
 // Activation layout: per x row, columns are split into groups and each group
-// into 32-blocks (the last one of a group may be short). For fp32/bf16
-// compute of 4-bit weights every full block of xf is stored de-interleaved
-// (16 even then 16 odd columns) so that low/high nibbles meet their
-// activations without shuffles; int8 activations keep the natural order
-// (the packed weights are arranged for them instead).
+// into 32-blocks (the last one of a group may be short), in the natural
+// column order for every compute dtype (the packed weights are arranged for
+// the activations instead).
 struct QuantArgs {
   const QuantizedMatrixView* w = nullptr;
   ComputeDtype compute = ComputeDtype::kFp32;
@@ -56,7 +54,8 @@ struct QuantArgs {
   bool asym = false;
   bool affine = false;    // level[c] == level[0] + c (integer formats).
   float level0 = 0.0f;    // level[0] when affine.
-  float lut[16] = {};     // level[c] (bf16-rounded for kBf16); 4-bit only.
+  // level[c] (bf16-rounded for kBf16), for widths with a level table.
+  float lut[16] = {};
   // int8 compute: code -> unsigned 8-bit level u; sum (level - zero) * a ==
   // int8_wscale * sum (u - off) * a with off = int8_off_base + zero.
   uint8_t ulevel[256] = {};

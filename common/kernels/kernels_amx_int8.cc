@@ -171,7 +171,7 @@ PairBuffers MakePairBuffers(const QuantArgs& a) {
 // their group). Levels as the tile unit reads them: sym formats signed
 // (level - offset, so that no offset term is left), asym ones unsigned with
 // the offset applied per group.
-template <int kBits, bool kAsym>
+template <class Code, bool kAsym>
 void ExpandSlab(const QuantArgs& a, int64_t tile, int64_t g0, int64_t g1, const PairBuffers& out) {
   using W = TilePairZmm;
   const PackedInt8Weights& p = *a.packed;
@@ -183,8 +183,16 @@ void ExpandSlab(const QuantArgs& a, int64_t tile, int64_t g0, int64_t g1, const 
   alignas(16) uint8_t table[16];
   for (int c = 0; c < 16; ++c) table[c] = static_cast<uint8_t>(a.ulevel[c] - bias);
   const __m512i lut = W::Table(table);
-  const __m512i low4 = W::Bytes(0x0f);
   const __m512i bias8 = W::Bytes(static_cast<char>(bias));
+  const typename Code::template Int8Unpack<W> unpack{};
+  // Levels through the table where Code has one, else code - bias.
+  auto level = [&](__m512i code_bytes) {
+    if constexpr (Code::kLevelTable) {
+      return W::Lookup(lut, code_bytes);
+    } else {
+      return _mm512_sub_epi8(code_bytes, bias8);
+    }
+  };
   auto store = [](uint8_t* to, __m512i v) { _mm512_store_si512(reinterpret_cast<__m512i*>(to), v); };
   const uint8_t* rec = p.tile(tile) + g0 * p.group_stride;
   uint8_t* tiles = out.tiles;
@@ -198,20 +206,10 @@ void ExpandSlab(const QuantArgs& a, int64_t tile, int64_t g0, int64_t g1, const 
       }
     }
     for (int64_t b = 0; b < a.blocks_per_group; ++b, tiles += kBlockTileBytes) {
-      const uint8_t* codes = rec + b * p.block_bytes;
-      if constexpr (kBits == 4) {
-        // Chunk c: low nibbles are columns 4c.., high nibbles 16 + 4c...
-        for (int c = 0; c < TileCodeBlock<4>::kChunks; ++c) {
-          const __m512i v = W::Codes(codes + c * sizeof(TileCodeChunk), next);
-          store(tiles + kTileRowBytes * c, W::Lookup(lut, W::And(v, low4)));
-          store(tiles + kTileRowBytes * (4 + c), W::Lookup(lut, W::And(W::High4(v), low4)));
-        }
-      } else {
-        for (int c = 0; c < TileCodeBlock<8>::kChunks; ++c) {
-          const __m512i v = W::Codes(codes + c * sizeof(TileCodeChunk), next);
-          store(tiles + kTileRowBytes * c, _mm512_sub_epi8(v, bias8));
-        }
-      }
+      // Tile row q holds column quad q (columns 4q .. 4q + 3).
+      unpack.Block(rec + b * p.block_bytes, next, [&](int, __m512i code_bytes, int col) {
+        store(tiles + kTileRowBytes * (col / 4), level(code_bytes));
+      });
     }
     const __m512 s = GroupScales<W>(rec + p.scales_offset, next, p.scale_bytes);
     _mm512_store_ps(out.scales + g * kPairRows, s);
@@ -301,7 +299,7 @@ void ChunkTimesSlab(const QuantArgs& a, const PairBuffers& w, int64_t g0, int64_
   for (int m = 0; m < T; ++m) _mm512_store_ps(acc_out + m * kPairRows, acc[m]);
 }
 
-template <int kBits, bool kAsym>
+template <class Code, bool kAsym>
 void AmxRows(const QuantArgs& a, int64_t r0, int64_t r1) {
   const TileScope tiles;
   const PackedInt8Weights& p = *a.packed;
@@ -314,7 +312,7 @@ void AmxRows(const QuantArgs& a, int64_t r0, int64_t r1) {
   for (int64_t tile = r0 / kTileRows; tile < end; tile += 2) {
     for (int64_t g0 = 0; g0 < p.groups; g0 += slab) {
       const int64_t g1 = std::min(p.groups, g0 + slab);
-      ExpandSlab<kBits, kAsym>(a, tile, g0, g1, buffers);
+      ExpandSlab<Code, kAsym>(a, tile, g0, g1, buffers);
       if (g1 < p.groups) {
         PrefetchSlab(p, tile, g1, std::min(p.groups, g1 + slab));
       } else if (tile + 2 < end) {
@@ -348,8 +346,10 @@ struct DotAmxHost : DotAvx512Vnni {
 void AmxInt8Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
   // The activation tiles are prepared from kMinRows x rows (matmul.cc).
   if (a.xq_tiles == nullptr) return Int8ByFormat<DotAmxHost>(a, r0, r1);
-  if (a.bits == 8) return (a.asym ? AmxRows<8, true> : AmxRows<8, false>)(a, r0, r1);
-  (a.asym ? AmxRows<4, true> : AmxRows<4, false>)(a, r0, r1);
+  DispatchTiledBits(a.bits, [&](auto code) {
+    using Code = decltype(code);
+    (a.asym ? AmxRows<Code, true> : AmxRows<Code, false>)(a, r0, r1);
+  });
 }
 
 constexpr KernelTable MakeAmxTable() {

@@ -1,7 +1,8 @@
 // Kernel bodies shared by the per-ISA translation units. Each (kernels_isa.cc
 // per row of KERNEL_ISAS, kernels_amx_int8.cc) builds its KernelTable with
-// MakeTable<V, Q>(), V a vector-traits struct (float lanes, 4/8-bit decode)
-// and Q an int8 dot traits struct, both from kernels_simd.h.
+// MakeTable<V, Q>(), V a vector-traits struct (float lanes) and Q an int8
+// dot traits struct, both from kernels_simd.h; the weight codes unpack as
+// their width's CodeTraits (code_traits.h) say.
 //
 // Everything here is in an anonymous namespace on purpose: each unit is
 // compiled with different -m flags, so its instantiations must stay private to
@@ -19,6 +20,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "common/kernels/code_traits.h"
 #include "common/kernels/kernels.h"
 
 namespace wq {
@@ -331,9 +333,10 @@ inline typename W::F GroupScales(const uint8_t* p, int64_t tile_stride, int64_t 
 // Whether one x row needs it depends on the CPU (Q::kStreamPairs).
 constexpr int64_t kPrefetchGroups = 8;
 
-// W::kTiles row tiles from `tile` times x rows i0 .. i0 + T; kPrefetchOneRow:
-// prefetch W for one x row too.
-template <class W, bool kSignedWeights, int kBits, bool kLut, int T, bool kOneBlockGroups,
+// W::kTiles row tiles from `tile` times x rows i0 .. i0 + T, their codes
+// unpacked as Code (code_traits.h) says; kLut: codes go through the level
+// table; kPrefetchOneRow: prefetch W for one x row too.
+template <class W, bool kSignedWeights, class Code, bool kLut, int T, bool kOneBlockGroups,
           bool kPrefetchOneRow>
 void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   using I = typename W::I;
@@ -347,7 +350,7 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   alignas(16) uint8_t table[16];
   for (int c = 0; c < 16; ++c) table[c] = a.ulevel[c] ^ bias;
   const I lut = W::Table(table);
-  const I low4 = W::Bytes(0x0f);
+  const typename Code::template Int8Unpack<W> unpack{};
   const I flip = W::Bytes(static_cast<char>(bias));
   const F off_base = W::Splat(static_cast<float>(a.int8_off_base - bias));
   const int8_t* xq[T];
@@ -393,26 +396,14 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
 #pragma GCC unroll 4
         for (int h = 0; h < kChains; ++h) dot[t][h] = W::ZeroI();
       // Step s (of 8 per block) feeds chain s % kChains.
-      auto step = [&](int s, I wv, int64_t k) {
+      unpack.Block(codes, stride, [&](int s, I code_bytes, int col) {
+        const I wv = level(code_bytes);
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
           auto& d = dot[t][s % kChains];
-          d = W::DotX4(d, wv, xq[t] + k);
+          d = W::DotX4(d, wv, xq[t] + k0 + col);
         }
-      };
-      if constexpr (kBits == 4) {
-#pragma GCC unroll 4
-        for (int c = 0; c < TileCodeBlock<4>::kChunks; ++c) {
-          const I v = W::Codes(codes + c * sizeof(TileCodeChunk), stride);
-          step(2 * c, level(W::And(v, low4)), k0 + 4 * c);
-          step(2 * c + 1, level(W::And(W::High4(v), low4)), k0 + 16 + 4 * c);
-        }
-      } else {
-#pragma GCC unroll 8
-        for (int c = 0; c < TileCodeBlock<8>::kChunks; ++c) {
-          step(c, W::Xor(W::Codes(codes + c * sizeof(TileCodeChunk), stride), flip), k0 + 4 * c);
-        }
-      }
+      });
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
 #pragma GCC unroll 4
@@ -461,10 +452,10 @@ void ForXChunks(const QuantArgs& a, F&& tile) {
 
 // Tiles [first, first + W::kTiles) times all rows of x; the tiles' codes stay
 // in L1/L2 across the rows of x.
-template <class W, bool kSignedWeights, int kBits, bool kLut, bool kPrefetchOneRow>
+template <class W, bool kSignedWeights, class Code, bool kLut, bool kPrefetchOneRow>
 void Int8Tiles(const QuantArgs& a, int64_t first) {
   ForXChunks<W::kNt>(a, [&](auto rows, auto one_block, int64_t i) {
-    Int8Tile<W, kSignedWeights, kBits, kLut, decltype(rows)::value, decltype(one_block)::value,
+    Int8Tile<W, kSignedWeights, Code, kLut, decltype(rows)::value, decltype(one_block)::value,
              kPrefetchOneRow>(a, first, i);
   });
 }
@@ -474,29 +465,35 @@ void Int8Tiles(const QuantArgs& a, int64_t first) {
 // the ymm kernel for a last single tile. One x row (memory bound) streams
 // W as Q::kStreamPairs says, whichever streamed faster on that CPU
 // (bench/results/kernels.md).
-template <class Q, int kBits, bool kLut>
+template <class Q, class Code, bool kLut>
 void Int8Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
   const int64_t tiles = (a.w->rows + kTileRows - 1) / kTileRows;
   const int64_t end = std::min(tiles, (r1 + kTileRows - 1) / kTileRows);
   int64_t tile = r0 / kTileRows;
   if constexpr (Q::kWide) {
     for (; (a.n >= 2 || Q::kStreamPairs) && tile + 1 < end; tile += 2) {
-      Int8Tiles<typename Q::Wide, Q::kSignedWeights, kBits, kLut, Q::kStreamPairs>(a, tile);
+      Int8Tiles<typename Q::Wide, Q::kSignedWeights, Code, kLut, Q::kStreamPairs>(a, tile);
     }
   }
   for (; tile < end; ++tile) {
-    Int8Tiles<TileYmm<Q>, Q::kSignedWeights, kBits, kLut, Q::kStreamPairs>(a, tile);
+    Int8Tiles<TileYmm<Q>, Q::kSignedWeights, Code, kLut, Q::kStreamPairs>(a, tile);
   }
   if (a.simd_cols < a.w->cols) {
     for (int64_t r = r0; r < r1; ++r) RefRows(a, r, a.simd_cols, true);
   }
 }
 
-// 4-bit codebooks (a.affine false) go through the level table.
+// Codebooks (a.affine false) go through the level table; widths without
+// one run affine formats only (DescribeCall).
 template <class Q>
 void Int8ByFormat(const QuantArgs& a, int64_t r0, int64_t r1) {
-  if (a.bits == 8) return Int8Rows<Q, 8, false>(a, r0, r1);
-  (a.affine ? Int8Rows<Q, 4, false> : Int8Rows<Q, 4, true>)(a, r0, r1);
+  DispatchTiledBits(a.bits, [&](auto code) {
+    using Code = decltype(code);
+    if constexpr (Code::kLevelTable) {
+      if (!a.affine) return Int8Rows<Q, Code, true>(a, r0, r1);
+    }
+    Int8Rows<Q, Code, false>(a, r0, r1);
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -507,28 +504,16 @@ void Int8ByFormat(const QuantArgs& a, int64_t r0, int64_t r1) {
 // decoded column (prefill: the decode is amortized over them), and the
 // tiles' codes stay in L1/L2 across the chunks of x rows. Levels go in without the
 // zero point, which comes off per group as zero * xs (the group's sum of
-// activations); 8-bit codes count from level0, added back the same way.
-// kBf16Dot (4-bit, AVX512_BF16): the levels as bf16 pairs of adjacent
-// columns and vdpbf16ps with the broadcast activation pair, half the
-// lookups and dot instructions of fp32.
+// activations); codes of a width without a level table count from level0,
+// added back the same way. kBf16Dot (AVX512_BF16, widths with kBf16Pairs):
+// the levels as bf16 pairs of adjacent columns and vdpbf16ps with the
+// broadcast activation pair, half the lookups and dot instructions of fp32.
 
 // Group records the float kernels prefetch ahead: their decode takes longer
 // per record, so a line must be asked for earlier (bench/results/kernels.md).
 constexpr int64_t kFloatPrefetchGroups = 2 * kPrefetchGroups;
 
-// Column `col` of a full 32-block in xf (4-bit blocks are de-interleaved,
-// kernels.h).
-template <int kBits>
-constexpr int XfPos(int col) {
-  return kBits == 4 ? (col & 1) * (kBlock / 2) + col / 2 : col;
-}
-
-// Bytes of each lane reordered 0, 2, 1, 3: words b0 | b2 << 8 and b1 | b3 << 8,
-// so a 16-bit shift by 0, 4, 8, 12 puts the codes of columns (4c, 4c+1),
-// (16+4c, 17+4c), (4c+2, 4c+3), (18+4c, 19+4c) in the words' low nibbles.
-constexpr int kBf16PairColumn[4] = {0, 16, 2, 18};
-
-template <class W, int kBits, bool kBf16Dot, int T, bool kOneBlockGroups>
+template <class W, class Code, bool kBf16Dot, int T, bool kOneBlockGroups>
 void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
   using I = typename W::I;
   using F = typename W::F;
@@ -537,23 +522,13 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
   const PackedInt8Weights& p = *a.packed;
   const int64_t cols = a.w->cols;
   const int64_t groups_per_row = a.w->groups_per_row;
-  [[maybe_unused]] const typename W::Levels levels = W::LevelTable(a.lut);
-  [[maybe_unused]] const I byte_mask = W::Dwords(0xff);
-  [[maybe_unused]] I bf16_levels{}, pair_order{};
-#ifdef __AVX512BF16__
-  if constexpr (kBf16Dot) {
-    alignas(64) uint16_t table[32];
-    for (int c = 0; c < 32; ++c) {
-      uint32_t bits;
-      std::memcpy(&bits, &a.lut[c % 16], 4);  // bf16-rounded: exact in 16 bits.
-      table[c] = static_cast<uint16_t>(bits >> 16);
+  const auto unpack = [&] {
+    if constexpr (kBf16Dot) {
+      return typename Code::template Bf16PairUnpack<W>(a.lut);
+    } else {
+      return typename Code::template FloatUnpack<W>(a.lut);
     }
-    bf16_levels = W::Bf16Levels(table);
-    alignas(64) uint8_t order[64];
-    for (int b = 0; b < 64; ++b) order[b] = static_cast<uint8_t>((b & ~3) | ((b & 1) << 1) | ((b >> 1) & 1));
-    pair_order = W::Bf16Levels(reinterpret_cast<const uint16_t*>(order));
-  }
-#endif
+  }();
   const float* x[T];
   [[maybe_unused]] const uint16_t* xb[T];
   const float* xs[T];
@@ -564,9 +539,11 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
     xb[t] = a.xb16 != nullptr ? a.xb16 + (i0 + t) * cols : nullptr;
     xs[t] = a.xs + (i0 + t) * groups_per_row;
   }
-  // Added to each level of a group, times xs: level0 (8-bit) minus the zero.
-  const bool offsets = a.asym || (kBits == 8 && a.level0 != 0.0f);
-  const F level0 = W::Splat(kBits == 8 ? a.level0 : 0.0f);
+  // Added to each level of a group, times xs: level0 (when the codes count
+  // from it) minus the zero.
+  const float from_codes = Code::kLevelTable ? 0.0f : a.level0;
+  const bool offsets = a.asym || from_codes != 0.0f;
+  const F level0 = W::Splat(from_codes);
   F acc[T];
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = W::ZeroF();
@@ -592,54 +569,22 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
       const uint8_t* codes = rec + b * p.block_bytes;
       const int64_t k0 = g * a.w->group_size + b * kBlock;
       // Step s feeds chain s % kChains.
-      auto step = [&](int s, F wv, int col) {
-#pragma GCC unroll 8
-        for (int t = 0; t < T; ++t) {
-          auto& sum = gsum[t][s % kChains];
-          sum = W::Fma(wv, W::Splat(x[t][k0 + XfPos<kBits>(col)]), sum);
-        }
-      };
       if constexpr (kBf16Dot) {
-#ifdef __AVX512BF16__
-#pragma GCC unroll 4
-        for (int c = 0; c < TileCodeBlock<4>::kChunks; ++c) {
-          const I v = W::Shuffle(W::Codes(codes + c * sizeof(TileCodeChunk), stride), pair_order);
-          const I idx[4] = {v, W::template Shr16<4>(v), W::template Shr16<8>(v),
-                            W::template Shr16<12>(v)};
-#pragma GCC unroll 4
-          for (int q = 0; q < 4; ++q) {
-            const I wv = W::Bf16Level(bf16_levels, idx[q]);
+        unpack.Block(codes, stride, [&](int s, I pairs, int col) {
 #pragma GCC unroll 8
-            for (int t = 0; t < T; ++t) {
-              auto& sum = gsum[t][(4 * c + q) % kChains];
-              sum = W::DotBf16(sum, wv, xb[t] + k0 + 4 * c + kBf16PairColumn[q]);
-            }
+          for (int t = 0; t < T; ++t) {
+            auto& sum = gsum[t][s % kChains];
+            sum = W::DotBf16(sum, pairs, xb[t] + k0 + col);
           }
-        }
-#endif
-      } else if constexpr (kBits == 4) {
-#pragma GCC unroll 4
-        for (int c = 0; c < TileCodeBlock<4>::kChunks; ++c) {
-          const I v = W::Codes(codes + c * sizeof(TileCodeChunk), stride);
-          // Nibble 2i of a lane is column 4c + i, nibble 2i + 1 column 16 + 4c + i.
-          step(8 * c + 0, W::Level(levels, v), 4 * c);
-          step(8 * c + 1, W::Level(levels, W::template Shr32<4>(v)), 16 + 4 * c);
-          step(8 * c + 2, W::Level(levels, W::template Shr32<8>(v)), 4 * c + 1);
-          step(8 * c + 3, W::Level(levels, W::template Shr32<12>(v)), 17 + 4 * c);
-          step(8 * c + 4, W::Level(levels, W::template Shr32<16>(v)), 4 * c + 2);
-          step(8 * c + 5, W::Level(levels, W::template Shr32<20>(v)), 18 + 4 * c);
-          step(8 * c + 6, W::Level(levels, W::template Shr32<24>(v)), 4 * c + 3);
-          step(8 * c + 7, W::Level(levels, W::template Shr32<28>(v)), 19 + 4 * c);
-        }
+        });
       } else {
+        unpack.Block(codes, stride, [&](int s, F levels, int col) {
 #pragma GCC unroll 8
-        for (int c = 0; c < TileCodeBlock<8>::kChunks; ++c) {
-          const I v = W::Codes(codes + c * sizeof(TileCodeChunk), stride);
-          step(4 * c + 0, W::Float(W::And(v, byte_mask)), 4 * c);
-          step(4 * c + 1, W::Float(W::And(W::template Shr32<8>(v), byte_mask)), 4 * c + 1);
-          step(4 * c + 2, W::Float(W::And(W::template Shr32<16>(v), byte_mask)), 4 * c + 2);
-          step(4 * c + 3, W::Float(W::template Shr32<24>(v)), 4 * c + 3);
-        }
+          for (int t = 0; t < T; ++t) {
+            auto& sum = gsum[t][s % kChains];
+            sum = W::Fma(levels, W::Splat(x[t][k0 + col]), sum);
+          }
+        });
       }
     }
     const F s = GroupScales<W>(rec + p.scales_offset, stride, p.scale_bytes);
@@ -666,30 +611,38 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
 }
 
 // Tiles [first, first + W::kTiles) times all rows of x, W::kNt at a time.
-template <class W, int kBits, bool kBf16Dot>
+template <class W, class Code, bool kBf16Dot>
 void FloatTiles(const QuantArgs& a, int64_t first) {
   ForXChunks<W::kNt>(a, [&](auto rows, auto one_block, int64_t i) {
-    FloatTile<W, kBits, kBf16Dot, decltype(rows)::value, decltype(one_block)::value>(a, first, i);
+    FloatTile<W, Code, kBf16Dot, decltype(rows)::value, decltype(one_block)::value>(a, first, i);
   });
 }
 
 // Rows [r0, r1) of the float kernels on tiles: pairs of tiles in Q::Wide's
 // registers where Q has them (decoding is compute heavy, so wide registers
 // pay for one x row too), a last single tile in ymm.
-template <class Q, int kBits, bool kBf16Dot>
+template <class Q, class Code, bool kBf16Dot>
 void PackedFloatRows(const QuantArgs& a, int64_t r0, int64_t r1) {
   const int64_t tiles = (a.w->rows + kTileRows - 1) / kTileRows;
   const int64_t end = std::min(tiles, (r1 + kTileRows - 1) / kTileRows);
   int64_t tile = r0 / kTileRows;
   if constexpr (Q::kWide) {
-    for (; tile + 1 < end; tile += 2) FloatTiles<typename Q::Wide, kBits, kBf16Dot>(a, tile);
+    for (; tile + 1 < end; tile += 2) FloatTiles<typename Q::Wide, Code, kBf16Dot>(a, tile);
   }
-  for (; tile < end; ++tile) FloatTiles<TileYmm<Q>, kBits, kBf16Dot>(a, tile);
+  for (; tile < end; ++tile) FloatTiles<TileYmm<Q>, Code, kBf16Dot>(a, tile);
   if (a.simd_cols < a.w->cols) {
     for (int64_t r = r0; r < r1; ++r) RefRows(a, r, a.simd_cols, true);
   }
 }
 
+// kBf16Dot where the width has bf16 pairs.
+template <class Q, bool kBf16Dot>
+void PackedFloatByBits(const QuantArgs& a, int64_t r0, int64_t r1) {
+  DispatchTiledBits(a.bits, [&](auto code) {
+    using Code = decltype(code);
+    PackedFloatRows<Q, Code, kBf16Dot && Code::kBf16Pairs>(a, r0, r1);
+  });
+}
 
 // QuantizeBlocksRef's arithmetic: the same fp32 operations per element, so
 // the results are identical.
@@ -731,29 +684,19 @@ inline void QuantizeBlocksSimd(const float* x, int64_t blocks, int8_t* q,
   }
 }
 
-// Chooses the instantiation for the weight bits (4 or 8; the dispatcher only
-// sends those here).
-template <void (*k4)(const QuantArgs&, int64_t, int64_t),
-          void (*k8)(const QuantArgs&, int64_t, int64_t)>
-void ByBits(const QuantArgs& a, int64_t r0, int64_t r1) {
-  (a.bits == 4 ? k4 : k8)(a, r0, r1);
-}
-
 template <class V, class Q>
 constexpr KernelTable MakeTable() {
   KernelTable t{};
-  // bf16 without native bf16 dot products, and 8-bit codes (no 16-entry
-  // table): fp32 FMAs on bf16-rounded a.lut and a.xf, products exact in fp32.
-  constexpr bool kBf16Dot4 =
+  // bf16 without native bf16 dot products, or of a width without bf16
+  // pairs: fp32 FMAs on bf16-rounded a.lut and a.xf, products exact in fp32.
+  constexpr bool kBf16Dot =
 #ifdef __AVX512BF16__
       true;
 #else
       false;
 #endif
-  t.quant_rows[static_cast<int>(ComputeDtype::kFp32)] =
-      &ByBits<&PackedFloatRows<Q, 4, false>, &PackedFloatRows<Q, 8, false>>;
-  t.quant_rows[static_cast<int>(ComputeDtype::kBf16)] =
-      &ByBits<&PackedFloatRows<Q, 4, kBf16Dot4>, &PackedFloatRows<Q, 8, false>>;
+  t.quant_rows[static_cast<int>(ComputeDtype::kFp32)] = &PackedFloatByBits<Q, false>;
+  t.quant_rows[static_cast<int>(ComputeDtype::kBf16)] = &PackedFloatByBits<Q, kBf16Dot>;
   t.quant_rows[static_cast<int>(ComputeDtype::kInt8)] = &Int8ByFormat<Q>;
   t.f32_rows = &F32Rows<V>;
   t.quantize_blocks = &QuantizeBlocksSimd;

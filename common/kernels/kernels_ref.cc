@@ -4,10 +4,10 @@
 #include <new>
 #include <type_traits>
 
-#include <emmintrin.h>  // SSE2: every x86-64 CPU.
 #include <sys/mman.h>
 
 #include "common/formats/bf16.h"
+#include "common/kernels/code_traits.h"
 #include "common/kernels/kernels.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
@@ -32,12 +32,6 @@ inline uint16_t Bf16Bits(float rounded) {
   uint32_t u;
   std::memcpy(&u, &rounded, 4);
   return static_cast<uint16_t>(u >> 16);
-}
-
-// Position of column `j` of a block of `len` inside the activation buffers:
-// full blocks of 4-bit weights are de-interleaved (kernels.h).
-inline int64_t BlockPos(int64_t j, int64_t len, int bits) {
-  return bits == 4 && len == kBlock ? (j & 1) * (kBlock / 2) + j / 2 : j;
 }
 
 // Calls f(block index, block begin, block end) for the 32-blocks of group g.
@@ -156,12 +150,11 @@ void PrepareActivations(QuantizeBlocksFn quantize, bool tiles, QuantArgs* a,
       for (int64_t g = 0; g < groups; ++g) {
         float sum = 0.0f;
         ForEachBlock(*a, g, [&](int64_t, int64_t bs, int64_t be) {
-          const int64_t len = be - bs;
-          for (int64_t j = 0; j < len; ++j) {
+          for (int64_t k = bs; k < be; ++k) {
             const bool bf16 = a->compute == ComputeDtype::kBf16;
-            const float v = bf16 ? RoundBf16(x[bs + j]) : x[bs + j];
-            p->xf[i * cols + bs + BlockPos(j, len, a->bits)] = v;
-            if (bf16) p->xb16[i * cols + bs + j] = Bf16Bits(v);
+            const float v = bf16 ? RoundBf16(x[k]) : x[k];
+            p->xf[i * cols + k] = v;
+            if (bf16) p->xb16[i * cols + k] = Bf16Bits(v);
             sum += v;
           }
         });
@@ -234,8 +227,14 @@ void DescribeCall(const QuantizedMatrixView& w, ComputeDtype compute,
   }
   a->blocks_per_group = (w.group_size + kBlock - 1) / kBlock;
   a->blocks_per_row = a->blocks_per_group * w.groups_per_row;
-  const bool simd_format = w.group_size % kBlock == 0 &&
-                           (a->bits == 4 || (a->bits == 8 && a->affine));
+  // The one fallback for codes the SIMD kernels do not unpack (code_traits.h):
+  // a width without tiles, or levels that need a table it has none for.
+  bool simd_codes = false;
+  DispatchBits(a->bits, [&](auto code) {
+    using Code = decltype(code);
+    if constexpr (Code::kTiled) simd_codes = Code::kLevelTable || a->affine;
+  });
+  const bool simd_format = simd_codes && w.group_size % kBlock == 0;
   a->simd_cols = simd_format ? w.cols / w.group_size * w.group_size : 0;
 }
 
@@ -269,9 +268,13 @@ std::unique_ptr<uint8_t, Unmapper> MapPopulated(size_t bytes) {
 
 Int8TileGeometry Int8TileLayout(const QuantArgs& a) {
   const QuantizedMatrixView& w = *a.w;
-  return Int8TileGeometryFor(w.rows, a.simd_cols / w.group_size, a.blocks_per_group, a.bits,
-                             w.spec.scale_encoding == ScaleEncoding::kBf16,
-                             w.spec.scheme == QuantScheme::kAsym);
+  Int8TileGeometry geometry;
+  DispatchTiledBits(a.bits, [&](auto code) {
+    geometry = Int8TileGeometryFor<decltype(code)::kBits>(
+        w.rows, a.simd_cols / w.group_size, a.blocks_per_group,
+        w.spec.scale_encoding == ScaleEncoding::kBf16, w.spec.scheme == QuantScheme::kAsym);
+  });
+  return geometry;
 }
 
 namespace {
@@ -303,54 +306,17 @@ auto* BlockChunks(Byte* rec, const PackedInt8Weights& p, int64_t b) {
   return reinterpret_cast<Chunk*>(rec + b * p.block_bytes);
 }
 
-// The 32 codes of a block that starts at `src` in a packed row, in lane
-// order: 8-bit, the row's bytes as they are; 4-bit, column c's code in the
-// low nibble with column c + 16's above it. The row holds columns
-// 2m | 2m+1 << 4 in byte m, so bytes m and m + 8 give lane bytes 2m and
-// 2m + 1: eight of each at once in 64-bit words, then interleaved.
-void RowToLaneBytes(const uint8_t* src, int bits, uint8_t* lane_bytes) {
-  if (bits == 8) {
-    std::memcpy(lane_bytes, src, kBlock);
-    return;
-  }
-  constexpr uint64_t kLow = 0x0f0f0f0f0f0f0f0full;
-  uint64_t lo, hi;
-  std::memcpy(&lo, src, 8);
-  std::memcpy(&hi, src + 8, 8);
-  const uint64_t even = (lo & kLow) | ((hi << 4) & ~kLow);
-  const uint64_t odd = ((lo >> 4) & kLow) | (hi & ~kLow);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(lane_bytes),
-                   _mm_unpacklo_epi8(_mm_cvtsi64_si128(static_cast<int64_t>(even)),
-                                     _mm_cvtsi64_si128(static_cast<int64_t>(odd))));
-}
-
-// RowToLaneBytes undone: lane bytes 2m and 2m + 1 give row bytes m (their
-// low nibbles) and m + 8 (their high nibbles).
-void LaneBytesToRow(const uint8_t* lane_bytes, int bits, uint8_t* dst) {
-  if (bits == 8) {
-    std::memcpy(dst, lane_bytes, kBlock);
-    return;
-  }
-  for (int m = 0; m < kBlock / 4; ++m) {
-    const uint8_t even = lane_bytes[2 * m], odd = lane_bytes[2 * m + 1];
-    dst[m] = static_cast<uint8_t>((even & 0x0f) | (odd << 4));
-    dst[m + kBlock / 4] = static_cast<uint8_t>((even >> 4) | (odd & 0xf0));
-  }
-}
-
-}  // namespace
-
-void WriteInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* out) {
+template <class Code>
+void WriteTiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* out) {
   const QuantizedMatrixView& w = *a.w;
-  const int64_t chunks = p.block_bytes / static_cast<int64_t>(sizeof(TileCodeChunk));
   ForEachTileGroup(a, p, out, [&](uint8_t* rec, int64_t r0, int64_t rows, int64_t g) {
     for (int64_t b = 0; b < a.blocks_per_group; ++b) {
       TileCodeChunk* chunk = BlockChunks(rec, p, b);
-      const int64_t byte = (g * w.group_size + b * kBlock) * a.bits / 8;
+      const int64_t byte = (g * a.blocks_per_group + b) * Code::kRowBlockBytes;
       for (int64_t j = 0; j < rows; ++j) {
-        uint8_t lane_bytes[kBlock];
-        RowToLaneBytes(w.codes + (r0 + j) * w.row_bytes + byte, a.bits, lane_bytes);
-        for (int64_t c = 0; c < chunks; ++c) {
+        uint8_t lane_bytes[Code::kRowBlockBytes];
+        Code::RowToTileLanes(w.codes + (r0 + j) * w.row_bytes + byte, lane_bytes);
+        for (int64_t c = 0; c < Code::TileBlock::kChunks; ++c) {
           std::memcpy(chunk[c].lane[j], lane_bytes + kLaneBytes * c, kLaneBytes);
         }
       }
@@ -374,20 +340,20 @@ void WriteInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* out
   });
 }
 
-void ReadInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* codes,
-                   float* scales, uint8_t* zeros) {
+template <class Code>
+void ReadTiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* codes, float* scales,
+               uint8_t* zeros) {
   const QuantizedMatrixView& w = *a.w;
-  const int64_t chunks = p.block_bytes / static_cast<int64_t>(sizeof(TileCodeChunk));
   ForEachTileGroup(a, p, p.base, [&](const uint8_t* rec, int64_t r0, int64_t rows, int64_t g) {
     for (int64_t b = 0; b < a.blocks_per_group; ++b) {
       const TileCodeChunk* chunk = BlockChunks(rec, p, b);
-      const int64_t byte = (g * w.group_size + b * kBlock) * a.bits / 8;
+      const int64_t byte = (g * a.blocks_per_group + b) * Code::kRowBlockBytes;
       for (int64_t j = 0; j < rows; ++j) {
-        uint8_t lane_bytes[kBlock];
-        for (int64_t c = 0; c < chunks; ++c) {
+        uint8_t lane_bytes[Code::kRowBlockBytes];
+        for (int64_t c = 0; c < Code::TileBlock::kChunks; ++c) {
           std::memcpy(lane_bytes + kLaneBytes * c, chunk[c].lane[j], kLaneBytes);
         }
-        LaneBytesToRow(lane_bytes, a.bits, codes + (r0 + j) * w.row_bytes + byte);
+        Code::TileLanesToRow(lane_bytes, codes + (r0 + j) * w.row_bytes + byte);
       }
     }
     auto index = [&](int64_t j) { return (r0 + j) * w.groups_per_row + g; };
@@ -405,6 +371,17 @@ void ReadInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* code
     std::memcpy(&tile_zeros, rec + p.zeros_offset, sizeof(tile_zeros));
     for (int64_t j = 0; j < rows; ++j) zeros[index(j)] = tile_zeros.zero[j];
   });
+}
+
+}  // namespace
+
+void WriteInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* out) {
+  DispatchTiledBits(a.bits, [&](auto code) { WriteTiles<decltype(code)>(a, p, out); });
+}
+
+void ReadInt8Tiles(const QuantArgs& a, const PackedInt8Weights& p, uint8_t* codes,
+                   float* scales, uint8_t* zeros) {
+  DispatchTiledBits(a.bits, [&](auto code) { ReadTiles<decltype(code)>(a, p, codes, scales, zeros); });
 }
 
 namespace {
@@ -470,18 +447,16 @@ void RefRows(const QuantArgs& a, int64_t row, int64_t col_begin,
       float gsum = 0.0f;
       float offset = 0.0f;  // int8: off * sum of the group's activations.
       ForEachBlock(a, g, [&](int64_t b, int64_t bs, int64_t be) {
-        const int64_t len = be - bs;
         if (a.compute == ComputeDtype::kBf16) {
-          for (int64_t j = 0; j < len; ++j) {
-            const float level = RoundBf16(levels[CodeAt(codes, bs + j, a.bits)]);
-            gsum += (level - zero) *
-                    a.xf[i * cols + bs + BlockPos(j, len, a.bits)];
+          for (int64_t k = bs; k < be; ++k) {
+            const float level = RoundBf16(levels[CodeAt(codes, k, a.bits)]);
+            gsum += (level - zero) * a.xf[i * cols + k];
           }
           return;
         }
         int32_t dot = 0;
-        for (int64_t j = 0; j < len; ++j) {
-          dot += a.ulevel[CodeAt(codes, bs + j, a.bits)] * a.xq[i * cols + bs + j];
+        for (int64_t k = bs; k < be; ++k) {
+          dot += a.ulevel[CodeAt(codes, k, a.bits)] * a.xq[i * cols + k];
         }
         gsum += a.xd[i * a.blocks_per_row + b] * static_cast<float>(dot);
       });
