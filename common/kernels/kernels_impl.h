@@ -335,10 +335,12 @@ constexpr int64_t kPrefetchGroups = 8;
 
 // W::kTiles row tiles from `tile` times x rows i0 .. i0 + T, their codes
 // unpacked as Code (code_traits.h) says; kLut: codes go through the level
-// table; kPrefetchOneRow: prefetch W for one x row too.
+// table; kPrefetchOneRow: prefetch W for one x row too. Not inlined into
+// the loops over tiles and x rows: their live values left GCC too few
+// registers for this loop (bench/results/structure_before_after.md).
 template <class W, bool kSignedWeights, class Code, bool kLut, int T, bool kOneBlockGroups,
           bool kPrefetchOneRow>
-void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
+[[gnu::noinline]] void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   using I = typename W::I;
   using F = typename W::F;
   // Independent accumulator chains per x row: a block's 8 dots in one chain
@@ -370,8 +372,12 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
   F acc[T];
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = W::ZeroF();
+  // Loop invariants in locals, not reloaded through `a` every group.
   const uint8_t* rec = p.tile(tile);
   const int64_t stride = p.tile_stride;
+  const int64_t blocks = kOneBlockGroups ? 1 : a.blocks_per_group;
+  const int64_t group_size = a.w->group_size;
+  const bool asym = a.asym;
   for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
     if (i0 == 0 && (a.n > 1 || kPrefetchOneRow)) {
       for (int tt = 0; tt < W::kTiles; ++tt) {
@@ -385,11 +391,10 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
       }
     }
     F gsum[T];
-    const int64_t blocks = kOneBlockGroups ? 1 : a.blocks_per_group;
     for (int64_t b = 0; b < blocks; ++b) {
       const uint8_t* codes = rec + b * p.block_bytes;
-      const int64_t k0 = g * a.w->group_size + b * kBlock;
-      const int64_t bi = g * a.blocks_per_group + b;
+      const int64_t k0 = g * group_size + b * kBlock;
+      const int64_t bi = g * blocks + b;
       I dot[T][kChains];
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t)
@@ -415,7 +420,7 @@ void Int8Tile(const QuantArgs& a, int64_t tile, int64_t i0) {
     }
     const F s = GroupScales<W>(rec + p.scales_offset, stride, p.scale_bytes);
     F off = off_base;
-    if (a.asym) off = W::Add(off, W::Zeros(rec + p.zeros_offset, stride));
+    if (asym) off = W::Add(off, W::Zeros(rec + p.zeros_offset, stride));
     const F soff = W::Mul(s, off);
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
