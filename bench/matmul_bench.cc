@@ -6,7 +6,11 @@
 //   bazel-bin/bench/matmul_bench [--json=out.json] [--isas=avx2,avx512_bf16]
 //       [--threads=1,2] [--reps=N] [--gemm_reps=N] [--no_gemm]
 //       [--dtypes=int4_clip_sym_g32,...] [--shapes=gate_up,...]
-//       [--computes=int8,...] [--gemm_rows=128]
+//       [--computes=int8,...] [--gemm_rows=128] [--cache_resident]
+//
+// --cache_resident keeps one copy of each weight, which stays in the caches:
+// the kernels' compute speed without DRAM's (a code-generation change shows
+// there clearly; streamed timings swing with the machine's memory traffic).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -42,6 +46,7 @@ struct Options {
   // x rows of the GEMM: 128 is a prefill chunk, 16 a batch-16 decode step.
   int64_t gemm_rows = 128;
   bool gemm = true;
+  bool cache_resident = false;
   // Empty: all.
   std::vector<std::string> dtypes, shapes, computes;
 };
@@ -75,7 +80,8 @@ const WeightDtype kDtypes[] = {
 };
 
 // A weight and enough copies of it that cycling through them streams from
-// DRAM (> 64 MiB in all, well past the L3) as decode does.
+// DRAM (> 64 MiB in all, well past the L3) as decode does; one copy with
+// --cache_resident.
 struct Weight {
   std::vector<QuantizedMatrix> q;
   std::vector<std::vector<float>> dense;
@@ -107,15 +113,15 @@ std::vector<float> Random(int64_t size, uint32_t seed) {
   return v;
 }
 
-Weight MakeWeight(const WeightDtype& d, const Shape& s) {
+Weight MakeWeight(const WeightDtype& d, const Shape& s, bool cache_resident) {
   Weight w;
   w.rows = s.rows;
   w.cols = s.cols;
   const std::vector<float> fp = Random(s.rows * s.cols, 1);
-  constexpr int64_t kStreamBytes = int64_t{64} << 20;
+  const int64_t stream_bytes = cache_resident ? 0 : int64_t{64} << 20;
   if (d.dense) {
     w.bytes = s.rows * s.cols * 4;
-    const int64_t copies = std::max<int64_t>(1, kStreamBytes / w.bytes + 1);
+    const int64_t copies = std::max<int64_t>(1, stream_bytes / w.bytes + 1);
     w.dense.assign(copies, fp);
     return w;
   }
@@ -126,7 +132,7 @@ Weight MakeWeight(const WeightDtype& d, const Shape& s) {
   }
   w.bytes = static_cast<int64_t>(q->codes.size() + q->scales.size() * 4 +
                                  q->zeros.size());
-  const int64_t copies = std::max<int64_t>(1, kStreamBytes / w.bytes + 1);
+  const int64_t copies = std::max<int64_t>(1, stream_bytes / w.bytes + 1);
   w.q.assign(copies, *q);
   return w;
 }
@@ -176,6 +182,8 @@ Options Parse(int argc, char** argv) {
       o.computes = absl::StrSplit(v, ',');
     } else if (arg == "--no_gemm") {
       o.gemm = false;
+    } else if (arg == "--cache_resident") {
+      o.cache_resident = true;
     } else {
       std::fprintf(stderr, "unknown flag %s\n", arg.c_str());
       std::exit(2);
@@ -208,7 +216,7 @@ int Main(int argc, char** argv) {
     if (!Selected(opt.dtypes, d.name)) continue;
     for (const Shape& s : kShapes) {
       if (!Selected(opt.shapes, s.name)) continue;
-      Weight w = MakeWeight(d, s);
+      Weight w = MakeWeight(d, s, opt.cache_resident);
       const std::vector<float> x = Random(gemm_rows * s.cols, 2);
       std::vector<float> y(gemm_rows * s.rows);
       for (Isa isa : opt.isas) {
@@ -258,8 +266,9 @@ int Main(int argc, char** argv) {
       std::perror(opt.json.c_str());
       return 1;
     }
-    std::fprintf(f, "{\"kernel_isa\": \"%.*s\", \"results\": [\n",
-                 static_cast<int>(KernelIsaName().size()), KernelIsaName().data());
+    std::fprintf(f, "{\"kernel_isa\": \"%.*s\", \"cache_resident\": %s, \"results\": [\n",
+                 static_cast<int>(KernelIsaName().size()), KernelIsaName().data(),
+                 opt.cache_resident ? "true" : "false");
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       std::fprintf(f,
