@@ -10,11 +10,13 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
 #include "common/artifact/artifact_store.h"
@@ -28,6 +30,8 @@ ABSL_FLAG(std::string, model_dir, "", "Hugging Face model directory to quantize"
 ABSL_FLAG(std::string, artifact_root, "/tmp/wq-quantize-bench", "artifact store for the result");
 ABSL_FLAG(std::string, weight_dtype, "INT4_CLIP", "WeightDtype name");
 ABSL_FLAG(int, group_size, 32, "quantization group size");
+ABSL_FLAG(std::string, compute_dtype, "FP32",
+          "ComputeDtype name (FP32, BF16, INT8, with or without COMPUTE_): AWQ's search runs in it");
 ABSL_FLAG(std::string, algorithm, "RTN", "RTN, AWQ or TEQ");
 ABSL_FLAG(std::string, data_root, "../shared/data", "calibration data root (AWQ/TEQ)");
 ABSL_FLAG(std::string, calibration_file, "tinystories_train_head.txt", "under --data_root");
@@ -62,7 +66,14 @@ absl::Status Run() {
   if (!v1::Algorithm_Parse(absl::AsciiStrToUpper(absl::GetFlag(FLAGS_algorithm)), &algorithm)) {
     return absl::InvalidArgumentError("unknown --algorithm");
   }
+  std::string compute_name = absl::AsciiStrToUpper(absl::GetFlag(FLAGS_compute_dtype));
+  if (!absl::StartsWith(compute_name, "COMPUTE_")) compute_name = "COMPUTE_" + compute_name;
+  v1::ComputeDtype compute;
+  if (!v1::ComputeDtype_Parse(compute_name, &compute)) {
+    return absl::InvalidArgumentError("unknown --compute_dtype");
+  }
   request.config.set_weight_dtype(dtype);
+  request.config.set_compute_dtype(compute);
   request.config.set_group_size(absl::GetFlag(FLAGS_group_size));
   request.config.set_algorithm(algorithm);
   if (algorithm != v1::RTN) {
@@ -89,7 +100,21 @@ absl::Status Run() {
   std::vector<double> block_seconds;
   auto block_start = std::chrono::steady_clock::now();
   int last_block = 0;
+  // Seconds from each report to the next, summed per phase: the scale search
+  // (kGridSearch), and the clip search with the block's quantization and the
+  // next block's capture (kClipSearch).
+  std::map<std::string, double> phase_seconds;
+  std::string last_phase;
+  auto phase_start = start;
   request.on_progress = [&](const QuantizeProgress& p) {
+    const auto report = std::chrono::steady_clock::now();
+    if (!last_phase.empty()) {
+      phase_seconds[last_phase] += std::chrono::duration<double>(report - phase_start).count();
+    }
+    last_phase = p.phase == QuantizePhase::kGridSearch   ? "scale_search"
+                 : p.phase == QuantizePhase::kClipSearch ? "clip_quantize_capture"
+                                                         : "other";
+    phase_start = report;
     // A line per report: a run too long to finish still shows its pace.
     std::fprintf(stderr, "[%7.1f s] %5.1f%% RssAnon %.2f GB  %s\n",
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
@@ -105,6 +130,8 @@ absl::Status Run() {
   absl::StatusOr<v1::ArtifactManifest> manifest = QuantizeModel(request, *store);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  phase_seconds[last_phase] +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - phase_start).count();
   done.store(true);
   sampler.join();
   RETURN_IF_ERROR(manifest.status());
@@ -125,6 +152,10 @@ absl::Status Run() {
                                  {"algorithm", v1::Algorithm_Name(algorithm)},
                                  {"weight_dtype", v1::WeightDtype_Name(dtype)},
                                  {"group_size", absl::GetFlag(FLAGS_group_size)},
+                                 {"compute_dtype", v1::ComputeDtype_Name(compute)},
+                                 {"n_samples", absl::GetFlag(FLAGS_n_samples)},
+                                 {"seq_len", absl::GetFlag(FLAGS_seq_len)},
+                                 {"seconds_by_phase", phase_seconds},
                                  {"checkpoint_bytes", checkpoint_bytes},
                                  {"wall_seconds", seconds},
                                  {"peak_rss_anon_bytes", peak_anon.load()},

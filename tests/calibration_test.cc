@@ -6,6 +6,7 @@
 // scores with the full protocol (first 20,480 tokens of tinystories_valid.txt,
 // 80 windows of 256, [BOS] + window[:-1]).
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -18,6 +19,7 @@
 #include "common/io/file_util.h"
 #include "common/model/llama.h"
 #include "common/quant/perplexity.h"
+#include "common/formats/compute_dtype.h"
 #include "common/formats/quant_config.h"
 #include "common/quant/quantizer.h"
 #include "common/quant/teq.h"
@@ -176,6 +178,49 @@ TEST(Awq, ScaleSearchDoesNotLoseToNoScaling) {
     // is the minimum.
     for (double loss : search->losses) EXPECT_LE(search->losses[search->best], loss);
   }
+}
+
+// The scale search's forward passes on the fast kernels (bf16 or int8
+// compute, the job's compute dtype) choose the grid point that fp32 compute
+// chooses, for every scaling group of every block of stories260K: the scales,
+// and so the artifact, are those of fp32 forwards (the clip search runs no
+// forward pass).
+TEST(Awq, FastComputeChoosesTheFp32Scales) {
+  const LlamaModel model(Fp32Weights());
+  const std::vector<ScalingGroup> groups = LlamaScalingGroups(model.config());
+  int searched = 0;
+  const absl::Status status = ForEachCalibratedBlock(
+      model, SmallCalibration(8, 256), nullptr,
+      [&](int layer, BlockWeights& w, const BlockActivations& acts) {
+        for (size_t g = 0; g < groups.size(); ++g) {
+          std::array<AwqScaleSearch, kNumComputeDtypes> by_compute;
+          for (ComputeDtype compute :
+               {ComputeDtype::kFp32, ComputeDtype::kBf16, ComputeDtype::kInt8}) {
+            AwqOptions options;
+            options.compute = compute;
+            auto search = AwqSearchScales(model, acts, groups[g], w, options);
+            if (!search.ok()) return search.status();
+            by_compute[static_cast<int>(compute)] = *std::move(search);
+          }
+          const AwqScaleSearch& fp32 = by_compute[static_cast<int>(ComputeDtype::kFp32)];
+          for (ComputeDtype compute : {ComputeDtype::kBf16, ComputeDtype::kInt8}) {
+            const AwqScaleSearch& fast = by_compute[static_cast<int>(compute)];
+            EXPECT_EQ(fast.best, fp32.best)
+                << "block " << layer << " group " << g << " " << ComputeDtypeName(compute)
+                << " losses " << absl::StrJoin(fast.losses, " ") << " fp32 "
+                << absl::StrJoin(fp32.losses, " ");
+            // The loss of fp32's choice moves by the arithmetic only (and
+            // does move: the search did run in that arithmetic).
+            EXPECT_NE(fast.losses[fp32.best], fp32.losses[fp32.best]);
+            EXPECT_NEAR(fast.losses[fp32.best], fp32.losses[fp32.best],
+                        0.05 * fp32.losses[fp32.best]);
+          }
+          ++searched;
+        }
+        return absl::OkStatus();
+      });
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(searched, model.config().num_hidden_layers * static_cast<int>(groups.size()));
 }
 
 TEST(Teq, DeterministicAcrossRunsAndThreadCountsAndLowersTheLoss) {

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/formats/bf16.h"
 #include "common/quant/block_transform.h"
 #include "common/io/status_macros.h"
 #include "tbb/parallel_for.h"
@@ -57,19 +59,58 @@ std::vector<float> AwqGridScales(const std::vector<float>& x_mean, const std::ve
 
 namespace {
 
-// W·diag(s) fake-quantized, then ·diag(1/s): the weight the block sees.
-absl::StatusOr<std::vector<float>> ScaledFakeQuant(const float* w, int64_t rows, int64_t cols,
-                                                   const std::vector<float>& s,
-                                                   const QuantSpec& spec) {
-  std::vector<float> scaled(w, w + rows * cols);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < cols; ++j) scaled[r * cols + j] *= s[j];
+// A grid point of a group as the block runs it: the group's layers
+// quantized as Q(W·diag(s)) for the kernels of `compute`, and 1/s folded into
+// the op before them, so the block computes with Q(W·diag(s))·diag(1/s) (the
+// fake-quantized candidate) in the arithmetic the quantized model will use.
+// The layers after the group that the loss runs through (o_proj for q/k/v,
+// down_proj for gate/up) are unquantized; with bf16 or int8 compute they run
+// as bf16 copies (exact for a bf16 checkpoint) on the bf16 kernels.
+struct GridCandidate {
+  std::vector<QuantizedMatrix> quantized;  // the group's layers
+  BlockWeights prev;                       // the op before the group, 1/s folded in
+  LlamaLayerWeights view;
+};
+
+absl::StatusOr<std::unique_ptr<GridCandidate>> MakeGridCandidate(
+    const LlamaLayerWeights& base, const BlockWeights& w, const ScalingGroup& group,
+    bool fold_into_prev, const std::vector<float>& s, const AwqOptions& options) {
+  auto c = std::make_unique<GridCandidate>();  // the view points into it
+  c->view = base;
+  const int64_t cols = static_cast<int64_t>(s.size());
+  std::vector<float> scaled;
+  for (LinearRole layer : group.layers) {
+    const int64_t rows = w.rows[layer];
+    scaled.assign(w.linear[layer].begin(), w.linear[layer].end());
+    tbb::parallel_for(int64_t{0}, rows, [&](int64_t r) {
+      for (int64_t j = 0; j < cols; ++j) scaled[r * cols + j] *= s[j];
+    });
+    ASSIGN_OR_RETURN(QuantizedMatrix q, QuantizeMatrix(scaled.data(), rows, cols, options.spec));
+    c->quantized.push_back(std::move(q));
   }
-  ASSIGN_OR_RETURN(std::vector<float> q, FakeQuantize(scaled.data(), rows, cols, spec));
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < cols; ++j) q[r * cols + j] /= s[j];
+  for (size_t i = 0; i < group.layers.size(); ++i) {
+    c->view.linear[group.layers[i]] =
+        LinearWeight::Quantized(c->quantized[i].view(), options.compute);
   }
-  return q;
+  if (!fold_into_prev) return c;
+  if (group.prev == ScalingGroup::Prev::kNorm) {
+    c->prev.norm[group.prev_norm] = w.norm[group.prev_norm];
+    c->view.norm[group.prev_norm] = c->prev.norm[group.prev_norm].data();
+  } else {
+    const LinearRole prev = group.prev_linear;
+    c->prev.linear[prev] = w.linear[prev];
+    c->prev.bias[prev] = w.bias[prev];
+    c->prev.rows[prev] = w.rows[prev];
+    c->prev.cols[prev] = w.cols[prev];
+  }
+  DivideIntoPrevious(group, s, &c->prev);
+  if (group.prev == ScalingGroup::Prev::kLinear) {
+    const LinearRole prev = group.prev_linear;
+    c->view.linear[prev] =
+        LinearWeight::Dense(c->prev.linear[prev].data(), w.rows[prev], w.cols[prev]);
+    if (!c->prev.bias[prev].empty()) c->view.bias[prev] = c->prev.bias[prev].data();
+  }
+  return c;
 }
 
 // The layer's input with the group's scales divided out, sampled with
@@ -104,6 +145,26 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
   const float* reference = acts.Get(group.inspect);
   const int64_t out_dim = acts.Dim(group.inspect);
 
+  const bool mlp_only =
+      group.input == BlockPoint::kMlpInput || group.input == BlockPoint::kDownInput;
+  // The unquantized layers the loss runs through after the group's.
+  LlamaLayerWeights base = w.View();
+  std::array<std::vector<uint16_t>, kNumLinearRoles> bf16;
+  for (const BlockLinearSpec& spec : BlockLinears(model.config())) {
+    const BlockPoint in = InputPointOf(spec.role);
+    const bool in_group = std::find(group.layers.begin(), group.layers.end(), spec.role) !=
+                          group.layers.end();
+    if (options.compute == ComputeDtype::kFp32 || in_group || in < group.input ||
+        in >= group.inspect) {
+      continue;
+    }
+    const std::vector<float>& m = w.linear[spec.role];
+    bf16[spec.role].resize(m.size());
+    std::transform(m.begin(), m.end(), bf16[spec.role].begin(), FloatToBf16);
+    base.linear[spec.role] =
+        LinearWeight::DenseBf16(bf16[spec.role].data(), w.rows[spec.role], w.cols[spec.role]);
+  }
+
   AwqScaleSearch result;
   result.losses.assign(options.n_grid, std::numeric_limits<double>::infinity());
   std::vector<absl::Status> statuses(options.n_grid);
@@ -111,19 +172,13 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
     if (IsCancelled(options.cancelled)) return;
     const std::vector<float> s =
         AwqGridScales(x_mean, w_mean, static_cast<float>(i) / options.n_grid, options.duo_scaling);
-    std::vector<std::vector<float>> candidates;
-    candidates.reserve(group.layers.size());  // the views point into them
-    LlamaLayerWeights view = w.View();
-    for (LinearRole layer : group.layers) {
-      absl::StatusOr<std::vector<float>> q =
-          ScaledFakeQuant(w.linear[layer].data(), w.rows[layer], cols, s, options.spec);
-      if (!q.ok()) {
-        statuses[i] = q.status();
-        return;
-      }
-      candidates.push_back(*std::move(q));
-      view.linear[layer] = LinearWeight::Dense(candidates.back().data(), w.rows[layer], cols);
+    absl::StatusOr<std::unique_ptr<GridCandidate>> candidate =
+        MakeGridCandidate(base, w, group, /*fold_into_prev=*/!mlp_only, s, options);
+    if (!candidate.ok()) {
+      statuses[i] = candidate.status();
+      return;
     }
+    const LlamaLayerWeights& view = (*candidate)->view;
     // One calibration sequence at a time: the same loss (a sequence attends
     // only to itself) with one sequence's temporaries instead of the whole
     // set's, which is what bounds AWQ's memory on large models.
@@ -137,16 +192,19 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
         sum += d * d;
       }
     };
-    const bool mlp_only =
-        group.input == BlockPoint::kMlpInput || group.input == BlockPoint::kDownInput;
     std::vector<float> buffer(len * (mlp_only ? out_dim : hidden));
+    std::vector<float> input(mlp_only ? len * cols : 0);
     for (int seq = 0; seq < acts.seqs; ++seq) {
       const int64_t first = seq * len;
       if (mlp_only) {
         // The MLP's output depends on the captured MLP input alone: no need
         // to rerun attention (most of a block's time) for every grid point.
-        model.MlpOutput(view, group.input, acts.Get(group.input) + first * cols, len,
-                        buffer.data());
+        // 1/s goes into that input (what folding it into the previous op does).
+        const float* captured = acts.Get(group.input) + first * cols;
+        for (int64_t t = 0; t < len; ++t) {
+          for (int64_t j = 0; j < cols; ++j) input[t * cols + j] = captured[t * cols + j] / s[j];
+        }
+        model.MlpOutput(view, group.input, input.data(), len, buffer.data());
         accumulate(buffer.data(), first);
       } else {
         std::copy_n(acts.input.data() + first * hidden, len * hidden, buffer.data());
@@ -170,11 +228,68 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
   return result;
 }
 
+namespace {
+
+// A group's error mean_t (x_t,g · d)^2 for a weight change d over its gs
+// columns, as d·(Σ_k d_k F_k) / tokens with F_k the rows of the group's Gram
+// matrix Σ_t x_t,g x_t,g^T when gs <= tokens (gs² multiply-adds per error
+// instead of tokens·gs), or as |Σ_k d_k F_k|² / tokens with F_k = the
+// group's column k of x over the tokens otherwise: the same sum either way.
+class GroupError {
+ public:
+  GroupError(const float* x, int64_t tokens, int64_t cols, int64_t gs)
+      : tokens_(tokens), gram_(gs <= tokens), width_(gram_ ? gs : tokens),
+        factors_(cols * width_, 0.0) {
+    tbb::parallel_for(int64_t{0}, cols, [&](int64_t k) {
+      double* f = &factors_[k * width_];
+      if (!gram_) {
+        for (int64_t t = 0; t < tokens; ++t) f[t] = x[t * cols + k];
+        return;
+      }
+      const int64_t g0 = k / gs * gs;
+      const int64_t g1 = std::min(cols, g0 + gs);
+      for (int64_t t = 0; t < tokens; ++t) {
+        const float* xt = x + t * cols;
+        for (int64_t j = g0; j < g1; ++j) f[j - g0] += static_cast<double>(xt[k]) * xt[j];
+      }
+    });
+  }
+
+  // d: the change of the group starting at column g0, n <= gs values;
+  // scratch: width() doubles.
+  double operator()(const float* d, int64_t g0, int64_t n, double* scratch) const {
+    std::fill_n(scratch, width_, 0.0);
+    for (int64_t k = 0; k < n; ++k) {
+      const double dk = d[k];
+      const double* f = &factors_[(g0 + k) * width_];
+      for (int64_t j = 0; j < width_; ++j) scratch[j] += dk * f[j];
+    }
+    double err = 0;
+    if (gram_) {
+      for (int64_t j = 0; j < n; ++j) err += d[j] * scratch[j];
+    } else {
+      for (int64_t t = 0; t < width_; ++t) err += scratch[t] * scratch[t];
+    }
+    return err / static_cast<double>(tokens_);
+  }
+
+  int64_t width() const { return width_; }
+
+ private:
+  int64_t tokens_;
+  bool gram_;
+  int64_t width_;
+  std::vector<double> factors_;  // [cols, width]
+};
+
+}  // namespace
+
 absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols, const float* x,
                                       int64_t tokens, const AwqOptions& options) {
   const int64_t gs = EffectiveGroupSize(options.spec, cols);
   const int64_t groups = (cols + gs - 1) / gs;
   const bool asym = options.spec.scheme == QuantScheme::kAsym;
+  const GroupError group_error(x, tokens, cols, gs);
   AwqClip best{std::vector<float>(rows * groups), std::vector<float>(rows * groups)};
   // Output channels in batches, as AutoAWQ (oc_batch_size 64) but in parallel.
   constexpr int64_t kBatch = 64;
@@ -186,11 +301,9 @@ absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols
     const int64_t r0 = b * kBatch;
     const int64_t nr = std::min(kBatch, rows - r0);
     const float* wb = w + r0 * cols;
-    // Group outputs x_g · w_g of the unclipped weights, [row, token, group],
-    // and the unclipped range: [-max|w|, max|w|] for sym, the range the asym
+    // The unclipped range: [-max|w|, max|w|] for sym, the range the asym
     // quantizer sees ([min(wmin, 0), max(wmax, 0)]) for asym, so that both
     // ends shrink towards 0 and lo <= hi always holds.
-    std::vector<float> org_out(nr * tokens * groups, 0.0f);
     std::vector<float> org_lo(nr * groups, 0.0f);
     std::vector<float> org_hi(nr * groups, 0.0f);
     for (int64_t r = 0; r < nr; ++r) {
@@ -208,11 +321,6 @@ absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols
           }
         }
         if (!asym) lo = -hi;
-        for (int64_t t = 0; t < tokens; ++t) {
-          float acc = 0;
-          for (int64_t k = g * gs; k < k1; ++k) acc += x[t * cols + k] * wb[r * cols + k];
-          org_out[(r * tokens + t) * groups + g] = acc;
-        }
       }
     }
     std::vector<float> best_lo = org_lo;
@@ -221,6 +329,7 @@ absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols
     std::vector<float> cand_lo(nr * groups);
     std::vector<float> cand_hi(nr * groups);
     std::vector<float> clipped(nr * cols);
+    std::vector<double> scratch(group_error.width());
     // One pass over the shrinks of the upper end; the lower end shrinks
     // alike (sym) or by lo_shrink (asym). Each (row, group) keeps its own
     // best, as its error does not depend on the other groups.
@@ -238,17 +347,12 @@ absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols
           }
         }
         ASSIGN_OR_RETURN(std::vector<float> q, FakeQuantize(clipped.data(), nr, cols, options.spec));
+        for (int64_t k = 0; k < nr * cols; ++k) q[k] -= wb[k];  // the change d
         for (int64_t r = 0; r < nr; ++r) {
           for (int64_t g = 0; g < groups; ++g) {
-            const int64_t k1 = std::min(cols, (g + 1) * gs);
-            double err = 0;
-            for (int64_t t = 0; t < tokens; ++t) {
-              float acc = 0;
-              for (int64_t k = g * gs; k < k1; ++k) acc += x[t * cols + k] * q[r * cols + k];
-              const double d = acc - org_out[(r * tokens + t) * groups + g];
-              err += d * d;
-            }
-            err /= static_cast<double>(tokens);
+            const int64_t g0 = g * gs;
+            const double err =
+                group_error(&q[r * cols + g0], g0, std::min(cols, g0 + gs) - g0, scratch.data());
             const int64_t rg = r * groups + g;
             if (err < min_err[rg]) {
               min_err[rg] = err;
@@ -358,6 +462,7 @@ absl::StatusOr<std::vector<std::string>> AwqBlock(const BlockTransformInputs& in
                                                   BlockWeights* w) {
   AwqOptions options;
   options.spec = inputs.spec;
+  options.compute = inputs.compute;
   options.skip = inputs.skip;
   options.cancelled = inputs.cancelled;
   options.on_stage = inputs.on_stage;

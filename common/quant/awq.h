@@ -14,12 +14,17 @@
 #include "absl/status/statusor.h"
 #include "common/quant/calibration.h"
 #include "common/model/llama.h"
+#include "common/formats/compute_dtype.h"
 #include "common/formats/quant_format.h"
 
 namespace wq {
 
 struct AwqOptions {
   QuantSpec spec;
+  // The arithmetic of the scale search's forward passes: the job's compute
+  // dtype, so that the search runs on the fast kernels and scores each
+  // candidate as the quantized model will compute it.
+  ComputeDtype compute = ComputeDtype::kFp32;
   // AutoAWQ's default: s = x_mean^a / (w_mean^(1-a) + 1e-4); off: x_mean^a
   // as llm-awq.
   bool duo_scaling = true;
@@ -55,9 +60,10 @@ struct AwqScaleSearch {
 };
 
 // The grid search of one group against the block's weights `w` (not
-// modified): every grid point fake-quantizes the group's layers as
-// Q(W·s)/s and runs the block up to group.inspect; the loss is the MSE
-// against the fp32 output there. Grid points run in parallel; ties keep the
+// modified): every grid point quantizes the group's layers as Q(W·s), folds
+// 1/s into their input and runs the block up to group.inspect in
+// options.compute (the fake-quantized Q(W·s)/s up to that arithmetic); the
+// loss is the MSE against the fp32 output there. Grid points run in parallel; ties keep the
 // smaller ratio (AutoAWQ's strict `loss < best_error`).
 absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
                                                const BlockActivations& acts,

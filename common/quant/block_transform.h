@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/formats/compute_dtype.h"
 #include "common/formats/quant_format.h"
 #include "common/model/llama.h"
 #include "common/quant/calibration.h"
@@ -24,6 +25,7 @@ struct BlockTransformInputs {
   const LlamaModel* model;
   const BlockActivations* acts;
   QuantSpec spec;  // the job's quantization, with fp32 scales
+  ComputeDtype compute = ComputeDtype::kFp32;  // the job's compute dtype
   // Layers kept in fp32 (llm_int8_skip_modules), by role.
   std::array<bool, kNumLinearRoles> skip{};
   const std::atomic<bool>* cancelled = nullptr;

@@ -58,6 +58,7 @@ absl::StatusOr<std::vector<std::string>> RunCalibratedTransform(
         inputs.model = &model;
         inputs.acts = &acts;
         inputs.spec = spec;
+        inputs.compute = ComputeDtypeOf(resolved.compute_dtype());
         inputs.skip = skipped(layer);
         inputs.cancelled = cancelled;
         inputs.on_stage = [&](CalibrationStage stage) {

@@ -141,7 +141,7 @@ std::vector<ScalingGroup> LlamaScalingGroups(const LlamaConfig& config) {
   return groups;
 }
 
-void FoldScales(const ScalingGroup& group, absl::Span<const float> s, BlockWeights* w) {
+void DivideIntoPrevious(const ScalingGroup& group, absl::Span<const float> s, BlockWeights* w) {
   const int64_t n = static_cast<int64_t>(s.size());
   if (group.prev == ScalingGroup::Prev::kNorm) {
     std::vector<float>& norm = w->norm[group.prev_norm];
@@ -158,6 +158,11 @@ void FoldScales(const ScalingGroup& group, absl::Span<const float> s, BlockWeigh
       for (int64_t j = 0; j < n; ++j) w->bias[prev][group.prev_first_row + j] /= s[j];
     }
   }
+}
+
+void FoldScales(const ScalingGroup& group, absl::Span<const float> s, BlockWeights* w) {
+  DivideIntoPrevious(group, s, w);
+  const int64_t n = static_cast<int64_t>(s.size());
   for (LinearRole layer : group.layers) {
     float* m = w->linear[layer].data();
     tbb::parallel_for(int64_t{0}, w->rows[layer], [&](int64_t r) {

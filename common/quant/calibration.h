@@ -84,6 +84,9 @@ std::vector<ScalingGroup> LlamaScalingGroups(const LlamaConfig& config);
 // function is unchanged.
 void FoldScales(const ScalingGroup& group, absl::Span<const float> s,
                 BlockWeights* w);
+// FoldScales' first half: divides the previous op's output channels (and
+// their biases) by s; w needs only that op.
+void DivideIntoPrevious(const ScalingGroup& group, absl::Span<const float> s, BlockWeights* w);
 
 // Activations of one decoder block over the whole calibration set, from the
 // fp32 model: the block input and every BlockPoint but kOutput, each
