@@ -12,7 +12,7 @@
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "tbb/parallel_for.h"
+#include "common/io/parallel.h"
 #include "tbb/task_arena.h"
 
 namespace wq::bench {
@@ -58,7 +58,7 @@ double ReadBandwidth(int threads, int reps) {
   const size_t chunk = kWords / threads / 16 * 16;
   const double s = BestSeconds(reps, [&] {
     arena.execute([&] {
-      tbb::parallel_for(0, threads, [&](int t) {
+      ParallelFor(0, threads, [&](int t) {
         const int64_t* p = buf.get() + t * chunk;
         sink += avx2 ? SumAvx2(p, chunk) : SumSse2(p, chunk);
       }, tbb::static_partitioner());

@@ -28,7 +28,6 @@
 #include "common/kernels/cpu_features.h"
 #include "common/kernels/matmul.h"
 #include "common/formats/quant_format.h"
-#include "tbb/parallel_for.h"
 #include "tbb/task_arena.h"
 
 namespace wq {

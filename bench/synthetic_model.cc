@@ -11,11 +11,11 @@
 #include "absl/strings/str_join.h"
 #include "common/formats/bf16.h"
 #include "common/io/file_util.h"
+#include "common/io/parallel.h"
 #include "common/model/model_description.h"
 #include "common/formats/safetensors.h"
 #include "common/io/status_macros.h"
 #include "nlohmann/json.hpp"
-#include "tbb/parallel_for.h"
 
 namespace wq::bench {
 namespace {
@@ -28,7 +28,7 @@ std::vector<float> NormalValues(int64_t count, uint64_t seed, uint64_t tensor) {
   std::vector<float> values(count);
   float* out = values.data();
   const int64_t chunks = (count + kChunk - 1) / kChunk;
-  tbb::parallel_for(int64_t{0}, chunks, [&](int64_t c) {
+  ParallelFor(int64_t{0}, chunks, [&](int64_t c) {
     std::seed_seq seq{seed, tensor, static_cast<uint64_t>(c)};
     std::mt19937_64 gen(seq);
     std::normal_distribution<float> normal(0.0f, 0.02f);
@@ -81,7 +81,7 @@ std::string TensorBytes(int64_t count, DType dtype, uint64_t seed, uint64_t tens
   if (!fill.has_value()) values = NormalValues(count, seed, tensor);
   const size_t width = DTypeSize(dtype);
   std::string bytes(static_cast<size_t>(count) * width, '\0');
-  tbb::parallel_for(int64_t{0}, count, [&](int64_t i) {
+  ParallelFor(int64_t{0}, count, [&](int64_t i) {
     if (dtype == DType::kF32) {
       std::memcpy(bytes.data() + i * 4, &values[i], 4);
     } else {

@@ -10,9 +10,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/io/parallel.h"
 #include "common/io/status_macros.h"
 #include "tbb/blocked_range.h"
-#include "tbb/parallel_for.h"
 
 namespace wq {
 namespace {
@@ -375,7 +375,7 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(const float* w, int64_t rows,
   if (asym) m.zeros.resize(rows * m.groups_per_row);
 
   std::atomic<bool> non_finite{false};
-  tbb::parallel_for(
+  ParallelFor(
       tbb::blocked_range<int64_t>(0, rows),
       [&](const tbb::blocked_range<int64_t>& range) {
         std::vector<uint8_t> codes(cols);
@@ -452,12 +452,12 @@ void DequantizeRow(const QuantizedMatrixView& m, int64_t row, float* out) {
 
 std::vector<float> DequantizeMatrix(const QuantizedMatrixView& m) {
   std::vector<float> out(m.rows * m.cols);
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, m.rows),
-                    [&](const tbb::blocked_range<int64_t>& range) {
-                      for (int64_t r = range.begin(); r != range.end(); ++r) {
-                        DequantizeRow(m, r, out.data() + r * m.cols);
-                      }
-                    });
+  ParallelFor(tbb::blocked_range<int64_t>(0, m.rows),
+              [&](const tbb::blocked_range<int64_t>& range) {
+                for (int64_t r = range.begin(); r != range.end(); ++r) {
+                  DequantizeRow(m, r, out.data() + r * m.cols);
+                }
+              });
   return out;
 }
 
@@ -538,7 +538,7 @@ absl::StatusOr<double> FakeQuantMse(const float* w, int64_t rows, int64_t cols,
   // TBB splits the rows.
   std::vector<double> row_sse(rows);
   std::atomic<bool> non_finite{false};
-  tbb::parallel_for(
+  ParallelFor(
       tbb::blocked_range<int64_t>(0, rows),
       [&](const tbb::blocked_range<int64_t>& range) {
         std::vector<uint8_t> codes(group_size);
@@ -590,7 +590,7 @@ absl::StatusOr<float> SearchClipRatio(const float* w, int64_t rows,
                                       absl::Span<const float> ratios) {
   if (ratios.empty()) return absl::InvalidArgumentError("no clip ratios");
   std::vector<absl::StatusOr<double>> mse(ratios.size(), 0.0);
-  tbb::parallel_for(size_t{0}, ratios.size(), [&](size_t i) {
+  ParallelFor(size_t{0}, ratios.size(), [&](size_t i) {
     QuantSpec candidate = spec;
     candidate.quantile = ratios[i];
     mse[i] = FakeQuantMse(w, rows, cols, candidate);

@@ -15,9 +15,9 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "common/io/parallel.h"
 #include "common/io/status_macros.h"
 #include "openssl/evp.h"
-#include "tbb/parallel_for.h"
 
 namespace wq {
 namespace {
@@ -294,7 +294,7 @@ absl::StatusOr<std::vector<std::string>> Sha256FileChunks(const RootedPath& file
   const int64_t size = st.st_size;
   const int64_t chunks = (size + chunk_bytes - 1) / chunk_bytes;
   std::vector<absl::StatusOr<std::string>> digests(static_cast<size_t>(chunks));
-  tbb::parallel_for(int64_t{0}, chunks, [&](int64_t i) {
+  ParallelFor(int64_t{0}, chunks, [&](int64_t i) {
     const int64_t offset = i * chunk_bytes;
     digests[i] = Sha256Range(fd.get(), file.path, offset, std::min(chunk_bytes, size - offset));
   });

@@ -7,10 +7,10 @@
 #include <sys/mman.h>
 
 #include "common/formats/bf16.h"
+#include "common/io/parallel.h"
 #include "common/kernels/code_traits.h"
 #include "common/kernels/kernels.h"
 #include "tbb/blocked_range.h"
-#include "tbb/parallel_for.h"
 
 namespace wq {
 namespace kernels {
@@ -132,12 +132,12 @@ void PrepareActivations(QuantizeBlocksFn quantize, bool tiles, QuantArgs* a,
       p->xq_tiles.assign(rows * a->blocks_per_row * kBlock, 0);
     }
     if (n >= kParallelPrepareRows) {
-      tbb::parallel_for(tbb::blocked_range<int64_t>(0, n),
-                        [&](const tbb::blocked_range<int64_t>& range) {
-                          for (int64_t i = range.begin(); i < range.end(); ++i) {
-                            PrepareInt8Row(*a, quantize, tiles, i, p);
-                          }
-                        });
+      ParallelFor(tbb::blocked_range<int64_t>(0, n),
+                  [&](const tbb::blocked_range<int64_t>& range) {
+                    for (int64_t i = range.begin(); i < range.end(); ++i) {
+                      PrepareInt8Row(*a, quantize, tiles, i, p);
+                    }
+                  });
     } else {
       for (int64_t i = 0; i < n; ++i) PrepareInt8Row(*a, quantize, tiles, i, p);
     }
@@ -285,17 +285,17 @@ namespace {
 template <typename Byte, typename Visit>
 void ForEachTileGroup(const QuantArgs& a, const PackedInt8Weights& p, Byte* base,
                       const Visit& visit) {
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, p.tiles),
-                    [&](const tbb::blocked_range<int64_t>& range) {
-                      for (int64_t t = range.begin(); t < range.end(); ++t) {
-                        const int64_t r0 = t * kTileRows;
-                        const int64_t rows = std::min<int64_t>(kTileRows, a.w->rows - r0);
-                        Byte* rec = base + t * p.tile_stride;
-                        for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
-                          visit(rec, r0, rows, g);
-                        }
-                      }
-                    });
+  ParallelFor(tbb::blocked_range<int64_t>(0, p.tiles),
+              [&](const tbb::blocked_range<int64_t>& range) {
+                for (int64_t t = range.begin(); t < range.end(); ++t) {
+                  const int64_t r0 = t * kTileRows;
+                  const int64_t rows = std::min<int64_t>(kTileRows, a.w->rows - r0);
+                  Byte* rec = base + t * p.tile_stride;
+                  for (int64_t g = 0; g < p.groups; ++g, rec += p.group_stride) {
+                    visit(rec, r0, rows, g);
+                  }
+                }
+              });
 }
 
 // The chunks of block b of a group record (TileCodeChunk holds bytes only,
@@ -399,7 +399,7 @@ PackedInt8Weights OwnedInt8Tiles(const QuantArgs& a) {
 
 PackedInt8Weights CopyInt8Tiles(const QuantArgs& a, const uint8_t* tiles) {
   PackedInt8Weights p = OwnedInt8Tiles(a);
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, p.tiles), [&](const tbb::blocked_range<int64_t>& r) {
+  ParallelFor(tbb::blocked_range<int64_t>(0, p.tiles), [&](const tbb::blocked_range<int64_t>& r) {
     const int64_t offset = r.begin() * p.tile_stride;
     std::memcpy(p.owned.get() + offset, tiles + offset,
                 static_cast<size_t>((r.end() - r.begin()) * p.tile_stride));

@@ -9,10 +9,10 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/types/span.h"
 #include "common/formats/bf16.h"
+#include "common/io/parallel.h"
 #include "common/kernels/cpu_features.h"
 #include "common/kernels/kernels.h"
 #include "tbb/blocked_range.h"
-#include "tbb/parallel_for.h"
 #include "tbb/partitioner.h"
 #include "tbb/task_arena.h"
 
@@ -73,12 +73,12 @@ void ParallelRows(absl::Span<const int64_t> rows, int64_t n, const Body& body) {
     }
   };
   if (n <= kStaticPartitionMaxN) {
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks), run, tbb::static_partitioner());
+    ParallelFor(tbb::blocked_range<int64_t>(0, blocks), run, tbb::static_partitioner());
     return;
   }
   const int64_t grain = std::max<int64_t>(1, blocks / (8 * threads));
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks, grain), run,
-                    tbb::simple_partitioner());
+  ParallelFor(tbb::blocked_range<int64_t>(0, blocks, grain), run,
+              tbb::simple_partitioner());
 }
 
 void RefF32(const float* w, int64_t rows, int64_t cols, const float* x,
@@ -86,7 +86,7 @@ void RefF32(const float* w, int64_t rows, int64_t cols, const float* x,
   const Eigen::Map<const RowMajor> wm(w, rows, cols);
   const Eigen::Map<const RowMajor> xm(x, n, cols);
   Eigen::Map<RowMajor> ym(y, n, rows);
-  tbb::parallel_for(
+  ParallelFor(
       tbb::blocked_range<int64_t>(0, rows, kRefRowBlock),
       [&](const tbb::blocked_range<int64_t>& range) {
         const int64_t len = range.end() - range.begin();
@@ -282,12 +282,12 @@ void MatMulQuantizedIsolated(absl::Span<const QuantizedProduct> products, const 
   }
   if (fn == nullptr) {
     for (const QuantArgs& a : args) {
-      tbb::parallel_for(tbb::blocked_range<int64_t>(0, a.w->rows, kRefRowBlock),
-                        [&](const tbb::blocked_range<int64_t>& range) {
-                          for (int64_t r = range.begin(); r != range.end(); ++r) {
-                            kernels::RefRows(a, r, 0, false);
-                          }
-                        });
+      ParallelFor(tbb::blocked_range<int64_t>(0, a.w->rows, kRefRowBlock),
+                  [&](const tbb::blocked_range<int64_t>& range) {
+                    for (int64_t r = range.begin(); r != range.end(); ++r) {
+                      kernels::RefRows(a, r, 0, false);
+                    }
+                  });
     }
     return;
   }

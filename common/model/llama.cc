@@ -14,9 +14,9 @@
 #include "common/formats/bf16.h"
 #include "common/io/file_util.h"
 #include "common/formats/safetensors.h"
+#include "common/io/parallel.h"
 #include "nlohmann/json.hpp"
 #include "common/io/status_macros.h"
-#include "tbb/parallel_for.h"
 
 namespace wq {
 namespace {
@@ -499,7 +499,7 @@ void LlamaModel::Attention(absl::Span<const SequenceChunk> chunks, int layer,
   // Rows of one KV head in k or v: tokens kv_dim apart.
   using ChunkRows = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  tbb::parallel_for(
+  ParallelFor(
       tbb::blocked_range<size_t>(0, work.size()), [&](const tbb::blocked_range<size_t>& range) {
         RowMatrix queries, scores, outputs;
         std::vector<float> key_rows, value_rows;  // wrapped or bf16 rows land here

@@ -9,9 +9,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/formats/bf16.h"
+#include "common/io/parallel.h"
 #include "common/quant/block_transform.h"
 #include "common/io/status_macros.h"
-#include "tbb/parallel_for.h"
 
 namespace wq {
 std::vector<float> AwqWeightMean(const BlockWeights& w,
@@ -82,7 +82,7 @@ absl::StatusOr<std::unique_ptr<GridCandidate>> MakeGridCandidate(
   for (LinearRole layer : group.layers) {
     const int64_t rows = w.rows[layer];
     scaled.assign(w.linear[layer].begin(), w.linear[layer].end());
-    tbb::parallel_for(int64_t{0}, rows, [&](int64_t r) {
+    ParallelFor(int64_t{0}, rows, [&](int64_t r) {
       for (int64_t j = 0; j < cols; ++j) scaled[r * cols + j] *= s[j];
     });
     ASSIGN_OR_RETURN(QuantizedMatrix q, QuantizeMatrix(scaled.data(), rows, cols, options.spec));
@@ -168,7 +168,7 @@ absl::StatusOr<AwqScaleSearch> AwqSearchScales(const LlamaModel& model,
   AwqScaleSearch result;
   result.losses.assign(options.n_grid, std::numeric_limits<double>::infinity());
   std::vector<absl::Status> statuses(options.n_grid);
-  tbb::parallel_for(0, options.n_grid, [&](int i) {
+  ParallelFor(0, options.n_grid, [&](int i) {
     if (IsCancelled(options.cancelled)) return;
     const std::vector<float> s =
         AwqGridScales(x_mean, w_mean, static_cast<float>(i) / options.n_grid, options.duo_scaling);
@@ -240,7 +240,7 @@ class GroupError {
   GroupError(const float* x, int64_t tokens, int64_t cols, int64_t gs)
       : tokens_(tokens), gram_(gs <= tokens), width_(gram_ ? gs : tokens),
         factors_(cols * width_, 0.0) {
-    tbb::parallel_for(int64_t{0}, cols, [&](int64_t k) {
+    ParallelFor(int64_t{0}, cols, [&](int64_t k) {
       double* f = &factors_[k * width_];
       if (!gram_) {
         for (int64_t t = 0; t < tokens; ++t) f[t] = x[t * cols + k];
@@ -296,7 +296,7 @@ absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols
   const int64_t batches = (rows + kBatch - 1) / kBatch;
   const int shrinks = static_cast<int>(options.max_shrink * options.clip_grid);
   std::vector<absl::Status> statuses(batches);
-  tbb::parallel_for(int64_t{0}, batches, [&](int64_t b) {
+  ParallelFor(int64_t{0}, batches, [&](int64_t b) {
     if (IsCancelled(options.cancelled)) return;
     const int64_t r0 = b * kBatch;
     const int64_t nr = std::min(kBatch, rows - r0);
@@ -385,7 +385,7 @@ absl::StatusOr<AwqClip> AwqSearchClip(const float* w, int64_t rows, int64_t cols
 
 void ApplyClip(const AwqClip& clip, int64_t rows, int64_t cols, int group_size, float* w) {
   const int64_t groups = (cols + group_size - 1) / group_size;
-  tbb::parallel_for(int64_t{0}, rows, [&](int64_t r) {
+  ParallelFor(int64_t{0}, rows, [&](int64_t r) {
     for (int64_t k = 0; k < cols; ++k) {
       const int64_t rg = r * groups + k / group_size;
       w[r * cols + k] = std::clamp(w[r * cols + k], clip.lo[rg], clip.hi[rg]);
@@ -403,7 +403,7 @@ absl::StatusOr<AwqBlockReport> AwqTransformBlock(const LlamaModel& model,
   std::vector<absl::Status> statuses(groups.size());
   // Every group is searched on the unscaled block, then all are folded
   // (AutoAWQ: scales_list for all groups, then apply_scale).
-  tbb::parallel_for(size_t{0}, groups.size(), [&](size_t g) {
+  ParallelFor(size_t{0}, groups.size(), [&](size_t g) {
     absl::StatusOr<AwqScaleSearch> r = AwqSearchScales(model, acts, groups[g], *w, options);
     if (r.ok()) {
       report.groups[g] = *std::move(r);
@@ -437,7 +437,7 @@ absl::StatusOr<AwqBlockReport> AwqTransformBlock(const LlamaModel& model,
     jobs.push_back({spec.role, InputPointOf(spec.role), scales});
   }
   statuses.assign(jobs.size(), absl::OkStatus());
-  tbb::parallel_for(size_t{0}, jobs.size(), [&](size_t j) {
+  ParallelFor(size_t{0}, jobs.size(), [&](size_t j) {
     const ClipJob& job = jobs[j];
     int64_t tokens = 0;
     const std::vector<float> x =

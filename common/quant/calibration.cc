@@ -9,8 +9,8 @@
 #include "absl/strings/str_split.h"
 #include "common/io/file_util.h"
 #include "common/artifact/model_registry.h"
+#include "common/io/parallel.h"
 #include "common/io/status_macros.h"
-#include "tbb/parallel_for.h"
 
 namespace wq {
 
@@ -151,7 +151,7 @@ void DivideIntoPrevious(const ScalingGroup& group, absl::Span<const float> s, Bl
     const LinearRole prev = group.prev_linear;
     const int64_t cols = w->cols[prev];
     float* rows = w->linear[prev].data() + group.prev_first_row * cols;
-    tbb::parallel_for(int64_t{0}, n, [&](int64_t j) {
+    ParallelFor(int64_t{0}, n, [&](int64_t j) {
       for (int64_t c = 0; c < cols; ++c) rows[j * cols + c] /= s[j];
     });
     if (!w->bias[prev].empty()) {
@@ -165,7 +165,7 @@ void FoldScales(const ScalingGroup& group, absl::Span<const float> s, BlockWeigh
   const int64_t n = static_cast<int64_t>(s.size());
   for (LinearRole layer : group.layers) {
     float* m = w->linear[layer].data();
-    tbb::parallel_for(int64_t{0}, w->rows[layer], [&](int64_t r) {
+    ParallelFor(int64_t{0}, w->rows[layer], [&](int64_t r) {
       for (int64_t j = 0; j < n; ++j) m[r * n + j] *= s[j];
     });
   }
@@ -243,7 +243,7 @@ absl::StatusOr<std::vector<float>> FakeQuantize(const float* w, int64_t rows, in
 std::vector<float> MeanAbsPerChannel(const float* x, int64_t rows, int64_t cols) {
   std::vector<float> mean(cols);
   // One channel per task: each sum runs in a fixed order, so it is deterministic.
-  tbb::parallel_for(int64_t{0}, cols, [&](int64_t j) {
+  ParallelFor(int64_t{0}, cols, [&](int64_t j) {
     double sum = 0;
     for (int64_t r = 0; r < rows; ++r) sum += std::abs(x[r * cols + j]);
     mean[j] = static_cast<float>(sum / static_cast<double>(rows));

@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "tbb/parallel_for.h"
+#include "common/io/parallel.h"
 
 namespace wq {
 
@@ -30,7 +30,7 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(const LlamaModel& model,
   std::vector<absl::Status> statuses(windows);
 
   // Windows are independent; each runs the whole model over its tokens.
-  tbb::parallel_for(0, windows, [&](int w) {
+  ParallelFor(0, windows, [&](int w) {
     absl::Span<const int> target = ids.subspan(static_cast<size_t>(w) * options.window,
                                                options.window);
     std::vector<int> input;

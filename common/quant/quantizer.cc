@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/artifact/artifact_format.h"
+#include "common/io/parallel.h"
 #include "common/quant/calibrated_transform.h"
 #include "common/quant/calibration.h"
 #include "common/io/file_util.h"
@@ -22,7 +23,6 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/timestamp.pb.h"
-#include "tbb/parallel_for.h"
 
 namespace wq {
 namespace fs = std::filesystem;
@@ -155,7 +155,7 @@ class ArtifactTensors {
     }
     std::vector<absl::StatusOr<QuantizedMatrix>> quantized(
         linears.size(), absl::InternalError("not quantized"));
-    tbb::parallel_for(size_t{0}, linears.size(), [&](size_t j) {
+    ParallelFor(size_t{0}, linears.size(), [&](size_t j) {
       if (skipped[j]) return;
       quantized[j] = QuantizeLinear(layer.linear[linears[j].role], QuantSpecOf(config_),
                                     config_.mse_range());

@@ -6,11 +6,11 @@
 
 #include "Eigen/Core"
 #include "absl/strings/str_format.h"
+#include "common/io/parallel.h"
 #include "common/quant/block_transform.h"
 #include "common/quant/awq.h"
 #include "common/model/llama.h"
 #include "common/io/status_macros.h"
-#include "tbb/parallel_for.h"
 
 namespace wq {
 namespace {
@@ -98,7 +98,7 @@ class GroupObjective {
     std::vector<RowMatrix> q(n), y(n), ref(n), scaled(n);
     std::vector<absl::Status> statuses(n);
     const RowMatrix u = x * alpha.cwiseInverse().asDiagonal();
-    tbb::parallel_for(size_t{0}, n, [&](size_t i) {
+    ParallelFor(size_t{0}, n, [&](size_t i) {
       const LinearRole l = group_.layers[i];
       const ConstRowMap weight(w_.linear[l].data(), w_.rows[l], cols);
       scaled[i] = weight * alpha.asDiagonal();
@@ -156,7 +156,7 @@ class GroupObjective {
     }
     if (grad != nullptr) {
       std::vector<Eigen::VectorXf> grads(n);
-      tbb::parallel_for(size_t{0}, n, [&](size_t i) {
+      ParallelFor(size_t{0}, n, [&](size_t i) {
         const LinearRole l = group_.layers[i];
         const ConstRowMap weight(w_.linear[l].data(), w_.rows[l], cols);
         RowMatrix dq = dy[i].transpose() * u;
@@ -269,7 +269,7 @@ absl::StatusOr<InitCandidate> BestOfInitGrid(const GroupObjective& objective,
   const std::vector<float> w_mean = AwqWeightMean(w, group.layers, options.spec);
   std::vector<Eigen::VectorXf> candidates(options.init_grid + 1, Eigen::VectorXf::Ones(cols));
   std::vector<absl::StatusOr<double>> losses(options.init_grid + 1, 0.0);
-  tbb::parallel_for(0, options.init_grid + 1, [&](int i) {
+  ParallelFor(0, options.init_grid + 1, [&](int i) {
     if (IsCancelled(options.cancelled)) return;
     if (i > 0) {
       const std::vector<float> s = AwqGridScales(
@@ -400,7 +400,7 @@ CausalAttention::Matrix CausalAttention::Forward(const Matrix& yq, const Matrix&
   Matrix att(rows, yq.cols());
   if (saved != nullptr) saved->probs.resize(static_cast<size_t>(seqs) * heads_);
   const int group = heads_ / kv_heads_;
-  tbb::parallel_for(0, seqs, [&](int s) {
+  ParallelFor(0, seqs, [&](int s) {
     const int64_t r0 = static_cast<int64_t>(s) * len_;
     Matrix p;
     for (int h = 0; h < heads_; ++h) {
@@ -432,7 +432,7 @@ void CausalAttention::Backward(const Matrix& yv, const Saved& saved, const Matri
   dk->setZero(rows, saved.k.cols());
   dv->setZero(rows, yv.cols());
   const int group = heads_ / kv_heads_;
-  tbb::parallel_for(0, seqs, [&](int s) {
+  ParallelFor(0, seqs, [&](int s) {
     const int64_t r0 = static_cast<int64_t>(s) * len_;
     Matrix dp, ds;
     for (int h = 0; h < heads_; ++h) {  // fixed order: the heads of a kv head add up
@@ -491,7 +491,7 @@ absl::StatusOr<std::vector<TeqGroupReport>> TeqTransformBlock(const LlamaConfig&
   block_options.attention_output_loss &= plain_attention;
   block_options.mlp_output_loss &= !config.mlp_bias;
   std::vector<absl::StatusOr<TeqGroupReport>> results(groups.size());
-  tbb::parallel_for(size_t{0}, groups.size(), [&](size_t g) {
+  ParallelFor(size_t{0}, groups.size(), [&](size_t g) {
     results[g] = TeqTrainGroup(config, acts.Get(groups[g].input), acts.seqs, acts.len,
                                groups[g], *w, block_options);
   });
