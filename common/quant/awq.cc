@@ -82,9 +82,7 @@ absl::StatusOr<std::unique_ptr<GridCandidate>> MakeGridCandidate(
   for (LinearRole layer : group.layers) {
     const int64_t rows = w.rows[layer];
     scaled.assign(w.linear[layer].begin(), w.linear[layer].end());
-    ParallelFor(int64_t{0}, rows, [&](int64_t r) {
-      for (int64_t j = 0; j < cols; ++j) scaled[r * cols + j] *= s[j];
-    });
+    MultiplyColumns(s, rows, scaled.data());
     ASSIGN_OR_RETURN(QuantizedMatrix q, QuantizeMatrix(scaled.data(), rows, cols, options.spec));
     c->quantized.push_back(std::move(q));
   }

@@ -160,15 +160,16 @@ void DivideIntoPrevious(const ScalingGroup& group, absl::Span<const float> s, Bl
   }
 }
 
+void MultiplyColumns(absl::Span<const float> s, int64_t rows, float* w) {
+  const int64_t n = static_cast<int64_t>(s.size());
+  ParallelFor(int64_t{0}, rows, [&](int64_t r) {
+    for (int64_t j = 0; j < n; ++j) w[r * n + j] *= s[j];
+  });
+}
+
 void FoldScales(const ScalingGroup& group, absl::Span<const float> s, BlockWeights* w) {
   DivideIntoPrevious(group, s, w);
-  const int64_t n = static_cast<int64_t>(s.size());
-  for (LinearRole layer : group.layers) {
-    float* m = w->linear[layer].data();
-    ParallelFor(int64_t{0}, w->rows[layer], [&](int64_t r) {
-      for (int64_t j = 0; j < n; ++j) m[r * n + j] *= s[j];
-    });
-  }
+  for (LinearRole layer : group.layers) MultiplyColumns(s, w->rows[layer], w->linear[layer].data());
 }
 
 absl::Status CheckCancelled(const std::atomic<bool>* cancelled) {

@@ -87,6 +87,9 @@ void FoldScales(const ScalingGroup& group, absl::Span<const float> s,
 // FoldScales' first half: divides the previous op's output channels (and
 // their biases) by s; w needs only that op.
 void DivideIntoPrevious(const ScalingGroup& group, absl::Span<const float> s, BlockWeights* w);
+// FoldScales' second half for one layer: W (rows x s.size(), row-major) times
+// diag(s), in place.
+void MultiplyColumns(absl::Span<const float> s, int64_t rows, float* w);
 
 // Activations of one decoder block over the whole calibration set, from the
 // fp32 model: the block input and every BlockPoint but kOutput, each
