@@ -254,10 +254,16 @@ absl::StatusOr<std::string> Sha256Range(int fd, const std::string& path, int64_t
                                         int64_t length) {
   auto ctx = NewSha256Context();
   if (!ctx.ok()) return ctx.status();
-  constexpr int64_t kBuffer = 1 << 20;
-  std::unique_ptr<unsigned char[]> buffer(new unsigned char[kBuffer]);
+  // At most 1 MiB, and no more than the range: most hashed files are small.
+  int64_t buffer_size = int64_t{1} << 20;
+  if (length >= 0) {
+    buffer_size = std::min(buffer_size, std::max<int64_t>(length, 1));
+  } else if (struct stat st; ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+    buffer_size = std::min(buffer_size, std::max<int64_t>(st.st_size - offset, 1));
+  }
+  std::unique_ptr<unsigned char[]> buffer(new unsigned char[buffer_size]);
   while (length != 0) {
-    const int64_t want = length < 0 ? kBuffer : std::min(kBuffer, length);
+    const int64_t want = length < 0 ? buffer_size : std::min(buffer_size, length);
     const ssize_t n = ::pread(fd, buffer.get(), static_cast<size_t>(want), offset);
     if (n < 0) {
       if (errno == EINTR) continue;
