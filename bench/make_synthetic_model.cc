@@ -13,7 +13,7 @@
 #include "bench/synthetic_model.h"
 
 ABSL_FLAG(std::string, shape, "llama-110m",
-          "llama-110m, tinyllama-1.1b, llama-3.2-1b, llama-2-7b, mistral-7b or qwen2.5-7b");
+          "llama-110m, tinyllama-1.1b, llama-3.2-1b, llama-2-7b, mistral-7b, qwen2.5-0.5b or qwen2.5-7b");
 ABSL_FLAG(std::string, dtype, "f32", "weight dtype: f32, bf16 or f16");
 ABSL_FLAG(double, shard_gb, 0, "shard size in GB (1e9 bytes) with an index file; 0: one file");
 ABSL_FLAG(std::string, out, "", "output directory (outside the repository)");

@@ -1,6 +1,6 @@
 // End-to-end speed of the inference engine on synthetic models (random
 // weights in real shapes, see synthetic_model.h): for each model x weight
-// dtype x lm_head variant x compute dtype, RTN-quantizes through
+// dtype x lm_head variant x compute dtype x KV cache dtype, RTN-quantizes through
 // common/quantizer, loads the artifact as the service does and measures
 // prefill, time to first token, decode at several batch sizes, resident
 // memory, artifact size and bits per weight. The same run measures the
@@ -67,6 +67,8 @@ ABSL_FLAG(std::string, weights, "fp32,int4_clip_sym,int4_asym,int8_sym,nf4",
 ABSL_FLAG(std::string, computes, "fp32,bf16,int8", "compute dtypes of quantized rows");
 ABSL_FLAG(std::string, lm_head, "fp32,quantized",
           "lm_head variants: fp32 (the default llm_int8_skip_modules) and/or quantized");
+ABSL_FLAG(std::string, kv_caches, "fp32",
+          "KV cache dtypes (fp32, bf16): every row is measured with each");
 ABSL_FLAG(std::string, prompts, "128,512", "prefill prompt lengths");
 ABSL_FLAG(std::string, batches, "1,4,16", "decode batch sizes");
 ABSL_FLAG(int, decode_prompt, 16, "prompt tokens of each decoding sequence");
@@ -99,23 +101,25 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// llama.cpp's tok/s on a model of the tinyllama-1.1b shape, per format
-// ("Q4_0", "Q8_0", "F32") and metric ("pp128", "pp512", "decode_b1",
-// "decode_b4", "decode_b16"): measured by bench/llamacpp/run when its JSON
-// is there, else the figures the issue quotes from another machine (decode
-// b1 and pp128 only). Ratios are for tinyllama-1.1b rows, and only against
-// figures from this machine's CPU unless --allow_foreign_reference.
+// llama.cpp's tok/s per synthetic shape, format ("Q4_0", "Q8_0", "F32")
+// and metric ("pp128", "pp512", "decode_b1", "decode_b4", "decode_b16"):
+// measured by bench/llamacpp/run when its JSON is there, else the figures
+// the issue quotes from another machine (tinyllama-1.1b, decode b1 and pp128
+// only). Ratios only against figures from this machine's CPU unless
+// --allow_foreign_reference.
+using FormatMetrics = std::map<std::string, std::map<std::string, double>>;
 struct LlamaCppReference {
   std::string source;
-  std::map<std::string, std::map<std::string, double>> tps;
+  std::map<std::string, FormatMetrics> tps;  // by shape
   std::string foreign;  // Why the figures are from another machine; empty: this one.
 };
 
 LlamaCppReference IssueFigures() {
   return {"the issue's figures",
-          {{"Q4_0", {{"decode_b1", 39.5}, {"pp128", 200.0}}},
-           {"Q8_0", {{"decode_b1", 29.1}, {"pp128", 99.0}}},
-           {"F32", {{"decode_b1", 9.2}, {"pp128", 70.0}}}},
+          {{"tinyllama-1.1b",
+            {{"Q4_0", {{"decode_b1", 39.5}, {"pp128", 200.0}}},
+             {"Q8_0", {{"decode_b1", 29.1}, {"pp128", 99.0}}},
+             {"F32", {{"decode_b1", 9.2}, {"pp128", 70.0}}}}}},
           "no llama.cpp JSON from this machine; the issue's figures are from another machine "
           "(67 GB/s)"};
 }
@@ -136,7 +140,8 @@ absl::StatusOr<LlamaCppReference> LoadLlamaCppReference(const std::string& path)
   std::ifstream in(path);
   if (!in) return IssueFigures();
   const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("llama_cpp") || !j["llama_cpp"].is_string()) {
+  if (j.is_discarded() || !j.is_object() || !j.contains("llama_cpp") ||
+      !j["llama_cpp"].is_string() || !j.contains("models") || !j["models"].is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(path, " is not bench/llamacpp/run's JSON"));
   }
   LlamaCppReference ref;
@@ -148,10 +153,15 @@ absl::StatusOr<LlamaCppReference> LoadLlamaCppReference(const std::string& path)
     ref.foreign = absl::StrCat(path, " was measured on \"", cpu, "\", this machine is \"", here,
                                "\"");
   }
-  for (const auto& [format, metrics] : j.items()) {
-    if (!metrics.is_object()) continue;
-    for (const auto& [metric, value] : metrics.items()) {
-      if (value.is_number() && metric != "file_bytes") ref.tps[format][metric] = value.get<double>();
+  for (const auto& [shape, formats] : j["models"].items()) {
+    if (!formats.is_object()) continue;
+    for (const auto& [format, metrics] : formats.items()) {
+      if (!metrics.is_object()) continue;
+      for (const auto& [metric, value] : metrics.items()) {
+        if (value.is_number() && metric != "file_bytes") {
+          ref.tps[shape][format][metric] = value.get<double>();
+        }
+      }
     }
   }
   return ref;
@@ -196,6 +206,7 @@ const v1::ComputeDtype kComputeProto[] = {v1::COMPUTE_FP32, v1::COMPUTE_BF16, v1
 
 struct Row {
   std::string model, weights, lm_head, compute;
+  std::string kv_cache = "fp32";
   double quantize_s = 0;
   double load_s = 0;  // LoadWeights: verify, map, pack for the compute dtype.
   int64_t artifact_bytes = 0;
@@ -237,7 +248,7 @@ int Argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, 
 
 // Options after --smoke and validation.
 struct Options {
-  std::vector<std::string> models, weights, computes, lm_heads;
+  std::vector<std::string> models, weights, computes, lm_heads, kv_caches;
   std::vector<int> prompts, batches;
   int decode_prompt, decode_tokens, iterations, threads;
   bool grpc;
@@ -250,6 +261,7 @@ Options GetOptions() {
   o.weights = Split(absl::GetFlag(FLAGS_weights));
   o.computes = Split(absl::GetFlag(FLAGS_computes));
   o.lm_heads = Split(absl::GetFlag(FLAGS_lm_head));
+  o.kv_caches = Split(absl::GetFlag(FLAGS_kv_caches));
   o.prompts = SplitInts(absl::GetFlag(FLAGS_prompts));
   o.batches = SplitInts(absl::GetFlag(FLAGS_batches));
   o.decode_prompt = absl::GetFlag(FLAGS_decode_prompt);
@@ -343,9 +355,10 @@ std::vector<int> RandomTokens(int n, int vocab, uint32_t seed) {
 }
 
 // Prefill of one prompt: seconds of the Forward that yields the first token.
-absl::StatusOr<double> TimePrefill(const LlamaModel& model, int len, int iterations) {
+absl::StatusOr<double> TimePrefill(const LlamaModel& model, int len, KvCacheDtype kv,
+                                   int iterations) {
   const LlamaConfig& c = model.config();
-  KVCache cache(c, len);
+  KVCache cache(c, len, kv);
   const std::vector<int> tokens = RandomTokens(len, c.vocab_size, 7);
   std::vector<float> logits;
   absl::Status status;
@@ -362,12 +375,12 @@ absl::StatusOr<double> TimePrefill(const LlamaModel& model, int len, int iterati
 
 // Aggregate greedy decode tok/s of `batch` sequences stepping together.
 absl::StatusOr<double> TimeDecode(const LlamaModel& model, int batch, int prompt, int steps,
-                                  int iterations) {
+                                  KvCacheDtype kv, int iterations) {
   const LlamaConfig& c = model.config();
   std::vector<std::unique_ptr<KVCache>> caches;
   std::vector<std::vector<int>> prompts;
   for (int b = 0; b < batch; ++b) {
-    caches.push_back(std::make_unique<KVCache>(c, prompt + steps));
+    caches.push_back(std::make_unique<KVCache>(c, prompt + steps, kv));
     prompts.push_back(RandomTokens(prompt, c.vocab_size, 100 + b));
   }
   std::vector<float> logits;
@@ -396,20 +409,27 @@ absl::StatusOr<double> TimeDecode(const LlamaModel& model, int batch, int prompt
   return static_cast<double>(batch) * steps / s;
 }
 
+absl::StatusOr<KvCacheDtype> FindKvCache(const std::string& name) {
+  if (name == "fp32") return KvCacheDtype::kF32;
+  if (name == "bf16") return KvCacheDtype::kBf16;
+  return absl::InvalidArgumentError(absl::StrCat("unknown KV cache dtype ", name, " (fp32, bf16)"));
+}
+
 absl::Status MeasureRow(const Options& o, const std::shared_ptr<const LlamaWeights>& weights,
                         Row* row) {
+  ASSIGN_OR_RETURN(const KvCacheDtype kv, FindKvCache(row->kv_cache));
   const LlamaModel model(weights);
   int64_t params = 0;
   CountLinearBytes(*weights, &row->bytes_per_token, &params);
   row->bits_per_weight = 8.0 * row->bytes_per_token / params;
   for (int len : o.prompts) {
-    ASSIGN_OR_RETURN(double s, TimePrefill(model, len, o.iterations));
+    ASSIGN_OR_RETURN(double s, TimePrefill(model, len, kv, o.iterations));
     row->prefill_tps[len] = len / s;
     row->ttft_ms[len] = s * 1e3;
   }
   for (int batch : o.batches) {
     ASSIGN_OR_RETURN(row->decode_tps[batch],
-                     TimeDecode(model, batch, o.decode_prompt, o.decode_tokens, o.iterations));
+                     TimeDecode(model, batch, o.decode_prompt, o.decode_tokens, kv, o.iterations));
   }
   row->rss_bytes = ResidentBytes();
   return absl::OkStatus();
@@ -532,8 +552,8 @@ std::string Num(double v, int decimals = 1) { return absl::StrFormat("%.*f", dec
 
 std::string Table(const Options& o, const std::vector<Row>& rows, double bandwidth) {
   std::string header =
-      "| model | weights | lm_head | compute | bpw | artifact MB | load ms | RSS MB |";
-  std::string rule = "|---|---|---|---|---|---|---|---|";
+      "| model | weights | lm_head | compute | KV | bpw | artifact MB | load ms | RSS MB |";
+  std::string rule = "|---|---|---|---|---|---|---|---|---|";
   for (int p : o.prompts) {
     absl::StrAppend(&header, " pp", p, " tok/s | TTFT", p, " ms |");
     rule += "---|---|";
@@ -550,7 +570,8 @@ std::string Table(const Options& o, const std::vector<Row>& rows, double bandwid
     const double roofline = bandwidth * 1e9 / r.bytes_per_token;
     const double b1 = r.decode_tps.count(1) ? r.decode_tps.at(1) : 0;
     std::string line = absl::StrCat("| ", r.model, " | ", r.weights, " | ", r.lm_head, " | ",
-                                    r.compute, " | ", Num(r.bits_per_weight, 2), " | ",
+                                    r.compute, " | ", r.kv_cache, " | ",
+                                    Num(r.bits_per_weight, 2), " | ",
                                     Num(r.artifact_bytes / 1e6, 0), " | ",
                                     Num(r.load_s * 1e3, 0), " | ",
                                     Num(r.rss_bytes / 1e6, 0), " |");
@@ -572,8 +593,8 @@ std::string Table(const Options& o, const std::vector<Row>& rows, double bandwid
 std::string ComputeTable(const Options& o, const std::vector<Row>& rows) {
   if (o.prompts.empty() || o.batches.empty() || o.batches.front() != 1) return "";
   const std::string pp = absl::StrCat("pp", o.prompts.front());
-  std::string header = "| model | weights | lm_head |";
-  std::string rule = "|---|---|---|";
+  std::string header = "| model | weights | lm_head | KV |";
+  std::string rule = "|---|---|---|---|";
   for (const std::string& c : o.computes) {
     absl::StrAppend(&header, " ", c, " ", pp, " | ", c, " b1 | ", c, " RSS MB |");
     rule += "---|---|---|";
@@ -583,14 +604,15 @@ std::string ComputeTable(const Options& o, const std::vector<Row>& rows) {
     }
   }
   std::string out = header + "\n" + rule + "\n";
-  std::map<std::tuple<std::string, std::string, std::string>, std::map<std::string, const Row*>>
+  std::map<std::tuple<std::string, std::string, std::string, std::string>,
+           std::map<std::string, const Row*>>
       by_weight;
   for (const Row& r : rows) {
-    if (r.weights != "fp32") by_weight[{r.model, r.weights, r.lm_head}][r.compute] = &r;
+    if (r.weights != "fp32") by_weight[{r.model, r.weights, r.lm_head, r.kv_cache}][r.compute] = &r;
   }
   for (const auto& [key, computes] : by_weight) {
     std::string line = absl::StrCat("| ", std::get<0>(key), " | ", std::get<1>(key), " | ",
-                                    std::get<2>(key), " |");
+                                    std::get<2>(key), " | ", std::get<3>(key), " |");
     const auto int8 = computes.find("int8");
     for (const std::string& c : o.computes) {
       const auto it = computes.find(c);
@@ -619,8 +641,8 @@ std::string ComputeTable(const Options& o, const std::vector<Row>& rows) {
 // Ours over llama.cpp's tok/s for every measured metric llama.cpp has too.
 std::string LlamaCppTable(const Options& o, const std::vector<Row>& rows,
                           const LlamaCppReference& ref) {
-  std::string header = "| model | weights | compute | llama.cpp |";
-  std::string rule = "|---|---|---|---|";
+  std::string header = "| model | weights | compute | KV | llama.cpp |";
+  std::string rule = "|---|---|---|---|---|";
   for (int p : o.prompts) {
     absl::StrAppend(&header, " pp", p, " |");
     rule += "---|";
@@ -637,10 +659,11 @@ std::string LlamaCppTable(const Options& o, const std::vector<Row>& rows,
                                  ref.foreign.empty() ? "" : absl::StrCat(", ANOTHER MACHINE: ", ref.foreign),
                                  ": ours / theirs tok/s = ratio\n\n", header, "\n", rule, "\n");
   for (const Row& r : rows) {
-    if (r.model != "tinyllama-1.1b") continue;
+    const auto shape = ref.tps.find(r.model);
+    if (shape == ref.tps.end()) continue;
     const std::string format = LlamaCppFormat(r.weights);
-    const auto it = ref.tps.find(format);
-    if (it == ref.tps.end()) continue;
+    const auto it = shape->second.find(format);
+    if (it == shape->second.end()) continue;
     auto cell = [&](const std::string& metric, double ours) {
       const auto theirs = it->second.find(metric);
       if (theirs == it->second.end()) return std::string(" - |");
@@ -648,7 +671,7 @@ std::string LlamaCppTable(const Options& o, const std::vector<Row>& rows,
                           Num(ours / theirs->second, 2), "x |");
     };
     std::string line = absl::StrCat("| ", r.model, " | ", r.weights, " | ", r.compute, " | ",
-                                    format, " |");
+                                    r.kv_cache, " | ", format, " |");
     for (int p : o.prompts) line += cell(absl::StrCat("pp", p), r.prefill_tps.at(p));
     for (int b : o.batches) line += cell(absl::StrCat("decode_b", b), r.decode_tps.at(b));
     out += line + "\n";
@@ -670,11 +693,12 @@ std::string Json(const Options& o, const std::vector<Row>& rows,
     const double roofline = bandwidth * 1e9 / r.bytes_per_token;
     row_json.push_back(absl::StrFormat(
         "    {\"model\": \"%s\", \"weights\": \"%s\", \"lm_head\": \"%s\", \"compute\": \"%s\", "
+        "\"kv_cache\": \"%s\", \"llama_cpp_format\": \"%s\", "
         "\"quantize_s\": %.2f, \"load_s\": %.3f, \"artifact_bytes\": %d, "
         "\"bits_per_weight\": %.4f, "
         "\"bytes_per_token\": %d, \"rss_bytes\": %d, \"prefill_tok_s\": %s, \"ttft_ms\": %s, "
         "\"decode_tok_s\": %s, \"roofline_tok_s\": %.2f}",
-        r.model, r.weights, r.lm_head, r.compute, r.quantize_s, r.load_s, r.artifact_bytes,
+        r.model, r.weights, r.lm_head, r.compute, r.kv_cache, LlamaCppFormat(r.weights), r.quantize_s, r.load_s, r.artifact_bytes,
         r.bits_per_weight, r.bytes_per_token, r.rss_bytes, map_json(r.prefill_tps),
         map_json(r.ttft_ms), map_json(r.decode_tps), roofline));
   }
@@ -712,6 +736,20 @@ absl::StatusOr<v1::ComputeDtype> FindCompute(const std::string& name) {
   return absl::InvalidArgumentError(absl::StrCat("unknown compute dtype ", name));
 }
 
+// The row measured with each KV cache dtype, each printed when measured.
+absl::Status MeasureRows(const Options& o, const std::shared_ptr<const LlamaWeights>& weights,
+                         const Row& row, double bandwidth, std::vector<Row>* rows) {
+  for (const std::string& kv : o.kv_caches) {
+    Row measured = row;
+    measured.kv_cache = kv;
+    RETURN_IF_ERROR(MeasureRow(o, weights, &measured));
+    rows->push_back(measured);
+    std::printf("%s", Table(o, {measured}, bandwidth).c_str());
+    std::fflush(stdout);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Run() {
   const Options o = GetOptions();
   tbb::global_control threads(tbb::global_control::max_allowed_parallelism, o.threads);
@@ -728,6 +766,7 @@ absl::Status Run() {
                    ArtifactStore::Open(absl::GetFlag(FLAGS_work_dir) + "/artifacts"));
   const std::vector<std::string> grpc_parts = absl::StrSplit(o.grpc_row, ':');
   if (grpc_parts.size() != 3) return absl::InvalidArgumentError("--grpc_row is weights:compute:lm_head");
+  for (const std::string& kv : o.kv_caches) RETURN_IF_ERROR(FindKvCache(kv).status());
   std::vector<Row> rows;
   std::vector<std::string> skipped;  // Rows not measured, and why.
   std::vector<GrpcResult> grpc;
@@ -746,10 +785,7 @@ absl::Status Run() {
         row.load_s = absl::ToDoubleSeconds(absl::Now() - start);
         row.artifact_bytes = static_cast<int64_t>(
             std::filesystem::file_size(dense_dir + "/model.safetensors"));
-        RETURN_IF_ERROR(MeasureRow(o, weights, &row));
-        rows.push_back(row);
-        std::printf("%s", Table(o, {row}, bandwidth).c_str());
-        std::fflush(stdout);
+        RETURN_IF_ERROR(MeasureRows(o, weights, row, bandwidth, &rows));
         continue;
       }
       for (const std::string& lm_head : o.lm_heads) {
@@ -788,10 +824,7 @@ absl::Status Run() {
           auto weights = store->LoadWeights(artifact_id, load);
           row.load_s = absl::ToDoubleSeconds(absl::Now() - start);
           RETURN_IF_ERROR(weights.status());
-          RETURN_IF_ERROR(MeasureRow(o, *weights, &row));
-          rows.push_back(row);
-          std::printf("%s", Table(o, {row}, bandwidth).c_str());
-          std::fflush(stdout);
+          RETURN_IF_ERROR(MeasureRows(o, *weights, row, bandwidth, &rows));
         }
       }
     }
@@ -809,7 +842,7 @@ absl::Status Run() {
       ASSIGN_OR_RETURN(std::shared_ptr<const LlamaWeights> loaded, store->LoadWeights(q.first));
       const LlamaModel model(loaded);
       ASSIGN_OR_RETURN(g.in_process_tps, TimeDecode(model, 1, o.decode_prompt, o.decode_tokens,
-                                                    o.iterations));
+                                                    KvCacheDtype::kF32, o.iterations));
     }
     std::printf("gRPC %s %s: %d tokens, TTFT %.1f ms, decode %.1f tok/s (in-process %.1f, %.2fx)\n",
                 shape.c_str(), o.grpc_row.c_str(), g.tokens, g.ttft_ms, g.decode_tps,

@@ -59,6 +59,8 @@ const Shape kShapes[] = {
      false, 0, {}},
     {"mistral-7b", Architecture::kMistral, 4096, 14336, 32, 32, 8, 32000, 32768, 1e-5f, 1e4f,
      false, 4096, {}},
+    {"qwen2.5-0.5b", Architecture::kQwen2, 896, 4864, 24, 14, 2, 151936, 32768, 1e-6f, 1e6f, true,
+     0, {}},
     {"qwen2.5-7b", Architecture::kQwen2, 3584, 18944, 28, 28, 4, 152064, 32768, 1e-6f, 1e6f,
      false, 0, {}},
 };
