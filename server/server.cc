@@ -28,20 +28,23 @@
 namespace wq {
 namespace {
 
-// Self-pipe: the handler only write()s (async-signal-safe); the main thread
-// blocks on read(). Works whatever threads gRPC or oneTBB started.
+// SIGTERM and SIGINT are blocked in every thread and taken by one thread
+// with sigwait, which then wakes the main thread through a pipe: no code runs
+// in signal context, whichever threads gRPC or oneTBB started. (A handler
+// would also never run under TSan when the kernel picks a thread blocked in
+// an uninstrumented futex: TSan defers handlers to its next interceptor.)
 int g_signal_pipe[2] = {-1, -1};
 // Past shutdown_deadline, in-flight calls are cancelled; past this much more,
 // the process exits whatever still runs.
 constexpr absl::Duration kShutdownWatchdogSlack = absl::Seconds(3);
-volatile sig_atomic_t g_signal_number = 0;
+std::atomic<int> g_signal_number{0};
 
-void OnSignal(int signo) {
-  g_signal_number = signo;
-  const int saved_errno = errno;
-  const char byte = 1;
-  [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &byte, 1);
-  errno = saved_errno;
+sigset_t ShutdownSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  return signals;
 }
 
 }  // namespace
@@ -52,17 +55,23 @@ void InstallShutdownSignalHandlers() {
     std::perror("pipe2");
     return;
   }
-  struct sigaction action = {};
-  action.sa_handler = OnSignal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  sigaction(SIGTERM, &action, nullptr);
-  sigaction(SIGINT, &action, nullptr);
+  // Threads inherit the mask: every thread started from here on blocks them.
+  const sigset_t signals = ShutdownSignals();
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::thread([signals] {
+    for (;;) {
+      int signo = 0;
+      if (sigwait(&signals, &signo) != 0) continue;
+      g_signal_number = signo;
+      const char byte = 1;
+      [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &byte, 1);
+    }
+  }).detach();
   // A client vanishing must not kill the server.
   signal(SIGPIPE, SIG_IGN);
 }
 
-bool ShutdownSignalled() { return g_signal_number != 0; }
+bool ShutdownSignalled() { return g_signal_number.load() != 0; }
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -186,7 +195,7 @@ absl::Status RunServer(const ServerOptions& options) {
   char byte;
   while (read(g_signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
   }
-  LogInfo("shutdown_started", {{"signal", static_cast<int>(g_signal_number)}});
+  LogInfo("shutdown_started", {{"signal", g_signal_number.load()}});
 
   // Health first, so load balancers stop routing here. The hook then drains
   // or ends the work in flight while the server still answers: a call that

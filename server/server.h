@@ -57,9 +57,10 @@ struct ServerOptions {
   absl::Duration shutdown_deadline = absl::Seconds(5);
 };
 
-// Installs SIGTERM/SIGINT handlers. Call first thing in main(), before any
-// thread is started, so that no signal is missed between start-up and
-// RunServer. Idempotent.
+// Takes SIGTERM/SIGINT from here on: blocks them in the calling thread (so
+// in every thread it starts later) and starts the one thread that waits for
+// them. Call first thing in main(), before any thread is started: a thread
+// started earlier would still get the default action (exit). Idempotent.
 void InstallShutdownSignalHandlers();
 // True once SIGTERM or SIGINT arrived (for work run without RunServer).
 bool ShutdownSignalled();
