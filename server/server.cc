@@ -30,9 +30,10 @@ namespace {
 
 // SIGTERM and SIGINT are blocked in every thread and taken by one thread
 // with sigwait, which then wakes the main thread through a pipe: no code runs
-// in signal context, whichever threads gRPC or oneTBB started. (A handler
-// would also never run under TSan when the kernel picks a thread blocked in
-// an uninstrumented futex: TSan defers handlers to its next interceptor.)
+// in signal context, whichever threads gRPC or oneTBB started. (Under TSan
+// a handler may never run: TSan defers it until the receiving thread enters
+// one of its interceptors, which a thread in a restarted read() or in an
+// uninstrumented futex wait does not.)
 int g_signal_pipe[2] = {-1, -1};
 // Past shutdown_deadline, in-flight calls are cancelled; past this much more,
 // the process exits whatever still runs.
