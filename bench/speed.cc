@@ -410,9 +410,12 @@ absl::StatusOr<double> TimeDecode(const LlamaModel& model, int batch, int prompt
 }
 
 absl::StatusOr<KvCacheDtype> FindKvCache(const std::string& name) {
-  if (name == "fp32") return KvCacheDtype::kF32;
-  if (name == "bf16") return KvCacheDtype::kBf16;
-  return absl::InvalidArgumentError(absl::StrCat("unknown KV cache dtype ", name, " (fp32, bf16)"));
+  const std::optional<KvCacheDtype> kv = ParseKvCacheDtype(name);
+  if (!kv) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown KV cache dtype ", name, " (fp32, bf16)"));
+  }
+  return *kv;
 }
 
 absl::Status MeasureRow(const Options& o, const std::shared_ptr<const LlamaWeights>& weights,
@@ -698,7 +701,8 @@ std::string Json(const Options& o, const std::vector<Row>& rows,
         "\"bits_per_weight\": %.4f, "
         "\"bytes_per_token\": %d, \"rss_bytes\": %d, \"prefill_tok_s\": %s, \"ttft_ms\": %s, "
         "\"decode_tok_s\": %s, \"roofline_tok_s\": %.2f}",
-        r.model, r.weights, r.lm_head, r.compute, r.kv_cache, LlamaCppFormat(r.weights), r.quantize_s, r.load_s, r.artifact_bytes,
+        r.model, r.weights, r.lm_head, r.compute, r.kv_cache, LlamaCppFormat(r.weights),
+        r.quantize_s, r.load_s, r.artifact_bytes,
         r.bits_per_weight, r.bytes_per_token, r.rss_bytes, map_json(r.prefill_tps),
         map_json(r.ttft_ms), map_json(r.decode_tps), roofline));
   }

@@ -71,7 +71,7 @@ std::string CheckFlags() {
     return "--shutdown_grace must be >= 0";
   }
   if (absl::GetFlag(FLAGS_max_context) < 0) return "--max_context must be >= 0";
-  if (const std::string kv = absl::GetFlag(FLAGS_kv_cache_dtype); kv != "fp32" && kv != "bf16") {
+  if (!wq::ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype))) {
     return "--kv_cache_dtype must be fp32 or bf16";
   }
   if (const std::string c = absl::GetFlag(FLAGS_compute_dtype);
@@ -84,7 +84,7 @@ std::string CheckFlags() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  wq::InstallShutdownSignalHandlers();
+  wq::TakeShutdownSignals();
   absl::SetProgramUsageMessage(
       "Serves wq.v1.InferenceService.\nUsage: inference_service [--listen=host:port] "
       "[--model_root=DIR] [--artifact_root=DIR] [--preload=a,b]");
@@ -104,9 +104,7 @@ int main(int argc, char** argv) {
   options.scheduler.max_running = absl::GetFlag(FLAGS_max_running);
   options.scheduler.max_queued = absl::GetFlag(FLAGS_max_queued);
   options.scheduler.max_context = absl::GetFlag(FLAGS_max_context);
-  options.scheduler.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype) == "bf16"
-                                         ? wq::KvCacheDtype::kBf16
-                                         : wq::KvCacheDtype::kF32;
+  options.scheduler.kv_cache_dtype = *wq::ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
   options.load.compute = wq::ParseComputeDtype(absl::GetFlag(FLAGS_compute_dtype));
   options.load.private_weights = absl::GetFlag(FLAGS_private_weights);
   absl::StatusOr<std::unique_ptr<wq::ModelManager>> models =

@@ -2,6 +2,7 @@
 // independent implementation, and its 32 greedy tokens.
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "common/model/llama.h"
@@ -194,6 +195,13 @@ TEST_F(LlamaGoldenTest, Bf16KvCacheStaysCloseToFp32) {
   }
   std::printf("max |logit(bf16 KV) - logit(fp32 KV)|: %.2e (max |logit| %.1f)\n", worst,
               largest);
+}
+
+TEST(KvCacheDtypeTest, ParsesTheFlagNames) {
+  EXPECT_EQ(ParseKvCacheDtype("fp32"), KvCacheDtype::kF32);
+  EXPECT_EQ(ParseKvCacheDtype("bf16"), KvCacheDtype::kBf16);
+  EXPECT_EQ(ParseKvCacheDtype("fp16"), std::nullopt);
+  EXPECT_EQ(ParseKvCacheDtype(""), std::nullopt);
 }
 
 TEST_F(LlamaGoldenTest, RejectsBadTokensAndPositions) {

@@ -258,6 +258,12 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
   return weights;
 }
 
+std::optional<KvCacheDtype> ParseKvCacheDtype(std::string_view name) {
+  if (name == "fp32") return KvCacheDtype::kF32;
+  if (name == "bf16") return KvCacheDtype::kBf16;
+  return std::nullopt;
+}
+
 KVCache::KVCache(const LlamaConfig& config, int max_positions, KvCacheDtype dtype)
     : dtype_(dtype),
       kv_heads_(config.num_key_value_heads),

@@ -20,6 +20,7 @@
 #include <map>
 #include <set>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -161,6 +162,8 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlamaModelDir(
 // Element type of the KV cache: bf16 halves its memory (and the bytes
 // attention reads) at ~3 significant digits per stored key and value.
 enum class KvCacheDtype { kF32, kBf16 };
+// "fp32" or "bf16" (the inference service's --kv_cache_dtype); nullopt otherwise.
+std::optional<KvCacheDtype> ParseKvCacheDtype(std::string_view name);
 
 // Keys and values of one sequence: [layer][kv_head][slot][head_dim],
 // allocated up front. Keys are stored after RoPE at their absolute position,
