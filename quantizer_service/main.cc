@@ -78,7 +78,7 @@ absl::StatusOr<wq::v1::SubmitJobRequest> OneShotFromFlags() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  wq::InstallShutdownSignalHandlers();
+  wq::TakeShutdownSignals();
   absl::SetProgramUsageMessage(
       "Serves wq.v1.QuantizerService.\nUsage: quantizer_service [--listen=host:port] "
       "[--model_root=DIR] [--artifact_root=DIR] [--workers=N]\n"

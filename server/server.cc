@@ -50,7 +50,7 @@ sigset_t ShutdownSignals() {
 
 }  // namespace
 
-void InstallShutdownSignalHandlers() {
+void TakeShutdownSignals() {
   if (g_signal_pipe[0] >= 0) return;
   if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) {
     std::perror("pipe2");
@@ -97,7 +97,7 @@ int ServeUntilShutdown(const ServerOptions& options, nlohmann::json start_fields
 }
 
 absl::Status RunServer(const ServerOptions& options) {
-  InstallShutdownSignalHandlers();
+  TakeShutdownSignals();
   absl::StatusOr<ServerSecurity> security =
       PrepareServerSecurity(options.security, options.listen, options.http_listen);
   if (!security.ok()) return security.status();

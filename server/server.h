@@ -61,7 +61,7 @@ struct ServerOptions {
 // in every thread it starts later) and starts the one thread that waits for
 // them. Call first thing in main(), before any thread is started: a thread
 // started earlier would still get the default action (exit). Idempotent.
-void InstallShutdownSignalHandlers();
+void TakeShutdownSignals();
 // True once SIGTERM or SIGINT arrived (for work run without RunServer).
 bool ShutdownSignalled();
 
