@@ -21,6 +21,14 @@ def ours(row, metric):
     return row["decode_tok_s"].get(metric.split("_b")[1])
 
 
+def row_key(row):
+    return (row["model"], row["weights"], row["lm_head"], row["compute"], row["kv_cache"])
+
+
+def without_compute(key):
+    return key[:3] + key[4:]
+
+
 def spread(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -48,7 +56,7 @@ def main(out_dir):
                     theirs_by_format.setdefault((shape, fmt), {}).setdefault(m, []).append(metrics.get(m))
         int8 = {}
         for row in speed["rows"]:
-            key = (row["model"], row["weights"], row["lm_head"], row["compute"], row["kv_cache"])
+            key = row_key(row)
             for m in METRICS:
                 ours_by_row.setdefault(key, {}).setdefault(m, []).append(ours(row, m))
                 theirs = ref["models"].get(row["model"], {}).get(row["llama_cpp_format"], {}).get(m)
@@ -56,10 +64,10 @@ def main(out_dir):
                 if theirs and mine:
                     ratios.setdefault(key + (row["llama_cpp_format"],), {}).setdefault(m, []).append(mine / theirs)
             if row["compute"] == "int8":
-                int8[key[:3] + key[4:]] = ours(row, "decode_b1")
+                int8[without_compute(key)] = ours(row, "decode_b1")
         for row in speed["rows"]:
-            key = (row["model"], row["weights"], row["lm_head"], row["compute"], row["kv_cache"])
-            base = int8.get(key[:3] + key[4:])
+            key = row_key(row)
+            base = int8.get(without_compute(key))
             if row["compute"] != "int8" and base and ours(row, "decode_b1"):
                 float_over_int8.setdefault(key, []).append(ours(row, "decode_b1") / base)
 
