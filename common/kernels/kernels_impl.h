@@ -162,6 +162,7 @@ struct TileYmm {
   using F = __m256;
   static constexpr int kTiles = 1;
   static constexpr int kNt = Q::kNt;
+  static constexpr int kBf16Nt = Q::kNt;
   static I Codes(const uint8_t* p, int64_t) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   }
@@ -251,6 +252,10 @@ struct TilePairZmm {
   using F = __m512;
   static constexpr int kTiles = 2;
   static constexpr int kNt = 8;
+  // x rows per FloatTile with bf16 dots: vdpbf16ps has 6 cycles of latency
+  // at 2 per cycle (Zen 5), so 12 accumulators keep it busy; 8 left a
+  // third of its throughput unused (bench/results/speed_families.md).
+  static constexpr int kBf16Nt = 12;
   static I Codes(const uint8_t* p, int64_t tile_stride) {
     return _mm512_inserti64x4(
         _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))),
@@ -537,7 +542,7 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
   const float* x[T];
   [[maybe_unused]] const uint16_t* xb[T];
   const float* xs[T];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int t = 0; t < T; ++t) {
     x[t] = a.xf + (i0 + t) * cols;
     // x as bf16 bits exists only for bf16 compute.
@@ -550,7 +555,7 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
   const bool offsets = a.asym || from_codes != 0.0f;
   const F level0 = W::Splat(from_codes);
   F acc[T];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int t = 0; t < T; ++t) acc[t] = W::ZeroF();
   const uint8_t* rec = p.tile(tile);
   const int64_t stride = p.tile_stride;
@@ -565,7 +570,7 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
       }
     }
     F gsum[T][kChains];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int t = 0; t < T; ++t)
 #pragma GCC unroll 4
       for (int h = 0; h < kChains; ++h) gsum[t][h] = W::ZeroF();
@@ -576,7 +581,7 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
       // Step s feeds chain s % kChains.
       if constexpr (kBf16Dot) {
         unpack.Block(codes, stride, [&](int s, I pairs, int col) {
-#pragma GCC unroll 8
+#pragma GCC unroll 16
           for (int t = 0; t < T; ++t) {
             auto& sum = gsum[t][s % kChains];
             sum = W::DotBf16(sum, pairs, xb[t] + k0 + col);
@@ -584,7 +589,7 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
         });
       } else {
         unpack.Block(codes, stride, [&](int s, F levels, int col) {
-#pragma GCC unroll 8
+#pragma GCC unroll 16
           for (int t = 0; t < T; ++t) {
             auto& sum = gsum[t][s % kChains];
             sum = W::Fma(levels, W::Splat(x[t][k0 + col]), sum);
@@ -593,7 +598,7 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
       }
     }
     const F s = GroupScales<W>(rec + p.scales_offset, stride, p.scale_bytes);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int t = 0; t < T; ++t) {
 #pragma GCC unroll 4
       for (int h = 1; h < kChains; ++h) gsum[t][0] = W::Add(gsum[t][0], gsum[t][h]);
@@ -605,20 +610,21 @@ void FloatTile(const QuantArgs& a, int64_t tile, int64_t i0) {
                                       level0)
                            : level0;
       const F soff = W::Mul(s, off);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
       for (int t = 0; t < T; ++t) acc[t] = W::Fma(soff, W::Splat(xs[t][g]), acc[t]);
     }
   }
   const int64_t r = tile * kTileRows;
   const int64_t count = std::min<int64_t>(W::kTiles * kTileRows, a.w->rows - r);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int t = 0; t < T; ++t) W::Store(a.y + (i0 + t) * a.w->rows + r, acc[t], count);
 }
 
-// Tiles [first, first + W::kTiles) times all rows of x, W::kNt at a time.
+// Tiles [first, first + W::kTiles) times all rows of x, W::kNt (bf16
+// dots: W::kBf16Nt) at a time.
 template <class W, class Code, bool kBf16Dot>
 void FloatTiles(const QuantArgs& a, int64_t first) {
-  ForXChunks<W::kNt>(a, [&](auto rows, auto one_block, int64_t i) {
+  ForXChunks<kBf16Dot ? W::kBf16Nt : W::kNt>(a, [&](auto rows, auto one_block, int64_t i) {
     FloatTile<W, Code, kBf16Dot, decltype(rows)::value, decltype(one_block)::value>(a, first, i);
   });
 }
