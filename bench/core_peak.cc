@@ -100,6 +100,73 @@ const Instruction kInstructions[] = {
     {"vpermps zmm", "", 0, PermFloatsThroughput, PermFloatsLatency},
 };
 
+// One 128-weight chunk of each compute dtype's GEMV inner loop (4-bit codes
+// of a tile pair: 16 W rows x 8 columns, one x row), as FloatTile and
+// Int8Tile in common/kernels/kernels_impl.h issue it: the codes' load and
+// insert, the decode, and the products with broadcast activations. Two
+// chunks per iteration on separate accumulators (zmm0-7, zmm10-17), so the
+// accumulators' latency does not bound it, as across groups in the kernels.
+#define WQ_LOAD_CODES "vmovdqu64 (%1), %%zmm20\n\tvinserti64x4 $1, 32(%1), %%zmm20, %%zmm20\n\t"
+// fp32: the level of each column's nibble by vpermps (table zmm30), FMA.
+#define WQ_F32_COL(shift, off, acc)                              \
+  "vpsrld $" #shift ", %%zmm20, %%zmm21\n\t"                    \
+  "vpermps %%zmm30, %%zmm21, %%zmm21\n\t"                        \
+  "vfmadd231ps " #off "(%2)%{1to16%}, %%zmm21, %%zmm" #acc "\n\t"
+#define WQ_F32_CHUNK(a)                                                                   \
+  WQ_LOAD_CODES "vpermps %%zmm30, %%zmm20, %%zmm21\n\t"                                   \
+                "vfmadd231ps (%2)%{1to16%}, %%zmm21, %%zmm" #a "0\n\t" WQ_F32_COL(4, 4, a##1) \
+                    WQ_F32_COL(8, 8, a##2) WQ_F32_COL(12, 12, a##3) WQ_F32_COL(16, 16, a##4)  \
+                        WQ_F32_COL(20, 20, a##5) WQ_F32_COL(24, 24, a##6) WQ_F32_COL(28, 28, a##7)
+// bf16: bytes reordered (vpshufb, pattern zmm31), 4 word shifts, vpermw
+// levels (zmm30), vdpbf16ps with the activation pair.
+#define WQ_BF16_PAIR(shift, off, acc)                            \
+  "vpsrlw $" #shift ", %%zmm20, %%zmm21\n\t"                    \
+  "vpermw %%zmm30, %%zmm21, %%zmm21\n\t"                         \
+  "vdpbf16ps " #off "(%2)%{1to16%}, %%zmm21, %%zmm" #acc "\n\t"
+#define WQ_BF16_CHUNK(a)                                                                   \
+  WQ_LOAD_CODES "vpshufb %%zmm31, %%zmm20, %%zmm20\n\t"                                    \
+                "vpermw %%zmm30, %%zmm20, %%zmm21\n\t"                                     \
+                "vdpbf16ps (%2)%{1to16%}, %%zmm21, %%zmm" #a "0\n\t" WQ_BF16_PAIR(4, 4, a##1) \
+                    WQ_BF16_PAIR(8, 8, a##2) WQ_BF16_PAIR(12, 12, a##3)
+// int8: low and high nibbles (mask zmm31), vpdpbusd with 4 activation bytes.
+#define WQ_INT8_CHUNK(a)                                      \
+  WQ_LOAD_CODES "vpandd %%zmm31, %%zmm20, %%zmm21\n\t"        \
+                "vpdpbusd (%2)%{1to16%}, %%zmm21, %%zmm" #a "0\n\t" \
+                "vpsrlw $4, %%zmm20, %%zmm22\n\t"             \
+                "vpandd %%zmm31, %%zmm22, %%zmm22\n\t"        \
+                "vpdpbusd 4(%2)%{1to16%}, %%zmm22, %%zmm" #a "1\n\t"
+
+// Registers zeroed first (no NaN or denormal operands), then kIters
+// iterations of two chunks.
+#define WQ_CHUNK_LOOP(chunk_a, chunk_b)                                                      \
+  [] {                                                                                        \
+    alignas(64) static uint8_t codes[64];                                                     \
+    alignas(64) static float x[8];                                                            \
+    long n = kIters;                                                                          \
+    __asm__ volatile(                                                                         \
+        "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"                                                   \
+        "vmovdqa64 %%zmm0, %%zmm1\n\tvmovdqa64 %%zmm0, %%zmm2\n\tvmovdqa64 %%zmm0, %%zmm3\n\t" \
+        "vmovdqa64 %%zmm0, %%zmm4\n\tvmovdqa64 %%zmm0, %%zmm5\n\tvmovdqa64 %%zmm0, %%zmm6\n\t" \
+        "vmovdqa64 %%zmm0, %%zmm7\n\tvmovdqa64 %%zmm0, %%zmm8\n\tvmovdqa64 %%zmm0, %%zmm9\n\t" \
+        "vmovdqa64 %%zmm0, %%zmm10\n\tvmovdqa64 %%zmm0, %%zmm11\n\tvmovdqa64 %%zmm0, %%zmm12\n\t" \
+        "vmovdqa64 %%zmm0, %%zmm13\n\tvmovdqa64 %%zmm0, %%zmm14\n\tvmovdqa64 %%zmm0, %%zmm15\n\t" \
+        "vmovdqa64 %%zmm0, %%zmm30\n\tvmovdqa64 %%zmm0, %%zmm31\n\t"                          \
+        "1:\n\t" chunk_a chunk_b "dec %0\n\tjnz 1b\n\t"                                        \
+        : "+r"(n)                                                                             \
+        : "r"(codes), "r"(x)                                                                  \
+        : WQ_ZMM_CLOBBERS, "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm30", "xmm31", "cc", "memory");      \
+  }
+
+WQ_AVX512 void Fp32Chunks() { WQ_CHUNK_LOOP(WQ_F32_CHUNK(), WQ_F32_CHUNK(1))(); }
+WQ_AVX512 void Bf16Chunks() { WQ_CHUNK_LOOP(WQ_BF16_CHUNK(), WQ_BF16_CHUNK(1))(); }
+WQ_AVX512 void Int8Chunks() { WQ_CHUNK_LOOP(WQ_INT8_CHUNK(), WQ_INT8_CHUNK(1))(); }
+
+struct Chunk {
+  const char* compute;
+  void (*run)();  // 2 chunks per iteration
+};
+const Chunk kChunks[] = {{"fp32", Fp32Chunks}, {"bf16", Bf16Chunks}, {"int8", Int8Chunks}};
+
 double NsPerCycle() {
   return NsPerIteration([] {
            long v = 0;
@@ -116,6 +183,7 @@ double NsPerCycle() {
 struct Measured {
   double ns_per_cycle = 0;
   std::vector<double> throughput_ns, latency_ns;  // per instruction
+  std::vector<double> chunk_ns;                   // per 128-weight chunk
 };
 
 // Every measurement on every thread at once, so each core runs at the clock
@@ -127,6 +195,7 @@ Measured MeasureOnThread() {
     m.throughput_ns.push_back(NsPerIteration(ins.throughput) / 16);
     m.latency_ns.push_back(NsPerIteration(ins.latency) / 16);
   }
+  for (const Chunk& c : kChunks) m.chunk_ns.push_back(NsPerIteration(c.run) / 2);
   return m;
 }
 
@@ -174,10 +243,28 @@ absl::Status Run() {
                     {"ops_unit", ins.ops_unit},
                     {"peak_gops", ins.ops_per_instruction > 0 ? peak_g : 0.0}});
   }
+
+  // A GEMV over 4-bit weights with bf16 scales per 32 (4.5 bits a weight)
+  // is compute bound below this many GB/s.
+  constexpr double kBytesPerChunk = 128 * 4.5 / 8;
+  std::printf(
+      "\n| compute | cycles per 128 weights (4-bit GEMV, 1 x row) | ceiling GB/s of 4.5-bit weights, %d threads |\n",
+      threads);
+  std::printf("|---|---|---|\n");
+  nlohmann::json chunks = nlohmann::json::array();
+  for (size_t i = 0; i < std::size(kChunks); ++i) {
+    double cycles = 0;
+    for (const Measured& m : per_thread) cycles = std::max(cycles, m.chunk_ns[i] / m.ns_per_cycle);
+    const double gbps = kBytesPerChunk * ghz / cycles * threads;
+    std::printf("| %s | %.2f | %.0f |\n", kChunks[i].compute, cycles, gbps);
+    chunks.push_back({{"compute", kChunks[i].compute},
+                      {"cycles_per_128_weights", cycles},
+                      {"ceiling_gbps_4p5_bits", gbps}});
+  }
   const std::string path = absl::GetFlag(FLAGS_json_out);
   if (!path.empty()) {
     std::ofstream out(path);
-    out << nlohmann::json{{"threads", threads}, {"clock_ghz", ghz}, {"instructions", rows}}.dump(1)
+    out << nlohmann::json{{"threads", threads}, {"clock_ghz", ghz}, {"instructions", rows}, {"gemv_chunks", chunks}}.dump(1)
         << "\n";
     if (!out) return absl::InternalError("cannot write " + path);
   }
