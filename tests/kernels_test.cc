@@ -1,6 +1,7 @@
 // Every ISA kernel path this CPU supports against the scalar reference of the
 // same compute dtype, over all weight formats, schemes, group sizes, ragged
 // shapes and batch sizes; plus the compute dtypes' error bounds against fp32.
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -12,6 +13,7 @@
 #include "common/kernels/matmul.h"
 #include "common/formats/quant_format.h"
 #include "gtest/gtest.h"
+#include "tbb/task_arena.h"
 #include "tests/test_util.h"
 
 namespace wq {
@@ -196,6 +198,60 @@ TEST_P(KernelsTest, DenseF32MatchesReference) {
     }
   }
 }
+
+// GemmF32 on `isa` for every transpose combination, with leading dimensions
+// wider than the rows, shapes across several column blocks and a ragged last
+// one, against a float64 triple loop; and the same bits on one thread as on
+// all.
+void CheckGemmF32(Isa isa) {
+  constexpr int64_t kPad = 3;
+  for (const auto [m, n, k] : {std::array<int64_t, 3>{1, 1, 1}, {5, 300, 37},
+                               {70, 513, 129}, {33, 17, 1000}}) {
+    for (const bool trans_a : {false, true}) {
+      for (const bool trans_b : {false, true}) {
+        SCOPED_TRACE(testing::Message() << IsaName(isa) << " m " << m << " n " << n << " k "
+                                        << k << " trans_a " << trans_a << " trans_b "
+                                        << trans_b);
+        const int64_t lda = (trans_a ? m : k) + kPad, ldb = (trans_b ? k : n) + kPad;
+        const int64_t ldc = n + kPad;
+        const auto a = RandomVector((trans_a ? k : m) * lda, 1);
+        const auto b = RandomVector((trans_b ? n : k) * ldb, 2);
+        const auto a_at = [&](int64_t i, int64_t l) {
+          return trans_a ? a[l * lda + i] : a[i * lda + l];
+        };
+        const auto b_at = [&](int64_t l, int64_t j) {
+          return trans_b ? b[j * ldb + l] : b[l * ldb + j];
+        };
+        std::vector<float> got(m * ldc, -123.0f), one_thread(m * ldc, -123.0f);
+        {
+          ScopedIsaOverride forced(isa);
+          GemmF32(trans_a, trans_b, m, n, k, a.data(), lda, b.data(), ldb, got.data(), ldc);
+          tbb::task_arena(1).execute([&] {
+            GemmF32(trans_a, trans_b, m, n, k, a.data(), lda, b.data(), ldb,
+                    one_thread.data(), ldc);
+          });
+        }
+        EXPECT_EQ(got, one_thread);
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            double want = 0.0, abs = 0.0;
+            for (int64_t l = 0; l < k; ++l) {
+              const double p = double{a_at(i, l)} * b_at(l, j);
+              want += p;
+              abs += std::fabs(p);
+            }
+            ASSERT_NEAR(got[i * ldc + j], want, 1e-5 * abs + 1e-30) << i << ", " << j;
+          }
+          // The padding past column n is not written.
+          for (int64_t j = n; j < ldc; ++j) ASSERT_EQ(got[i * ldc + j], -123.0f);
+        }
+      }
+    }
+  }
+}
+
+TEST_P(KernelsTest, GemmF32MatchesReference) { CheckGemmF32(GetParam()); }
+TEST(GemmF32, ScalarReferenceMatches) { CheckGemmF32(Isa::kScalar); }
 
 // A dense 16-bit float format as the kernels take it.
 struct Dense16Format {

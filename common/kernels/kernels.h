@@ -165,6 +165,27 @@ struct Dense16Args {
 void DenseBf16RowsRef(const Dense16Args& a, int64_t r0, int64_t r1);
 void DenseF16RowsRef(const Dense16Args& a, int64_t r0, int64_t r1);
 
+// C = op(A) · op(B) in fp32, as BLAS sgemm with alpha 1 and beta 0: all
+// row-major, op(A) [m, k] (A [k, m] when trans_a), op(B) [k, n] (B [n, k]
+// when trans_b), leading dimensions in floats.
+struct GemmF32Args {
+  bool trans_a = false;
+  bool trans_b = false;
+  int64_t m = 0;
+  int64_t n = 0;
+  int64_t k = 0;
+  const float* a = nullptr;
+  int64_t lda = 0;
+  const float* b = nullptr;
+  int64_t ldb = 0;
+  float* c = nullptr;
+  int64_t ldc = 0;
+};
+
+// Columns [c0, c1) of that product by Eigen built with baseline flags
+// (kernels_gemm.h).
+void GemmF32ColsRef(const GemmF32Args& g, int64_t c0, int64_t c1);
+
 struct KernelTable {
   // y rows [r0, r1) of a quantized matmul (r0 a multiple of 2 * kTileRows,
   // matmul.cc's row blocks); nullptr entries fall back to the scalar
@@ -181,6 +202,8 @@ struct KernelTable {
   // Rows [r0, r1) of a dense bf16 / f16 product (kernels_dense16.h).
   void (*dense_bf16_rows)(const Dense16Args& a, int64_t r0, int64_t r1);
   void (*dense_f16_rows)(const Dense16Args& a, int64_t r0, int64_t r1);
+  // Columns [c0, c1) of a dense fp32 GEMM by Eigen built for the ISA.
+  void (*gemm_f32_cols)(const GemmF32Args& g, int64_t c0, int64_t c1);
 };
 
 // One per row of KERNEL_ISAS, each defined by a unit compiled for its ISA

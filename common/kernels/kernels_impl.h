@@ -22,6 +22,7 @@
 
 #include "common/kernels/code_traits.h"
 #include "common/kernels/kernels.h"
+#include "common/kernels/kernels_gemm.h"
 
 namespace wq {
 namespace kernels {
@@ -711,6 +712,7 @@ constexpr KernelTable MakeTable() {
   t.quant_rows[static_cast<int>(ComputeDtype::kInt8)] = &Int8ByFormat<Q>;
   t.f32_rows = &F32Rows<V>;
   t.quantize_blocks = &QuantizeBlocksSimd;
+  t.gemm_f32_cols = &GemmF32ColsEigen;
   return t;
 }
 

@@ -10,6 +10,7 @@
 #include "common/io/parallel.h"
 #include "common/kernels/code_traits.h"
 #include "common/kernels/kernels.h"
+#include "common/kernels/kernels_gemm.h"
 #include "tbb/blocked_range.h"
 
 namespace wq {
@@ -493,6 +494,10 @@ void DenseBf16RowsRef(const Dense16Args& a, int64_t r0, int64_t r1) {
 
 void DenseF16RowsRef(const Dense16Args& a, int64_t r0, int64_t r1) {
   Dense16RowsRef<F16ToFloat>(a, r0, r1);
+}
+
+void GemmF32ColsRef(const GemmF32Args& g, int64_t c0, int64_t c1) {
+  GemmF32ColsEigen(g, c0, c1);
 }
 
 }  // namespace kernels

@@ -26,6 +26,10 @@ using kernels::QuantArgs;
 constexpr int64_t kRefRowBlock = 64;
 // SIMD kernels work on tiles of this many rows, the widest on pairs.
 constexpr int64_t kSimdRowBlock = 2 * kernels::kTileRows;
+// GemmF32: columns of C per Eigen product. Each product packs all of
+// op(A), so wider blocks pack it less often; 256 still splits a 2048-wide
+// output into 8 blocks to share among the threads.
+constexpr int64_t kGemmColBlock = 256;
 // Up to this many x rows a product streams W about once (memory bound).
 constexpr int64_t kStaticPartitionMaxN = 4;
 
@@ -118,6 +122,21 @@ void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
   ParallelRows({rows}, n, [&](size_t, int64_t r0, int64_t r1) {
     table->f32_rows(w, rows, cols, x, n, y, r0, r1);
   });
+}
+
+void GemmF32(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
+             int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  const KernelTable* table = ActiveTable();
+  const auto cols_fn = table != nullptr ? table->gemm_f32_cols : &kernels::GemmF32ColsRef;
+  const kernels::GemmF32Args g{trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc};
+  // Blocks of whole kGemmColBlock columns: their bounds depend on n only.
+  const int64_t blocks = (n + kGemmColBlock - 1) / kGemmColBlock;
+  ParallelFor(tbb::blocked_range<int64_t>(0, blocks, 1),
+              [&](const tbb::blocked_range<int64_t>& range) {
+                for (int64_t b = range.begin(); b < range.end(); ++b) {
+                  cols_fn(g, b * kGemmColBlock, std::min(n, (b + 1) * kGemmColBlock));
+                }
+              });
 }
 
 void MatMulBf16(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t n,

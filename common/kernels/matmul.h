@@ -26,6 +26,15 @@ using PackedWeights = kernels::PackedInt8Weights;
 void MatMulF32(const float* w, int64_t rows, int64_t cols, const float* x,
                int64_t n, float* y);
 
+// C = op(A) · op(B) in fp32, as BLAS sgemm with alpha 1 and beta 0: all
+// row-major, op(A) [m, k] (A stored [k, m] when trans_a), op(B) [k, n] (B
+// stored [n, k] when trans_b), leading dimensions in floats. Eigen built for
+// this CPU's kernel ISA, split over the caller's arena in column blocks of a
+// fixed width, so the result does not depend on the thread count. For the
+// calibration algorithms' dense products (TEQ's training).
+void GemmF32(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
+             int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc);
+
 // Same with a dense bfloat16 W (bits, [rows, cols] row-major), as an
 // unquantized bf16 checkpoint stores it: x is rounded to bf16 (nearest even)
 // and the exact products are summed in fp32 — with vdpbf16ps where the CPU
