@@ -7,6 +7,7 @@
 #include "Eigen/Core"
 #include "absl/strings/str_format.h"
 #include "common/io/parallel.h"
+#include "common/kernels/matmul.h"
 #include "common/quant/block_transform.h"
 #include "common/quant/awq.h"
 #include "common/model/llama.h"
@@ -56,6 +57,20 @@ void AddScaleGradient(const RowMatrix& v, const RowMatrix& q, const QuantSpec& s
       if (vmin < 0) (*g)(r, lo) -= d;
     }
   }
+}
+
+// op(a) · op(b) by GemmF32: Eigen built for the CPU's kernel ISA, where this
+// unit's own (baseline) Eigen would run SSE2 without FMA. a and b are
+// row-major matrices, maps or blocks of them.
+template <class A, class B>
+RowMatrix Product(const A& a, bool trans_a, const B& b, bool trans_b) {
+  const int64_t m = trans_a ? a.cols() : a.rows();
+  const int64_t k = trans_a ? a.rows() : a.cols();
+  const int64_t n = trans_b ? b.rows() : b.cols();
+  RowMatrix c(m, n);
+  GemmF32(trans_a, trans_b, m, n, k, a.data(), a.outerStride(), b.data(), b.outerStride(),
+          c.data(), n);
+  return c;
 }
 
 // Whether the group is trained on the MLP output (gate/up) rather than on
@@ -109,8 +124,8 @@ class GroupObjective {
         return;
       }
       q[i] = ConstRowMap(qd->data(), w_.rows[l], cols);
-      y[i] = u * q[i].transpose();
-      ref[i] = x * weight.transpose();
+      y[i] = Product(u, false, q[i], true);
+      ref[i] = Product(x, false, weight, true);
     });
     for (const absl::Status& s : statuses) RETURN_IF_ERROR(s);
     const double tokens = static_cast<double>(x.rows());
@@ -123,10 +138,11 @@ class GroupObjective {
       const RowMatrix h = sg.cwiseProduct(y[1]);
       const RowMatrix h_ref =
           ref[0].unaryExpr([](float v) { return Silu(v); }).cwiseProduct(ref[1]);
-      const RowMatrix r = (h - h_ref) * down.transpose();
+      const RowMatrix r = Product(RowMatrix(h - h_ref), false, down, true);
       loss = r.cast<double>().squaredNorm() / tokens;
       if (grad != nullptr) {
-        const RowMatrix dh = (r * static_cast<float>(2.0 / tokens)) * down;
+        const RowMatrix dh =
+            Product(RowMatrix(r * static_cast<float>(2.0 / tokens)), false, down, false);
         // silu'(g) = s(g)·(1 + g·(1 - s(g))), s the logistic function.
         const RowMatrix dsilu = y[0].unaryExpr([](float g) {
           const float s = 1.0f / (1.0f + std::exp(-g));
@@ -141,10 +157,11 @@ class GroupObjective {
       CausalAttention::Saved saved;
       const RowMatrix att = attention_.Forward(y[0], y[1], y[2], grad ? &saved : nullptr);
       const RowMatrix att_ref = attention_.Forward(ref[0], ref[1], ref[2], nullptr);
-      const RowMatrix r = (att - att_ref) * o.transpose();
+      const RowMatrix r = Product(RowMatrix(att - att_ref), false, o, true);
       loss = r.cast<double>().squaredNorm() / tokens;
       if (grad != nullptr) {
-        const RowMatrix datt = (r * static_cast<float>(2.0 / tokens)) * o;
+        const RowMatrix datt =
+            Product(RowMatrix(r * static_cast<float>(2.0 / tokens)), false, o, false);
         attention_.Backward(y[2], saved, datt, &dy[0], &dy[1], &dy[2]);
       }
     } else {
@@ -159,10 +176,10 @@ class GroupObjective {
       ParallelFor(size_t{0}, n, [&](size_t i) {
         const LinearRole l = group_.layers[i];
         const ConstRowMap weight(w_.linear[l].data(), w_.rows[l], cols);
-        RowMatrix dq = dy[i].transpose() * u;
+        RowMatrix dq = Product(dy[i], true, u, false);
         AddScaleGradient(scaled[i], q[i], options_.spec, &dq);
         const RowMatrix through_w = dq.cwiseProduct(weight);
-        const RowMatrix through_x = (dy[i] * q[i]).cwiseProduct(x);
+        const RowMatrix through_x = Product(dy[i], false, q[i], false).cwiseProduct(x);
         grads[i] = through_w.colwise().sum().transpose() -
                    through_x.colwise().sum().transpose().cwiseQuotient(alpha.cwiseAbs2());
       });
@@ -225,7 +242,7 @@ std::vector<double> LocalLossWeights(const ScalingGroup& group, const BlockWeigh
     const ConstRowMap weight(w.linear[l].data(), w.rows[l], batches.cols());
     double energy = 0;
     for (int b = 0; b < batches.count(); ++b) {
-      energy += (batches.Get(b) * weight.transpose()).cast<double>().squaredNorm();
+      energy += Product(batches.Get(b), false, weight, true).cast<double>().squaredNorm();
     }
     energy /= static_cast<double>(batches.seqs()) * batches.len();
     weights[i] = energy > 0 ? 1.0 / energy : 1.0;
@@ -405,15 +422,15 @@ CausalAttention::Matrix CausalAttention::Forward(const Matrix& yq, const Matrix&
     Matrix p;
     for (int h = 0; h < heads_; ++h) {
       const int g = h / group;
-      p.noalias() =
-          (q.block(r0, h * d_, len_, d_) * k.block(r0, g * d_, len_, d_).transpose()) * scale_;
+      p = Product(q.block(r0, h * d_, len_, d_), false, k.block(r0, g * d_, len_, d_), true) *
+          scale_;
       for (int i = 0; i < len_; ++i) {
         const float m = p.row(i).head(i + 1).maxCoeff();
         p.row(i).head(i + 1) = (p.row(i).head(i + 1).array() - m).exp();
         p.row(i).head(i + 1) /= p.row(i).head(i + 1).sum();
         p.row(i).tail(len_ - i - 1).setZero();
       }
-      att.block(r0, h * d_, len_, d_).noalias() = p * yv.block(r0, g * d_, len_, d_);
+      att.block(r0, h * d_, len_, d_) = Product(p, false, yv.block(r0, g * d_, len_, d_), false);
       if (saved != nullptr) saved->probs[static_cast<size_t>(s) * heads_ + h] = p;
     }
   });
@@ -439,14 +456,13 @@ void CausalAttention::Backward(const Matrix& yv, const Saved& saved, const Matri
       const int g = h / group;
       const Matrix& p = saved.probs[static_cast<size_t>(s) * heads_ + h];
       const auto d_out = datt.block(r0, h * d_, len_, d_);
-      dp.noalias() = d_out * yv.block(r0, g * d_, len_, d_).transpose();
-      dv->block(r0, g * d_, len_, d_).noalias() += p.transpose() * d_out;
+      dp = Product(d_out, false, yv.block(r0, g * d_, len_, d_), true);
+      dv->block(r0, g * d_, len_, d_) += Product(p, true, d_out, false);
       // Softmax: dS_ij = P_ij (dP_ij - sum_k dP_ik P_ik); masked P_ij = 0.
       const Eigen::VectorXf rowdot = dp.cwiseProduct(p).rowwise().sum();
       ds = p.cwiseProduct(dp - rowdot.replicate(1, len_)) * scale_;
-      dq->block(r0, h * d_, len_, d_).noalias() = ds * saved.k.block(r0, g * d_, len_, d_);
-      dk->block(r0, g * d_, len_, d_).noalias() +=
-          ds.transpose() * saved.q.block(r0, h * d_, len_, d_);
+      dq->block(r0, h * d_, len_, d_) = Product(ds, false, saved.k.block(r0, g * d_, len_, d_), false);
+      dk->block(r0, g * d_, len_, d_) += Product(ds, true, saved.q.block(r0, h * d_, len_, d_), false);
     }
   });
   Rotate(dq, heads_, /*inverse=*/true);
