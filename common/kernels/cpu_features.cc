@@ -37,6 +37,7 @@ enum CpuFeature : uint32_t {
   kCpuAvx512Bf16 = 1u << 13,
   kCpuAmxTile = 1u << 14,
   kCpuAmxInt8 = 1u << 15,
+  kCpuAmxBf16 = 1u << 16,
 };
 
 // Indexed by Isa.
@@ -71,7 +72,7 @@ uint64_t Xcr0() {
 
 // Linux enables the 8 KiB tile data state per process, on request (kernel
 // 5.16+); without the permission the first tile instruction faults. Asked
-// once, and only when the amx_int8 level is asked about (the best level, or
+// once, and only when an AMX level is asked about (the best level, or
 // an override naming it): the grant makes every signal frame of the process
 // ~11 KiB larger, after which smaller sigaltstack()s fail, and the request
 // itself fails while a thread has a smaller alternate stack.
@@ -112,6 +113,7 @@ uint32_t DetectFeatures() {
       {Bit(l7s1.eax, 5), kCpuAvx512Bf16},
       {Bit(l7.edx, 24), kCpuAmxTile},
       {Bit(l7.edx, 25), kCpuAmxInt8},
+      {Bit(l7.edx, 22), kCpuAmxBf16},
   };
   uint32_t features = 0;
   for (const auto& [present, feature] : bits) {

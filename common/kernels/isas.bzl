@@ -5,9 +5,10 @@
 # the compiler flags of its kernels, the CPU features it needs (CpuFeature in
 # cpu_features.cc: cpuid bits and the register state the OS must save), and
 # either the vector and int8-dot traits (kernels_simd.h) its generic kernels
-# (kernels_isa.cc) are built from, or a kernel source of its own. Everything
-# else — the Isa enum, names, feature tests, dispatch table — iterates the
-# rows through isa_rows.inc, which common/kernels/BUILD generates from them.
+# (kernels_isa.cc) are built from, or a kernel source of its own (compiled
+# once per row that names it). Everything else — the Isa enum, names,
+# feature tests, dispatch table — iterates the rows through isa_rows.inc,
+# which common/kernels/BUILD generates from them.
 _AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
 
 _AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"] + _AVX2_FLAGS
@@ -15,6 +16,10 @@ _AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"] + _AVX2_
 _AVX2_CPU = ["OsYmm", "Avx", "Fma", "F16c", "Avx2"]
 
 _AVX512_CPU = _AVX2_CPU + ["OsZmm", "Avx512F", "Avx512Dq", "Avx512Bw", "Avx512Vl"]
+
+_AMX_FLAGS = _AVX512_FLAGS + ["-mavx512vnni", "-mavx512bf16", "-mamx-tile", "-mamx-int8"]
+
+_AMX_CPU = _AVX512_CPU + ["Avx512Vnni", "Avx512Bf16", "OsTiles", "AmxTile", "AmxInt8"]
 
 KERNEL_ISAS = [
     {
@@ -54,9 +59,15 @@ KERNEL_ISAS = [
     },
     {
         "name": "amx_int8",
-        "flags": _AVX512_FLAGS + ["-mavx512vnni", "-mavx512bf16", "-mamx-tile", "-mamx-int8"],
-        "cpu": _AVX512_CPU + ["Avx512Vnni", "Avx512Bf16", "OsTiles", "AmxTile", "AmxInt8"],
-        "source": "kernels_amx_int8.cc",
+        "flags": _AMX_FLAGS,
+        "cpu": _AMX_CPU,
+        "source": "kernels_amx.cc",
+    },
+    {
+        "name": "amx_bf16",
+        "flags": _AMX_FLAGS + ["-mamx-bf16"],
+        "cpu": _AMX_CPU + ["AmxBf16"],
+        "source": "kernels_amx.cc",
     },
 ]
 

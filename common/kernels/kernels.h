@@ -16,8 +16,8 @@
 namespace wq {
 namespace kernels {
 
-// x rows per chunk of the int8 activations' tile copies (QuantArgs
-// xd_chunks, xs_chunks, xq_tiles): the rows of one AMX activation tile.
+// x rows per chunk of the activations' tile copies (QuantArgs xd_chunks,
+// xs_chunks, xq_tiles, xb16_tiles): the rows of one AMX activation tile.
 inline constexpr int kXChunkRows = 16;
 
 // Deleter of an anonymous mapping of `bytes`.
@@ -79,15 +79,17 @@ struct QuantArgs {
   // them: int8, sum over blocks of xd * xsa; fp32 / bf16, of xf.
   const float* xs = nullptr;
   // Set for tile kernels only (PrepareCall's `tiles`), else null:
-  // xd and xs again per chunk of kXChunkRows x rows, transposed
+  // xd (int8) and xs again per chunk of kXChunkRows x rows, transposed
   // ([chunk][block or group][kXChunkRows], zero past n), so that a tile
   // kernel reads every row's value at a constant offset from one pointer;
-  // and xq as activation tiles, per chunk of kXChunkRows rows and per
-  // 32-block the chunk's rows' 32 bytes one after another (zero past n and
-  // past a short block): [chunk][blocks_per_row][kXChunkRows][kBlock].
+  // and xq (int8) or xb16 (bf16) as activation tiles, per chunk of
+  // kXChunkRows rows and per 32-block the chunk's rows' 32 values one
+  // after another (zero past n and past a short block):
+  // [chunk][blocks_per_row][kXChunkRows][kBlock].
   const float* xd_chunks = nullptr;
   const float* xs_chunks = nullptr;
   const int8_t* xq_tiles = nullptr;
+  const uint16_t* xb16_tiles = nullptr;
   // W's tiles, which every SIMD kernel reads.
   const PackedInt8Weights* packed = nullptr;
 };
@@ -103,6 +105,7 @@ struct ActivationBuffers {
   std::vector<float> xd_chunks;
   std::vector<float> xs_chunks;
   std::vector<int8_t> xq_tiles;
+  std::vector<uint16_t> xb16_tiles;
 };
 
 // Quantizes `blocks` whole 32-blocks of x to int8 (absmax / 127, round half
@@ -119,7 +122,7 @@ void DescribeCall(const QuantizedMatrixView& w, ComputeDtype compute,
 
 // Fills `a` for one MatMulQuantized call: DescribeCall, then the activations
 // prepared for a.compute (whole int8 blocks through `quantize`; with
-// `tiles`, int8 activations also as the tile kernels' copies).
+// `tiles`, int8 or bf16 activations also as the tile kernels' copies).
 void PrepareCall(const QuantizedMatrixView& w, const float* x, int64_t n,
                  float* y, ComputeDtype compute, QuantizeBlocksFn quantize, bool tiles,
                  QuantArgs* a, ActivationBuffers* buffers);
@@ -192,9 +195,9 @@ struct KernelTable {
   // reference. Each reads W from a.packed.
   void (*quant_rows[kNumComputeDtypes])(const QuantArgs& a, int64_t r0,
                                         int64_t r1);
-  // From this many x rows the kInt8 entry runs tile kernels, which read
-  // QuantArgs::xq_tiles and the other chunked copies; 0: never.
-  int64_t int8_tile_min_rows;
+  // Per compute dtype: from this many x rows its entry runs tile kernels,
+  // which read QuantArgs' chunked copies of the activations; 0: never.
+  int64_t tile_min_rows[kNumComputeDtypes];
   // y[:, r0:r1] = x · W[r0:r1]^T for dense fp32 W; nullptr: reference.
   void (*f32_rows)(const float* w, int64_t rows, int64_t cols, const float* x,
                    int64_t n, float* y, int64_t r0, int64_t r1);

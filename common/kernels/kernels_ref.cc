@@ -67,6 +67,25 @@ void QuantizeBlock(const float* x, int64_t len, int8_t* q, float* d,
 // (bench/results/kernels.md).
 constexpr int64_t kParallelPrepareRows = 8;
 
+// Row i's group sums xs and activations x (one element per column) in the
+// tile kernels' chunked copies (kernels.h QuantArgs::xs_chunks and
+// xq_tiles / xb16_tiles).
+template <class T>
+void CopyToTiles(const QuantArgs& a, int64_t i, const float* xs, const T* x, float* xs_chunks,
+                 T* x_tiles) {
+  const int64_t groups = a.w->groups_per_row;
+  const int64_t chunk = i / kXChunkRows, lane = i % kXChunkRows;
+  float* xs_chunk = xs_chunks + chunk * groups * kXChunkRows + lane;
+  for (int64_t g = 0; g < groups; ++g) xs_chunk[g * kXChunkRows] = xs[g];
+  constexpr int64_t kTileValues = kXChunkRows * kBlock;
+  T* row_tiles = x_tiles + chunk * a.blocks_per_row * kTileValues + lane * kBlock;
+  for (int64_t g = 0; g < groups; ++g) {
+    ForEachBlock(a, g, [&](int64_t b, int64_t bs, int64_t be) {
+      std::memcpy(row_tiles + b * kTileValues, x + bs, (be - bs) * sizeof(T));
+    });
+  }
+}
+
 // Row i of the int8 activations: xq, xd, xsa and xs, and with `tiles` its
 // places in the chunked copies (kernels.h QuantArgs::xd_chunks, xq_tiles).
 void PrepareInt8Row(const QuantArgs& a, QuantizeBlocksFn quantize, bool tiles, int64_t i,
@@ -104,15 +123,44 @@ void PrepareInt8Row(const QuantArgs& a, QuantizeBlocksFn quantize, bool tiles, i
   const int64_t chunk = i / kXChunkRows, lane = i % kXChunkRows;
   float* xd_chunk = p->xd_chunks.data() + chunk * bpr * kXChunkRows + lane;
   for (int64_t b = 0; b < bpr; ++b) xd_chunk[b * kXChunkRows] = xd[b];
-  float* xs_chunk = p->xs_chunks.data() + chunk * groups * kXChunkRows + lane;
-  for (int64_t g = 0; g < groups; ++g) xs_chunk[g * kXChunkRows] = xs[g];
-  constexpr int64_t kTileBytes = kXChunkRows * kBlock;
-  int8_t* row_tiles = p->xq_tiles.data() + chunk * bpr * kTileBytes + lane * kBlock;
+  CopyToTiles(a, i, xs, xq, p->xs_chunks.data(), p->xq_tiles.data());
+}
+
+// Row i of the fp32 / bf16 activations: xf, xs and for bf16 xb16, and with
+// `tiles` (bf16) its places in the chunked copies.
+void PrepareFloatRow(const QuantArgs& a, bool tiles, int64_t i, ActivationBuffers* p) {
+  const int64_t cols = a.w->cols;
+  const int64_t groups = a.w->groups_per_row;
+  const bool bf16 = a.compute == ComputeDtype::kBf16;
+  const float* x = a.x + i * cols;
+  float* xf = p->xf.data() + i * cols;
+  uint16_t* xb16 = bf16 ? p->xb16.data() + i * cols : nullptr;
+  float* xs = p->xs.data() + i * groups;
   for (int64_t g = 0; g < groups; ++g) {
-    ForEachBlock(a, g, [&](int64_t b, int64_t bs, int64_t be) {
-      std::memcpy(row_tiles + b * kTileBytes, xq + bs, be - bs);
+    float sum = 0.0f;
+    ForEachBlock(a, g, [&](int64_t, int64_t bs, int64_t be) {
+      for (int64_t k = bs; k < be; ++k) {
+        const float v = bf16 ? RoundBf16(x[k]) : x[k];
+        xf[k] = v;
+        if (bf16) xb16[k] = Bf16Bits(v);
+        sum += v;
+      }
     });
+    xs[g] = sum;
   }
+  if (tiles) CopyToTiles(a, i, xs, xb16, p->xs_chunks.data(), p->xb16_tiles.data());
+}
+
+// Runs prepare(i) for every x row, in parallel from kParallelPrepareRows.
+template <class F>
+void ForEachXRow(int64_t n, F&& prepare) {
+  if (n < kParallelPrepareRows) {
+    for (int64_t i = 0; i < n; ++i) prepare(i);
+    return;
+  }
+  ParallelFor(tbb::blocked_range<int64_t>(0, n), [&](const tbb::blocked_range<int64_t>& range) {
+    for (int64_t i = range.begin(); i < range.end(); ++i) prepare(i);
+  });
 }
 
 void PrepareActivations(QuantizeBlocksFn quantize, bool tiles, QuantArgs* a,
@@ -120,48 +168,26 @@ void PrepareActivations(QuantizeBlocksFn quantize, bool tiles, QuantArgs* a,
   const int64_t cols = a->w->cols;
   const int64_t groups = a->w->groups_per_row;
   const int64_t n = a->n;
+  // Tile copies exist for int8 and bf16; zero past n, as the tile kernels
+  // read whole chunks.
+  tiles = tiles && a->compute != ComputeDtype::kFp32;
+  const int64_t chunk_rows = (n + kXChunkRows - 1) / kXChunkRows * kXChunkRows;
+  if (tiles) p->xs_chunks.assign(chunk_rows * groups, 0.0f);
+  p->xs.resize(n * groups);
   if (a->compute == ComputeDtype::kInt8) {
     p->xq.resize(n * cols);
     p->xd.resize(n * a->blocks_per_row);
     p->xsa.resize(n * a->blocks_per_row);
-    p->xs.resize(n * groups);
     if (tiles) {
-      // Zero past n: the tile kernels read whole chunks.
-      const int64_t rows = (n + kXChunkRows - 1) / kXChunkRows * kXChunkRows;
-      p->xd_chunks.assign(rows * a->blocks_per_row, 0.0f);
-      p->xs_chunks.assign(rows * groups, 0.0f);
-      p->xq_tiles.assign(rows * a->blocks_per_row * kBlock, 0);
+      p->xd_chunks.assign(chunk_rows * a->blocks_per_row, 0.0f);
+      p->xq_tiles.assign(chunk_rows * a->blocks_per_row * kBlock, 0);
     }
-    if (n >= kParallelPrepareRows) {
-      ParallelFor(tbb::blocked_range<int64_t>(0, n),
-                  [&](const tbb::blocked_range<int64_t>& range) {
-                    for (int64_t i = range.begin(); i < range.end(); ++i) {
-                      PrepareInt8Row(*a, quantize, tiles, i, p);
-                    }
-                  });
-    } else {
-      for (int64_t i = 0; i < n; ++i) PrepareInt8Row(*a, quantize, tiles, i, p);
-    }
+    ForEachXRow(n, [&](int64_t i) { PrepareInt8Row(*a, quantize, tiles, i, p); });
   } else {
     p->xf.resize(n * cols);
-    p->xs.resize(n * groups);
     if (a->compute == ComputeDtype::kBf16) p->xb16.resize(n * cols);
-    for (int64_t i = 0; i < n; ++i) {
-      const float* x = a->x + i * cols;
-      for (int64_t g = 0; g < groups; ++g) {
-        float sum = 0.0f;
-        ForEachBlock(*a, g, [&](int64_t, int64_t bs, int64_t be) {
-          for (int64_t k = bs; k < be; ++k) {
-            const bool bf16 = a->compute == ComputeDtype::kBf16;
-            const float v = bf16 ? RoundBf16(x[k]) : x[k];
-            p->xf[i * cols + k] = v;
-            if (bf16) p->xb16[i * cols + k] = Bf16Bits(v);
-            sum += v;
-          }
-        });
-        p->xs[i * groups + g] = sum;
-      }
-    }
+    if (tiles) p->xb16_tiles.assign(chunk_rows * a->blocks_per_row * kBlock, 0);
+    ForEachXRow(n, [&](int64_t i) { PrepareFloatRow(*a, tiles, i, p); });
   }
   a->xf = p->xf.data();
   a->xb16 = p->xb16.data();
@@ -169,10 +195,11 @@ void PrepareActivations(QuantizeBlocksFn quantize, bool tiles, QuantArgs* a,
   a->xd = p->xd.data();
   a->xsa = p->xsa.data();
   a->xs = p->xs.data();
-  const bool int8_tiles = tiles && a->compute == ComputeDtype::kInt8;
-  a->xd_chunks = int8_tiles ? p->xd_chunks.data() : nullptr;
-  a->xs_chunks = int8_tiles ? p->xs_chunks.data() : nullptr;
-  a->xq_tiles = int8_tiles ? p->xq_tiles.data() : nullptr;
+  const bool int8 = a->compute == ComputeDtype::kInt8;
+  a->xs_chunks = tiles ? p->xs_chunks.data() : nullptr;
+  a->xd_chunks = tiles && int8 ? p->xd_chunks.data() : nullptr;
+  a->xq_tiles = tiles && int8 ? p->xq_tiles.data() : nullptr;
+  a->xb16_tiles = tiles && !int8 ? p->xb16_tiles.data() : nullptr;
 }
 
 // Fills the per-format facts of `a` from the QuantFormat row; returns false

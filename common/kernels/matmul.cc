@@ -275,8 +275,9 @@ void MatMulQuantizedIsolated(absl::Span<const QuantizedProduct> products, const 
   QuantArgs prepared;
   // Reused across calls: decode runs hundreds of these per token.
   thread_local kernels::ActivationBuffers buffers;
-  const bool tiles = table != nullptr && table->int8_tile_min_rows > 0 &&
-                     n >= table->int8_tile_min_rows;
+  const int64_t tile_min_rows =
+      table != nullptr ? table->tile_min_rows[static_cast<int>(compute)] : 0;
+  const bool tiles = tile_min_rows > 0 && n >= tile_min_rows;
   kernels::PrepareCall(*first.w, x, n, first.y, compute,
                        table != nullptr ? table->quantize_blocks
                                         : &kernels::QuantizeBlocksRef,
