@@ -212,6 +212,45 @@ __attribute__((always_inline)) inline void DoubleBuffered(int64_t u0, int64_t u1
   if (u < u1) finish(Set0(), u);
 }
 
+// Expands groups [g0, g1) of the pair at `tile` into out.tiles (from its
+// start): expand(codes, next, to) writes one 32-block's weight tile (codes
+// of the first tile, `next` bytes on to the second's); the group's scales go
+// to out.scales and, with `offsets`, scale * offset(record, next) to
+// out.offsets (at their group).
+template <class Expand, class Offset>
+__attribute__((always_inline)) inline void ExpandGroups(const QuantArgs& a, int64_t tile, int64_t g0,
+                                                        int64_t g1, int64_t block_tile_bytes,
+                                                        bool offsets, const PairBuffers& out,
+                                                        Expand&& expand, Offset&& offset) {
+  using W = TilePairZmm;
+  const PackedInt8Weights& p = *a.packed;
+  const int64_t next = SecondTileOffset(p, tile);
+  const uint8_t* rec = p.tile(tile) + g0 * p.group_stride;
+  uint8_t* tiles = out.tiles;
+  for (int64_t g = g0; g < g1; ++g, rec += p.group_stride) {
+    PrefetchAhead(p, rec, next);
+    for (int64_t b = 0; b < a.blocks_per_group; ++b, tiles += block_tile_bytes) {
+      expand(rec + b * p.block_bytes, next, tiles);
+    }
+    const __m512 s = GroupScales<W>(rec + p.scales_offset, next, p.scale_bytes);
+    _mm512_store_ps(out.scales + g * kPairRows, s);
+    if (offsets) _mm512_store_ps(out.offsets + g * kPairRows, W::Mul(s, offset(rec, next)));
+  }
+}
+
+// The T x rows' accumulators of a chunk: zero when `first`, else as stored.
+template <int T>
+__attribute__((always_inline)) inline void LoadAccumulators(const float* from, bool first,
+                                                            __m512 (&acc)[T]) {
+#pragma GCC unroll 16
+  for (int m = 0; m < T; ++m) acc[m] = first ? _mm512_setzero_ps() : _mm512_load_ps(from + m * kPairRows);
+}
+template <int T>
+__attribute__((always_inline)) inline void StoreAccumulators(const __m512 (&acc)[T], float* to) {
+#pragma GCC unroll 16
+  for (int m = 0; m < T; ++m) _mm512_store_ps(to + m * kPairRows, acc[m]);
+}
+
 // int8 compute: the tile unit's weight layout of a 32-block is 8 rows
 // (column quads 0..7) of 16 lanes of 4 levels. Levels as the tile unit reads
 // them: sym formats signed (level - offset, so that no offset term is left),
@@ -231,7 +270,6 @@ struct Int8TileKernel {
                          const PairBuffers& out) {
     using W = TilePairZmm;
     const PackedInt8Weights& p = *a.packed;
-    const int64_t next = SecondTileOffset(p, tile);
     const int bias = kAsym ? 0 : a.int8_off_base;
     alignas(16) uint8_t table[16];
     for (int c = 0; c < 16; ++c) table[c] = static_cast<uint8_t>(a.ulevel[c] - bias);
@@ -246,24 +284,18 @@ struct Int8TileKernel {
         return _mm512_sub_epi8(code_bytes, bias8);
       }
     };
-    const uint8_t* rec = p.tile(tile) + g0 * p.group_stride;
-    uint8_t* tiles = out.tiles;
-    for (int64_t g = g0; g < g1; ++g, rec += p.group_stride) {
-      PrefetchAhead(p, rec, next);
-      for (int64_t b = 0; b < a.blocks_per_group; ++b, tiles += kBlockTileBytes) {
-        // Tile row q holds column quad q (columns 4q .. 4q + 3).
-        unpack.Block(rec + b * p.block_bytes, next, [&](int, __m512i code_bytes, int col) {
-          Store64(tiles + kTileRowBytes * (col / 4), level(code_bytes));
+    const __m512 off_base = W::Splat(static_cast<float>(a.int8_off_base));
+    ExpandGroups(
+        a, tile, g0, g1, kBlockTileBytes, kAsym, out,
+        [&](const uint8_t* codes, int64_t next, uint8_t* to) __attribute__((always_inline)) {
+          // Tile row q holds column quad q (columns 4q .. 4q + 3).
+          unpack.Block(codes, next, [&](int, __m512i code_bytes, int col) {
+            Store64(to + kTileRowBytes * (col / 4), level(code_bytes));
+          });
+        },
+        [&](const uint8_t* rec, int64_t next) __attribute__((always_inline)) {
+          return W::Add(off_base, W::Zeros(rec + p.zeros_offset, next));
         });
-      }
-      const __m512 s = GroupScales<W>(rec + p.scales_offset, next, p.scale_bytes);
-      _mm512_store_ps(out.scales + g * kPairRows, s);
-      if constexpr (kAsym) {
-        const __m512 off = W::Add(W::Splat(static_cast<float>(a.int8_off_base)),
-                                  W::Zeros(rec + p.zeros_offset, next));
-        _mm512_store_ps(out.offsets + g * kPairRows, W::Mul(s, off));
-      }
-    }
   }
 
   // Accumulates groups [g0, g1) of an expanded slab for the chunk of T x
@@ -279,10 +311,7 @@ struct Int8TileKernel {
     const int64_t b0 = g0 * bpg, b1 = g1 * bpg;
     alignas(64) Sums<int32_t> dots[2];
     __m512 acc[T];
-#pragma GCC unroll 16
-    for (int m = 0; m < T; ++m) {
-      acc[m] = first ? _mm512_setzero_ps() : _mm512_load_ps(acc_out + m * kPairRows);
-    }
+    LoadAccumulators(acc_out, first, acc);
     // Block b's multiply into tile set S.
     // Both inlined, or the accumulators would live in memory.
     auto issue = [&](auto set, int64_t b) __attribute__((always_inline)) {
@@ -321,8 +350,7 @@ struct Int8TileKernel {
       ++g;
     };
     DoubleBuffered(b0, b1, issue, finish);
-#pragma GCC unroll 16
-    for (int m = 0; m < T; ++m) _mm512_store_ps(acc_out + m * kPairRows, acc[m]);
+    StoreAccumulators(acc, acc_out);
   }
 };
 #ifdef __AMX_BF16__
@@ -346,28 +374,20 @@ struct Bf16TileKernel {
                          const PairBuffers& out) {
     using W = TilePairZmm;
     const PackedInt8Weights& p = *a.packed;
-    const int64_t next = SecondTileOffset(p, tile);
     const typename Code::template Bf16PairUnpack<W> unpack(a.lut);
     const __m512 level0 = W::Splat(Code::kLevelTable ? 0.0f : a.level0);
-    const bool offsets = Offsets(a);
-    const uint8_t* rec = p.tile(tile) + g0 * p.group_stride;
-    uint8_t* tiles = out.tiles;
-    for (int64_t g = g0; g < g1; ++g, rec += p.group_stride) {
-      PrefetchAhead(p, rec, next);
-      for (int64_t b = 0; b < a.blocks_per_group; ++b, tiles += kBlockTileBytes) {
-        // Tile row q holds column pair q (columns 2q, 2q + 1).
-        unpack.Block(rec + b * p.block_bytes, next, [&](int, __m512i pairs, int col) {
-          Store64(tiles + kTileRowBytes * (col / 2), pairs);
+    ExpandGroups(
+        a, tile, g0, g1, kBlockTileBytes, Offsets(a), out,
+        [&](const uint8_t* codes, int64_t next, uint8_t* to) __attribute__((always_inline)) {
+          // Tile row q holds column pair q (columns 2q, 2q + 1).
+          unpack.Block(codes, next, [&](int, __m512i pairs, int col) {
+            Store64(to + kTileRowBytes * (col / 2), pairs);
+          });
+        },
+        [&](const uint8_t* rec, int64_t next) __attribute__((always_inline)) {
+          return a.asym ? W::Fnma(W::Splat(1.0f), W::Zeros(rec + p.zeros_offset, next), level0)
+                        : level0;
         });
-      }
-      const __m512 s = GroupScales<W>(rec + p.scales_offset, next, p.scale_bytes);
-      _mm512_store_ps(out.scales + g * kPairRows, s);
-      if (offsets) {
-        const __m512 off = a.asym ? W::Fnma(W::Splat(1.0f), W::Zeros(rec + p.zeros_offset, next), level0)
-                                  : level0;
-        _mm512_store_ps(out.offsets + g * kPairRows, W::Mul(s, off));
-      }
-    }
   }
 
   template <int T>
@@ -380,10 +400,7 @@ struct Bf16TileKernel {
     const bool offsets = Offsets(a);
     alignas(64) Sums<float> sums[2];
     __m512 acc[T];
-#pragma GCC unroll 16
-    for (int m = 0; m < T; ++m) {
-      acc[m] = first ? _mm512_setzero_ps() : _mm512_load_ps(acc_out + m * kPairRows);
-    }
+    LoadAccumulators(acc_out, first, acc);
     // Group g's blocks multiplied into tile set S.
     auto issue = [&](auto set, int64_t g) __attribute__((always_inline)) {
       using S = TileSet<decltype(set)::value>;
@@ -410,8 +427,7 @@ struct Bf16TileKernel {
       }
     };
     DoubleBuffered(g0, g1, issue, finish);
-#pragma GCC unroll 16
-    for (int m = 0; m < T; ++m) _mm512_store_ps(acc_out + m * kPairRows, acc[m]);
+    StoreAccumulators(acc, acc_out);
   }
 };
 #endif  // __AMX_BF16__
