@@ -11,6 +11,8 @@
 // --cache_resident keeps one copy of each weight, which stays in the caches:
 // the kernels' compute speed without DRAM's (a code-generation change shows
 // there clearly; streamed timings swing with the machine's memory traffic).
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -79,7 +81,7 @@ const WeightDtype kDtypes[] = {
 };
 
 // A weight and enough copies of it that cycling through them streams from
-// DRAM (> 64 MiB in all, well past the L3) as decode does; one copy with
+// DRAM (StreamBytes in all) as decode does; one copy with
 // --cache_resident.
 struct Weight {
   std::vector<QuantizedMatrix> q;
@@ -112,12 +114,20 @@ std::vector<float> Random(int64_t size, uint32_t seed) {
   return v;
 }
 
+// Twice the L3 (glibc's sysconf; at least 64 MiB): a cycle through the
+// copies evicts every one of them before its next use. A fixed 64 MiB fits
+// in the 300 MB L3 of some server CPUs.
+int64_t StreamBytes() {
+  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  return std::max<int64_t>(int64_t{64} << 20, 2 * static_cast<int64_t>(std::max(l3, 0L)));
+}
+
 Weight MakeWeight(const WeightDtype& d, const Shape& s, bool cache_resident) {
   Weight w;
   w.rows = s.rows;
   w.cols = s.cols;
   const std::vector<float> fp = Random(s.rows * s.cols, 1);
-  const int64_t stream_bytes = cache_resident ? 0 : int64_t{64} << 20;
+  const int64_t stream_bytes = cache_resident ? 0 : StreamBytes();
   if (d.dense) {
     w.bytes = s.rows * s.cols * 4;
     const int64_t copies = std::max<int64_t>(1, stream_bytes / w.bytes + 1);
