@@ -205,8 +205,10 @@ TEST_P(KernelsTest, DenseF32MatchesReference) {
 // all.
 void CheckGemmF32(Isa isa) {
   constexpr int64_t kPad = 3;
-  for (const auto [m, n, k] : {std::array<int64_t, 3>{1, 1, 1}, {5, 300, 37},
-                               {70, 513, 129}, {33, 17, 1000}}) {
+  for (const std::array<int64_t, 3>& shape : {std::array<int64_t, 3>{1, 1, 1}, {5, 300, 37},
+                                              {70, 513, 129}, {33, 17, 1000}}) {
+    // Not a structured binding: lambdas below capture these (C++17).
+    const int64_t m = shape[0], n = shape[1], k = shape[2];
     for (const bool trans_a : {false, true}) {
       for (const bool trans_b : {false, true}) {
         SCOPED_TRACE(testing::Message() << IsaName(isa) << " m " << m << " n " << n << " k "

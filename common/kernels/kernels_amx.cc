@@ -29,6 +29,12 @@
 #include "common/kernels/kernels_dense16.h"
 #include "common/kernels/kernels_simd.h"
 
+// Built with -mamx-bf16 (level amx_bf16): GCC spells the macro __AMX_BF16__,
+// clang 14 (the sanitizer builds) __AMXBF16__.
+#if defined(__AMX_BF16__) || defined(__AMXBF16__)
+#define WQ_AMX_BF16 1
+#endif
+
 namespace wq {
 namespace kernels {
 namespace {
@@ -43,7 +49,9 @@ constexpr int kTileRowBytes = kPairRows * 4;
 // epilogues cost more than the dots they save. bf16 stores once per group,
 // not per block, and its dot kernels are slower than int8's.
 constexpr int64_t kInt8MinRows = 10;
+#ifdef WQ_AMX_BF16
 constexpr int64_t kBf16MinRows = 4;
+#endif
 
 // Tile registers: two sets of accumulator C [x rows x 16 sums],
 // activations A [x rows x one 32-block] and weights B [one 32-block of 16
@@ -353,7 +361,7 @@ struct Int8TileKernel {
     StoreAccumulators(acc, acc_out);
   }
 };
-#ifdef __AMX_BF16__
+#ifdef WQ_AMX_BF16
 // bf16 compute (widths with bf16 pairs): the tile unit's weight layout of a
 // 32-block is 16 rows (column pairs 0..15) of 16 lanes of 2 bf16 levels, as
 // Bf16PairUnpack emits them. Levels go in without the zero point, which
@@ -430,7 +438,7 @@ struct Bf16TileKernel {
     StoreAccumulators(acc, acc_out);
   }
 };
-#endif  // __AMX_BF16__
+#endif  // WQ_AMX_BF16
 
 // Rows [r0, r1) on the tile unit, Kernel being Int8TileKernel or
 // Bf16TileKernel.
@@ -487,7 +495,7 @@ void AmxInt8Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
   });
 }
 
-#ifdef __AMX_BF16__
+#ifdef WQ_AMX_BF16
 void AmxBf16Rows(const QuantArgs& a, int64_t r0, int64_t r1) {
   // The activation tiles are prepared from kBf16MinRows x rows (matmul.cc);
   // widths without bf16 pairs and fewer x rows run the AVX512_BF16 kernels.
@@ -509,7 +517,7 @@ constexpr KernelTable MakeAmxTable() {
   KernelTable t = WithDense16<VecZmm>(MakeTable<VecZmm, DotAvx512Vnni>());
   t.quant_rows[static_cast<int>(ComputeDtype::kInt8)] = &AmxInt8Rows;
   t.tile_min_rows[static_cast<int>(ComputeDtype::kInt8)] = kInt8MinRows;
-#ifdef __AMX_BF16__
+#ifdef WQ_AMX_BF16
   t.quant_rows[static_cast<int>(ComputeDtype::kBf16)] = &AmxBf16Rows;
   t.tile_min_rows[static_cast<int>(ComputeDtype::kBf16)] = kBf16MinRows;
 #endif
