@@ -1,5 +1,5 @@
 // Kernel bodies shared by the per-ISA translation units. Each (kernels_isa.cc
-// per row of KERNEL_ISAS, kernels_amx_int8.cc) builds its KernelTable with
+// per row of KERNEL_ISAS, kernels_amx.cc) builds its KernelTable with
 // MakeTable<V, Q>(), V a vector-traits struct (float lanes) and Q an int8
 // dot traits struct, both from kernels_simd.h; the weight codes unpack as
 // their width's CodeTraits (code_traits.h) say.

@@ -1,6 +1,6 @@
 // Vector traits for kernels_impl.h: fp32 lanes (V*) and int8 dot products
 // (Dot*). Included only by the per-ISA units (kernels_isa.cc,
-// kernels_amx_int8.cc); the anonymous namespace keeps
+// kernels_amx.cc); the anonymous namespace keeps
 // each unit's copies private (see kernels_impl.h).
 #ifndef WQ_COMMON_KERNELS_SIMD_H_
 #define WQ_COMMON_KERNELS_SIMD_H_
