@@ -364,28 +364,25 @@ struct Int8TileKernel {
 #ifdef WQ_AMX_BF16
 // bf16 compute (widths with bf16 pairs): the tile unit's weight layout of a
 // 32-block is 16 rows (column pairs 0..15) of 16 lanes of 2 bf16 levels, as
-// Bf16PairUnpack emits them. Levels go in without the zero point, which
-// comes off per group as scale * (level0 - zero) * xs, as in FloatTile.
+// Bf16PairUnpack emits them from the level table. Levels go in without the
+// zero point, which comes off per group (asym) as scale * zero * xs, as in
+// FloatTile.
 template <class Code>
 struct Bf16TileKernel {
+  static_assert(Code::kLevelTable, "bf16 pairs are looked up in the level table");
   static constexpr int kARowBytes = kBlock * 2;
   static constexpr int kBRows = kBlock / 2;
   static constexpr int64_t kBlockTileBytes = kBRows * kTileRowBytes;
 
   static float OutputScale(const QuantArgs&) { return 1.0f; }
-  // Whether groups carry an offset term.
-  static bool Offsets(const QuantArgs& a) {
-    return a.asym || (!Code::kLevelTable && a.level0 != 0.0f);
-  }
 
   static void ExpandSlab(const QuantArgs& a, int64_t tile, int64_t g0, int64_t g1,
                          const PairBuffers& out) {
     using W = TilePairZmm;
     const PackedInt8Weights& p = *a.packed;
     const typename Code::template Bf16PairUnpack<W> unpack(a.lut);
-    const __m512 level0 = W::Splat(Code::kLevelTable ? 0.0f : a.level0);
     ExpandGroups(
-        a, tile, g0, g1, kBlockTileBytes, Offsets(a), out,
+        a, tile, g0, g1, kBlockTileBytes, a.asym, out,
         [&](const uint8_t* codes, int64_t next, uint8_t* to) __attribute__((always_inline)) {
           // Tile row q holds column pair q (columns 2q, 2q + 1).
           unpack.Block(codes, next, [&](int, __m512i pairs, int col) {
@@ -393,8 +390,7 @@ struct Bf16TileKernel {
           });
         },
         [&](const uint8_t* rec, int64_t next) __attribute__((always_inline)) {
-          return a.asym ? W::Fnma(W::Splat(1.0f), W::Zeros(rec + p.zeros_offset, next), level0)
-                        : level0;
+          return W::Zeros(rec + p.zeros_offset, next);
         });
   }
 
@@ -405,7 +401,6 @@ struct Bf16TileKernel {
     const uint16_t* xb = a.xb16_tiles + chunk * a.blocks_per_row * kXChunkRows * kBlock;
     const float* xs = a.xs_chunks + chunk * a.w->groups_per_row * kXChunkRows;
     const int64_t bpg = a.blocks_per_group;
-    const bool offsets = Offsets(a);
     alignas(64) Sums<float> sums[2];
     __m512 acc[T];
     LoadAccumulators(acc_out, first, acc);
@@ -419,18 +414,18 @@ struct Bf16TileKernel {
         __asm__ volatile("tdpbf16ps %%tmm%c2, %%tmm%c1, %%tmm%c0" ::"i"(S::kC), "i"(S::kA), "i"(S::kB));
       }
     };
-    // Its epilogue: y += s * sum + s * offset * xs.
+    // Its epilogue: y += s * sum - s * zero * xs.
     auto finish = [&](auto set, int64_t g) __attribute__((always_inline)) {
       constexpr int kSet = decltype(set)::value;
       TileStore<TileSet<kSet>::kC>(&sums[kSet]);
       const __m512 s = _mm512_load_ps(w.scales + g * kPairRows);
 #pragma GCC unroll 16
       for (int m = 0; m < T; ++m) acc[m] = _mm512_fmadd_ps(_mm512_load_ps(sums[kSet][m]), s, acc[m]);
-      if (offsets) {
-        const __m512 soff = _mm512_load_ps(w.offsets + g * kPairRows);
+      if (a.asym) {
+        const __m512 szero = _mm512_load_ps(w.offsets + g * kPairRows);
 #pragma GCC unroll 16
         for (int m = 0; m < T; ++m) {
-          acc[m] = _mm512_fmadd_ps(soff, _mm512_set1_ps(xs[g * kXChunkRows + m]), acc[m]);
+          acc[m] = _mm512_fnmadd_ps(szero, _mm512_set1_ps(xs[g * kXChunkRows + m]), acc[m]);
         }
       }
     };
